@@ -1,0 +1,611 @@
+//! Directed acyclic graphs on dense integer ids, and the `graphlib`-shaped ready-queue state machine.
+//!
+//! Nodes are `u32` ids `0..n`; names live with the caller. A [`GraphBuilder`] collects edges in bulk
+//! and [`GraphBuilder::build`] turns them into a compressed adjacency array ([`Graph`]): one offset per
+//! node and one target per edge, edges of a node kept in insertion order. Every algorithm here is
+//! iterative (a 10^6-node chain must not touch the call stack) and hashing-free.
+//!
+//! [`Sorter`] runs a graph the way `graphlib.TopologicalSorter` does: `prepare`, `get_ready`,
+//! `done`, with the same order of ready nodes and the same errors, so a drop-in Python class can sit on
+//! top of it. The ranked, admission-controlled state machine lives in [`crate::scheduler`].
+
+use crate::error::{CoreError, CoreResult};
+
+/// Largest node or edge count: ids and offsets are `u32`, and two values are reserved as states.
+pub const MAX_IDS: u64 = u32::MAX as u64 - 2;
+
+/// Collects nodes and edges before a [`Graph`] is built.
+#[derive(Debug, Clone, Default)]
+pub struct GraphBuilder {
+    node_count: u32,
+    src: Vec<u32>,
+    dst: Vec<u32>,
+}
+
+impl GraphBuilder {
+    /// An empty builder.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A builder with `node_count` nodes and no edges.
+    pub fn with_nodes(node_count: u32) -> CoreResult<Self> {
+        let mut builder = Self::new();
+        builder.add_nodes(node_count)?;
+        Ok(builder)
+    }
+
+    /// Number of nodes so far.
+    pub fn node_count(&self) -> u32 {
+        self.node_count
+    }
+
+    /// Number of edges so far.
+    pub fn edge_count(&self) -> usize {
+        self.src.len()
+    }
+
+    /// Adds `count` nodes and returns the id of the first one.
+    pub fn add_nodes(&mut self, count: u32) -> CoreResult<u32> {
+        let first = self.node_count;
+        let total = u64::from(first) + u64::from(count);
+        if total > MAX_IDS {
+            return Err(CoreError::TooLarge { what: "nodes", count: total, limit: MAX_IDS });
+        }
+        self.node_count = total as u32;
+        Ok(first)
+    }
+
+    /// Adds the edges `src[i] -> dst[i]`. All or nothing: on an unknown id nothing is added.
+    pub fn add_edges(&mut self, src: &[u32], dst: &[u32]) -> CoreResult<()> {
+        if src.len() != dst.len() {
+            return Err(CoreError::invalid(
+                "edge lists",
+                "of equal length",
+                format!("{} sources and {} targets", src.len(), dst.len()),
+            ));
+        }
+        let total = (self.src.len() + src.len()) as u64;
+        if total > MAX_IDS {
+            return Err(CoreError::TooLarge { what: "edges", count: total, limit: MAX_IDS });
+        }
+        let n = self.node_count;
+        if let Some(&bad) = src.iter().chain(dst).find(|&&id| id >= n) {
+            return Err(CoreError::UnknownNode { node: bad, node_count: n });
+        }
+        self.src.extend_from_slice(src);
+        self.dst.extend_from_slice(dst);
+        Ok(())
+    }
+
+    /// Builds the adjacency arrays. Cycles are allowed here; see [`Graph::topological_order`].
+    pub fn build(&self) -> Graph {
+        let n = self.node_count as usize;
+        // Counting sort of the edges by source; stable, so each node keeps its insertion order.
+        let mut offsets = vec![0u32; n + 1];
+        for &s in &self.src {
+            offsets[s as usize + 1] += 1;
+        }
+        for i in 0..n {
+            offsets[i + 1] += offsets[i];
+        }
+        let mut cursor: Vec<u32> = offsets[..n].to_vec();
+        let mut targets = vec![0u32; self.src.len()];
+        for (&s, &d) in self.src.iter().zip(&self.dst) {
+            let slot = &mut cursor[s as usize];
+            targets[*slot as usize] = d;
+            *slot += 1;
+        }
+        Graph { offsets, targets }
+    }
+}
+
+/// An immutable graph in compressed adjacency form. May contain cycles until checked.
+#[derive(Debug, Clone)]
+pub struct Graph {
+    offsets: Vec<u32>,
+    targets: Vec<u32>,
+}
+
+impl Default for Graph {
+    /// The graph without nodes.
+    fn default() -> Self {
+        Self { offsets: vec![0], targets: Vec::new() }
+    }
+}
+
+impl Graph {
+    /// Builds a graph from `node_count` nodes and edge lists.
+    pub fn from_edges(node_count: u32, src: &[u32], dst: &[u32]) -> CoreResult<Self> {
+        let mut builder = GraphBuilder::with_nodes(node_count)?;
+        builder.add_edges(src, dst)?;
+        Ok(builder.build())
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> u32 {
+        (self.offsets.len() - 1) as u32
+    }
+
+    /// Number of edges (parallel edges count separately).
+    pub fn edge_count(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// The successors of `node`, in insertion order.
+    #[inline]
+    pub fn successors(&self, node: u32) -> &[u32] {
+        let i = node as usize;
+        &self.targets[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+
+    /// Checks that `node` exists.
+    pub fn check_node(&self, node: u32) -> CoreResult<()> {
+        if node < self.node_count() {
+            Ok(())
+        } else {
+            Err(CoreError::UnknownNode { node, node_count: self.node_count() })
+        }
+    }
+
+    /// Number of incoming edges of every node.
+    pub fn in_degrees(&self) -> Vec<u32> {
+        let mut indegree = vec![0u32; self.node_count() as usize];
+        for &t in &self.targets {
+            indegree[t as usize] += 1;
+        }
+        indegree
+    }
+
+    /// A topological order (Kahn's algorithm, sources in id order, then first-come first-served).
+    ///
+    /// Fails with [`CoreError::Cycle`] carrying one cycle of the graph.
+    pub fn topological_order(&self) -> CoreResult<Vec<u32>> {
+        let mut pending = self.in_degrees();
+        let mut order: Vec<u32> = Vec::with_capacity(pending.len());
+        order.extend((0..self.node_count()).filter(|&v| pending[v as usize] == 0));
+        let mut head = 0;
+        while head < order.len() {
+            let node = order[head];
+            head += 1;
+            for &s in self.successors(node) {
+                let p = &mut pending[s as usize];
+                *p -= 1;
+                if *p == 0 {
+                    order.push(s);
+                }
+            }
+        }
+        if order.len() == pending.len() {
+            Ok(order)
+        } else {
+            Err(CoreError::Cycle { path: self.cycle_among(&pending) })
+        }
+    }
+
+    /// One cycle of the graph, if it has any: `[a, b, ..., a]` with every step an edge.
+    pub fn find_cycle(&self) -> Option<Vec<u32>> {
+        match self.topological_order() {
+            Ok(_) => None,
+            Err(CoreError::Cycle { path }) => Some(path),
+            Err(_) => unreachable!("topological_order only fails with a cycle"),
+        }
+    }
+
+    /// Finds a cycle among the nodes Kahn's algorithm could not release (`pending > 0`).
+    ///
+    /// Each such node has a predecessor that is also stuck, so walking backwards along stuck
+    /// predecessors must revisit a node; the revisited stretch, reversed, is a cycle.
+    fn cycle_among(&self, pending: &[u32]) -> Vec<u32> {
+        const NONE: u32 = u32::MAX;
+        let mut stuck_pred = vec![NONE; pending.len()];
+        let mut start = NONE;
+        for u in 0..self.node_count() {
+            if pending[u as usize] == 0 {
+                continue;
+            }
+            start = u;
+            for &v in self.successors(u) {
+                if pending[v as usize] > 0 {
+                    stuck_pred[v as usize] = u;
+                }
+            }
+        }
+        let mut seen_at = vec![NONE; pending.len()];
+        let mut walk: Vec<u32> = Vec::new();
+        let mut node = start;
+        while seen_at[node as usize] == NONE {
+            seen_at[node as usize] = walk.len() as u32;
+            walk.push(node);
+            node = stuck_pred[node as usize];
+        }
+        walk.push(node);
+        let mut cycle = walk.split_off(seen_at[node as usize] as usize);
+        cycle.reverse();
+        cycle
+    }
+
+    /// The level of every node: 0 for nodes without predecessors, else one more than the deepest
+    /// predecessor. Nodes of one level can all run at once.
+    pub fn levels(&self) -> CoreResult<Vec<u32>> {
+        let order = self.topological_order()?;
+        let mut level = vec![0u32; order.len()];
+        for &u in &order {
+            let next = level[u as usize] + 1;
+            for &s in self.successors(u) {
+                let l = &mut level[s as usize];
+                *l = (*l).max(next);
+            }
+        }
+        Ok(level)
+    }
+
+    /// For every node, the heaviest path that starts at it (its own weight included).
+    ///
+    /// `weights` defaults to 1 per node, which makes this the longest remaining path in nodes.
+    pub fn bottom_levels(&self, weights: Option<&[u64]>) -> CoreResult<Vec<u64>> {
+        let order = self.topological_order()?;
+        self.bottom_levels_in(&order, weights)
+    }
+
+    pub(crate) fn bottom_levels_in(
+        &self,
+        order: &[u32],
+        weights: Option<&[u64]>,
+    ) -> CoreResult<Vec<u64>> {
+        let n = self.node_count() as usize;
+        if let Some(w) = weights {
+            if w.len() != n {
+                return Err(CoreError::invalid(
+                    "weights",
+                    "one per node",
+                    format!("{} weights for {n} nodes", w.len()),
+                ));
+            }
+        }
+        let weight = |v: u32| weights.map_or(1, |w| w[v as usize]);
+        let mut bottom = vec![0u64; n];
+        for &u in order.iter().rev() {
+            let below = self.successors(u).iter().map(|&s| bottom[s as usize]).max().unwrap_or(0);
+            bottom[u as usize] = below.saturating_add(weight(u));
+        }
+        Ok(bottom)
+    }
+
+    /// The heaviest path through the graph: its total weight and its nodes, first to last.
+    pub fn critical_path(&self, weights: Option<&[u64]>) -> CoreResult<(u64, Vec<u32>)> {
+        let bottom = self.bottom_levels(weights)?;
+        let Some((start, &length)) =
+            bottom.iter().enumerate().max_by_key(|&(i, &b)| (b, std::cmp::Reverse(i)))
+        else {
+            return Ok((0, Vec::new()));
+        };
+        let mut path = vec![start as u32];
+        let mut node = start as u32;
+        // Follow the successor that carries the rest of the heaviest path.
+        while let Some(&next) = self
+            .successors(node)
+            .iter()
+            .max_by_key(|&&s| (bottom[s as usize], std::cmp::Reverse(s)))
+        {
+            path.push(next);
+            node = next;
+        }
+        Ok((length, path))
+    }
+}
+
+/// Marks in [`Sorter`]'s `pending` array; real counts are below [`MAX_IDS`].
+const OUT: u32 = u32::MAX - 1;
+const DONE: u32 = u32::MAX;
+
+/// The `graphlib.TopologicalSorter` state machine on integer ids.
+///
+/// Ready nodes come out exactly in `graphlib`'s order: initially by id, then in the order `done`
+/// released them, each node's successors in insertion order.
+#[derive(Debug, Clone, Default)]
+pub struct Sorter {
+    builder: GraphBuilder,
+    graph: Option<Graph>,
+    /// Predecessors not yet done, or [`OUT`] / [`DONE`].
+    pending: Vec<u32>,
+    ready: Vec<u32>,
+    passed_out: u32,
+    finished: u32,
+}
+
+impl Sorter {
+    /// An empty sorter.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A sorter over `node_count` nodes and the given edges.
+    pub fn from_edges(node_count: u32, src: &[u32], dst: &[u32]) -> CoreResult<Self> {
+        let mut sorter = Self::new();
+        sorter.add_nodes(node_count)?;
+        sorter.add_edges(src, dst)?;
+        Ok(sorter)
+    }
+
+    /// Adds `count` nodes; returns the first new id.
+    pub fn add_nodes(&mut self, count: u32) -> CoreResult<u32> {
+        self.check_building()?;
+        self.builder.add_nodes(count)
+    }
+
+    /// Adds edges `src[i] -> dst[i]` (all or nothing).
+    pub fn add_edges(&mut self, src: &[u32], dst: &[u32]) -> CoreResult<()> {
+        self.check_building()?;
+        self.builder.add_edges(src, dst)
+    }
+
+    fn check_building(&self) -> CoreResult<()> {
+        if self.graph.is_some() {
+            Err(CoreError::Frozen)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> u32 {
+        self.builder.node_count()
+    }
+
+    /// Whether `prepare` has run.
+    pub fn is_prepared(&self) -> bool {
+        self.graph.is_some()
+    }
+
+    /// Freezes the graph and releases the nodes without predecessors.
+    ///
+    /// On a cycle this still prepares (the acyclic part can be run, as in `graphlib`) and then fails
+    /// with [`CoreError::Cycle`].
+    pub fn prepare(&mut self) -> CoreResult<()> {
+        if self.graph.is_some() {
+            return Err(CoreError::AlreadyPrepared);
+        }
+        let graph = self.builder.build();
+        self.builder = GraphBuilder::new();
+        self.pending = graph.in_degrees();
+        self.ready = (0..graph.node_count()).filter(|&v| self.pending[v as usize] == 0).collect();
+        let cycle = graph.find_cycle();
+        self.graph = Some(graph);
+        match cycle {
+            Some(path) => Err(CoreError::Cycle { path }),
+            None => Ok(()),
+        }
+    }
+
+    fn graph(&self) -> CoreResult<&Graph> {
+        self.graph.as_ref().ok_or(CoreError::NotPrepared)
+    }
+
+    /// Hands out every node that became ready since the last call, and marks them as out.
+    pub fn get_ready(&mut self) -> CoreResult<Vec<u32>> {
+        self.graph()?;
+        let ready = std::mem::take(&mut self.ready);
+        for &v in &ready {
+            self.pending[v as usize] = OUT;
+        }
+        self.passed_out += ready.len() as u32;
+        Ok(ready)
+    }
+
+    /// Whether more nodes can be handed out or are still out.
+    pub fn is_active(&self) -> CoreResult<bool> {
+        self.graph()?;
+        Ok(self.finished < self.passed_out || !self.ready.is_empty())
+    }
+
+    /// Marks `nodes` done. All or nothing: if any node is unknown, not out, or done twice (also within
+    /// `nodes`), nothing changes.
+    pub fn done(&mut self, nodes: &[u32]) -> CoreResult<()> {
+        let graph = self.graph.as_ref().ok_or(CoreError::NotPrepared)?;
+        for (i, &node) in nodes.iter().enumerate() {
+            let fault = if node >= graph.node_count() {
+                Some(CoreError::UnknownNode { node, node_count: graph.node_count() })
+            } else {
+                match self.pending[node as usize] {
+                    OUT => None,
+                    DONE => Some(CoreError::AlreadyDone { node }),
+                    _ => Some(CoreError::NotPassedOut { node }),
+                }
+            };
+            if let Some(err) = fault {
+                for &undo in &nodes[..i] {
+                    self.pending[undo as usize] = OUT;
+                }
+                return Err(err);
+            }
+            self.pending[node as usize] = DONE;
+        }
+        for &node in nodes {
+            for &s in graph.successors(node) {
+                let p = &mut self.pending[s as usize];
+                *p -= 1;
+                if *p == 0 {
+                    self.ready.push(s);
+                }
+            }
+        }
+        self.finished += nodes.len() as u32;
+        Ok(())
+    }
+
+    /// `done(&[node])` then `get_ready()`: one completion in, the nodes it released out.
+    pub fn complete(&mut self, node: u32) -> CoreResult<Vec<u32>> {
+        self.done(&[node])?;
+        self.get_ready()
+    }
+
+    /// Prepares and runs the whole graph, returning every node in `graphlib`'s static order.
+    pub fn static_order(&mut self) -> CoreResult<Vec<u32>> {
+        self.prepare()?;
+        let mut order = Vec::with_capacity(self.pending.len());
+        loop {
+            let batch = self.get_ready()?;
+            if batch.is_empty() {
+                break;
+            }
+            self.done(&batch)?;
+            order.extend_from_slice(&batch);
+        }
+        Ok(order)
+    }
+
+    /// Nodes handed out and not done yet.
+    pub fn in_flight(&self) -> u32 {
+        self.passed_out - self.finished
+    }
+
+    /// Nodes marked done.
+    pub fn finished(&self) -> u32 {
+        self.finished
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn graph(n: u32, edges: &[(u32, u32)]) -> Graph {
+        let (src, dst): (Vec<u32>, Vec<u32>) = edges.iter().copied().unzip();
+        Graph::from_edges(n, &src, &dst).unwrap()
+    }
+
+    fn assert_is_cycle(g: &Graph, path: &[u32]) {
+        assert!(path.len() >= 2, "{path:?}");
+        assert_eq!(path.first(), path.last());
+        for w in path.windows(2) {
+            assert!(g.successors(w[0]).contains(&w[1]), "{} -> {} is not an edge", w[0], w[1]);
+        }
+    }
+
+    #[test]
+    fn diamond_order_levels_and_critical_path() {
+        let g = graph(4, &[(0, 1), (0, 2), (1, 3), (2, 3)]);
+        assert_eq!(g.topological_order().unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(g.levels().unwrap(), vec![0, 1, 1, 2]);
+        let (len, path) = g.critical_path(Some(&[1, 1, 5, 1])).unwrap();
+        assert_eq!((len, path), (7, vec![0, 2, 3]));
+    }
+
+    #[test]
+    fn self_loop_two_cycle_and_long_cycle_are_reported() {
+        let g = graph(1, &[(0, 0)]);
+        assert_eq!(g.find_cycle(), Some(vec![0, 0]));
+        let g = graph(3, &[(0, 1), (1, 2), (2, 1)]);
+        let cycle = g.find_cycle().unwrap();
+        assert_is_cycle(&g, &cycle);
+        assert_eq!(cycle.len(), 3);
+        let n = 100_000u32;
+        let edges: Vec<(u32, u32)> = (0..n).map(|i| (i, (i + 1) % n)).collect();
+        let g = graph(n, &edges);
+        let cycle = g.find_cycle().unwrap();
+        assert_eq!(cycle.len(), n as usize + 1);
+        assert_is_cycle(&g, &cycle);
+    }
+
+    #[test]
+    fn unknown_ids_add_nothing() {
+        let mut b = GraphBuilder::with_nodes(3).unwrap();
+        let err = b.add_edges(&[0, 1], &[1, 7]).unwrap_err();
+        assert_eq!(err, CoreError::UnknownNode { node: 7, node_count: 3 });
+        assert_eq!(b.edge_count(), 0);
+        assert!(b.add_edges(&[0], &[]).is_err());
+    }
+
+    #[test]
+    fn million_node_chain_needs_no_stack() {
+        let n = 1_000_000u32;
+        let src: Vec<u32> = (0..n - 1).collect();
+        let dst: Vec<u32> = (1..n).collect();
+        let g = Graph::from_edges(n, &src, &dst).unwrap();
+        assert_eq!(g.levels().unwrap()[n as usize - 1], n - 1);
+        assert_eq!(g.critical_path(None).unwrap().0, u64::from(n));
+        let mut s = Sorter::from_edges(n, &src, &dst).unwrap();
+        assert_eq!(s.static_order().unwrap().len(), n as usize);
+    }
+
+    #[test]
+    fn sorter_follows_graphlib_protocol_and_errors() {
+        let mut s = Sorter::from_edges(3, &[0, 0], &[1, 2]).unwrap();
+        assert_eq!(s.get_ready(), Err(CoreError::NotPrepared));
+        s.prepare().unwrap();
+        assert_eq!(s.prepare(), Err(CoreError::AlreadyPrepared));
+        assert_eq!(s.add_edges(&[1], &[2]), Err(CoreError::Frozen));
+        assert_eq!(s.done(&[1]), Err(CoreError::NotPassedOut { node: 1 }));
+        assert_eq!(s.get_ready().unwrap(), vec![0]);
+        assert_eq!(s.get_ready().unwrap(), Vec::<u32>::new());
+        // A bad node later in the batch leaves the earlier ones untouched.
+        assert_eq!(s.done(&[0, 0]), Err(CoreError::AlreadyDone { node: 0 }));
+        assert_eq!(s.done(&[0, 9]), Err(CoreError::UnknownNode { node: 9, node_count: 3 }));
+        assert!(s.is_active().unwrap());
+        assert_eq!(s.complete(0).unwrap(), vec![1, 2]);
+        assert_eq!(s.done(&[0]), Err(CoreError::AlreadyDone { node: 0 }));
+        s.done(&[2, 1]).unwrap();
+        assert!(!s.is_active().unwrap());
+    }
+
+    #[test]
+    fn sorter_with_cycle_still_runs_the_acyclic_part() {
+        let mut s = Sorter::from_edges(4, &[0, 1, 2], &[1, 2, 1]).unwrap();
+        assert!(matches!(s.prepare(), Err(CoreError::Cycle { .. })));
+        assert_eq!(s.get_ready().unwrap(), vec![0, 3]);
+        s.done(&[0, 3]).unwrap();
+        assert_eq!(s.get_ready().unwrap(), Vec::<u32>::new());
+        assert!(!s.is_active().unwrap());
+    }
+
+    fn dag_strategy() -> impl Strategy<Value = (u32, Vec<(u32, u32)>)> {
+        (1u32..60).prop_flat_map(|n| {
+            let edge = (0..n, 0..n).prop_map(|(a, b)| if a < b { (a, b) } else { (b, a) });
+            (Just(n), proptest::collection::vec(edge, 0..200))
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn every_order_respects_every_edge((n, edges) in dag_strategy()) {
+            let edges: Vec<(u32, u32)> = edges.into_iter().filter(|(a, b)| a != b).collect();
+            let g = graph(n, &edges);
+            let mut position = vec![0usize; n as usize];
+            for (i, &v) in g.topological_order().unwrap().iter().enumerate() {
+                position[v as usize] = i;
+            }
+            let levels = g.levels().unwrap();
+            let bottom = g.bottom_levels(None).unwrap();
+            for &(a, b) in &edges {
+                prop_assert!(position[a as usize] < position[b as usize]);
+                prop_assert!(levels[a as usize] < levels[b as usize]);
+                prop_assert!(bottom[a as usize] > bottom[b as usize]);
+            }
+            // The sorter's waves respect the edges too, and hand out every node once.
+            let (src, dst): (Vec<u32>, Vec<u32>) = edges.iter().copied().unzip();
+            let mut s = Sorter::from_edges(n, &src, &dst).unwrap();
+            let order = s.static_order().unwrap();
+            prop_assert_eq!(order.len(), n as usize);
+            for (i, &v) in order.iter().enumerate() {
+                position[v as usize] = i;
+            }
+            for &(a, b) in &edges {
+                prop_assert!(position[a as usize] < position[b as usize]);
+            }
+        }
+
+        #[test]
+        fn back_edge_is_always_found((n, edges) in dag_strategy(), a in 0u32..60, b in 0u32..60) {
+            let (a, b) = (a % n, b % n);
+            let mut edges: Vec<(u32, u32)> = edges.into_iter().filter(|(x, y)| x != y).collect();
+            // a path a -> b exists once we add it, and b -> a closes a cycle
+            edges.push((a.min(b), a.max(b)));
+            edges.push((a.max(b), a.min(b)));
+            let g = graph(n, &edges);
+            let cycle = g.find_cycle().unwrap();
+            assert_is_cycle(&g, &cycle);
+        }
+    }
+}

@@ -1,0 +1,747 @@
+//! The one module that knows about Python: `taskiq_flow._core`.
+//!
+//! Every class here is a thin shell over a pure core type. Three rules hold throughout:
+//! - errors become the exception classes of `taskiq_flow.exceptions`, mapped in exactly one place
+//!   (`impl From<CoreError> for PyErr`);
+//! - every call runs inside [`guard`], so a Rust panic surfaces as `taskiq_flow.exceptions.InternalError`
+//!   instead of `pyo3_runtime.PanicException` (a `BaseException` that `except Exception` misses);
+//! - work that is O(n) or more on owned data runs with the interpreter detached ([`heavy`]).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyFloat, PyInt};
+
+use crate::dag::{Graph, Sorter};
+use crate::error::{CoreError, CoreResult};
+use crate::limiter::{ConcurrencyLimit, RateLimit};
+use crate::packing::{Demand, Placer as CorePlacer, Policy};
+use crate::scheduler::{KeyLimits, NodeState, Scheduler as CoreScheduler};
+
+mod exceptions {
+    pyo3::import_exception!(taskiq_flow.exceptions, CycleError);
+    pyo3::import_exception!(taskiq_flow.exceptions, StateError);
+    pyo3::import_exception!(taskiq_flow.exceptions, UnknownIdError);
+    pyo3::import_exception!(taskiq_flow.exceptions, InvalidValueError);
+    pyo3::import_exception!(taskiq_flow.exceptions, UnschedulableError);
+    pyo3::import_exception!(taskiq_flow.exceptions, InternalError);
+}
+use exceptions::{
+    CycleError, InternalError, InvalidValueError, StateError, UnknownIdError, UnschedulableError,
+};
+
+impl From<CoreError> for PyErr {
+    fn from(err: CoreError) -> PyErr {
+        let message = err.to_string();
+        match err {
+            CoreError::Cycle { path } => CycleError::new_err((message, path)),
+            CoreError::UnknownNode { node, .. } => UnknownIdError::new_err((message, node)),
+            CoreError::NotPassedOut { node }
+            | CoreError::AlreadyDone { node }
+            | CoreError::NotRunning { node } => StateError::new_err((message, node)),
+            CoreError::Frozen | CoreError::NotPrepared | CoreError::AlreadyPrepared => {
+                StateError::new_err(message)
+            }
+            CoreError::DuplicateId { id, .. } => StateError::new_err((message, id)),
+            CoreError::UnknownId { id, .. } => UnknownIdError::new_err((message, id)),
+            CoreError::TooLarge { .. } | CoreError::InvalidValue { .. } => {
+                InvalidValueError::new_err(message)
+            }
+            CoreError::Unschedulable { .. } => UnschedulableError::new_err(message),
+        }
+    }
+}
+
+/// Runs core work and turns a panic into `InternalError`. The core's data is plain arrays, so a
+/// caught panic leaves memory safe, though the object may be mid-update; the error says so.
+fn guard<T>(f: impl FnOnce() -> CoreResult<T>) -> PyResult<T> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(panic_error)?.map_err(PyErr::from)
+}
+
+/// [`guard`] with the interpreter detached, for O(n) work on owned data.
+fn heavy<T: Send>(py: Python<'_>, f: impl FnOnce() -> CoreResult<T> + Send) -> PyResult<T> {
+    py.detach(|| catch_unwind(AssertUnwindSafe(f))).map_err(panic_error)?.map_err(PyErr::from)
+}
+
+fn panic_error(payload: Box<dyn std::any::Any + Send>) -> PyErr {
+    let detail = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    InternalError::new_err(format!(
+        "internal error in the scheduling core: {detail}; the object that raised it may be \
+         inconsistent and should be discarded"
+    ))
+}
+
+/// An integer argument: a Python `int` (not `bool`) within `0..=max`.
+fn int_arg(what: &str, value: &Bound<'_, PyAny>, max: u64) -> PyResult<u64> {
+    if value.is_instance_of::<PyInt>() && !value.is_instance_of::<pyo3::types::PyBool>() {
+        if let Ok(v) = value.extract::<u64>() {
+            if v <= max {
+                return Ok(v);
+            }
+        }
+        let shown = value.repr()?.to_string();
+        return Err(CoreError::invalid(what, range_text(max), shown).into());
+    }
+    let shown = value.repr()?.to_string();
+    Err(CoreError::invalid(what, "an integer", shown).into())
+}
+
+fn range_text(max: u64) -> &'static str {
+    match max {
+        m if m == u64::from(u32::MAX) => "an integer from 0 to 4294967295",
+        _ => "an integer >= 0",
+    }
+}
+
+/// A list of ids: fast path for a list of small ints, precise error otherwise.
+fn id_list(what: &str, value: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    if let Ok(ids) = value.extract::<Vec<u32>>() {
+        return Ok(ids);
+    }
+    if value.is_instance_of::<pyo3::types::PyString>() {
+        return Err(PyTypeError::new_err(format!("{what} must be a sequence of ints, not str")));
+    }
+    let mut out = Vec::new();
+    for item in value.try_iter()? {
+        out.push(int_arg(what, &item?, u64::from(u32::MAX))? as u32);
+    }
+    Ok(out)
+}
+
+/// A list of amounts (u64 each).
+fn amount_list(what: &str, value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+    if let Ok(v) = value.extract::<Vec<u64>>() {
+        return Ok(v);
+    }
+    if value.is_instance_of::<pyo3::types::PyString>() {
+        return Err(PyTypeError::new_err(format!("{what} must be a sequence of ints, not str")));
+    }
+    let mut out = Vec::new();
+    for item in value.try_iter()? {
+        out.push(int_arg(what, &item?, u64::MAX)?);
+    }
+    Ok(out)
+}
+
+/// An optional cap: `None` or an int ≥ 1.
+fn cap_arg(what: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
+    match value {
+        None => Ok(None),
+        Some(v) if v.is_none() => Ok(None),
+        Some(v) => {
+            let cap = int_arg(what, v, u64::from(u32::MAX))?;
+            if cap == 0 {
+                return Err(CoreError::invalid(what, "an integer from 1 to 4294967295", 0).into());
+            }
+            Ok(Some(cap))
+        }
+    }
+}
+
+/// A float argument: int or float, NaN and infinities refused by the core.
+fn float_arg(what: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
+    if (value.is_instance_of::<PyFloat>() || value.is_instance_of::<PyInt>())
+        && !value.is_instance_of::<pyo3::types::PyBool>()
+    {
+        return value.extract::<f64>();
+    }
+    let shown = value.repr()?.to_string();
+    Err(CoreError::invalid(what, "a number", shown).into())
+}
+
+/// A node id: negative or too large ids are unknown ids, not overflow errors.
+fn node_arg(node: i64) -> CoreResult<u32> {
+    u32::try_from(node).map_err(|_| CoreError::UnknownId { what: "node", id: node as u64 })
+}
+
+// ------------------------------------------------------------------------------------------------
+// DAG
+// ------------------------------------------------------------------------------------------------
+
+/// An immutable graph on node ids ``0..node_count`` for static analysis.
+#[pyclass(module = "taskiq_flow._core", frozen)]
+pub struct DagGraph {
+    graph: Graph,
+}
+
+#[pymethods]
+impl DagGraph {
+    #[new]
+    #[pyo3(signature = (node_count, sources, targets))]
+    fn new(
+        py: Python<'_>,
+        node_count: &Bound<'_, PyAny>,
+        sources: &Bound<'_, PyAny>,
+        targets: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let n = int_arg("node_count", node_count, crate::dag::MAX_IDS)? as u32;
+        let src = id_list("sources", sources)?;
+        let dst = id_list("targets", targets)?;
+        let graph = heavy(py, || Graph::from_edges(n, &src, &dst))?;
+        Ok(Self { graph })
+    }
+
+    #[getter]
+    fn node_count(&self) -> u32 {
+        self.graph.node_count()
+    }
+
+    #[getter]
+    fn edge_count(&self) -> usize {
+        self.graph.edge_count()
+    }
+
+    fn successors(&self, node: i64) -> PyResult<Vec<u32>> {
+        guard(|| {
+            let node = node_arg(node)?;
+            self.graph.check_node(node)?;
+            Ok(self.graph.successors(node).to_vec())
+        })
+    }
+
+    fn topological_order(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
+        heavy(py, || self.graph.topological_order())
+    }
+
+    fn find_cycle(&self, py: Python<'_>) -> PyResult<Option<Vec<u32>>> {
+        heavy(py, || Ok(self.graph.find_cycle()))
+    }
+
+    fn levels(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
+        heavy(py, || self.graph.levels())
+    }
+
+    #[pyo3(signature = (weights=None))]
+    fn bottom_levels(&self, py: Python<'_>, weights: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<u64>> {
+        let weights = weights.map(|w| amount_list("weights", w)).transpose()?;
+        heavy(py, || self.graph.bottom_levels(weights.as_deref()))
+    }
+
+    #[pyo3(signature = (weights=None))]
+    fn critical_path(
+        &self,
+        py: Python<'_>,
+        weights: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(u64, Vec<u32>)> {
+        let weights = weights.map(|w| amount_list("weights", w)).transpose()?;
+        heavy(py, || self.graph.critical_path(weights.as_deref()))
+    }
+}
+
+/// The ``graphlib.TopologicalSorter`` protocol on integer node ids.
+#[pyclass(module = "taskiq_flow._core")]
+pub struct DagSorter {
+    sorter: Sorter,
+}
+
+#[pymethods]
+impl DagSorter {
+    #[new]
+    #[pyo3(signature = (node_count=None))]
+    fn new(node_count: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let n = match node_count {
+            Some(count) => int_arg("node_count", count, crate::dag::MAX_IDS)? as u32,
+            None => 0,
+        };
+        let mut sorter = Sorter::new();
+        guard(|| sorter.add_nodes(n))?;
+        Ok(Self { sorter })
+    }
+
+    #[getter]
+    fn node_count(&self) -> u32 {
+        self.sorter.node_count()
+    }
+
+    #[getter]
+    fn in_flight(&self) -> u32 {
+        self.sorter.in_flight()
+    }
+
+    #[getter]
+    fn finished(&self) -> u32 {
+        self.sorter.finished()
+    }
+
+    #[getter]
+    fn is_prepared(&self) -> bool {
+        self.sorter.is_prepared()
+    }
+
+    fn add_nodes(&mut self, count: &Bound<'_, PyAny>) -> PyResult<u32> {
+        let count = int_arg("count", count, crate::dag::MAX_IDS)? as u32;
+        guard(|| self.sorter.add_nodes(count))
+    }
+
+    fn add_edges(&mut self, sources: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>) -> PyResult<()> {
+        let src = id_list("sources", sources)?;
+        let dst = id_list("targets", targets)?;
+        guard(|| self.sorter.add_edges(&src, &dst))
+    }
+
+    fn prepare(&mut self, py: Python<'_>) -> PyResult<()> {
+        let sorter = &mut self.sorter;
+        heavy(py, || sorter.prepare())
+    }
+
+    fn is_active(&self) -> PyResult<bool> {
+        guard(|| self.sorter.is_active())
+    }
+
+    fn __bool__(&self) -> PyResult<bool> {
+        self.is_active()
+    }
+
+    fn get_ready(&mut self) -> PyResult<Vec<u32>> {
+        guard(|| self.sorter.get_ready())
+    }
+
+    #[pyo3(signature = (*nodes))]
+    fn done(&mut self, nodes: Vec<i64>) -> PyResult<()> {
+        guard(|| {
+            let ids = nodes.into_iter().map(node_arg).collect::<CoreResult<Vec<u32>>>()?;
+            self.sorter.done(&ids)
+        })
+    }
+
+    fn done_many(&mut self, nodes: &Bound<'_, PyAny>) -> PyResult<()> {
+        let ids = id_list("nodes", nodes)?;
+        guard(|| self.sorter.done(&ids))
+    }
+
+    fn complete(&mut self, node: i64) -> PyResult<Vec<u32>> {
+        guard(|| self.sorter.complete(node_arg(node)?))
+    }
+
+    fn static_order(&mut self, py: Python<'_>) -> PyResult<Vec<u32>> {
+        let sorter = &mut self.sorter;
+        heavy(py, || sorter.static_order())
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Admission
+// ------------------------------------------------------------------------------------------------
+
+fn state_name(state: NodeState) -> &'static str {
+    match state {
+        NodeState::Waiting => "waiting",
+        NodeState::Queued => "queued",
+        NodeState::Running => "running",
+        NodeState::Done => "done",
+        NodeState::Failed => "failed",
+        NodeState::Skipped => "skipped",
+        NodeState::Cancelled => "cancelled",
+    }
+}
+
+fn key_limits(
+    max_parallel: Option<&Bound<'_, PyAny>>,
+    rate: Option<&Bound<'_, PyAny>>,
+    burst: Option<&Bound<'_, PyAny>>,
+) -> PyResult<KeyLimits> {
+    let max_parallel = cap_arg("max_parallel", max_parallel)?;
+    let rate = match rate {
+        Some(r) if !r.is_none() => {
+            let r = float_arg("rate", r)?;
+            let b = cap_arg("burst", burst)?.unwrap_or(1);
+            Some((r, b))
+        }
+        _ => None,
+    };
+    let limits = KeyLimits { max_parallel, rate };
+    if let Some((r, b)) = limits.rate {
+        RateLimit::new(r, b)?;
+    }
+    Ok(limits)
+}
+
+/// A run of an acyclic graph under admission control.
+#[pyclass(module = "taskiq_flow._core")]
+pub struct DagScheduler {
+    inner: CoreScheduler,
+}
+
+#[pymethods]
+impl DagScheduler {
+    #[new]
+    #[pyo3(signature = (node_count, sources, targets, *, keys=None, priorities=None, weights=None, max_parallel=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        node_count: &Bound<'_, PyAny>,
+        sources: &Bound<'_, PyAny>,
+        targets: &Bound<'_, PyAny>,
+        keys: Option<&Bound<'_, PyAny>>,
+        priorities: Option<Vec<i32>>,
+        weights: Option<&Bound<'_, PyAny>>,
+        max_parallel: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let n = int_arg("node_count", node_count, crate::dag::MAX_IDS)? as u32;
+        let src = id_list("sources", sources)?;
+        let dst = id_list("targets", targets)?;
+        let keys = keys.map(|k| id_list("keys", k)).transpose()?;
+        let weights = weights.map(|w| amount_list("weights", w)).transpose()?;
+        let global = cap_arg("max_parallel", max_parallel)?;
+        let mut inner = heavy(py, || {
+            let graph = Graph::from_edges(n, &src, &dst)?;
+            CoreScheduler::new(graph, keys, &[], priorities, weights.as_deref())
+        })?;
+        guard(|| inner.set_global_cap(global, 0.0))?;
+        Ok(Self { inner })
+    }
+
+    #[getter]
+    fn node_count(&self) -> u32 {
+        self.inner.node_count()
+    }
+
+    #[getter]
+    fn is_finished(&self) -> bool {
+        self.inner.is_finished()
+    }
+
+    #[pyo3(signature = (key, *, max_parallel=None, rate=None, burst=None, now=0.0))]
+    fn set_key_limits(
+        &mut self,
+        key: u32,
+        max_parallel: Option<&Bound<'_, PyAny>>,
+        rate: Option<&Bound<'_, PyAny>>,
+        burst: Option<&Bound<'_, PyAny>>,
+        now: f64,
+    ) -> PyResult<Vec<u32>> {
+        let limits = key_limits(max_parallel, rate, burst)?;
+        guard(|| self.inner.set_key_limits(key, limits, now))
+    }
+
+    #[pyo3(signature = (max_parallel, now=0.0))]
+    fn set_max_parallel(&mut self, max_parallel: Option<&Bound<'_, PyAny>>, now: f64) -> PyResult<Vec<u32>> {
+        let cap = cap_arg("max_parallel", max_parallel)?;
+        guard(|| self.inner.set_global_cap(cap, now))
+    }
+
+    #[pyo3(signature = (now=0.0))]
+    fn start(&mut self, now: f64) -> PyResult<Vec<u32>> {
+        guard(|| self.inner.start(now))
+    }
+
+    #[pyo3(signature = (node, now=0.0))]
+    fn complete(&mut self, node: i64, now: f64) -> PyResult<Vec<u32>> {
+        guard(|| self.inner.complete(node_arg(node)?, now))
+    }
+
+    #[pyo3(signature = (nodes, now=0.0))]
+    fn complete_many(&mut self, nodes: &Bound<'_, PyAny>, now: f64) -> PyResult<Vec<u32>> {
+        let ids = id_list("nodes", nodes)?;
+        guard(|| self.inner.complete_many(&ids, now))
+    }
+
+    #[pyo3(signature = (node, now=0.0))]
+    fn fail(&mut self, node: i64, now: f64) -> PyResult<(Vec<u32>, Vec<u32>)> {
+        guard(|| {
+            let outcome = self.inner.fail(node_arg(node)?, now)?;
+            Ok((outcome.admitted, outcome.skipped))
+        })
+    }
+
+    fn cancel(&mut self) -> PyResult<Vec<u32>> {
+        guard(|| Ok(self.inner.cancel()))
+    }
+
+    fn poll(&mut self, now: f64) -> PyResult<Vec<u32>> {
+        guard(|| self.inner.poll(now))
+    }
+
+    fn next_wakeup(&self) -> Option<f64> {
+        self.inner.next_wakeup()
+    }
+
+    fn state(&self, node: i64) -> PyResult<&'static str> {
+        guard(|| Ok(state_name(self.inner.state(node_arg(node)?)?)))
+    }
+
+    fn counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = self.inner.counts();
+        let d = PyDict::new(py);
+        for (name, value) in [
+            ("waiting", c.waiting),
+            ("queued", c.queued),
+            ("running", c.running),
+            ("done", c.done),
+            ("failed", c.failed),
+            ("skipped", c.skipped),
+            ("cancelled", c.cancelled),
+        ] {
+            d.set_item(name, value)?;
+        }
+        Ok(d)
+    }
+}
+
+/// A counted concurrency cap; the async waiting lives in ``taskiq_flow.limits``.
+#[pyclass(module = "taskiq_flow._core")]
+pub struct ConcurrencyCounter {
+    inner: ConcurrencyLimit,
+}
+
+#[pymethods]
+impl ConcurrencyCounter {
+    #[new]
+    fn new(cap: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let cap = cap_arg("total_tokens", Some(cap))?.unwrap_or(1);
+        Ok(Self { inner: guard(|| ConcurrencyLimit::new(cap))? })
+    }
+
+    #[getter]
+    fn get_cap(&self) -> u32 {
+        self.inner.cap()
+    }
+
+    #[setter]
+    fn set_cap(&mut self, cap: &Bound<'_, PyAny>) -> PyResult<()> {
+        let cap = cap_arg("total_tokens", Some(cap))?.unwrap_or(1);
+        guard(|| self.inner.set_cap(cap))
+    }
+
+    #[getter]
+    fn in_use(&self) -> u32 {
+        self.inner.in_use()
+    }
+
+    #[getter]
+    fn available(&self) -> u32 {
+        self.inner.available()
+    }
+
+    fn try_acquire(&mut self) -> bool {
+        self.inner.try_acquire()
+    }
+
+    /// Returns a slot; with ``waiter=True`` hands it to a waiter instead when the cap allows.
+    /// Returns whether the slot was handed off.
+    #[pyo3(signature = (waiter=false))]
+    fn release(&mut self, waiter: bool) -> PyResult<bool> {
+        guard(|| self.inner.release_or_hand_off(waiter))
+    }
+}
+
+/// An exact token bucket; time is passed in.
+#[pyclass(module = "taskiq_flow._core")]
+pub struct TokenBucket {
+    inner: RateLimit,
+}
+
+#[pymethods]
+impl TokenBucket {
+    #[new]
+    #[pyo3(signature = (rate, burst=None))]
+    fn new(rate: &Bound<'_, PyAny>, burst: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let rate = float_arg("rate", rate)?;
+        let burst = cap_arg("burst", burst)?.unwrap_or(1);
+        Ok(Self { inner: guard(|| RateLimit::new(rate, burst))? })
+    }
+
+    #[getter]
+    fn rate(&self) -> f64 {
+        self.inner.rate()
+    }
+
+    #[getter]
+    fn burst(&self) -> u32 {
+        self.inner.burst()
+    }
+
+    /// ``None`` when a token was taken, else the time at which one will be there.
+    fn try_acquire(&mut self, now: f64) -> PyResult<Option<f64>> {
+        guard(|| Ok(self.inner.try_acquire(now)?.err()))
+    }
+
+    fn reserve(&mut self, now: f64) -> PyResult<f64> {
+        guard(|| self.inner.reserve(now))
+    }
+
+    fn refund(&mut self, now: f64) -> PyResult<()> {
+        guard(|| self.inner.refund(now))
+    }
+
+    fn available(&self, now: f64) -> PyResult<u32> {
+        guard(|| {
+            crate::limiter::check_now(now)?;
+            Ok(self.inner.available(now))
+        })
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Placement
+// ------------------------------------------------------------------------------------------------
+
+/// Online resource placement over registered workers.
+#[pyclass(module = "taskiq_flow._core")]
+pub struct Placer {
+    inner: CorePlacer,
+}
+
+fn demand(amounts: &Bound<'_, PyAny>, labels: Option<&Bound<'_, PyAny>>) -> PyResult<Demand> {
+    Ok(Demand {
+        amounts: amount_list("demand", amounts)?,
+        labels: labels.map(|l| id_list("labels", l)).transpose()?.unwrap_or_default(),
+    })
+}
+
+#[pymethods]
+impl Placer {
+    #[new]
+    #[pyo3(signature = (resources, policy="best_fit"))]
+    fn new(resources: Vec<String>, policy: &str) -> PyResult<Self> {
+        guard(|| Ok(Self { inner: CorePlacer::new(resources, Policy::parse(policy)?)? }))
+    }
+
+    #[getter]
+    fn resources(&self) -> Vec<String> {
+        self.inner.resources().to_vec()
+    }
+
+    #[getter]
+    fn policy(&self) -> &'static str {
+        match self.inner.policy() {
+            Policy::BestFit => "best_fit",
+            Policy::Spread => "spread",
+            Policy::FirstFit => "first_fit",
+        }
+    }
+
+    #[getter]
+    fn worker_count(&self) -> u32 {
+        self.inner.worker_count()
+    }
+
+    #[getter]
+    fn placed_count(&self) -> usize {
+        self.inner.placed_count()
+    }
+
+    fn label(&mut self, name: &str) -> u32 {
+        self.inner.label(name)
+    }
+
+    #[pyo3(signature = (capacity, labels=None))]
+    fn add_worker(&mut self, capacity: &Bound<'_, PyAny>, labels: Option<&Bound<'_, PyAny>>) -> PyResult<u32> {
+        let d = demand(capacity, labels)?;
+        guard(|| self.inner.add_worker(&d.amounts, &d.labels))
+    }
+
+    fn remove_worker(&mut self, worker: u32) -> PyResult<Vec<u64>> {
+        guard(|| self.inner.remove_worker(worker))
+    }
+
+    fn free(&self, worker: u32) -> PyResult<Vec<u64>> {
+        guard(|| self.inner.free(worker))
+    }
+
+    fn task_count(&self, worker: u32) -> PyResult<u32> {
+        guard(|| self.inner.task_count(worker))
+    }
+
+    fn worker_of(&self, task: u64) -> Option<u32> {
+        self.inner.worker_of(task)
+    }
+
+    #[pyo3(signature = (demand, labels=None))]
+    fn check(&self, demand: &Bound<'_, PyAny>, labels: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let d = self::demand(demand, labels)?;
+        guard(|| self.inner.check_schedulable(&d))
+    }
+
+    #[pyo3(signature = (task, demand, labels=None))]
+    fn place(
+        &mut self,
+        task: u64,
+        demand: &Bound<'_, PyAny>,
+        labels: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<u32>> {
+        let d = self::demand(demand, labels)?;
+        guard(|| self.inner.place(task, &d))
+    }
+
+    /// ``tasks``: a sequence of ``(task_id, demand, labels)``.
+    fn place_many(&mut self, py: Python<'_>, tasks: &Bound<'_, PyAny>) -> PyResult<Vec<Option<u32>>> {
+        let batch = task_batch(tasks)?;
+        let inner = &mut self.inner;
+        heavy(py, || inner.place_many(&batch))
+    }
+
+    fn release(&mut self, task: u64) -> PyResult<u32> {
+        guard(|| self.inner.release(task))
+    }
+
+    #[pyo3(signature = (demand, labels=None))]
+    fn explain(
+        &self,
+        demand: &Bound<'_, PyAny>,
+        labels: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<(u32, Vec<String>)>> {
+        let d = self::demand(demand, labels)?;
+        guard(|| {
+            let why = self.inner.explain(&d)?;
+            Ok(why
+                .into_iter()
+                .map(|(w, reasons)| (w, reasons.iter().map(ToString::to_string).collect()))
+                .collect())
+        })
+    }
+
+    /// ``tasks``: a sequence of ``(demand, labels)``. Returns ``(assignment, placed,
+    /// workers_used, heuristic)``.
+    fn plan(
+        &self,
+        py: Python<'_>,
+        tasks: &Bound<'_, PyAny>,
+    ) -> PyResult<(Vec<Option<u32>>, usize, usize, &'static str)> {
+        let mut batch = Vec::new();
+        for item in tasks.try_iter()? {
+            let item = item?;
+            let (amounts, labels): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
+            batch.push(demand(&amounts, Some(&labels))?);
+        }
+        let inner = &self.inner;
+        let plan = heavy(py, || inner.plan(&batch))?;
+        Ok((plan.assignment, plan.placed, plan.workers_used, plan.heuristic))
+    }
+}
+
+fn task_batch(tasks: &Bound<'_, PyAny>) -> PyResult<Vec<(u64, Demand)>> {
+    let mut batch = Vec::new();
+    for item in tasks.try_iter()? {
+        let item = item?;
+        let (task, amounts, labels): (u64, Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
+        batch.push((task, demand(&amounts, Some(&labels))?));
+    }
+    Ok(batch)
+}
+
+/// Panics inside the core on purpose; the test suite checks that this surfaces as
+/// ``InternalError`` and that the interpreter lives on.
+#[pyfunction]
+fn _panic_for_test(message: &str) -> PyResult<()> {
+    guard(|| -> CoreResult<()> { panic!("{message}") })
+}
+
+/// The scheduling core of taskiq-flow (private: import from ``taskiq_flow``).
+#[pymodule(name = "_core")]
+fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<DagGraph>()?;
+    m.add_class::<DagSorter>()?;
+    m.add_class::<DagScheduler>()?;
+    m.add_class::<ConcurrencyCounter>()?;
+    m.add_class::<TokenBucket>()?;
+    m.add_class::<Placer>()?;
+    m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
+    m.add("MAX_IDS", crate::dag::MAX_IDS)?;
+    Ok(())
+}

@@ -1,0 +1,636 @@
+//! The DAG state machine with admission control: one call says what is ready *and* admitted.
+//!
+//! Every node belongs to one admission key (a pipeline step; key 0 by default). A key may carry a
+//! concurrency cap (`max_parallel`) and a token-bucket rate limit; one global cap covers the whole
+//! run. Events go in — [`Scheduler::start`], [`Scheduler::complete`], [`Scheduler::fail`],
+//! [`Scheduler::poll`] when a rate limit's wake-up time has come — and each returns the nodes that may
+//! start now, which then hold their key's and the global slot until they complete or fail.
+//!
+//! Ready nodes are admitted best first: higher priority, then longer remaining path (its weight
+//! included), then the order in which they became ready. A node that its key cannot admit waits in
+//! that key's queue, in the same order, and the next slot the key frees goes to the best of them.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use crate::dag::Graph;
+use crate::error::{CoreError, CoreResult};
+use crate::limiter::{check_cap, check_now, RateLimit};
+
+/// Lifecycle of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum NodeState {
+    /// Some predecessor has not completed.
+    Waiting = 0,
+    /// Ready, waiting for admission.
+    Queued = 1,
+    /// Admitted and not finished.
+    Running = 2,
+    /// Completed.
+    Done = 3,
+    /// Failed.
+    Failed = 4,
+    /// Can never run: a predecessor failed or was skipped.
+    Skipped = 5,
+    /// Never started because the run was cancelled.
+    Cancelled = 6,
+}
+
+/// Admission settings of one key.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct KeyLimits {
+    /// Most nodes of the key running at once; `None` is unbounded.
+    pub max_parallel: Option<u64>,
+    /// `(rate per second, burst)`; `None` is unthrottled.
+    pub rate: Option<(f64, u64)>,
+}
+
+/// The heap entry of a queued node; the max-heap pops the best entry first.
+type Entry = (i32, u64, Reverse<u64>, u32);
+
+#[derive(Debug)]
+struct Key {
+    cap: u32,
+    running: u32,
+    rate: Option<RateLimit>,
+    /// Nodes this key could not admit yet.
+    parked: BinaryHeap<Entry>,
+    /// Set while parked nodes wait for a token: the time the next one comes.
+    wake_at: Option<f64>,
+}
+
+impl Key {
+    fn new(limits: KeyLimits) -> CoreResult<Self> {
+        let cap = match limits.max_parallel {
+            Some(cap) => check_cap("max_parallel", cap)?,
+            None => u32::MAX,
+        };
+        let rate = limits.rate.map(|(rate, burst)| RateLimit::new(rate, burst)).transpose()?;
+        Ok(Self { cap, running: 0, rate, parked: BinaryHeap::new(), wake_at: None })
+    }
+}
+
+/// What a failure did: nodes admitted by the freed slot, and nodes that can no longer run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FailOutcome {
+    /// Nodes that may start now.
+    pub admitted: Vec<u32>,
+    /// Downstream nodes that will never run (state [`NodeState::Skipped`]).
+    pub skipped: Vec<u32>,
+}
+
+/// Counts of nodes by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub waiting: u32,
+    pub queued: u32,
+    pub running: u32,
+    pub done: u32,
+    pub failed: u32,
+    pub skipped: u32,
+    pub cancelled: u32,
+}
+
+/// A run of one acyclic graph under admission control.
+#[derive(Debug)]
+pub struct Scheduler {
+    graph: Graph,
+    pending: Vec<u32>,
+    state: Vec<NodeState>,
+    key_of: Vec<u32>,
+    priority: Vec<i32>,
+    remaining: Vec<u64>,
+    keys: Vec<Key>,
+    /// Ready nodes not yet offered to their key.
+    ready: BinaryHeap<Entry>,
+    global_cap: u32,
+    running: u32,
+    sequence: u64,
+    started: bool,
+    cancelled: bool,
+    counts: Counts,
+    /// Keys with nodes waiting for a token.
+    throttled: Vec<u32>,
+    /// Keys whose slots or tokens changed since the last admission round.
+    touched: Vec<u32>,
+}
+
+impl Scheduler {
+    /// A scheduler over `graph`, which must be acyclic.
+    ///
+    /// `key_of` assigns each node an admission key (default: all in key 0); `keys` holds each key's
+    /// limits (missing keys are unbounded). `priority` (higher first) and `weights` (for the
+    /// remaining-path tie-break) are per node, defaulting to 0 and 1.
+    pub fn new(
+        graph: Graph,
+        key_of: Option<Vec<u32>>,
+        keys: &[KeyLimits],
+        priority: Option<Vec<i32>>,
+        weights: Option<&[u64]>,
+    ) -> CoreResult<Self> {
+        let n = graph.node_count() as usize;
+        let per_node = |what: &str, len: usize| -> CoreResult<()> {
+            if len == n {
+                Ok(())
+            } else {
+                Err(CoreError::invalid(what, "one per node", format!("{len} values for {n} nodes")))
+            }
+        };
+        let key_of = key_of.unwrap_or_else(|| vec![0; n]);
+        per_node("keys", key_of.len())?;
+        let priority = priority.unwrap_or_else(|| vec![0; n]);
+        per_node("priorities", priority.len())?;
+        let order = graph.topological_order()?;
+        let remaining = graph.bottom_levels_in(&order, weights)?;
+        let key_count = key_of.iter().map(|&k| k as usize + 1).max().unwrap_or(0).max(keys.len());
+        let mut key_states = Vec::with_capacity(key_count.max(1));
+        for i in 0..key_count.max(1) {
+            key_states.push(Key::new(keys.get(i).copied().unwrap_or_default())?);
+        }
+        let pending = graph.in_degrees();
+        Ok(Self {
+            graph,
+            pending,
+            state: vec![NodeState::Waiting; n],
+            key_of,
+            priority,
+            remaining,
+            keys: key_states,
+            ready: BinaryHeap::new(),
+            global_cap: u32::MAX,
+            running: 0,
+            sequence: 0,
+            started: false,
+            cancelled: false,
+            counts: Counts { waiting: n as u32, ..Counts::default() },
+            throttled: Vec::new(),
+            touched: Vec::new(),
+        })
+    }
+
+    /// Number of nodes.
+    pub fn node_count(&self) -> u32 {
+        self.graph.node_count()
+    }
+
+    /// The graph being run.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// State of `node`.
+    pub fn state(&self, node: u32) -> CoreResult<NodeState> {
+        self.graph.check_node(node)?;
+        Ok(self.state[node as usize])
+    }
+
+    /// Counts of nodes by state.
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// True when no node can run any more: every node is done, failed, skipped or cancelled.
+    pub fn is_finished(&self) -> bool {
+        let c = &self.counts;
+        c.waiting == 0 && c.queued == 0 && c.running == 0
+    }
+
+    /// The global cap (`u32::MAX` when unbounded).
+    pub fn global_cap(&self) -> u32 {
+        self.global_cap
+    }
+
+    /// Sets the global cap (`None` lifts it) and returns nodes a raised cap admits now.
+    pub fn set_global_cap(&mut self, cap: Option<u64>, now: f64) -> CoreResult<Vec<u32>> {
+        self.global_cap = match cap {
+            Some(cap) => check_cap("max_parallel", cap)?,
+            None => u32::MAX,
+        };
+        let mut admitted = Vec::new();
+        if self.started {
+            self.admit(now, &mut admitted)?;
+        }
+        Ok(admitted)
+    }
+
+    /// Sets the limits of `key` and returns nodes they admit now.
+    pub fn set_key_limits(&mut self, key: u32, limits: KeyLimits, now: f64) -> CoreResult<Vec<u32>> {
+        let Some(state) = self.keys.get_mut(key as usize) else {
+            return Err(CoreError::UnknownId { what: "admission key", id: key.into() });
+        };
+        let fresh = Key::new(limits)?;
+        state.cap = fresh.cap;
+        state.rate = fresh.rate;
+        state.wake_at = None;
+        self.throttled.retain(|&k| k != key);
+        let mut admitted = Vec::new();
+        if self.started {
+            self.unpark(key, now);
+            self.admit(now, &mut admitted)?;
+        }
+        Ok(admitted)
+    }
+
+    /// Starts the run: returns the nodes without predecessors that are admitted now.
+    pub fn start(&mut self, now: f64) -> CoreResult<Vec<u32>> {
+        if self.started {
+            return Err(CoreError::AlreadyPrepared);
+        }
+        self.started = true;
+        for v in 0..self.node_count() {
+            if self.pending[v as usize] == 0 {
+                self.enqueue(v);
+            }
+        }
+        let mut admitted = Vec::new();
+        self.admit(now, &mut admitted)?;
+        Ok(admitted)
+    }
+
+    fn check_running(&self, node: u32) -> CoreResult<()> {
+        if !self.started {
+            return Err(CoreError::NotPrepared);
+        }
+        self.graph.check_node(node)?;
+        match self.state[node as usize] {
+            NodeState::Running => Ok(()),
+            NodeState::Done => Err(CoreError::AlreadyDone { node }),
+            NodeState::Waiting | NodeState::Queued => Err(CoreError::NotPassedOut { node }),
+            NodeState::Failed | NodeState::Skipped | NodeState::Cancelled => {
+                Err(CoreError::NotRunning { node })
+            }
+        }
+    }
+
+    /// Marks a running node done; returns the nodes that may start now.
+    pub fn complete(&mut self, node: u32, now: f64) -> CoreResult<Vec<u32>> {
+        self.complete_many(&[node], now)
+    }
+
+    /// Marks running nodes done (all or nothing); returns the nodes that may start now.
+    pub fn complete_many(&mut self, nodes: &[u32], now: f64) -> CoreResult<Vec<u32>> {
+        check_now(now)?;
+        for (i, &node) in nodes.iter().enumerate() {
+            if let Err(err) = self.check_running(node) {
+                for &undo in &nodes[..i] {
+                    self.state[undo as usize] = NodeState::Running;
+                }
+                return Err(err);
+            }
+            // Marked now so that a node listed twice is caught; undone above on error.
+            self.state[node as usize] = NodeState::Done;
+        }
+        for &node in nodes {
+            self.counts.running -= 1;
+            self.counts.done += 1;
+            self.release_slot(node, now);
+            let graph = std::mem::take(&mut self.graph);
+            for &s in graph.successors(node) {
+                let p = &mut self.pending[s as usize];
+                *p -= 1;
+                if *p == 0 && self.state[s as usize] == NodeState::Waiting {
+                    self.enqueue(s);
+                }
+            }
+            self.graph = graph;
+        }
+        let mut admitted = Vec::new();
+        self.admit(now, &mut admitted)?;
+        Ok(admitted)
+    }
+
+    /// Marks a running node failed. Its downstream nodes are skipped (reported, never run); the
+    /// slot it held goes to the next admissible node.
+    pub fn fail(&mut self, node: u32, now: f64) -> CoreResult<FailOutcome> {
+        check_now(now)?;
+        self.check_running(node)?;
+        self.state[node as usize] = NodeState::Failed;
+        self.counts.running -= 1;
+        self.counts.failed += 1;
+        self.release_slot(node, now);
+        let mut skipped = Vec::new();
+        let mut stack = vec![node];
+        while let Some(u) = stack.pop() {
+            for &s in self.graph.successors(u) {
+                // Successors of a failed or skipped node cannot have been ready.
+                if self.state[s as usize] == NodeState::Waiting {
+                    self.state[s as usize] = NodeState::Skipped;
+                    self.counts.waiting -= 1;
+                    self.counts.skipped += 1;
+                    skipped.push(s);
+                    stack.push(s);
+                }
+            }
+        }
+        let mut admitted = Vec::new();
+        self.admit(now, &mut admitted)?;
+        Ok(FailOutcome { admitted, skipped })
+    }
+
+    /// Stops admitting: every node that has not started is cancelled and returned. Running nodes
+    /// still complete or fail normally.
+    pub fn cancel(&mut self) -> Vec<u32> {
+        self.cancelled = true;
+        self.ready.clear();
+        self.throttled.clear();
+        for key in &mut self.keys {
+            key.parked.clear();
+            key.wake_at = None;
+        }
+        let mut cancelled = Vec::new();
+        for (v, state) in self.state.iter_mut().enumerate() {
+            if matches!(state, NodeState::Waiting | NodeState::Queued) {
+                *state = NodeState::Cancelled;
+                cancelled.push(v as u32);
+            }
+        }
+        self.counts.cancelled += cancelled.len() as u32;
+        self.counts.waiting = 0;
+        self.counts.queued = 0;
+        cancelled
+    }
+
+    /// Admits what rate limits allow at `now`; call it at [`Scheduler::next_wakeup`].
+    pub fn poll(&mut self, now: f64) -> CoreResult<Vec<u32>> {
+        check_now(now)?;
+        let mut admitted = Vec::new();
+        if !self.started {
+            return Ok(admitted);
+        }
+        let due: Vec<u32> = self
+            .throttled
+            .iter()
+            .copied()
+            .filter(|&k| self.keys[k as usize].wake_at.is_some_and(|t| t <= now))
+            .collect();
+        if !due.is_empty() {
+            self.throttled.retain(|k| !due.contains(k));
+            for key in due {
+                self.keys[key as usize].wake_at = None;
+                self.unpark(key, now);
+                self.touched.push(key);
+            }
+        }
+        self.admit(now, &mut admitted)?;
+        Ok(admitted)
+    }
+
+    /// The earliest time a rate-limited node can be admitted, if any waits for a token.
+    pub fn next_wakeup(&self) -> Option<f64> {
+        self.throttled
+            .iter()
+            .filter_map(|&k| self.keys[k as usize].wake_at)
+            .min_by(f64::total_cmp)
+    }
+
+    fn enqueue(&mut self, v: u32) {
+        self.sequence += 1;
+        let i = v as usize;
+        self.state[i] = NodeState::Queued;
+        self.counts.waiting -= 1;
+        self.counts.queued += 1;
+        self.ready.push((self.priority[i], self.remaining[i], Reverse(self.sequence), v));
+    }
+
+    fn release_slot(&mut self, node: u32, now: f64) {
+        self.running -= 1;
+        let key = self.key_of[node as usize];
+        let k = &mut self.keys[key as usize];
+        k.running -= 1;
+        if !k.parked.is_empty() && k.wake_at.is_none() {
+            self.unpark(key, now);
+            self.touched.push(key);
+        }
+    }
+
+    /// After an admission round: a key that still has parked nodes and a free slot waits for a
+    /// token, so it gets a wake-up time.
+    fn rearm(&mut self, key: u32, now: f64) {
+        let k = &mut self.keys[key as usize];
+        if k.wake_at.is_some() || k.parked.is_empty() || k.running >= k.cap {
+            return;
+        }
+        if let Some(rate) = &k.rate {
+            k.wake_at = Some(rate.next_token_at(now));
+            self.throttled.push(key);
+        }
+    }
+
+    /// Moves as many parked nodes of `key` back to the ready heap as the key could admit now.
+    fn unpark(&mut self, key: u32, now: f64) {
+        let k = &mut self.keys[key as usize];
+        let mut room = k.cap.saturating_sub(k.running);
+        if let Some(rate) = &k.rate {
+            room = room.min(rate.available(now));
+        }
+        for _ in 0..room {
+            match k.parked.pop() {
+                Some(entry) => self.ready.push(entry),
+                None => break,
+            }
+        }
+    }
+
+    /// Admits ready nodes, best first, until the global cap is reached or none is left.
+    fn admit(&mut self, now: f64, out: &mut Vec<u32>) -> CoreResult<()> {
+        if self.cancelled {
+            self.touched.clear();
+            return Ok(());
+        }
+        while self.running < self.global_cap {
+            let Some(entry) = self.ready.pop() else { break };
+            let node = entry.3;
+            let key = self.key_of[node as usize];
+            let k = &mut self.keys[key as usize];
+            if k.running >= k.cap {
+                k.parked.push(entry);
+                continue;
+            }
+            if let Some(rate) = &mut k.rate {
+                if let Err(at) = rate.try_acquire(now)? {
+                    k.parked.push(entry);
+                    if k.wake_at.is_none() {
+                        k.wake_at = Some(at);
+                        self.throttled.push(key);
+                    }
+                    continue;
+                }
+            }
+            k.running += 1;
+            self.running += 1;
+            self.state[node as usize] = NodeState::Running;
+            self.counts.queued -= 1;
+            self.counts.running += 1;
+            out.push(node);
+        }
+        while let Some(key) = self.touched.pop() {
+            self.rearm(key, now);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn graph(n: u32, edges: &[(u32, u32)]) -> Graph {
+        let (src, dst): (Vec<u32>, Vec<u32>) = edges.iter().copied().unzip();
+        Graph::from_edges(n, &src, &dst).unwrap()
+    }
+
+    fn capped(cap: u64) -> KeyLimits {
+        KeyLimits { max_parallel: Some(cap), rate: None }
+    }
+
+    #[test]
+    fn ready_order_is_priority_then_longest_remaining_path() {
+        // 0 -> 1 -> 2 is the long branch; 3 and 4 are single nodes; 4 has higher priority.
+        let g = graph(5, &[(0, 1), (1, 2)]);
+        let mut s = Scheduler::new(g, None, &[capped(1)], Some(vec![0, 0, 0, 0, 7]), None).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![4]);
+        assert_eq!(s.complete(4, 0.0).unwrap(), vec![0]);
+        assert_eq!(s.complete(0, 0.0).unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn cap_per_key_and_global_cap() {
+        let g = graph(6, &[]);
+        let keys = vec![capped(2), capped(1)];
+        let mut s = Scheduler::new(g, Some(vec![0, 0, 0, 1, 1, 1]), &keys, None, None).unwrap();
+        s.set_global_cap(Some(3), 0.0).unwrap();
+        let first = s.start(0.0).unwrap();
+        assert_eq!(first, vec![0, 1, 3]);
+        assert_eq!(s.complete(3, 0.0).unwrap(), vec![4]);
+        assert_eq!(s.complete(0, 0.0).unwrap(), vec![2]);
+        assert_eq!(s.complete_many(&[1, 2, 4], 0.0).unwrap(), vec![5]);
+        assert!(!s.is_finished());
+        s.complete(5, 0.0).unwrap();
+        assert!(s.is_finished());
+        assert_eq!(s.counts().done, 6);
+    }
+
+    #[test]
+    fn failure_skips_downstream_only() {
+        // 0 -> 1 -> 2, and 3 independent.
+        let g = graph(4, &[(0, 1), (1, 2)]);
+        let mut s = Scheduler::new(g, None, &[], None, None).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0, 3]);
+        let outcome = s.fail(0, 0.0).unwrap();
+        assert_eq!(outcome.skipped, vec![1, 2]);
+        assert_eq!(s.state(2).unwrap(), NodeState::Skipped);
+        assert_eq!(s.fail(0, 0.0), Err(CoreError::NotRunning { node: 0 }));
+        assert_eq!(s.complete(1, 0.0), Err(CoreError::NotRunning { node: 1 }));
+        s.complete(3, 0.0).unwrap();
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn bad_completions_change_nothing() {
+        let g = graph(3, &[(0, 1)]);
+        let mut s = Scheduler::new(g, None, &[], None, None).unwrap();
+        assert_eq!(s.complete(0, 0.0), Err(CoreError::NotPrepared));
+        s.start(0.0).unwrap();
+        assert_eq!(s.complete_many(&[0, 0], 0.0), Err(CoreError::AlreadyDone { node: 0 }));
+        assert_eq!(s.complete_many(&[0, 1], 0.0), Err(CoreError::NotPassedOut { node: 1 }));
+        assert_eq!(s.complete(9, 0.0), Err(CoreError::UnknownNode { node: 9, node_count: 3 }));
+        assert!(s.complete(0, f64::NAN).is_err());
+        assert_eq!(s.state(0).unwrap(), NodeState::Running);
+        assert_eq!(s.complete(0, 0.0).unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn cyclic_graph_is_refused() {
+        let g = graph(2, &[(0, 1), (1, 0)]);
+        let err = Scheduler::new(g, None, &[], None, None).unwrap_err();
+        assert!(matches!(err, CoreError::Cycle { .. }));
+    }
+
+    #[test]
+    fn rate_limit_sets_wakeups_exactly() {
+        let g = graph(4, &[]);
+        let keys = [KeyLimits { max_parallel: None, rate: Some((2.0, 1)) }];
+        let mut s = Scheduler::new(g, None, &keys, None, None).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        assert_eq!(s.next_wakeup(), Some(0.5));
+        assert_eq!(s.poll(0.4).unwrap(), Vec::<u32>::new());
+        assert_eq!(s.poll(0.5).unwrap(), vec![1]);
+        assert_eq!(s.next_wakeup(), Some(1.0));
+        s.complete_many(&[0, 1], 0.6).unwrap();
+        assert_eq!(s.poll(1.0).unwrap(), vec![2]);
+        assert_eq!(s.poll(1.5).unwrap(), vec![3]);
+        assert_eq!(s.next_wakeup(), None);
+    }
+
+    #[test]
+    fn cancel_returns_what_never_started() {
+        let g = graph(3, &[(0, 1)]);
+        let mut s = Scheduler::new(g, None, &[capped(1)], None, None).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        assert_eq!(s.cancel(), vec![1, 2]);
+        assert_eq!(s.complete(0, 0.0).unwrap(), Vec::<u32>::new());
+        assert!(s.is_finished());
+    }
+
+    fn run_strategy() -> impl Strategy<Value = (u32, Vec<(u32, u32)>, Vec<u32>, u64, u64, Vec<u8>)> {
+        (1u32..40).prop_flat_map(|n| {
+            let edge = (0..n, 0..n).prop_map(|(a, b)| if a < b { (a, b) } else { (b, a) });
+            (
+                Just(n),
+                proptest::collection::vec(edge, 0..80),
+                proptest::collection::vec(0u32..3, n as usize),
+                1u64..4,
+                1u64..6,
+                proptest::collection::vec(any::<u8>(), n as usize),
+            )
+        })
+    }
+
+    proptest! {
+        /// Admission never exceeds a cap, never leaves an admissible node waiting, respects edges.
+        #[test]
+        fn caps_hold_and_nothing_admissible_waits(
+            (n, edges, key_of, key_cap, global_cap, choices) in run_strategy()
+        ) {
+            let edges: Vec<(u32, u32)> = edges.into_iter().filter(|(a, b)| a != b).collect();
+            let g = graph(n, &edges);
+            let keys = vec![capped(key_cap), capped(key_cap + 1), KeyLimits::default()];
+            let caps = [key_cap, key_cap + 1, u64::MAX];
+            let mut s = Scheduler::new(g, Some(key_of.clone()), &keys, None, None).unwrap();
+            s.set_global_cap(Some(global_cap), 0.0).unwrap();
+            let mut running: Vec<u32> = s.start(0.0).unwrap();
+            let mut done = vec![false; n as usize];
+            let mut step = 0;
+            while !running.is_empty() {
+                // Caps hold.
+                prop_assert!(running.len() as u64 <= global_cap);
+                for k in 0..3u32 {
+                    let c = running.iter().filter(|&&v| key_of[v as usize] == k).count() as u64;
+                    prop_assert!(c <= caps[k as usize]);
+                }
+                // Every predecessor of a running node is done.
+                for &(a, b) in &edges {
+                    if running.contains(&b) { prop_assert!(done[a as usize]); }
+                }
+                // Nothing admissible waits: every queued node is blocked by a full cap.
+                for v in 0..n {
+                    if s.state(v).unwrap() == NodeState::Queued {
+                        let k = key_of[v as usize];
+                        let key_full = running.iter()
+                            .filter(|&&r| key_of[r as usize] == k).count() as u64 >= caps[k as usize];
+                        prop_assert!(running.len() as u64 >= global_cap || key_full);
+                    }
+                }
+                let pick = choices[step % choices.len()] as usize % running.len();
+                step += 1;
+                let node = running.swap_remove(pick);
+                done[node as usize] = true;
+                running.extend(s.complete(node, 0.0).unwrap());
+            }
+            prop_assert!(s.is_finished());
+            prop_assert_eq!(s.counts().done, n);
+        }
+    }
+}
