@@ -159,7 +159,8 @@ impl RateLimit {
         check_now(now)?;
         let tat = self.tat.max(now);
         self.tat = tat + self.interval;
-        Ok((tat - self.tolerance - now).max(0.0))
+        let wait = tat - self.tolerance - now;
+        Ok(if wait <= EPSILON { 0.0 } else { wait })
     }
 
     /// Gives back the most recent reservation's token (a waiter that was cancelled).

@@ -128,18 +128,21 @@ fn amount_list(what: &str, value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
     Ok(out)
 }
 
-/// An optional cap: `None` or an int ≥ 1.
+/// An optional cap: `None` or an int from 1 to `u32::MAX`.
 fn cap_arg(what: &str, value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
+    const EXPECTED: &str = "an integer from 1 to 4294967295";
     match value {
         None => Ok(None),
         Some(v) if v.is_none() => Ok(None),
-        Some(v) => {
-            let cap = int_arg(what, v, u64::from(u32::MAX))?;
-            if cap == 0 {
-                return Err(CoreError::invalid(what, "an integer from 1 to 4294967295", 0).into());
+        Some(v) => match int_arg(what, v, u64::from(u32::MAX)) {
+            Ok(cap) if cap >= 1 => Ok(Some(cap)),
+            Ok(_) => Err(CoreError::invalid(what, EXPECTED, 0).into()),
+            Err(err) if v.is_instance_of::<PyInt>() => {
+                drop(err);
+                Err(CoreError::invalid(what, EXPECTED, v.repr()?).into())
             }
-            Ok(Some(cap))
-        }
+            Err(err) => Err(err),
+        },
     }
 }
 
