@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import graphlib
+import itertools
 import random
 
 import pytest
@@ -31,7 +32,7 @@ def graphs(draw: st.DrawFn, acyclic: bool = True) -> Graph:
 def assert_valid_cycle(graph: Graph, cycle: list[int]) -> None:
     assert len(cycle) >= 2
     assert cycle[0] == cycle[-1]
-    for a, b in zip(cycle, cycle[1:]):
+    for a, b in itertools.pairwise(cycle):
         assert a in graph.get(b, []), f"{a} is not a predecessor of {b}"
 
 

@@ -1,13 +1,25 @@
 """Type stubs of the compiled scheduling core (``rust/src/python.rs``)."""
 
 from collections.abc import Iterable, Sequence
-from typing import Literal
+from typing import Literal, final
+
+__all__ = [
+    "MAX_IDS",
+    "ConcurrencyCounter",
+    "DagGraph",
+    "DagScheduler",
+    "DagSorter",
+    "Placer",
+    "TokenBucket",
+    "_panic_for_test",
+]
 
 MAX_IDS: int
 
 _State = Literal["waiting", "queued", "running", "done", "failed", "skipped", "cancelled"]
 _Policy = Literal["best_fit", "spread", "first_fit"]
 
+@final
 class DagGraph:
     """An immutable graph on node ids ``0..node_count`` for static analysis."""
 
@@ -25,6 +37,7 @@ class DagGraph:
     def bottom_levels(self, weights: Sequence[int] | None = None) -> list[int]: ...
     def critical_path(self, weights: Sequence[int] | None = None) -> tuple[int, list[int]]: ...
 
+@final
 class DagSorter:
     """The ``graphlib.TopologicalSorter`` protocol on integer node ids."""
 
@@ -48,6 +61,7 @@ class DagSorter:
     def complete(self, node: int) -> list[int]: ...
     def static_order(self) -> list[int]: ...
 
+@final
 class DagScheduler:
     """A run of an acyclic graph under admission control."""
 
@@ -86,6 +100,7 @@ class DagScheduler:
     def state(self, node: int) -> _State: ...
     def counts(self) -> dict[str, int]: ...
 
+@final
 class ConcurrencyCounter:
     """A counted concurrency cap; the async waiting lives in ``taskiq_flow.limits``."""
 
@@ -101,6 +116,7 @@ class ConcurrencyCounter:
     def try_acquire(self) -> bool: ...
     def release(self, waiter: bool = False) -> bool: ...
 
+@final
 class TokenBucket:
     """An exact token bucket; time is passed in."""
 
@@ -114,6 +130,7 @@ class TokenBucket:
     def refund(self, now: float) -> None: ...
     def available(self, now: float) -> int: ...
 
+@final
 class Placer:
     """Online resource placement over registered workers."""
 

@@ -3,12 +3,12 @@
 ::
 
     TaskiqFlowError                      (Exception)
-    ├── CycleError                       (also graphlib.CycleError, hence ValueError)
-    ├── StateError                       (also ValueError) an operation the current state forbids
-    ├── UnknownIdError                   (also ValueError) a node, worker, task or key never registered
-    ├── InvalidValueError                (also ValueError) a cap < 1, a rate <= 0, NaN, a negative demand
-    ├── UnschedulableError               (also ValueError) no worker could ever take the task
-    └── InternalError                    a bug in the scheduling core (a Rust panic), caught
+    ├── CycleError          graphlib.CycleError (a ValueError): the graph has a cycle
+    ├── StateError          ValueError: an operation the current state forbids
+    ├── UnknownIdError      ValueError: a node, worker, task or key never registered
+    ├── InvalidValueError   ValueError: a cap < 1, a rate <= 0, NaN, a negative demand
+    ├── UnschedulableError  ValueError: no worker could ever take the task
+    └── InternalError       a bug in the scheduling core (a Rust panic), caught
 
 Errors raised by the Rust core are instances of these classes (the core imports them from here).
 Domain errors also derive from what the peer they mirror raises, so ``except graphlib.CycleError``

@@ -125,8 +125,8 @@ class CapacityLimiter:
 class RateLimiter:
     """Admits at most ``rate`` acquisitions per second, in bursts of up to ``burst``.
 
-    Exact: over any window of ``t`` seconds at most ``burst + rate * t`` acquisitions complete, and a
-    caller waits no longer than its place in line requires.
+    Exact: over any window of ``t`` seconds at most ``burst + rate * t`` acquisitions complete,
+    and a caller waits no longer than its place in line requires.
 
     :param rate: tokens per second, a finite number > 0.
     :param burst: bucket size, an int >= 1 (tokens that may be used at once after a quiet spell).

@@ -16,7 +16,6 @@ Two deliberate differences, both on paths where ``graphlib`` leaves things half-
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Iterator, Mapping
-from types import GenericAlias
 from typing import Generic, NoReturn, TypeVar
 
 from taskiq_flow._core import DagSorter
@@ -34,7 +33,6 @@ class TopologicalSorter(Generic[T]):
     """
 
     __slots__ = ("_core", "_dst", "_ids", "_nodes", "_src")
-    __class_getitem__ = classmethod(GenericAlias)  # type: ignore[assignment]
 
     def __init__(self, graph: Mapping[T, Iterable[T]] | None = None) -> None:
         self._ids: dict[T, int] = {}
@@ -49,8 +47,8 @@ class TopologicalSorter(Generic[T]):
     def add(self, node: T, *predecessors: T) -> None:
         """Adds ``node`` and edges from each of ``predecessors`` to it.
 
-        Calling it again for the same node adds to its predecessors; a predecessor seen for the first
-        time becomes a node without predecessors of its own.
+        Calling it again for the same node adds to its predecessors; a predecessor seen for the
+        first time becomes a node without predecessors of its own.
 
         :raises ValueError: after :meth:`prepare`.
         """

@@ -1,0 +1,111 @@
+"""Pure-Python peers the benchmarks measure against (and the tests use as oracles).
+
+They are written to be lean and fair: the fastest straightforward Python for the job, not straw men.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class KahnSorter:
+    """A lean Kahn sorter on integer ids: lists, no dicts, no per-node objects."""
+
+    __slots__ = ("_pending", "_ready", "_succ")
+
+    def __init__(self, node_count: int, sources: Sequence[int], targets: Sequence[int]) -> None:
+        succ: list[list[int]] = [[] for _ in range(node_count)]
+        pending = [0] * node_count
+        for s, t in zip(sources, targets):
+            succ[s].append(t)
+            pending[t] += 1
+        self._succ = succ
+        self._pending = pending
+        self._ready = [v for v in range(node_count) if pending[v] == 0]
+
+    def get_ready(self) -> list[int]:
+        """Nodes released since the last call."""
+        ready, self._ready = self._ready, []
+        return ready
+
+    def complete(self, node: int) -> list[int]:
+        """Marks ``node`` done and returns the nodes it released."""
+        pending = self._pending
+        released = []
+        for s in self._succ[node]:
+            pending[s] -= 1
+            if pending[s] == 0:
+                released.append(s)
+        return released
+
+
+def fits(free: Sequence[int], demand: Sequence[int]) -> bool:
+    """Whether ``demand`` fits into ``free``, resource by resource."""
+    return all(d <= f for f, d in zip(free, demand))
+
+
+def first_fit_decreasing(
+    capacities: Sequence[Sequence[int]], demands: Sequence[Sequence[int]]
+) -> list[int | None]:
+    """Classic FFD: tasks by size (largest share of the largest capacity), descending, each onto
+    the first worker it fits on. Returns each task's worker or ``None``."""
+    return _first_fit(capacities, demands, descending=True)
+
+
+def smallest_first(
+    capacities: Sequence[Sequence[int]], demands: Sequence[Sequence[int]]
+) -> list[int | None]:
+    """First fit with the smallest tasks first (places the most tasks on uniform capacities)."""
+    return _first_fit(capacities, demands, descending=False)
+
+
+def _first_fit(
+    capacities: Sequence[Sequence[int]], demands: Sequence[Sequence[int]], descending: bool
+) -> list[int | None]:
+    largest = [max(max(c[i] for c in capacities), 1) for i in range(len(capacities[0]))]
+
+    def size(t: int) -> float:
+        return max(d / m for d, m in zip(demands[t], largest))
+
+    order = sorted(range(len(demands)), key=size, reverse=descending)
+    free = [list(c) for c in capacities]
+    result: list[int | None] = [None] * len(demands)
+    for t in order:
+        demand = demands[t]
+        for w, f in enumerate(free):
+            if fits(f, demand):
+                for i, d in enumerate(demand):
+                    f[i] -= d
+                result[t] = w
+                break
+    return result
+
+
+class BestFitScorer:
+    """Online best fit in Python: every worker scored by the spare capacity left, lowest wins."""
+
+    __slots__ = ("_capacity", "_free", "_inverse")
+
+    def __init__(self, capacities: Sequence[Sequence[int]]) -> None:
+        self._capacity = [list(c) for c in capacities]
+        self._free = [list(c) for c in capacities]
+        self._inverse = [[1 / x if x else 0.0 for x in c] for c in capacities]
+
+    def place(self, demand: Sequence[int]) -> int | None:
+        """Places ``demand`` on the tightest worker it fits on; ``None`` if none has room."""
+        best = None
+        best_score = 0.0
+        for w, free in enumerate(self._free):
+            score = 0.0
+            for f, d, inv in zip(free, demand, self._inverse[w]):
+                if d > f:
+                    break
+                score += (f - d) * inv
+            else:
+                if best is None or score < best_score:
+                    best, best_score = w, score
+        if best is not None:
+            free = self._free[best]
+            for i, d in enumerate(demand):
+                free[i] -= d
+        return best
