@@ -97,10 +97,10 @@ def test_sorter_on_ids_and_its_errors() -> None:
         s.add_edges([1], [2])
     with pytest.raises(StateError, match="cannot change"):
         s.add_nodes(1)
-    assert s.get_ready() == [0]
+    assert s.get_ready() == (0,)
     with pytest.raises(UnknownIdError):
         s.complete(-4)
-    assert s.complete(0) == [1, 2]
+    assert s.complete(0) == (1, 2)
     with pytest.raises(StateError, match="already marked done"):
         s.done(0)
     s.done(1, 2)

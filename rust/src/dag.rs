@@ -310,6 +310,8 @@ pub struct Sorter {
     /// Predecessors not yet done, or [`OUT`] / [`DONE`].
     pending: Vec<u32>,
     ready: Vec<u32>,
+    /// The batch most recently handed out by [`Sorter::take_ready`] (reused, never reallocated).
+    handed: Vec<u32>,
     passed_out: u32,
     finished: u32,
 }
@@ -384,13 +386,19 @@ impl Sorter {
 
     /// Hands out every node that became ready since the last call, and marks them as out.
     pub fn get_ready(&mut self) -> CoreResult<Vec<u32>> {
+        self.take_ready().map(<[u32]>::to_vec)
+    }
+
+    /// [`Sorter::get_ready`] without allocating: the batch is valid until the next call.
+    pub fn take_ready(&mut self) -> CoreResult<&[u32]> {
         self.graph()?;
-        let ready = std::mem::take(&mut self.ready);
-        for &v in &ready {
+        std::mem::swap(&mut self.ready, &mut self.handed);
+        self.ready.clear();
+        for &v in &self.handed {
             self.pending[v as usize] = OUT;
         }
-        self.passed_out += ready.len() as u32;
-        Ok(ready)
+        self.passed_out += self.handed.len() as u32;
+        Ok(&self.handed)
     }
 
     /// Whether more nodes can be handed out or are still out.
@@ -434,10 +442,39 @@ impl Sorter {
         Ok(())
     }
 
-    /// `done(&[node])` then `get_ready()`: one completion in, the nodes it released out.
-    pub fn complete(&mut self, node: u32) -> CoreResult<Vec<u32>> {
-        self.done(&[node])?;
-        self.get_ready()
+    /// `done(&[node])` then `take_ready()`: one completion in, the nodes now ready out.
+    ///
+    /// The orchestrator's hot path, so it is written out for one node: one state check, one pass
+    /// over the successors, and the batch returned from a reused buffer.
+    pub fn complete(&mut self, node: u32) -> CoreResult<&[u32]> {
+        let graph = self.graph.as_ref().ok_or(CoreError::NotPrepared)?;
+        let state = self.pending.get(node as usize).copied().ok_or(CoreError::UnknownNode {
+            node,
+            node_count: graph.node_count(),
+        })?;
+        match state {
+            OUT => {}
+            DONE => return Err(CoreError::AlreadyDone { node }),
+            _ => return Err(CoreError::NotPassedOut { node }),
+        }
+        self.pending[node as usize] = DONE;
+        self.finished += 1;
+        std::mem::swap(&mut self.ready, &mut self.handed);
+        self.ready.clear();
+        // Nodes released earlier by `done` and not yet handed out go first, as in `get_ready`.
+        for &v in &self.handed {
+            self.pending[v as usize] = OUT;
+        }
+        for &s in graph.successors(node) {
+            let p = &mut self.pending[s as usize];
+            *p -= 1;
+            if *p == 0 {
+                *p = OUT;
+                self.handed.push(s);
+            }
+        }
+        self.passed_out += self.handed.len() as u32;
+        Ok(&self.handed)
     }
 
     /// Prepares and runs the whole graph, returning every node in `graphlib`'s static order.
@@ -452,6 +489,7 @@ impl Sorter {
             self.done(&batch)?;
             order.extend_from_slice(&batch);
         }
+        self.handed = Vec::new();
         Ok(order)
     }
 
@@ -544,7 +582,7 @@ mod tests {
         assert_eq!(s.done(&[0, 0]), Err(CoreError::AlreadyDone { node: 0 }));
         assert_eq!(s.done(&[0, 9]), Err(CoreError::UnknownNode { node: 9, node_count: 3 }));
         assert!(s.is_active().unwrap());
-        assert_eq!(s.complete(0).unwrap(), vec![1, 2]);
+        assert_eq!(s.complete(0).unwrap(), &[1, 2]);
         assert_eq!(s.done(&[0]), Err(CoreError::AlreadyDone { node: 0 }));
         s.done(&[2, 1]).unwrap();
         assert!(!s.is_active().unwrap());

@@ -11,7 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyInt};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 
 use crate::dag::{Graph, Sorter};
 use crate::error::{CoreError, CoreResult};
@@ -157,6 +157,16 @@ fn float_arg(what: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
     Err(CoreError::invalid(what, "a number", shown).into())
 }
 
+/// A tuple of ids; the empty tuple is CPython's shared singleton, so a completion that releases
+/// nothing allocates nothing.
+fn id_tuple<'py>(py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyTuple>> {
+    if ids.is_empty() {
+        Ok(PyTuple::empty(py))
+    } else {
+        PyTuple::new(py, ids.iter().copied())
+    }
+}
+
 /// A node id: negative or too large ids are unknown ids, not overflow errors.
 fn node_arg(node: i64) -> CoreResult<u32> {
     u32::try_from(node).map_err(|_| CoreError::UnknownId { what: "node", id: node as u64 })
@@ -300,8 +310,8 @@ impl DagSorter {
         self.is_active()
     }
 
-    fn get_ready(&mut self) -> PyResult<Vec<u32>> {
-        guard(|| self.sorter.get_ready())
+    fn get_ready<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        id_tuple(py, guard(|| self.sorter.take_ready())?)
     }
 
     #[pyo3(signature = (*nodes))]
@@ -317,8 +327,9 @@ impl DagSorter {
         guard(|| self.sorter.done(&ids))
     }
 
-    fn complete(&mut self, node: i64) -> PyResult<Vec<u32>> {
-        guard(|| self.sorter.complete(node_arg(node)?))
+    /// Marks ``node`` done and returns the nodes now ready (one crossing per completion).
+    fn complete<'py>(&mut self, py: Python<'py>, node: i64) -> PyResult<Bound<'py, PyTuple>> {
+        id_tuple(py, guard(|| self.sorter.complete(node_arg(node)?))?)
     }
 
     fn static_order(&mut self, py: Python<'_>) -> PyResult<Vec<u32>> {

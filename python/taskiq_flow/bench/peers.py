@@ -109,3 +109,9 @@ class BestFitScorer:
             for i, d in enumerate(demand):
                 free[i] -= d
         return best
+
+    def release(self, worker: int, demand: Sequence[int]) -> None:
+        """Gives ``demand`` back to ``worker``."""
+        free = self._free[worker]
+        for i, d in enumerate(demand):
+            free[i] += d

@@ -1,0 +1,231 @@
+"""Comparative benchmarks: taskiq-flow's core against named peers, in one run, as ratios.
+
+Run ``taskiq-flow bench`` (or ``python -m taskiq_flow.bench``) for the quick suite, ``--full`` for
+the 10^6-node sizes. Every workload runs all contenders in the same process, interleaved, on the
+same input; a ratio is ``peer time / our time`` (above 1: we are faster). Peers that are not
+installed are listed as skipped, never silently dropped (``pip install 'taskiq-flow[bench]'``).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from taskiq_flow.bench import workloads as w
+
+__all__ = ["Result", "main", "memory_per_node", "run", "run_workload"]
+
+
+@dataclass
+class Result:
+    """One contender's best time on one workload."""
+
+    group: str
+    workload: str
+    contender: str
+    seconds: float
+    per_unit_ns: float
+    unit: str
+    correct: bool
+    ratio: float | None = None  # peer time / our time; None for ours
+
+
+def run_workload(workload: w.Workload, repeats: int) -> list[Result]:
+    """Times every contender ``repeats`` times, interleaved, keeping each one's best run."""
+    best: dict[str, float] = {}
+    correct: dict[str, bool] = {}
+    names = list(workload.contenders)
+    for rep in range(repeats):
+        # Rotate the order so that no contender always runs first (cold caches) or last.
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            fn = workload.contenders[name]()
+            gc.collect()
+            gc.disable()
+            try:
+                start = time.perf_counter()
+                out = fn()
+                elapsed = time.perf_counter() - start
+            finally:
+                gc.enable()
+            correct[name] = correct.get(name, True) and bool(workload.check(out))
+            best[name] = min(best.get(name, float("inf")), elapsed)
+            del out, fn
+    ours = best[w.OURS]
+    return [
+        Result(
+            workload.group,
+            workload.name,
+            name,
+            seconds,
+            seconds / workload.units * 1e9,
+            workload.unit_name,
+            correct[name],
+            None if name == w.OURS else seconds / ours,
+        )
+        for name, seconds in best.items()
+    ]
+
+
+_MEMORY_SNIPPETS = {
+    w.OURS: (
+        "from taskiq_flow import DagSorter\n"
+        "s = DagSorter(g.n); s.add_edges(g.src, g.dst); s.prepare()\n"
+    ),
+    "graphlib": (
+        "import graphlib\n"
+        "preds = g.predecessors()\n"
+        "ts = graphlib.TopologicalSorter()\n"
+        "before = rss()\n"
+        "for v in range(g.n): ts.add(v, *preds[v])\n"
+        "ts.prepare()\n"
+    ),
+    "rustworkx": (
+        "import rustworkx as rx\n"
+        "pairs = list(zip(g.src, g.dst))\n"
+        "before = rss()\n"
+        "graph = rx.PyDiGraph(); graph.add_nodes_from(range(g.n))\n"
+        "graph.add_edges_from_no_data(pairs); ts = rx.TopologicalSorter(graph)\n"
+    ),
+    "python_kahn": (
+        "from taskiq_flow.bench.peers import KahnSorter\nk = KahnSorter(g.n, g.src, g.dst)\n"
+    ),
+}
+
+
+def memory_per_node(shape: str, n: int) -> dict[str, tuple[float, int, int]]:
+    """Resident memory each sorter adds, measured in a fresh interpreter per contender.
+
+    Returns ``{contender: (bytes_per_node, nodes, edges)}``; RSS from ``/proc/self/statm``.
+    """
+    results: dict[str, tuple[float, int, int]] = {}
+    for name, snippet in _MEMORY_SNIPPETS.items():
+        code = (
+            "import os, json\n"
+            "def rss():\n"
+            "    with open('/proc/self/statm') as f:\n"
+            "        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
+            "from taskiq_flow.bench.workloads import make_graph\n"
+            f"g = make_graph({shape!r}, {n})\n"
+            "before = rss()\n" + snippet + "print(json.dumps([rss() - before, g.n, len(g.src)]))\n"
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=600
+        )
+        if proc.returncode != 0:
+            continue  # a peer that is not installed
+        grown, nodes, edges = json.loads(proc.stdout.strip().splitlines()[-1])
+        results[name] = (grown / nodes, nodes, edges)
+    return results
+
+
+def suite(full: bool) -> Iterator[tuple[w.Workload, int]]:
+    """The workloads of the quick (or full) run, with repeat counts."""
+    sizes = [1_000, 100_000] + ([1_000_000] if full else [])
+    for n in sizes:
+        repeats = 5 if n <= 1_000 else (3 if n <= 100_000 else 2)
+        for shape in ("wide", "chain", "layered", "reduce"):
+            yield w.dag_build(shape, n), repeats
+            yield w.dag_batch_loop(shape, n), repeats
+            yield w.dag_event_loop(shape, n), repeats
+    yield w.admission_pairs(100_000), 3
+    yield w.admission_contended(20_000), 3
+    for workers in (10, 1_000):
+        for tasks in [10_000] + ([100_000] if full else []):
+            yield w.placement_online(workers, tasks), 3
+    yield w.placement_plan(10, 10_000), 3
+    yield w.placement_plan(1_000, 10_000), 1
+
+
+def run(full: bool = False, groups: Iterable[str] | None = None) -> list[Result]:
+    """Runs the suite and returns every result."""
+    wanted = set(groups) if groups else None
+    results: list[Result] = []
+    for workload, repeats in suite(full):
+        if wanted is None or workload.group in wanted:
+            results += run_workload(workload, repeats)
+    return results
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, row in enumerate(rows):
+        lines.append("  ".join(cell.rjust(widths[i]) if i >= 3 else cell.ljust(widths[i]) for i, cell in enumerate(row)))
+        if k == 0:
+            lines.append("  ".join("-" * x for x in widths))
+    return "\n".join(lines)
+
+
+def report(results: list[Result]) -> str:
+    """One table: for every workload, our time per unit and each peer's ratio to it."""
+    rows = [["group", "workload", "peer", "ours/unit", "peer/unit", "peer ÷ ours", "ok"]]
+    by_workload: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        by_workload.setdefault((r.group, r.workload), []).append(r)
+    for (group, name), rs in by_workload.items():
+        ours = next(r for r in rs if r.contender == w.OURS)
+        for r in rs:
+            if r.contender == w.OURS:
+                continue
+            rows.append(
+                [
+                    group,
+                    name,
+                    r.contender,
+                    f"{ours.per_unit_ns:,.0f} ns/{ours.unit}",
+                    f"{r.per_unit_ns:,.0f} ns",
+                    f"{r.ratio:.2f}x",
+                    "yes" if ours.correct and r.correct else "NO",
+                ]
+            )
+    return _table(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry: ``taskiq-flow bench [--full] [--group G ...] [--json PATH]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="taskiq-flow bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--full", action="store_true", help="include the 10^6-node sizes")
+    parser.add_argument(
+        "--group",
+        action="append",
+        choices=["dag_build", "dag_batch_loop", "dag_event_loop", "admission", "placement", "memory", "rate"],
+        help="run only these groups (repeatable)",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write every result as JSON")
+    args = parser.parse_args(argv)
+    groups = set(args.group or [])
+    missing = [m for m in ("rustworkx", "aiolimiter") if w.optional(m) is None]
+    if missing:
+        print(f"peers not installed, skipped: {', '.join(missing)} (pip install 'taskiq-flow[bench]')")
+    print(f"taskiq-flow bench ({'full' if args.full else 'quick'}), Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    timing_groups = groups - {"memory", "rate"}
+    results: list[Result] = []
+    if not groups or timing_groups:
+        results = run(args.full, timing_groups or None)
+        print(report(results))
+    extra: dict[str, Any] = {}
+    if not groups or "rate" in groups:
+        rate = w.rate_accuracy(20_000.0, 2.0, burst=100, consumers=64)
+        extra["rate_20000_per_s_delivered"] = rate
+        shown = ", ".join(f"{k} {v:.1%}" for k, v in rate.items())
+        print(f"\nrate limit at 20,000/s (burst 100, 64 consumers), delivered: {shown}")
+    if not groups or "memory" in groups:
+        n = 1_000_000 if args.full else 100_000
+        mem = memory_per_node("layered", n)
+        extra["memory_bytes_per_node_layered"] = mem
+        print(f"\nmemory, layered graph n={n:,} (4 edges per node), RSS growth per node:")
+        for name, (per_node, _, _) in mem.items():
+            print(f"  {name:12} {per_node:8.1f} B/node")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"results": [asdict(r) for r in results], **extra}, f, indent=1)
+    return 0 if all(r.correct for r in results) else 1

@@ -1,0 +1,513 @@
+"""Benchmark workloads: each runs taskiq-flow's core and its peers on the same input.
+
+A workload is a function returning a :class:`Workload`: named contenders (zero-argument callables
+that do the measured work once, on fresh state) plus a check that each produced a correct answer.
+The runner interleaves contenders and reports every peer's time as a ratio to ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import graphlib
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from taskiq_flow import CapacityLimiter, DagSorter, Placer, RateLimiter
+from taskiq_flow.bench.peers import BestFitScorer, KahnSorter, first_fit_decreasing
+
+OURS = "taskiq_flow"
+
+#: A contender: setup (untimed) returning the timed callable; the callable's result is checked.
+Contender = Callable[[], Callable[[], Any]]
+
+
+@dataclass
+class Workload:
+    """One measured job and the contenders that do it."""
+
+    group: str
+    name: str
+    units: int
+    unit_name: str
+    contenders: dict[str, Contender]
+    check: Callable[[Any], bool] = lambda _: True
+
+
+def optional(module: str) -> Any:
+    """Imports a peer library, or returns ``None`` when it is not installed."""
+    try:
+        return __import__(module)
+    except ImportError:
+        return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Graphs
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Edges:
+    """A DAG as edge lists on ids ``0..n``, with predecessor lists for graphlib-style input."""
+
+    n: int
+    src: list[int]
+    dst: list[int]
+
+    def predecessors(self) -> list[list[int]]:
+        preds: list[list[int]] = [[] for _ in range(self.n)]
+        for s, d in zip(self.src, self.dst):
+            preds[d].append(s)
+        return preds
+
+
+def make_graph(shape: str, n: int, seed: int = 7) -> Edges:
+    """Builds a graph of ``n`` nodes: ``wide`` (one source, n-2 parallel nodes, one sink),
+    ``chain``, ``layered`` (random, 4 predecessors per node from the previous layer) or
+    ``reduce`` (a binary reduction tree: leaves first, every pair feeds its parent)."""
+    src: list[int] = []
+    dst: list[int] = []
+    if shape == "wide":
+        for v in range(1, n - 1):
+            src += (0, v)
+            dst += (v, n - 1)
+    elif shape == "chain":
+        src = list(range(n - 1))
+        dst = list(range(1, n))
+    elif shape == "layered":
+        rnd = random.Random(seed)
+        width = max(8, int(n**0.5))
+        for v in range(width, n):
+            layer_start = (v // width - 1) * width
+            for p in rnd.sample(range(layer_start, layer_start + width), 4):
+                src.append(p)
+                dst.append(v)
+    elif shape == "reduce":
+        # Node i's parent is (i - 1) // 2; edges point from children to parents.
+        src = list(range(n - 1, 0, -1))
+        dst = [(c - 1) // 2 for c in src]
+    else:
+        raise ValueError(f"unknown shape {shape!r}")
+    return Edges(n, src, dst)
+
+
+def _respects(edges: Edges, order: Sequence[int]) -> bool:
+    if len(order) != edges.n:
+        return False
+    position = [0] * edges.n
+    for i, v in enumerate(order):
+        position[v] = i
+    return all(position[s] < position[d] for s, d in zip(edges.src, edges.dst))
+
+
+def dag_build(shape: str, n: int) -> Workload:
+    """Time to build and prepare the sorter from edge lists."""
+    g = make_graph(shape, n)
+    preds = g.predecessors()
+    rx = optional("rustworkx")
+
+    def ours() -> Callable[[], Any]:
+        def run() -> Any:
+            s = DagSorter(g.n)
+            s.add_edges(g.src, g.dst)
+            s.prepare()
+            return s
+
+        return run
+
+    def stdlib() -> Callable[[], Any]:
+        def run() -> Any:
+            ts: graphlib.TopologicalSorter[int] = graphlib.TopologicalSorter()
+            add = ts.add
+            for v in range(g.n):
+                add(v, *preds[v])
+            ts.prepare()
+            return ts
+
+        return run
+
+    def kahn() -> Callable[[], Any]:
+        return lambda: KahnSorter(g.n, g.src, g.dst)
+
+    contenders: dict[str, Contender] = {OURS: ours, "graphlib": stdlib, "python_kahn": kahn}
+    if rx is not None:
+
+        def rustworkx() -> Callable[[], Any]:
+            pairs = list(zip(g.src, g.dst))
+
+            def run() -> Any:
+                graph = rx.PyDiGraph()
+                graph.add_nodes_from(range(g.n))
+                graph.add_edges_from_no_data(pairs)
+                return rx.TopologicalSorter(graph)
+
+            return run
+
+        contenders["rustworkx"] = rustworkx
+    return Workload("dag_build", f"{shape} n={n:,}", g.n, "node", contenders)
+
+
+def dag_event_loop(shape: str, n: int) -> Workload:
+    """One completion at a time, as an orchestrator sees them: finish a node, learn what it released."""
+    g = make_graph(shape, n)
+    preds = g.predecessors()
+    rx = optional("rustworkx")
+
+    def ours() -> Callable[[], Any]:
+        s = DagSorter(g.n)
+        s.add_edges(g.src, g.dst)
+        s.prepare()
+
+        def run() -> list[int]:
+            order: list[int] = []
+            stack = list(s.get_ready())
+            complete, pop, extend, record = s.complete, stack.pop, stack.extend, order.append
+            while stack:
+                node = pop()
+                record(node)
+                extend(complete(node))
+            return order
+
+        return run
+
+    def stdlib() -> Callable[[], Any]:
+        ts: graphlib.TopologicalSorter[int] = graphlib.TopologicalSorter()
+        for v in range(g.n):
+            ts.add(v, *preds[v])
+        ts.prepare()
+
+        def run() -> list[int]:
+            order: list[int] = []
+            stack = list(ts.get_ready())
+            done, get_ready = ts.done, ts.get_ready
+            pop, extend, record = stack.pop, stack.extend, order.append
+            while stack:
+                node = pop()
+                record(node)
+                done(node)
+                extend(get_ready())
+            return order
+
+        return run
+
+    def kahn() -> Callable[[], Any]:
+        k = KahnSorter(g.n, g.src, g.dst)
+
+        def run() -> list[int]:
+            order: list[int] = []
+            stack = list(k.get_ready())
+            complete, pop, extend, record = k.complete, stack.pop, stack.extend, order.append
+            while stack:
+                node = pop()
+                record(node)
+                extend(complete(node))
+            return order
+
+        return run
+
+    contenders: dict[str, Contender] = {OURS: ours, "graphlib": stdlib, "python_kahn": kahn}
+    if rx is not None:
+
+        def rustworkx() -> Callable[[], Any]:
+            graph = rx.PyDiGraph()
+            graph.add_nodes_from(range(g.n))
+            graph.add_edges_from_no_data(list(zip(g.src, g.dst)))
+            ts = rx.TopologicalSorter(graph)
+
+            def run() -> list[int]:
+                order: list[int] = []
+                stack = list(ts.get_ready())
+                done, get_ready = ts.done, ts.get_ready
+                pop, extend, record = stack.pop, stack.extend, order.append
+                while stack:
+                    node = pop()
+                    record(node)
+                    done(node)
+                    extend(get_ready())
+                return order
+
+            return run
+
+        contenders["rustworkx"] = rustworkx
+    return Workload(
+        "dag_event_loop",
+        f"{shape} n={n:,}",
+        g.n,
+        "completion",
+        contenders,
+        lambda order: _respects(g, order),
+    )
+
+
+def dag_batch_loop(shape: str, n: int) -> Workload:
+    """The batch loop: take every ready node, mark them all done, repeat."""
+    g = make_graph(shape, n)
+    preds = g.predecessors()
+    rx = optional("rustworkx")
+
+    def ours() -> Callable[[], Any]:
+        s = DagSorter(g.n)
+        s.add_edges(g.src, g.dst)
+        s.prepare()
+
+        def run() -> list[int]:
+            order: list[int] = []
+            while ready := s.get_ready():
+                order += ready
+                s.done_many(ready)
+            return order
+
+        return run
+
+    def stdlib() -> Callable[[], Any]:
+        ts: graphlib.TopologicalSorter[int] = graphlib.TopologicalSorter()
+        for v in range(g.n):
+            ts.add(v, *preds[v])
+        ts.prepare()
+
+        def run() -> list[int]:
+            order: list[int] = []
+            while ready := ts.get_ready():
+                order += ready
+                ts.done(*ready)
+            return order
+
+        return run
+
+    def kahn() -> Callable[[], Any]:
+        k = KahnSorter(g.n, g.src, g.dst)
+
+        def run() -> list[int]:
+            order: list[int] = []
+            ready = k.get_ready()
+            complete = k.complete
+            while ready:
+                order += ready
+                ready = [s for v in ready for s in complete(v)]
+            return order
+
+        return run
+
+    contenders: dict[str, Contender] = {OURS: ours, "graphlib": stdlib, "python_kahn": kahn}
+    if rx is not None:
+
+        def rustworkx() -> Callable[[], Any]:
+            graph = rx.PyDiGraph()
+            graph.add_nodes_from(range(g.n))
+            graph.add_edges_from_no_data(list(zip(g.src, g.dst)))
+            ts = rx.TopologicalSorter(graph)
+
+            def run() -> list[int]:
+                order: list[int] = []
+                while ready := ts.get_ready():
+                    order += ready
+                    ts.done(ready)
+                return order
+
+            return run
+
+        contenders["rustworkx"] = rustworkx
+    return Workload(
+        "dag_batch_loop",
+        f"{shape} n={n:,}",
+        g.n,
+        "node",
+        contenders,
+        lambda order: _respects(g, order),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Admission
+# --------------------------------------------------------------------------------------------------
+
+
+def admission_pairs(n: int) -> Workload:
+    """Uncontended acquire/release pairs (``async with limiter``) in one task."""
+
+    def runner(make: Callable[[], Any]) -> Contender:
+        def setup() -> Callable[[], Any]:
+            async def body() -> int:
+                limiter = make()
+                count = 0
+                for _ in range(n):
+                    async with limiter:
+                        count += 1
+                return count
+
+            return lambda: asyncio.run(body())
+
+        return setup
+
+    contenders: dict[str, Contender] = {
+        OURS: runner(lambda: CapacityLimiter(16)),
+        "asyncio.Semaphore": runner(lambda: asyncio.Semaphore(16)),
+        "anyio.CapacityLimiter": runner(lambda: anyio.CapacityLimiter(16)),
+    }
+    return Workload(
+        "admission", f"uncontended n={n:,}", n, "pair", contenders, lambda c: c == n
+    )
+
+
+def admission_contended(n: int, cap: int = 16) -> Workload:
+    """``n`` tasks through a cap of ``cap``; checks that the cap held."""
+
+    def runner(make: Callable[[], Any]) -> Contender:
+        def setup() -> Callable[[], Any]:
+            async def body() -> bool:
+                limiter = make()
+                running = peak = 0
+
+                async def job() -> None:
+                    nonlocal running, peak
+                    async with limiter:
+                        running += 1
+                        peak = max(peak, running)
+                        await asyncio.sleep(0)
+                        running -= 1
+
+                await asyncio.gather(*(job() for _ in range(n)))
+                return peak == cap
+
+            return lambda: asyncio.run(body())
+
+        return setup
+
+    contenders: dict[str, Contender] = {
+        OURS: runner(lambda: CapacityLimiter(cap)),
+        "asyncio.Semaphore": runner(lambda: asyncio.Semaphore(cap)),
+        "anyio.CapacityLimiter": runner(lambda: anyio.CapacityLimiter(cap)),
+    }
+    return Workload(
+        "admission", f"contended n={n:,} cap={cap}", n, "task", contenders, lambda ok: ok is True
+    )
+
+
+def rate_accuracy(rate: float, seconds: float, burst: int, consumers: int) -> dict[str, float]:
+    """Delivered rate as a fraction of the configured one, after the initial burst is spent."""
+    aiolimiter = optional("aiolimiter")
+    total = int(rate * seconds) + burst
+
+    def measure(make: Callable[[], Any]) -> float:
+        async def body() -> float:
+            limiter = make()
+            remaining = total
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+
+            async def consumer() -> None:
+                nonlocal remaining
+                while remaining > 0:
+                    remaining -= 1
+                    async with limiter:
+                        pass
+
+            await asyncio.gather(*(consumer() for _ in range(consumers)))
+            elapsed = loop.time() - start
+            return (total - burst) / elapsed / rate
+
+        return asyncio.run(body())
+
+    result = {OURS: measure(lambda: RateLimiter(rate, burst))}
+    if aiolimiter is not None:
+        period = burst / rate
+        result["aiolimiter"] = measure(lambda: aiolimiter.AsyncLimiter(burst, period))
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Placement
+# --------------------------------------------------------------------------------------------------
+
+
+def make_cluster(workers: int, tasks: int, seed: int = 11) -> tuple[list[list[int]], list[list[int]]]:
+    """Random heterogeneous workers (cpu milli-units, RAM MB, GPUs) and task demands."""
+    rnd = random.Random(seed)
+    caps = [
+        [rnd.choice([2000, 4000, 8000, 16000]), rnd.choice([4096, 8192, 16384, 65536]), rnd.choice([0, 0, 1, 2])]
+        for _ in range(workers)
+    ]
+    demands = [
+        [rnd.randrange(100, 4000, 100), rnd.randrange(128, 8192, 128), 1 if rnd.random() < 0.05 else 0]
+        for _ in range(tasks)
+    ]
+    demands = [d for d in demands if any(all(x <= c for x, c in zip(d, cap)) for cap in caps)]
+    return caps, demands
+
+
+def placement_online(workers: int, tasks: int) -> Workload:
+    """Online best fit with releases: each task placed, every third one released again."""
+    caps, demands = make_cluster(workers, tasks)
+
+    def ours() -> Callable[[], Any]:
+        def run() -> int:
+            p = Placer(["cpu", "ram_mb", "gpu"])
+            for c in caps:
+                p.add_worker(c)
+            placed = 0
+            for i, d in enumerate(demands):
+                if p.place(i, d) is not None:
+                    placed += 1
+                    if i % 3 == 0:
+                        p.release(i)
+            return placed
+
+        return run
+
+    def python() -> Callable[[], Any]:
+        def run() -> int:
+            scorer = BestFitScorer(caps)
+            placed = 0
+            for i, d in enumerate(demands):
+                w = scorer.place(d)
+                if w is not None:
+                    placed += 1
+                    if i % 3 == 0:
+                        scorer.release(w, d)
+            return placed
+
+        return run
+
+    return Workload(
+        "placement",
+        f"best_fit workers={workers:,} tasks={len(demands):,}",
+        len(demands),
+        "placement",
+        {OURS: ours, "python_best_fit": python},
+    )
+
+
+def placement_plan(workers: int, tasks: int) -> Workload:
+    """Offline packing of a batch onto empty workers; records tasks placed and workers used."""
+    caps, demands = make_cluster(workers, tasks)
+
+    def ours() -> Callable[[], Any]:
+        p = Placer(["cpu", "ram_mb", "gpu"])
+        for c in caps:
+            p.add_worker(c)
+        batch = [(d, []) for d in demands]
+
+        def run() -> tuple[int, int]:
+            _, placed, used, _ = p.plan(batch)
+            return placed, used
+
+        return run
+
+    def python() -> Callable[[], Any]:
+        def run() -> tuple[int, int]:
+            a = first_fit_decreasing(caps, demands)
+            return sum(x is not None for x in a), len({x for x in a if x is not None})
+
+        return run
+
+    return Workload(
+        "placement",
+        f"plan workers={workers:,} tasks={len(demands):,}",
+        len(demands),
+        "task",
+        {OURS: ours, "python_ffd": python},
+    )

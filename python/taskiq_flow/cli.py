@@ -1,0 +1,29 @@
+"""The ``taskiq-flow`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``taskiq-flow <command> ...``."""
+    parser = argparse.ArgumentParser(
+        prog="taskiq-flow", description="Pipeline and DAG orchestration for taskiq."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    commands.add_parser(
+        "bench",
+        help="compare the scheduling core against its peers (graphlib, rustworkx, ...)",
+        add_help=False,
+    )
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "bench":
+        from taskiq_flow.bench import main as bench_main
+
+        return bench_main(rest)
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse exits first
+
+
+if __name__ == "__main__":
+    sys.exit(main())
