@@ -16,6 +16,7 @@ tests can drive them with a virtual clock.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
 from types import TracebackType
 
@@ -24,6 +25,30 @@ import anyio
 from taskiq_flow._core import ConcurrencyCounter, TokenBucket
 
 __all__ = ["CapacityLimiter", "RateLimiter"]
+
+#: What a queued acquirer waits on: a bare future under asyncio (the cheapest wake-up there is),
+#: an :class:`anyio.Event` under any other backend.
+_Waiter = asyncio.Future[None] | anyio.Event
+
+
+def _new_waiter() -> _Waiter:
+    try:
+        return asyncio.get_running_loop().create_future()
+    except RuntimeError:
+        return anyio.Event()
+
+
+def _grant(waiter: _Waiter) -> None:
+    if isinstance(waiter, asyncio.Future):
+        waiter.set_result(None)
+    else:
+        waiter.set()
+
+
+def _granted(waiter: _Waiter) -> bool:
+    if isinstance(waiter, asyncio.Future):
+        return waiter.done() and not waiter.cancelled()
+    return waiter.is_set()
 
 
 class CapacityLimiter:
@@ -41,7 +66,7 @@ class CapacityLimiter:
 
     def __init__(self, total_tokens: int) -> None:
         self._counter = ConcurrencyCounter(total_tokens)
-        self._waiters: deque[anyio.Event] = deque()
+        self._waiters: deque[_Waiter] = deque()
 
     @property
     def total_tokens(self) -> int:
@@ -84,16 +109,16 @@ class CapacityLimiter:
         """Takes a token, waiting in line for one if none is free."""
         if not self._waiters and self._counter.try_acquire():
             return
-        event = anyio.Event()
-        self._waiters.append(event)
+        waiter = _new_waiter()
+        self._waiters.append(waiter)
         try:
-            await event.wait()
+            await (waiter if isinstance(waiter, asyncio.Future) else waiter.wait())
         except BaseException:
-            if event.is_set():
+            if _granted(waiter):
                 # The slot was handed to us as we were cancelled: pass it on.
                 self.release()
             else:
-                self._waiters.remove(event)
+                self._waiters.remove(waiter)
             raise
 
     def release(self) -> None:
@@ -103,12 +128,12 @@ class CapacityLimiter:
         """
         waiters = self._waiters
         if self._counter.release(bool(waiters)):
-            waiters.popleft().set()
+            _grant(waiters.popleft())
 
     def _wake(self) -> None:
         waiters = self._waiters
         while waiters and self._counter.try_acquire():
-            waiters.popleft().set()
+            _grant(waiters.popleft())
 
     async def __aenter__(self) -> None:
         await self.acquire()

@@ -125,29 +125,35 @@ def memory_per_node(shape: str, n: int) -> dict[str, tuple[float, int, int]]:
     return results
 
 
-def suite(full: bool) -> Iterator[tuple[w.Workload, int]]:
-    """The workloads of the quick (or full) run, with repeat counts."""
+def suite(full: bool, scale: float = 1.0) -> Iterator[tuple[w.Workload, int]]:
+    """The workloads of the quick (or full) run, with repeat counts; ``scale`` shrinks sizes."""
+
+    def size(n: int) -> int:
+        return max(10, int(n * scale))
+
     sizes = [1_000, 100_000] + ([1_000_000] if full else [])
     for n in sizes:
         repeats = 5 if n <= 1_000 else (3 if n <= 100_000 else 2)
         for shape in ("wide", "chain", "layered", "reduce"):
-            yield w.dag_build(shape, n), repeats
-            yield w.dag_batch_loop(shape, n), repeats
-            yield w.dag_event_loop(shape, n), repeats
-    yield w.admission_pairs(100_000), 3
-    yield w.admission_contended(20_000), 3
+            yield w.dag_build(shape, size(n)), repeats
+            yield w.dag_batch_loop(shape, size(n)), repeats
+            yield w.dag_event_loop(shape, size(n)), repeats
+    yield w.admission_pairs(size(100_000)), 3
+    yield w.admission_contended(size(20_000)), 3
     for workers in (10, 1_000):
         for tasks in [10_000] + ([100_000] if full else []):
-            yield w.placement_online(workers, tasks), 3
-    yield w.placement_plan(10, 10_000), 3
-    yield w.placement_plan(1_000, 10_000), 1
+            yield w.placement_online(workers, size(tasks)), 3
+    yield w.placement_plan(10, size(10_000)), 3
+    yield w.placement_plan(1_000, size(10_000)), 1
 
 
-def run(full: bool = False, groups: Iterable[str] | None = None) -> list[Result]:
+def run(
+    full: bool = False, groups: Iterable[str] | None = None, scale: float = 1.0
+) -> list[Result]:
     """Runs the suite and returns every result."""
     wanted = set(groups) if groups else None
     results: list[Result] = []
-    for workload, repeats in suite(full):
+    for workload, repeats in suite(full, scale):
         if wanted is None or workload.group in wanted:
             results += run_workload(workload, repeats)
     return results
@@ -157,7 +163,12 @@ def _table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for k, row in enumerate(rows):
-        lines.append("  ".join(cell.rjust(widths[i]) if i >= 3 else cell.ljust(widths[i]) for i, cell in enumerate(row)))
+        lines.append(
+            "  ".join(
+                cell.rjust(widths[i]) if i >= 3 else cell.ljust(widths[i])
+                for i, cell in enumerate(row)
+            )
+        )
         if k == 0:
             lines.append("  ".join("-" * x for x in widths))
     return "\n".join(lines)
@@ -192,34 +203,52 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry: ``taskiq-flow bench [--full] [--group G ...] [--json PATH]``."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="taskiq-flow bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="taskiq-flow bench", description=(__doc__ or "").split("\n")[0]
+    )
     parser.add_argument("--full", action="store_true", help="include the 10^6-node sizes")
     parser.add_argument(
         "--group",
         action="append",
-        choices=["dag_build", "dag_batch_loop", "dag_event_loop", "admission", "placement", "memory", "rate"],
+        choices=[
+            "dag_build",
+            "dag_batch_loop",
+            "dag_event_loop",
+            "admission",
+            "placement",
+            "memory",
+            "rate",
+        ],
         help="run only these groups (repeatable)",
+    )
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every size by this (e.g. 0.1)"
     )
     parser.add_argument("--json", metavar="PATH", help="also write every result as JSON")
     args = parser.parse_args(argv)
     groups = set(args.group or [])
     missing = [m for m in ("rustworkx", "aiolimiter") if w.optional(m) is None]
     if missing:
-        print(f"peers not installed, skipped: {', '.join(missing)} (pip install 'taskiq-flow[bench]')")
-    print(f"taskiq-flow bench ({'full' if args.full else 'quick'}), Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+        print(
+            f"peers not installed, skipped: {', '.join(missing)} (pip install 'taskiq-flow[bench]')"
+        )
+    mode = "full" if args.full else "quick"
+    print(f"taskiq-flow bench ({mode}), Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    extra: dict[str, Any] = {}
     timing_groups = groups - {"memory", "rate"}
     results: list[Result] = []
     if not groups or timing_groups:
-        results = run(args.full, timing_groups or None)
+        results = run(args.full, timing_groups or None, args.scale)
         print(report(results))
-    extra: dict[str, Any] = {}
     if not groups or "rate" in groups:
-        rate = w.rate_accuracy(20_000.0, 2.0, burst=100, consumers=64)
-        extra["rate_20000_per_s_delivered"] = rate
-        shown = ", ".join(f"{k} {v:.1%}" for k, v in rate.items())
-        print(f"\nrate limit at 20,000/s (burst 100, 64 consumers), delivered: {shown}")
+        print("\nrate limit configured at 20,000/s, share delivered after the first burst:")
+        for burst, consumers in ((100, 64), (100, 1), (20, 1)):
+            rate = w.rate_accuracy(20_000.0, 1.0, burst=burst, consumers=consumers)
+            extra[f"rate_delivered_burst{burst}_consumers{consumers}"] = rate
+            shown = ", ".join(f"{k} {v:.1%}" for k, v in rate.items())
+            print(f"  burst {burst:>3}, {consumers:>2} consumer(s): {shown}")
     if not groups or "memory" in groups:
-        n = 1_000_000 if args.full else 100_000
+        n = max(1_000, int((1_000_000 if args.full else 100_000) * args.scale))
         mem = memory_per_node("layered", n)
         extra["memory_bytes_per_node_layered"] = mem
         print(f"\nmemory, layered graph n={n:,} (4 edges per node), RSS growth per node:")

@@ -152,7 +152,8 @@ def dag_build(shape: str, n: int) -> Workload:
 
 
 def dag_event_loop(shape: str, n: int) -> Workload:
-    """One completion at a time, as an orchestrator sees them: finish a node, learn what it released."""
+    """One completion at a time, as an orchestrator sees them:
+    finish a node, get what it released."""
     g = make_graph(shape, n)
     preds = g.predecessors()
     rx = optional("rustworkx")
@@ -348,9 +349,7 @@ def admission_pairs(n: int) -> Workload:
         "asyncio.Semaphore": runner(lambda: asyncio.Semaphore(16)),
         "anyio.CapacityLimiter": runner(lambda: anyio.CapacityLimiter(16)),
     }
-    return Workload(
-        "admission", f"uncontended n={n:,}", n, "pair", contenders, lambda c: c == n
-    )
+    return Workload("admission", f"uncontended n={n:,}", n, "pair", contenders, lambda c: c == n)
 
 
 def admission_contended(n: int, cap: int = 16) -> Workload:
@@ -424,15 +423,25 @@ def rate_accuracy(rate: float, seconds: float, burst: int, consumers: int) -> di
 # --------------------------------------------------------------------------------------------------
 
 
-def make_cluster(workers: int, tasks: int, seed: int = 11) -> tuple[list[list[int]], list[list[int]]]:
+def make_cluster(
+    workers: int, tasks: int, seed: int = 11
+) -> tuple[list[list[int]], list[list[int]]]:
     """Random heterogeneous workers (cpu milli-units, RAM MB, GPUs) and task demands."""
     rnd = random.Random(seed)
     caps = [
-        [rnd.choice([2000, 4000, 8000, 16000]), rnd.choice([4096, 8192, 16384, 65536]), rnd.choice([0, 0, 1, 2])]
+        [
+            rnd.choice([2000, 4000, 8000, 16000]),
+            rnd.choice([4096, 8192, 16384, 65536]),
+            rnd.choice([0, 0, 1, 2]),
+        ]
         for _ in range(workers)
     ]
     demands = [
-        [rnd.randrange(100, 4000, 100), rnd.randrange(128, 8192, 128), 1 if rnd.random() < 0.05 else 0]
+        [
+            rnd.randrange(100, 4000, 100),
+            rnd.randrange(128, 8192, 128),
+            1 if rnd.random() < 0.05 else 0,
+        ]
         for _ in range(tasks)
     ]
     demands = [d for d in demands if any(all(x <= c for x, c in zip(d, cap)) for cap in caps)]
@@ -489,7 +498,7 @@ def placement_plan(workers: int, tasks: int) -> Workload:
         p = Placer(["cpu", "ram_mb", "gpu"])
         for c in caps:
             p.add_worker(c)
-        batch = [(d, []) for d in demands]
+        batch: list[tuple[list[int], list[int]]] = [(d, []) for d in demands]
 
         def run() -> tuple[int, int]:
             _, placed, used, _ = p.plan(batch)

@@ -1,0 +1,52 @@
+"""The benchmark workloads: every contender gives a correct answer (sizes kept small here)."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskiq_flow.bench import main, run_workload
+from taskiq_flow.bench import workloads as w
+
+
+@pytest.mark.parametrize("shape", ["wide", "chain", "layered", "reduce"])
+def test_graph_shapes(shape: str) -> None:
+    g = w.make_graph(shape, 200)
+    assert g.n == 200
+    assert all(0 <= v < 200 for v in g.src + g.dst)
+    if shape == "layered":
+        assert len(g.src) == 4 * (200 - 14)  # 4 predecessors for every node past the first layer
+
+
+@pytest.mark.parametrize("make", [w.dag_build, w.dag_batch_loop, w.dag_event_loop])
+@pytest.mark.parametrize("shape", ["wide", "chain", "layered", "reduce"])
+def test_dag_contenders_agree(make: object, shape: str) -> None:
+    results = run_workload(make(shape, 500), repeats=1)  # type: ignore[operator]
+    assert {r.contender for r in results} >= {w.OURS, "graphlib", "python_kahn", "rustworkx"}
+    assert all(r.correct for r in results), [r for r in results if not r.correct]
+
+
+@pytest.mark.parametrize(
+    "workload",
+    [
+        w.admission_pairs(200),
+        w.admission_contended(200, cap=8),
+        w.placement_online(10, 300),
+        w.placement_plan(10, 300),
+    ],
+    ids=["pairs", "contended", "online", "plan"],
+)
+def test_other_contenders_are_correct(workload: w.Workload) -> None:
+    assert all(r.correct for r in run_workload(workload, repeats=1))
+
+
+def test_plan_places_at_least_as_many_as_ffd() -> None:
+    workload = w.placement_plan(10, 2_000)
+    ours = workload.contenders[w.OURS]()()
+    ffd = workload.contenders["python_ffd"]()()
+    assert ours[0] >= ffd[0]
+
+
+def test_cli_prints_a_ratio_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--group", "placement", "--group", "dag_event_loop", "--scale", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "python_best_fit" in out and "rustworkx" in out and "peer ÷ ours" in out
