@@ -448,10 +448,11 @@ impl Sorter {
     /// over the successors, and the batch returned from a reused buffer.
     pub fn complete(&mut self, node: u32) -> CoreResult<&[u32]> {
         let graph = self.graph.as_ref().ok_or(CoreError::NotPrepared)?;
-        let state = self.pending.get(node as usize).copied().ok_or(CoreError::UnknownNode {
-            node,
-            node_count: graph.node_count(),
-        })?;
+        let state = self
+            .pending
+            .get(node as usize)
+            .copied()
+            .ok_or(CoreError::UnknownNode { node, node_count: graph.node_count() })?;
         match state {
             OUT => {}
             DONE => return Err(CoreError::AlreadyDone { node }),

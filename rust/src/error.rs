@@ -65,7 +65,11 @@ pub enum CoreError {
 
 impl CoreError {
     /// Shorthand for [`CoreError::InvalidValue`].
-    pub fn invalid(what: impl Into<String>, expected: &'static str, got: impl ToString) -> Self {
+    pub fn invalid(
+        what: impl Into<String>,
+        expected: &'static str,
+        got: impl std::fmt::Display,
+    ) -> Self {
         CoreError::InvalidValue { what: what.into(), expected, got: got.to_string() }
     }
 }

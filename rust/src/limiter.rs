@@ -80,7 +80,11 @@ impl ConcurrencyLimit {
     #[inline]
     pub fn release_or_hand_off(&mut self, waiter: bool) -> CoreResult<bool> {
         if self.in_use == 0 {
-            return Err(CoreError::invalid("release()", "matched by an earlier acquire", "none held"));
+            return Err(CoreError::invalid(
+                "release()",
+                "matched by an earlier acquire",
+                "none held",
+            ));
         }
         if waiter && self.in_use <= self.cap {
             return Ok(true);

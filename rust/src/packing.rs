@@ -98,8 +98,8 @@ impl Worker {
     #[inline]
     fn slack_after(&self, demand: &[u64]) -> f64 {
         let mut slack = 0.0;
-        for i in 0..demand.len() {
-            slack += (self.free[i] - demand[i]) as f64 * self.inverse[i];
+        for ((&free, &want), &inverse) in self.free.iter().zip(demand).zip(&self.inverse) {
+            slack += (free - want) as f64 * inverse;
         }
         slack
     }
@@ -319,7 +319,8 @@ impl Placer {
 
     /// The worker the policy picks for `demand` among those it fits on now.
     fn choose(&self, demand: &Demand) -> Option<u32> {
-        let fits = |w: &Worker| w.active && w.fits_now(&demand.amounts) && w.has_labels(&demand.labels);
+        let fits =
+            |w: &Worker| w.active && w.fits_now(&demand.amounts) && w.has_labels(&demand.labels);
         match self.policy {
             Policy::FirstFit => self.workers.iter().position(fits).map(|i| i as u32),
             Policy::BestFit | Policy::Spread => {
@@ -382,8 +383,10 @@ impl Placer {
 
     /// Returns a task's capacity to its worker; returns the worker.
     pub fn release(&mut self, task: u64) -> CoreResult<u32> {
-        let (worker, amounts) =
-            self.placed.remove(&task).ok_or(CoreError::UnknownId { what: "placed task", id: task })?;
+        let (worker, amounts) = self
+            .placed
+            .remove(&task)
+            .ok_or(CoreError::UnknownId { what: "placed task", id: task })?;
         let w = &mut self.workers[worker as usize];
         if w.active {
             for (f, d) in w.free.iter_mut().zip(amounts) {
@@ -401,9 +404,7 @@ impl Placer {
         let mut out = Vec::new();
         for (id, w) in self.workers.iter().enumerate() {
             let mut reasons = Vec::new();
-            if !w.active {
-                reasons.push(Shortfall::Removed);
-            } else {
+            if w.active {
                 for (i, name) in self.resources.iter().enumerate() {
                     if demand.amounts[i] > w.free[i] {
                         reasons.push(Shortfall::Resource {
@@ -419,6 +420,8 @@ impl Placer {
                         reasons.push(Shortfall::Label { label: self.label_name(label).to_owned() });
                     }
                 }
+            } else {
+                reasons.push(Shortfall::Removed);
             }
             if !reasons.is_empty() {
                 out.push((id as u32, reasons));
@@ -447,6 +450,10 @@ impl Placer {
     /// Runs first-fit-decreasing, best-fit-decreasing, smallest-first first fit and smallest-first
     /// best fit, and keeps the plan that places the most tasks, then uses the fewest workers; so it
     /// is never worse than first-fit-decreasing or smallest-first. An unschedulable task is an error.
+    ///
+    /// # Panics
+    ///
+    /// Never: four heuristics always run, so a best plan always exists.
     pub fn plan(&self, tasks: &[Demand]) -> CoreResult<Plan> {
         for t in tasks {
             self.check_schedulable(t)?;
@@ -483,12 +490,13 @@ impl Placer {
             let mut placer = base.clone();
             placer.policy = policy;
             let mut assignment = vec![None; tasks.len()];
-            for &i in order {
-                assignment[i] = placer.place_checked(i as u64, &tasks[i]);
+            for &task in order {
+                assignment[task] = placer.place_checked(task as u64, &tasks[task]);
             }
-            let placed = assignment.iter().filter(|a| a.is_some()).count();
+            let placed_count = assignment.iter().filter(|a| a.is_some()).count();
             let workers_used = placer.workers.iter().filter(|w| w.tasks > 0).count();
-            let candidate = Plan { assignment, placed, workers_used, heuristic: name };
+            let candidate =
+                Plan { assignment, placed: placed_count, workers_used, heuristic: name };
             let better = best.as_ref().is_none_or(|b| {
                 (candidate.placed, std::cmp::Reverse(candidate.workers_used))
                     > (b.placed, std::cmp::Reverse(b.workers_used))
@@ -516,13 +524,16 @@ mod tests {
 
     #[test]
     fn best_fit_packs_spread_spreads_first_fit_is_first() {
-        for (policy, expected) in
-            [(Policy::BestFit, 1), (Policy::Spread, 0), (Policy::FirstFit, 0)]
+        for (policy, expected) in [(Policy::BestFit, 1), (Policy::Spread, 0), (Policy::FirstFit, 0)]
         {
             let mut p = Placer::new(names(), policy).unwrap();
             p.add_worker(&[8000, 32000, 0], &[]).unwrap();
             p.add_worker(&[2000, 4000, 0], &[]).unwrap();
-            assert_eq!(p.place(1, &demand(&[1000, 1000, 0])).unwrap(), Some(expected), "{policy:?}");
+            assert_eq!(
+                p.place(1, &demand(&[1000, 1000, 0])).unwrap(),
+                Some(expected),
+                "{policy:?}"
+            );
         }
     }
 
@@ -547,10 +558,7 @@ mod tests {
         p.add_worker(&[8000, 32000, 1], &[gpu]).unwrap();
         p.add_worker(&[4000, 16000, 0], &[]).unwrap();
         let err = p.place(1, &demand(&[1000, 1000, 2])).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "task needs gpu=2 but the largest gpu any worker offers is 1"
-        );
+        assert_eq!(err.to_string(), "task needs gpu=2 but the largest gpu any worker offers is 1");
         let ssd = p.label("ssd=true");
         let err = p.place(1, &Demand { amounts: vec![1, 1, 0], labels: vec![ssd] }).unwrap_err();
         assert_eq!(err.to_string(), "no worker has label ssd=true");
@@ -643,11 +651,11 @@ mod tests {
                     p.release(task).unwrap();
                 }
                 for (w, cap) in workers.iter().enumerate() {
-                    for r in 0..2 {
+                    for (r, &capacity) in cap.iter().enumerate() {
                         let used: u64 =
                             held.iter().filter(|h| h.1 == w as u32).map(|h| h.2[r]).sum();
-                        prop_assert!(used <= cap[r]);
-                        prop_assert_eq!(p.free(w as u32).unwrap()[r], cap[r] - used);
+                        prop_assert!(used <= capacity);
+                        prop_assert_eq!(p.free(w as u32).unwrap()[r], capacity - used);
                     }
                 }
             }
@@ -666,10 +674,10 @@ mod tests {
                 .collect();
             let result = p.plan(&tasks).unwrap();
             for (w, cap) in workers.iter().enumerate() {
-                for r in 0..2 {
+                for (r, &capacity) in cap.iter().enumerate() {
                     let used: u64 = result.assignment.iter().zip(&tasks)
                         .filter(|(a, _)| **a == Some(w as u32)).map(|(_, t)| t.amounts[r]).sum();
-                    prop_assert!(used <= cap[r]);
+                    prop_assert!(used <= capacity);
                 }
             }
             prop_assert_eq!(result.placed, result.assignment.iter().filter(|a| a.is_some()).count());

@@ -64,6 +64,7 @@ fn heavy<T: Send>(py: Python<'_>, f: impl FnOnce() -> CoreResult<T> + Send) -> P
     py.detach(|| catch_unwind(AssertUnwindSafe(f))).map_err(panic_error)?.map_err(PyErr::from)
 }
 
+#[allow(clippy::needless_pass_by_value)] // the shape `map_err` hands us
 fn panic_error(payload: Box<dyn std::any::Any + Send>) -> PyErr {
     let detail = payload
         .downcast_ref::<&str>()
@@ -157,7 +158,7 @@ fn float_arg(what: &str, value: &Bound<'_, PyAny>) -> PyResult<f64> {
     Err(CoreError::invalid(what, "a number", shown).into())
 }
 
-/// A tuple of ids; the empty tuple is CPython's shared singleton, so a completion that releases
+/// A tuple of ids; the empty tuple is `CPython`'s shared singleton, so a completion that releases
 /// nothing allocates nothing.
 fn id_tuple<'py>(py: Python<'py>, ids: &[u32]) -> PyResult<Bound<'py, PyTuple>> {
     if ids.is_empty() {
@@ -230,7 +231,11 @@ impl DagGraph {
     }
 
     #[pyo3(signature = (weights=None))]
-    fn bottom_levels(&self, py: Python<'_>, weights: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<u64>> {
+    fn bottom_levels(
+        &self,
+        py: Python<'_>,
+        weights: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<u64>> {
         let weights = weights.map(|w| amount_list("weights", w)).transpose()?;
         heavy(py, || self.graph.bottom_levels(weights.as_deref()))
     }
@@ -291,7 +296,11 @@ impl DagSorter {
         guard(|| self.sorter.add_nodes(count))
     }
 
-    fn add_edges(&mut self, sources: &Bound<'_, PyAny>, targets: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn add_edges(
+        &mut self,
+        sources: &Bound<'_, PyAny>,
+        targets: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let src = id_list("sources", sources)?;
         let dst = id_list("targets", targets)?;
         guard(|| self.sorter.add_edges(&src, &dst))
@@ -434,7 +443,11 @@ impl DagScheduler {
     }
 
     #[pyo3(signature = (max_parallel, now=0.0))]
-    fn set_max_parallel(&mut self, max_parallel: Option<&Bound<'_, PyAny>>, now: f64) -> PyResult<Vec<u32>> {
+    fn set_max_parallel(
+        &mut self,
+        max_parallel: Option<&Bound<'_, PyAny>>,
+        now: f64,
+    ) -> PyResult<Vec<u32>> {
         let cap = cap_arg("max_parallel", max_parallel)?;
         guard(|| self.inner.set_global_cap(cap, now))
     }
@@ -645,7 +658,11 @@ impl Placer {
     }
 
     #[pyo3(signature = (capacity, labels=None))]
-    fn add_worker(&mut self, capacity: &Bound<'_, PyAny>, labels: Option<&Bound<'_, PyAny>>) -> PyResult<u32> {
+    fn add_worker(
+        &mut self,
+        capacity: &Bound<'_, PyAny>,
+        labels: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<u32> {
         let d = demand(capacity, labels)?;
         guard(|| self.inner.add_worker(&d.amounts, &d.labels))
     }
@@ -684,7 +701,11 @@ impl Placer {
     }
 
     /// ``tasks``: a sequence of ``(task_id, demand, labels)``.
-    fn place_many(&mut self, py: Python<'_>, tasks: &Bound<'_, PyAny>) -> PyResult<Vec<Option<u32>>> {
+    fn place_many(
+        &mut self,
+        py: Python<'_>,
+        tasks: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<Option<u32>>> {
         let batch = task_batch(tasks)?;
         let inner = &mut self.inner;
         heavy(py, || inner.place_many(&batch))

@@ -215,7 +215,12 @@ impl Scheduler {
     }
 
     /// Sets the limits of `key` and returns nodes they admit now.
-    pub fn set_key_limits(&mut self, key: u32, limits: KeyLimits, now: f64) -> CoreResult<Vec<u32>> {
+    pub fn set_key_limits(
+        &mut self,
+        key: u32,
+        limits: KeyLimits,
+        now: f64,
+    ) -> CoreResult<Vec<u32>> {
         let Some(state) = self.keys.get_mut(key as usize) else {
             return Err(CoreError::UnknownId { what: "admission key", id: key.into() });
         };
@@ -378,10 +383,7 @@ impl Scheduler {
 
     /// The earliest time a rate-limited node can be admitted, if any waits for a token.
     pub fn next_wakeup(&self) -> Option<f64> {
-        self.throttled
-            .iter()
-            .filter_map(|&k| self.keys[k as usize].wake_at)
-            .min_by(f64::total_cmp)
+        self.throttled.iter().filter_map(|&k| self.keys[k as usize].wake_at).min_by(f64::total_cmp)
     }
 
     fn enqueue(&mut self, v: u32) {
@@ -574,7 +576,10 @@ mod tests {
         assert!(s.is_finished());
     }
 
-    fn run_strategy() -> impl Strategy<Value = (u32, Vec<(u32, u32)>, Vec<u32>, u64, u64, Vec<u8>)> {
+    /// Nodes, edges, each node's key, a key cap, a global cap, and the completion choices.
+    type Run = (u32, Vec<(u32, u32)>, Vec<u32>, u64, u64, Vec<u8>);
+
+    fn run_strategy() -> impl Strategy<Value = Run> {
         (1u32..40).prop_flat_map(|n| {
             let edge = (0..n, 0..n).prop_map(|(a, b)| if a < b { (a, b) } else { (b, a) });
             (
