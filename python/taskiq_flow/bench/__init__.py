@@ -35,12 +35,14 @@ class Result:
     unit: str
     correct: bool
     ratio: float | None = None  # peer time / our time; None for ours
+    detail: str = ""
 
 
 def run_workload(workload: w.Workload, repeats: int) -> list[Result]:
     """Times every contender ``repeats`` times, interleaved, keeping each one's best run."""
     best: dict[str, float] = {}
     correct: dict[str, bool] = {}
+    detail: dict[str, str] = {}
     names = list(workload.contenders)
     for rep in range(repeats):
         # Rotate the order so that no contender always runs first (cold caches) or last.
@@ -55,6 +57,8 @@ def run_workload(workload: w.Workload, repeats: int) -> list[Result]:
             finally:
                 gc.enable()
             correct[name] = correct.get(name, True) and bool(workload.check(out))
+            if workload.describe is not None:
+                detail[name] = workload.describe(out)
             best[name] = min(best.get(name, float("inf")), elapsed)
             del out, fn
     ours = best[w.OURS]
@@ -68,6 +72,7 @@ def run_workload(workload: w.Workload, repeats: int) -> list[Result]:
             workload.unit_name,
             correct[name],
             None if name == w.OURS else seconds / ours,
+            detail.get(name, ""),
         )
         for name, seconds in best.items()
     ]
@@ -165,18 +170,18 @@ def _table(rows: list[list[str]]) -> str:
     for k, row in enumerate(rows):
         lines.append(
             "  ".join(
-                cell.rjust(widths[i]) if i >= 3 else cell.ljust(widths[i])
+                cell.rjust(widths[i]) if 3 <= i <= 5 else cell.ljust(widths[i])
                 for i, cell in enumerate(row)
             )
         )
         if k == 0:
             lines.append("  ".join("-" * x for x in widths))
-    return "\n".join(lines)
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def report(results: list[Result]) -> str:
     """One table: for every workload, our time per unit and each peer's ratio to it."""
-    rows = [["group", "workload", "peer", "ours/unit", "peer/unit", "peer ÷ ours", "ok"]]
+    rows = [["group", "workload", "peer", "ours/unit", "peer/unit", "peer ÷ ours", "ok", "result"]]
     by_workload: dict[tuple[str, str], list[Result]] = {}
     for r in results:
         by_workload.setdefault((r.group, r.workload), []).append(r)
@@ -194,6 +199,7 @@ def report(results: list[Result]) -> str:
                     f"{r.per_unit_ns:,.0f} ns",
                     f"{r.ratio:.2f}x",
                     "yes" if ours.correct and r.correct else "NO",
+                    f"ours {ours.detail}; peer {r.detail}" if r.detail else "",
                 ]
             )
     return _table(rows)

@@ -110,6 +110,10 @@ class BestFitScorer:
                 free[i] -= d
         return best
 
+    def workers_used(self) -> int:
+        """Workers holding any task."""
+        return sum(free != cap for free, cap in zip(self._free, self._capacity))
+
     def release(self, worker: int, demand: Sequence[int]) -> None:
         """Gives ``demand`` back to ``worker``."""
         free = self._free[worker]

@@ -35,6 +35,8 @@ class Workload:
     unit_name: str
     contenders: dict[str, Contender]
     check: Callable[[Any], bool] = lambda _: True
+    #: Says what a contender's answer was, where quality matters as well as time.
+    describe: Callable[[Any], str] | None = None
 
 
 def optional(module: str) -> Any:
@@ -453,7 +455,7 @@ def placement_online(workers: int, tasks: int) -> Workload:
     caps, demands = make_cluster(workers, tasks)
 
     def ours() -> Callable[[], Any]:
-        def run() -> int:
+        def run() -> tuple[int, int]:
             p = Placer(["cpu", "ram_mb", "gpu"])
             for c in caps:
                 p.add_worker(c)
@@ -463,12 +465,12 @@ def placement_online(workers: int, tasks: int) -> Workload:
                     placed += 1
                     if i % 3 == 0:
                         p.release(i)
-            return placed
+            return placed, sum(p.task_count(w) > 0 for w in range(len(caps)))
 
         return run
 
     def python() -> Callable[[], Any]:
-        def run() -> int:
+        def run() -> tuple[int, int]:
             scorer = BestFitScorer(caps)
             placed = 0
             for i, d in enumerate(demands):
@@ -477,7 +479,7 @@ def placement_online(workers: int, tasks: int) -> Workload:
                     placed += 1
                     if i % 3 == 0:
                         scorer.release(w, d)
-            return placed
+            return placed, scorer.workers_used()
 
         return run
 
@@ -487,6 +489,7 @@ def placement_online(workers: int, tasks: int) -> Workload:
         len(demands),
         "placement",
         {OURS: ours, "python_best_fit": python},
+        describe=_placed_and_used,
     )
 
 
@@ -519,4 +522,9 @@ def placement_plan(workers: int, tasks: int) -> Workload:
         len(demands),
         "task",
         {OURS: ours, "python_ffd": python},
+        describe=_placed_and_used,
     )
+
+
+def _placed_and_used(result: tuple[int, int]) -> str:
+    return f"{result[0]:,} placed on {result[1]:,} workers"
