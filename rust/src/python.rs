@@ -178,6 +178,8 @@ fn node_arg(node: i64) -> CoreResult<u32> {
 // ------------------------------------------------------------------------------------------------
 
 /// An immutable graph on node ids ``0..node_count`` for static analysis.
+///
+/// ``DagGraph(node_count, sources, targets)`` has the edges ``sources[i] -> targets[i]``.
 #[pyclass(module = "taskiq_flow._core", frozen)]
 pub struct DagGraph {
     graph: Graph,
@@ -201,15 +203,18 @@ impl DagGraph {
     }
 
     #[getter]
+    /// Number of nodes.
     fn node_count(&self) -> u32 {
         self.graph.node_count()
     }
 
     #[getter]
+    /// Number of edges (parallel edges count separately).
     fn edge_count(&self) -> usize {
         self.graph.edge_count()
     }
 
+    /// Successors of ``node``, in insertion order.
     fn successors(&self, node: i64) -> PyResult<Vec<u32>> {
         guard(|| {
             let node = node_arg(node)?;
@@ -218,19 +223,25 @@ impl DagGraph {
         })
     }
 
+    /// A topological order (sources by id, then first come first served).
+    ///
+    /// Raises ``CycleError`` (with the cycle) if the graph has one.
     fn topological_order(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
         heavy(py, || self.graph.topological_order())
     }
 
+    /// One cycle ``[a, b, ..., a]`` if the graph has any, else ``None``.
     fn find_cycle(&self, py: Python<'_>) -> PyResult<Option<Vec<u32>>> {
         heavy(py, || Ok(self.graph.find_cycle()))
     }
 
+    /// Level of each node: 0 without predecessors, else one more than its deepest predecessor.
     fn levels(&self, py: Python<'_>) -> PyResult<Vec<u32>> {
         heavy(py, || self.graph.levels())
     }
 
     #[pyo3(signature = (weights=None))]
+    /// For each node, the weight of the heaviest path starting at it (weights default to 1).
     fn bottom_levels(
         &self,
         py: Python<'_>,
@@ -241,6 +252,7 @@ impl DagGraph {
     }
 
     #[pyo3(signature = (weights=None))]
+    /// The heaviest path: ``(total weight, [nodes first to last])`` (weights default to 1).
     fn critical_path(
         &self,
         py: Python<'_>,
@@ -252,6 +264,9 @@ impl DagGraph {
 }
 
 /// The ``graphlib.TopologicalSorter`` protocol on integer node ids.
+///
+/// ``DagSorter(node_count)``, then ``add_edges(sources, targets)`` and ``prepare()``. Ready nodes
+/// come out in graphlib's order; ``complete(node)`` is ``done`` and ``get_ready`` in one call.
 #[pyclass(module = "taskiq_flow._core")]
 pub struct DagSorter {
     sorter: Sorter,
@@ -272,30 +287,36 @@ impl DagSorter {
     }
 
     #[getter]
+    /// Number of nodes.
     fn node_count(&self) -> u32 {
         self.sorter.node_count()
     }
 
     #[getter]
+    /// Nodes handed out and not done yet.
     fn in_flight(&self) -> u32 {
         self.sorter.in_flight()
     }
 
     #[getter]
+    /// Nodes marked done.
     fn finished(&self) -> u32 {
         self.sorter.finished()
     }
 
     #[getter]
+    /// Whether ``prepare()`` has run.
     fn is_prepared(&self) -> bool {
         self.sorter.is_prepared()
     }
 
+    /// Adds ``count`` nodes; returns the first new id.
     fn add_nodes(&mut self, count: &Bound<'_, PyAny>) -> PyResult<u32> {
         let count = int_arg("count", count, crate::dag::MAX_IDS)? as u32;
         guard(|| self.sorter.add_nodes(count))
     }
 
+    /// Adds edges ``sources[i] -> targets[i]``; all or nothing.
     fn add_edges(
         &mut self,
         sources: &Bound<'_, PyAny>,
@@ -306,11 +327,15 @@ impl DagSorter {
         guard(|| self.sorter.add_edges(&src, &dst))
     }
 
+    /// Freezes the graph and releases the nodes without predecessors.
+    ///
+    /// Raises ``CycleError`` on a cycle, but the acyclic part can still be run (as in graphlib).
     fn prepare(&mut self, py: Python<'_>) -> PyResult<()> {
         let sorter = &mut self.sorter;
         heavy(py, || sorter.prepare())
     }
 
+    /// Whether nodes are ready or handed out and not done.
     fn is_active(&self) -> PyResult<bool> {
         guard(|| self.sorter.is_active())
     }
@@ -319,11 +344,13 @@ impl DagSorter {
         self.is_active()
     }
 
+    /// Every node released since the last call; they are now out.
     fn get_ready<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         id_tuple(py, guard(|| self.sorter.take_ready())?)
     }
 
     #[pyo3(signature = (*nodes))]
+    /// Marks handed-out nodes done; all or nothing.
     fn done(&mut self, nodes: Vec<i64>) -> PyResult<()> {
         guard(|| {
             let ids = nodes.into_iter().map(node_arg).collect::<CoreResult<Vec<u32>>>()?;
@@ -331,6 +358,7 @@ impl DagSorter {
         })
     }
 
+    /// ``done`` over a sequence of ids.
     fn done_many(&mut self, nodes: &Bound<'_, PyAny>) -> PyResult<()> {
         let ids = id_list("nodes", nodes)?;
         guard(|| self.sorter.done(&ids))
@@ -341,6 +369,7 @@ impl DagSorter {
         id_tuple(py, guard(|| self.sorter.complete(node_arg(node)?))?)
     }
 
+    /// Prepares and runs the whole graph; every node in graphlib's static order.
     fn static_order(&mut self, py: Python<'_>) -> PyResult<Vec<u32>> {
         let sorter = &mut self.sorter;
         heavy(py, || sorter.static_order())
@@ -385,6 +414,11 @@ fn key_limits(
 }
 
 /// A run of an acyclic graph under admission control.
+///
+/// ``DagScheduler(node_count, sources, targets, *, keys, priorities, weights, max_parallel)``:
+/// ``keys[v]`` is node ``v``'s admission key (limits per key via ``set_key_limits``),
+/// ``priorities`` rank ready nodes (higher first), then the heaviest remaining path by
+/// ``weights``; ``max_parallel`` caps the whole run. Times (``now``) are seconds on any clock.
 #[pyclass(module = "taskiq_flow._core")]
 pub struct DagScheduler {
     inner: CoreScheduler,
@@ -420,16 +454,20 @@ impl DagScheduler {
     }
 
     #[getter]
+    /// Number of nodes.
     fn node_count(&self) -> u32 {
         self.inner.node_count()
     }
 
     #[getter]
+    /// Whether every node is done, failed, skipped or cancelled.
     fn is_finished(&self) -> bool {
         self.inner.is_finished()
     }
 
     #[pyo3(signature = (key, *, max_parallel=None, rate=None, burst=None, now=0.0))]
+    /// Sets a key's ``max_parallel`` and/or rate limit (``rate`` per second, ``burst``);
+    /// returns the nodes that the new limits admit now.
     fn set_key_limits(
         &mut self,
         key: u32,
@@ -443,6 +481,7 @@ impl DagScheduler {
     }
 
     #[pyo3(signature = (max_parallel, now=0.0))]
+    /// Sets the global cap (``None`` lifts it); returns the nodes a raised cap admits now.
     fn set_max_parallel(
         &mut self,
         max_parallel: Option<&Bound<'_, PyAny>>,
@@ -453,22 +492,27 @@ impl DagScheduler {
     }
 
     #[pyo3(signature = (now=0.0))]
+    /// Starts the run; returns the nodes to dispatch now.
     fn start(&mut self, now: f64) -> PyResult<Vec<u32>> {
         guard(|| self.inner.start(now))
     }
 
     #[pyo3(signature = (node, now=0.0))]
+    /// Marks a running node done; returns the nodes to dispatch now.
     fn complete(&mut self, node: i64, now: f64) -> PyResult<Vec<u32>> {
         guard(|| self.inner.complete(node_arg(node)?, now))
     }
 
     #[pyo3(signature = (nodes, now=0.0))]
+    /// Marks running nodes done (all or nothing); returns the nodes to dispatch now.
     fn complete_many(&mut self, nodes: &Bound<'_, PyAny>, now: f64) -> PyResult<Vec<u32>> {
         let ids = id_list("nodes", nodes)?;
         guard(|| self.inner.complete_many(&ids, now))
     }
 
     #[pyo3(signature = (node, now=0.0))]
+    /// Marks a running node failed: returns ``(admitted, skipped)``, the nodes to dispatch now
+    /// and the downstream nodes that will never run.
     fn fail(&mut self, node: i64, now: f64) -> PyResult<(Vec<u32>, Vec<u32>)> {
         guard(|| {
             let outcome = self.inner.fail(node_arg(node)?, now)?;
@@ -476,22 +520,27 @@ impl DagScheduler {
         })
     }
 
+    /// Stops admitting; returns every node that had not started (now cancelled).
     fn cancel(&mut self) -> PyResult<Vec<u32>> {
         guard(|| Ok(self.inner.cancel()))
     }
 
+    /// Admits what rate limits allow at ``now``; call it at ``next_wakeup()``.
     fn poll(&mut self, now: f64) -> PyResult<Vec<u32>> {
         guard(|| self.inner.poll(now))
     }
 
+    /// When a node waiting for a rate-limit token can go, or ``None``.
     fn next_wakeup(&self) -> Option<f64> {
         self.inner.next_wakeup()
     }
 
+    /// State of a node: waiting, queued, running, done, failed, skipped or cancelled.
     fn state(&self, node: i64) -> PyResult<&'static str> {
         guard(|| Ok(state_name(self.inner.state(node_arg(node)?)?)))
     }
 
+    /// Number of nodes in each state.
     fn counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let c = self.inner.counts();
         let d = PyDict::new(py);
@@ -525,26 +574,31 @@ impl ConcurrencyCounter {
     }
 
     #[getter]
+    /// The cap.
     fn get_cap(&self) -> u32 {
         self.inner.cap()
     }
 
     #[setter]
+    /// Changes the cap; holders above a lowered cap keep their slots.
     fn set_cap(&mut self, cap: &Bound<'_, PyAny>) -> PyResult<()> {
         let cap = cap_arg("total_tokens", Some(cap))?.unwrap_or(1);
         guard(|| self.inner.set_cap(cap))
     }
 
     #[getter]
+    /// Slots held.
     fn in_use(&self) -> u32 {
         self.inner.in_use()
     }
 
     #[getter]
+    /// Slots free.
     fn available(&self) -> u32 {
         self.inner.available()
     }
 
+    /// Takes a slot if one is free.
     fn try_acquire(&mut self) -> bool {
         self.inner.try_acquire()
     }
@@ -558,6 +612,8 @@ impl ConcurrencyCounter {
 }
 
 /// An exact token bucket; time is passed in.
+///
+/// ``TokenBucket(rate, burst=1)``: ``rate`` tokens per second, up to ``burst`` at once.
 #[pyclass(module = "taskiq_flow._core")]
 pub struct TokenBucket {
     inner: RateLimit,
@@ -574,11 +630,13 @@ impl TokenBucket {
     }
 
     #[getter]
+    /// Tokens per second.
     fn rate(&self) -> f64 {
         self.inner.rate()
     }
 
     #[getter]
+    /// Bucket size.
     fn burst(&self) -> u32 {
         self.inner.burst()
     }
@@ -588,14 +646,17 @@ impl TokenBucket {
         guard(|| Ok(self.inner.try_acquire(now)?.err()))
     }
 
+    /// Reserves the next token; returns how long to wait before using it.
     fn reserve(&mut self, now: f64) -> PyResult<f64> {
         guard(|| self.inner.reserve(now))
     }
 
+    /// Gives back the latest reservation's token (a cancelled waiter).
     fn refund(&mut self, now: f64) -> PyResult<()> {
         guard(|| self.inner.refund(now))
     }
 
+    /// Whole tokens available at ``now``.
     fn available(&self, now: f64) -> PyResult<u32> {
         guard(|| {
             crate::limiter::check_now(now)?;
@@ -609,6 +670,9 @@ impl TokenBucket {
 // ------------------------------------------------------------------------------------------------
 
 /// Online resource placement over registered workers.
+///
+/// ``Placer(resources, policy="best_fit")``: ``resources`` names the entries of every capacity and
+/// demand vector; ``policy`` is ``best_fit`` (bin packing), ``spread`` or ``first_fit``.
 #[pyclass(module = "taskiq_flow._core")]
 pub struct Placer {
     inner: CorePlacer,
@@ -630,11 +694,13 @@ impl Placer {
     }
 
     #[getter]
+    /// The resource names, in demand-vector order.
     fn resources(&self) -> Vec<String> {
         self.inner.resources().to_vec()
     }
 
     #[getter]
+    /// The placement policy.
     fn policy(&self) -> &'static str {
         match self.inner.policy() {
             Policy::BestFit => "best_fit",
@@ -644,20 +710,24 @@ impl Placer {
     }
 
     #[getter]
+    /// Workers registered (removed ones included; ids are never reused).
     fn worker_count(&self) -> u32 {
         self.inner.worker_count()
     }
 
     #[getter]
+    /// Tasks holding capacity.
     fn placed_count(&self) -> usize {
         self.inner.placed_count()
     }
 
+    /// The id of a label such as ``"gpu=true"``, interned on first use.
     fn label(&mut self, name: &str) -> u32 {
         self.inner.label(name)
     }
 
     #[pyo3(signature = (capacity, labels=None))]
+    /// Registers a worker with a capacity per resource and label ids; returns its id.
     fn add_worker(
         &mut self,
         capacity: &Bound<'_, PyAny>,
@@ -667,29 +737,37 @@ impl Placer {
         guard(|| self.inner.add_worker(&d.amounts, &d.labels))
     }
 
+    /// Removes a worker; returns the tasks it held, which are released.
     fn remove_worker(&mut self, worker: u32) -> PyResult<Vec<u64>> {
         guard(|| self.inner.remove_worker(worker))
     }
 
+    /// Free capacity of a worker.
     fn free(&self, worker: u32) -> PyResult<Vec<u64>> {
         guard(|| self.inner.free(worker))
     }
 
+    /// Tasks placed on a worker.
     fn task_count(&self, worker: u32) -> PyResult<u32> {
         guard(|| self.inner.task_count(worker))
     }
 
+    /// The worker a placed task holds capacity on, or ``None``.
     fn worker_of(&self, task: u64) -> Option<u32> {
         self.inner.worker_of(task)
     }
 
     #[pyo3(signature = (demand, labels=None))]
+    /// Raises ``UnschedulableError`` if no worker could ever take the demand.
     fn check(&self, demand: &Bound<'_, PyAny>, labels: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         let d = self::demand(demand, labels)?;
         guard(|| self.inner.check_schedulable(&d))
     }
 
     #[pyo3(signature = (task, demand, labels=None))]
+    /// Places a task: its worker id, or ``None`` if it must wait for a release.
+    ///
+    /// Raises ``UnschedulableError`` (naming the resource or label) if no worker ever could.
     fn place(
         &mut self,
         task: u64,
@@ -711,11 +789,13 @@ impl Placer {
         heavy(py, || inner.place_many(&batch))
     }
 
+    /// Returns a task's capacity to its worker; returns the worker.
     fn release(&mut self, task: u64) -> PyResult<u32> {
         guard(|| self.inner.release(task))
     }
 
     #[pyo3(signature = (demand, labels=None))]
+    /// For each worker the demand does not fit on now: ``(worker, [reasons])``.
     fn explain(
         &self,
         demand: &Bound<'_, PyAny>,
