@@ -8,6 +8,16 @@
     ├── UnknownIdError      ValueError: a node, worker, task or key never registered
     ├── InvalidValueError   ValueError: a cap < 1, a rate <= 0, NaN, a negative demand
     ├── UnschedulableError  ValueError: no worker could ever take the task
+    ├── DataflowError       ValueError: a pipeline that cannot run as declared
+    │   ├── MissingInputError      an input no task produces and the caller did not give
+    │   ├── DuplicateOutputError   two tasks produce the same output
+    │   ├── NotATaskError          (also TypeError) something that is not a taskiq task
+    │   └── UnserializableError    (also TypeError) an argument the broker cannot send
+    ├── PipelineError       a run that did not finish
+    │   ├── StepFailedError        a step failed for good (fail-fast, or after the others ran)
+    │   ├── AbortPipeline          raised by a task to stop its pipeline
+    │   ├── PipelineCancelledError the run was cancelled
+    │   └── PipelineTimeoutError   (also TimeoutError) the run exceeded its timeout
     └── InternalError       a bug in the scheduling core (a Rust panic), caught
 
 Errors raised by the Rust core are instances of these classes (the core imports them from here).
@@ -21,9 +31,20 @@ arguments only, so it cannot be raised with a message from Rust.
 from __future__ import annotations
 
 import graphlib
+from typing import Any
 
 __all__ = [
+    "AbortPipeline",
     "CycleError",
+    "DataflowError",
+    "DuplicateOutputError",
+    "MissingInputError",
+    "NotATaskError",
+    "PipelineCancelledError",
+    "PipelineError",
+    "PipelineTimeoutError",
+    "StepFailedError",
+    "UnserializableError",
     "InternalError",
     "InvalidValueError",
     "StateError",
@@ -71,3 +92,78 @@ class InternalError(TaskiqFlowError):
 
     The object whose method raised it may be in an inconsistent state and should be discarded.
     """
+
+
+class DataflowError(TaskiqFlowError, ValueError):
+    """A pipeline that cannot run as declared; raised before any task is sent."""
+
+
+class MissingInputError(DataflowError):
+    """A task needs an input that no task produces and the caller did not pass."""
+
+
+class DuplicateOutputError(DataflowError):
+    """Two tasks declare the same output."""
+
+
+class NotATaskError(DataflowError, TypeError):
+    """Something passed as a task is not a taskiq task (decorate it with ``@broker.task``)."""
+
+
+class UnserializableError(DataflowError, TypeError):
+    """An argument the broker's serializer cannot send."""
+
+
+class PipelineError(TaskiqFlowError):
+    """A pipeline run that did not finish."""
+
+
+class StepFailedError(PipelineError):
+    """A step failed for good.
+
+    :ivar step: the failing step's name.
+    :ivar error: the exception it failed with (or its description, if it came from elsewhere).
+    :ivar results: what finished before (or despite) the failure: ``{step or output: value}``.
+    :ivar failures: every step that failed for good: ``{step: error}``.
+    """
+
+    def __init__(
+        self,
+        step: str,
+        error: BaseException | str | None,
+        results: dict[str, Any] | None = None,
+        failures: dict[str, BaseException | str | None] | None = None,
+    ) -> None:
+        shown = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+        super().__init__(f"step {step!r} failed: {shown}")
+        self.step = step
+        self.error = error
+        self.results: dict[str, Any] = results or {}
+        self.failures: dict[str, BaseException | str | None] = failures or {step: error}
+
+
+class AbortPipeline(PipelineError):  # noqa: N818 - the name taskiq-pipelines users know
+    """Raised by a task to stop its pipeline at once: no retry, nothing after it runs.
+
+    :param reason: why, shown in the error the pipeline raises.
+    """
+
+    def __init__(self, reason: str = "No reason provided.") -> None:
+        super().__init__(f"Pipeline was aborted. {reason}")
+        self.reason = reason
+
+
+class PipelineCancelledError(PipelineError):
+    """The run was cancelled; ``results`` holds what finished before."""
+
+    def __init__(self, message: str, results: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.results: dict[str, Any] = results or {}
+
+
+class PipelineTimeoutError(PipelineError, TimeoutError):
+    """The run exceeded its timeout; ``results`` holds what finished before."""
+
+    def __init__(self, message: str, results: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.results: dict[str, Any] = results or {}

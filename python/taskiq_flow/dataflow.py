@@ -1,0 +1,576 @@
+"""Dataflow pipelines: tasks wired by the names of what they produce and consume.
+
+A task declares its output with :func:`pipeline_task`; its inputs are its parameter names. A task
+whose parameter is another task's output runs after it and receives its value; a parameter that no
+task produces is an external input, given to :meth:`DataflowPipeline.kiq_dataflow`.
+
+::
+
+    @broker.task
+    @pipeline_task(output="clean")
+    async def clean(raw: list[int]) -> list[int]: ...
+
+    @broker.task
+    @pipeline_task(output="total")
+    async def total(clean: list[int]) -> int: ...
+
+    pipeline = DataflowPipeline.from_tasks(broker, [clean, total], max_parallel=20)
+    outputs = await pipeline.kiq_dataflow(raw=[3, 1, 2])   # {"clean": [...], "total": 6}
+
+Everything that can be checked is checked before any task is sent: cycles (named), inputs that
+nothing produces, two tasks producing one output, ``max_parallel``, things that are not taskiq tasks,
+arguments the broker cannot serialize.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from taskiq import AsyncBroker, TaskiqMessage
+from taskiq.decor import AsyncTaskiqDecoratedTask
+
+from taskiq_flow._core import DagGraph
+from taskiq_flow.engine import FlowRun, OnError, Plan, StepSpec, check_max_parallel, run_single
+from taskiq_flow.exceptions import (
+    CycleError,
+    DataflowError,
+    DuplicateOutputError,
+    MissingInputError,
+    NotATaskError,
+    UnserializableError,
+)
+from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
+from taskiq_flow.tracking import PipelineTrackingManager
+
+__all__ = [
+    "DAG",
+    "DataflowPipeline",
+    "DataflowRegistry",
+    "ExecutionEngine",
+    "TaskNode",
+    "pipeline_task",
+]
+
+_F = TypeVar("_F")
+_META = "__taskiq_flow_dataflow__"
+
+
+@dataclass(frozen=True, slots=True)
+class _DataflowMeta:
+    output: str | None
+    inputs: tuple[str, ...] | None
+    labels: dict[str, Any]
+    retry: RetryPolicy | None
+    timeout: float | None
+
+
+def pipeline_task(
+    output: str | None = None,
+    *,
+    inputs: Sequence[str] | None = None,
+    labels: Mapping[str, Any] | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+) -> Callable[[_F], _F]:
+    """Declares a task's place in a dataflow. Works above or below ``@broker.task``.
+
+    :param output: the name of what the task produces (default: the function's name).
+    :param inputs: the names it consumes (default: its parameter names).
+    :param labels: free-form labels, visible as ``TaskNode.labels`` (e.g. to custom engines).
+    :param retry: this task's retry policy (overrides the pipeline's).
+    :param timeout: seconds an attempt may take (taskiq's ``timeout`` label).
+    """
+    meta = _DataflowMeta(
+        output,
+        tuple(inputs) if inputs is not None else None,
+        dict(labels or {}),
+        retry,
+        timeout,
+    )
+
+    def mark(target: _F) -> _F:
+        setattr(target, _META, meta)
+        if isinstance(target, AsyncTaskiqDecoratedTask):
+            setattr(target.original_func, _META, meta)
+        return target
+
+    return mark
+
+
+@dataclass(slots=True)
+class TaskNode:
+    """A task in a dataflow: what it consumes and produces."""
+
+    name: str
+    task: AsyncTaskiqDecoratedTask[Any, Any]
+    output: str
+    inputs: tuple[str, ...]
+    optional_inputs: frozenset[str] = frozenset()
+    labels: dict[str, Any] = field(default_factory=dict)
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+
+    @property
+    def task_name(self) -> str:
+        """The taskiq task name messages are sent under."""
+        return self.task.task_name
+
+
+def _as_task(task: object) -> AsyncTaskiqDecoratedTask[Any, Any]:
+    if isinstance(task, AsyncTaskiqDecoratedTask):
+        return task
+    name = getattr(task, "__name__", repr(task))
+    raise NotATaskError(
+        f"{name} is not a taskiq task: decorate it with @broker.task before adding it"
+    )
+
+
+def task_display_name(task: AsyncTaskiqDecoratedTask[Any, Any]) -> str:
+    """The name users wrote: the function's (taskiq renames the original to ``*__taskiq_original``)."""
+    name = getattr(task.original_func, "__name__", None) or task.task_name
+    return name.removesuffix("__taskiq_original")
+
+
+def make_node(
+    task: object,
+    output: str | None = None,
+    inputs: Sequence[str] | None = None,
+    labels: Mapping[str, Any] | None = None,
+) -> TaskNode:
+    """Describes a taskiq task as a dataflow node (arguments override :func:`pipeline_task`)."""
+    decorated = _as_task(task)
+    meta: _DataflowMeta | None = getattr(decorated, _META, None) or getattr(
+        decorated.original_func, _META, None
+    )
+    func = decorated.original_func
+    name = task_display_name(decorated)
+    parameters = inspect.signature(func).parameters.values()
+    usable = [
+        p
+        for p in parameters
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    optional = frozenset(p.name for p in usable if p.default is not p.empty)
+    declared = inputs if inputs is not None else (meta.inputs if meta else None)
+    if declared is None:
+        declared = tuple(p.name for p in usable)
+    return TaskNode(
+        name=name,
+        task=decorated,
+        output=output or (meta.output if meta and meta.output else name),
+        inputs=tuple(declared),
+        optional_inputs=optional & frozenset(declared),
+        labels={**(meta.labels if meta else {}), **dict(labels or {})},
+        retry=meta.retry if meta else None,
+        timeout=meta.timeout if meta else None,
+    )
+
+
+class DAG:
+    """A validated dataflow graph: nodes, the edges their names imply, and analysis.
+
+    :raises DuplicateOutputError: two nodes produce the same output.
+    :raises CycleError: the dependencies form a cycle (``args[1]`` lists node names).
+    """
+
+    def __init__(self, nodes: Sequence[TaskNode]) -> None:
+        self.nodes: list[TaskNode] = list(nodes)
+        producer: dict[str, int] = {}
+        for i, node in enumerate(self.nodes):
+            if node.output in producer:
+                other = self.nodes[producer[node.output]].name
+                raise DuplicateOutputError(
+                    f"output {node.output!r} is produced by both {other!r} and {node.name!r}"
+                )
+            producer[node.output] = i
+        self.producer = producer
+        sources: list[int] = []
+        targets: list[int] = []
+        external: set[str] = set()
+        for i, node in enumerate(self.nodes):
+            for name in node.inputs:
+                p = producer.get(name)
+                if p is None:
+                    if name not in node.optional_inputs:
+                        external.add(name)
+                else:
+                    sources.append(p)
+                    targets.append(i)
+        self.sources = sources
+        self.targets = targets
+        self.external_inputs: frozenset[str] = frozenset(external)
+        self.graph = DagGraph(len(self.nodes), sources, targets)
+        try:
+            self._order = self.graph.topological_order()
+        except CycleError as err:
+            names = [self.nodes[i].name for i in err.cycle]
+            raise CycleError(
+                f"tasks are in a cycle: {' -> '.join(names)}", names
+            ) from None
+
+    @property
+    def outputs(self) -> list[str]:
+        """Every node's output name, in node order."""
+        return [n.output for n in self.nodes]
+
+    def topological_order(self) -> list[str]:
+        """Node names in an order that respects every dependency."""
+        return [self.nodes[i].name for i in self._order]
+
+    def levels(self) -> list[list[str]]:
+        """Node names by level: level 0 needs only external inputs; each level can run at once."""
+        by_level: list[list[str]] = []
+        for i, level in enumerate(self.graph.levels()):
+            while len(by_level) <= level:
+                by_level.append([])
+            by_level[level].append(self.nodes[i].name)
+        return by_level
+
+    def critical_path(self, weights: Mapping[str, int] | None = None) -> tuple[int, list[str]]:
+        """The heaviest chain of dependent tasks: ``(total weight, names)``; weight 1 each by
+        default, or ``weights[name]`` (e.g. expected milliseconds)."""
+        w = [int((weights or {}).get(n.name, 1)) for n in self.nodes]
+        total, path = self.graph.critical_path(w)
+        return total, [self.nodes[i].name for i in path]
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+
+class DataflowRegistry:
+    """Collects tasks and builds the :class:`DAG` they imply."""
+
+    def __init__(self) -> None:
+        self._nodes: list[TaskNode] = []
+
+    def register_task(
+        self,
+        task: object,
+        output: str | None = None,
+        inputs: Sequence[str] | None = None,
+        labels: Mapping[str, Any] | None = None,
+    ) -> TaskNode:
+        """Adds a taskiq task; ``output``/``inputs`` override what :func:`pipeline_task` says.
+
+        :raises NotATaskError: if ``task`` is not a taskiq task.
+        """
+        node = make_node(task, output, inputs, labels)
+        self._nodes.append(node)
+        return node
+
+    @property
+    def nodes(self) -> list[TaskNode]:
+        """The registered nodes."""
+        return list(self._nodes)
+
+    def build_dag(self) -> DAG:
+        """The validated graph of the registered tasks."""
+        return DAG(self._nodes)
+
+
+def check_serializable(broker: AsyncBroker, task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """Serializes a call exactly as the broker would, without sending it.
+
+    :raises UnserializableError: naming the task, if the broker cannot send it.
+    """
+    message = TaskiqMessage(
+        task_id="check", task_name=task_name, labels={}, labels_types={}, args=list(args), kwargs=dict(kwargs)
+    )
+    try:
+        broker.formatter.dumps(message)
+    except Exception as exc:
+        raise UnserializableError(
+            f"arguments for {task_name!r} cannot be serialized by the broker: {exc}"
+        ) from exc
+
+
+class ExecutionEngine:
+    """Runs a :class:`DAG` on a broker.
+
+    Subclasses may override :meth:`schedule_task` to run some nodes elsewhere (a GPU pool, a
+    different broker); the engine then awaits it for each node, and everything else (order,
+    ``max_parallel``, retries, tracking) stays the same.
+
+    :param broker: the taskiq broker.
+    :param dag: the graph to run.
+    :param max_parallel: most tasks in flight at once (``None``: all that are ready).
+    :param on_error: ``"fail"`` (default) or ``"continue"``.
+    :param retry: retry policy for tasks without their own.
+    :param timeout: seconds the whole run may take.
+    """
+
+    def __init__(
+        self,
+        broker: AsyncBroker,
+        dag: DAG,
+        *,
+        max_parallel: int | None = None,
+        on_error: OnError = "fail",
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        tracking: PipelineTrackingManager | None = None,
+        dead_letters: DeadLetterQueue | None = None,
+        name: str = "dataflow",
+    ) -> None:
+        self.broker = broker
+        self.dag = dag
+        self.max_parallel = check_max_parallel(max_parallel)
+        self.on_error = on_error
+        self.retry = retry
+        self.timeout = timeout
+        self.tracking = tracking
+        self.dead_letters = dead_letters
+        self.name = name
+        self.pipeline_id: str | None = None
+        self._run: FlowRun | None = None
+
+    async def schedule_task(self, task_node: TaskNode, inputs: dict[str, Any]) -> Any:
+        """Runs one node with its inputs and returns its value.
+
+        The default sends it through the broker; override to run it elsewhere.
+        """
+        return await run_single(
+            self.broker,
+            task_node.task_name,
+            (),
+            inputs,
+            step=task_node.name,
+            timeout=task_node.timeout,
+            labels=task_node.task.labels,
+        )
+
+    def check_inputs(self, inputs: Mapping[str, Any]) -> None:
+        """Validates the external inputs of a run; raises before anything is sent."""
+        missing = sorted(self.dag.external_inputs - inputs.keys())
+        if missing:
+            needs = {
+                name: [n.name for n in self.dag.nodes if name in n.inputs] for name in missing
+            }
+            shown = "; ".join(f"{k!r} (needed by {', '.join(v)})" for k, v in needs.items())
+            raise MissingInputError(f"no task produces, and no input gives: {shown}")
+        consumed = {name for n in self.dag.nodes for name in n.inputs}
+        unknown = sorted(set(inputs) - consumed)
+        if unknown:
+            raise DataflowError(f"unknown inputs {unknown}: no task takes them")
+        produced = sorted(set(inputs) & self.dag.producer.keys())
+        if produced:
+            raise DataflowError(f"inputs {produced} are outputs of tasks; they cannot be given")
+        for node in self.dag.nodes:
+            given = {k: inputs[k] for k in node.inputs if k in inputs}
+            check_serializable(self.broker, node.task_name, (), given)
+
+    def _plan(self, inputs: Mapping[str, Any]) -> Plan:
+        dag = self.dag
+        wiring: list[list[tuple[str, int | None]]] = []
+        for node in dag.nodes:
+            pairs: list[tuple[str, int | None]] = []
+            for name in node.inputs:
+                producer = dag.producer.get(name)
+                if producer is not None or name in inputs:
+                    pairs.append((name, producer))
+            wiring.append(pairs)
+
+        def call(node: int, results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            kwargs = {
+                name: (inputs[name] if producer is None else results[producer])
+                for name, producer in wiring[node]
+            }
+            return (), kwargs
+
+        steps = [
+            StepSpec(
+                n.name,
+                n.task_name,
+                n.task.labels,
+                retry=n.retry,
+                timeout=n.timeout,
+            )
+            for n in dag.nodes
+        ]
+        return Plan(len(dag.nodes), dag.sources, dag.targets, steps, call)
+
+    async def execute(
+        self, inputs: Mapping[str, Any] | None = None, pipeline_id: str | None = None
+    ) -> dict[str, Any]:
+        """Runs the graph with the given external inputs.
+
+        :param pipeline_id: the run's id (new by default); tracking records it under this id.
+
+        :return: ``{output name: value}`` for every task.
+        :raises MissingInputError, DataflowError, UnserializableError: before anything is sent.
+        :raises StepFailedError: a task failed for good; ``results`` holds what finished.
+        """
+        inputs = dict(inputs or {})
+        self.check_inputs(inputs)
+        custom = None
+        if type(self).schedule_task is not ExecutionEngine.schedule_task:
+            nodes = self.dag.nodes
+
+            async def custom(node: int, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                return await self.schedule_task(nodes[node], kwargs)
+
+        run = FlowRun(
+            self.broker,
+            self._plan(inputs),
+            max_parallel=self.max_parallel,
+            on_error=self.on_error,
+            retry=self.retry,
+            timeout=self.timeout,
+            tracking=self.tracking,
+            dead_letters=self.dead_letters,
+            name=self.name,
+            pipeline_id=pipeline_id,
+            custom_dispatch=custom,
+        )
+        self._run = run
+        self.pipeline_id = run.pipeline_id
+        try:
+            values = await run.execute()
+        except Exception as err:
+            partial = {self.dag.nodes[v].output: value for v, value in run.finished_results().items()}
+            if hasattr(err, "results"):
+                err.results = partial
+            raise
+        finally:
+            self._run = None
+        return {node.output: values[i] for i, node in enumerate(self.dag.nodes)}
+
+    def cancel(self) -> None:
+        """Cancels the run in progress, if any."""
+        if self._run is not None:
+            self._run.cancel()
+
+
+class DataflowPipeline:
+    """A dataflow pipeline on a broker.
+
+    :param broker: the taskiq broker.
+    :param max_parallel: most tasks of one run in flight at once (``None``: all that are ready).
+    :param on_error: ``"fail"`` stops at the first failure; ``"continue"`` runs every task that does
+        not depend on one.
+    :param timeout: seconds a run may take.
+    :raises InvalidValueError: for a ``max_parallel`` below 1 or not an int.
+    """
+
+    def __init__(
+        self,
+        broker: AsyncBroker,
+        max_parallel: int | None = None,
+        *,
+        on_error: OnError = "fail",
+        timeout: float | None = None,
+        name: str = "dataflow",
+    ) -> None:
+        self.broker = broker
+        self.max_parallel = check_max_parallel(max_parallel)
+        self.on_error: OnError = on_error
+        self.timeout = timeout
+        self.name = name
+        self.registry = DataflowRegistry()
+        self.retry: RetryPolicy | None = None
+        self.tracking: PipelineTrackingManager | None = None
+        self.dead_letters: DeadLetterQueue | None = None
+        self.pipeline_id: str | None = None
+        self._engine: ExecutionEngine | None = None
+
+    @classmethod
+    def from_tasks(
+        cls,
+        broker: AsyncBroker,
+        tasks: Iterable[object],
+        max_parallel: int | None = None,
+        **options: Any,
+    ) -> DataflowPipeline:
+        """A pipeline of the given tasks (each declared with :func:`pipeline_task`)."""
+        pipeline = cls(broker, max_parallel, **options)
+        for task in tasks:
+            pipeline.add_dataflow_task(task)
+        return pipeline
+
+    def add_dataflow_task(
+        self,
+        task: object,
+        output: str | None = None,
+        inputs: Sequence[str] | None = None,
+        labels: Mapping[str, Any] | None = None,
+    ) -> DataflowPipeline:
+        """Adds a task; returns the pipeline.
+
+        :raises NotATaskError: if ``task`` is not a taskiq task.
+        """
+        self.registry.register_task(task, output, inputs, labels)
+        return self
+
+    def with_tracking(self, tracking: PipelineTrackingManager) -> DataflowPipeline:
+        """Reports every run to ``tracking``; returns the pipeline."""
+        self.tracking = tracking
+        return self
+
+    def with_retry(
+        self,
+        max_attempts: int = 3,
+        delay: float = 0.1,
+        backoff: float = 2.0,
+        max_delay: float = 30.0,
+        jitter: float = 0.1,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+    ) -> DataflowPipeline:
+        """Retries failed tasks (those without a policy of their own); returns the pipeline."""
+        self.retry = RetryPolicy(max_attempts, delay, backoff, max_delay, jitter, retry_on)
+        return self
+
+    def with_dead_letters(self, dead_letters: DeadLetterQueue) -> DataflowPipeline:
+        """Records tasks that failed for good in ``dead_letters``; returns the pipeline."""
+        self.dead_letters = dead_letters
+        return self
+
+    @property
+    def dag(self) -> DAG:
+        """The validated graph of the pipeline's tasks."""
+        return self.registry.build_dag()
+
+    async def kiq_dataflow(self, *chunk: Any, **inputs: Any) -> dict[str, Any]:
+        """Runs the pipeline and returns every task's output: ``{output name: value}``.
+
+        External inputs are keyword arguments; a pipeline with a single external input also takes
+        it positionally (``await pipeline.kiq_dataflow(chunk)``).
+
+        :raises CycleError, DuplicateOutputError, MissingInputError, UnserializableError: before
+            any task is sent.
+        :raises StepFailedError: a task failed for good (``results`` holds what finished).
+        """
+        dag = self.dag
+        if chunk:
+            if len(chunk) != 1 or len(dag.external_inputs) != 1 or inputs:
+                raise DataflowError(
+                    "a positional input needs a pipeline with exactly one external input "
+                    f"(this one has {sorted(dag.external_inputs)}); pass inputs by name"
+                )
+            inputs = {next(iter(dag.external_inputs)): chunk[0]}
+        engine = ExecutionEngine(
+            self.broker,
+            dag,
+            max_parallel=self.max_parallel,
+            on_error=self.on_error,
+            retry=self.retry,
+            timeout=self.timeout,
+            tracking=self.tracking,
+            dead_letters=self.dead_letters,
+            name=self.name,
+        )
+        self._engine = engine
+        self.pipeline_id = uuid.uuid4().hex
+        try:
+            return await engine.execute(inputs, self.pipeline_id)
+        finally:
+            self._engine = None
+
+    def cancel(self) -> None:
+        """Cancels the run in progress, if any: ``kiq_dataflow`` raises
+        :class:`~taskiq_flow.exceptions.PipelineCancelledError`."""
+        if self._engine is not None:
+            self._engine.cancel()

@@ -1,0 +1,537 @@
+"""The one engine every pipeline runs on.
+
+A :class:`Plan` is a DAG of nodes, each one task call grouped into named steps. A :class:`FlowRun`
+executes it: the Rust :class:`~taskiq_flow.DagScheduler` decides which nodes are ready *and* admitted
+(a step's ``max_parallel``, the run's cap, in the best order), a small pool of dispatch coroutines sends
+them through the broker, and completions come back as events (:mod:`taskiq_flow.events`). The Python
+side only builds calls, sends, and awaits; it never decides what runs next.
+
+Failure handling lives here too: retries with backoff (the node keeps its slot while it waits),
+fail-fast or run-what-can-run on failure, dead letters, run timeouts and cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from taskiq import AsyncBroker
+from taskiq.kicker import AsyncKicker
+
+from taskiq_flow._core import DagScheduler
+from taskiq_flow.events import FLOW_LABEL, Completion, Inbox, ensure_flow_middleware
+from taskiq_flow.exceptions import (
+    AbortPipeline,
+    InvalidValueError,
+    PipelineCancelledError,
+    PipelineError,
+    PipelineTimeoutError,
+    StepFailedError,
+)
+from taskiq_flow.optimization.parallel import global_limiter
+from taskiq_flow.retry import DeadLetter, DeadLetterQueue, RetryPolicy, default_dead_letters
+from taskiq_flow.tracking import PipelineTrackingManager
+
+__all__ = ["FlowRun", "OnError", "Plan", "StepSpec", "check_max_parallel", "run_single"]
+
+OnError = Literal["fail", "continue"]
+
+#: Builds a node's arguments from the results so far: ``(args, kwargs)``.
+CallBuilder = Callable[[int, Sequence[Any]], tuple[tuple[Any, ...], dict[str, Any]]]
+#: A custom way to run a node (``ExecutionEngine.schedule_task``): returns the task's value.
+CustomDispatch = Callable[[int, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+
+_MISSING: Any = object()
+#: Dispatch coroutines per run: enough to overlap sends on a networked broker.
+DISPATCHERS = 8
+
+
+def check_max_parallel(value: object, what: str = "max_parallel") -> int | None:
+    """Validates a ``max_parallel`` setting: ``None`` or an int >= 1.
+
+    :raises InvalidValueError: otherwise.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidValueError(f"{what} must be an int >= 1 or None, got {value!r}")
+    if value < 1:
+        raise InvalidValueError(f"{what} must be an int >= 1 or None, got {value!r}")
+    return value
+
+
+@dataclass(slots=True)
+class StepSpec:
+    """A step: a named group of nodes calling one task."""
+
+    name: str
+    task_name: str
+    labels: dict[str, Any] = field(default_factory=dict)
+    max_parallel: int | None = None
+    retry: RetryPolicy | None = None
+    timeout: float | None = None
+    tasks: int = 1
+
+
+@dataclass(slots=True)
+class Plan:
+    """What a run executes: ``node_count`` nodes, edges ``sources[i] -> targets[i]``, each node in
+    one step (``step_of``; node ``i`` is step ``i`` when omitted), its call built when admitted."""
+
+    node_count: int
+    sources: Sequence[int]
+    targets: Sequence[int]
+    steps: list[StepSpec]
+    call: CallBuilder
+    step_of: Sequence[int] | None = None
+
+    def step(self, node: int) -> StepSpec:
+        """The step of a node."""
+        return self.steps[node if self.step_of is None else self.step_of[node]]
+
+
+class FlowRun:
+    """One execution of a :class:`Plan`.
+
+    :param broker: the taskiq broker tasks are sent through.
+    :param plan: what to run.
+    :param max_parallel: most nodes of this run in flight at once (``None``: no cap).
+    :param on_error: ``"fail"`` stops starting tasks at the first step that fails for good;
+        ``"continue"`` runs every node that does not depend on a failure.
+    :param retry: the retry policy of steps that have none of their own.
+    :param timeout: seconds the whole run may take.
+    :param tracking: where to report progress.
+    :param dead_letters: where steps that failed for good are recorded.
+    :param pipeline_id: the run's id (a new uuid by default).
+    :param name: the pipeline's name, for tracking.
+    :param custom_dispatch: runs a node instead of sending it through the broker.
+    :param on_progress: called with ``(finished, total)`` after each batch of completions.
+    """
+
+    def __init__(
+        self,
+        broker: AsyncBroker,
+        plan: Plan,
+        *,
+        max_parallel: int | None = None,
+        on_error: OnError = "fail",
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        tracking: PipelineTrackingManager | None = None,
+        dead_letters: DeadLetterQueue | None = None,
+        pipeline_id: str | None = None,
+        name: str = "pipeline",
+        custom_dispatch: CustomDispatch | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        if on_error not in ("fail", "continue"):
+            raise InvalidValueError(f"on_error must be 'fail' or 'continue', got {on_error!r}")
+        if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise InvalidValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        self.broker = broker
+        self.plan = plan
+        self.max_parallel = check_max_parallel(max_parallel)
+        self.on_error = on_error
+        self.retry = retry
+        self.timeout = timeout
+        self.tracking = tracking
+        self.dead_letters = dead_letters if dead_letters is not None else default_dead_letters()
+        self.pipeline_id = pipeline_id or uuid.uuid4().hex
+        self.name = name
+        self.custom_dispatch = custom_dispatch
+        self.on_progress = on_progress
+        n = plan.node_count
+        self.results: list[Any] = [_MISSING] * n
+        self.failures: dict[str, BaseException | str | None] = {}
+        self._attempt = [1] * n
+        self._calls: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self._queue: deque[int] = deque()
+        self._wake_dispatch = asyncio.Event()
+        self._in_flight = 0
+        self._finished = 0
+        self._fatal: PipelineError | None = None
+        self._cancel_requested = False
+        self._inbox: Inbox | None = None
+        self._scheduler: DagScheduler | None = None
+        self._retry_timers: list[asyncio.TimerHandle] = []
+        self._retrying: set[int] = set()
+
+    # -- public ----------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stops the run: nothing new starts, and :meth:`execute` raises
+        :class:`PipelineCancelledError`."""
+        self._cancel_requested = True
+        if self._inbox is not None:
+            self._inbox.wake()
+
+    def finished_results(self) -> dict[int, Any]:
+        """``{node: value}`` of every node that finished."""
+        return {v: r for v, r in enumerate(self.results) if r is not _MISSING}
+
+    async def execute(self) -> list[Any]:
+        """Runs the plan to the end.
+
+        :return: every node's value, by node id.
+        :raises StepFailedError: a step failed for good (at once with ``on_error="fail"``, at the
+            end with ``"continue"``).
+        :raises PipelineTimeoutError: the run took longer than ``timeout``.
+        :raises PipelineCancelledError: :meth:`cancel` was called.
+        """
+        plan = self.plan
+        middleware = ensure_flow_middleware(self.broker)
+        channel = middleware.channel
+        inbox = self._inbox = channel.open(self.pipeline_id)
+        scheduler = self._scheduler = self._build_scheduler()
+        if self.tracking is not None:
+            await self.tracking.begin(
+                self.pipeline_id, self.name, [(s.name, s.tasks) for s in plan.steps]
+            )
+        loop = asyncio.get_running_loop()
+        dispatchers = [
+            loop.create_task(self._dispatcher()) for _ in range(min(DISPATCHERS, plan.node_count))
+        ]
+        deadline = loop.time() + self.timeout if self.timeout is not None else None
+        try:
+            self._dispatch(scheduler.start(loop.time()))
+            while not scheduler.is_finished and self._fatal is None:
+                await self._next_events(inbox, scheduler, loop, deadline)
+        finally:
+            for task in dispatchers:
+                task.cancel()
+            for timer in self._retry_timers:
+                timer.cancel()
+            await self._settle(channel, inbox)
+        if self._fatal is None and self.failures:
+            step, error = next(iter(self.failures.items()))
+            self._fatal = StepFailedError(step, error, failures=self.failures)
+        await self._end_tracking()
+        if self._fatal is not None:
+            raise self._fatal
+        return self.results
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _build_scheduler(self) -> DagScheduler:
+        plan = self.plan
+        capped = [i for i, s in enumerate(plan.steps) if s.max_parallel is not None]
+        keys = None
+        if capped:
+            key_of_step = [0] * len(plan.steps)
+            for key, step in enumerate(capped, start=1):
+                key_of_step[step] = key
+            step_of = plan.step_of if plan.step_of is not None else range(plan.node_count)
+            keys = [key_of_step[s] for s in step_of]
+        scheduler = DagScheduler(
+            plan.node_count, plan.sources, plan.targets, keys=keys, max_parallel=self.max_parallel
+        )
+        for key, step in enumerate(capped, start=1):
+            scheduler.set_key_limits(key, max_parallel=plan.steps[step].max_parallel)
+        return scheduler
+
+    async def _next_events(
+        self,
+        inbox: Inbox,
+        scheduler: DagScheduler,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float | None,
+    ) -> None:
+        wake = scheduler.next_wakeup()
+        if deadline is not None:
+            wake = deadline if wake is None else min(wake, deadline)
+        timer = loop.call_at(wake, inbox.wake) if wake is not None else None
+        await inbox.wait()
+        if timer is not None:
+            timer.cancel()
+        now = loop.time()
+        if self._cancel_requested:
+            self._stop(PipelineCancelledError(f"pipeline {self.name!r} was cancelled"))
+            return
+        if deadline is not None and now >= deadline:
+            self._stop(
+                PipelineTimeoutError(f"pipeline {self.name!r} timed out after {self.timeout}s")
+            )
+            return
+        done: list[int] = []
+        for event in inbox.drain():
+            if event.attempt != self._attempt[event.node] or self.results[event.node] is not _MISSING:
+                continue  # a duplicate delivery, or an attempt superseded by a retry
+            if event.ok:
+                self.results[event.node] = event.value
+                done.append(event.node)
+                self._finish_node(event)
+            else:
+                self._failed(event, scheduler, now)
+        admitted = scheduler.complete_many(done, now) if done else []
+        if scheduler.next_wakeup() is not None or wake is not None:
+            admitted += scheduler.poll(now)
+        self._dispatch(admitted)
+        if self.on_progress is not None:
+            self.on_progress(self._finished, self.plan.node_count)
+
+    def _failed(self, event: Completion, scheduler: DagScheduler, now: float) -> None:
+        """Handles a failed attempt: a retry after a backoff, or a failure for good."""
+        node = event.node
+        step = self.plan.step(node)
+        policy = step.retry or self.retry
+        attempt = self._attempt[node]
+        error = event.error
+        if (
+            self._fatal is None
+            and policy is not None
+            and not isinstance(error, AbortPipeline)
+            and policy.should_retry(attempt, error)
+        ):
+            # The node keeps its slots while it waits: it is still this run's work in flight.
+            self._attempt[node] = attempt + 1
+            self._retrying.add(node)
+            self._track(node, "retrying", event, error=error)
+            loop = asyncio.get_running_loop()
+            self._retry_timers.append(
+                loop.call_later(policy.delay_for(attempt), self._resend, node)
+            )
+            return
+        self._finish_node(event, failed=True)
+        self._record_dead_letter(node, step, error, attempt)
+        self.failures.setdefault(step.name, error)
+        if self._fatal is not None:
+            return
+        if isinstance(error, AbortPipeline):
+            self._stop(error)
+        elif self.on_error == "continue":
+            admitted, skipped = scheduler.fail(node, now)
+            for v in skipped:
+                self._track_skipped(v)
+            self._dispatch(admitted)
+        else:
+            self._stop(StepFailedError(step.name, error, failures=self.failures))
+
+    def _stop(self, error: PipelineError) -> None:
+        self._fatal = error
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+
+    def _resend(self, node: int) -> None:
+        self._retrying.discard(node)
+        if self._fatal is None:
+            self._queue.append(node)
+            self._wake_dispatch.set()
+
+    def _dispatch(self, nodes: Sequence[int]) -> None:
+        if nodes:
+            self._queue.extend(nodes)
+            self._wake_dispatch.set()
+
+    async def _dispatcher(self) -> None:
+        limiter = global_limiter()
+        queue = self._queue
+        while True:
+            while queue:
+                node = queue.popleft()
+                if self._attempt[node] == 1:
+                    await limiter.acquire()
+                    self._in_flight += 1
+                # Shielded: once a slot is taken the message goes out even if the run stops,
+                # so that its completion comes back and gives the slot up.
+                await asyncio.shield(self._send(node))
+            self._wake_dispatch.clear()
+            await self._wake_dispatch.wait()
+
+    async def _send(self, node: int) -> None:
+        step = self.plan.step(node)
+        attempt = self._attempt[node]
+        self._track(node, "running")
+        try:
+            call = self._calls.get(node)
+            if call is None:
+                call = self._calls[node] = self.plan.call(node, self.results)
+            args, kwargs = call
+            if self.custom_dispatch is not None:
+                asyncio.get_running_loop().create_task(self._run_custom(node, attempt, args, kwargs))
+                return
+            labels = {FLOW_LABEL: f"{self.pipeline_id}:{node}:{attempt}"}
+            if step.timeout is not None:
+                labels["timeout"] = step.timeout
+            kicker = AsyncKicker(step.task_name, self.broker, step.labels).with_labels(**labels)
+            await kicker.kiq(*args, **kwargs)
+        except Exception as exc:  # could not send: this attempt failed
+            self._push_failure(node, attempt, exc)
+
+    async def _run_custom(
+        self, node: int, attempt: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        assert self.custom_dispatch is not None
+        started, wall = time.perf_counter(), time.time()
+        try:
+            value = await self.custom_dispatch(node, args, kwargs)
+        except Exception as exc:
+            self._push_failure(node, attempt, exc)
+            return
+        if self._inbox is not None:
+            elapsed = (time.perf_counter() - started) * 1000.0
+            self._inbox.push(
+                Completion(self.pipeline_id, node, attempt, True, value, None, elapsed, wall)
+            )
+
+    def _push_failure(self, node: int, attempt: int, exc: BaseException) -> None:
+        if self._inbox is not None:
+            self._inbox.push(
+                Completion(self.pipeline_id, node, attempt, False, None, exc, 0.0, time.time())
+            )
+
+    def _finish_node(self, event: Completion, failed: bool = False) -> None:
+        self._finished += 1
+        self._in_flight -= 1
+        global_limiter().release()
+        self._calls.pop(event.node, None)
+        self._track(event.node, "failed" if failed else "done", event, error=event.error)
+
+    async def _settle(self, channel: Any, inbox: Inbox) -> None:
+        """Closes the run's inbox, first letting tasks still out report back in the background,
+        so that their global slots are released when they really finish."""
+        for node in self._queue:  # retries admitted but not sent: they still hold their slots
+            if self._attempt[node] > 1:
+                self._in_flight -= 1
+                global_limiter().release()
+        self._queue.clear()
+        for _ in self._retrying:  # waiting for a retry that will not come: not running anywhere
+            self._in_flight -= 1
+            global_limiter().release()
+        self._retrying.clear()
+        if self._in_flight <= 0:
+            channel.close(self.pipeline_id)
+            return
+
+        async def drain() -> None:
+            try:
+                while self._in_flight > 0:
+                    await inbox.wait()
+                    for event in inbox.drain():
+                        if event.attempt == self._attempt[event.node]:
+                            self._in_flight -= 1
+                            global_limiter().release()
+            finally:
+                channel.close(self.pipeline_id)
+
+        task = asyncio.get_running_loop().create_task(drain())
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    # -- tracking and dead letters ---------------------------------------------------------------
+
+    def _track(
+        self,
+        node: int,
+        state: str,
+        event: Completion | None = None,
+        error: BaseException | str | None = None,
+    ) -> None:
+        if self.tracking is None:
+            return
+        status = self.tracking.live(self.pipeline_id)
+        if status is None:
+            return
+        index = node if self.plan.step_of is None else self.plan.step_of[node]
+        step = status.steps[index]
+        if state == "running":
+            step.attempts += 1
+            if step.status == "pending":
+                step.status = "running"
+            return
+        if event is not None:
+            end = event.started_at + event.duration_ms / 1000.0
+            step.started_at = (
+                event.started_at if step.started_at is None else min(step.started_at, event.started_at)
+            )
+            step.finished_at = end if step.finished_at is None else max(step.finished_at, end)
+            if step.tasks == 1:
+                step.duration_ms = event.duration_ms
+            else:
+                step.duration_ms = (step.finished_at - step.started_at) * 1000.0
+        if state == "done":
+            step.tasks_done += 1
+            if step.tasks_done >= step.tasks and step.status != "failed":
+                step.status = "done"
+        elif state == "failed":
+            step.status = "failed"
+            step.error = _describe(error)
+        elif state == "retrying":
+            step.status = "retrying"
+            step.error = _describe(error)
+
+    def _track_skipped(self, node: int) -> None:
+        if self.tracking is None:
+            return
+        status = self.tracking.live(self.pipeline_id)
+        if status is not None:
+            index = node if self.plan.step_of is None else self.plan.step_of[node]
+            status.steps[index].status = "skipped"
+
+    async def _end_tracking(self) -> None:
+        if self.tracking is None:
+            return
+        if self._fatal is None:
+            await self.tracking.end(self.pipeline_id, "done")
+        elif isinstance(self._fatal, PipelineCancelledError):
+            await self.tracking.end(self.pipeline_id, "cancelled", str(self._fatal))
+        else:
+            await self.tracking.end(self.pipeline_id, "failed", str(self._fatal))
+
+    def _record_dead_letter(
+        self, node: int, step: StepSpec, error: BaseException | None, attempts: int
+    ) -> None:
+        args, kwargs = self._calls.get(node) or ((), {})
+        self.dead_letters.add(
+            DeadLetter(
+                pipeline_id=self.pipeline_id,
+                step=step.name,
+                task_name=step.task_name,
+                args=args,
+                kwargs=kwargs,
+                error=_describe(error) or "unknown error",
+                error_type=type(error).__name__ if error is not None else "None",
+                attempts=attempts,
+            )
+        )
+
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
+
+
+def _describe(error: BaseException | str | None) -> str | None:
+    if error is None or isinstance(error, str):
+        return error
+    return f"{type(error).__name__}: {error}"
+
+
+async def run_single(
+    broker: AsyncBroker,
+    task_name: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    *,
+    step: str | None = None,
+    timeout: float | None = None,
+    labels: dict[str, Any] | None = None,
+) -> Any:
+    """Runs one task through the engine and returns its value (no result backend involved).
+
+    :raises StepFailedError: if it fails.
+    """
+    call = (tuple(args), dict(kwargs))
+    plan = Plan(
+        1,
+        [],
+        [],
+        [StepSpec(step or task_name, task_name, labels or {})],
+        lambda _node, _results: call,
+    )
+    run = FlowRun(
+        broker, plan, timeout=timeout, name=step or task_name, dead_letters=DeadLetterQueue()
+    )
+    return (await run.execute())[0]

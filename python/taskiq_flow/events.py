@@ -1,0 +1,176 @@
+"""Completion events: how a finished task reaches the run that dispatched it.
+
+Every message the engine sends carries the label ``taskiq_flow`` = ``"<run id>:<node>:<attempt>"``.
+:class:`FlowMiddleware`, installed on the broker, sees the task finish where it ran, measures its
+duration there, and hands a :class:`Completion` to the run's inbox. Nothing polls the result backend,
+and the result backend need not keep anything: the value travels in the event.
+
+In one process the inbox is an in-memory queue (:class:`InProcessChannel`); a channel that crosses
+processes (through Redis) implements the same two methods, so the engine does not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
+
+__all__ = [
+    "FLOW_LABEL",
+    "Completion",
+    "CompletionChannel",
+    "FlowMiddleware",
+    "InProcessChannel",
+    "Inbox",
+    "ensure_flow_middleware",
+]
+
+#: The label that ties a message to its run, node and attempt.
+FLOW_LABEL = "taskiq_flow"
+
+
+@dataclass(slots=True)
+class Completion:
+    """A task finished: which run, node and attempt, and how it went."""
+
+    run_id: str
+    node: int
+    attempt: int
+    ok: bool
+    value: Any
+    error: BaseException | None
+    duration_ms: float
+    started_at: float
+
+
+class Inbox:
+    """Completions of one run, delivered in batches: the run drains everything that arrived."""
+
+    __slots__ = ("_event", "_items")
+
+    def __init__(self) -> None:
+        self._items: deque[Completion] = deque()
+        self._event = asyncio.Event()
+
+    def push(self, completion: Completion) -> None:
+        """Delivers one completion (any coroutine or callback of the same loop)."""
+        self._items.append(completion)
+        self._event.set()
+
+    def wake(self) -> None:
+        """Wakes the waiting run without a completion (a timer, a cancel)."""
+        self._event.set()
+
+    async def wait(self) -> None:
+        """Waits until something arrived or :meth:`wake` was called."""
+        if not self._items:
+            await self._event.wait()
+        self._event.clear()
+
+    def drain(self) -> list[Completion]:
+        """Everything delivered so far."""
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+
+class CompletionChannel(Protocol):
+    """Where completions travel from the task to its run."""
+
+    def open(self, run_id: str) -> Inbox:
+        """Registers a run and returns the inbox its completions will arrive in."""
+        ...
+
+    def close(self, run_id: str) -> None:
+        """Forgets a run; later completions for it are dropped."""
+        ...
+
+    def publish(self, completion: Completion) -> None:
+        """Delivers a completion to its run (called where the task ran)."""
+        ...
+
+
+class InProcessChannel:
+    """Completions within one process: a dict of inboxes."""
+
+    __slots__ = ("_inboxes",)
+
+    def __init__(self) -> None:
+        self._inboxes: dict[str, Inbox] = {}
+
+    def open(self, run_id: str) -> Inbox:
+        inbox = self._inboxes[run_id] = Inbox()
+        return inbox
+
+    def close(self, run_id: str) -> None:
+        self._inboxes.pop(run_id, None)
+
+    def publish(self, completion: Completion) -> None:
+        inbox = self._inboxes.get(completion.run_id)
+        if inbox is not None:
+            inbox.push(completion)
+
+
+class FlowMiddleware(TaskiqMiddleware):
+    """Reports every finished pipeline task to its run, with the duration measured where it ran.
+
+    Added to a broker automatically when a pipeline first uses it; add it yourself to the broker of
+    ``taskiq worker`` processes.
+
+    :param channel: where completions go (the process-wide in-memory channel by default).
+    """
+
+    def __init__(self, channel: CompletionChannel | None = None) -> None:
+        super().__init__()
+        self.channel: CompletionChannel = channel if channel is not None else default_channel()
+        self._started: dict[str, tuple[float, float]] = {}
+
+    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        """Notes when a pipeline task starts."""
+        if FLOW_LABEL in message.labels:
+            self._started[message.task_id] = (time.perf_counter(), time.time())
+        return message
+
+    def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        """Publishes the completion of a pipeline task."""
+        label = message.labels.get(FLOW_LABEL)
+        if label is None:
+            return
+        started = self._started.pop(message.task_id, None)
+        now = time.perf_counter()
+        duration_ms = (now - started[0]) * 1000.0 if started else result.execution_time * 1000.0
+        run_id, node, attempt = str(label).rsplit(":", 2)
+        self.channel.publish(
+            Completion(
+                run_id=run_id,
+                node=int(node),
+                attempt=int(attempt),
+                ok=not result.is_err,
+                value=result.return_value,
+                error=result.error,
+                duration_ms=duration_ms,
+                started_at=started[1] if started else time.time() - duration_ms / 1000.0,
+            )
+        )
+
+
+_DEFAULT_CHANNEL = InProcessChannel()
+
+
+def default_channel() -> InProcessChannel:
+    """The process-wide in-memory completion channel."""
+    return _DEFAULT_CHANNEL
+
+
+def ensure_flow_middleware(broker: Any) -> FlowMiddleware:
+    """Returns the broker's :class:`FlowMiddleware`, adding one if it has none."""
+    for middleware in broker.middlewares:
+        if isinstance(middleware, FlowMiddleware):
+            return middleware
+    middleware = FlowMiddleware()
+    broker.add_middlewares(middleware)
+    return middleware

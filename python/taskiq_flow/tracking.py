@@ -1,0 +1,204 @@
+"""Tracking: the status of every pipeline run and of each of its steps.
+
+A run reports to a :class:`PipelineTrackingManager`, which keeps records in a storage (in memory by
+default). Each step's ``duration_ms`` is measured where its tasks ran, not where they were awaited:
+for a step of one task it is that task's run time; for a step of many (a map), the span from the first
+task's start to the last one's end.
+
+::
+
+    tracking = PipelineTrackingManager()
+    pipeline = DataflowPipeline(broker).with_tracking(tracking)
+    await pipeline.kiq_dataflow(x=1)
+    status = await tracking.get_status(pipeline.pipeline_id)
+    for step in status.steps:
+        print(f"{step.name}: {step.duration_ms}ms")
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from taskiq_flow.exceptions import InvalidValueError, UnknownIdError
+
+__all__ = [
+    "InMemoryPipelineStorage",
+    "PipelineStatus",
+    "PipelineStorage",
+    "PipelineTrackingManager",
+    "StepStatus",
+]
+
+RunState = Literal["running", "done", "failed", "cancelled"]
+StepState = Literal["pending", "running", "retrying", "done", "failed", "skipped", "cancelled"]
+
+
+@dataclass(slots=True)
+class StepStatus:
+    """One step of a run: a task, or all the tasks of a map."""
+
+    name: str
+    status: StepState = "pending"
+    duration_ms: float | None = None
+    attempts: int = 0
+    error: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    tasks: int = 1
+    tasks_done: int = 0
+
+
+@dataclass(slots=True)
+class PipelineStatus:
+    """One run of a pipeline."""
+
+    pipeline_id: str
+    name: str
+    status: RunState = "running"
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    error: str | None = None
+    steps: list[StepStatus] = field(default_factory=list)
+
+    @property
+    def duration_ms(self) -> float | None:
+        """Wall time of the run, once finished."""
+        if self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at) * 1000.0
+
+    def slowest_step(self) -> StepStatus | None:
+        """The step with the largest ``duration_ms``, if any finished."""
+        timed = [s for s in self.steps if s.duration_ms is not None]
+        return max(timed, key=lambda s: s.duration_ms or 0.0) if timed else None
+
+
+class PipelineStorage(Protocol):
+    """Where tracking records live."""
+
+    async def save(self, status: PipelineStatus) -> None:
+        """Stores a whole record (new or replaced)."""
+        ...
+
+    async def load(self, pipeline_id: str) -> PipelineStatus | None:
+        """A record, or ``None``."""
+        ...
+
+    async def delete(self, pipeline_id: str) -> bool:
+        """Removes a record; whether there was one."""
+        ...
+
+    async def ids(self) -> list[str]:
+        """Every stored pipeline id."""
+        ...
+
+
+class InMemoryPipelineStorage:
+    """Records in a dict, for the embedded default. Records are copied in and out."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, PipelineStatus] = {}
+
+    async def save(self, status: PipelineStatus) -> None:
+        self._records[status.pipeline_id] = copy.deepcopy(status)
+
+    async def load(self, pipeline_id: str) -> PipelineStatus | None:
+        record = self._records.get(pipeline_id)
+        return copy.deepcopy(record) if record is not None else None
+
+    async def delete(self, pipeline_id: str) -> bool:
+        return self._records.pop(pipeline_id, None) is not None
+
+    async def ids(self) -> list[str]:
+        return list(self._records)
+
+
+class PipelineTrackingManager:
+    """Keeps the status of pipeline runs and answers questions about them.
+
+    :param storage: where records live (in memory by default).
+    """
+
+    def __init__(self, storage: PipelineStorage | None = None) -> None:
+        self.storage: PipelineStorage = storage if storage is not None else InMemoryPipelineStorage()
+        self._live: dict[str, PipelineStatus] = {}
+
+    # -- written by runs -------------------------------------------------------------------------
+
+    async def begin(self, pipeline_id: str, name: str, steps: list[tuple[str, int]]) -> None:
+        """A run starts; ``steps`` lists each step's name and number of tasks."""
+        status = PipelineStatus(
+            pipeline_id, name, steps=[StepStatus(step, tasks=count) for step, count in steps]
+        )
+        self._live[pipeline_id] = status
+        await self.storage.save(status)
+
+    def live(self, pipeline_id: str) -> PipelineStatus | None:
+        """The in-progress record of a run this process is executing."""
+        return self._live.get(pipeline_id)
+
+    async def flush(self, pipeline_id: str) -> None:
+        """Writes the in-progress record of a run to storage."""
+        status = self._live.get(pipeline_id)
+        if status is not None:
+            await self.storage.save(status)
+
+    async def end(self, pipeline_id: str, state: RunState, error: str | None = None) -> None:
+        """A run ends."""
+        status = self._live.pop(pipeline_id, None)
+        if status is None:
+            return
+        status.status = state
+        status.error = error
+        status.finished_at = time.time()
+        for step in status.steps:
+            if step.status in ("pending", "running", "retrying"):
+                step.status = "cancelled" if state != "done" else step.status
+        await self.storage.save(status)
+
+    # -- read by users ---------------------------------------------------------------------------
+
+    async def get_status(self, pipeline_id: str) -> PipelineStatus:
+        """The status of a run: its state, times and steps.
+
+        :raises UnknownIdError: if no run has that id (or it was deleted).
+        """
+        live = self._live.get(pipeline_id)
+        if live is not None:
+            return copy.deepcopy(live)
+        status = await self.storage.load(pipeline_id)
+        if status is None:
+            raise UnknownIdError(f"no pipeline run with id {pipeline_id!r}")
+        return status
+
+    async def list_pipelines(self, status: RunState | None = None) -> list[PipelineStatus]:
+        """Every tracked run, oldest first, optionally only those in one state."""
+        records = []
+        for pipeline_id in await self.storage.ids():
+            record = await self.storage.load(pipeline_id)
+            if record is not None and (status is None or record.status == status):
+                records.append(record)
+        return sorted(records, key=lambda r: r.started_at)
+
+    async def delete_pipeline(self, pipeline_id: str) -> bool:
+        """Deletes a run's records; returns whether there were any."""
+        self._live.pop(pipeline_id, None)
+        return await self.storage.delete(pipeline_id)
+
+    async def cleanup(self, older_than: float) -> int:
+        """Deletes finished runs that ended more than ``older_than`` seconds ago.
+
+        :return: how many were deleted.
+        :raises InvalidValueError: for a negative age.
+        """
+        if not older_than >= 0:
+            raise InvalidValueError(f"older_than must be >= 0 seconds, got {older_than!r}")
+        cutoff = time.time() - older_than
+        deleted = 0
+        for record in await self.list_pipelines():
+            if record.finished_at is not None and record.finished_at < cutoff:
+                deleted += await self.storage.delete(record.pipeline_id)
+        return deleted
