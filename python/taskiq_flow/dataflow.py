@@ -18,8 +18,8 @@ task produces is an external input, given to :meth:`DataflowPipeline.kiq_dataflo
     outputs = await pipeline.kiq_dataflow(raw=[3, 1, 2])   # {"clean": [...], "total": 6}
 
 Everything that can be checked is checked before any task is sent: cycles (named), inputs that
-nothing produces, two tasks producing one output, ``max_parallel``, things that are not taskiq tasks,
-arguments the broker cannot serialize.
+nothing produces, two tasks producing one output, ``max_parallel``, things that are not taskiq
+tasks, arguments the broker cannot serialize.
 """
 
 from __future__ import annotations
@@ -28,13 +28,21 @@ import inspect
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from taskiq import AsyncBroker, TaskiqMessage
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from taskiq_flow._core import DagGraph
-from taskiq_flow.engine import FlowRun, OnError, Plan, StepSpec, check_max_parallel, run_single
+from taskiq_flow.engine import (
+    FlowRun,
+    OnError,
+    Plan,
+    StepSpec,
+    check_max_parallel,
+    run_single,
+    task_display_name,
+)
 from taskiq_flow.exceptions import (
     CycleError,
     DataflowError,
@@ -129,12 +137,6 @@ def _as_task(task: object) -> AsyncTaskiqDecoratedTask[Any, Any]:
     )
 
 
-def task_display_name(task: AsyncTaskiqDecoratedTask[Any, Any]) -> str:
-    """The name users wrote: the function's (taskiq renames the original to ``*__taskiq_original``)."""
-    name = getattr(task.original_func, "__name__", None) or task.task_name
-    return name.removesuffix("__taskiq_original")
-
-
 def make_node(
     task: object,
     output: str | None = None,
@@ -149,11 +151,7 @@ def make_node(
     func = decorated.original_func
     name = task_display_name(decorated)
     parameters = inspect.signature(func).parameters.values()
-    usable = [
-        p
-        for p in parameters
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    ]
+    usable = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     optional = frozenset(p.name for p in usable if p.default is not p.empty)
     declared = inputs if inputs is not None else (meta.inputs if meta else None)
     if declared is None:
@@ -207,10 +205,8 @@ class DAG:
         try:
             self._order = self.graph.topological_order()
         except CycleError as err:
-            names = [self.nodes[i].name for i in err.cycle]
-            raise CycleError(
-                f"tasks are in a cycle: {' -> '.join(names)}", names
-            ) from None
+            names = [self.nodes[i].name for i in cast("list[int]", err.cycle)]
+            raise CycleError(f"tasks are in a cycle: {' -> '.join(names)}", names) from None
 
     @property
     def outputs(self) -> list[str]:
@@ -272,13 +268,20 @@ class DataflowRegistry:
         return DAG(self._nodes)
 
 
-def check_serializable(broker: AsyncBroker, task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+def check_serializable(
+    broker: AsyncBroker, task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> None:
     """Serializes a call exactly as the broker would, without sending it.
 
     :raises UnserializableError: naming the task, if the broker cannot send it.
     """
     message = TaskiqMessage(
-        task_id="check", task_name=task_name, labels={}, labels_types={}, args=list(args), kwargs=dict(kwargs)
+        task_id="check",
+        task_name=task_name,
+        labels={},
+        labels_types={},
+        args=list(args),
+        kwargs=dict(kwargs),
     )
     try:
         broker.formatter.dumps(message)
@@ -347,9 +350,7 @@ class ExecutionEngine:
         """Validates the external inputs of a run; raises before anything is sent."""
         missing = sorted(self.dag.external_inputs - inputs.keys())
         if missing:
-            needs = {
-                name: [n.name for n in self.dag.nodes if name in n.inputs] for name in missing
-            }
+            needs = {name: [n.name for n in self.dag.nodes if name in n.inputs] for name in missing}
             shown = "; ".join(f"{k!r} (needed by {', '.join(v)})" for k, v in needs.items())
             raise MissingInputError(f"no task produces, and no input gives: {shown}")
         consumed = {name for n in self.dag.nodes for name in n.inputs}
@@ -431,7 +432,9 @@ class ExecutionEngine:
         try:
             values = await run.execute()
         except Exception as err:
-            partial = {self.dag.nodes[v].output: value for v, value in run.finished_results().items()}
+            partial = {
+                self.dag.nodes[v].output: value for v, value in run.finished_results().items()
+            }
             if hasattr(err, "results"):
                 err.results = partial
             raise

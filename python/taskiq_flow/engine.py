@@ -1,10 +1,11 @@
 """The one engine every pipeline runs on.
 
-A :class:`Plan` is a DAG of nodes, each one task call grouped into named steps. A :class:`FlowRun`
-executes it: the Rust :class:`~taskiq_flow.DagScheduler` decides which nodes are ready *and* admitted
-(a step's ``max_parallel``, the run's cap, in the best order), a small pool of dispatch coroutines sends
-them through the broker, and completions come back as events (:mod:`taskiq_flow.events`). The Python
-side only builds calls, sends, and awaits; it never decides what runs next.
+A :class:`Plan` is a DAG of nodes, each one task call grouped into named steps. A
+:class:`FlowRun` executes it: the Rust :class:`~taskiq_flow.DagScheduler` decides which nodes are
+ready *and* admitted (a step's ``max_parallel``, the run's cap, in the best order), a small pool of
+dispatch coroutines sends them through the broker, and completions come back as events
+(:mod:`taskiq_flow.events`). The Python side only builds calls, sends, and awaits; it never decides
+what runs next.
 
 Failure handling lives here too: retries with backoff (the node keeps its slot while it waits),
 fail-fast or run-what-can-run on failure, dead letters, run timeouts and cancellation.
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from taskiq import AsyncBroker
+from taskiq.decor import AsyncTaskiqDecoratedTask
 from taskiq.kicker import AsyncKicker
 
 from taskiq_flow._core import DagScheduler
@@ -28,6 +30,7 @@ from taskiq_flow.events import FLOW_LABEL, Completion, Inbox, ensure_flow_middle
 from taskiq_flow.exceptions import (
     AbortPipeline,
     InvalidValueError,
+    NotATaskError,
     PipelineCancelledError,
     PipelineError,
     PipelineTimeoutError,
@@ -37,7 +40,16 @@ from taskiq_flow.optimization.parallel import global_limiter
 from taskiq_flow.retry import DeadLetter, DeadLetterQueue, RetryPolicy, default_dead_letters
 from taskiq_flow.tracking import PipelineTrackingManager
 
-__all__ = ["FlowRun", "OnError", "Plan", "StepSpec", "check_max_parallel", "run_single"]
+__all__ = [
+    "FlowRun",
+    "OnError",
+    "Plan",
+    "StepSpec",
+    "check_max_parallel",
+    "run_single",
+    "task_display_name",
+    "task_identity",
+]
 
 OnError = Literal["fail", "continue"]
 
@@ -49,6 +61,27 @@ CustomDispatch = Callable[[int, tuple[Any, ...], dict[str, Any]], Awaitable[Any]
 _MISSING: Any = object()
 #: Dispatch coroutines per run: enough to overlap sends on a networked broker.
 DISPATCHERS = 8
+
+
+def task_display_name(task: AsyncTaskiqDecoratedTask[Any, Any]) -> str:
+    """The name users wrote: the function's (taskiq renames the original ``*__taskiq_original``)."""
+    name = getattr(task.original_func, "__name__", None) or task.task_name
+    return str(name).removesuffix("__taskiq_original")
+
+
+def task_identity(task: object) -> tuple[str, dict[str, Any], str]:
+    """``(task name, labels, display name)`` of a taskiq task or kicker.
+
+    :raises NotATaskError: for anything else.
+    """
+    if isinstance(task, AsyncTaskiqDecoratedTask):
+        return task.task_name, dict(task.labels), task_display_name(task)
+    if isinstance(task, AsyncKicker):
+        return task.task_name, dict(task.labels), task.task_name.rsplit(":", 1)[-1]
+    name = getattr(task, "__name__", repr(task))
+    raise NotATaskError(
+        f"{name} is not a taskiq task: decorate it with @broker.task before using it in a pipeline"
+    )
 
 
 def check_max_parallel(value: object, what: str = "max_parallel") -> int | None:
@@ -90,9 +123,15 @@ class Plan:
     call: CallBuilder
     step_of: Sequence[int] | None = None
 
+    def step_index(self, node: int) -> int:
+        """The index of a node's step."""
+        if len(self.steps) == 1:
+            return 0
+        return node if self.step_of is None else self.step_of[node]
+
     def step(self, node: int) -> StepSpec:
         """The step of a node."""
-        return self.steps[node if self.step_of is None else self.step_of[node]]
+        return self.steps[self.step_index(node)]
 
 
 class FlowRun:
@@ -111,6 +150,8 @@ class FlowRun:
     :param name: the pipeline's name, for tracking.
     :param custom_dispatch: runs a node instead of sending it through the broker.
     :param on_progress: called with ``(finished, total)`` after each batch of completions.
+    :param track_step: report every node into step ``track_step`` of an existing tracked run
+        ``pipeline_id`` (a step of a sequential pipeline), instead of tracking a run of its own.
     """
 
     def __init__(
@@ -128,6 +169,7 @@ class FlowRun:
         name: str = "pipeline",
         custom_dispatch: CustomDispatch | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        track_step: int | None = None,
     ) -> None:
         if on_error not in ("fail", "continue"):
             raise InvalidValueError(f"on_error must be 'fail' or 'continue', got {on_error!r}")
@@ -142,14 +184,16 @@ class FlowRun:
         self.tracking = tracking
         self.dead_letters = dead_letters if dead_letters is not None else default_dead_letters()
         self.pipeline_id = pipeline_id or uuid.uuid4().hex
+        #: The id completions are addressed to (one per run, even when runs share a pipeline id).
+        self.run_id = uuid.uuid4().hex
         self.name = name
         self.custom_dispatch = custom_dispatch
         self.on_progress = on_progress
+        self.track_step = track_step
         n = plan.node_count
         self.results: list[Any] = [_MISSING] * n
         self.failures: dict[str, BaseException | str | None] = {}
         self._attempt = [1] * n
-        self._calls: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._queue: deque[int] = deque()
         self._wake_dispatch = asyncio.Event()
         self._in_flight = 0
@@ -160,6 +204,8 @@ class FlowRun:
         self._scheduler: DagScheduler | None = None
         self._retry_timers: list[asyncio.TimerHandle] = []
         self._retrying: set[int] = set()
+        self._sending: list[bool] = []
+        self._closing = False
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -186,24 +232,23 @@ class FlowRun:
         plan = self.plan
         middleware = ensure_flow_middleware(self.broker)
         channel = middleware.channel
-        inbox = self._inbox = channel.open(self.pipeline_id)
+        inbox = self._inbox = channel.open(self.run_id)
         scheduler = self._scheduler = self._build_scheduler()
-        if self.tracking is not None:
+        if self.tracking is not None and self.track_step is None:
             await self.tracking.begin(
                 self.pipeline_id, self.name, [(s.name, s.tasks) for s in plan.steps]
             )
         loop = asyncio.get_running_loop()
-        dispatchers = [
-            loop.create_task(self._dispatcher()) for _ in range(min(DISPATCHERS, plan.node_count))
-        ]
+        count = min(DISPATCHERS, plan.node_count)
+        self._sending = [False] * count
+        dispatchers = [loop.create_task(self._dispatcher(i)) for i in range(count)]
         deadline = loop.time() + self.timeout if self.timeout is not None else None
         try:
             self._dispatch(scheduler.start(loop.time()))
             while not scheduler.is_finished and self._fatal is None:
                 await self._next_events(inbox, scheduler, loop, deadline)
         finally:
-            for task in dispatchers:
-                task.cancel()
+            self._stop_dispatchers(dispatchers)
             for timer in self._retry_timers:
                 timer.cancel()
             await self._settle(channel, inbox)
@@ -225,8 +270,7 @@ class FlowRun:
             key_of_step = [0] * len(plan.steps)
             for key, step in enumerate(capped, start=1):
                 key_of_step[step] = key
-            step_of = plan.step_of if plan.step_of is not None else range(plan.node_count)
-            keys = [key_of_step[s] for s in step_of]
+            keys = [key_of_step[plan.step_index(v)] for v in range(plan.node_count)]
         scheduler = DagScheduler(
             plan.node_count, plan.sources, plan.targets, keys=keys, max_parallel=self.max_parallel
         )
@@ -259,7 +303,10 @@ class FlowRun:
             return
         done: list[int] = []
         for event in inbox.drain():
-            if event.attempt != self._attempt[event.node] or self.results[event.node] is not _MISSING:
+            if (
+                event.attempt != self._attempt[event.node]
+                or self.results[event.node] is not _MISSING
+            ):
                 continue  # a duplicate delivery, or an attempt superseded by a retry
             if event.ok:
                 self.results[event.node] = event.value
@@ -327,37 +374,53 @@ class FlowRun:
             self._queue.extend(nodes)
             self._wake_dispatch.set()
 
-    async def _dispatcher(self) -> None:
+    async def _dispatcher(self, index: int) -> None:
         limiter = global_limiter()
         queue = self._queue
-        while True:
-            while queue:
+        sending = self._sending
+        while not self._closing:
+            while queue and not self._closing:
                 node = queue.popleft()
                 if self._attempt[node] == 1:
                     await limiter.acquire()
                     self._in_flight += 1
-                # Shielded: once a slot is taken the message goes out even if the run stops,
-                # so that its completion comes back and gives the slot up.
-                await asyncio.shield(self._send(node))
+                # Not cancelled while sending (see _stop_dispatchers): once a slot is taken the
+                # message goes out, so that its completion comes back and gives the slot up.
+                sending[index] = True
+                try:
+                    await self._send(node)
+                finally:
+                    sending[index] = False
             self._wake_dispatch.clear()
             await self._wake_dispatch.wait()
+
+    def _stop_dispatchers(self, dispatchers: list[asyncio.Task[None]]) -> None:
+        """Stops the dispatch pool: idle dispatchers (waiting for work or a global slot) are
+        cancelled; one in the middle of a send finishes it and then stops."""
+        self._closing = True
+        self._wake_dispatch.set()
+        for index, task in enumerate(dispatchers):
+            if not self._sending[index]:
+                task.cancel()
 
     async def _send(self, node: int) -> None:
         step = self.plan.step(node)
         attempt = self._attempt[node]
-        self._track(node, "running")
+        if self.tracking is not None:
+            self._track(node, "running")
         try:
-            call = self._calls.get(node)
-            if call is None:
-                call = self._calls[node] = self.plan.call(node, self.results)
-            args, kwargs = call
+            # Built from the predecessors' results, which never change: a retry rebuilds it.
+            args, kwargs = self.plan.call(node, self.results)
             if self.custom_dispatch is not None:
-                asyncio.get_running_loop().create_task(self._run_custom(node, attempt, args, kwargs))
+                asyncio.get_running_loop().create_task(
+                    self._run_custom(node, attempt, args, kwargs)
+                )
                 return
-            labels = {FLOW_LABEL: f"{self.pipeline_id}:{node}:{attempt}"}
+            labels: dict[str, Any] = {FLOW_LABEL: f"{self.run_id}:{node}:{attempt}"}
             if step.timeout is not None:
                 labels["timeout"] = step.timeout
-            kicker = AsyncKicker(step.task_name, self.broker, step.labels).with_labels(**labels)
+            kicker: AsyncKicker[Any, Any] = AsyncKicker(step.task_name, self.broker, step.labels)
+            kicker = kicker.with_labels(**labels)
             await kicker.kiq(*args, **kwargs)
         except Exception as exc:  # could not send: this attempt failed
             self._push_failure(node, attempt, exc)
@@ -375,21 +438,21 @@ class FlowRun:
         if self._inbox is not None:
             elapsed = (time.perf_counter() - started) * 1000.0
             self._inbox.push(
-                Completion(self.pipeline_id, node, attempt, True, value, None, elapsed, wall)
+                Completion(self.run_id, node, attempt, True, value, None, elapsed, wall)
             )
 
     def _push_failure(self, node: int, attempt: int, exc: BaseException) -> None:
         if self._inbox is not None:
             self._inbox.push(
-                Completion(self.pipeline_id, node, attempt, False, None, exc, 0.0, time.time())
+                Completion(self.run_id, node, attempt, False, None, exc, 0.0, time.time())
             )
 
     def _finish_node(self, event: Completion, failed: bool = False) -> None:
         self._finished += 1
         self._in_flight -= 1
         global_limiter().release()
-        self._calls.pop(event.node, None)
-        self._track(event.node, "failed" if failed else "done", event, error=event.error)
+        if self.tracking is not None:
+            self._track(event.node, "failed" if failed else "done", event, error=event.error)
 
     async def _settle(self, channel: Any, inbox: Inbox) -> None:
         """Closes the run's inbox, first letting tasks still out report back in the background,
@@ -404,7 +467,7 @@ class FlowRun:
             global_limiter().release()
         self._retrying.clear()
         if self._in_flight <= 0:
-            channel.close(self.pipeline_id)
+            channel.close(self.run_id)
             return
 
         async def drain() -> None:
@@ -416,7 +479,7 @@ class FlowRun:
                             self._in_flight -= 1
                             global_limiter().release()
             finally:
-                channel.close(self.pipeline_id)
+                channel.close(self.run_id)
 
         task = asyncio.get_running_loop().create_task(drain())
         _BACKGROUND.add(task)
@@ -436,7 +499,7 @@ class FlowRun:
         status = self.tracking.live(self.pipeline_id)
         if status is None:
             return
-        index = node if self.plan.step_of is None else self.plan.step_of[node]
+        index = self.plan.step_index(node) if self.track_step is None else self.track_step
         step = status.steps[index]
         if state == "running":
             step.attempts += 1
@@ -446,7 +509,9 @@ class FlowRun:
         if event is not None:
             end = event.started_at + event.duration_ms / 1000.0
             step.started_at = (
-                event.started_at if step.started_at is None else min(step.started_at, event.started_at)
+                event.started_at
+                if step.started_at is None
+                else min(step.started_at, event.started_at)
             )
             step.finished_at = end if step.finished_at is None else max(step.finished_at, end)
             if step.tasks == 1:
@@ -469,11 +534,11 @@ class FlowRun:
             return
         status = self.tracking.live(self.pipeline_id)
         if status is not None:
-            index = node if self.plan.step_of is None else self.plan.step_of[node]
+            index = self.plan.step_index(node) if self.track_step is None else self.track_step
             status.steps[index].status = "skipped"
 
     async def _end_tracking(self) -> None:
-        if self.tracking is None:
+        if self.tracking is None or self.track_step is not None:
             return
         if self._fatal is None:
             await self.tracking.end(self.pipeline_id, "done")
@@ -485,7 +550,10 @@ class FlowRun:
     def _record_dead_letter(
         self, node: int, step: StepSpec, error: BaseException | None, attempts: int
     ) -> None:
-        args, kwargs = self._calls.get(node) or ((), {})
+        try:
+            args, kwargs = self.plan.call(node, self.results)
+        except Exception:  # the inputs themselves were the problem
+            args, kwargs = (), {}
         self.dead_letters.add(
             DeadLetter(
                 pipeline_id=self.pipeline_id,

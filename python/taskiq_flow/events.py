@@ -2,8 +2,8 @@
 
 Every message the engine sends carries the label ``taskiq_flow`` = ``"<run id>:<node>:<attempt>"``.
 :class:`FlowMiddleware`, installed on the broker, sees the task finish where it ran, measures its
-duration there, and hands a :class:`Completion` to the run's inbox. Nothing polls the result backend,
-and the result backend need not keep anything: the value travels in the event.
+duration there, and hands a :class:`Completion` to the run's inbox. Nothing polls the result
+backend, and the result backend need not keep anything: the value travels in the event.
 
 In one process the inbox is an in-memory queue (:class:`InProcessChannel`); a channel that crosses
 processes (through Redis) implements the same two methods, so the engine does not change.

@@ -38,19 +38,19 @@ __all__ = [
     "CycleError",
     "DataflowError",
     "DuplicateOutputError",
+    "InternalError",
+    "InvalidValueError",
     "MissingInputError",
     "NotATaskError",
     "PipelineCancelledError",
     "PipelineError",
     "PipelineTimeoutError",
-    "StepFailedError",
-    "UnserializableError",
-    "InternalError",
-    "InvalidValueError",
     "StateError",
+    "StepFailedError",
     "TaskiqFlowError",
     "UnknownIdError",
     "UnschedulableError",
+    "UnserializableError",
 ]
 
 
@@ -142,7 +142,7 @@ class StepFailedError(PipelineError):
         self.failures: dict[str, BaseException | str | None] = failures or {step: error}
 
 
-class AbortPipeline(PipelineError):  # noqa: N818 - the name taskiq-pipelines users know
+class AbortPipeline(PipelineError):
     """Raised by a task to stop its pipeline at once: no retry, nothing after it runs.
 
     :param reason: why, shown in the error the pipeline raises.

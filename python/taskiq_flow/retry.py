@@ -53,7 +53,7 @@ class RetryPolicy:
             raise InvalidValueError(f"jitter must be a number from 0 to 1, got {self.jitter!r}")
 
     def should_retry(self, attempt: int, error: BaseException | None) -> bool:
-        """Whether attempt number ``attempt`` (1-based), which failed with ``error``, gets another."""
+        """Whether attempt ``attempt`` (1-based), which failed with ``error``, gets another."""
         if attempt >= self.max_attempts:
             return False
         return error is None or isinstance(error, self.retry_on)

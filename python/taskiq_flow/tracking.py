@@ -2,8 +2,8 @@
 
 A run reports to a :class:`PipelineTrackingManager`, which keeps records in a storage (in memory by
 default). Each step's ``duration_ms`` is measured where its tasks ran, not where they were awaited:
-for a step of one task it is that task's run time; for a step of many (a map), the span from the first
-task's start to the last one's end.
+for a step of one task it is that task's run time; for a step of many (a map), the span from the
+first task's start to the last one's end.
 
 ::
 
@@ -123,7 +123,9 @@ class PipelineTrackingManager:
     """
 
     def __init__(self, storage: PipelineStorage | None = None) -> None:
-        self.storage: PipelineStorage = storage if storage is not None else InMemoryPipelineStorage()
+        self.storage: PipelineStorage = (
+            storage if storage is not None else InMemoryPipelineStorage()
+        )
         self._live: dict[str, PipelineStatus] = {}
 
     # -- written by runs -------------------------------------------------------------------------

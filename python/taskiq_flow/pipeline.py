@@ -1,0 +1,418 @@
+"""Sequential pipelines, a drop-in for taskiq-pipelines' ``Pipeline``.
+
+::
+
+    pipeline = (
+        Pipeline(broker, fetch_ids)              # the first task gets kiq()'s arguments
+        .map(load_item, max_parallel=10)         # one task per item of the previous result
+        .filter(is_valid)                        # keep the items for which the task is truthy
+        .call_next(summarize)                    # previous result as first argument
+        .group([to_csv, to_json])                # several tasks on the same input, at once
+    )
+    handle = await pipeline.kiq(day="2026-11-30")
+    result = await handle.wait_result()          # a taskiq TaskiqResult
+    print(result.return_value)
+
+``map`` also takes the guide's form with explicit items: ``pipeline.map(process, items,
+max_parallel=10)`` runs ``process`` on each of ``items`` (the previous result is not used).
+
+Each step runs on the engine every pipeline shares: a map is a fan-out whose ``max_parallel`` the
+Rust core enforces, and completions arrive as events, so ``wait_result()`` never polls the result
+backend and a map of any size completes on a default ``InMemoryBroker()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from taskiq import AsyncBroker, TaskiqResult
+
+from taskiq_flow.engine import FlowRun, OnError, Plan, StepSpec, check_max_parallel, task_identity
+from taskiq_flow.events import FlowMiddleware
+from taskiq_flow.exceptions import (
+    AbortPipeline,
+    DataflowError,
+    PipelineCancelledError,
+    StepFailedError,
+)
+from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
+from taskiq_flow.tracking import PipelineTrackingManager
+
+__all__ = ["EMPTY_PARAM_NAME", "Pipeline", "PipelineMiddleware", "PipelineRun"]
+
+#: ``param_name`` that passes nothing on (as in taskiq-pipelines).
+EMPTY_PARAM_NAME: Literal[-1] = -1
+
+StepKind = Literal["sequential", "map", "filter", "group"]
+
+
+class PipelineMiddleware(FlowMiddleware):
+    """The middleware taskiq-pipelines users add to their broker; here it reports completions.
+
+    Adding it is optional in one process (pipelines add what they need); add it (or
+    :class:`~taskiq_flow.events.FlowMiddleware`) to the broker of worker processes.
+    """
+
+
+@dataclass(slots=True)
+class _Step:
+    kind: StepKind
+    tasks: list[tuple[str, dict[str, Any], str]]
+    param_name: str | int | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    items: list[Any] | None = None
+    max_parallel: int | None = None
+    skip_errors: bool = False
+
+    @property
+    def name(self) -> str:
+        names = ", ".join(t[2] for t in self.tasks)
+        return names if self.kind == "sequential" else f"{self.kind}({names})"
+
+
+def _call(step: _Step, value: Any, passes: bool) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if not passes or step.param_name == EMPTY_PARAM_NAME:
+        return (), dict(step.kwargs)
+    if step.param_name is None:
+        return (value,), dict(step.kwargs)
+    return (), {**step.kwargs, str(step.param_name): value}
+
+
+class PipelineRun:
+    """A running pipeline: await :meth:`wait_result`, or :meth:`cancel` it.
+
+    Shaped like taskiq's ``AsyncTaskiqTask`` (``is_ready``, ``get_result``, ``wait_result``).
+    """
+
+    def __init__(self, task: asyncio.Task[TaskiqResult[Any]], pipeline_id: str, stop: Any) -> None:
+        self._task = task
+        self.pipeline_id = pipeline_id
+        self.task_id = pipeline_id
+        self._stop = stop
+
+    async def is_ready(self) -> bool:
+        """Whether the pipeline has finished."""
+        return self._task.done()
+
+    async def get_result(self, with_logs: bool = False) -> TaskiqResult[Any]:
+        """The result of a finished pipeline (waits if it is still running)."""
+        return await asyncio.shield(self._task)
+
+    async def wait_result(
+        self, check_interval: float = 0.2, timeout: float = -1, with_logs: bool = False
+    ) -> TaskiqResult[Any]:
+        """Waits for the pipeline and returns its result (``return_value``, ``is_err``,
+        ``error``). ``check_interval`` is accepted for compatibility; nothing is polled.
+
+        :raises TimeoutError: if ``timeout`` (seconds, -1 for none) passes first.
+        """
+        if timeout is None or timeout < 0:
+            return await asyncio.shield(self._task)
+        return await asyncio.wait_for(asyncio.shield(self._task), timeout)
+
+    def cancel(self) -> None:
+        """Cancels the pipeline: no new task starts; the result is an error."""
+        self._stop()
+
+
+class Pipeline:
+    """A sequence of steps, each fed the previous step's result.
+
+    :param broker: the taskiq broker.
+    :param task: an optional first task (same as ``call_next(task)``).
+    """
+
+    def __init__(self, broker: AsyncBroker, task: object | None = None) -> None:
+        self.broker = broker
+        self.steps: list[_Step] = []
+        self.retry: RetryPolicy | None = None
+        self.tracking: PipelineTrackingManager | None = None
+        self.dead_letters: DeadLetterQueue | None = None
+        self.timeout: float | None = None
+        self.on_error: OnError = "fail"
+        self.pipeline_id: str | None = None
+        if task is not None:
+            self.call_next(task)
+
+    # -- building --------------------------------------------------------------------------------
+
+    def call_next(
+        self, task: object, param_name: str | int | None = None, **additional_kwargs: Any
+    ) -> Pipeline:
+        """Adds a step that gets the previous result as its first argument, or as keyword
+        ``param_name``, or not at all with ``param_name=-1``."""
+        self.steps.append(_Step("sequential", [task_identity(task)], param_name, additional_kwargs))
+        return self
+
+    def call_after(self, task: object, **additional_kwargs: Any) -> Pipeline:
+        """Adds a step that runs after the previous one without getting its result."""
+        return self.call_next(task, EMPTY_PARAM_NAME, **additional_kwargs)
+
+    def map(
+        self,
+        task: object,
+        items: Iterable[Any] | str | None = None,
+        max_parallel: int | None = None,
+        *,
+        param_name: str | None = None,
+        skip_errors: bool = False,
+        check_interval: float = 0.5,
+        **additional_kwargs: Any,
+    ) -> Pipeline:
+        """Adds a fan-out: ``task`` on every item, results in item order.
+
+        The items are ``items`` if given, else the previous step's result. taskiq-pipelines'
+        positional ``param_name`` (a string in second place) is accepted too.
+
+        :param max_parallel: most of these tasks in flight at once.
+        :param skip_errors: drop failed items instead of failing the pipeline.
+        :param check_interval: accepted for compatibility; nothing is polled.
+        """
+        if isinstance(items, str):
+            param_name, items = items, None
+        self.steps.append(
+            _Step(
+                "map",
+                [task_identity(task)],
+                param_name,
+                additional_kwargs,
+                items=list(items) if items is not None else None,
+                max_parallel=check_max_parallel(max_parallel),
+                skip_errors=skip_errors,
+            )
+        )
+        return self
+
+    def filter(
+        self,
+        task: object,
+        param_name: str | None = None,
+        skip_errors: bool = False,
+        check_interval: float = 0.5,
+        max_parallel: int | None = None,
+        **additional_kwargs: Any,
+    ) -> Pipeline:
+        """Keeps the items of the previous result for which ``task(item)`` is truthy."""
+        self.steps.append(
+            _Step(
+                "filter",
+                [task_identity(task)],
+                param_name,
+                additional_kwargs,
+                max_parallel=check_max_parallel(max_parallel),
+                skip_errors=skip_errors,
+            )
+        )
+        return self
+
+    def group(
+        self,
+        tasks: Sequence[object],
+        param_name: str | int | None = None,
+        max_parallel: int | None = None,
+        **additional_kwargs: Any,
+    ) -> Pipeline:
+        """Runs several tasks at once on the previous result; the result is the list of theirs."""
+        if not tasks:
+            raise DataflowError("group needs at least one task")
+        self.steps.append(
+            _Step(
+                "group",
+                [task_identity(t) for t in tasks],
+                param_name,
+                additional_kwargs,
+                max_parallel=check_max_parallel(max_parallel),
+            )
+        )
+        return self
+
+    def with_retry(
+        self,
+        max_attempts: int = 3,
+        delay: float = 0.1,
+        backoff: float = 2.0,
+        max_delay: float = 30.0,
+        jitter: float = 0.1,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+    ) -> Pipeline:
+        """Retries failed tasks with backoff and jitter; returns the pipeline."""
+        self.retry = RetryPolicy(max_attempts, delay, backoff, max_delay, jitter, retry_on)
+        return self
+
+    def with_tracking(self, tracking: PipelineTrackingManager) -> Pipeline:
+        """Reports every run to ``tracking``; returns the pipeline."""
+        self.tracking = tracking
+        return self
+
+    def with_dead_letters(self, dead_letters: DeadLetterQueue) -> Pipeline:
+        """Records tasks that failed for good in ``dead_letters``; returns the pipeline."""
+        self.dead_letters = dead_letters
+        return self
+
+    def with_timeout(self, seconds: float) -> Pipeline:
+        """Fails a run that takes longer than ``seconds``; returns the pipeline."""
+        self.timeout = seconds
+        return self
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def kiq(self, *args: Any, **kwargs: Any) -> PipelineRun:
+        """Starts the pipeline; the first step gets these arguments.
+
+        :raises ValueError: if the pipeline is empty or does not start with a task call.
+        """
+        if not self.steps:
+            raise DataflowError("Pipeline is empty.")
+        if self.steps[0].kind != "sequential":
+            raise DataflowError("First step must be sequential.")
+        first = self.steps[0].tasks[0][0]
+        from taskiq_flow.dataflow import check_serializable
+
+        check_serializable(self.broker, first, args, {**self.steps[0].kwargs, **kwargs})
+        pipeline_id = uuid.uuid4().hex
+        self.pipeline_id = pipeline_id
+        runs: list[FlowRun] = []
+        stopped = False
+
+        def stop() -> None:
+            nonlocal stopped
+            stopped = True
+            for run in runs:
+                run.cancel()
+
+        async def body() -> TaskiqResult[Any]:
+            started = time.perf_counter()
+            try:
+                value = await self._run_steps(pipeline_id, args, kwargs, runs, lambda: stopped)
+            except Exception as err:
+                return TaskiqResult(
+                    is_err=True,
+                    log=None,
+                    return_value=None,
+                    execution_time=time.perf_counter() - started,
+                    error=err,
+                )
+            return TaskiqResult(
+                is_err=False,
+                log=None,
+                return_value=value,
+                execution_time=time.perf_counter() - started,
+            )
+
+        task = asyncio.get_running_loop().create_task(body())
+        return PipelineRun(task, pipeline_id, stop)
+
+    async def _run_steps(
+        self,
+        pipeline_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        runs: list[FlowRun],
+        stopped: Any,
+    ) -> Any:
+        tracking = self.tracking
+        if tracking is not None:
+            await tracking.begin(pipeline_id, "pipeline", [(s.name, 1) for s in self.steps])
+        value: Any = None
+        state = "done"
+        error: str | None = None
+        try:
+            for index, step in enumerate(self.steps):
+                if stopped():
+                    raise PipelineCancelledError("pipeline was cancelled")
+                value = await self._run_step(pipeline_id, index, step, args, kwargs, value, runs)
+            return value
+        except BaseException as err:
+            state = "cancelled" if isinstance(err, PipelineCancelledError) else "failed"
+            error = str(err)
+            raise
+        finally:
+            if tracking is not None:
+                await tracking.end(pipeline_id, state, error)  # type: ignore[arg-type]
+
+    async def _run_step(
+        self,
+        pipeline_id: str,
+        index: int,
+        step: _Step,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        previous: Any,
+        runs: list[FlowRun],
+    ) -> Any:
+        if index == 0:
+            calls = [(args, {**step.kwargs, **kwargs})]
+        elif step.kind == "sequential":
+            calls = [_call(step, previous, True)]
+        elif step.kind == "group":
+            calls = [_call(step, previous, True)] * len(step.tasks)
+        else:
+            items = step.items if step.items is not None else previous
+            try:
+                items = list(items)
+            except TypeError:
+                raise StepFailedError(
+                    step.name,
+                    f"needs an iterable from the previous step, got {type(items).__name__}",
+                ) from None
+            calls = [_call(step, item, True) for item in items]
+        tasks = step.tasks if step.kind == "group" else step.tasks * len(calls)
+        specs = [
+            StepSpec(display, name, labels, max_parallel=step.max_parallel, tasks=len(calls))
+            for name, labels, display in (step.tasks if step.kind == "group" else step.tasks[:1])
+        ]
+        step_of = list(range(len(tasks))) if step.kind == "group" else None
+        if self.tracking is not None:
+            live = self.tracking.live(pipeline_id)
+            if live is not None:
+                live.steps[index].tasks = max(1, len(calls))
+        if not calls:
+            return []
+        plan = Plan(
+            len(calls),
+            [],
+            [],
+            specs,
+            lambda node, _results: calls[node],
+            step_of,
+        )
+        run = FlowRun(
+            self.broker,
+            plan,
+            on_error="continue" if step.skip_errors else self.on_error,
+            retry=self.retry,
+            timeout=self.timeout,
+            tracking=self.tracking,
+            dead_letters=self.dead_letters,
+            pipeline_id=pipeline_id,
+            name=step.name,
+            track_step=index,
+        )
+        runs.append(run)
+        try:
+            results = await run.execute()
+        except StepFailedError:
+            if not step.skip_errors:
+                raise
+            results = [run.results[i] for i in range(len(calls))]
+            kept = [(i, r) for i, r in enumerate(results) if i in run.finished_results()]
+            results = [r for _, r in kept]
+            if step.kind == "filter":
+                items = step.items if step.items is not None else list(previous)
+                return [items[i] for i, r in kept if r]
+            return results
+        except AbortPipeline:
+            raise
+        finally:
+            runs.remove(run)
+        if step.kind == "filter":
+            items = step.items if step.items is not None else list(previous)
+            return [item for item, keep in zip(items, results) if keep]
+        if step.kind == "sequential":
+            return results[0]
+        return results
