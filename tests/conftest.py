@@ -1,10 +1,62 @@
-"""Shared test settings: hypothesis profile for CI."""
+"""Shared test settings and fixtures."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import pytest
 from hypothesis import HealthCheck, settings
+from taskiq import InMemoryBroker
+
+from taskiq_flow.optimization.parallel import set_max_parallel_tasks
 
 settings.register_profile(
     "default", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("default")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """taskiq runs on asyncio; the limiter tests also run on trio (see test_limits.py)."""
+    return "asyncio"
+
+
+@dataclass
+class Gauge:
+    """Counts tasks running at once, observed from inside the tasks."""
+
+    running: int = 0
+    peak: int = 0
+    started: list[str] = field(default_factory=list)
+
+    def enter(self, name: str = "") -> None:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        self.started.append(name)
+
+    def leave(self) -> None:
+        self.running -= 1
+
+
+@pytest.fixture
+def gauge() -> Gauge:
+    return Gauge()
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[InMemoryBroker]:
+    """A real taskiq InMemoryBroker with its defaults (it keeps only the last 100 results)."""
+    b = InMemoryBroker()
+    await b.startup()
+    yield b
+    await b.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def no_global_cap() -> Iterator[None]:
+    """Each test starts and ends without a process-wide cap."""
+    set_max_parallel_tasks(None)
+    yield
+    set_max_parallel_tasks(None)

@@ -116,8 +116,11 @@ class TaskNode:
     name: str
     task: AsyncTaskiqDecoratedTask[Any, Any]
     output: str
+    #: The names the task consumes: outputs of other tasks, or external inputs.
     inputs: tuple[str, ...]
     optional_inputs: frozenset[str] = frozenset()
+    #: The parameter each input is passed as (the input's own name unless mapped).
+    params: tuple[str, ...] = ()
     labels: dict[str, Any] = field(default_factory=dict)
     retry: RetryPolicy | None = None
     timeout: float | None = None
@@ -140,28 +143,46 @@ def _as_task(task: object) -> AsyncTaskiqDecoratedTask[Any, Any]:
 def make_node(
     task: object,
     output: str | None = None,
-    inputs: Sequence[str] | None = None,
+    inputs: Sequence[str] | Mapping[str, str] | None = None,
     labels: Mapping[str, Any] | None = None,
 ) -> TaskNode:
-    """Describes a taskiq task as a dataflow node (arguments override :func:`pipeline_task`)."""
+    """Describes a taskiq task as a dataflow node (arguments override :func:`pipeline_task`).
+
+    ``inputs`` is a list of parameter names (each fed by the output or external input of that
+    name), or a mapping ``{parameter: source name}`` to wire one task into several places.
+
+    :raises NotATaskError: if ``task`` is not a taskiq task.
+    :raises DataflowError: if ``inputs`` names a parameter the task does not have.
+    """
     decorated = _as_task(task)
     meta: _DataflowMeta | None = getattr(decorated, _META, None) or getattr(
         decorated.original_func, _META, None
     )
     func = decorated.original_func
     name = task_display_name(decorated)
-    parameters = inspect.signature(func).parameters.values()
+    parameters = list(inspect.signature(func).parameters.values())
     usable = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     optional = frozenset(p.name for p in usable if p.default is not p.empty)
-    declared = inputs if inputs is not None else (meta.inputs if meta else None)
+    declared: Sequence[str] | Mapping[str, str] | None = (
+        inputs if inputs is not None else (meta.inputs if meta else None)
+    )
     if declared is None:
         declared = tuple(p.name for p in usable)
+    wiring = dict(declared) if isinstance(declared, Mapping) else {n: n for n in declared}
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
+    known = {p.name for p in usable}
+    for param in wiring:
+        if param not in known and not takes_any:
+            raise DataflowError(
+                f"task {name} has no parameter {param!r} (it takes {sorted(known)})"
+            )
     return TaskNode(
         name=name,
         task=decorated,
         output=output or (meta.output if meta and meta.output else name),
-        inputs=tuple(declared),
-        optional_inputs=optional & frozenset(declared),
+        inputs=tuple(wiring.values()),
+        optional_inputs=frozenset(wiring[p] for p in optional if p in wiring),
+        params=tuple(wiring),
         labels={**(meta.labels if meta else {}), **dict(labels or {})},
         retry=meta.retry if meta else None,
         timeout=meta.timeout if meta else None,
@@ -247,7 +268,7 @@ class DataflowRegistry:
         self,
         task: object,
         output: str | None = None,
-        inputs: Sequence[str] | None = None,
+        inputs: Sequence[str] | Mapping[str, str] | None = None,
         labels: Mapping[str, Any] | None = None,
     ) -> TaskNode:
         """Adds a taskiq task; ``output``/``inputs`` override what :func:`pipeline_task` says.
@@ -361,24 +382,24 @@ class ExecutionEngine:
         if produced:
             raise DataflowError(f"inputs {produced} are outputs of tasks; they cannot be given")
         for node in self.dag.nodes:
-            given = {k: inputs[k] for k in node.inputs if k in inputs}
+            given = {p: inputs[k] for p, k in zip(node.params, node.inputs) if k in inputs}
             check_serializable(self.broker, node.task_name, (), given)
 
     def _plan(self, inputs: Mapping[str, Any]) -> Plan:
         dag = self.dag
-        wiring: list[list[tuple[str, int | None]]] = []
+        wiring: list[list[tuple[str, str, int | None]]] = []
         for node in dag.nodes:
-            pairs: list[tuple[str, int | None]] = []
-            for name in node.inputs:
+            triples: list[tuple[str, str, int | None]] = []
+            for param, name in zip(node.params, node.inputs):
                 producer = dag.producer.get(name)
                 if producer is not None or name in inputs:
-                    pairs.append((name, producer))
-            wiring.append(pairs)
+                    triples.append((param, name, producer))
+            wiring.append(triples)
 
         def call(node: int, results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
             kwargs = {
-                name: (inputs[name] if producer is None else results[producer])
-                for name, producer in wiring[node]
+                param: (inputs[name] if producer is None else results[producer])
+                for param, name, producer in wiring[node]
             }
             return (), kwargs
 
@@ -498,7 +519,7 @@ class DataflowPipeline:
         self,
         task: object,
         output: str | None = None,
-        inputs: Sequence[str] | None = None,
+        inputs: Sequence[str] | Mapping[str, str] | None = None,
         labels: Mapping[str, Any] | None = None,
     ) -> DataflowPipeline:
         """Adds a task; returns the pipeline.

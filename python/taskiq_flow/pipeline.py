@@ -363,7 +363,13 @@ class Pipeline:
             calls = [_call(step, item, True) for item in items]
         tasks = step.tasks if step.kind == "group" else step.tasks * len(calls)
         specs = [
-            StepSpec(display, name, labels, max_parallel=step.max_parallel, tasks=len(calls))
+            StepSpec(
+                display if step.kind == "group" else step.name,
+                name,
+                labels,
+                max_parallel=step.max_parallel,
+                tasks=len(calls),
+            )
             for name, labels, display in (step.tasks if step.kind == "group" else step.tasks[:1])
         ]
         step_of = list(range(len(tasks))) if step.kind == "group" else None

@@ -1,0 +1,459 @@
+"""Dataflow pipelines on the real InMemoryBroker: wiring, bounds, failures, retries, tracking."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from taskiq import InMemoryBroker
+
+from taskiq_flow import (
+    CycleError,
+    DataflowError,
+    DataflowPipeline,
+    DataflowRegistry,
+    DeadLetterQueue,
+    DuplicateOutputError,
+    ExecutionEngine,
+    InvalidValueError,
+    MissingInputError,
+    NotATaskError,
+    PipelineCancelledError,
+    PipelineTimeoutError,
+    PipelineTrackingManager,
+    RetryPolicy,
+    StepFailedError,
+    TaskNode,
+    UnserializableError,
+    pipeline_task,
+)
+from taskiq_flow.optimization.parallel import set_max_parallel_tasks
+
+from conftest import Gauge
+
+
+def etl(broker: InMemoryBroker, calls: list[str]) -> list[Any]:
+    """raw -> clean -> (total, count) -> report, plus an independent `ping` component."""
+
+    @broker.task
+    @pipeline_task(output="clean")
+    async def clean(raw: list[int]) -> list[int]:
+        calls.append("clean")
+        return sorted(raw)
+
+    @pipeline_task(output="total")  # above @broker.task works too
+    @broker.task
+    async def total(clean: list[int]) -> int:
+        calls.append("total")
+        return sum(clean)
+
+    @broker.task
+    @pipeline_task(output="count")
+    def count(clean: list[int]) -> int:  # a sync task
+        calls.append("count")
+        return len(clean)
+
+    @broker.task
+    @pipeline_task(output="report")
+    async def report(total: int, count: int, title: str) -> str:
+        calls.append("report")
+        return f"{title}: {total}/{count}"
+
+    @broker.task
+    @pipeline_task(output="pong")
+    async def ping(title: str) -> str:
+        calls.append("ping")
+        return title.upper()
+
+    return [clean, total, count, report, ping]
+
+
+async def test_outputs_flow_by_name(broker: InMemoryBroker) -> None:
+    calls: list[str] = []
+    pipeline = DataflowPipeline.from_tasks(broker, etl(broker, calls), max_parallel=20)
+    out = await pipeline.kiq_dataflow(raw=[3, 1, 2], title="sum")
+    assert out == {
+        "clean": [1, 2, 3],
+        "total": 6,
+        "count": 3,
+        "report": "sum: 6/3",
+        "pong": "SUM",
+    }
+    assert calls.index("clean") < calls.index("total") < calls.index("report")
+    assert pipeline.dag.external_inputs == {"raw", "title"}
+
+
+async def test_single_external_input_can_be_positional(broker: InMemoryBroker) -> None:
+    @broker.task
+    @pipeline_task(output="doubled")
+    async def double(chunk: list[int]) -> list[int]:
+        return [2 * x for x in chunk]
+
+    pipeline = DataflowPipeline(broker).add_dataflow_task(double)
+    results = [await pipeline.kiq_dataflow(chunk) for chunk in ([1, 2], [3])]
+    assert results == [{"doubled": [2, 4]}, {"doubled": [6]}]
+    with pytest.raises(DataflowError, match="exactly one external input"):
+        await pipeline.kiq_dataflow([1], chunk=[2])
+
+
+async def test_registry_builds_an_analysable_dag(broker: InMemoryBroker) -> None:
+    registry = DataflowRegistry()
+    for task in etl(broker, []):
+        registry.register_task(task)
+    dag = registry.build_dag()
+    order = dag.topological_order()
+    assert order.index("clean") < order.index("total") < order.index("report")
+    assert dag.levels() == [["clean", "ping"], ["total", "count"], ["report"]]
+    assert dag.critical_path({"clean": 5, "total": 1, "count": 9, "report": 1}) == (
+        15,
+        ["clean", "count", "report"],
+    )
+
+
+async def test_bad_pipelines_are_refused_before_anything_is_sent(broker: InMemoryBroker) -> None:
+    calls: list[str] = []
+    tasks = etl(broker, calls)
+
+    @broker.task
+    @pipeline_task(output="a")
+    async def make_a(b: int) -> int:
+        calls.append("a")
+        return b
+
+    @broker.task
+    @pipeline_task(output="b")
+    async def make_b(a: int) -> int:
+        calls.append("b")
+        return a
+
+    with pytest.raises(CycleError, match="tasks are in a cycle: make_(a|b) -> make_(a|b)") as info:
+        await DataflowPipeline.from_tasks(broker, [make_a, make_b]).kiq_dataflow()
+    assert set(info.value.cycle) == {"make_a", "make_b"}
+
+    with pytest.raises(MissingInputError, match="'title' \\(needed by report, ping\\)"):
+        await DataflowPipeline.from_tasks(broker, tasks).kiq_dataflow(raw=[1])
+
+    with pytest.raises(DuplicateOutputError, match="'clean' is produced by both"):
+        pipeline = DataflowPipeline.from_tasks(broker, tasks)
+        pipeline.add_dataflow_task(tasks[1], output="clean")
+        await pipeline.kiq_dataflow(raw=[1], title="t")
+
+    with pytest.raises(DataflowError, match="unknown inputs \\['colour'\\]"):
+        await DataflowPipeline.from_tasks(broker, tasks).kiq_dataflow(raw=[1], title="t", colour=1)
+
+    with pytest.raises(UnserializableError, match="cannot be serialized"):
+        await DataflowPipeline.from_tasks(broker, tasks).kiq_dataflow(raw=[object()], title="t")
+
+    for bad in (0, -1, 2.5, "3", True):
+        with pytest.raises(InvalidValueError, match="max_parallel must be an int >= 1"):
+            DataflowPipeline(broker, max_parallel=bad)  # type: ignore[arg-type]
+
+    async def plain(x: int) -> int:
+        return x
+
+    with pytest.raises(NotATaskError, match="plain is not a taskiq task"):
+        DataflowPipeline(broker).add_dataflow_task(plain)
+    await asyncio.sleep(0.05)
+    assert calls == []
+
+
+def fan_out(broker: InMemoryBroker, gauge: Gauge, width: int, delay: float = 0.01) -> list[Any]:
+    tasks = []
+    for i in range(width):
+
+        async def work(seed: int) -> int:
+            gauge.enter()
+            await asyncio.sleep(delay)
+            gauge.leave()
+            return seed
+
+        work.__name__ = f"work_{i}"
+        tasks.append(broker.task(task_name=f"work_{i}")(pipeline_task(output=f"out_{i}")(work)))
+    return tasks
+
+
+async def test_max_parallel_is_reached_and_never_exceeded(
+    broker: InMemoryBroker, gauge: Gauge
+) -> None:
+    pipeline = DataflowPipeline.from_tasks(broker, fan_out(broker, gauge, 40), max_parallel=7)
+    out = await pipeline.kiq_dataflow(seed=1)
+    assert len(out) == 40
+    assert gauge.peak == 7
+
+
+async def test_without_max_parallel_everything_independent_runs_at_once(
+    broker: InMemoryBroker, gauge: Gauge
+) -> None:
+    await DataflowPipeline.from_tasks(broker, fan_out(broker, gauge, 25)).kiq_dataflow(seed=1)
+    assert gauge.peak == 25
+
+
+async def test_global_cap_holds_across_two_pipelines(broker: InMemoryBroker, gauge: Gauge) -> None:
+    set_max_parallel_tasks(5)
+    tasks = fan_out(broker, gauge, 30)
+    first = DataflowPipeline.from_tasks(broker, tasks[:15], max_parallel=10)
+    second = DataflowPipeline.from_tasks(broker, tasks[15:], max_parallel=10)
+    a, b = await asyncio.gather(first.kiq_dataflow(seed=1), second.kiq_dataflow(seed=2))
+    assert len(a) == len(b) == 15
+    assert gauge.peak == 5
+    with pytest.raises(InvalidValueError):
+        set_max_parallel_tasks(0)
+
+
+async def test_fail_fast_names_the_step_keeps_partial_results_and_starts_nothing_new(
+    broker: InMemoryBroker,
+) -> None:
+    started: list[str] = []
+
+    @broker.task
+    @pipeline_task(output="a")
+    async def first(x: int) -> int:
+        started.append("first")
+        return x
+
+    @broker.task
+    @pipeline_task(output="b")
+    async def broken(a: int) -> int:
+        started.append("broken")
+        raise RuntimeError("disk full")
+
+    @broker.task
+    @pipeline_task(output="c")
+    async def after(b: int) -> int:
+        started.append("after")
+        return b
+
+    dead = DeadLetterQueue()
+    pipeline = DataflowPipeline.from_tasks(broker, [first, broken, after]).with_dead_letters(dead)
+    with pytest.raises(StepFailedError, match="step 'broken' failed: RuntimeError: disk full") as e:
+        await pipeline.kiq_dataflow(x=4)
+    assert e.value.step == "broken"
+    assert e.value.results == {"a": 4}
+    await asyncio.sleep(0.05)
+    assert "after" not in started
+    [letter] = dead.list()
+    assert (letter.step, letter.kwargs, letter.attempts) == ("broken", {"a": 4}, 1)
+    assert letter.error == "RuntimeError: disk full"
+
+
+async def test_continue_runs_every_branch_that_does_not_depend_on_the_failure(
+    broker: InMemoryBroker,
+) -> None:
+    @broker.task
+    @pipeline_task(output="bad")
+    async def bad(x: int) -> int:
+        raise ValueError("nope")
+
+    @broker.task
+    @pipeline_task(output="downstream")
+    async def downstream(bad: int) -> int:
+        return bad
+
+    @broker.task
+    @pipeline_task(output="good")
+    async def good(x: int) -> int:
+        return x + 1
+
+    @broker.task
+    @pipeline_task(output="better")
+    async def better(good: int) -> int:
+        return good + 1
+
+    tracking = PipelineTrackingManager()
+    pipeline = DataflowPipeline.from_tasks(
+        broker, [bad, downstream, good, better], on_error="continue"
+    ).with_tracking(tracking)
+    with pytest.raises(StepFailedError) as info:
+        await pipeline.kiq_dataflow(x=1)
+    assert info.value.results == {"good": 2, "better": 3}
+    assert list(info.value.failures) == ["bad"]
+    status = await tracking.get_status(pipeline.pipeline_id or "")
+    assert {s.name: s.status for s in status.steps} == {
+        "bad": "failed",
+        "downstream": "skipped",
+        "good": "done",
+        "better": "done",
+    }
+
+
+async def test_retries_with_backoff_then_success(broker: InMemoryBroker) -> None:
+    attempts: list[int] = []
+
+    @broker.task
+    @pipeline_task(output="y", retry=RetryPolicy(max_attempts=4, delay=0.01, jitter=0.5))
+    async def flaky(x: int) -> int:
+        attempts.append(x)
+        if len(attempts) < 3:
+            raise ConnectionError("try again")
+        return x * 10
+
+    tracking = PipelineTrackingManager()
+    pipeline = DataflowPipeline(broker).add_dataflow_task(flaky).with_tracking(tracking)
+    assert await pipeline.kiq_dataflow(x=2) == {"y": 20}
+    assert len(attempts) == 3
+    [step] = (await tracking.get_status(pipeline.pipeline_id or "")).steps
+    assert (step.status, step.attempts) == ("done", 3)
+
+
+async def test_retries_exhausted_go_to_the_dead_letters_and_replay(broker: InMemoryBroker) -> None:
+    healthy = False
+
+    @broker.task
+    @pipeline_task(output="y")
+    async def fragile(x: int) -> int:
+        if not healthy:
+            raise ConnectionError("service down")
+        return x + 100
+
+    dead = DeadLetterQueue()
+    pipeline = (
+        DataflowPipeline(broker)
+        .add_dataflow_task(fragile)
+        .with_retry(max_attempts=3, delay=0.001)
+        .with_dead_letters(dead)
+    )
+    with pytest.raises(StepFailedError, match="ConnectionError: service down"):
+        await pipeline.kiq_dataflow(x=1)
+    [letter] = dead.list(pipeline.pipeline_id)
+    assert (letter.attempts, letter.kwargs) == (3, {"x": 1})
+    with pytest.raises(StepFailedError):
+        await dead.replay(letter.id, broker)
+    assert len(dead) == 1
+    healthy = True
+    assert await dead.replay(letter.id, broker) == 101
+    assert len(dead) == 0
+
+
+def test_retry_policy_backoff_and_bad_values() -> None:
+    policy = RetryPolicy(max_attempts=5, delay=0.5, backoff=2.0, max_delay=3.0, jitter=0.0)
+    assert [policy.delay_for(n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, 3.0]
+    jittered = RetryPolicy(delay=1.0, jitter=0.2)
+    assert all(0.8 <= jittered.delay_for(1) <= 1.2 for _ in range(100))
+    assert not RetryPolicy(retry_on=(ValueError,)).should_retry(1, KeyError("k"))
+    for bad in (
+        {"max_attempts": 0},
+        {"delay": -1.0},
+        {"backoff": 0.5},
+        {"jitter": 2.0},
+        {"delay": float("nan")},
+    ):
+        with pytest.raises(InvalidValueError):
+            RetryPolicy(**bad)  # type: ignore[arg-type]
+
+
+async def test_task_timeout_and_pipeline_timeout(broker: InMemoryBroker) -> None:
+    @broker.task
+    @pipeline_task(output="y", timeout=0.05)
+    async def stuck(x: int) -> int:
+        await asyncio.sleep(5)
+        return x
+
+    with pytest.raises(StepFailedError, match="stuck"):
+        await DataflowPipeline(broker).add_dataflow_task(stuck).kiq_dataflow(x=1)
+
+    @broker.task
+    @pipeline_task(output="z")
+    async def slow(x: int) -> int:
+        await asyncio.sleep(5)
+        return x
+
+    pipeline = DataflowPipeline(broker, timeout=0.1).add_dataflow_task(slow)
+    with pytest.raises(PipelineTimeoutError, match="timed out after 0.1s"):
+        await pipeline.kiq_dataflow(x=1)
+
+
+async def test_cancel_a_running_pipeline(broker: InMemoryBroker) -> None:
+    @broker.task
+    @pipeline_task(output="y")
+    async def slow(x: int) -> int:
+        await asyncio.sleep(0.3)
+        return x
+
+    @broker.task
+    @pipeline_task(output="z")
+    async def later(y: int) -> int:
+        raise AssertionError("must not start")
+
+    pipeline = DataflowPipeline.from_tasks(broker, [slow, later])
+    run = asyncio.ensure_future(pipeline.kiq_dataflow(x=1))
+    await asyncio.sleep(0.05)
+    pipeline.cancel()
+    with pytest.raises(PipelineCancelledError):
+        await run
+    await asyncio.sleep(0.4)
+
+
+async def test_tracking_durations_are_measured_where_tasks_ran(broker: InMemoryBroker) -> None:
+    @broker.task
+    @pipeline_task(output="a")
+    async def short(x: int) -> int:
+        await asyncio.sleep(0.02)
+        return x
+
+    @broker.task
+    @pipeline_task(output="b")
+    async def long(a: int) -> int:
+        await asyncio.sleep(0.12)
+        return a
+
+    tracking = PipelineTrackingManager()
+    pipeline = DataflowPipeline.from_tasks(broker, [short, long]).with_tracking(tracking)
+    await pipeline.kiq_dataflow(x=1)
+    status = await tracking.get_status(pipeline.pipeline_id or "")
+    assert status.status == "done"
+    by_name = {s.name: s for s in status.steps}
+    assert 20 <= (by_name["short"].duration_ms or 0) < 20 + 80
+    assert 120 <= (by_name["long"].duration_ms or 0) < 120 + 80
+    slowest = status.slowest_step()
+    assert slowest is not None and slowest.name == "long"
+
+
+async def test_custom_engine_routes_by_label(broker: InMemoryBroker) -> None:
+    routed: list[str] = []
+
+    @broker.task
+    @pipeline_task(output="features", labels={"requires_gpu": True})
+    async def embed(text: str) -> list[float]:
+        return [float(len(text))]
+
+    @broker.task
+    @pipeline_task(output="summary")
+    async def summarize(features: list[float]) -> str:
+        return f"{features[0]:.0f}"
+
+    class GpuPool:
+        async def submit(self, task_node: TaskNode, inputs: dict[str, Any]) -> Any:
+            routed.append(task_node.name)
+            return [42.0]
+
+    class GPUOptimizedEngine(ExecutionEngine):
+        gpu_worker_pool = GpuPool()
+
+        async def schedule_task(self, task_node: TaskNode, inputs: dict[str, Any]) -> Any:
+            if task_node.labels.get("requires_gpu"):
+                return await self.gpu_worker_pool.submit(task_node, inputs)
+            return await super().schedule_task(task_node, inputs)
+
+    dag = DataflowPipeline.from_tasks(broker, [embed, summarize]).dag
+    engine = GPUOptimizedEngine(broker, dag)
+    assert await engine.execute({"text": "hello"}) == {"features": [42.0], "summary": "42"}
+    assert routed == ["embed"]
+
+
+async def test_ten_thousand_node_dataflow_on_a_default_broker(broker: InMemoryBroker) -> None:
+    @broker.task
+    async def inc(x: int) -> int:
+        return x + 1
+
+    # One task reused 10,000 times, wired by mapping its parameter to other outputs: 100 chains
+    # of 100. The default InMemoryBroker keeps only 100 results; the run must not depend on them.
+    pipeline = DataflowPipeline(broker, max_parallel=64)
+    for i in range(10_000):
+        source = f"v{i - 100}" if i >= 100 else "start"
+        pipeline.add_dataflow_task(inc, output=f"v{i}", inputs={"x": source})
+    out = await pipeline.kiq_dataflow(start=0)
+    assert len(out) == 10_000
+    assert out["v9999"] == 100 and out["v0"] == 1
+    with pytest.raises(DataflowError, match="inc has no parameter 'y'"):
+        DataflowPipeline(broker).add_dataflow_task(inc, inputs={"y": "start"})

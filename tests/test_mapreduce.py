@@ -1,0 +1,122 @@
+"""MapReduce: ordered maps, tree reductions, one-DAG map-reduce, and bounded streaming."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from conftest import Gauge
+from taskiq import InMemoryBroker
+
+from taskiq_flow import DataflowError, InvalidValueError, MapReduce, RetryPolicy, StepFailedError
+
+
+@pytest.fixture
+def tasks(broker: InMemoryBroker, gauge: Gauge) -> dict[str, object]:
+    @broker.task
+    async def square(x: int) -> int:
+        gauge.enter()
+        await asyncio.sleep(0.001 * (x % 3))  # finish out of order
+        gauge.leave()
+        return x * x
+
+    @broker.task
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    @broker.task
+    async def concat(a: str, b: str) -> str:
+        return a + b
+
+    @broker.task
+    async def scaled(x: int, factor: int = 1) -> int:
+        return x * factor
+
+    return {"square": square, "add": add, "concat": concat, "scaled": scaled}
+
+
+async def test_map_keeps_order_and_bound(
+    broker: InMemoryBroker, tasks: dict[str, object], gauge: Gauge
+) -> None:
+    out = await MapReduce.map(broker, tasks["square"], range(500), max_parallel=15)
+    assert out == [x * x for x in range(500)]
+    assert gauge.peak == 15
+    by_name = await MapReduce.map(broker, tasks["scaled"], [1, 2], param_name="x", factor=3)
+    assert by_name == [3, 6]
+
+
+async def test_reduce_is_a_balanced_tree_in_order(
+    broker: InMemoryBroker, tasks: dict[str, object]
+) -> None:
+    letters = [chr(ord("a") + i) for i in range(13)]
+    # concat is associative but not commutative: the tree must keep the order.
+    assert await MapReduce.reduce(broker, tasks["concat"], letters) == "abcdefghijklm"
+    assert await MapReduce.reduce(broker, tasks["add"], range(1001), max_parallel=4) == 500500
+    assert await MapReduce.reduce(broker, tasks["add"], [5]) == 5
+    assert await MapReduce.reduce(broker, tasks["add"], [], initial=0) == 0
+    with pytest.raises(DataflowError, match="initial value"):
+        await MapReduce.reduce(broker, tasks["add"], [])
+
+
+async def test_map_reduce_in_one_run(broker: InMemoryBroker, tasks: dict[str, object]) -> None:
+    got = await MapReduce.map_reduce(broker, tasks["square"], tasks["add"], range(300), 20)
+    assert got == sum(x * x for x in range(300))
+    assert await MapReduce.map_reduce(broker, tasks["square"], tasks["add"], [7]) == 49
+
+
+async def test_stream_is_lazy_bounded_and_complete(
+    broker: InMemoryBroker, tasks: dict[str, object], gauge: Gauge
+) -> None:
+    pulled = 0
+
+    def items() -> Iterator[int]:
+        nonlocal pulled
+        for i in range(3_000):
+            pulled += 1
+            yield i
+
+    seen = []
+    async for value in MapReduce.stream(broker, tasks["square"], items(), max_parallel=32):
+        # never more pulled from the source than finished plus what is in flight
+        assert pulled - len(seen) <= 32
+        seen.append(value)
+    assert sorted(seen) == [x * x for x in range(3_000)]
+    assert gauge.peak <= 32
+
+
+async def test_stream_ordered_from_an_async_iterable(
+    broker: InMemoryBroker, tasks: dict[str, object]
+) -> None:
+    async def items() -> AsyncIterator[int]:
+        for i in range(200):
+            yield i
+
+    got = [v async for v in MapReduce.stream(broker, tasks["square"], items(), 8, ordered=True)]
+    assert got == [x * x for x in range(200)]
+    with pytest.raises(InvalidValueError):
+        [v async for v in MapReduce.stream(broker, tasks["square"], [1], max_parallel=0)]
+
+
+async def test_failures_retries_and_skips(broker: InMemoryBroker) -> None:
+    seen: dict[int, int] = {}
+
+    @broker.task
+    async def shaky(x: int) -> int:
+        seen[x] = seen.get(x, 0) + 1
+        if x == 3 and seen[x] < 2:
+            raise ConnectionError("blip")
+        if x == 5:
+            raise ValueError("always")
+        return x
+
+    with pytest.raises(StepFailedError, match="ValueError: always"):
+        await MapReduce.map(broker, shaky, range(8), retry=RetryPolicy(delay=0.001))
+    assert seen[3] == 2
+    seen.clear()
+    with pytest.raises(StepFailedError) as info:
+        await MapReduce.map(broker, shaky, range(8), on_error="continue")
+    assert info.value.step == "shaky"
+    assert sorted(seen) == list(range(8))  # every other item still ran
+    with pytest.raises(StepFailedError):
+        [v async for v in MapReduce.stream(broker, shaky, range(8), max_parallel=2)]
