@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from conftest import Gauge
 from taskiq import InMemoryBroker
 
 from taskiq_flow import (
@@ -29,8 +30,6 @@ from taskiq_flow import (
     pipeline_task,
 )
 from taskiq_flow.optimization.parallel import set_max_parallel_tasks
-
-from conftest import Gauge
 
 
 def etl(broker: InMemoryBroker, calls: list[str]) -> list[Any]:
@@ -127,7 +126,7 @@ async def test_bad_pipelines_are_refused_before_anything_is_sent(broker: InMemor
         calls.append("b")
         return a
 
-    with pytest.raises(CycleError, match="tasks are in a cycle: make_(a|b) -> make_(a|b)") as info:
+    with pytest.raises(CycleError, match=r"tasks are in a cycle: make_(a|b) -> make_(a|b)") as info:
         await DataflowPipeline.from_tasks(broker, [make_a, make_b]).kiq_dataflow()
     assert set(info.value.cycle) == {"make_a", "make_b"}
 
@@ -359,7 +358,7 @@ async def test_task_timeout_and_pipeline_timeout(broker: InMemoryBroker) -> None
         return x
 
     pipeline = DataflowPipeline(broker, timeout=0.1).add_dataflow_task(slow)
-    with pytest.raises(PipelineTimeoutError, match="timed out after 0.1s"):
+    with pytest.raises(PipelineTimeoutError, match=r"timed out after 0\.1s"):
         await pipeline.kiq_dataflow(x=1)
 
 

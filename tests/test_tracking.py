@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
 
 import pytest
 
@@ -28,7 +28,7 @@ async def test_lifecycle_listing_deletion_and_cleanup() -> None:
     with pytest.raises(UnknownIdError, match="no pipeline run with id 'run-1'"):
         await tracking.get_status("run-1")
     assert await tracking.cleanup(older_than=3600) == 0
-    time.sleep(0.01)
+    await asyncio.sleep(0.01)
     assert await tracking.cleanup(older_than=0) == 1
     assert await tracking.list_pipelines() == []
     with pytest.raises(InvalidValueError):
