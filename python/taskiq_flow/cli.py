@@ -13,11 +13,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     commands.add_parser(
+        "demo",
+        help="run an audio-ingest dataflow on the embedded broker and show its step timings",
+        add_help=False,
+    )
+    commands.add_parser(
         "bench",
         help="compare the scheduling core against its peers (graphlib, rustworkx, ...)",
         add_help=False,
     )
     args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        from taskiq_flow.demo import main as demo_main
+
+        return demo_main(rest)
     if args.command == "bench":
         from taskiq_flow.bench import main as bench_main
 

@@ -339,9 +339,11 @@ class ExecutionEngine:
         tracking: PipelineTrackingManager | None = None,
         dead_letters: DeadLetterQueue | None = None,
         name: str = "dataflow",
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.broker = broker
         self.dag = dag
+        self.on_progress = on_progress
         self.max_parallel = check_max_parallel(max_parallel)
         self.on_error = on_error
         self.retry = retry
@@ -447,6 +449,7 @@ class ExecutionEngine:
             name=self.name,
             pipeline_id=pipeline_id,
             custom_dispatch=custom,
+            on_progress=self.on_progress,
         )
         self._run = run
         self.pipeline_id = run.pipeline_id
@@ -477,6 +480,8 @@ class DataflowPipeline:
     :param on_error: ``"fail"`` stops at the first failure; ``"continue"`` runs every task that does
         not depend on one.
     :param timeout: seconds a run may take.
+    :param name: the pipeline's name in tracking records.
+    :param on_progress: called with ``(tasks finished, tasks in all)`` as a run progresses.
     :raises InvalidValueError: for a ``max_parallel`` below 1 or not an int.
     """
 
@@ -488,9 +493,11 @@ class DataflowPipeline:
         on_error: OnError = "fail",
         timeout: float | None = None,
         name: str = "dataflow",
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.broker = broker
         self.max_parallel = check_max_parallel(max_parallel)
+        self.on_progress = on_progress
         self.on_error: OnError = on_error
         self.timeout = timeout
         self.name = name
@@ -585,6 +592,7 @@ class DataflowPipeline:
             tracking=self.tracking,
             dead_letters=self.dead_letters,
             name=self.name,
+            on_progress=self.on_progress,
         )
         self._engine = engine
         self.pipeline_id = uuid.uuid4().hex
