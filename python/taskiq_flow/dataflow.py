@@ -284,6 +284,11 @@ class DataflowRegistry:
         """The registered nodes."""
         return list(self._nodes)
 
+    @property
+    def nodes_view(self) -> Sequence[TaskNode]:
+        """The registered nodes, without a copy."""
+        return self._nodes
+
     def build_dag(self) -> DAG:
         """The validated graph of the registered tasks."""
         return DAG(self._nodes)
@@ -383,9 +388,14 @@ class ExecutionEngine:
         produced = sorted(set(inputs) & self.dag.producer.keys())
         if produced:
             raise DataflowError(f"inputs {produced} are outputs of tasks; they cannot be given")
-        for node in self.dag.nodes:
-            given = {p: inputs[k] for p, k in zip(node.params, node.inputs) if k in inputs}
-            check_serializable(self.broker, node.task_name, (), given)
+        # Every value is sent as a keyword argument somewhere: one serialization checks them all.
+        takers = {name: n.task_name for n in self.dag.nodes for name in n.inputs}
+        try:
+            check_serializable(self.broker, "inputs", (), inputs)
+        except UnserializableError:
+            for name, value in inputs.items():
+                check_serializable(self.broker, takers[name], (), {name: value})
+            raise
 
     def _plan(self, inputs: Mapping[str, Any]) -> Plan:
         dag = self.dag
@@ -502,6 +512,7 @@ class DataflowPipeline:
         self.timeout = timeout
         self.name = name
         self.registry = DataflowRegistry()
+        self._dag: DAG | None = None
         self.retry: RetryPolicy | None = None
         self.tracking: PipelineTrackingManager | None = None
         self.dead_letters: DeadLetterQueue | None = None
@@ -561,8 +572,10 @@ class DataflowPipeline:
 
     @property
     def dag(self) -> DAG:
-        """The validated graph of the pipeline's tasks."""
-        return self.registry.build_dag()
+        """The validated graph of the pipeline's tasks (built once, rebuilt after an add)."""
+        if self._dag is None or len(self._dag) != len(self.registry.nodes_view):
+            self._dag = self.registry.build_dag()
+        return self._dag
 
     async def kiq_dataflow(self, *chunk: Any, **inputs: Any) -> dict[str, Any]:
         """Runs the pipeline and returns every task's output: ``{output name: value}``.

@@ -137,9 +137,7 @@ def timing_table(statuses: list[PipelineStatus]) -> str:
     lines = [f"  {'step':<16}{'runs':>6}{'mean ms':>10}{'max ms':>10}", "  " + "-" * 42]
     for name, values in per_step.items():
         mark = "  <- slowest" if name == slowest else ""
-        lines.append(
-            f"  {name:<16}{len(values):>6}{means[name]:>10.1f}{max(values):>10.1f}{mark}"
-        )
+        lines.append(f"  {name:<16}{len(values):>6}{means[name]:>10.1f}{max(values):>10.1f}{mark}")
     return "\n".join(lines)
 
 

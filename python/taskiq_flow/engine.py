@@ -21,7 +21,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from taskiq import AsyncBroker
+import anyio
+from taskiq import AsyncBroker, InMemoryBroker
 from taskiq.decor import AsyncTaskiqDecoratedTask
 from taskiq.kicker import AsyncKicker
 
@@ -206,6 +207,7 @@ class FlowRun:
         self._retrying: set[int] = set()
         self._sending: list[bool] = []
         self._closing = False
+        self._inline = isinstance(broker, InMemoryBroker) and custom_dispatch is None
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -245,6 +247,8 @@ class FlowRun:
         deadline = loop.time() + self.timeout if self.timeout is not None else None
         try:
             self._dispatch(scheduler.start(loop.time()))
+            if self._inline:
+                await self._send_inline()
             while not scheduler.is_finished and self._fatal is None:
                 await self._next_events(inbox, scheduler, loop, deadline)
         finally:
@@ -318,6 +322,8 @@ class FlowRun:
         if scheduler.next_wakeup() is not None or wake is not None:
             admitted += scheduler.poll(now)
         self._dispatch(admitted)
+        if self._inline:
+            await self._send_inline()
         if self.on_progress is not None:
             self.on_progress(self._finished, self.plan.node_count)
 
@@ -373,6 +379,23 @@ class FlowRun:
         if nodes:
             self._queue.extend(nodes)
             self._wake_dispatch.set()
+
+    async def _send_inline(self) -> None:
+        """On a broker whose send does no I/O (the in-memory one), the run loop sends what it
+        admitted itself, as long as global slots are free without waiting: no hand-off to the
+        dispatch pool. Anything that would wait stays queued for the pool."""
+        queue = self._queue
+        limiter = global_limiter()
+        while queue and not self._closing:
+            node = queue[0]
+            if self._attempt[node] == 1:
+                try:
+                    limiter.acquire_nowait()
+                except anyio.WouldBlock:
+                    return
+                self._in_flight += 1
+            queue.popleft()
+            await self._send(node)
 
     async def _dispatcher(self, index: int) -> None:
         limiter = global_limiter()

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from taskiq_flow.bench import pipelines
 from taskiq_flow.bench import workloads as w
 
 __all__ = ["Result", "main", "memory_per_node", "run", "run_workload"]
@@ -61,7 +62,7 @@ def run_workload(workload: w.Workload, repeats: int) -> list[Result]:
                 detail[name] = workload.describe(out)
             best[name] = min(best.get(name, float("inf")), elapsed)
             del out, fn
-    ours = best[w.OURS]
+    reference = best[workload.reference]
     return [
         Result(
             workload.group,
@@ -71,7 +72,7 @@ def run_workload(workload: w.Workload, repeats: int) -> list[Result]:
             seconds / workload.units * 1e9,
             workload.unit_name,
             correct[name],
-            None if name == w.OURS else seconds / ours,
+            None if name == workload.reference else seconds / reference,
             detail.get(name, ""),
         )
         for name, seconds in best.items()
@@ -150,6 +151,10 @@ def suite(full: bool, scale: float = 1.0) -> Iterator[tuple[w.Workload, int]]:
             yield w.placement_online(workers, size(tasks)), 3
     yield w.placement_plan(10, size(10_000)), 3
     yield w.placement_plan(1_000, size(10_000)), 1
+    for tasks in [1_000, 10_000] + ([100_000] if full else []):
+        for cap in (None, 16):
+            yield pipelines.no_op_tasks(size(tasks), cap), 3 if tasks <= 10_000 else 1
+    yield pipelines.layered_dataflow(size(10_000), 16), 3
 
 
 def run(
@@ -164,13 +169,13 @@ def run(
     return results
 
 
-def _table(rows: list[list[str]]) -> str:
+def _table(rows: list[list[str]], numeric: range) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = []
     for k, row in enumerate(rows):
         lines.append(
             "  ".join(
-                cell.rjust(widths[i]) if 3 <= i <= 5 else cell.ljust(widths[i])
+                cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
                 for i, cell in enumerate(row)
             )
         )
@@ -180,15 +185,50 @@ def _table(rows: list[list[str]]) -> str:
 
 
 def report(results: list[Result]) -> str:
-    """One table: for every workload, our time per unit and each peer's ratio to it."""
-    rows = [["group", "workload", "peer", "ours/unit", "peer/unit", "peer ÷ ours", "ok", "result"]]
+    """The core's table (each peer's time as a ratio to ours), then the pipelines' table (each
+    pipeline's time per task against the raw taskiq floor)."""
     by_workload: dict[tuple[str, str], list[Result]] = {}
     for r in results:
         by_workload.setdefault((r.group, r.workload), []).append(r)
-    for (group, name), rs in by_workload.items():
-        ours = next(r for r in rs if r.contender == w.OURS)
+    core = {k: v for k, v in by_workload.items() if k[0] != "pipelines"}
+    tables = [_core_table(core)] if core else []
+    pipelines = {k: v for k, v in by_workload.items() if k[0] == "pipelines"}
+    if pipelines:
+        tables.append(_floor_table(pipelines))
+    return "\n\n".join(tables)
+
+
+def _floor_table(by_workload: dict[tuple[str, str], list[Result]]) -> str:
+    rows = [
+        ["workload", "contender", "floor/task", "contender/task", "over floor", "÷ floor", "ok"]
+    ]
+    for (_, name), rs in by_workload.items():
+        floor = next(r for r in rs if r.ratio is None)
         for r in rs:
-            if r.contender == w.OURS:
+            if r is floor:
+                continue
+            rows.append(
+                [
+                    name,
+                    r.contender,
+                    f"{floor.per_unit_ns / 1000:,.1f} us",
+                    f"{r.per_unit_ns / 1000:,.1f} us",
+                    f"{(r.per_unit_ns - floor.per_unit_ns) / 1000:+,.1f} us",
+                    f"{r.ratio:.2f}x",
+                    "yes" if floor.correct and r.correct else "NO",
+                ]
+            )
+    return "pipelines against the raw taskiq floor (kiq + wait_result), per task:\n" + _table(
+        rows, numeric=range(2, 6)
+    )
+
+
+def _core_table(by_workload: dict[tuple[str, str], list[Result]]) -> str:
+    rows = [["group", "workload", "peer", "ours/unit", "peer/unit", "peer ÷ ours", "ok", "result"]]
+    for (group, name), rs in by_workload.items():
+        ours = next(r for r in rs if r.ratio is None)
+        for r in rs:
+            if r is ours:
                 continue
             rows.append(
                 [
@@ -202,7 +242,7 @@ def report(results: list[Result]) -> str:
                     f"ours {ours.detail}; peer {r.detail}" if r.detail else "",
                 ]
             )
-    return _table(rows)
+    return _table(rows, numeric=range(3, 6))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
             "dag_event_loop",
             "admission",
             "placement",
+            "pipelines",
             "memory",
             "rate",
+            "streaming",
         ],
         help="run only these groups (repeatable)",
     )
@@ -241,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "full" if args.full else "quick"
     print(f"taskiq-flow bench ({mode}), Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     extra: dict[str, Any] = {}
-    timing_groups = groups - {"memory", "rate"}
+    timing_groups = groups - {"memory", "rate", "streaming"}
     results: list[Result] = []
     if not groups or timing_groups:
         results = run(args.full, timing_groups or None, args.scale)
@@ -253,6 +295,15 @@ def main(argv: list[str] | None = None) -> int:
             extra[f"rate_delivered_burst{burst}_consumers{consumers}"] = rate
             shown = ", ".join(f"{k} {v:.1%}" for k, v in rate.items())
             print(f"  burst {burst:>3}, {consumers:>2} consumer(s): {shown}")
+    if not groups or "streaming" in groups:
+        n = max(1_000, int((1_000_000 if args.full else 100_000) * args.scale))
+        stream = pipelines.streaming_memory(n)
+        extra["streaming"] = stream
+        print(
+            f"\nstreaming map of {n:,} items (max_parallel=64): "
+            f"{stream['us_per_item']:.1f} us/item, peak RSS {stream['peak_rss_mib']:.0f} MiB "
+            f"(+{stream['peak_rss_growth_mib']:.1f} MiB while streaming)"
+        )
     if not groups or "memory" in groups:
         n = max(1_000, int((1_000_000 if args.full else 100_000) * args.scale))
         mem = memory_per_node("layered", n)

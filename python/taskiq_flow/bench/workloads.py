@@ -37,6 +37,8 @@ class Workload:
     check: Callable[[Any], bool] = lambda _: True
     #: Says what a contender's answer was, where quality matters as well as time.
     describe: Callable[[Any], str] | None = None
+    #: The contender every other one is compared with.
+    reference: str = OURS
 
 
 def optional(module: str) -> Any:

@@ -1,0 +1,203 @@
+"""Pipeline workloads: our pipelines against the raw taskiq floor, on the embedded broker.
+
+The floor is what taskiq itself costs: ``kiq()`` every task, then ``wait_result()`` on each. Every
+contender runs the same no-op task the same number of times on a fresh ``InMemoryBroker`` (keeping
+all results, so the floor's ``wait_result`` can finish), in a fresh event loop; the ratio is
+``contender time / floor time`` (1.0 is free orchestration).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from taskiq import InMemoryBroker
+
+from taskiq_flow.bench.workloads import Contender, Workload
+from taskiq_flow.dataflow import DataflowPipeline
+from taskiq_flow.mapreduce import MapReduce
+from taskiq_flow.pipeline import Pipeline
+
+FLOOR = "raw_taskiq"
+
+__all__ = ["FLOOR", "layered_dataflow", "no_op_tasks", "streaming_memory"]
+
+
+def _fresh_broker() -> tuple[InMemoryBroker, Any, Any]:
+    broker = InMemoryBroker(max_stored_results=-1)
+
+    @broker.task(task_name="bench_noop")
+    async def noop(x: int = 0) -> int:
+        return x
+
+    @broker.task(task_name="bench_combine")
+    async def combine(a: int = 0, b: int = 0, c: int = 0, d: int = 0, seed: int = 0) -> int:
+        return a + b + c + d + seed
+
+    return broker, noop, combine
+
+
+def _runner(
+    body: Callable[[Any], Awaitable[Any]],
+    build: Callable[[InMemoryBroker, Any, Any], Any] = lambda b, n, c: (b, n, c),
+) -> Contender:
+    """A contender: ``build(broker, noop, combine)`` runs untimed (a pipeline is built once and
+    run many times); ``body(built)`` is what is timed, in a fresh event loop."""
+
+    def setup() -> Callable[[], Any]:
+        broker, noop, combine = _fresh_broker()
+        built = build(broker, noop, combine)
+
+        async def main() -> Any:
+            await broker.startup()
+            try:
+                return await body(built)
+            finally:
+                await broker.shutdown()
+
+        return lambda: asyncio.run(main())
+
+    return setup
+
+
+async def _floor(n: int, broker: InMemoryBroker, noop: Any) -> list[int]:
+    tasks = [await noop.kiq(i) for i in range(n)]
+    return [(await t.wait_result(check_interval=0)).return_value for t in tasks]
+
+
+def no_op_tasks(n: int, max_parallel: int | None) -> Workload:
+    """``n`` independent no-op tasks: the floor, a wide dataflow, ``MapReduce.map``,
+    ``Pipeline.map``."""
+
+    async def floor(built: Any) -> list[int]:
+        broker, noop, _ = built
+        return await _floor(n, broker, noop)
+
+    def build_dataflow(broker: InMemoryBroker, noop: Any, _c: Any) -> DataflowPipeline:
+        pipeline = DataflowPipeline(broker, max_parallel=max_parallel)
+        for i in range(n):
+            pipeline.add_dataflow_task(noop, output=f"v{i}", inputs={"x": "seed"})
+        pipeline.dag  # noqa: B018 - validated once, as a long-lived pipeline would be
+        return pipeline
+
+    async def dataflow(pipeline: DataflowPipeline) -> list[int]:
+        return list((await pipeline.kiq_dataflow(seed=1)).values())
+
+    async def mapped(built: Any) -> list[int]:
+        broker, noop, _ = built
+        return await MapReduce.map(broker, noop, range(n), max_parallel=max_parallel)
+
+    def build_sequential(broker: InMemoryBroker, noop: Any, _c: Any) -> Pipeline:
+        return Pipeline(broker, noop).map(noop, range(n), max_parallel=max_parallel)
+
+    async def sequential(pipeline: Pipeline) -> list[int]:
+        result = await (await pipeline.kiq(0)).wait_result()
+        return list(result.return_value)
+
+    contenders: dict[str, Contender] = {
+        FLOOR: _runner(floor),
+        "DataflowPipeline": _runner(dataflow, build_dataflow),
+        "MapReduce.map": _runner(mapped),
+        "Pipeline.map": _runner(sequential, build_sequential),
+    }
+    bound = "unbounded" if max_parallel is None else f"max_parallel={max_parallel}"
+    return Workload(
+        "pipelines",
+        f"{n:,} no-op tasks, {bound}",
+        n,
+        "task",
+        contenders,
+        lambda out: len(out) == n,
+        reference=FLOOR,
+    )
+
+
+def layered_dataflow(n: int, max_parallel: int | None) -> Workload:
+    """A layered random DAG of ``n`` tasks, each fed by 4 outputs of the layer before."""
+    rnd = random.Random(5)
+    width = max(8, int(n**0.5))
+    wiring: list[dict[str, str]] = []
+    for v in range(n):
+        if v < width:
+            wiring.append({"seed": "seed"})
+        else:
+            start = (v // width - 1) * width
+            picks = rnd.sample(range(start, start + width), 4)
+            wiring.append({p: f"v{s}" for p, s in zip("abcd", picks)})
+
+    async def floor(built: Any) -> list[int]:
+        broker, noop, _ = built
+        return await _floor(n, broker, noop)
+
+    def build(broker: InMemoryBroker, _n: Any, combine: Any) -> DataflowPipeline:
+        pipeline = DataflowPipeline(broker, max_parallel=max_parallel)
+        for v in range(n):
+            pipeline.add_dataflow_task(combine, output=f"v{v}", inputs=wiring[v])
+        pipeline.dag  # noqa: B018 - validated once, as a long-lived pipeline would be
+        return pipeline
+
+    async def dataflow(pipeline: DataflowPipeline) -> list[int]:
+        return list((await pipeline.kiq_dataflow(seed=1)).values())
+
+    bound = "unbounded" if max_parallel is None else f"max_parallel={max_parallel}"
+    return Workload(
+        "pipelines",
+        f"layered DAG of {n:,} tasks, {bound}",
+        n,
+        "task",
+        {FLOOR: _runner(floor), "DataflowPipeline": _runner(dataflow, build)},
+        lambda out: len(out) == n,
+        reference=FLOOR,
+    )
+
+
+_STREAM_SCRIPT = """
+import asyncio, json, resource, time
+from taskiq import InMemoryBroker
+from taskiq_flow import MapReduce
+
+broker = InMemoryBroker()
+
+@broker.task(task_name="bench_square")
+async def square(x: int) -> int:
+    return x * x
+
+async def main():
+    await broker.startup()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    count = total = 0
+    async for value in MapReduce.stream(broker, square, range({n}), max_parallel=64):
+        count += 1
+        total += value
+    elapsed = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    await broker.shutdown()
+    print(json.dumps([count, elapsed, before, peak]))
+
+asyncio.run(main())
+"""
+
+
+def streaming_memory(n: int) -> dict[str, float]:
+    """Streams ``n`` items through a no-op task in a fresh interpreter; returns the time per item
+    and the peak RSS growth (KiB, from ``ru_maxrss``)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _STREAM_SCRIPT.replace("{n}", str(n))],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=True,
+    )
+    count, elapsed, before, peak = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {
+        "items": count,
+        "us_per_item": elapsed / max(count, 1) * 1e6,
+        "peak_rss_growth_mib": (peak - before) / 1024,
+        "peak_rss_mib": peak / 1024,
+    }

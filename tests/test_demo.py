@@ -1,0 +1,23 @@
+"""The demo: a dataflow on the embedded broker, a progress bar, and the step timing table."""
+
+from __future__ import annotations
+
+import io
+
+from taskiq_flow.cli import main as cli_main
+from taskiq_flow.demo import run_demo
+
+
+async def test_demo_runs_every_task_and_marks_the_slowest_step() -> None:
+    out = io.StringIO()
+    statuses = await run_demo(tracks=3, speed=1.0, stream=out)
+    assert len(statuses) == 3
+    assert all(s.status == "done" and len(s.steps) == 8 for s in statuses)
+    text = out.getvalue()
+    assert "24/24 tasks" in text
+    slowest = [line for line in text.splitlines() if "<- slowest" in line]
+    assert len(slowest) == 1 and slowest[0].split()[0] == "transcribe"
+
+
+def test_demo_command(capsys: object) -> None:
+    assert cli_main(["demo", "--tracks", "1", "--speed", "0.1"]) == 0
