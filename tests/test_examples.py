@@ -17,6 +17,7 @@ EXPECTED = {
     "benchmarking.py": "P95",
     "troubleshooting.py": "Slowest step: analyze",
     "custom_executor.py": "sent to the GPU pool: ['embed']",
+    "resources.py": "24 two-core tasks on 12 cores: peak 6 at once",
 }
 
 

@@ -10,6 +10,8 @@ Pipelines (all on one engine, driven by the Rust scheduler):
   :class:`ExecutionEngine` — tasks wired by the names of their inputs and outputs.
 - :class:`MapReduce` — fan-out, fan-in, and streaming over any iterable.
 - :class:`PipelineTrackingManager` — status and per-step timing of every run.
+- :class:`CPUProfile`, :class:`RAMProfile`, :class:`ResourceProfile`,
+  :class:`ResourceAwareWorkerPool` — resource-aware placement of tasks on workers.
 
 The scheduling core, for services that embed it:
 
@@ -52,6 +54,13 @@ from taskiq_flow.exceptions import (
 from taskiq_flow.limits import CapacityLimiter, RateLimiter
 from taskiq_flow.mapreduce import MapReduce
 from taskiq_flow.pipeline import Pipeline, PipelineMiddleware, PipelineRun
+from taskiq_flow.resources import (
+    CPUProfile,
+    RAMProfile,
+    ResourceAwareWorkerPool,
+    ResourceProfile,
+    TaskResources,
+)
 from taskiq_flow.retry import DeadLetter, DeadLetterQueue, RetryPolicy
 from taskiq_flow.sorter import TopologicalSorter
 from taskiq_flow.tracking import (
@@ -64,6 +73,7 @@ from taskiq_flow.tracking import (
 __all__ = [
     "DAG",
     "AbortPipeline",
+    "CPUProfile",
     "CapacityLimiter",
     "CycleError",
     "DagGraph",
@@ -92,12 +102,16 @@ __all__ = [
     "PipelineTimeoutError",
     "PipelineTrackingManager",
     "Placer",
+    "RAMProfile",
     "RateLimiter",
+    "ResourceAwareWorkerPool",
+    "ResourceProfile",
     "RetryPolicy",
     "StateError",
     "StepFailedError",
     "StepStatus",
     "TaskNode",
+    "TaskResources",
     "TaskiqFlowError",
     "TopologicalSorter",
     "UnknownIdError",

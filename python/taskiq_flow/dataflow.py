@@ -51,6 +51,7 @@ from taskiq_flow.exceptions import (
     NotATaskError,
     UnserializableError,
 )
+from taskiq_flow.resources import ResourceAwareWorkerPool, resources_of
 from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
 from taskiq_flow.tracking import PipelineTrackingManager
 
@@ -345,10 +346,12 @@ class ExecutionEngine:
         dead_letters: DeadLetterQueue | None = None,
         name: str = "dataflow",
         on_progress: Callable[[int, int], None] | None = None,
+        worker_pool: ResourceAwareWorkerPool | None = None,
     ) -> None:
         self.broker = broker
         self.dag = dag
         self.on_progress = on_progress
+        self.worker_pool = worker_pool
         self.max_parallel = check_max_parallel(max_parallel)
         self.on_error = on_error
         self.retry = retry
@@ -422,6 +425,7 @@ class ExecutionEngine:
                 n.task.labels,
                 retry=n.retry,
                 timeout=n.timeout,
+                resources=resources_of(n.task),
             )
             for n in dag.nodes
         ]
@@ -460,6 +464,7 @@ class ExecutionEngine:
             pipeline_id=pipeline_id,
             custom_dispatch=custom,
             on_progress=self.on_progress,
+            worker_pool=self.worker_pool,
         )
         self._run = run
         self.pipeline_id = run.pipeline_id
@@ -516,6 +521,7 @@ class DataflowPipeline:
         self.retry: RetryPolicy | None = None
         self.tracking: PipelineTrackingManager | None = None
         self.dead_letters: DeadLetterQueue | None = None
+        self.worker_pool: ResourceAwareWorkerPool | None = None
         self.pipeline_id: str | None = None
         self._engine: ExecutionEngine | None = None
 
@@ -570,6 +576,12 @@ class DataflowPipeline:
         self.dead_letters = dead_letters
         return self
 
+    def with_worker_pool(self, pool: ResourceAwareWorkerPool) -> DataflowPipeline:
+        """Places every task on a worker of ``pool`` with room for it (see
+        :mod:`taskiq_flow.resources`); returns the pipeline."""
+        self.worker_pool = pool
+        return self
+
     @property
     def dag(self) -> DAG:
         """The validated graph of the pipeline's tasks (built once, rebuilt after an add)."""
@@ -606,6 +618,7 @@ class DataflowPipeline:
             dead_letters=self.dead_letters,
             name=self.name,
             on_progress=self.on_progress,
+            worker_pool=self.worker_pool,
         )
         self._engine = engine
         self.pipeline_id = uuid.uuid4().hex

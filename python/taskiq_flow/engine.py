@@ -14,6 +14,7 @@ fail-fast or run-what-can-run on failure, dead letters, run timeouts and cancell
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections import deque
@@ -38,6 +39,7 @@ from taskiq_flow.exceptions import (
     StepFailedError,
 )
 from taskiq_flow.optimization.parallel import global_limiter
+from taskiq_flow.resources import WORKER_LABEL, ResourceAwareWorkerPool, TaskResources
 from taskiq_flow.retry import DeadLetter, DeadLetterQueue, RetryPolicy, default_dead_letters
 from taskiq_flow.tracking import PipelineTrackingManager
 
@@ -110,6 +112,8 @@ class StepSpec:
     retry: RetryPolicy | None = None
     timeout: float | None = None
     tasks: int = 1
+    #: What one run of the task needs, for a worker pool (``None``: nothing declared).
+    resources: TaskResources | None = None
 
 
 @dataclass(slots=True)
@@ -153,6 +157,8 @@ class FlowRun:
     :param on_progress: called with ``(finished, total)`` after each batch of completions.
     :param track_step: report every node into step ``track_step`` of an existing tracked run
         ``pipeline_id`` (a step of a sequential pipeline), instead of tracking a run of its own.
+    :param worker_pool: place every task on a worker with room for it before sending it, and hold
+        that capacity until it completes; a task no worker could run fails the run at once.
     """
 
     def __init__(
@@ -171,6 +177,7 @@ class FlowRun:
         custom_dispatch: CustomDispatch | None = None,
         on_progress: Callable[[int, int], None] | None = None,
         track_step: int | None = None,
+        worker_pool: ResourceAwareWorkerPool | None = None,
     ) -> None:
         if on_error not in ("fail", "continue"):
             raise InvalidValueError(f"on_error must be 'fail' or 'continue', got {on_error!r}")
@@ -191,6 +198,8 @@ class FlowRun:
         self.custom_dispatch = custom_dispatch
         self.on_progress = on_progress
         self.track_step = track_step
+        self.worker_pool = worker_pool
+        self._placements: dict[int, int] = {}
         n = plan.node_count
         self.results: list[Any] = [_MISSING] * n
         self.failures: dict[str, BaseException | str | None] = {}
@@ -207,7 +216,9 @@ class FlowRun:
         self._retrying: set[int] = set()
         self._sending: list[bool] = []
         self._closing = False
-        self._inline = isinstance(broker, InMemoryBroker) and custom_dispatch is None
+        self._inline = (
+            isinstance(broker, InMemoryBroker) and custom_dispatch is None and worker_pool is None
+        )
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -232,6 +243,9 @@ class FlowRun:
         :raises PipelineCancelledError: :meth:`cancel` was called.
         """
         plan = self.plan
+        if self.worker_pool is not None:
+            for spec in plan.steps:  # a task no worker could ever run: refuse before sending
+                self.worker_pool.check(spec.resources or TaskResources())
         middleware = ensure_flow_middleware(self.broker)
         channel = middleware.channel
         inbox = self._inbox = channel.open(self.run_id)
@@ -378,7 +392,8 @@ class FlowRun:
     def _dispatch(self, nodes: Sequence[int]) -> None:
         if nodes:
             self._queue.extend(nodes)
-            self._wake_dispatch.set()
+            if not self._inline:
+                self._wake_dispatch.set()
 
     async def _send_inline(self) -> None:
         """On a broker whose send does no I/O (the in-memory one), the run loop sends what it
@@ -392,6 +407,7 @@ class FlowRun:
                 try:
                     limiter.acquire_nowait()
                 except anyio.WouldBlock:
+                    self._wake_dispatch.set()  # what must wait for a global slot goes to the pool
                     return
                 self._in_flight += 1
             queue.popleft()
@@ -407,6 +423,8 @@ class FlowRun:
                 if self._attempt[node] == 1:
                     await limiter.acquire()
                     self._in_flight += 1
+                    if self.worker_pool is not None:
+                        await self._place(node)
                 # Not cancelled while sending (see _stop_dispatchers): once a slot is taken the
                 # message goes out, so that its completion comes back and gives the slot up.
                 sending[index] = True
@@ -416,6 +434,25 @@ class FlowRun:
                     sending[index] = False
             self._wake_dispatch.clear()
             await self._wake_dispatch.wait()
+
+    async def _place(self, node: int) -> None:
+        """Waits for a worker with room for the node (holding its global slot meanwhile)."""
+        assert self.worker_pool is not None
+        placement = next(_PLACEMENT_IDS)
+        try:
+            await self.worker_pool.acquire(
+                self.plan.step(node).resources or TaskResources(), placement
+            )
+        except BaseException:
+            self._in_flight -= 1
+            global_limiter().release()
+            raise
+        self._placements[node] = placement
+
+    def _unplace(self, node: int) -> None:
+        placement = self._placements.pop(node, None)
+        if placement is not None and self.worker_pool is not None:
+            self.worker_pool.release(placement)
 
     def _stop_dispatchers(self, dispatchers: list[asyncio.Task[None]]) -> None:
         """Stops the dispatch pool: idle dispatchers (waiting for work or a global slot) are
@@ -442,6 +479,9 @@ class FlowRun:
             labels: dict[str, Any] = {FLOW_LABEL: f"{self.run_id}:{node}:{attempt}"}
             if step.timeout is not None:
                 labels["timeout"] = step.timeout
+            placement = self._placements.get(node)
+            if placement is not None and self.worker_pool is not None:
+                labels[WORKER_LABEL] = self.worker_pool.worker_of(placement)
             kicker: AsyncKicker[Any, Any] = AsyncKicker(step.task_name, self.broker, step.labels)
             kicker = kicker.with_labels(**labels)
             await kicker.kiq(*args, **kwargs)
@@ -474,6 +514,7 @@ class FlowRun:
         self._finished += 1
         self._in_flight -= 1
         global_limiter().release()
+        self._unplace(event.node)
         if self.tracking is not None:
             self._track(event.node, "failed" if failed else "done", event, error=event.error)
 
@@ -484,10 +525,12 @@ class FlowRun:
             if self._attempt[node] > 1:
                 self._in_flight -= 1
                 global_limiter().release()
+                self._unplace(node)
         self._queue.clear()
-        for _ in self._retrying:  # waiting for a retry that will not come: not running anywhere
+        for node in self._retrying:  # waiting for a retry that will not come: not running
             self._in_flight -= 1
             global_limiter().release()
+            self._unplace(node)
         self._retrying.clear()
         if self._in_flight <= 0:
             channel.close(self.run_id)
@@ -501,6 +544,7 @@ class FlowRun:
                         if event.attempt == self._attempt[event.node]:
                             self._in_flight -= 1
                             global_limiter().release()
+                            self._unplace(event.node)
             finally:
                 channel.close(self.run_id)
 
@@ -592,6 +636,8 @@ class FlowRun:
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
+#: Placement ids, unique across every run sharing a worker pool.
+_PLACEMENT_IDS = itertools.count()
 
 
 def _describe(error: BaseException | str | None) -> str | None:

@@ -28,6 +28,7 @@ from taskiq_flow.engine import FlowRun, OnError, Plan, StepSpec, check_max_paral
 from taskiq_flow.events import FLOW_LABEL, ensure_flow_middleware
 from taskiq_flow.exceptions import DataflowError, InvalidValueError, StepFailedError
 from taskiq_flow.optimization.parallel import global_limiter
+from taskiq_flow.resources import ResourceAwareWorkerPool, resources_of
 from taskiq_flow.retry import RetryPolicy
 from taskiq_flow.tracking import PipelineTrackingManager
 
@@ -80,12 +81,14 @@ class MapReduce:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         tracking: PipelineTrackingManager | None = None,
+        worker_pool: ResourceAwareWorkerPool | None = None,
         **kwargs: Any,
     ) -> list[Any]:
         """Runs ``task`` on every item and returns the results in item order.
 
         :param items: the items; each is passed as the first argument (or as ``param_name``).
         :param max_parallel: most tasks in flight at once (``None``: all).
+        :param worker_pool: place each call on a worker with room for it.
         :param kwargs: further keyword arguments for every call.
         :raises StepFailedError: a call failed for good.
         """
@@ -98,7 +101,14 @@ class MapReduce:
                 return (values[node],), kwargs
             return (), {**kwargs, param_name: values[node]}
 
-        step = StepSpec(name, task_name, labels, max_parallel=cap, tasks=len(values))
+        step = StepSpec(
+            name,
+            task_name,
+            labels,
+            max_parallel=cap,
+            tasks=len(values),
+            resources=resources_of(task),
+        )
         plan = Plan(len(values), [], [], [step], call)
         run = FlowRun(
             broker,
@@ -108,6 +118,7 @@ class MapReduce:
             timeout=timeout,
             tracking=tracking,
             name=f"map:{name}",
+            worker_pool=worker_pool,
         )
         return await run.execute()
 

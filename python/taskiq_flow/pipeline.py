@@ -40,6 +40,7 @@ from taskiq_flow.exceptions import (
     PipelineCancelledError,
     StepFailedError,
 )
+from taskiq_flow.resources import ResourceAwareWorkerPool, TaskResources, resources_of
 from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
 from taskiq_flow.tracking import PipelineTrackingManager
 
@@ -63,6 +64,7 @@ class PipelineMiddleware(FlowMiddleware):
 class _Step:
     kind: StepKind
     tasks: list[tuple[str, dict[str, Any], str]]
+    resources: list[TaskResources]
     param_name: str | int | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     items: list[Any] | None = None
@@ -135,6 +137,7 @@ class Pipeline:
         self.dead_letters: DeadLetterQueue | None = None
         self.timeout: float | None = None
         self.on_error: OnError = "fail"
+        self.worker_pool: ResourceAwareWorkerPool | None = None
         self.pipeline_id: str | None = None
         if task is not None:
             self.call_next(task)
@@ -146,7 +149,15 @@ class Pipeline:
     ) -> Pipeline:
         """Adds a step that gets the previous result as its first argument, or as keyword
         ``param_name``, or not at all with ``param_name=-1``."""
-        self.steps.append(_Step("sequential", [task_identity(task)], param_name, additional_kwargs))
+        self.steps.append(
+            _Step(
+                "sequential",
+                [task_identity(task)],
+                [resources_of(task)],
+                param_name,
+                additional_kwargs,
+            )
+        )
         return self
 
     def call_after(self, task: object, **additional_kwargs: Any) -> Pipeline:
@@ -179,6 +190,7 @@ class Pipeline:
             _Step(
                 "map",
                 [task_identity(task)],
+                [resources_of(task)],
                 param_name,
                 additional_kwargs,
                 items=list(items) if items is not None else None,
@@ -202,6 +214,7 @@ class Pipeline:
             _Step(
                 "filter",
                 [task_identity(task)],
+                [resources_of(task)],
                 param_name,
                 additional_kwargs,
                 max_parallel=check_max_parallel(max_parallel),
@@ -224,6 +237,7 @@ class Pipeline:
             _Step(
                 "group",
                 [task_identity(t) for t in tasks],
+                [resources_of(t) for t in tasks],
                 param_name,
                 additional_kwargs,
                 max_parallel=check_max_parallel(max_parallel),
@@ -252,6 +266,11 @@ class Pipeline:
     def with_dead_letters(self, dead_letters: DeadLetterQueue) -> Pipeline:
         """Records tasks that failed for good in ``dead_letters``; returns the pipeline."""
         self.dead_letters = dead_letters
+        return self
+
+    def with_worker_pool(self, pool: ResourceAwareWorkerPool) -> Pipeline:
+        """Places every task on a worker of ``pool`` with room for it; returns the pipeline."""
+        self.worker_pool = pool
         return self
 
     def with_timeout(self, seconds: float) -> Pipeline:
@@ -369,8 +388,11 @@ class Pipeline:
                 labels,
                 max_parallel=step.max_parallel,
                 tasks=len(calls),
+                resources=needs,
             )
-            for name, labels, display in (step.tasks if step.kind == "group" else step.tasks[:1])
+            for (name, labels, display), needs in zip(
+                step.tasks if step.kind == "group" else step.tasks[:1], step.resources
+            )
         ]
         step_of = list(range(len(tasks))) if step.kind == "group" else None
         if self.tracking is not None:
@@ -398,6 +420,7 @@ class Pipeline:
             pipeline_id=pipeline_id,
             name=step.name,
             track_step=index,
+            worker_pool=self.worker_pool,
         )
         runs.append(run)
         try:

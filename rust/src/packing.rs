@@ -477,7 +477,10 @@ impl Placer {
         let sizes: Vec<f64> = tasks.iter().map(size).collect();
         let mut decreasing: Vec<usize> = (0..tasks.len()).collect();
         decreasing.sort_by(|&a, &b| sizes[b].total_cmp(&sizes[a]).then(a.cmp(&b)));
-        let increasing: Vec<usize> = decreasing.iter().rev().copied().collect();
+        // Ties keep submission order in both directions (not one the reverse of the other), so
+        // each pass is exactly the classic heuristic it is named after.
+        let mut increasing: Vec<usize> = (0..tasks.len()).collect();
+        increasing.sort_by(|&a, &b| sizes[a].total_cmp(&sizes[b]).then(a.cmp(&b)));
 
         let heuristics: [(&'static str, &[usize], Policy); 4] = [
             ("first_fit_decreasing", &decreasing, Policy::FirstFit),
@@ -604,6 +607,19 @@ mod tests {
         p.place(8, &demand(&[1000, 1, 0])).unwrap();
         assert_eq!(p.remove_worker(0).unwrap(), vec![7, 8]);
         assert_eq!(p.place(7, &demand(&[1000, 1, 0])).unwrap(), Some(1));
+    }
+
+    #[test]
+    fn plan_keeps_submission_order_among_equal_sizes() {
+        // Found by hypothesis: smallest-first must break size ties by submission order.
+        let mut p = Placer::new(vec!["a".into(), "b".into()], Policy::BestFit).unwrap();
+        p.add_worker(&[4, 1], &[]).unwrap();
+        p.add_worker(&[1, 2], &[]).unwrap();
+        let tasks: Vec<Demand> = [[2, 1], [0, 1], [2, 0], [3, 0]]
+            .iter()
+            .map(|t| Demand { amounts: t.to_vec(), labels: vec![] })
+            .collect();
+        assert_eq!(p.plan(&tasks).unwrap().placed, 3);
     }
 
     #[test]

@@ -1,0 +1,288 @@
+"""Resource-aware scheduling: what a task needs, what workers offer, and who runs what.
+
+Annotate tasks with what they need, in either order with ``@broker.task``::
+
+    @broker.task
+    @CPUProfile(cpu_units=2)        # 2 cores
+    @RAMProfile(ram_mb=4096)        # 4 GB
+    def heavy_computation(data): ...
+
+    @ResourceProfile(gpu=1, labels={"gpu": True})   # any named resource, and required labels
+    @broker.task
+    async def embed(text): ...
+
+and describe the workers::
+
+    pool = ResourceAwareWorkerPool(
+        workers=[
+            {"cpu_cores": 8, "ram_gb": 32, "gpu": 1, "labels": {"gpu": True}},
+            {"cpu_cores": 4, "ram_gb": 16, "labels": {"gpu": False}},
+        ]
+    )
+
+The Rust placement core decides which worker takes each task (best fit by default) and holds the
+capacity until it is released. A task no worker could ever take is refused when it is submitted,
+naming the resource or label and the largest offer; :meth:`ResourceAwareWorkerPool.explain` says why
+a task waits. Pipelines given a pool (``pipeline.with_worker_pool(pool)``) admit a task only once a
+worker has room for it, and label its message with that worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from taskiq.decor import AsyncTaskiqDecoratedTask
+
+from taskiq_flow._core import Placer
+from taskiq_flow.exceptions import InvalidValueError, UnknownIdError, UnschedulableError
+
+__all__ = [
+    "CPUProfile",
+    "RAMProfile",
+    "ResourceAwareWorkerPool",
+    "ResourceProfile",
+    "TaskResources",
+    "WorkerSpec",
+    "resources_of",
+]
+
+_F = TypeVar("_F")
+_ATTR = "__taskiq_flow_resources__"
+#: Label the engine puts on a message placed on a worker.
+WORKER_LABEL = "taskiq_flow_worker"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResources:
+    """What one run of a task needs: CPU in milli-cores, RAM in MB, named resources, labels."""
+
+    cpu_milli: int = 0
+    ram_mb: int = 0
+    extra: Mapping[str, int] = field(default_factory=dict)
+    labels: Mapping[str, Any] = field(default_factory=dict)
+
+    def merged(self, other: TaskResources) -> TaskResources:
+        """This profile with ``other``'s non-zero parts laid over it."""
+        return TaskResources(
+            cpu_milli=other.cpu_milli or self.cpu_milli,
+            ram_mb=other.ram_mb or self.ram_mb,
+            extra={**self.extra, **other.extra},
+            labels={**self.labels, **other.labels},
+        )
+
+
+def _amount(what: str, value: object, scale: float = 1.0) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidValueError(f"{what} must be a number >= 0, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise InvalidValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    return round(value * scale)
+
+
+def _annotate(resources: TaskResources) -> Callable[[_F], _F]:
+    def mark(target: _F) -> _F:
+        holders: list[object] = [target]
+        if isinstance(target, AsyncTaskiqDecoratedTask):
+            holders.append(target.original_func)
+        for holder in holders:
+            current: TaskResources | None = getattr(holder, _ATTR, None)
+            setattr(holder, _ATTR, current.merged(resources) if current else resources)
+        return target
+
+    return mark
+
+
+def CPUProfile(cpu_units: float) -> Callable[[_F], _F]:
+    """Declares the CPU cores one run of the task needs (fractions allowed: 0.5 is half a core).
+
+    :raises InvalidValueError: for a negative, NaN or infinite amount.
+    """
+    return _annotate(TaskResources(cpu_milli=_amount("cpu_units", cpu_units, 1000.0)))
+
+
+def RAMProfile(ram_mb: int) -> Callable[[_F], _F]:
+    """Declares the memory, in MB, one run of the task needs.
+
+    :raises InvalidValueError: for a negative, NaN or infinite amount.
+    """
+    return _annotate(TaskResources(ram_mb=_amount("ram_mb", ram_mb)))
+
+
+def ResourceProfile(
+    labels: Mapping[str, Any] | None = None, **amounts: float
+) -> Callable[[_F], _F]:
+    """Declares named resources (``gpu=1``) and labels a worker must carry (``{"gpu": True}``).
+
+    :raises InvalidValueError: for a negative, NaN or infinite amount.
+    """
+    extra = {name: _amount(name, value) for name, value in amounts.items()}
+    return _annotate(TaskResources(extra=extra, labels=dict(labels or {})))
+
+
+def resources_of(task: object) -> TaskResources:
+    """The resources declared on a task (nothing declared: needs nothing); a
+    :class:`TaskResources` stands for itself."""
+    if isinstance(task, TaskResources):
+        return task
+    found = getattr(task, _ATTR, None)
+    if found is None and isinstance(task, AsyncTaskiqDecoratedTask):
+        found = getattr(task.original_func, _ATTR, None)
+    return found if isinstance(found, TaskResources) else TaskResources()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """A worker as the pool sees it: a name, what it offers, its labels."""
+
+    name: str
+    cpu_milli: int
+    ram_mb: int
+    extra: Mapping[str, int]
+    labels: Mapping[str, Any]
+
+    @classmethod
+    def parse(cls, index: int, spec: Mapping[str, Any]) -> WorkerSpec:
+        """Reads the guide's form: ``cpu_cores``, ``ram_gb`` or ``ram_mb``, ``labels``, and any
+        other key as a named resource (``gpu=2``)."""
+        spec = dict(spec)
+        name = str(spec.pop("name", f"worker-{index}"))
+        labels = spec.pop("labels", {}) or {}
+        if not isinstance(labels, Mapping):
+            raise InvalidValueError(f"labels of {name} must be a mapping, got {labels!r}")
+        cpu = _amount(f"cpu_cores of {name}", spec.pop("cpu_cores", 0), 1000.0)
+        if "ram_gb" in spec and "ram_mb" in spec:
+            raise InvalidValueError(f"{name} gives both ram_gb and ram_mb; give one")
+        ram = (
+            _amount(f"ram_gb of {name}", spec.pop("ram_gb"), 1024.0)
+            if "ram_gb" in spec
+            else _amount(f"ram_mb of {name}", spec.pop("ram_mb", 0))
+        )
+        extra = {key: _amount(f"{key} of {name}", value) for key, value in spec.items()}
+        return cls(name, cpu, ram, extra, dict(labels))
+
+
+def _label(key: str, value: Any) -> str:
+    return f"{key}={value}"
+
+
+class ResourceAwareWorkerPool:
+    """Workers with capacities and labels; the Rust core places each task on one that fits.
+
+    :param workers: one mapping per worker (see :meth:`WorkerSpec.parse`).
+    :param policy: ``"best_fit"`` (pack, the default), ``"spread"`` or ``"first_fit"``.
+    :raises InvalidValueError: for a negative capacity, a worker offering nothing, no workers.
+    """
+
+    def __init__(self, workers: Sequence[Mapping[str, Any]], policy: str = "best_fit") -> None:
+        if not workers:
+            raise InvalidValueError("a worker pool needs at least one worker")
+        self.workers = [WorkerSpec.parse(i, w) for i, w in enumerate(workers)]
+        names = [w.name for w in self.workers]
+        if len(set(names)) != len(names):
+            raise InvalidValueError(f"worker names must be unique, got {names}")
+        extras = sorted({key for w in self.workers for key in w.extra})
+        self.resources = ["cpu_milli", "ram_mb", *extras]
+        self._placer = Placer(self.resources, policy)  # type: ignore[arg-type]
+        for w in self.workers:
+            capacity = [w.cpu_milli, w.ram_mb, *(w.extra.get(k, 0) for k in extras)]
+            labels = [self._placer.label(_label(k, v)) for k, v in w.labels.items()]
+            self._placer.add_worker(capacity, labels)
+        self._waiters: deque[tuple[asyncio.Future[int], int, list[int], list[int]]] = deque()
+
+    def _demand(self, needs: TaskResources) -> tuple[list[int], list[int]]:
+        unknown = sorted(set(needs.extra) - set(self.resources))
+        if unknown:
+            raise UnschedulableError(
+                f"task needs {', '.join(f'{k}={needs.extra[k]}' for k in unknown)} "
+                f"but no worker offers {', '.join(unknown)}"
+            )
+        extras = (needs.extra.get(k, 0) for k in self.resources[2:])
+        amounts = [needs.cpu_milli, needs.ram_mb, *extras]
+        labels = [self._placer.label(_label(k, v)) for k, v in needs.labels.items()]
+        return amounts, labels
+
+    def check(self, task: object) -> None:
+        """Raises :class:`UnschedulableError` (naming what is missing) if no worker could ever
+        run ``task``."""
+        amounts, labels = self._demand(resources_of(task))
+        self._placer.check(amounts, labels)
+
+    def place(self, task: object, task_id: int) -> str | None:
+        """Places one run of ``task`` now: the worker's name, or ``None`` if none has room yet.
+
+        :raises UnschedulableError: if no worker could ever run it.
+        """
+        amounts, labels = self._demand(resources_of(task))
+        worker = self._placer.place(task_id, amounts, labels)
+        return None if worker is None else self.workers[worker].name
+
+    async def acquire(self, task: object, task_id: int) -> str:
+        """Places one run of ``task``, waiting (first come, first served) until a worker has room.
+
+        :raises UnschedulableError: at once, if no worker could ever run it.
+        """
+        amounts, labels = self._demand(resources_of(task))
+        self._placer.check(amounts, labels)
+        if not self._waiters:
+            worker = self._placer.place(task_id, amounts, labels)
+            if worker is not None:
+                return self.workers[worker].name
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        entry = (future, task_id, amounts, labels)
+        self._waiters.append(entry)
+        try:
+            return self.workers[await future].name
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self.release(task_id)  # placed as we were cancelled: give it back
+            elif entry in self._waiters:
+                self._waiters.remove(entry)
+            raise
+
+    def release(self, task_id: int) -> str:
+        """Gives a placed task's capacity back; returns its worker. Waiters that now fit are
+        placed, in order.
+
+        :raises UnknownIdError: if that task holds nothing.
+        """
+        worker = self._placer.release(task_id)
+        while self._waiters:
+            future, waiting_id, amounts, labels = self._waiters[0]
+            placed = self._placer.place(waiting_id, amounts, labels)
+            if placed is None:
+                break
+            self._waiters.popleft()
+            future.set_result(placed)
+        return self.workers[worker].name
+
+    def explain(self, task: object) -> dict[str, list[str]]:
+        """For every worker that cannot take ``task`` now, why not."""
+        amounts, labels = self._demand(resources_of(task))
+        return {
+            self.workers[w].name: reasons for w, reasons in self._placer.explain(amounts, labels)
+        }
+
+    def free(self, worker: str) -> dict[str, int]:
+        """What a worker has free, by resource."""
+        for i, w in enumerate(self.workers):
+            if w.name == worker:
+                return dict(zip(self.resources, self._placer.free(i)))
+        raise UnknownIdError(f"no worker named {worker!r}")
+
+    def worker_of(self, task_id: int) -> str | None:
+        """The worker a placed task holds capacity on."""
+        worker = self._placer.worker_of(task_id)
+        return None if worker is None else self.workers[worker].name
+
+    @property
+    def placed_count(self) -> int:
+        """Tasks holding capacity now."""
+        return self._placer.placed_count
+
+    def __repr__(self) -> str:
+        return f"ResourceAwareWorkerPool({self.workers!r})"
