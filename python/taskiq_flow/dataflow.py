@@ -38,6 +38,7 @@ from taskiq_flow.engine import (
     FlowRun,
     OnError,
     Plan,
+    RunOptions,
     StepSpec,
     check_max_parallel,
     run_single,
@@ -487,7 +488,7 @@ class ExecutionEngine:
             self._run.cancel()
 
 
-class DataflowPipeline:
+class DataflowPipeline(RunOptions):
     """A dataflow pipeline on a broker.
 
     :param broker: the taskiq broker.
@@ -518,10 +519,6 @@ class DataflowPipeline:
         self.name = name
         self.registry = DataflowRegistry()
         self._dag: DAG | None = None
-        self.retry: RetryPolicy | None = None
-        self.tracking: PipelineTrackingManager | None = None
-        self.dead_letters: DeadLetterQueue | None = None
-        self.worker_pool: ResourceAwareWorkerPool | None = None
         self.pipeline_id: str | None = None
         self._engine: ExecutionEngine | None = None
 
@@ -551,35 +548,6 @@ class DataflowPipeline:
         :raises NotATaskError: if ``task`` is not a taskiq task.
         """
         self.registry.register_task(task, output, inputs, labels)
-        return self
-
-    def with_tracking(self, tracking: PipelineTrackingManager) -> DataflowPipeline:
-        """Reports every run to ``tracking``; returns the pipeline."""
-        self.tracking = tracking
-        return self
-
-    def with_retry(
-        self,
-        max_attempts: int = 3,
-        delay: float = 0.1,
-        backoff: float = 2.0,
-        max_delay: float = 30.0,
-        jitter: float = 0.1,
-        retry_on: tuple[type[BaseException], ...] = (Exception,),
-    ) -> DataflowPipeline:
-        """Retries failed tasks (those without a policy of their own); returns the pipeline."""
-        self.retry = RetryPolicy(max_attempts, delay, backoff, max_delay, jitter, retry_on)
-        return self
-
-    def with_dead_letters(self, dead_letters: DeadLetterQueue) -> DataflowPipeline:
-        """Records tasks that failed for good in ``dead_letters``; returns the pipeline."""
-        self.dead_letters = dead_letters
-        return self
-
-    def with_worker_pool(self, pool: ResourceAwareWorkerPool) -> DataflowPipeline:
-        """Places every task on a worker of ``pool`` with room for it (see
-        :mod:`taskiq_flow.resources`); returns the pipeline."""
-        self.worker_pool = pool
         return self
 
     @property

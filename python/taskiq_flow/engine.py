@@ -26,6 +26,7 @@ import anyio
 from taskiq import AsyncBroker, InMemoryBroker
 from taskiq.decor import AsyncTaskiqDecoratedTask
 from taskiq.kicker import AsyncKicker
+from typing_extensions import Self
 
 from taskiq_flow._core import DagScheduler
 from taskiq_flow.events import FLOW_LABEL, Completion, Inbox, ensure_flow_middleware
@@ -47,6 +48,7 @@ __all__ = [
     "FlowRun",
     "OnError",
     "Plan",
+    "RunOptions",
     "StepSpec",
     "check_max_parallel",
     "run_single",
@@ -99,6 +101,57 @@ def check_max_parallel(value: object, what: str = "max_parallel") -> int | None:
     if value < 1:
         raise InvalidValueError(f"{what} must be an int >= 1 or None, got {value!r}")
     return value
+
+
+class RunOptions:
+    """The ``with_*`` settings every pipeline shape shares; each returns the pipeline itself."""
+
+    retry: RetryPolicy | None = None
+    tracking: PipelineTrackingManager | None = None
+    dead_letters: DeadLetterQueue | None = None
+    worker_pool: ResourceAwareWorkerPool | None = None
+    timeout: float | None = None
+
+    def with_retry(
+        self,
+        max_attempts: int = 3,
+        delay: float = 0.1,
+        backoff: float = 2.0,
+        max_delay: float = 30.0,
+        jitter: float = 0.1,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+    ) -> Self:
+        """Retries failed tasks (those without a policy of their own) with exponential backoff
+        and jitter; see :class:`~taskiq_flow.RetryPolicy`."""
+        self.retry = RetryPolicy(max_attempts, delay, backoff, max_delay, jitter, retry_on)
+        return self
+
+    def with_tracking(self, tracking: PipelineTrackingManager) -> Self:
+        """Reports every run to ``tracking``."""
+        self.tracking = tracking
+        return self
+
+    def with_dead_letters(self, dead_letters: DeadLetterQueue) -> Self:
+        """Records tasks that failed for good in ``dead_letters`` (default: the process-wide
+        queue)."""
+        self.dead_letters = dead_letters
+        return self
+
+    def with_worker_pool(self, pool: ResourceAwareWorkerPool) -> Self:
+        """Places every task on a worker of ``pool`` with room for it
+        (see :mod:`taskiq_flow.resources`)."""
+        self.worker_pool = pool
+        return self
+
+    def with_timeout(self, seconds: float) -> Self:
+        """Fails a run that takes longer than ``seconds``.
+
+        :raises InvalidValueError: for anything but a number > 0.
+        """
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise InvalidValueError(f"timeout must be a number of seconds > 0, got {seconds!r}")
+        self.timeout = seconds
+        return self
 
 
 @dataclass(slots=True)

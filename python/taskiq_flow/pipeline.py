@@ -32,7 +32,15 @@ from typing import Any, Literal
 
 from taskiq import AsyncBroker, TaskiqResult
 
-from taskiq_flow.engine import FlowRun, OnError, Plan, StepSpec, check_max_parallel, task_identity
+from taskiq_flow.engine import (
+    FlowRun,
+    OnError,
+    Plan,
+    RunOptions,
+    StepSpec,
+    check_max_parallel,
+    task_identity,
+)
 from taskiq_flow.events import FlowMiddleware
 from taskiq_flow.exceptions import (
     AbortPipeline,
@@ -40,9 +48,7 @@ from taskiq_flow.exceptions import (
     PipelineCancelledError,
     StepFailedError,
 )
-from taskiq_flow.resources import ResourceAwareWorkerPool, TaskResources, resources_of
-from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
-from taskiq_flow.tracking import PipelineTrackingManager
+from taskiq_flow.resources import TaskResources, resources_of
 
 __all__ = ["EMPTY_PARAM_NAME", "Pipeline", "PipelineMiddleware", "PipelineRun"]
 
@@ -122,7 +128,7 @@ class PipelineRun:
         self._stop()
 
 
-class Pipeline:
+class Pipeline(RunOptions):
     """A sequence of steps, each fed the previous step's result.
 
     :param broker: the taskiq broker.
@@ -132,12 +138,7 @@ class Pipeline:
     def __init__(self, broker: AsyncBroker, task: object | None = None) -> None:
         self.broker = broker
         self.steps: list[_Step] = []
-        self.retry: RetryPolicy | None = None
-        self.tracking: PipelineTrackingManager | None = None
-        self.dead_letters: DeadLetterQueue | None = None
-        self.timeout: float | None = None
         self.on_error: OnError = "fail"
-        self.worker_pool: ResourceAwareWorkerPool | None = None
         self.pipeline_id: str | None = None
         if task is not None:
             self.call_next(task)
@@ -243,39 +244,6 @@ class Pipeline:
                 max_parallel=check_max_parallel(max_parallel),
             )
         )
-        return self
-
-    def with_retry(
-        self,
-        max_attempts: int = 3,
-        delay: float = 0.1,
-        backoff: float = 2.0,
-        max_delay: float = 30.0,
-        jitter: float = 0.1,
-        retry_on: tuple[type[BaseException], ...] = (Exception,),
-    ) -> Pipeline:
-        """Retries failed tasks with backoff and jitter; returns the pipeline."""
-        self.retry = RetryPolicy(max_attempts, delay, backoff, max_delay, jitter, retry_on)
-        return self
-
-    def with_tracking(self, tracking: PipelineTrackingManager) -> Pipeline:
-        """Reports every run to ``tracking``; returns the pipeline."""
-        self.tracking = tracking
-        return self
-
-    def with_dead_letters(self, dead_letters: DeadLetterQueue) -> Pipeline:
-        """Records tasks that failed for good in ``dead_letters``; returns the pipeline."""
-        self.dead_letters = dead_letters
-        return self
-
-    def with_worker_pool(self, pool: ResourceAwareWorkerPool) -> Pipeline:
-        """Places every task on a worker of ``pool`` with room for it; returns the pipeline."""
-        self.worker_pool = pool
-        return self
-
-    def with_timeout(self, seconds: float) -> Pipeline:
-        """Fails a run that takes longer than ``seconds``; returns the pipeline."""
-        self.timeout = seconds
         return self
 
     # -- running ---------------------------------------------------------------------------------
