@@ -155,89 +155,98 @@ def dag_build(shape: str, n: int) -> Workload:
     return Workload("dag_build", f"{shape} n={n:,}", g.n, "node", contenders)
 
 
-def dag_event_loop(shape: str, n: int) -> Workload:
-    """One completion at a time, as an orchestrator sees them:
-    finish a node, get what it released."""
-    g = make_graph(shape, n)
+def _prepared_sorters(g: Edges) -> dict[str, Callable[[], Any]]:
+    """Fresh, prepared sorters of every contender on ``g`` (setup, untimed)."""
     preds = g.predecessors()
     rx = optional("rustworkx")
 
-    def ours() -> Callable[[], Any]:
+    def ours() -> DagSorter:
         s = DagSorter(g.n)
         s.add_edges(g.src, g.dst)
         s.prepare()
+        return s
 
-        def run() -> list[int]:
-            order: list[int] = []
-            stack = list(s.get_ready())
-            complete, pop, extend, record = s.complete, stack.pop, stack.extend, order.append
-            while stack:
-                node = pop()
-                record(node)
-                extend(complete(node))
-            return order
-
-        return run
-
-    def stdlib() -> Callable[[], Any]:
+    def stdlib() -> graphlib.TopologicalSorter[int]:
         ts: graphlib.TopologicalSorter[int] = graphlib.TopologicalSorter()
         for v in range(g.n):
             ts.add(v, *preds[v])
         ts.prepare()
+        return ts
 
-        def run() -> list[int]:
-            order: list[int] = []
-            stack = list(ts.get_ready())
-            done, get_ready = ts.done, ts.get_ready
-            pop, extend, record = stack.pop, stack.extend, order.append
+    makers: dict[str, Callable[[], Any]] = {
+        OURS: ours,
+        "graphlib": stdlib,
+        "python_kahn": lambda: KahnSorter(g.n, g.src, g.dst),
+    }
+    if rx is not None:
+
+        def rustworkx() -> Any:
+            graph = rx.PyDiGraph()
+            graph.add_nodes_from(range(g.n))
+            graph.add_edges_from_no_data(list(zip(g.src, g.dst)))
+            return rx.TopologicalSorter(graph)
+
+        makers["rustworkx"] = rustworkx
+    return makers
+
+
+def _one_at_a_time(sorter: Any) -> Callable[[], list[int]]:
+    """Finishes one node at a time and learns what it released: ``complete(node)`` where the
+    sorter has it (ours, the Kahn sorter), else ``done(node)`` then ``get_ready()``."""
+    complete = getattr(sorter, "complete", None)
+
+    def run() -> list[int]:
+        order: list[int] = []
+        stack = list(sorter.get_ready())
+        pop, extend, record = stack.pop, stack.extend, order.append
+        if complete is not None:
+            while stack:
+                node = pop()
+                record(node)
+                extend(complete(node))
+        else:
+            done, get_ready = sorter.done, sorter.get_ready
             while stack:
                 node = pop()
                 record(node)
                 done(node)
                 extend(get_ready())
+        return order
+
+    return run
+
+
+def _in_batches(name: str, sorter: Any) -> Callable[[], list[int]]:
+    """Takes every ready node, marks them all done, repeats, each with its sorter's batch call."""
+
+    def run() -> list[int]:
+        order: list[int] = []
+        if name == "python_kahn":
+            ready, complete = sorter.get_ready(), sorter.complete
+            while ready:
+                order += ready
+                ready = [s for v in ready for s in complete(v)]
             return order
+        if name == "graphlib":
+            done: Callable[[Any], Any] = lambda batch: sorter.done(*batch)  # noqa: E731
+        else:
+            done = sorter.done_many if name == OURS else sorter.done  # rustworkx takes a list
+        while ready := sorter.get_ready():
+            order += ready
+            done(ready)
+        return order
 
-        return run
+    return run
 
-    def kahn() -> Callable[[], Any]:
-        k = KahnSorter(g.n, g.src, g.dst)
 
-        def run() -> list[int]:
-            order: list[int] = []
-            stack = list(k.get_ready())
-            complete, pop, extend, record = k.complete, stack.pop, stack.extend, order.append
-            while stack:
-                node = pop()
-                record(node)
-                extend(complete(node))
-            return order
-
-        return run
-
-    contenders: dict[str, Contender] = {OURS: ours, "graphlib": stdlib, "python_kahn": kahn}
-    if rx is not None:
-
-        def rustworkx() -> Callable[[], Any]:
-            graph = rx.PyDiGraph()
-            graph.add_nodes_from(range(g.n))
-            graph.add_edges_from_no_data(list(zip(g.src, g.dst)))
-            ts = rx.TopologicalSorter(graph)
-
-            def run() -> list[int]:
-                order: list[int] = []
-                stack = list(ts.get_ready())
-                done, get_ready = ts.done, ts.get_ready
-                pop, extend, record = stack.pop, stack.extend, order.append
-                while stack:
-                    node = pop()
-                    record(node)
-                    done(node)
-                    extend(get_ready())
-                return order
-
-            return run
-
-        contenders["rustworkx"] = rustworkx
+def dag_event_loop(shape: str, n: int) -> Workload:
+    """One completion at a time, as an orchestrator sees them:
+    finish a node, get what it released."""
+    g = make_graph(shape, n)
+    makers = _prepared_sorters(g)
+    contenders: dict[str, Contender] = {
+        name: (lambda make=make: _one_at_a_time(make())) for name, make in makers.items()
+    }
     return Workload(
         "dag_event_loop",
         f"{shape} n={n:,}",
@@ -251,71 +260,11 @@ def dag_event_loop(shape: str, n: int) -> Workload:
 def dag_batch_loop(shape: str, n: int) -> Workload:
     """The batch loop: take every ready node, mark them all done, repeat."""
     g = make_graph(shape, n)
-    preds = g.predecessors()
-    rx = optional("rustworkx")
-
-    def ours() -> Callable[[], Any]:
-        s = DagSorter(g.n)
-        s.add_edges(g.src, g.dst)
-        s.prepare()
-
-        def run() -> list[int]:
-            order: list[int] = []
-            while ready := s.get_ready():
-                order += ready
-                s.done_many(ready)
-            return order
-
-        return run
-
-    def stdlib() -> Callable[[], Any]:
-        ts: graphlib.TopologicalSorter[int] = graphlib.TopologicalSorter()
-        for v in range(g.n):
-            ts.add(v, *preds[v])
-        ts.prepare()
-
-        def run() -> list[int]:
-            order: list[int] = []
-            while ready := ts.get_ready():
-                order += ready
-                ts.done(*ready)
-            return order
-
-        return run
-
-    def kahn() -> Callable[[], Any]:
-        k = KahnSorter(g.n, g.src, g.dst)
-
-        def run() -> list[int]:
-            order: list[int] = []
-            ready = k.get_ready()
-            complete = k.complete
-            while ready:
-                order += ready
-                ready = [s for v in ready for s in complete(v)]
-            return order
-
-        return run
-
-    contenders: dict[str, Contender] = {OURS: ours, "graphlib": stdlib, "python_kahn": kahn}
-    if rx is not None:
-
-        def rustworkx() -> Callable[[], Any]:
-            graph = rx.PyDiGraph()
-            graph.add_nodes_from(range(g.n))
-            graph.add_edges_from_no_data(list(zip(g.src, g.dst)))
-            ts = rx.TopologicalSorter(graph)
-
-            def run() -> list[int]:
-                order: list[int] = []
-                while ready := ts.get_ready():
-                    order += ready
-                    ts.done(ready)
-                return order
-
-            return run
-
-        contenders["rustworkx"] = rustworkx
+    makers = _prepared_sorters(g)
+    contenders: dict[str, Contender] = {
+        name: (lambda name=name, make=make: _in_batches(name, make()))
+        for name, make in makers.items()
+    }
     return Workload(
         "dag_batch_loop",
         f"{shape} n={n:,}",
