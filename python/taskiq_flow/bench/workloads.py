@@ -8,6 +8,7 @@ The runner interleaves contenders and reports every peer's time as a ratio to ou
 from __future__ import annotations
 
 import asyncio
+import functools
 import graphlib
 import random
 from collections.abc import Callable, Sequence
@@ -245,7 +246,8 @@ def dag_event_loop(shape: str, n: int) -> Workload:
     g = make_graph(shape, n)
     makers = _prepared_sorters(g)
     contenders: dict[str, Contender] = {
-        name: (lambda make=make: _one_at_a_time(make())) for name, make in makers.items()
+        name: functools.partial(lambda make: _one_at_a_time(make()), make)
+        for name, make in makers.items()
     }
     return Workload(
         "dag_event_loop",
@@ -262,7 +264,7 @@ def dag_batch_loop(shape: str, n: int) -> Workload:
     g = make_graph(shape, n)
     makers = _prepared_sorters(g)
     contenders: dict[str, Contender] = {
-        name: (lambda name=name, make=make: _in_batches(name, make()))
+        name: functools.partial(lambda name, make: _in_batches(name, make()), name, make)
         for name, make in makers.items()
     }
     return Workload(
