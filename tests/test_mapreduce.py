@@ -10,6 +10,7 @@ from conftest import Gauge
 from taskiq import InMemoryBroker
 
 from taskiq_flow import DataflowError, InvalidValueError, MapReduce, RetryPolicy, StepFailedError
+from taskiq_flow.optimization.parallel import global_limiter
 
 
 @pytest.fixture
@@ -120,3 +121,18 @@ async def test_failures_retries_and_skips(broker: InMemoryBroker) -> None:
     assert sorted(seen) == list(range(8))  # every other item still ran
     with pytest.raises(StepFailedError):
         [v async for v in MapReduce.stream(broker, shaky, range(8), max_parallel=2)]
+
+
+async def test_abandoned_stream_keeps_slots_until_its_calls_finish(broker: InMemoryBroker) -> None:
+    @broker.task
+    async def slow(x: int) -> int:
+        await asyncio.sleep(0.05 if x else 0)
+        return x
+
+    limiter = global_limiter()
+    async for _ in MapReduce.stream(broker, slow, range(10), max_parallel=4):
+        break  # stop after the first result, with three calls still running
+    await asyncio.sleep(0)
+    assert limiter.borrowed_tokens == 3
+    await asyncio.sleep(0.2)
+    assert limiter.borrowed_tokens == 0

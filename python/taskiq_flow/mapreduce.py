@@ -256,6 +256,12 @@ class MapReduce:
         loop = asyncio.get_running_loop()
         timers: list[asyncio.TimerHandle] = []
 
+        retrying: set[int] = set()
+
+        def resend(i: int) -> None:
+            retrying.discard(i)
+            _spawn(loop, send, i)
+
         async def send(i: int) -> None:
             item, attempt = pending[i]
             kicker: AsyncKicker[Any, Any] = AsyncKicker(task_name, broker, labels)
@@ -290,12 +296,12 @@ class MapReduce:
                     if not event.ok:
                         if retry is not None and retry.should_retry(event.attempt, event.error):
                             pending[event.node] = (entry[0], event.attempt + 1)
-                            timers.append(
-                                loop.call_later(
-                                    retry.delay_for(event.attempt), _spawn, loop, send, event.node
-                                )
-                            )
+                            retrying.add(event.node)
+                            delay = retry.delay_for(event.attempt)
+                            timers.append(loop.call_later(delay, resend, event.node))
                             continue
+                        del pending[event.node]  # finished, if badly: not out any more
+                        limiter.release()
                         raise StepFailedError(name, event.error)
                     del pending[event.node]
                     counter.release()
@@ -310,9 +316,37 @@ class MapReduce:
         finally:
             for timer in timers:
                 timer.cancel()
-            for _ in pending:
+            for node in retrying:  # waiting for a retry that will not come: not out
+                del pending[node]
                 limiter.release()
+            if pending:
+                # Calls still out keep their global slots until they really finish.
+                _spawn_drain(channel, run_id, inbox, pending, limiter)
+            else:
+                channel.close(run_id)
+
+
+def _spawn_drain(
+    channel: Any, run_id: str, inbox: Any, pending: dict[int, tuple[Any, int]], limiter: Any
+) -> None:
+    """Waits in the background for the calls a stopped stream left out, releasing the global
+    slot of each as it completes (a call waiting for a retry is not out: released at once)."""
+
+    async def drain() -> None:
+        try:
+            while pending:
+                await inbox.wait()
+                for event in inbox.drain():
+                    entry = pending.get(event.node)
+                    if entry is not None and entry[1] == event.attempt:
+                        del pending[event.node]
+                        limiter.release()
+        finally:
             channel.close(run_id)
+
+    task = asyncio.get_running_loop().create_task(drain())
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
 
 
 def _spawn(loop: asyncio.AbstractEventLoop, send: Any, node: int) -> None:
