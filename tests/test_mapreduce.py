@@ -130,9 +130,10 @@ async def test_abandoned_stream_keeps_slots_until_its_calls_finish(broker: InMem
         return x
 
     limiter = global_limiter()
-    async for _ in MapReduce.stream(broker, slow, range(10), max_parallel=4):
-        break  # stop after the first result, with three calls still running
-    await asyncio.sleep(0)
-    assert limiter.borrowed_tokens == 3
+    before = limiter.borrowed_tokens
+    stream = MapReduce.stream(broker, slow, range(10), max_parallel=4)
+    assert await anext(stream) == 0
+    await stream.aclose()  # stop after the first result, with three calls still running
+    assert limiter.borrowed_tokens - before == 3
     await asyncio.sleep(0.2)
-    assert limiter.borrowed_tokens == 0
+    assert limiter.borrowed_tokens == before

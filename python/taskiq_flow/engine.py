@@ -599,6 +599,13 @@ class FlowRun:
                             global_limiter().release()
                             self._unplace(event.node)
             finally:
+                # Cancelled (the event loop is closing): whatever is still out will never report
+                # back to this process, so its slots are given back here.
+                for _ in range(max(self._in_flight, 0)):
+                    global_limiter().release()
+                self._in_flight = 0
+                for node in list(self._placements):
+                    self._unplace(node)
                 channel.close(self.run_id)
 
         task = asyncio.get_running_loop().create_task(drain())

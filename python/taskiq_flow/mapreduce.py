@@ -342,6 +342,9 @@ def _spawn_drain(
                         del pending[event.node]
                         limiter.release()
         finally:
+            for _ in pending:  # cancelled as the loop closes: these will never report back
+                limiter.release()
+            pending.clear()
             channel.close(run_id)
 
     task = asyncio.get_running_loop().create_task(drain())
