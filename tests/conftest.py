@@ -17,6 +17,15 @@ settings.register_profile(
 settings.load_profile("default")
 
 
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A real redis-server for the whole session."""
+    from redis_server import redis_server
+
+    with redis_server() as url:
+        yield url
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """taskiq runs on asyncio; the limiter tests also run on trio (see test_limits.py)."""

@@ -25,7 +25,7 @@ def run(code: str, namespace: dict[str, Any]) -> None:
         asyncio.run(result)
 
 
-def test_snippets_run_in_order(capsys: pytest.CaptureFixture[str]) -> None:
+def test_snippets_run_in_order(capsys: pytest.CaptureFixture[str], redis_url: str) -> None:
     assert len(SNIPPETS) >= 7
     # Run as a module of its own: taskiq's @broker.task looks the function's module up.
     module = types.ModuleType("readme_snippets")
@@ -37,7 +37,7 @@ def test_snippets_run_in_order(capsys: pytest.CaptureFixture[str]) -> None:
             with pytest.raises(UnschedulableError, match="needs gpu=2 but the largest gpu"):
                 run(code, namespace)
             continue
-        run(code, namespace)
+        run(code.replace("redis://127.0.0.1:6379", redis_url), namespace)
     out = capsys.readouterr().out
     expected = [
         "{'clean': [1, 2, 3], 'total': 6, 'largest': 3}",

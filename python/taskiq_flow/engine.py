@@ -269,6 +269,7 @@ class FlowRun:
         self._retrying: set[int] = set()
         self._sending: list[bool] = []
         self._closing = False
+        self._dirty_steps: set[int] = set()
         self._inline = (
             isinstance(broker, InMemoryBroker) and custom_dispatch is None and worker_pool is None
         )
@@ -391,6 +392,9 @@ class FlowRun:
         self._dispatch(admitted)
         if self._inline:
             await self._send_inline()
+        if self._dirty_steps and self.tracking is not None:
+            dirty, self._dirty_steps = self._dirty_steps, set()
+            await self.tracking.save_steps(self.pipeline_id, dirty)
         if self.on_progress is not None:
             self.on_progress(self._finished, self.plan.node_count)
 
@@ -628,6 +632,7 @@ class FlowRun:
             return
         index = self.plan.step_index(node) if self.track_step is None else self.track_step
         step = status.steps[index]
+        self._dirty_steps.add(index)
         if state == "running":
             step.attempts += 1
             if step.status == "pending":

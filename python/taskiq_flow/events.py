@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -89,8 +90,9 @@ class CompletionChannel(Protocol):
         """Forgets a run; later completions for it are dropped."""
         ...
 
-    def publish(self, completion: Completion) -> None:
-        """Delivers a completion to its run (called where the task ran)."""
+    def publish(self, completion: Completion) -> Coroutine[Any, Any, None] | None:
+        """Delivers a completion to its run (called where the task ran); may return an
+        awaitable, which the worker awaits."""
         ...
 
 
@@ -129,22 +131,31 @@ class FlowMiddleware(TaskiqMiddleware):
         self.channel: CompletionChannel = channel if channel is not None else default_channel()
         self._started: dict[str, tuple[float, float]] = {}
 
+    async def shutdown(self) -> None:
+        """Closes the channel's own connections, if it has any (called by ``broker.shutdown()``)."""
+        close = getattr(self.channel, "aclose", None)
+        if close is not None:
+            await close()
+
     def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
         """Notes when a pipeline task starts."""
         if FLOW_LABEL in message.labels:
             self._started[message.task_id] = (time.perf_counter(), time.time())
         return message
 
-    def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
-        """Publishes the completion of a pipeline task."""
+    def post_execute(
+        self, message: TaskiqMessage, result: TaskiqResult[Any]
+    ) -> Coroutine[Any, Any, None] | None:
+        """Publishes the completion of a pipeline task (taskiq awaits what a networked channel
+        returns)."""
         label = message.labels.get(FLOW_LABEL)
         if label is None:
-            return
+            return None
         started = self._started.pop(message.task_id, None)
         now = time.perf_counter()
         duration_ms = (now - started[0]) * 1000.0 if started else result.execution_time * 1000.0
         run_id, node, attempt = str(label).rsplit(":", 2)
-        self.channel.publish(
+        return self.channel.publish(
             Completion(
                 run_id=run_id,
                 node=int(node),

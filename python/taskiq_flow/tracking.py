@@ -142,6 +142,15 @@ class PipelineTrackingManager:
         """The in-progress record of a run this process is executing."""
         return self._live.get(pipeline_id)
 
+    async def save_steps(self, pipeline_id: str, indices: set[int]) -> None:
+        """Writes some steps of a run in progress, if the storage keeps steps one by one (a
+        durable storage); in-memory storage reads the live record instead."""
+        save = getattr(self.storage, "save_steps", None)
+        status = self._live.get(pipeline_id)
+        if save is None or status is None or not indices:
+            return
+        await save(pipeline_id, {i: status.steps[i] for i in indices})
+
     async def flush(self, pipeline_id: str) -> None:
         """Writes the in-progress record of a run to storage."""
         status = self._live.get(pipeline_id)

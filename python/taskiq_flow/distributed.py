@@ -1,0 +1,306 @@
+"""Past one process: completions and tracking through Redis, as JSON only.
+
+Workers in other processes (or hosts) report completions through :class:`RedisCompletionChannel`:
+the worker-side :class:`~taskiq_flow.events.FlowMiddleware` appends each completion to a Redis
+stream of its run, and the orchestrator reads that stream (one blocking reader per run, never one
+poller per task). :class:`RedisPipelineStorage` keeps tracking records in Redis, one hash field per
+step so that concurrent steps never overwrite each other, every key under one prefix and with a TTL.
+
+Everything written or read here is JSON: a value planted in Redis is parsed, never executed.
+Pass a JSON serializer to taskiq-redis result backends too (:func:`json_result_backend`); they
+default to pickle.
+
+::
+
+    channel = RedisCompletionChannel("redis://127.0.0.1:6379")
+    broker = RedisStreamBroker("redis://127.0.0.1:6379").with_middlewares(FlowMiddleware(channel))
+    tracking = PipelineTrackingManager(RedisPipelineStorage(Redis(), ttl_seconds=86400))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Coroutine
+from dataclasses import asdict
+from typing import Any
+
+from pydantic_core import to_jsonable_python
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from taskiq_flow.events import Completion, Inbox
+from taskiq_flow.exceptions import AbortPipeline, InvalidValueError, TaskiqFlowError
+from taskiq_flow.tracking import PipelineStatus, StepStatus
+
+__all__ = [
+    "RedisCompletionChannel",
+    "RedisPipelineStorage",
+    "RemoteTaskError",
+    "json_result_backend",
+    "validate_key_part",
+]
+
+logger = logging.getLogger(__name__)
+_SAFE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+
+
+def validate_key_part(what: str, value: str) -> str:
+    """Checks an id or prefix that becomes part of a Redis key: letters, digits, ``_ . -`` only,
+    so that no user value can be a glob pattern, contain the ``:`` separator or escape the prefix.
+
+    :raises InvalidValueError: otherwise.
+    """
+    if not isinstance(value, str) or not _SAFE.fullmatch(value):
+        raise InvalidValueError(
+            f"{what} must be 1-128 letters, digits, '_', '.' or '-', got {value!r}"
+        )
+    return value
+
+
+class RemoteTaskError(TaskiqFlowError):
+    """A task failed in another process; its exception arrives as its type name and message."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+
+def _error_to_json(error: BaseException | None) -> dict[str, str] | None:
+    if error is None:
+        return None
+    if isinstance(error, AbortPipeline):
+        return {"type": "AbortPipeline", "message": error.reason}
+    return {"type": type(error).__name__, "message": str(error)}
+
+
+def _error_from_json(data: dict[str, str] | None) -> BaseException | None:
+    if data is None:
+        return None
+    if data["type"] == "AbortPipeline":
+        return AbortPipeline(reason=data["message"])
+    return RemoteTaskError(data["type"], data["message"])
+
+
+class RedisCompletionChannel:
+    """Completions through one Redis stream per run (``<prefix>:done:<run id>``).
+
+    :param redis: a ``redis.asyncio.Redis`` client, or a URL.
+    :param prefix: the key prefix (letters, digits, ``_ . -``).
+    :param ttl_seconds: how long an unread stream may live (a run's orchestrator that died).
+    :param block_ms: how long one read blocks before checking for shutdown.
+    """
+
+    def __init__(
+        self,
+        redis: Redis | str,
+        prefix: str = "taskiq_flow",
+        ttl_seconds: int = 86_400,
+        block_ms: int = 1_000,
+    ) -> None:
+        self.prefix = validate_key_part("prefix", prefix)
+        if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds < 1:
+            raise InvalidValueError(f"ttl_seconds must be an int >= 1, got {ttl_seconds!r}")
+        self._url = redis if isinstance(redis, str) else None
+        self._client: Redis | None = None if isinstance(redis, str) else redis
+        self.ttl_seconds = ttl_seconds
+        self.block_ms = block_ms
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        self._deletes: set[asyncio.Task[None]] = set()
+
+    def _redis(self) -> Redis:
+        if self._client is None:
+            assert self._url is not None
+            self._client = Redis.from_url(self._url)
+        return self._client
+
+    def key(self, run_id: str) -> str:
+        """The stream of one run."""
+        return f"{self.prefix}:done:{validate_key_part('run id', run_id)}"
+
+    def publish(self, completion: Completion) -> Coroutine[Any, Any, None]:
+        """Appends a completion to its run's stream (returns the coroutine taskiq awaits)."""
+        return self._publish(completion)
+
+    async def _publish(self, completion: Completion) -> None:
+        key = self.key(completion.run_id)
+        payload = json.dumps(
+            {
+                "node": completion.node,
+                "attempt": completion.attempt,
+                "ok": completion.ok,
+                "value": to_jsonable_python(completion.value, fallback=repr),
+                "error": _error_to_json(completion.error),
+                "duration_ms": completion.duration_ms,
+                "started_at": completion.started_at,
+            }
+        )
+        async with self._redis().pipeline(transaction=True) as pipe:
+            pipe.xadd(key, {"c": payload})
+            pipe.expire(key, self.ttl_seconds)
+            await pipe.execute()
+
+    def open(self, run_id: str) -> Inbox:
+        """Starts reading a run's stream into a new inbox."""
+        inbox = Inbox()
+        key = self.key(run_id)
+        self._readers[run_id] = asyncio.get_running_loop().create_task(
+            self._read(run_id, key, inbox)
+        )
+        return inbox
+
+    async def _read(self, run_id: str, key: str, inbox: Inbox) -> None:
+        last = "0-0"
+        redis = self._redis()
+        while True:
+            batches: Any = await redis.xread({key: last}, block=self.block_ms, count=1000)
+            for _stream, entries in batches or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    try:
+                        data = json.loads(fields.get(b"c") or fields.get("c"))
+                        completion = Completion(
+                            run_id=run_id,
+                            node=int(data["node"]),
+                            attempt=int(data["attempt"]),
+                            ok=bool(data["ok"]),
+                            value=data["value"],
+                            error=_error_from_json(data["error"]),
+                            duration_ms=float(data["duration_ms"]),
+                            started_at=float(data["started_at"]),
+                        )
+                    except (ValueError, TypeError, KeyError) as exc:
+                        # Not a completion we wrote (JSON only: nothing is ever unpickled).
+                        logger.warning(
+                            "ignoring malformed completion %s in %s: %s", entry_id, key, exc
+                        )
+                        continue
+                    inbox.push(completion)
+
+    def close(self, run_id: str) -> None:
+        """Stops reading a run's stream and deletes it."""
+        reader = self._readers.pop(run_id, None)
+        if reader is not None:
+            reader.cancel()
+            task = asyncio.get_running_loop().create_task(self._delete(run_id))
+            self._deletes.add(task)
+            task.add_done_callback(self._deletes.discard)
+
+    async def aclose(self) -> None:
+        """Stops every reader, finishes pending clean-ups, and closes the connection this channel
+        opened itself."""
+        for run_id in list(self._readers):
+            self._readers.pop(run_id).cancel()
+        if self._deletes:
+            await asyncio.gather(*self._deletes, return_exceptions=True)
+        if self._client is not None and self._url is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _delete(self, run_id: str) -> None:
+        # Best effort: the stream expires with its TTL anyway.
+        try:
+            await self._redis().delete(self.key(run_id))
+        except RedisError as exc:
+            logger.warning("could not delete the completion stream of run %s: %s", run_id, exc)
+
+
+def _step_to_json(step: StepStatus) -> str:
+    return json.dumps(asdict(step))
+
+
+def _step_from_json(raw: bytes | str) -> StepStatus:
+    data = json.loads(raw)
+    return StepStatus(**{k: data[k] for k in StepStatus.__dataclass_fields__ if k in data})
+
+
+class RedisPipelineStorage:
+    """Tracking records in Redis: ``<prefix>:run:<id>`` (the run, a JSON string) and
+    ``<prefix>:run:<id>:steps`` (a hash, one JSON field per step). Every write sets the TTL on
+    both keys in the same transaction, so no key of a run is ever left without one.
+
+    :param redis: a ``redis.asyncio.Redis`` client.
+    :param ttl_seconds: lifetime of a run's records after its last write (default a week).
+    :param prefix: key prefix (letters, digits, ``_ . -``).
+    :raises InvalidValueError: for a TTL below 1 second or an unsafe prefix.
+    """
+
+    def __init__(
+        self, redis: Redis, ttl_seconds: int = 7 * 86_400, prefix: str = "taskiq_flow"
+    ) -> None:
+        if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds < 1:
+            raise InvalidValueError(f"ttl_seconds must be an int >= 1, got {ttl_seconds!r}")
+        self.redis = redis
+        self.ttl_seconds = ttl_seconds
+        self.prefix = validate_key_part("prefix", prefix)
+
+    def keys_of(self, pipeline_id: str) -> tuple[str, str]:
+        """The two keys of a run."""
+        run = f"{self.prefix}:run:{validate_key_part('pipeline id', pipeline_id)}"
+        return run, f"{run}:steps"
+
+    async def save(self, status: PipelineStatus) -> None:
+        run_key, steps_key = self.keys_of(status.pipeline_id)
+        head = asdict(status)
+        head["steps"] = len(status.steps)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(run_key, json.dumps(head), ex=self.ttl_seconds)
+            if status.steps:
+                pipe.hset(
+                    steps_key,
+                    mapping={str(i): _step_to_json(s) for i, s in enumerate(status.steps)},
+                )
+                pipe.expire(steps_key, self.ttl_seconds)
+            await pipe.execute()
+
+    async def save_steps(self, pipeline_id: str, steps: dict[int, StepStatus]) -> None:
+        """Writes some steps of a run; each is its own field, so writers of different steps
+        never overwrite each other."""
+        if not steps:
+            return
+        run_key, steps_key = self.keys_of(pipeline_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(steps_key, mapping={str(i): _step_to_json(s) for i, s in steps.items()})
+            pipe.expire(steps_key, self.ttl_seconds)
+            pipe.expire(run_key, self.ttl_seconds)
+            await pipe.execute()
+
+    async def load(self, pipeline_id: str) -> PipelineStatus | None:
+        run_key, steps_key = self.keys_of(pipeline_id)
+        head_raw, steps_raw = await asyncio.gather(
+            self.redis.get(run_key), self.redis.hgetall(steps_key)
+        )
+        if head_raw is None:
+            return None
+        head = json.loads(head_raw)
+        count = int(head.pop("steps"))
+        by_index = {int(k): _step_from_json(v) for k, v in steps_raw.items()}
+        steps = [by_index.get(i, StepStatus(f"step {i}")) for i in range(count)]
+        fields = {k: head[k] for k in PipelineStatus.__dataclass_fields__ if k in head}
+        fields["steps"] = steps
+        return PipelineStatus(**fields)
+
+    async def delete(self, pipeline_id: str) -> bool:
+        return bool(await self.redis.delete(*self.keys_of(pipeline_id)))
+
+    async def ids(self) -> list[str]:
+        ids = []
+        pattern = f"{self.prefix}:run:*"
+        async for key in self.redis.scan_iter(match=pattern, count=500):
+            name = key.decode() if isinstance(key, bytes) else key
+            rest = name[len(self.prefix) + len(":run:") :]
+            if ":" not in rest:
+                ids.append(rest)
+        return ids
+
+
+def json_result_backend(url: str, **kwargs: Any) -> Any:
+    """A taskiq-redis result backend that stores JSON (``RedisAsyncResultBackend`` defaults to
+    pickle, which runs whatever code a value planted in Redis carries)."""
+    from taskiq.serializers import JSONSerializer
+    from taskiq_redis import RedisAsyncResultBackend
+
+    return RedisAsyncResultBackend(url, serializer=JSONSerializer(), **kwargs)

@@ -1,0 +1,230 @@
+"""Redis mode: durable tracking, completions through Redis streams, JSON only, and a pipeline run
+by real `taskiq worker` processes. Every test talks to a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from taskiq_flow import (
+    AbortPipeline,
+    InvalidValueError,
+    PipelineTrackingManager,
+)
+from taskiq_flow.distributed import (
+    RedisCompletionChannel,
+    RedisPipelineStorage,
+    RemoteTaskError,
+    json_result_backend,
+)
+from taskiq_flow.events import Completion
+from taskiq_flow.tracking import StepStatus
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+async def test_tracking_records_all_carry_the_ttl_and_delete_removes_them(redis: Redis) -> None:
+    storage = RedisPipelineStorage(redis, ttl_seconds=3600, prefix="flowtest")
+    tracking = PipelineTrackingManager(storage)
+    await tracking.begin("run-1", "etl", [("load", 1), ("map(clean)", 3)])
+    live = tracking.live("run-1")
+    assert live is not None
+    live.steps[0].status = "done"
+    live.steps[0].duration_ms = 12.5
+    await tracking.save_steps("run-1", {0})
+    await tracking.end("run-1", "done")
+    status = await PipelineTrackingManager(storage).get_status("run-1")
+    assert status.status == "done"
+    assert (status.steps[0].status, status.steps[0].duration_ms) == ("done", 12.5)
+    assert [s.name for s in status.steps] == ["load", "map(clean)"]
+    keys = [k async for k in redis.scan_iter(match="*")]
+    assert sorted(keys) == [b"flowtest:run:run-1", b"flowtest:run:run-1:steps"]
+    for key in keys:
+        assert 0 < await redis.ttl(key) <= 3600
+    assert await tracking.list_pipelines() == [status]
+    assert await tracking.delete_pipeline("run-1")
+    assert [k async for k in redis.scan_iter(match="*")] == []
+
+
+async def test_concurrent_step_writes_never_overwrite_each_other(redis: Redis) -> None:
+    storage = RedisPipelineStorage(redis, ttl_seconds=60)
+    await PipelineTrackingManager(storage).begin("run-2", "fan", [(f"s{i}", 1) for i in range(50)])
+
+    async def write(i: int) -> None:
+        await storage.save_steps("run-2", {i: StepStatus(f"s{i}", "done", duration_ms=float(i))})
+
+    await asyncio.gather(*(write(i) for i in range(50)))
+    loaded = await storage.load("run-2")
+    assert loaded is not None
+    assert [s.duration_ms for s in loaded.steps] == [float(i) for i in range(50)]
+
+
+@pytest.mark.parametrize("bad", ["", "a:b", "run*", "../x", "a b", "x" * 129, "[ab]"])
+async def test_ids_and_prefixes_that_could_escape_are_refused(redis: Redis, bad: str) -> None:
+    storage = RedisPipelineStorage(redis, ttl_seconds=60)
+    with pytest.raises(InvalidValueError):
+        await storage.load(bad)
+    with pytest.raises(InvalidValueError):
+        RedisPipelineStorage(redis, prefix=bad)
+    with pytest.raises(InvalidValueError):
+        RedisCompletionChannel(redis, prefix=bad)
+    with pytest.raises(InvalidValueError):
+        RedisPipelineStorage(redis, ttl_seconds=0)
+
+
+async def test_completions_travel_as_json(redis: Redis) -> None:
+    channel = RedisCompletionChannel(redis, prefix="flowtest")
+    inbox = channel.open("run-3")
+    now = time.time()
+    await channel.publish(Completion("run-3", 0, 1, True, {"rows": [1, 2]}, None, 3.5, now))
+    await channel.publish(Completion("run-3", 1, 2, False, None, ValueError("bad"), 1.0, now))
+    await channel.publish(Completion("run-3", 2, 1, False, None, AbortPipeline("halt"), 1.0, now))
+    got: list[Completion] = []
+    while len(got) < 3:
+        await asyncio.wait_for(inbox.wait(), 5)
+        got += inbox.drain()
+    assert got[0].value == {"rows": [1, 2]} and got[0].ok and got[0].duration_ms == 3.5
+    assert isinstance(got[1].error, RemoteTaskError) and str(got[1].error) == "ValueError: bad"
+    assert isinstance(got[2].error, AbortPipeline) and got[2].error.reason == "halt"
+    assert 0 < await redis.ttl("flowtest:done:run-3") <= 86400
+    channel.close("run-3")
+    await asyncio.sleep(0.05)
+    assert await redis.exists("flowtest:done:run-3") == 0
+
+
+class Planted:
+    """Unpickling this creates a file: proof that a reader executed a planted value."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Path(self.marker).touch, ())
+
+
+async def test_planted_pickles_are_never_loaded(
+    redis: Redis, redis_url: str, tmp_path: Path
+) -> None:
+    marker = tmp_path / "executed"
+    payload = pickle.dumps(Planted(str(marker)))
+    # In the result backend:
+    backend = json_result_backend(redis_url)
+    await redis.set("planted-task", payload)
+    with pytest.raises(Exception):  # noqa: B017 - any refusal will do, as long as nothing runs
+        await backend.get_result("planted-task")
+    await backend.shutdown()
+    # In a completion stream, before a genuine completion:
+    channel = RedisCompletionChannel(redis)
+    inbox = channel.open("run-4")
+    await redis.xadd("taskiq_flow:done:run-4", {"c": payload})
+    await channel.publish(Completion("run-4", 0, 1, True, 7, None, 1.0, time.time()))
+    await asyncio.wait_for(inbox.wait(), 5)
+    [completion] = inbox.drain()
+    assert completion.value == 7
+    channel.close("run-4")
+    assert not marker.exists()
+
+
+@pytest.fixture
+def workers(redis_url: str) -> Iterator[dict[str, str]]:
+    """Two `taskiq worker` processes on a queue of their own, consuming tests/redis_app.py."""
+    env = {
+        **os.environ,
+        "TASKIQ_FLOW_TEST_REDIS": redis_url,
+        "TASKIQ_FLOW_TEST_QUEUE": f"q-{uuid.uuid4().hex[:8]}",
+        "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "taskiq",
+            "worker",
+            "redis_app:broker",
+            "--workers",
+            "2",
+            "--log-level",
+            "WARNING",
+            "--shutdown-timeout",
+            "2",
+        ],
+        cwd=TESTS,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        yield env
+    finally:
+        # `taskiq worker` on a RedisStreamBroker does not exit on SIGTERM (measured here: still
+        # running after 15 s, with or without our middleware), so the group is killed after a
+        # grace period.
+        proc.terminate()
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+async def test_pipelines_run_on_worker_processes(workers: dict[str, str]) -> None:
+    os.environ.update({k: workers[k] for k in ("TASKIQ_FLOW_TEST_REDIS", "TASKIQ_FLOW_TEST_QUEUE")})
+    sys.path.insert(0, str(TESTS))
+    sys.modules.pop("redis_app", None)
+    import redis_app
+
+    from taskiq_flow import DataflowPipeline, MapReduce, StepFailedError
+    from taskiq_flow.engine import run_single
+
+    broker = redis_app.broker
+    await broker.startup()
+    try:
+        # The workers' consumer group only sees messages sent after it exists: ping until one
+        # answers.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                pid = await run_single(broker, redis_app.ping.task_name, (), {}, timeout=2)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+        assert pid != os.getpid()
+
+        pipeline = DataflowPipeline.from_tasks(
+            broker, [redis_app.numbers, redis_app.total, redis_app.where], max_parallel=4
+        )
+        out = await pipeline.kiq_dataflow(n=10)
+        assert out["total"] == 45 and out["numbers"] == list(range(10))
+        assert out["where"] != os.getpid()
+
+        results = await MapReduce.map(broker, redis_app.square_with_pid, range(200), 20)
+        assert [r[0] for r in results] == [x * x for x in range(200)]
+        assert len({r[1] for r in results}) == 2  # both worker processes took a share
+
+        with pytest.raises(StepFailedError, match="ValueError: bad input 3"):
+            await MapReduce.map(broker, redis_app.explode, [3])
+    finally:
+        await broker.shutdown()
+        sys.path.remove(str(TESTS))
