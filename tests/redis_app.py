@@ -3,6 +3,7 @@ the test that orchestrates them. Configured by environment variables set by the 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -53,3 +54,25 @@ def square_with_pid(x: int) -> list[int]:
 @broker.task
 async def explode(x: int) -> int:
     raise ValueError(f"bad input {x}")
+
+
+@broker.task
+async def held(x: int) -> int:
+    """Counts the tasks running at once across every worker, in Redis, and keeps the peak."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(URL)
+    try:
+        running = await client.incr("held:running")
+        await client.eval(
+            "if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[1]) or '0') then "
+            "redis.call('SET', KEYS[1], ARGV[1]) end",
+            1,
+            "held:peak",
+            running,
+        )
+        await asyncio.sleep(0.05)
+        await client.decr("held:running")
+    finally:
+        await client.aclose()
+    return x

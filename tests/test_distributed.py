@@ -228,3 +228,53 @@ async def test_pipelines_run_on_worker_processes(workers: dict[str, str]) -> Non
     finally:
         await broker.shutdown()
         sys.path.remove(str(TESTS))
+
+
+async def test_shared_cap_blocks_across_holders_and_leases_expire(redis: Redis) -> None:
+    from taskiq_flow.distributed import RedisCapacityLimiter
+
+    first = RedisCapacityLimiter(redis, "caps", 2, lease_seconds=0.3)
+    second = RedisCapacityLimiter(redis, "caps", 2, lease_seconds=0.3)
+    await first.acquire()
+    await first.acquire()
+    waiter = asyncio.ensure_future(second.acquire())
+    await asyncio.sleep(0.1)
+    assert not waiter.done()
+    first.release()
+    await asyncio.wait_for(waiter, 2)
+    assert (first.borrowed_tokens, second.borrowed_tokens) == (1, 1)
+    # `first` dies holding a slot: it stops renewing, and the lease runs out.
+    assert first._renewer is not None
+    first._renewer.cancel()
+    start = time.monotonic()
+    await asyncio.wait_for(second.acquire(), 3)
+    assert 0.1 < time.monotonic() - start < 2
+    await second.aclose()
+    with pytest.raises(InvalidValueError):
+        RedisCapacityLimiter(redis, "caps", 0)
+    with pytest.raises(InvalidValueError):
+        RedisCapacityLimiter(redis, "a*b", 2)
+
+
+async def test_global_cap_holds_across_two_orchestrator_processes(
+    workers: dict[str, str], redis: Redis
+) -> None:
+    env = {**workers, "TASKIQ_FLOW_TEST_LIMIT": f"cap-{uuid.uuid4().hex[:8]}"}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(TESTS / "redis_orchestrator.py"),
+            "15",
+            "3",
+            cwd=TESTS,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
+    outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 120)
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert out.decode().strip() == "15"
+    assert int(await redis.get("held:peak")) == 3  # sampled inside the tasks: reached, never more

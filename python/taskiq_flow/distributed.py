@@ -23,10 +23,12 @@ import asyncio
 import json
 import logging
 import re
+import uuid
 from collections.abc import Coroutine
 from dataclasses import asdict
 from typing import Any
 
+import anyio
 from pydantic_core import to_jsonable_python
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -36,6 +38,7 @@ from taskiq_flow.exceptions import AbortPipeline, InvalidValueError, TaskiqFlowE
 from taskiq_flow.tracking import PipelineStatus, StepStatus
 
 __all__ = [
+    "RedisCapacityLimiter",
     "RedisCompletionChannel",
     "RedisPipelineStorage",
     "RemoteTaskError",
@@ -295,6 +298,126 @@ class RedisPipelineStorage:
             if ":" not in rest:
                 ids.append(rest)
         return ids
+
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+  return 1
+end
+return 0
+"""
+
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[1]), ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
+return 1
+"""
+
+
+class RedisCapacityLimiter:
+    """A concurrency cap shared by every process using the same Redis and ``name``.
+
+    Holders are leases in a sorted set, scored by expiry: taking one is an atomic script that
+    first drops expired leases, so a process that dies holding slots gives them back after
+    ``lease_seconds``. A live holder renews its leases every third of that. A waiter retries the
+    script with a backoff from 2 ms to 50 ms (a blocking pop on a wake-up list stalled for seconds
+    here now and then, so waiting is kept to plain retries: at most 20 round trips a second per
+    waiting dispatcher).
+
+    :param redis: a ``redis.asyncio.Redis`` client.
+    :param name: the limit's name (letters, digits, ``_ . -``).
+    :param total_tokens: the cap, an int >= 1.
+    :param lease_seconds: how long a slot outlives a holder that stopped renewing.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        name: str,
+        total_tokens: int,
+        lease_seconds: float = 30.0,
+        prefix: str = "taskiq_flow",
+    ) -> None:
+        if isinstance(total_tokens, bool) or not isinstance(total_tokens, int) or total_tokens < 1:
+            raise InvalidValueError(f"total_tokens must be an int >= 1, got {total_tokens!r}")
+        if not isinstance(lease_seconds, (int, float)) or not lease_seconds > 0:
+            raise InvalidValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
+        self.redis = redis
+        self._total = total_tokens
+        self._lease_ms = max(1, int(lease_seconds * 1000))
+        base = f"{validate_key_part('prefix', prefix)}:limit:{validate_key_part('name', name)}"
+        self._key = base
+        self._held: list[str] = []
+        self._renewer: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+
+    @property
+    def total_tokens(self) -> int:
+        """The shared cap."""
+        return self._total
+
+    @property
+    def borrowed_tokens(self) -> int:
+        """Slots this process holds."""
+        return len(self._held)
+
+    def acquire_nowait(self) -> None:
+        """Never succeeds without a round trip: always raises :class:`anyio.WouldBlock`."""
+        raise anyio.WouldBlock
+
+    async def acquire(self) -> None:
+        """Takes a slot, waiting until the shared count allows it."""
+        lease = uuid.uuid4().hex
+        pause = 0.002
+        while True:
+            if await self._acquire(keys=[self._key], args=[self._total, self._lease_ms, lease]):
+                self._held.append(lease)
+                self._start_renewer()
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def release(self) -> None:
+        """Gives a slot back (the round trip to Redis happens in the background)."""
+        if not self._held:
+            raise InvalidValueError("release() must be matched by an earlier acquire; none held")
+        lease = self._held.pop()
+        task = asyncio.get_running_loop().create_task(self._give_back(lease))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _give_back(self, lease: str) -> None:
+        await self.redis.zrem(self._key, lease)
+
+    def _start_renewer(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
+
+    async def _renew_loop(self) -> None:
+        while self._held:
+            await asyncio.sleep(self._lease_ms / 3000)
+            if self._held:
+                await self._renew(keys=[self._key], args=[self._lease_ms, *self._held])
+
+    async def aclose(self) -> None:
+        """Gives back every slot still held and stops renewing."""
+        while self._held:
+            self.release()
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self._renewer is not None:
+            self._renewer.cancel()
 
 
 def json_result_backend(url: str, **kwargs: Any) -> Any:

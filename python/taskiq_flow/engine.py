@@ -270,6 +270,8 @@ class FlowRun:
         self._sending: list[bool] = []
         self._closing = False
         self._dirty_steps: set[int] = set()
+        #: The process-wide (or cross-process) cap, as it was when the run started.
+        self._limiter = global_limiter()
         self._inline = (
             isinstance(broker, InMemoryBroker) and custom_dispatch is None and worker_pool is None
         )
@@ -457,7 +459,7 @@ class FlowRun:
         admitted itself, as long as global slots are free without waiting: no hand-off to the
         dispatch pool. Anything that would wait stays queued for the pool."""
         queue = self._queue
-        limiter = global_limiter()
+        limiter = self._limiter
         while queue and not self._closing:
             node = queue[0]
             if self._attempt[node] == 1:
@@ -471,7 +473,7 @@ class FlowRun:
             await self._send(node)
 
     async def _dispatcher(self, index: int) -> None:
-        limiter = global_limiter()
+        limiter = self._limiter
         queue = self._queue
         sending = self._sending
         while not self._closing:
@@ -502,7 +504,7 @@ class FlowRun:
             )
         except BaseException:
             self._in_flight -= 1
-            global_limiter().release()
+            self._limiter.release()
             raise
         self._placements[node] = placement
 
@@ -570,7 +572,7 @@ class FlowRun:
     def _finish_node(self, event: Completion, failed: bool = False) -> None:
         self._finished += 1
         self._in_flight -= 1
-        global_limiter().release()
+        self._limiter.release()
         self._unplace(event.node)
         if self.tracking is not None:
             self._track(event.node, "failed" if failed else "done", event, error=event.error)
@@ -581,12 +583,12 @@ class FlowRun:
         for node in self._queue:  # retries admitted but not sent: they still hold their slots
             if self._attempt[node] > 1:
                 self._in_flight -= 1
-                global_limiter().release()
+                self._limiter.release()
                 self._unplace(node)
         self._queue.clear()
         for node in self._retrying:  # waiting for a retry that will not come: not running
             self._in_flight -= 1
-            global_limiter().release()
+            self._limiter.release()
             self._unplace(node)
         self._retrying.clear()
         if self._in_flight <= 0:
@@ -600,13 +602,13 @@ class FlowRun:
                     for event in inbox.drain():
                         if event.attempt == self._attempt[event.node]:
                             self._in_flight -= 1
-                            global_limiter().release()
+                            self._limiter.release()
                             self._unplace(event.node)
             finally:
                 # Cancelled (the event loop is closing): whatever is still out will never report
                 # back to this process, so its slots are given back here.
                 for _ in range(max(self._in_flight, 0)):
-                    global_limiter().release()
+                    self._limiter.release()
                 self._in_flight = 0
                 for node in list(self._placements):
                     self._unplace(node)
