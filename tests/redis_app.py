@@ -5,18 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 
-from taskiq_redis import RedisStreamBroker
+from redis.asyncio import Redis
 
 from taskiq_flow import FlowMiddleware, pipeline_task
-from taskiq_flow.distributed import RedisCompletionChannel, json_result_backend
+from taskiq_flow.distributed import (
+    RedisCompletionChannel,
+    json_result_backend,
+    reliable_stream_broker,
+)
 
 URL = os.environ["TASKIQ_FLOW_TEST_REDIS"]
 QUEUE = os.environ.get("TASKIQ_FLOW_TEST_QUEUE", "taskiq_flow_test")
 
+# Reclaim what a dead worker held after 1 s idle; a message that killed 3 workers is poison.
 broker = (
-    RedisStreamBroker(URL, queue_name=QUEUE, idle_timeout=2_000)
+    reliable_stream_broker(
+        URL,
+        max_deliveries=3,
+        queue_name=QUEUE,
+        idle_timeout=1_000,
+        xread_block=300,
+        xread_count=1,  # one message per read, so that both workers get a share
+    )
     .with_result_backend(json_result_backend(URL, prefix_str="taskiq_flow_test_results"))
     .with_middlewares(FlowMiddleware(RedisCompletionChannel(URL)))
 )
@@ -47,7 +60,7 @@ async def where(numbers: list[int]) -> int:
 
 @broker.task
 def square_with_pid(x: int) -> list[int]:
-    time.sleep(0.002)  # a sync task holds a thread a moment, so both workers get some
+    time.sleep(0.01)  # a sync task holds a thread a moment, so both workers get some
     return [x * x, os.getpid()]
 
 
@@ -59,8 +72,6 @@ async def explode(x: int) -> int:
 @broker.task
 async def held(x: int) -> int:
     """Counts the tasks running at once across every worker, in Redis, and keeps the peak."""
-    from redis.asyncio import Redis
-
     client = Redis.from_url(URL)
     try:
         running = await client.incr("held:running")
@@ -75,4 +86,30 @@ async def held(x: int) -> int:
         await client.decr("held:running")
     finally:
         await client.aclose()
+    return x
+
+
+async def _count(key: str) -> int:
+    client = Redis.from_url(URL)
+    try:
+        return int(await client.incr(key))
+    finally:
+        await client.aclose()
+
+
+@broker.task
+@pipeline_task(output="fragile")
+async def fragile(x: int) -> int:
+    """Kills its worker process on its first delivery; succeeds when redelivered."""
+    if await _count(f"fragile:{x}:runs") == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x * 10
+
+
+@broker.task
+@pipeline_task(output="never")
+async def poison(x: int) -> int:
+    """Kills its worker process on every delivery."""
+    await _count(f"poison:{x}:runs")
+    os.kill(os.getpid(), signal.SIGKILL)
     return x

@@ -188,46 +188,79 @@ def workers(redis_url: str) -> Iterator[dict[str, str]]:
             proc.wait()
 
 
-async def test_pipelines_run_on_worker_processes(workers: dict[str, str]) -> None:
+@pytest.fixture
+async def app(workers: dict[str, str]) -> AsyncIterator[Any]:
+    """tests/redis_app.py imported here, as an orchestrator would, its broker started, once a
+    worker has answered a ping (the workers' consumer group sees only messages sent after it
+    exists)."""
     os.environ.update({k: workers[k] for k in ("TASKIQ_FLOW_TEST_REDIS", "TASKIQ_FLOW_TEST_QUEUE")})
     sys.path.insert(0, str(TESTS))
     sys.modules.pop("redis_app", None)
     import redis_app
 
-    from taskiq_flow import DataflowPipeline, MapReduce, StepFailedError
     from taskiq_flow.engine import run_single
 
-    broker = redis_app.broker
-    await broker.startup()
+    await redis_app.broker.startup()
     try:
-        # The workers' consumer group only sees messages sent after it exists: ping until one
-        # answers.
         deadline = time.monotonic() + 60
         while True:
             try:
-                pid = await run_single(broker, redis_app.ping.task_name, (), {}, timeout=2)
+                await run_single(redis_app.broker, redis_app.ping.task_name, (), {}, timeout=2)
                 break
             except Exception:
                 if time.monotonic() > deadline:
                     raise
-        assert pid != os.getpid()
-
-        pipeline = DataflowPipeline.from_tasks(
-            broker, [redis_app.numbers, redis_app.total, redis_app.where], max_parallel=4
-        )
-        out = await pipeline.kiq_dataflow(n=10)
-        assert out["total"] == 45 and out["numbers"] == list(range(10))
-        assert out["where"] != os.getpid()
-
-        results = await MapReduce.map(broker, redis_app.square_with_pid, range(200), 20)
-        assert [r[0] for r in results] == [x * x for x in range(200)]
-        assert len({r[1] for r in results}) == 2  # both worker processes took a share
-
-        with pytest.raises(StepFailedError, match="ValueError: bad input 3"):
-            await MapReduce.map(broker, redis_app.explode, [3])
+        yield redis_app
     finally:
-        await broker.shutdown()
+        await redis_app.broker.shutdown()
         sys.path.remove(str(TESTS))
+
+
+async def test_pipelines_run_on_worker_processes(app: Any) -> None:
+    from taskiq_flow import DataflowPipeline, MapReduce, StepFailedError
+
+    broker = app.broker
+    pipeline = DataflowPipeline.from_tasks(broker, [app.numbers, app.total, app.where], 4)
+    out = await pipeline.kiq_dataflow(n=10)
+    assert out["total"] == 45 and out["numbers"] == list(range(10))
+    assert out["where"] != os.getpid()
+
+    results = await MapReduce.map(broker, app.square_with_pid, range(200), 20)
+    assert [r[0] for r in results] == [x * x for x in range(200)]
+    assert len({r[1] for r in results}) == 2  # both worker processes took a share
+
+    with pytest.raises(StepFailedError, match="ValueError: bad input 3"):
+        await MapReduce.map(broker, app.explode, [3])
+
+
+async def test_a_worker_killed_mid_step_is_replaced_and_the_run_completes(
+    redis: Redis, app: Any
+) -> None:
+    from taskiq_flow import MapReduce
+
+    results = await asyncio.wait_for(MapReduce.map(app.broker, app.fragile, [1, 2, 3]), 60)
+    assert results == [10, 20, 30]
+    runs = [int(await redis.get(f"fragile:{x}:runs")) for x in (1, 2, 3)]
+    # Each step killed its worker once and ran again; a kill also takes down whatever else that
+    # worker had in flight, so a step may run once more. Never beyond max_deliveries (3).
+    assert all(2 <= r <= 3 for r in runs), runs
+
+
+async def test_a_step_that_keeps_killing_workers_is_a_dead_letter(redis: Redis, app: Any) -> None:
+    from taskiq_flow import DataflowPipeline, DeadLetterQueue, StepFailedError
+
+    dead = DeadLetterQueue()
+    pipeline = DataflowPipeline(app.broker).add_dataflow_task(app.poison).with_dead_letters(dead)
+    pipeline.with_retry(max_attempts=5, delay=0.01)  # poison is never retried
+    with pytest.raises(StepFailedError, match="step 'poison' failed: PoisonMessageError"):
+        await asyncio.wait_for(pipeline.kiq_dataflow(x=7), 60)
+    [letter] = dead.list()
+    assert (letter.step, letter.kwargs, letter.error_type) == (
+        "poison",
+        {"x": 7},
+        "PoisonMessageError",
+    )
+    assert int(await redis.get("poison:7:runs")) == 3  # max_deliveries, then out
 
 
 async def test_shared_cap_blocks_across_holders_and_leases_expire(redis: Redis) -> None:
@@ -257,7 +290,7 @@ async def test_shared_cap_blocks_across_holders_and_leases_expire(redis: Redis) 
 
 
 async def test_global_cap_holds_across_two_orchestrator_processes(
-    workers: dict[str, str], redis: Redis
+    redis: Redis, workers: dict[str, str]
 ) -> None:
     env = {**workers, "TASKIQ_FLOW_TEST_LIMIT": f"cap-{uuid.uuid4().hex[:8]}"}
     procs = [

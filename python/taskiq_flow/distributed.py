@@ -20,9 +20,11 @@ default to pickle.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Coroutine
 from dataclasses import asdict
@@ -31,18 +33,26 @@ from typing import Any
 import anyio
 from pydantic_core import to_jsonable_python
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import LockError, RedisError
 
 from taskiq_flow.events import Completion, Inbox
-from taskiq_flow.exceptions import AbortPipeline, InvalidValueError, TaskiqFlowError
+from taskiq_flow.exceptions import (
+    AbortPipeline,
+    InvalidValueError,
+    PipelineError,
+    PoisonMessageError,
+    TaskiqFlowError,
+)
 from taskiq_flow.tracking import PipelineStatus, StepStatus
 
 __all__ = [
+    "ChannelLostError",
     "RedisCapacityLimiter",
     "RedisCompletionChannel",
     "RedisPipelineStorage",
     "RemoteTaskError",
     "json_result_backend",
+    "reliable_stream_broker",
     "validate_key_part",
 ]
 
@@ -61,6 +71,10 @@ def validate_key_part(what: str, value: str) -> str:
             f"{what} must be 1-128 letters, digits, '_', '.' or '-', got {value!r}"
         )
     return value
+
+
+class ChannelLostError(PipelineError, ConnectionError):
+    """Completions could not be read from Redis for too long: the run stops instead of hanging."""
 
 
 class RemoteTaskError(TaskiqFlowError):
@@ -85,6 +99,8 @@ def _error_from_json(data: dict[str, str] | None) -> BaseException | None:
         return None
     if data["type"] == "AbortPipeline":
         return AbortPipeline(reason=data["message"])
+    if data["type"] == "PoisonMessageError":
+        return PoisonMessageError(data["message"])
     return RemoteTaskError(data["type"], data["message"])
 
 
@@ -95,6 +111,8 @@ class RedisCompletionChannel:
     :param prefix: the key prefix (letters, digits, ``_ . -``).
     :param ttl_seconds: how long an unread stream may live (a run's orchestrator that died).
     :param block_ms: how long one read blocks before checking for shutdown.
+    :param give_up_seconds: how long reads may keep failing (Redis down or restarting) before
+        the run fails with :class:`ChannelLostError`.
     """
 
     def __init__(
@@ -103,8 +121,10 @@ class RedisCompletionChannel:
         prefix: str = "taskiq_flow",
         ttl_seconds: int = 86_400,
         block_ms: int = 1_000,
+        give_up_seconds: float = 30.0,
     ) -> None:
         self.prefix = validate_key_part("prefix", prefix)
+        self.give_up_seconds = give_up_seconds
         if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds < 1:
             raise InvalidValueError(f"ttl_seconds must be an int >= 1, got {ttl_seconds!r}")
         self._url = redis if isinstance(redis, str) else None
@@ -158,8 +178,25 @@ class RedisCompletionChannel:
     async def _read(self, run_id: str, key: str, inbox: Inbox) -> None:
         last = "0-0"
         redis = self._redis()
+        failing_since: float | None = None
         while True:
-            batches: Any = await redis.xread({key: last}, block=self.block_ms, count=1000)
+            try:
+                batches: Any = await redis.xread({key: last}, block=self.block_ms, count=1000)
+            except RedisError as exc:
+                # Redis restarting: retry for a while, then fail the run clearly (never hang).
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since > self.give_up_seconds:
+                    inbox.fail(
+                        ChannelLostError(
+                            f"completions of run {run_id} cannot be read from Redis since "
+                            f"{self.give_up_seconds:.0f}s: {exc}"
+                        )
+                    )
+                    return
+                await asyncio.sleep(0.1)
+                continue
+            failing_since = None
             for _stream, entries in batches or []:
                 for entry_id, fields in entries:
                     last = entry_id
@@ -418,6 +455,145 @@ class RedisCapacityLimiter:
             await asyncio.gather(*self._pending, return_exceptions=True)
         if self._renewer is not None:
             self._renewer.cancel()
+
+
+def reliable_stream_broker(url: str, max_deliveries: int = 5, **kwargs: Any) -> Any:
+    """A taskiq-redis ``RedisStreamBroker`` that does not lose or loop on a message whose worker
+    died (see :class:`ReliableRedisStreamBroker`, built lazily so that ``taskiq-redis`` stays
+    optional)."""
+    return _reliable_class()(url, max_deliveries=max_deliveries, **kwargs)
+
+
+def _reliable_class() -> type:
+    global _RELIABLE
+    if _RELIABLE is None:
+        _RELIABLE = _make_reliable_class()
+    return _RELIABLE
+
+
+_RELIABLE: type | None = None
+
+
+def _make_reliable_class() -> type:
+    from collections.abc import AsyncGenerator
+
+    from taskiq import AckableMessage
+    from taskiq_redis import RedisStreamBroker
+
+    from taskiq_flow.events import FLOW_LABEL, FlowMiddleware
+
+    class ReliableRedisStreamBroker(RedisStreamBroker):
+        """``RedisStreamBroker`` with two fixes for workers that die mid-task.
+
+        - Unacknowledged messages idle longer than ``idle_timeout`` (ms) are reclaimed on every
+          read timeout too, not only after a new message arrives (taskiq-redis reclaims only
+          then, so a DAG waiting on a lost step, with nothing else in flight, stalls forever).
+        - The reclaim lock expires and is never waited for (a worker killed holding it would
+          otherwise stop all reclaiming).
+        - A message delivered more than ``max_deliveries`` times is a poison message: it is
+          acknowledged (taken out) and its pipeline run is told the step failed for good with
+          :class:`PoisonMessageError`, so the run fails naming it and a dead letter is recorded.
+        """
+
+        def __init__(self, url: str, max_deliveries: int = 5, **kwargs: Any) -> None:
+            if isinstance(max_deliveries, bool) or not isinstance(max_deliveries, int):
+                raise InvalidValueError(
+                    f"max_deliveries must be an int >= 1, got {max_deliveries!r}"
+                )
+            if max_deliveries < 1:
+                raise InvalidValueError(
+                    f"max_deliveries must be an int >= 1, got {max_deliveries!r}"
+                )
+            super().__init__(url, **kwargs)
+            self.max_deliveries = max_deliveries
+
+        async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+            async with Redis(connection_pool=self.connection_pool) as conn:
+                streams: Any = {self.queue_name: ">", **self.additional_streams}
+                while True:
+                    fetched: Any = await conn.xreadgroup(
+                        self.consumer_group_name,
+                        self.consumer_name,
+                        streams,
+                        block=self.block,
+                        noack=False,
+                        count=self.count,
+                    )
+                    for stream, entries in fetched or []:
+                        for message_id, fields in entries:
+                            yield AckableMessage(
+                                data=fields[b"data"],
+                                ack=self._ack_generator(id=message_id, queue_name=stream),
+                            )
+                    for stream in [self.queue_name, *self.additional_streams]:
+                        async for message in self._reclaim(conn, stream):
+                            yield message
+
+        async def _reclaim(self, conn: Redis, stream: str) -> AsyncGenerator[AckableMessage, None]:
+            # The lock always expires: a worker killed while holding one (taskiq-redis's has no
+            # timeout by default) would otherwise stop every reclaim for good. And nobody waits
+            # for it: if another worker is reclaiming, this one reads on.
+            lock = conn.lock(
+                f"autoclaim:{self.consumer_group_name}:{stream}",
+                timeout=self.unacknowledged_lock_timeout or 10.0,
+            )
+            if not await lock.acquire(blocking=False):
+                return
+            try:
+                claimed: Any = await conn.xautoclaim(
+                    name=stream,
+                    groupname=self.consumer_group_name,
+                    consumername=self.consumer_name,
+                    min_idle_time=self.idle_timeout,
+                    count=self.unacknowledged_batch_size,
+                )
+            finally:
+                with contextlib.suppress(LockError):
+                    await lock.release()
+            for message_id, fields in claimed[1]:
+                pending: Any = await conn.xpending_range(
+                    stream, self.consumer_group_name, message_id, message_id, 1
+                )
+                deliveries = int(pending[0]["times_delivered"]) if pending else 1
+                if deliveries > self.max_deliveries:
+                    await self._bury(conn, stream, message_id, fields[b"data"], deliveries)
+                    continue
+                yield AckableMessage(
+                    data=fields[b"data"],
+                    ack=self._ack_generator(id=message_id, queue_name=stream),
+                )
+
+        async def _bury(
+            self, conn: Redis, stream: str, message_id: Any, data: bytes, deliveries: int
+        ) -> None:
+            await conn.xack(stream, self.consumer_group_name, message_id)
+            try:
+                message = self.formatter.loads(data)
+                label = message.labels.get(FLOW_LABEL)
+            except Exception:  # not a message we can read: out of the stream is all we can do
+                logger.warning("dropped unreadable poison message %s from %s", message_id, stream)
+                return
+            logger.warning(
+                "message %s (%s) delivered %d times, its worker gone each time: failing it",
+                message_id,
+                message.task_name,
+                deliveries,
+            )
+            middleware = next((m for m in self.middlewares if isinstance(m, FlowMiddleware)), None)
+            if label is None or middleware is None:
+                return
+            run_id, node, attempt = str(label).rsplit(":", 2)
+            error = PoisonMessageError(
+                f"{message.task_name} was delivered {deliveries} times and its worker died "
+                "each time"
+            )
+            published = middleware.channel.publish(
+                Completion(run_id, int(node), int(attempt), False, None, error, 0.0, time.time())
+            )
+            if published is not None:
+                await published
+
+    return ReliableRedisStreamBroker
 
 
 def json_result_backend(url: str, **kwargs: Any) -> Any:

@@ -37,6 +37,7 @@ from taskiq_flow.exceptions import (
     PipelineCancelledError,
     PipelineError,
     PipelineTimeoutError,
+    PoisonMessageError,
     StepFailedError,
 )
 from taskiq_flow.optimization.parallel import global_limiter
@@ -410,7 +411,7 @@ class FlowRun:
         if (
             self._fatal is None
             and policy is not None
-            and not isinstance(error, AbortPipeline)
+            and not isinstance(error, (AbortPipeline, PoisonMessageError))
             and policy.should_retry(attempt, error)
         ):
             # The node keeps its slots while it waits: it is still this run's work in flight.

@@ -51,11 +51,12 @@ class Completion:
 class Inbox:
     """Completions of one run, delivered in batches: the run drains everything that arrived."""
 
-    __slots__ = ("_event", "_items")
+    __slots__ = ("_error", "_event", "_items")
 
     def __init__(self) -> None:
         self._items: deque[Completion] = deque()
         self._event = asyncio.Event()
+        self._error: BaseException | None = None
 
     def push(self, completion: Completion) -> None:
         """Delivers one completion (any coroutine or callback of the same loop)."""
@@ -66,10 +67,21 @@ class Inbox:
         """Wakes the waiting run without a completion (a timer, a cancel)."""
         self._event.set()
 
+    def fail(self, error: BaseException) -> None:
+        """The channel broke for good: the run waiting on this inbox gets ``error``."""
+        self._error = error
+        self._event.set()
+
     async def wait(self) -> None:
-        """Waits until something arrived or :meth:`wake` was called."""
+        """Waits until something arrived or :meth:`wake` was called.
+
+        :raises BaseException: what :meth:`fail` was given, once nothing more is queued.
+        """
         if not self._items:
-            await self._event.wait()
+            if self._error is None:
+                await self._event.wait()
+            if self._error is not None and not self._items:
+                raise self._error
         self._event.clear()
 
     def drain(self) -> list[Completion]:

@@ -17,6 +17,7 @@
     │   ├── StepFailedError        a step failed for good (fail-fast, or after the others ran)
     │   ├── AbortPipeline          raised by a task to stop its pipeline
     │   ├── PipelineCancelledError the run was cancelled
+    │   ├── PoisonMessageError     a step's every delivery killed its worker
     │   └── PipelineTimeoutError   (also TimeoutError) the run exceeded its timeout
     └── InternalError       a bug in the scheduling core (a Rust panic), caught
 
@@ -45,6 +46,7 @@ __all__ = [
     "PipelineCancelledError",
     "PipelineError",
     "PipelineTimeoutError",
+    "PoisonMessageError",
     "StateError",
     "StepFailedError",
     "TaskiqFlowError",
@@ -167,3 +169,8 @@ class PipelineTimeoutError(PipelineError, TimeoutError):
     def __init__(self, message: str, results: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.results: dict[str, Any] = results or {}
+
+
+class PoisonMessageError(PipelineError):
+    """A step whose every delivery ended with its worker gone (killed, crashed): the broker took
+    it out of the queue and the step failed for good. Never retried."""
