@@ -311,3 +311,22 @@ async def test_global_cap_holds_across_two_orchestrator_processes(
         assert proc.returncode == 0, err.decode()[-2000:]
         assert out.decode().strip() == "15"
     assert int(await redis.get("held:peak")) == 3  # sampled inside the tasks: reached, never more
+
+
+async def test_redis_going_away_fails_the_run_instead_of_hanging() -> None:
+    from redis_server import redis_server
+
+    from taskiq_flow.distributed import ChannelLostError
+
+    with redis_server() as url:
+        client = Redis.from_url(url)
+        channel = RedisCompletionChannel(client, give_up_seconds=1.0, block_ms=100)
+        inbox = channel.open("run-lost")
+        await asyncio.sleep(0.1)
+        await client.shutdown(nosave=True)
+        start = time.monotonic()
+        with pytest.raises(ChannelLostError, match="cannot be read from Redis"):
+            await asyncio.wait_for(inbox.wait(), 10)
+        assert time.monotonic() - start < 5
+        channel.close("run-lost")
+        await client.aclose()
