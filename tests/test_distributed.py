@@ -330,3 +330,14 @@ async def test_redis_going_away_fails_the_run_instead_of_hanging() -> None:
         assert time.monotonic() - start < 5
         channel.close("run-lost")
         await client.aclose()
+
+
+def test_redis_bench_runs_against_real_workers() -> None:
+    from taskiq_flow.bench.redis import report, run_redis_bench
+
+    results = run_redis_bench(tasks=50, repeats=1)
+    assert isinstance(results, dict), results
+    for workers in ("1 worker(s)", "2 worker(s)"):
+        assert set(results[workers]) == {"raw_taskiq_redis", "MapReduce.map"}
+        assert all(v > 0 for v in results[workers].values())
+    assert "best-fit placement among 1,000 workers" in report(results)

@@ -34,6 +34,7 @@ import anyio
 from pydantic_core import to_jsonable_python
 from redis.asyncio import Redis
 from redis.exceptions import LockError, RedisError
+from taskiq import AsyncBroker
 
 from taskiq_flow.events import Completion, Inbox
 from taskiq_flow.exceptions import (
@@ -457,11 +458,12 @@ class RedisCapacityLimiter:
             self._renewer.cancel()
 
 
-def reliable_stream_broker(url: str, max_deliveries: int = 5, **kwargs: Any) -> Any:
+def reliable_stream_broker(url: str, max_deliveries: int = 5, **kwargs: Any) -> AsyncBroker:
     """A taskiq-redis ``RedisStreamBroker`` that does not lose or loop on a message whose worker
     died (see :class:`ReliableRedisStreamBroker`, built lazily so that ``taskiq-redis`` stays
     optional)."""
-    return _reliable_class()(url, max_deliveries=max_deliveries, **kwargs)
+    broker: AsyncBroker = _reliable_class()(url, max_deliveries=max_deliveries, **kwargs)
+    return broker
 
 
 def _reliable_class() -> type:

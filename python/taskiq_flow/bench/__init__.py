@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             "memory",
             "rate",
             "streaming",
+            "redis",
         ],
         help="run only these groups (repeatable)",
     )
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "full" if args.full else "quick"
     print(f"taskiq-flow bench ({mode}), Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     extra: dict[str, Any] = {}
-    timing_groups = groups - {"memory", "rate", "streaming"}
+    timing_groups = groups - {"memory", "rate", "streaming", "redis"}
     results: list[Result] = []
     if not groups or timing_groups:
         results = run(args.full, timing_groups or None, args.scale)
@@ -304,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{stream['us_per_item']:.1f} us/item, peak RSS {stream['peak_rss_mib']:.0f} MiB "
             f"(+{stream['peak_rss_growth_mib']:.1f} MiB while streaming)"
         )
+    if not groups or "redis" in groups:
+        from taskiq_flow.bench import redis as redis_bench
+
+        redis_results = redis_bench.run_redis_bench(tasks=max(100, int(2_000 * args.scale)))
+        extra["redis"] = redis_results
+        print("\n" + redis_bench.report(redis_results))
     if not groups or "memory" in groups:
         n = max(1_000, int((1_000_000 if args.full else 100_000) * args.scale))
         mem = memory_per_node("layered", n)
