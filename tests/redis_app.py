@@ -29,6 +29,7 @@ broker = (
         idle_timeout=1_000,
         xread_block=300,
         xread_count=1,  # one message per read, so that both workers get a share
+        priority_queues=["high_priority"],
     )
     .with_result_backend(json_result_backend(URL, prefix_str="taskiq_flow_test_results"))
     .with_middlewares(FlowMiddleware(RedisCompletionChannel(URL)))
@@ -113,3 +114,27 @@ async def poison(x: int) -> int:
     await _count(f"poison:{x}:runs")
     os.kill(os.getpid(), signal.SIGKILL)
     return x
+
+
+async def _record(entry: str) -> None:
+    client = Redis.from_url(URL)
+    try:
+        await client.rpush("order", entry)
+    finally:
+        await client.aclose()
+
+
+@broker.task
+async def gate(seconds: float) -> None:
+    """Keeps a one-slot worker busy while the test queues work behind it."""
+    await asyncio.sleep(seconds)
+
+
+@broker.task
+async def routine(i: int) -> None:
+    await _record(f"routine-{i}")
+
+
+@broker.task(queue="high_priority")
+async def urgent(i: int) -> None:
+    await _record(f"urgent-{i}")

@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -145,9 +146,9 @@ async def test_planted_pickles_are_never_loaded(
     assert not marker.exists()
 
 
-@pytest.fixture
-def workers(redis_url: str) -> Iterator[dict[str, str]]:
-    """Two `taskiq worker` processes on a queue of their own, consuming tests/redis_app.py."""
+@contextmanager
+def worker_processes(redis_url: str, *options: str) -> Iterator[dict[str, str]]:
+    """`taskiq worker` processes on a queue of their own, consuming tests/redis_app.py."""
     env = {
         **os.environ,
         "TASKIQ_FLOW_TEST_REDIS": redis_url,
@@ -161,12 +162,11 @@ def workers(redis_url: str) -> Iterator[dict[str, str]]:
             "taskiq",
             "worker",
             "redis_app:broker",
-            "--workers",
-            "2",
             "--log-level",
             "WARNING",
             "--shutdown-timeout",
             "2",
+            *options,
         ],
         cwd=TESTS,
         env=env,
@@ -189,7 +189,14 @@ def workers(redis_url: str) -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture
-async def app(workers: dict[str, str]) -> AsyncIterator[Any]:
+def workers(redis_url: str) -> Iterator[dict[str, str]]:
+    """Two worker processes."""
+    with worker_processes(redis_url, "--workers", "2") as env:
+        yield env
+
+
+@asynccontextmanager
+async def started_app(workers: dict[str, str]) -> AsyncIterator[Any]:
     """tests/redis_app.py imported here, as an orchestrator would, its broker started, once a
     worker has answered a ping (the workers' consumer group sees only messages sent after it
     exists)."""
@@ -214,6 +221,12 @@ async def app(workers: dict[str, str]) -> AsyncIterator[Any]:
     finally:
         await redis_app.broker.shutdown()
         sys.path.remove(str(TESTS))
+
+
+@pytest.fixture
+async def app(workers: dict[str, str]) -> AsyncIterator[Any]:
+    async with started_app(workers) as module:
+        yield module
 
 
 async def test_pipelines_run_on_worker_processes(app: Any) -> None:
@@ -341,3 +354,33 @@ def test_redis_bench_runs_against_real_workers() -> None:
         assert set(results[workers]) == {"raw_taskiq_redis", "MapReduce.map"}
         assert all(v > 0 for v in results[workers].values())
     assert "best-fit placement among 1,000 workers" in report(results)
+
+
+@pytest.fixture
+def one_slot_worker(redis_url: str) -> Iterator[dict[str, str]]:
+    """One worker process that runs one task at a time and holds no prefetched message."""
+    with worker_processes(redis_url, "--workers", "1", "--max-async-tasks", "1") as env:
+        yield env
+
+
+@pytest.fixture
+async def one_slot_app(one_slot_worker: dict[str, str]) -> AsyncIterator[Any]:
+    async with started_app(one_slot_worker) as module:
+        yield module
+
+
+async def test_a_worker_drains_higher_priority_queues_first(
+    redis: Redis, one_slot_app: Any
+) -> None:
+    app_ = one_slot_app
+    await app_.gate.kiq(0.5)
+    await asyncio.sleep(0.2)  # the only slot is busy with the gate
+    for i in range(4):
+        await app_.routine.kiq(i)
+    for i in range(3):
+        await app_.urgent.kiq(i)
+    deadline = time.monotonic() + 20
+    while await redis.llen("order") < 7 and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)  # the order lives in Redis, written by the worker process
+    order = [entry.decode() for entry in await redis.lrange("order", 0, -1)]
+    assert order == [*(f"urgent-{i}" for i in range(3)), *(f"routine-{i}" for i in range(4))]

@@ -26,7 +26,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -458,11 +458,18 @@ class RedisCapacityLimiter:
             self._renewer.cancel()
 
 
-def reliable_stream_broker(url: str, max_deliveries: int = 5, **kwargs: Any) -> AsyncBroker:
+def reliable_stream_broker(
+    url: str,
+    max_deliveries: int = 5,
+    priority_queues: Sequence[str] = (),
+    **kwargs: Any,
+) -> AsyncBroker:
     """A taskiq-redis ``RedisStreamBroker`` that does not lose or loop on a message whose worker
     died (see :class:`ReliableRedisStreamBroker`, built lazily so that ``taskiq-redis`` stays
     optional)."""
-    broker: AsyncBroker = _reliable_class()(url, max_deliveries=max_deliveries, **kwargs)
+    broker: AsyncBroker = _reliable_class()(
+        url, max_deliveries=max_deliveries, priority_queues=priority_queues, **kwargs
+    )
     return broker
 
 
@@ -492,12 +499,22 @@ def _make_reliable_class() -> type:
           then, so a DAG waiting on a lost step, with nothing else in flight, stalls forever).
         - The reclaim lock expires and is never waited for (a worker killed holding it would
           otherwise stop all reclaiming).
+        - Queue priorities: a task declared with ``@broker.task(queue="high_priority")`` (or
+          taskiq-redis's ``queue_name`` label) goes to that stream, if it is one of
+          ``priority_queues`` (highest first); a worker always takes what waits in a
+          higher-priority queue before anything in a lower one, the default queue last.
         - A message delivered more than ``max_deliveries`` times is a poison message: it is
           acknowledged (taken out) and its pipeline run is told the step failed for good with
           :class:`PoisonMessageError`, so the run fails naming it and a dead letter is recorded.
         """
 
-        def __init__(self, url: str, max_deliveries: int = 5, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            url: str,
+            max_deliveries: int = 5,
+            priority_queues: Sequence[str] = (),
+            **kwargs: Any,
+        ) -> None:
             if isinstance(max_deliveries, bool) or not isinstance(max_deliveries, int):
                 raise InvalidValueError(
                     f"max_deliveries must be an int >= 1, got {max_deliveries!r}"
@@ -506,21 +523,55 @@ def _make_reliable_class() -> type:
                 raise InvalidValueError(
                     f"max_deliveries must be an int >= 1, got {max_deliveries!r}"
                 )
-            super().__init__(url, **kwargs)
+            queues = [validate_key_part("queue name", q) for q in priority_queues]
+            streams = dict(kwargs.pop("additional_streams", None) or {})
+            streams.update({q: ">" for q in queues})
+            super().__init__(url, additional_streams=streams, **kwargs)
+            if self.queue_name in queues:
+                raise InvalidValueError(f"{self.queue_name!r} is the default queue already")
             self.max_deliveries = max_deliveries
+            self.priority_queues = queues
 
-        async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+        async def kick(self, message: Any) -> None:
+            labels = message.labels
+            wanted = labels.get("queue") or labels.get("queue_name")
+            queue = wanted if wanted in self.priority_queues else self.queue_name
             async with Redis(connection_pool=self.connection_pool) as conn:
-                streams: Any = {self.queue_name: ">", **self.additional_streams}
-                while True:
-                    fetched: Any = await conn.xreadgroup(
+                await conn.xadd(
+                    queue,
+                    {b"data": message.message},
+                    maxlen=self.maxlen,
+                    approximate=self.approximate,
+                )
+
+        async def _next_batch(self, conn: Redis) -> Any:
+            """What to take next: the highest-priority queue with anything waiting, checked
+            without blocking; when all are empty, a blocking read on all of them."""
+            for queue in (*self.priority_queues, self.queue_name):
+                if self.priority_queues:
+                    found: Any = await conn.xreadgroup(
                         self.consumer_group_name,
                         self.consumer_name,
-                        streams,
-                        block=self.block,
+                        {queue: ">"},
                         noack=False,
                         count=self.count,
                     )
+                    if found:
+                        return found
+            streams: Any = {self.queue_name: ">", **self.additional_streams}
+            return await conn.xreadgroup(
+                self.consumer_group_name,
+                self.consumer_name,
+                streams,
+                block=self.block,
+                noack=False,
+                count=self.count,
+            )
+
+        async def listen(self) -> AsyncGenerator[AckableMessage, None]:
+            async with Redis(connection_pool=self.connection_pool) as conn:
+                while True:
+                    fetched = await self._next_batch(conn)
                     for stream, entries in fetched or []:
                         for message_id, fields in entries:
                             yield AckableMessage(
