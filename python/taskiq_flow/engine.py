@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import time
 import uuid
 from collections import deque
@@ -303,20 +304,20 @@ class FlowRun:
         if self.worker_pool is not None:
             for spec in plan.steps:  # a task no worker could ever run: refuse before sending
                 self.worker_pool.check(spec.resources or TaskResources())
-        middleware = ensure_flow_middleware(self.broker)
-        channel = middleware.channel
-        inbox = self._inbox = channel.open(self.run_id)
         scheduler = self._scheduler = self._build_scheduler()
-        if self.tracking is not None and self.track_step is None:
-            await self.tracking.begin(
-                self.pipeline_id, self.name, [(s.name, s.tasks) for s in plan.steps]
-            )
+        channel = ensure_flow_middleware(self.broker).channel
+        inbox = self._inbox = channel.open(self.run_id)
         loop = asyncio.get_running_loop()
-        count = min(DISPATCHERS, plan.node_count)
-        self._sending = [False] * count
-        dispatchers = [loop.create_task(self._dispatcher(i)) for i in range(count)]
+        dispatchers: list[asyncio.Task[None]] = []
         deadline = loop.time() + self.timeout if self.timeout is not None else None
         try:
+            if self.tracking is not None and self.track_step is None:
+                await self.tracking.begin(
+                    self.pipeline_id, self.name, [(s.name, s.tasks) for s in plan.steps]
+                )
+            count = min(DISPATCHERS, plan.node_count)
+            self._sending = [False] * count
+            dispatchers = [loop.create_task(self._dispatcher(i)) for i in range(count)]
             self._dispatch(scheduler.start(loop.time()))
             if self._inline:
                 await self._send_inline()
@@ -605,6 +606,8 @@ class FlowRun:
                             self._in_flight -= 1
                             self._limiter.release()
                             self._unplace(event.node)
+            except Exception as exc:  # the channel broke: nothing more will report back
+                logger.warning("run %s: stopped waiting for tasks still out: %s", self.run_id, exc)
             finally:
                 # Cancelled (the event loop is closing): whatever is still out will never report
                 # back to this process, so its slots are given back here.
@@ -704,6 +707,7 @@ class FlowRun:
 
 
 _BACKGROUND: set[asyncio.Task[None]] = set()
+logger = logging.getLogger(__name__)
 #: Placement ids, unique across every run sharing a worker pool.
 _PLACEMENT_IDS = itertools.count()
 
