@@ -19,11 +19,14 @@ settings.load_profile("default")
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    """A real redis-server for the whole session."""
-    from redis_server import redis_server
+    """A real redis-server for the whole session (a failure, never a skip, if there is none)."""
+    from taskiq_flow.testing import RedisServerUnavailable, redis_server
 
-    with redis_server() as url:
-        yield url
+    try:
+        with redis_server() as url:
+            yield url
+    except RedisServerUnavailable as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture

@@ -327,9 +327,8 @@ async def test_global_cap_holds_across_two_orchestrator_processes(
 
 
 async def test_redis_going_away_fails_the_run_instead_of_hanging() -> None:
-    from redis_server import redis_server
-
     from taskiq_flow.distributed import ChannelLostError
+    from taskiq_flow.testing import redis_server
 
     with redis_server() as url:
         client = Redis.from_url(url)

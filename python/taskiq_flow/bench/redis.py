@@ -14,56 +14,17 @@ import importlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from typing import Any
 
 from taskiq_flow import MapReduce, Placer
 from taskiq_flow.engine import run_single
+from taskiq_flow.testing import redis_server
 
 __all__ = ["placement_decision_us", "run_redis_bench"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_redis() -> tuple[subprocess.Popen[bytes], str, str]:
-    binary = shutil.which("redis-server")
-    assert binary is not None
-    port = _free_port()
-    workdir = tempfile.mkdtemp(prefix="taskiq-flow-bench-redis-")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.05)
-    return proc, f"redis://127.0.0.1:{port}", workdir
 
 
 def _start_workers(url: str, queue: str, count: int) -> subprocess.Popen[bytes]:
@@ -135,9 +96,8 @@ def run_redis_bench(tasks: int = 2_000, repeats: int = 3) -> dict[str, Any] | st
         importlib.import_module("taskiq_redis")
     except ImportError:
         return "skipped: taskiq-redis is not installed (pip install 'taskiq-flow[redis]')"
-    server, url, workdir = _start_redis()
     results: dict[str, Any] = {}
-    try:
+    with redis_server() as url:
         for workers in (1, 2):
             queue = f"bench-{uuid.uuid4().hex[:8]}"
             os.environ["TASKIQ_FLOW_BENCH_REDIS"] = url
@@ -149,10 +109,6 @@ def run_redis_bench(tasks: int = 2_000, repeats: int = 3) -> dict[str, Any] | st
                 results[f"{workers} worker(s)"] = asyncio.run(_measure(app, tasks, repeats))
             finally:
                 _stop(proc)
-    finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
     results["placement_us_1000_workers"] = placement_decision_us()
     return results
 
