@@ -4,13 +4,14 @@ the test that orchestrates them. Configured by environment variables set by the 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
 
 from redis.asyncio import Redis
 
-from taskiq_flow import FlowMiddleware, pipeline_task
+from taskiq_flow import CPUProfile, FlowMiddleware, ResourceProfile, pipeline_task
 from taskiq_flow.distributed import (
     RedisCompletionChannel,
     json_result_backend,
@@ -138,3 +139,35 @@ async def routine(i: int) -> None:
 @broker.task(queue="high_priority")
 async def urgent(i: int) -> None:
     await _record(f"urgent-{i}")
+
+
+def _worker_name() -> str:
+    return str(json.loads(os.environ.get("TASKIQ_FLOW_WORKER", "{}")).get("name", "?"))
+
+
+@broker.task
+@CPUProfile(cpu_units=2)
+async def crunch(i: int) -> str:
+    """Two cores' worth of work; counts, per worker, how many run at once."""
+    name = _worker_name()
+    client = Redis.from_url(URL)
+    try:
+        running = await client.incr(f"running:{name}")
+        await client.eval(
+            "if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[1]) or '0') then "
+            "redis.call('SET', KEYS[1], ARGV[1]) end",
+            1,
+            f"peak:{name}",
+            running,
+        )
+        await asyncio.sleep(0.05)
+        await client.decr(f"running:{name}")
+    finally:
+        await client.aclose()
+    return name
+
+
+@broker.task
+@ResourceProfile(labels={"ssd": True})
+async def needs_ssd(i: int) -> str:
+    return _worker_name()

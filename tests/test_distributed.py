@@ -383,3 +383,70 @@ async def test_a_worker_drains_higher_priority_queues_first(
         await asyncio.sleep(0.05)  # the order lives in Redis, written by the worker process
     order = [entry.decode() for entry in await redis.lrange("order", 0, -1)]
     assert order == [*(f"urgent-{i}" for i in range(3)), *(f"routine-{i}" for i in range(4))]
+
+
+@pytest.fixture
+def advertised_workers(redis_url: str) -> Iterator[dict[str, str]]:
+    """Two `taskiq-flow worker` processes: `big` (4 cores) and `small` (1 core, label ssd)."""
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "TASKIQ_FLOW_TEST_REDIS": redis_url,
+        "TASKIQ_FLOW_TEST_QUEUE": queue,
+        "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    command = [sys.executable, "-m", "taskiq_flow.cli", "worker", "redis_app:broker"]
+    specs = [
+        ["--name", "big", "--cpu-cores", "4", "--ram-gb", "8"],
+        ["--name", "small", "--cpu-cores", "1", "--ram-gb", "8", "--label", "ssd=true"],
+    ]
+    procs = [
+        subprocess.Popen(
+            [*command, *spec, "--", "--log-level", "WARNING"],
+            cwd=TESTS,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for spec in specs
+    ]
+    try:
+        yield env
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+async def test_placed_tasks_run_on_the_worker_chosen_for_them(
+    redis: Redis, advertised_workers: dict[str, str]
+) -> None:
+    from taskiq_flow import MapReduce, ResourceAwareWorkerPool
+    from taskiq_flow.distributed import discover_workers
+
+    async with started_app(advertised_workers) as app:
+        deadline = time.monotonic() + 30
+        while len(adverts := await discover_workers(redis)) < 2:
+            assert time.monotonic() < deadline, adverts
+            await asyncio.sleep(0.1)  # the adverts appear in Redis as the workers start
+        assert [(a["name"], a["queue"]) for a in adverts] == [
+            ("big", f"{advertised_workers['TASKIQ_FLOW_TEST_QUEUE']}.big"),
+            ("small", f"{advertised_workers['TASKIQ_FLOW_TEST_QUEUE']}.small"),
+        ]
+        pool = ResourceAwareWorkerPool(adverts)
+        # 2-core tasks fit only on `big`, two at a time.
+        where = await MapReduce.map(app.broker, app.crunch, range(8), 10, worker_pool=pool)
+        assert where == ["big"] * 8
+        assert int(await redis.get("peak:big")) == 2
+        # The ssd label is only on `small`.
+        assert (
+            await MapReduce.map(app.broker, app.needs_ssd, range(3), worker_pool=pool)
+            == ["small"] * 3
+        )
+        assert pool.placed_count == 0

@@ -101,7 +101,7 @@ async def test_routing_explain_and_unschedulable(broker: InMemoryBroker) -> None
     assert pool.place(render, 3) is None
     assert pool.explain(render) == {
         "worker-0": ["gpu: needs 1, 0 free of 1 (short by 1)"],
-        "worker-1": ["gpu: needs 1, 0 free of 0 (short by 1)", "missing label gpu=True"],
+        "worker-1": ["gpu: needs 1, 0 free of 0 (short by 1)", "missing label gpu=true"],
     }
     assert pool.free("worker-1") == {"cpu_milli": 2000, "ram_mb": 12288, "gpu": 0}
     assert pool.release(2) == "worker-0"
@@ -109,7 +109,7 @@ async def test_routing_explain_and_unschedulable(broker: InMemoryBroker) -> None
         pool.release(2)
     with pytest.raises(UnschedulableError, match="needs ram_mb=65536 but the largest ram_mb"):
         pool.check(TaskResources(ram_mb=65536))
-    with pytest.raises(UnschedulableError, match="no worker has label ssd=True"):
+    with pytest.raises(UnschedulableError, match="no worker has label ssd=true"):
         pool.check(TaskResources(labels={"ssd": True}))
     with pytest.raises(UnschedulableError, match="needs tpu=1 but no worker offers tpu"):
         pool.check(TaskResources(extra={"tpu": 1}))

@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> int:
         add_help=False,
     )
     commands.add_parser(
+        "worker",
+        help="run a taskiq worker that advertises its capacity and consumes its own queue",
+        add_help=False,
+    )
+    commands.add_parser(
         "bench",
         help="compare the scheduling core against its peers (graphlib, rustworkx, ...)",
         add_help=False,
@@ -27,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         from taskiq_flow.demo import main as demo_main
 
         return demo_main(rest)
+    if args.command == "worker":
+        from taskiq_flow.worker import main as worker_main
+
+        return worker_main(rest)
     if args.command == "bench":
         from taskiq_flow.bench import main as bench_main
 

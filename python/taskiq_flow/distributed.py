@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -52,6 +53,7 @@ __all__ = [
     "RedisCompletionChannel",
     "RedisPipelineStorage",
     "RemoteTaskError",
+    "discover_workers",
     "json_result_backend",
     "reliable_stream_broker",
     "validate_key_part",
@@ -490,6 +492,7 @@ def _make_reliable_class() -> type:
     from taskiq_redis import RedisStreamBroker
 
     from taskiq_flow.events import FLOW_LABEL, FlowMiddleware
+    from taskiq_flow.resources import QUEUE_LABEL
 
     class ReliableRedisStreamBroker(RedisStreamBroker):
         """``RedisStreamBroker`` with two fixes for workers that die mid-task.
@@ -532,10 +535,45 @@ def _make_reliable_class() -> type:
             self.max_deliveries = max_deliveries
             self.priority_queues = queues
 
+        async def startup(self) -> None:
+            advert = os.environ.get(WORKER_ENV) if self.is_worker_process else None
+            if advert:
+                # Started by `taskiq-flow worker`: consume an own queue first, and advertise it.
+                self._advert = json.loads(advert)
+                own = f"{self.queue_name}.{validate_key_part('worker name', self._advert['name'])}"
+                self._advert["queue"] = own
+                self.priority_queues.insert(0, own)
+                self.additional_streams[own] = ">"
+            await super().startup()
+            if advert:
+                self._heartbeat = asyncio.get_running_loop().create_task(self._advertise())
+
+        async def shutdown(self) -> None:
+            heartbeat = getattr(self, "_heartbeat", None)
+            if heartbeat is not None:
+                heartbeat.cancel()
+                async with Redis(connection_pool=self.connection_pool) as conn:
+                    await conn.delete(_worker_key(self._advert["name"]))
+            await super().shutdown()
+
+        async def _advertise(self) -> None:
+            key = _worker_key(self._advert["name"])
+            payload = json.dumps(self._advert)
+            while True:
+                try:
+                    async with Redis(connection_pool=self.connection_pool) as conn:
+                        await conn.set(key, payload, px=int(HEARTBEAT_TTL * 1000))
+                except RedisError as exc:
+                    logger.warning("worker heartbeat failed: %s", exc)
+                await asyncio.sleep(HEARTBEAT_TTL / 3)
+
         async def kick(self, message: Any) -> None:
             labels = message.labels
             wanted = labels.get("queue") or labels.get("queue_name")
             queue = wanted if wanted in self.priority_queues else self.queue_name
+            own = labels.get(QUEUE_LABEL)
+            if isinstance(own, str) and own.startswith(f"{self.queue_name}."):
+                queue = validate_key_part("worker queue", own)  # placed on that worker
             async with Redis(connection_pool=self.connection_pool) as conn:
                 await conn.xadd(
                     queue,
@@ -647,6 +685,32 @@ def _make_reliable_class() -> type:
                 await published
 
     return ReliableRedisStreamBroker
+
+
+#: Set by ``taskiq-flow worker`` for the ``taskiq worker`` it starts: the worker's advert (JSON).
+WORKER_ENV = "TASKIQ_FLOW_WORKER"
+#: Seconds a worker's advert lives without a heartbeat (refreshed every third of that).
+HEARTBEAT_TTL = 3.0
+
+
+def _worker_key(name: str, prefix: str = "taskiq_flow") -> str:
+    return f"{prefix}:worker:{validate_key_part('worker name', name)}"
+
+
+async def discover_workers(redis: Redis, prefix: str = "taskiq_flow") -> list[dict[str, Any]]:
+    """The adverts of every live ``taskiq-flow worker`` (those whose heartbeat has not lapsed),
+    in the form :class:`~taskiq_flow.ResourceAwareWorkerPool` takes, each with its ``queue``."""
+    adverts = []
+    pattern = f"{validate_key_part('prefix', prefix)}:worker:*"
+    async for key in redis.scan_iter(match=pattern, count=500):
+        raw = await redis.get(key)
+        if raw is None:
+            continue  # expired between the scan and the read
+        try:
+            adverts.append(json.loads(raw))
+        except ValueError:
+            logger.warning("ignoring a malformed worker advert at %s", key)
+    return sorted(adverts, key=lambda a: str(a.get("name")))
 
 
 def json_result_backend(url: str, **kwargs: Any) -> Any:

@@ -42,7 +42,12 @@ from taskiq_flow.exceptions import (
     StepFailedError,
 )
 from taskiq_flow.optimization.parallel import global_limiter
-from taskiq_flow.resources import WORKER_LABEL, ResourceAwareWorkerPool, TaskResources
+from taskiq_flow.resources import (
+    QUEUE_LABEL,
+    WORKER_LABEL,
+    ResourceAwareWorkerPool,
+    TaskResources,
+)
 from taskiq_flow.retry import DeadLetter, DeadLetterQueue, RetryPolicy, default_dead_letters
 from taskiq_flow.tracking import PipelineTrackingManager
 
@@ -543,6 +548,9 @@ class FlowRun:
             placement = self._placements.get(node)
             if placement is not None and self.worker_pool is not None:
                 labels[WORKER_LABEL] = self.worker_pool.worker_of(placement)
+                queue = self.worker_pool.queue_of(placement)
+                if queue is not None:
+                    labels[QUEUE_LABEL] = queue
             kicker: AsyncKicker[Any, Any] = AsyncKicker(step.task_name, self.broker, step.labels)
             kicker = kicker.with_labels(**labels)
             await kicker.kiq(*args, **kwargs)

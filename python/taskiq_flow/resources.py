@@ -30,6 +30,7 @@ worker has room for it, and label its message with that worker.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -55,6 +56,8 @@ _F = TypeVar("_F")
 _ATTR = "__taskiq_flow_resources__"
 #: Label the engine puts on a message placed on a worker.
 WORKER_LABEL = "taskiq_flow_worker"
+#: Label naming the placed worker's own queue, which the reliable Redis broker sends to.
+QUEUE_LABEL = "taskiq_flow_queue"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +147,9 @@ class WorkerSpec:
     ram_mb: int
     extra: Mapping[str, int]
     labels: Mapping[str, Any]
+    #: The worker's own queue, when it consumes one (``taskiq-flow worker``): tasks placed on it
+    #: are sent there.
+    queue: str | None = None
 
     @classmethod
     def parse(cls, index: int, spec: Mapping[str, Any]) -> WorkerSpec:
@@ -151,6 +157,7 @@ class WorkerSpec:
         other key as a named resource (``gpu=2``)."""
         spec = dict(spec)
         name = str(spec.pop("name", f"worker-{index}"))
+        queue = spec.pop("queue", None)
         labels = spec.pop("labels", {}) or {}
         if not isinstance(labels, Mapping):
             raise InvalidValueError(f"labels of {name} must be a mapping, got {labels!r}")
@@ -163,10 +170,14 @@ class WorkerSpec:
             else _amount(f"ram_mb of {name}", spec.pop("ram_mb", 0))
         )
         extra = {key: _amount(f"{key} of {name}", value) for key, value in spec.items()}
-        return cls(name, cpu, ram, extra, dict(labels))
+        return cls(name, cpu, ram, extra, dict(labels), None if queue is None else str(queue))
 
 
 def _label(key: str, value: Any) -> str:
+    """``key=value`` with JSON spelling for booleans and numbers, so that ``{"gpu": True}`` and a
+    command line's ``--label gpu=true`` name the same label."""
+    if isinstance(value, (bool, int, float)) or value is None:
+        value = json.dumps(value)
     return f"{key}={value}"
 
 
@@ -273,6 +284,11 @@ class ResourceAwareWorkerPool:
             if w.name == worker:
                 return dict(zip(self.resources, self._placer.free(i)))
         raise UnknownIdError(f"no worker named {worker!r}")
+
+    def queue_of(self, task_id: int) -> str | None:
+        """The own queue of the worker a placed task holds capacity on, if it has one."""
+        worker = self._placer.worker_of(task_id)
+        return None if worker is None else self.workers[worker].queue
 
     def worker_of(self, task_id: int) -> str | None:
         """The worker a placed task holds capacity on."""
