@@ -147,7 +147,7 @@ def _worker_name() -> str:
 
 @broker.task
 @CPUProfile(cpu_units=2)
-async def crunch(i: int) -> str:
+async def crunch(i: int, seconds: float = 0.05) -> str:
     """Two cores' worth of work; counts, per worker, how many run at once."""
     name = _worker_name()
     client = Redis.from_url(URL)
@@ -160,7 +160,7 @@ async def crunch(i: int) -> str:
             f"peak:{name}",
             running,
         )
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(seconds)
         await client.decr(f"running:{name}")
     finally:
         await client.aclose()

@@ -385,9 +385,11 @@ async def test_a_worker_drains_higher_priority_queues_first(
     assert order == [*(f"urgent-{i}" for i in range(3)), *(f"routine-{i}" for i in range(4))]
 
 
-@pytest.fixture
-def advertised_workers(redis_url: str) -> Iterator[dict[str, str]]:
-    """Two `taskiq-flow worker` processes: `big` (4 cores) and `small` (1 core, label ssd)."""
+@contextmanager
+def flow_workers(
+    redis_url: str, specs: dict[str, list[str]]
+) -> Iterator[tuple[dict[str, str], dict[str, subprocess.Popen[bytes]]]]:
+    """`taskiq-flow worker` processes, one per ``{name: capacity options}``."""
     queue = f"q-{uuid.uuid4().hex[:8]}"
     env = {
         **os.environ,
@@ -396,27 +398,24 @@ def advertised_workers(redis_url: str) -> Iterator[dict[str, str]]:
         "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
     command = [sys.executable, "-m", "taskiq_flow.cli", "worker", "redis_app:broker"]
-    specs = [
-        ["--name", "big", "--cpu-cores", "4", "--ram-gb", "8"],
-        ["--name", "small", "--cpu-cores", "1", "--ram-gb", "8", "--label", "ssd=true"],
-    ]
-    procs = [
-        subprocess.Popen(
-            [*command, *spec, "--", "--log-level", "WARNING"],
+    procs = {
+        name: subprocess.Popen(
+            [*command, "--name", name, *options, "--", "--log-level", "WARNING"],
             cwd=TESTS,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        for spec in specs
-    ]
+        for name, options in specs.items()
+    }
     try:
-        yield env
+        yield env, procs
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
             try:
                 proc.wait(timeout=3)
             except subprocess.TimeoutExpired:
@@ -424,17 +423,34 @@ def advertised_workers(redis_url: str) -> Iterator[dict[str, str]]:
                 proc.wait()
 
 
+async def live_adverts(redis: Redis, count: int) -> list[dict[str, Any]]:
+    from taskiq_flow.distributed import discover_workers
+
+    deadline = time.monotonic() + 30
+    while len(adverts := await discover_workers(redis)) < count:
+        assert time.monotonic() < deadline, adverts
+        await asyncio.sleep(0.1)  # the adverts appear in Redis as the workers start
+    return adverts
+
+
+@pytest.fixture
+def advertised_workers(redis_url: str) -> Iterator[dict[str, str]]:
+    """Two `taskiq-flow worker` processes: `big` (4 cores) and `small` (1 core, label ssd)."""
+    specs = {
+        "big": ["--cpu-cores", "4", "--ram-gb", "8"],
+        "small": ["--cpu-cores", "1", "--ram-gb", "8", "--label", "ssd=true"],
+    }
+    with flow_workers(redis_url, specs) as (env, _):
+        yield env
+
+
 async def test_placed_tasks_run_on_the_worker_chosen_for_them(
     redis: Redis, advertised_workers: dict[str, str]
 ) -> None:
     from taskiq_flow import MapReduce, ResourceAwareWorkerPool
-    from taskiq_flow.distributed import discover_workers
 
     async with started_app(advertised_workers) as app:
-        deadline = time.monotonic() + 30
-        while len(adverts := await discover_workers(redis)) < 2:
-            assert time.monotonic() < deadline, adverts
-            await asyncio.sleep(0.1)  # the adverts appear in Redis as the workers start
+        adverts = await live_adverts(redis, 2)
         assert [(a["name"], a["queue"]) for a in adverts] == [
             ("big", f"{advertised_workers['TASKIQ_FLOW_TEST_QUEUE']}.big"),
             ("small", f"{advertised_workers['TASKIQ_FLOW_TEST_QUEUE']}.small"),
@@ -450,3 +466,26 @@ async def test_placed_tasks_run_on_the_worker_chosen_for_them(
             == ["small"] * 3
         )
         assert pool.placed_count == 0
+
+
+async def test_tasks_of_a_dead_worker_are_placed_again_and_the_run_completes(
+    redis: Redis, redis_url: str
+) -> None:
+    from taskiq_flow import MapReduce, ResourceAwareWorkerPool
+    from taskiq_flow.distributed import discover_workers
+
+    specs = {name: ["--cpu-cores", "4", "--ram-gb", "8"] for name in ("first", "second")}
+    with flow_workers(redis_url, specs) as (env, procs):
+        async with started_app(env) as app:
+            pool = ResourceAwareWorkerPool(await live_adverts(redis, 2))
+            pool.watch(lambda: discover_workers(redis), interval=0.3)
+            run = asyncio.ensure_future(
+                MapReduce.map(app.broker, app.crunch, range(8), worker_pool=pool, seconds=1.0)
+            )
+            await asyncio.sleep(0.5)  # two 2-core tasks running on each worker
+            os.killpg(procs["first"].pid, signal.SIGKILL)
+            where = await asyncio.wait_for(run, 60)
+            assert len(where) == 8
+            assert where.count("second") >= 6  # everything not finished on `first` before it died
+            assert pool.placed_count == 0
+            assert [w.name for w in pool.workers] == ["first", "second"]

@@ -186,6 +186,10 @@ class RedisCompletionChannel:
             try:
                 batches: Any = await redis.xread({key: last}, block=self.block_ms, count=1000)
             except RedisError as exc:
+                task = asyncio.current_task()
+                cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+                if run_id not in self._readers or (cancelling is not None and cancelling()):
+                    return  # closed or cancelled mid-read (redis-py reports that as an error)
                 # Redis restarting: retry for a while, then fail the run clearly (never hang).
                 now = time.monotonic()
                 failing_since = failing_since or now

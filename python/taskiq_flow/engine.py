@@ -40,6 +40,7 @@ from taskiq_flow.exceptions import (
     PipelineTimeoutError,
     PoisonMessageError,
     StepFailedError,
+    WorkerLostError,
 )
 from taskiq_flow.optimization.parallel import global_limiter
 from taskiq_flow.resources import (
@@ -73,6 +74,11 @@ CustomDispatch = Callable[[int, tuple[Any, ...], dict[str, Any]], Awaitable[Any]
 _MISSING: Any = object()
 #: Dispatch coroutines per run: enough to overlap sends on a networked broker.
 DISPATCHERS = 8
+#: How often one node may lose its worker and be placed again before it fails for good.
+MAX_WORKER_LOSSES = 5
+#: How long a stopped run waits for tasks still out before it gives their slots back anyway (a
+#: message lost by the broker never reports back).
+DRAIN_TIMEOUT = 300.0
 
 
 def task_display_name(task: AsyncTaskiqDecoratedTask[Any, Any]) -> str:
@@ -260,6 +266,7 @@ class FlowRun:
         self.track_step = track_step
         self.worker_pool = worker_pool
         self._placements: dict[int, int] = {}
+        self._lost: dict[int, int] = {}
         n = plan.node_count
         self.results: list[Any] = [_MISSING] * n
         self.failures: dict[str, BaseException | str | None] = {}
@@ -369,6 +376,12 @@ class FlowRun:
         wake = scheduler.next_wakeup()
         if deadline is not None:
             wake = deadline if wake is None else min(wake, deadline)
+        pool = self.worker_pool
+        watching = pool is not None and pool.discover is not None and bool(self._placements)
+        if watching:
+            assert pool is not None
+            check = loop.time() + pool.refresh_interval
+            wake = check if wake is None else min(wake, check)
         timer = loop.call_at(wake, inbox.wake) if wake is not None else None
         await inbox.wait()
         if timer is not None:
@@ -382,6 +395,8 @@ class FlowRun:
                 PipelineTimeoutError(f"pipeline {self.name!r} timed out after {self.timeout}s")
             )
             return
+        if watching:
+            await self._check_workers()
         done: list[int] = []
         for event in inbox.drain():
             if (
@@ -407,6 +422,32 @@ class FlowRun:
         if self.on_progress is not None:
             self.on_progress(self._finished, self.plan.node_count)
 
+    async def _check_workers(self) -> None:
+        """Reads the live workers; a node placed on one that went away fails its attempt with
+        :class:`WorkerLostError`, which places and sends it again."""
+        pool = self.worker_pool
+        assert pool is not None
+        await pool.refresh()
+        mine = {placement: node for node, placement in self._placements.items()}
+        for placement in pool.lost & mine.keys():
+            pool.lost.discard(placement)
+            node = mine[placement]
+            del self._placements[node]
+            worker = "its worker"
+            assert self._inbox is not None
+            self._inbox.push(
+                Completion(
+                    self.run_id,
+                    node,
+                    self._attempt[node],
+                    False,
+                    None,
+                    WorkerLostError(f"{worker} stopped advertising; placing it again"),
+                    0.0,
+                    time.time(),
+                )
+            )
+
     def _failed(self, event: Completion, scheduler: DagScheduler, now: float) -> None:
         """Handles a failed attempt: a retry after a backoff, or a failure for good."""
         node = event.node
@@ -414,6 +455,15 @@ class FlowRun:
         policy = step.retry or self.retry
         attempt = self._attempt[node]
         error = event.error
+        if isinstance(error, WorkerLostError) and self._fatal is None:
+            self._lost[node] = self._lost.get(node, 0) + 1
+            if self._lost[node] <= MAX_WORKER_LOSSES:
+                # Not the task's fault: sent again at once, whatever the retry policy says.
+                self._attempt[node] = attempt + 1
+                self._retrying.add(node)
+                self._track(node, "retrying", event, error=error)
+                asyncio.get_running_loop().call_soon(self._resend, node)
+                return
         if (
             self._fatal is None
             and policy is not None
@@ -489,8 +539,8 @@ class FlowRun:
                 if self._attempt[node] == 1:
                     await limiter.acquire()
                     self._in_flight += 1
-                    if self.worker_pool is not None:
-                        await self._place(node)
+                if self.worker_pool is not None and node not in self._placements:
+                    await self._place(node)  # first send, or again after its worker was lost
                 # Not cancelled while sending (see _stop_dispatchers): once a slot is taken the
                 # message goes out, so that its completion comes back and gives the slot up.
                 sending[index] = True
@@ -510,8 +560,11 @@ class FlowRun:
                 self.plan.step(node).resources or TaskResources(), placement
             )
         except BaseException:
-            self._in_flight -= 1
-            self._limiter.release()
+            if self._attempt[node] == 1:
+                self._in_flight -= 1
+                self._limiter.release()
+            else:  # a re-placement: the node still counts as waiting to be resent
+                self._retrying.add(node)
             raise
         self._placements[node] = placement
 
@@ -606,9 +659,24 @@ class FlowRun:
             return
 
         async def drain() -> None:
+            deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT
             try:
                 while self._in_flight > 0:
-                    await inbox.wait()
+                    remaining = deadline - asyncio.get_running_loop().time()
+                    if remaining <= 0:
+                        logger.warning(
+                            "run %s: %d tasks never reported back in %.0fs; giving their slots "
+                            "back",
+                            self.run_id,
+                            self._in_flight,
+                            DRAIN_TIMEOUT,
+                        )
+                        break
+                    timer = asyncio.get_running_loop().call_later(remaining, inbox.wake)
+                    try:
+                        await inbox.wait()
+                    finally:
+                        timer.cancel()
                     for event in inbox.drain():
                         if event.attempt == self._attempt[event.node]:
                             self._in_flight -= 1

@@ -18,6 +18,7 @@
     │   ├── AbortPipeline          raised by a task to stop its pipeline
     │   ├── PipelineCancelledError the run was cancelled
     │   ├── PoisonMessageError     a step's every delivery killed its worker
+    │   ├── WorkerLostError        the worker a step was placed on went away (re-placed, resent)
     │   └── PipelineTimeoutError   (also TimeoutError) the run exceeded its timeout
     └── InternalError       a bug in the scheduling core (a Rust panic), caught
 
@@ -53,6 +54,7 @@ __all__ = [
     "UnknownIdError",
     "UnschedulableError",
     "UnserializableError",
+    "WorkerLostError",
 ]
 
 
@@ -174,3 +176,9 @@ class PipelineTimeoutError(PipelineError, TimeoutError):
 class PoisonMessageError(PipelineError):
     """A step whose every delivery ended with its worker gone (killed, crashed): the broker took
     it out of the queue and the step failed for good. Never retried."""
+
+
+class WorkerLostError(PipelineError):
+    """The worker a step was placed on stopped advertising (died, left). The step's capacity is
+    released and the engine places and sends it again; after a few such losses it fails for
+    good with this error."""

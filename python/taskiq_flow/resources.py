@@ -33,7 +33,7 @@ import asyncio
 import json
 import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -204,6 +204,70 @@ class ResourceAwareWorkerPool:
             labels = [self._placer.label(_label(k, v)) for k, v in w.labels.items()]
             self._placer.add_worker(capacity, labels)
         self._waiters: deque[tuple[asyncio.Future[int], int, list[int], list[int]]] = deque()
+        self._extras = extras
+        self._policy = policy
+        #: Placements whose worker went away, not yet handled by the run that made them.
+        self.lost: set[int] = set()
+        self._removed: set[str] = set()
+        #: Where live workers are read from (see :meth:`watch`), and how often.
+        self.discover: Callable[[], Awaitable[Sequence[Mapping[str, Any]]]] | None = None
+        self.refresh_interval = 1.0
+        self._refreshed_at = 0.0
+
+    def watch(
+        self,
+        discover: Callable[[], Awaitable[Sequence[Mapping[str, Any]]]],
+        interval: float = 1.0,
+    ) -> ResourceAwareWorkerPool:
+        """Keeps the pool in step with live workers: runs using it call :meth:`refresh` every
+        ``interval`` seconds, which reads ``discover()`` (e.g.
+        ``lambda: discover_workers(redis)``). Returns the pool."""
+        self.discover = discover
+        self.refresh_interval = interval
+        return self
+
+    async def refresh(self) -> None:
+        """Re-reads the live workers (at most once per ``refresh_interval``) and applies them
+        with :meth:`sync`."""
+        if self.discover is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if now - self._refreshed_at < self.refresh_interval:
+            return
+        self._refreshed_at = now
+        self.sync(await self.discover())
+
+    def sync(self, workers: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Makes the pool's workers the given ones: new ones are added; those gone are removed,
+        their placements released and recorded in :attr:`lost`. Returns the lost placements."""
+        specs = [WorkerSpec.parse(i, w) for i, w in enumerate(workers)]
+        live = {s.name for s in specs}
+        lost: list[int] = []
+        for index, known in enumerate(self.workers):
+            if known.name not in live and known.name not in self._removed:
+                lost += self._placer.remove_worker(index)
+                self._removed.add(known.name)
+        known_names = {w.name for w in self.workers}
+        for spec in specs:
+            if spec.name in self._removed and spec.name in live:
+                continue  # a name comes back only as a new worker, under a new name
+            if spec.name not in known_names:
+                self._add(spec)
+        self.lost.update(lost)
+        if lost or specs:
+            self._wake_waiters()
+        return lost
+
+    def _add(self, spec: WorkerSpec) -> None:
+        unknown = sorted(set(spec.extra) - set(self._extras))
+        if unknown:
+            raise InvalidValueError(
+                f"worker {spec.name} offers {unknown}, which this pool was not built with"
+            )
+        capacity = [spec.cpu_milli, spec.ram_mb, *(spec.extra.get(k, 0) for k in self._extras)]
+        labels = [self._placer.label(_label(k, v)) for k, v in spec.labels.items()]
+        self._placer.add_worker(capacity, labels)
+        self.workers.append(spec)
 
     def _demand(self, needs: TaskResources) -> tuple[list[int], list[int]]:
         unknown = sorted(set(needs.extra) - set(self.resources))
@@ -262,14 +326,20 @@ class ResourceAwareWorkerPool:
         :raises UnknownIdError: if that task holds nothing.
         """
         worker = self._placer.release(task_id)
+        self._wake_waiters()
+        return self.workers[worker].name
+
+    def _wake_waiters(self) -> None:
         while self._waiters:
             future, waiting_id, amounts, labels = self._waiters[0]
+            if future.done():
+                self._waiters.popleft()
+                continue
             placed = self._placer.place(waiting_id, amounts, labels)
             if placed is None:
                 break
             self._waiters.popleft()
             future.set_result(placed)
-        return self.workers[worker].name
 
     def explain(self, task: object) -> dict[str, list[str]]:
         """For every worker that cannot take ``task`` now, why not."""
