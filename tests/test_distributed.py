@@ -489,3 +489,25 @@ async def test_tasks_of_a_dead_worker_are_placed_again_and_the_run_completes(
             assert where.count("second") >= 6  # everything not finished on `first` before it died
             assert pool.placed_count == 0
             assert [w.name for w in pool.workers] == ["first", "second"]
+
+
+async def test_a_rate_limit_shared_through_redis_holds_across_limiters(redis: Redis) -> None:
+    from taskiq_flow.distributed import RedisRateLimiter
+
+    # Two limiters on one name stand for two orchestrator processes: the state is in Redis.
+    first = RedisRateLimiter(redis, "api", rate=40.0, burst=2)
+    second = RedisRateLimiter(redis, "api", rate=40.0, burst=2)
+    stamps: list[float] = []
+
+    async def caller(limiter: RedisRateLimiter) -> None:
+        for _ in range(21):
+            async with limiter:
+                stamps.append(time.monotonic())
+
+    await asyncio.gather(caller(first), caller(second))
+    stamps.sort()
+    # 42 acquisitions at 40/s with a burst of 2: the last one no earlier than 40 intervals in.
+    assert stamps[-1] - stamps[0] >= 40 / 40.0 - 0.02
+    for bad in ({"rate": 0.0}, {"rate": -1.0}, {"burst": 0}):
+        with pytest.raises(InvalidValueError):
+            RedisRateLimiter(redis, "api", **{"rate": 1.0, **bad})  # type: ignore[arg-type]

@@ -52,6 +52,7 @@ __all__ = [
     "RedisCapacityLimiter",
     "RedisCompletionChannel",
     "RedisPipelineStorage",
+    "RedisRateLimiter",
     "RemoteTaskError",
     "discover_workers",
     "json_result_backend",
@@ -689,6 +690,61 @@ def _make_reliable_class() -> type:
                 await published
 
     return ReliableRedisStreamBroker
+
+
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local wait = tat - tolerance - now
+if wait < 0 then wait = 0 end
+redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil((tat + interval - now) / 1000) + 1000)
+return wait
+"""
+
+
+class RedisRateLimiter:
+    """A token bucket shared by every process using the same Redis and ``name``: at most ``rate``
+    acquisitions per second between them, in bursts of up to ``burst``.
+
+    The bucket is a theoretical arrival time in Redis, advanced by one atomic script per
+    acquisition (exact, as :class:`~taskiq_flow.RateLimiter`, with Redis's clock); each caller then
+    sleeps until its reserved time.
+
+    :param redis: a ``redis.asyncio.Redis`` client.
+    :param name: the limit's name (letters, digits, ``_ . -``).
+    :param rate: acquisitions per second, > 0.
+    :param burst: bucket size, an int >= 1.
+    """
+
+    def __init__(
+        self, redis: Redis, name: str, rate: float, burst: int = 1, prefix: str = "taskiq_flow"
+    ) -> None:
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1e9:
+            raise InvalidValueError(f"rate must be a finite number > 0, got {rate!r}")
+        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+            raise InvalidValueError(f"burst must be an int >= 1, got {burst!r}")
+        self.rate = float(rate)
+        self.burst = burst
+        self._interval_us = 1e6 / self.rate
+        self._key = f"{validate_key_part('prefix', prefix)}:rate:{validate_key_part('name', name)}"
+        self._reserve = redis.register_script(_RESERVE)
+
+    async def acquire(self) -> None:
+        """Reserves the next token in Redis and sleeps until it is due."""
+        tolerance = (self.burst - 1) * self._interval_us
+        wait_us = await self._reserve(keys=[self._key], args=[self._interval_us, tolerance])
+        if wait_us > 0:
+            await asyncio.sleep(float(wait_us) / 1e6)
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 #: Set by ``taskiq-flow worker`` for the ``taskiq worker`` it starts: the worker's advert (JSON).
