@@ -171,3 +171,18 @@ async def crunch(i: int, seconds: float = 0.05) -> str:
 @ResourceProfile(labels={"ssd": True})
 async def needs_ssd(i: int) -> str:
     return _worker_name()
+
+
+@broker.task
+@pipeline_task(output="first")
+async def first_step(x: int) -> int:
+    await _count("first:runs")
+    return x + 1
+
+
+@broker.task
+@pipeline_task(output="second")
+async def slow_step(first: int) -> int:
+    await _count("second:runs")
+    await asyncio.sleep(1.0)
+    return first * 10

@@ -456,3 +456,41 @@ async def test_ten_thousand_node_dataflow_on_a_default_broker(broker: InMemoryBr
     assert out["v9999"] == 100 and out["v0"] == 1
     with pytest.raises(DataflowError, match="inc has no parameter 'y'"):
         DataflowPipeline(broker).add_dataflow_task(inc, inputs={"y": "start"})
+
+
+async def test_resume_does_not_send_again_what_finished(broker: InMemoryBroker) -> None:
+    runs: dict[str, int] = {}
+    healthy = False
+
+    @broker.task
+    @pipeline_task(output="a")
+    async def extract(x: int) -> int:
+        runs["extract"] = runs.get("extract", 0) + 1
+        return x + 1
+
+    @broker.task
+    @pipeline_task(output="b")
+    async def transform(a: int) -> int:
+        runs["transform"] = runs.get("transform", 0) + 1
+        if not healthy:
+            raise ConnectionError("the orchestrator's run ends here")
+        return a * 10
+
+    @broker.task
+    @pipeline_task(output="c")
+    async def load(b: int, x: int) -> int:
+        return b + x
+
+    tracking = PipelineTrackingManager()
+    pipeline = DataflowPipeline.from_tasks(broker, [extract, transform, load])
+    pipeline.with_tracking(tracking)
+    with pytest.raises(StepFailedError):
+        await pipeline.kiq_dataflow(x=4)
+    run_id = pipeline.pipeline_id or ""
+    healthy = True
+    assert await pipeline.resume(run_id, x=4) == {"a": 5, "b": 50, "c": 54}
+    assert runs == {"extract": 1, "transform": 2}
+    status = await tracking.get_status(run_id)
+    assert status.status == "done" and [s.status for s in status.steps] == ["done"] * 3
+    with pytest.raises(DataflowError, match="resume needs the tracking"):
+        await DataflowPipeline.from_tasks(broker, [extract]).resume(run_id, x=4)

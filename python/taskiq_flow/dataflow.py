@@ -433,7 +433,10 @@ class ExecutionEngine:
         return Plan(len(dag.nodes), dag.sources, dag.targets, steps, call)
 
     async def execute(
-        self, inputs: Mapping[str, Any] | None = None, pipeline_id: str | None = None
+        self,
+        inputs: Mapping[str, Any] | None = None,
+        pipeline_id: str | None = None,
+        restored: Mapping[int, Any] | None = None,
     ) -> dict[str, Any]:
         """Runs the graph with the given external inputs.
 
@@ -466,6 +469,7 @@ class ExecutionEngine:
             custom_dispatch=custom,
             on_progress=self.on_progress,
             worker_pool=self.worker_pool,
+            restored=restored,
         )
         self._run = run
         self.pipeline_id = run.pipeline_id
@@ -567,6 +571,15 @@ class DataflowPipeline(RunOptions):
             any task is sent.
         :raises StepFailedError: a task failed for good (``results`` holds what finished).
         """
+        return await self._run_dataflow(chunk, inputs, uuid.uuid4().hex, None)
+
+    async def _run_dataflow(
+        self,
+        chunk: tuple[Any, ...],
+        inputs: dict[str, Any],
+        pipeline_id: str,
+        restored: Mapping[int, Any] | None,
+    ) -> dict[str, Any]:
         dag = self.dag
         if chunk:
             if len(chunk) != 1 or len(dag.external_inputs) != 1 or inputs:
@@ -589,11 +602,22 @@ class DataflowPipeline(RunOptions):
             worker_pool=self.worker_pool,
         )
         self._engine = engine
-        self.pipeline_id = uuid.uuid4().hex
+        self.pipeline_id = pipeline_id
         try:
-            return await engine.execute(inputs, self.pipeline_id)
+            return await engine.execute(inputs, pipeline_id, restored)
         finally:
             self._engine = None
+
+    async def resume(self, pipeline_id: str, *chunk: Any, **inputs: Any) -> dict[str, Any]:
+        """Runs ``pipeline_id`` to the end after its orchestrator died: tasks that finished (as
+        recorded by tracking) are not sent again; the others are. Give the same inputs.
+
+        :raises DataflowError: without tracking (there is nothing to resume from).
+        """
+        if self.tracking is None:
+            raise DataflowError("resume needs the tracking the run was recorded in")
+        restored = await self.tracking.load_results(pipeline_id)
+        return await self._run_dataflow(chunk, inputs, pipeline_id, restored)
 
     def cancel(self) -> None:
         """Cancels the run in progress, if any: ``kiq_dataflow`` raises

@@ -285,13 +285,32 @@ class RedisPipelineStorage:
         self.ttl_seconds = ttl_seconds
         self.prefix = validate_key_part("prefix", prefix)
 
-    def keys_of(self, pipeline_id: str) -> tuple[str, str]:
-        """The two keys of a run."""
+    def keys_of(self, pipeline_id: str) -> tuple[str, str, str]:
+        """The keys of a run: the run, its steps, its finished nodes' values."""
         run = f"{self.prefix}:run:{validate_key_part('pipeline id', pipeline_id)}"
-        return run, f"{run}:steps"
+        return run, f"{run}:steps", f"{run}:results"
+
+    async def save_results(self, pipeline_id: str, results: dict[int, Any]) -> None:
+        """Stores finished nodes' values (JSON), one hash field each, with the run's TTL."""
+        if not results:
+            return
+        run_key, _, results_key = self.keys_of(pipeline_id)
+        mapping: Any = {
+            str(k): json.dumps(to_jsonable_python(v, fallback=repr)) for k, v in results.items()
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(results_key, mapping=mapping)
+            pipe.expire(results_key, self.ttl_seconds)
+            pipe.expire(run_key, self.ttl_seconds)
+            await pipe.execute()
+
+    async def load_results(self, pipeline_id: str) -> dict[int, Any]:
+        """Finished nodes' values of a run."""
+        raw = await self.redis.hgetall(self.keys_of(pipeline_id)[2])
+        return {int(k): json.loads(v) for k, v in raw.items()}
 
     async def save(self, status: PipelineStatus) -> None:
-        run_key, steps_key = self.keys_of(status.pipeline_id)
+        run_key, steps_key, _ = self.keys_of(status.pipeline_id)
         head = asdict(status)
         head["steps"] = len(status.steps)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -309,7 +328,7 @@ class RedisPipelineStorage:
         never overwrite each other."""
         if not steps:
             return
-        run_key, steps_key = self.keys_of(pipeline_id)
+        run_key, steps_key, _ = self.keys_of(pipeline_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(steps_key, mapping={str(i): _step_to_json(s) for i, s in steps.items()})
             pipe.expire(steps_key, self.ttl_seconds)
@@ -317,7 +336,7 @@ class RedisPipelineStorage:
             await pipe.execute()
 
     async def load(self, pipeline_id: str) -> PipelineStatus | None:
-        run_key, steps_key = self.keys_of(pipeline_id)
+        run_key, steps_key, _ = self.keys_of(pipeline_id)
         head_raw, steps_raw = await asyncio.gather(
             self.redis.get(run_key), self.redis.hgetall(steps_key)
         )

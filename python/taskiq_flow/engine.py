@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -225,6 +225,8 @@ class FlowRun:
         ``pipeline_id`` (a step of a sequential pipeline), instead of tracking a run of its own.
     :param worker_pool: place every task on a worker with room for it before sending it, and hold
         that capacity until it completes; a task no worker could run fails the run at once.
+    :param restored: ``{node: value}`` finished by an earlier run of this ``pipeline_id`` (an
+        orchestrator that died): they count as done and are not sent again.
     """
 
     def __init__(
@@ -244,6 +246,7 @@ class FlowRun:
         on_progress: Callable[[int, int], None] | None = None,
         track_step: int | None = None,
         worker_pool: ResourceAwareWorkerPool | None = None,
+        restored: Mapping[int, Any] | None = None,
     ) -> None:
         if on_error not in ("fail", "continue"):
             raise InvalidValueError(f"on_error must be 'fail' or 'continue', got {on_error!r}")
@@ -265,6 +268,7 @@ class FlowRun:
         self.on_progress = on_progress
         self.track_step = track_step
         self.worker_pool = worker_pool
+        self.restored = dict(restored or {})
         self._placements: dict[int, int] = {}
         self._lost: dict[int, int] = {}
         n = plan.node_count
@@ -317,6 +321,11 @@ class FlowRun:
             for spec in plan.steps:  # a task no worker could ever run: refuse before sending
                 self.worker_pool.check(spec.resources or TaskResources())
         scheduler = self._scheduler = self._build_scheduler()
+        if self.restored:
+            scheduler.restore_done(sorted(self.restored))
+            for node, value in self.restored.items():
+                self.results[node] = value
+            self._finished = len(self.restored)
         channel = ensure_flow_middleware(self.broker).channel
         inbox = self._inbox = channel.open(self.run_id)
         loop = asyncio.get_running_loop()
@@ -327,6 +336,10 @@ class FlowRun:
                 await self.tracking.begin(
                     self.pipeline_id, self.name, [(s.name, s.tasks) for s in plan.steps]
                 )
+                live = self.tracking.live(self.pipeline_id)
+                if live is not None:
+                    for node in self.restored:
+                        live.steps[plan.step_index(node)].status = "done"
             count = min(DISPATCHERS, plan.node_count)
             self._sending = [False] * count
             dispatchers = [loop.create_task(self._dispatcher(i)) for i in range(count)]
@@ -416,6 +429,10 @@ class FlowRun:
         self._dispatch(admitted)
         if self._inline:
             await self._send_inline()
+        if done and self.tracking is not None and self.track_step is None:
+            await self.tracking.save_results(
+                self.pipeline_id, {node: self.results[node] for node in done}
+            )
         if self._dirty_steps and self.tracking is not None:
             dirty, self._dirty_steps = self._dirty_steps, set()
             await self.tracking.save_steps(self.pipeline_id, dirty)

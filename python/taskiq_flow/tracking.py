@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from taskiq_flow.exceptions import InvalidValueError, UnknownIdError
 
@@ -101,6 +101,15 @@ class InMemoryPipelineStorage:
 
     def __init__(self) -> None:
         self._records: dict[str, PipelineStatus] = {}
+        self._results: dict[str, dict[int, Any]] = {}
+
+    async def save_results(self, pipeline_id: str, results: dict[int, Any]) -> None:
+        """Keeps finished nodes' values (what a resumed run starts from)."""
+        self._results.setdefault(pipeline_id, {}).update(results)
+
+    async def load_results(self, pipeline_id: str) -> dict[int, Any]:
+        """The finished nodes' values of a run."""
+        return dict(self._results.get(pipeline_id, {}))
 
     async def save(self, status: PipelineStatus) -> None:
         self._records[status.pipeline_id] = copy.deepcopy(status)
@@ -110,6 +119,7 @@ class InMemoryPipelineStorage:
         return copy.deepcopy(record) if record is not None else None
 
     async def delete(self, pipeline_id: str) -> bool:
+        self._results.pop(pipeline_id, None)
         return self._records.pop(pipeline_id, None) is not None
 
     async def ids(self) -> list[str]:
@@ -150,6 +160,17 @@ class PipelineTrackingManager:
         if save is None or status is None or not indices:
             return
         await save(pipeline_id, {i: status.steps[i] for i in indices})
+
+    async def save_results(self, pipeline_id: str, results: dict[int, Any]) -> None:
+        """Stores finished nodes' values, if the storage keeps them (both built-in ones do)."""
+        save = getattr(self.storage, "save_results", None)
+        if save is not None and results:
+            await save(pipeline_id, results)
+
+    async def load_results(self, pipeline_id: str) -> dict[int, Any]:
+        """The finished nodes' values of a run (empty if the storage keeps none)."""
+        load = getattr(self.storage, "load_results", None)
+        return dict(await load(pipeline_id)) if load is not None else {}
 
     async def flush(self, pipeline_id: str) -> None:
         """Writes the in-progress record of a run to storage."""

@@ -491,6 +491,13 @@ impl DagScheduler {
         guard(|| self.inner.set_global_cap(cap, now))
     }
 
+    /// Before ``start``: marks nodes finished by an earlier run as done (their predecessors
+    /// must be among them); all or nothing.
+    fn restore_done(&mut self, nodes: &Bound<'_, PyAny>) -> PyResult<()> {
+        let ids = id_list("nodes", nodes)?;
+        guard(|| self.inner.restore_done(&ids))
+    }
+
     #[pyo3(signature = (now=0.0))]
     /// Starts the run; returns the nodes to dispatch now.
     fn start(&mut self, now: f64) -> PyResult<Vec<u32>> {

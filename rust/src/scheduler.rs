@@ -245,13 +245,55 @@ impl Scheduler {
         }
         self.started = true;
         for v in 0..self.node_count() {
-            if self.pending[v as usize] == 0 {
+            if self.pending[v as usize] == 0 && self.state[v as usize] == NodeState::Waiting {
                 self.enqueue(v);
             }
         }
         let mut admitted = Vec::new();
         self.admit(now, &mut admitted)?;
         Ok(admitted)
+    }
+
+    /// Before [`Scheduler::start`]: marks nodes that finished in an earlier run (an orchestrator
+    /// that died and resumes) as done, releasing their successors. All or nothing: every
+    /// restored node's predecessors must be restored too, or nothing changes.
+    pub fn restore_done(&mut self, nodes: &[u32]) -> CoreResult<()> {
+        if self.started {
+            return Err(CoreError::Frozen);
+        }
+        for &node in nodes {
+            self.graph.check_node(node)?;
+        }
+        let mut marked = Vec::with_capacity(nodes.len());
+        for &node in nodes {
+            if self.state[node as usize] == NodeState::Waiting {
+                self.state[node as usize] = NodeState::Done;
+                marked.push(node);
+            }
+        }
+        for &node in &marked {
+            let graph = &self.graph;
+            for &s in graph.successors(node) {
+                self.pending[s as usize] -= 1;
+            }
+        }
+        if let Some(&bad) = marked.iter().find(|&&v| self.pending[v as usize] != 0) {
+            for &node in &marked {
+                self.state[node as usize] = NodeState::Waiting;
+                let graph = &self.graph;
+                for &s in graph.successors(node) {
+                    self.pending[s as usize] += 1;
+                }
+            }
+            return Err(CoreError::invalid(
+                "restored nodes",
+                "closed under predecessors (a done node's predecessors are done)",
+                format!("node {bad} has a predecessor that is not restored"),
+            ));
+        }
+        self.counts.waiting -= marked.len() as u32;
+        self.counts.done += marked.len() as u32;
+        Ok(())
     }
 
     fn check_running(&self, node: u32) -> CoreResult<()> {
@@ -565,6 +607,21 @@ mod tests {
         assert_eq!(s.poll(1.0).unwrap(), vec![2]);
         assert_eq!(s.poll(1.5).unwrap(), vec![3]);
         assert_eq!(s.next_wakeup(), None);
+    }
+
+    #[test]
+    fn restored_nodes_are_done_and_release_their_successors() {
+        // 0 -> 1 -> 2, and 3 alone.
+        let g = graph(4, &[(0, 1), (1, 2)]);
+        let mut s = Scheduler::new(g, None, &[], None, None).unwrap();
+        assert!(matches!(s.restore_done(&[1]), Err(CoreError::InvalidValue { .. })));
+        assert_eq!(s.state(1).unwrap(), NodeState::Waiting); // nothing changed
+        s.restore_done(&[0, 1]).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![2, 3]);
+        assert_eq!(s.counts().done, 2);
+        assert_eq!(s.restore_done(&[3]), Err(CoreError::Frozen));
+        s.complete_many(&[2, 3], 0.0).unwrap();
+        assert!(s.is_finished());
     }
 
     #[test]
