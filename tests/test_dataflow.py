@@ -402,8 +402,10 @@ async def test_tracking_durations_are_measured_where_tasks_ran(broker: InMemoryB
     status = await tracking.get_status(pipeline.pipeline_id or "")
     assert status.status == "done"
     by_name = {s.name: s for s in status.steps}
-    assert 20 <= (by_name["short"].duration_ms or 0) < 20 + 80
-    assert 120 <= (by_name["long"].duration_ms or 0) < 120 + 80
+    # Measured around the task where it ran: at least its sleep, and not the orchestrator's
+    # round trips on top (a loose upper bound: shared machines stall).
+    assert 20 <= (by_name["short"].duration_ms or 0) < 20 + 500
+    assert 120 <= (by_name["long"].duration_ms or 0) < 120 + 500
     slowest = status.slowest_step()
     assert slowest is not None and slowest.name == "long"
 
