@@ -164,3 +164,38 @@ async def test_cancel_and_tracking(broker: InMemoryBroker) -> None:
     assert [(s.name, s.status) for s in status.steps] == [("slow", "done"), ("numbers", "done")]
     assert (status.steps[0].duration_ms or 0) >= 200
     await asyncio.sleep(0.25)
+
+
+async def test_resume_skips_the_steps_that_finished(broker: InMemoryBroker) -> None:
+    calls: list[str] = []
+    healthy = False
+
+    @broker.task
+    async def fetch(n: int) -> list[int]:
+        calls.append("fetch")
+        return list(range(n))
+
+    @broker.task
+    async def flaky_total(xs: list[int]) -> int:
+        calls.append("total")
+        if not healthy:
+            raise ConnectionError("down")
+        return sum(xs)
+
+    @broker.task
+    async def describe(total: int) -> str:
+        return f"total={total}"
+
+    tracking = PipelineTrackingManager()
+    pipeline = Pipeline(broker, fetch).call_next(flaky_total).call_next(describe)
+    pipeline.with_tracking(tracking)
+    failed = await (await pipeline.kiq(4)).wait_result()
+    assert failed.is_err
+    healthy = True
+    resumed = await (
+        await pipeline.resume(failed_id := pipeline.pipeline_id or "", 4)
+    ).wait_result()
+    assert (resumed.is_err, resumed.return_value) == (False, "total=6")
+    assert calls == ["fetch", "total", "total"]  # fetch finished before: not sent again
+    status = await tracking.get_status(failed_id)
+    assert status.status == "done"

@@ -261,7 +261,29 @@ class Pipeline(RunOptions):
         from taskiq_flow.dataflow import check_serializable
 
         check_serializable(self.broker, first, args, {**self.steps[0].kwargs, **kwargs})
-        pipeline_id = uuid.uuid4().hex
+        return self._start(uuid.uuid4().hex, args, kwargs, {})
+
+    async def resume(self, pipeline_id: str, *args: Any, **kwargs: Any) -> PipelineRun:
+        """Continues ``pipeline_id`` after its orchestrator died: steps whose results tracking
+        recorded are skipped, and the run goes on from the first one missing (a map step that
+        was half done runs again whole). Give the first step's arguments again.
+
+        :raises DataflowError: without tracking (there is nothing to resume from).
+        """
+        if self.tracking is None:
+            raise DataflowError("resume needs the tracking the run was recorded in")
+        if not self.steps:
+            raise DataflowError("Pipeline is empty.")
+        done = await self.tracking.load_results(pipeline_id)
+        return self._start(pipeline_id, args, kwargs, done)
+
+    def _start(
+        self,
+        pipeline_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        done: dict[int, Any],
+    ) -> PipelineRun:
         self.pipeline_id = pipeline_id
         runs: list[FlowRun] = []
         stopped = False
@@ -275,7 +297,9 @@ class Pipeline(RunOptions):
         async def body() -> TaskiqResult[Any]:
             started = time.perf_counter()
             try:
-                value = await self._run_steps(pipeline_id, args, kwargs, runs, lambda: stopped)
+                value = await self._run_steps(
+                    pipeline_id, args, kwargs, runs, lambda: stopped, done
+                )
             except Exception as err:
                 return TaskiqResult(
                     is_err=True,
@@ -301,18 +325,31 @@ class Pipeline(RunOptions):
         kwargs: dict[str, Any],
         runs: list[FlowRun],
         stopped: Any,
+        done: dict[int, Any],
     ) -> Any:
         tracking = self.tracking
+        # Resume after the longest run of finished steps from the start.
+        skip = 0
+        while skip in done and skip < len(self.steps):
+            skip += 1
         if tracking is not None:
             await tracking.begin(pipeline_id, "pipeline", [(s.name, 1) for s in self.steps])
-        value: Any = None
+            live = tracking.live(pipeline_id)
+            for index in range(skip):
+                if live is not None:
+                    live.steps[index].status = "done"
+        value: Any = done[skip - 1] if skip else None
         state = "done"
         error: str | None = None
         try:
             for index, step in enumerate(self.steps):
+                if index < skip:
+                    continue
                 if stopped():
                     raise PipelineCancelledError("pipeline was cancelled")
                 value = await self._run_step(pipeline_id, index, step, args, kwargs, value, runs)
+                if tracking is not None:  # what a resumed run starts from
+                    await tracking.save_results(pipeline_id, {index: value})
             return value
         except BaseException as err:
             state = "cancelled" if isinstance(err, PipelineCancelledError) else "failed"
