@@ -137,3 +137,36 @@ async def test_abandoned_stream_keeps_slots_until_its_calls_finish(broker: InMem
     assert limiter.borrowed_tokens - before == 3
     await asyncio.sleep(0.2)
     assert limiter.borrowed_tokens == before
+
+
+async def test_rate_limited_steps_start_no_faster_than_their_rate(broker: InMemoryBroker) -> None:
+    from taskiq_flow import DataflowPipeline, InvalidValueError, Pipeline, pipeline_task
+
+    starts: list[float] = []
+
+    @broker.task
+    async def call_api(x: int) -> int:
+        starts.append(asyncio.get_running_loop().time())
+        return x
+
+    await MapReduce.map(broker, call_api, range(11), rate=50.0)
+    # 11 starts at 50/s with a burst of 1: the last no sooner than 10 intervals after the first.
+    assert starts[-1] - starts[0] >= 10 / 50 - 0.005
+
+    starts.clear()
+    pipeline = Pipeline(broker, call_api).map(call_api, range(6), rate=100.0, burst=2)
+    assert (await (await pipeline.kiq(0)).wait_result()).return_value == list(range(6))
+    assert (
+        starts[-1] - starts[1] >= 4 / 100 - 0.005
+    )  # after the first task, 2 at once, then 1/10 ms
+
+    starts.clear()
+    limited = pipeline_task(rate=40.0)(call_api)  # one bucket for every node calling the task
+    dataflow = DataflowPipeline(broker)
+    for i in range(5):
+        dataflow.add_dataflow_task(limited, output=f"v{i}", inputs={"x": "seed"})
+    await dataflow.kiq_dataflow(seed=1)
+    assert starts[-1] - starts[0] >= 4 / 40 - 0.005
+    for bad in ({"rate": 0.0}, {"rate": -1.0}, {"rate": 5.0, "burst": 0}):
+        with pytest.raises(InvalidValueError):
+            await MapReduce.map(broker, call_api, [1], **bad)  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ from taskiq_flow.engine import (
     RunOptions,
     StepSpec,
     check_max_parallel,
+    check_rate,
     run_single,
     task_display_name,
 )
@@ -76,6 +77,8 @@ class _DataflowMeta:
     labels: dict[str, Any]
     retry: RetryPolicy | None
     timeout: float | None
+    rate: float | None = None
+    burst: int = 1
 
 
 def pipeline_task(
@@ -85,6 +88,8 @@ def pipeline_task(
     labels: Mapping[str, Any] | None = None,
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
+    rate: float | None = None,
+    burst: int = 1,
 ) -> Callable[[_F], _F]:
     """Declares a task's place in a dataflow. Works above or below ``@broker.task``.
 
@@ -93,13 +98,18 @@ def pipeline_task(
     :param labels: free-form labels, visible as ``TaskNode.labels`` (e.g. to custom engines).
     :param retry: this task's retry policy (overrides the pipeline's).
     :param timeout: seconds an attempt may take (taskiq's ``timeout`` label).
+    :param rate: at most this many starts of the task per second, in bursts of ``burst``.
+    :raises InvalidValueError: for a rate <= 0 or a burst below 1.
     """
+    rate, burst = check_rate(rate, burst)
     meta = _DataflowMeta(
         output,
         tuple(inputs) if inputs is not None else None,
         dict(labels or {}),
         retry,
         timeout,
+        rate,
+        burst,
     )
 
     def mark(target: _F) -> _F:
@@ -126,6 +136,8 @@ class TaskNode:
     labels: dict[str, Any] = field(default_factory=dict)
     retry: RetryPolicy | None = None
     timeout: float | None = None
+    rate: float | None = None
+    burst: int = 1
 
     @property
     def task_name(self) -> str:
@@ -188,6 +200,8 @@ def make_node(
         labels={**(meta.labels if meta else {}), **dict(labels or {})},
         retry=meta.retry if meta else None,
         timeout=meta.timeout if meta else None,
+        rate=meta.rate if meta else None,
+        burst=meta.burst if meta else 1,
     )
 
 
@@ -427,6 +441,8 @@ class ExecutionEngine:
                 retry=n.retry,
                 timeout=n.timeout,
                 resources=resources_of(n.task),
+                rate=n.rate,
+                burst=n.burst,
             )
             for n in dag.nodes
         ]

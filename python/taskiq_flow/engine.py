@@ -29,7 +29,7 @@ from taskiq.decor import AsyncTaskiqDecoratedTask
 from taskiq.kicker import AsyncKicker
 from typing_extensions import Self
 
-from taskiq_flow._core import DagScheduler
+from taskiq_flow._core import DagScheduler, TokenBucket
 from taskiq_flow.events import FLOW_LABEL, Completion, Inbox, ensure_flow_middleware
 from taskiq_flow.exceptions import (
     AbortPipeline,
@@ -59,6 +59,7 @@ __all__ = [
     "RunOptions",
     "StepSpec",
     "check_max_parallel",
+    "check_rate",
     "run_single",
     "task_display_name",
     "task_identity",
@@ -100,6 +101,17 @@ def task_identity(task: object) -> tuple[str, dict[str, Any], str]:
     raise NotATaskError(
         f"{name} is not a taskiq task: decorate it with @broker.task before using it in a pipeline"
     )
+
+
+def check_rate(rate: object, burst: object) -> tuple[float | None, int]:
+    """Validates a step's rate limit (``None``: none) with the core's own checks.
+
+    :raises InvalidValueError: for a rate <= 0, NaN or infinite, or a burst below 1.
+    """
+    if rate is None:
+        return None, 1
+    bucket = TokenBucket(rate, burst)  # type: ignore[arg-type]
+    return bucket.rate, bucket.burst
 
 
 def check_max_parallel(value: object, what: str = "max_parallel") -> int | None:
@@ -180,6 +192,9 @@ class StepSpec:
     tasks: int = 1
     #: What one run of the task needs, for a worker pool (``None``: nothing declared).
     resources: TaskResources | None = None
+    #: At most ``rate`` starts per second for this step, in bursts of ``burst``.
+    rate: float | None = None
+    burst: int = 1
 
 
 @dataclass(slots=True)
@@ -365,18 +380,29 @@ class FlowRun:
 
     def _build_scheduler(self) -> DagScheduler:
         plan = self.plan
-        capped = [i for i, s in enumerate(plan.steps) if s.max_parallel is not None]
+        capped = [
+            i for i, s in enumerate(plan.steps) if s.max_parallel is not None or s.rate is not None
+        ]
         keys = None
+        limits: dict[object, tuple[int, StepSpec]] = {}
         if capped:
             key_of_step = [0] * len(plan.steps)
-            for key, step in enumerate(capped, start=1):
-                key_of_step[step] = key
+            for index in capped:
+                spec = plan.steps[index]
+                # Steps calling one rate-limited task share its bucket (a dataflow may call a
+                # task from several nodes); other limits are per step.
+                group: object = ("task", spec.task_name) if spec.rate is not None else index
+                if group not in limits:
+                    limits[group] = (len(limits) + 1, spec)
+                key_of_step[index] = limits[group][0]
             keys = [key_of_step[plan.step_index(v)] for v in range(plan.node_count)]
         scheduler = DagScheduler(
             plan.node_count, plan.sources, plan.targets, keys=keys, max_parallel=self.max_parallel
         )
-        for key, step in enumerate(capped, start=1):
-            scheduler.set_key_limits(key, max_parallel=plan.steps[step].max_parallel)
+        for key, spec in limits.values():
+            scheduler.set_key_limits(
+                key, max_parallel=spec.max_parallel, rate=spec.rate, burst=spec.burst
+            )
         return scheduler
 
     async def _next_events(

@@ -24,7 +24,15 @@ from taskiq import AsyncBroker
 from taskiq.kicker import AsyncKicker
 
 from taskiq_flow._core import ConcurrencyCounter
-from taskiq_flow.engine import FlowRun, OnError, Plan, StepSpec, check_max_parallel, task_identity
+from taskiq_flow.engine import (
+    FlowRun,
+    OnError,
+    Plan,
+    StepSpec,
+    check_max_parallel,
+    check_rate,
+    task_identity,
+)
 from taskiq_flow.events import FLOW_LABEL, ensure_flow_middleware
 from taskiq_flow.exceptions import DataflowError, InvalidValueError, StepFailedError
 from taskiq_flow.optimization.parallel import global_limiter
@@ -81,6 +89,8 @@ class MapReduce:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         tracking: PipelineTrackingManager | None = None,
+        rate: float | None = None,
+        burst: int = 1,
         worker_pool: ResourceAwareWorkerPool | None = None,
         **kwargs: Any,
     ) -> list[Any]:
@@ -89,6 +99,7 @@ class MapReduce:
         :param items: the items; each is passed as the first argument (or as ``param_name``).
         :param max_parallel: most tasks in flight at once (``None``: all).
         :param worker_pool: place each call on a worker with room for it.
+        :param rate: at most this many calls started per second, in bursts of ``burst``.
         :param kwargs: further keyword arguments for every call.
         :raises StepFailedError: a call failed for good.
         """
@@ -101,6 +112,7 @@ class MapReduce:
                 return (values[node],), kwargs
             return (), {**kwargs, param_name: values[node]}
 
+        step_rate, step_burst = check_rate(rate, burst)
         step = StepSpec(
             name,
             task_name,
@@ -108,6 +120,8 @@ class MapReduce:
             max_parallel=cap,
             tasks=len(values),
             resources=resources_of(task),
+            rate=step_rate,
+            burst=step_burst,
         )
         plan = Plan(len(values), [], [], [step], call)
         run = FlowRun(

@@ -39,6 +39,7 @@ from taskiq_flow.engine import (
     RunOptions,
     StepSpec,
     check_max_parallel,
+    check_rate,
     task_identity,
 )
 from taskiq_flow.events import FlowMiddleware
@@ -76,6 +77,8 @@ class _Step:
     items: list[Any] | None = None
     max_parallel: int | None = None
     skip_errors: bool = False
+    rate: float | None = None
+    burst: int = 1
 
     @property
     def name(self) -> str:
@@ -174,6 +177,8 @@ class Pipeline(RunOptions):
         param_name: str | None = None,
         skip_errors: bool = False,
         check_interval: float = 0.5,
+        rate: float | None = None,
+        burst: int = 1,
         **additional_kwargs: Any,
     ) -> Pipeline:
         """Adds a fan-out: ``task`` on every item, results in item order.
@@ -184,7 +189,9 @@ class Pipeline(RunOptions):
         :param max_parallel: most of these tasks in flight at once.
         :param skip_errors: drop failed items instead of failing the pipeline.
         :param check_interval: accepted for compatibility; nothing is polled.
+        :param rate: at most this many of these tasks started per second, in bursts of ``burst``.
         """
+        step_rate, step_burst = check_rate(rate, burst)
         if isinstance(items, str):
             param_name, items = items, None
         self.steps.append(
@@ -197,6 +204,8 @@ class Pipeline(RunOptions):
                 items=list(items) if items is not None else None,
                 max_parallel=check_max_parallel(max_parallel),
                 skip_errors=skip_errors,
+                rate=step_rate,
+                burst=step_burst,
             )
         )
         return self
@@ -394,6 +403,8 @@ class Pipeline(RunOptions):
                 max_parallel=step.max_parallel,
                 tasks=len(calls),
                 resources=needs,
+                rate=step.rate,
+                burst=step.burst,
             )
             for (name, labels, display), needs in zip(
                 step.tasks if step.kind == "group" else step.tasks[:1], step.resources
