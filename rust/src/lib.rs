@@ -7,10 +7,13 @@
 //!   critical path, and the `graphlib`-shaped [`dag::Sorter`];
 //! - [`limiter`] and [`scheduler`]: concurrency caps and exact token-bucket rate limits, and the DAG
 //!   state machine that hands out nodes that are ready *and* admitted;
-//! - [`packing`]: resource placement of tasks onto workers.
+//! - [`packing`]: resource placement of tasks onto workers;
+//! - [`admission`]: what runs share — the process-wide cap and a worker pool's placement queue,
+//!   granted fairly between runs.
 //!
 //! With the `python` feature, `python.rs` exposes all of it as the `taskiq_flow._core` module.
 
+pub mod admission;
 pub mod dag;
 pub mod error;
 pub mod limiter;

@@ -235,6 +235,11 @@ impl Placer {
         Ok(orphans)
     }
 
+    /// Ids of the tasks holding capacity now, in no particular order.
+    pub fn placed_tasks(&self) -> impl Iterator<Item = u64> + '_ {
+        self.placed.keys().copied()
+    }
+
     /// Number of registered workers (removed ones included: ids are never reused).
     pub fn worker_count(&self) -> u32 {
         self.workers.len() as u32

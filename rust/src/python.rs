@@ -13,6 +13,9 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 
+use std::sync::{Arc, Mutex};
+
+use crate::admission::{lock, Gate, Pool, Shared};
 use crate::dag::{Graph, Sorter};
 use crate::error::{CoreError, CoreResult};
 use crate::limiter::{ConcurrencyLimit, RateLimit};
@@ -491,6 +494,67 @@ impl DagScheduler {
         guard(|| self.inner.set_global_cap(cap, now))
     }
 
+    #[pyo3(signature = (*, shared_cap=None, pool=None, classes=None))]
+    /// Before ``start``: every node admitted from now on also takes a slot of ``shared_cap``
+    /// (shared with other runs), and is placed on a worker of ``pool``, needing demand class
+    /// ``classes[node]`` (``WorkerPool.add_class``).
+    fn attach(
+        &mut self,
+        shared_cap: Option<&SharedCap>,
+        pool: Option<&WorkerPool>,
+        classes: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        if let Some(cap) = shared_cap {
+            guard(|| self.inner.attach_gate(cap.inner.clone()))?;
+        }
+        if let Some(pool) = pool {
+            let classes = match classes {
+                Some(c) => id_list("classes", c)?,
+                None => {
+                    return Err(CoreError::invalid("classes", "one per node", "none").into());
+                }
+            };
+            guard(|| self.inner.attach_pool(pool.inner.clone(), classes))?;
+        }
+        Ok(())
+    }
+
+    /// Leaves the shared cap and pool: every slot and worker the run still holds goes to whoever
+    /// waits for one (also done when the scheduler is garbage-collected). Admission stops.
+    fn detach(&mut self) {
+        self.inner.detach();
+    }
+
+    #[getter]
+    /// This run's id in its ``SharedCap`` (``None`` when it has none).
+    fn gate_run(&self) -> Option<u32> {
+        self.inner.gate_run()
+    }
+
+    #[getter]
+    /// This run's id in its ``WorkerPool`` (``None`` when it has none).
+    fn pool_run(&self) -> Option<u32> {
+        self.inner.pool_run()
+    }
+
+    #[getter]
+    /// Admitted nodes waiting in the pool's queue for a worker.
+    fn placing(&self) -> u32 {
+        self.inner.placing()
+    }
+
+    /// The worker a running node is placed on, or ``None``.
+    fn worker_of(&self, node: i64) -> PyResult<Option<u32>> {
+        let node = node_arg(node)?;
+        Ok(self.inner.worker_of(node))
+    }
+
+    /// Places a running node again after its worker went away (it keeps its slots): ``True`` if
+    /// it has a worker now, ``False`` if it waits (it then comes out of ``poll``).
+    fn replace(&mut self, node: i64) -> PyResult<bool> {
+        guard(|| self.inner.replace(node_arg(node)?))
+    }
+
     /// Before ``start``: marks nodes finished by an earlier run as done (their predecessors
     /// must be among them); all or nothing.
     fn restore_done(&mut self, nodes: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -515,6 +579,14 @@ impl DagScheduler {
     fn complete_many(&mut self, nodes: &Bound<'_, PyAny>, now: f64) -> PyResult<Vec<u32>> {
         let ids = id_list("nodes", nodes)?;
         guard(|| self.inner.complete_many(&ids, now))
+    }
+
+    #[pyo3(signature = (nodes, now=0.0))]
+    /// For a stream over a window of nodes: done nodes without successors run again as new work
+    /// (all or nothing); returns the nodes to dispatch now.
+    fn recycle(&mut self, nodes: &Bound<'_, PyAny>, now: f64) -> PyResult<Vec<u32>> {
+        let ids = id_list("nodes", nodes)?;
+        guard(|| self.inner.recycle(&ids, now))
     }
 
     #[pyo3(signature = (node, now=0.0))]
@@ -847,6 +919,226 @@ fn task_batch(tasks: &Bound<'_, PyAny>) -> PyResult<Vec<(u64, Demand)>> {
     Ok(batch)
 }
 
+// ------------------------------------------------------------------------------------------------
+// What runs share: the process-wide cap and worker pools
+// ------------------------------------------------------------------------------------------------
+
+/// Validates a cap the way every scheduler does: ``None``, or an int from 1 to 4294967295.
+/// ``what`` names it in the error. This is the one rule for every ``max_parallel``.
+#[pyfunction]
+#[pyo3(signature = (value, what="max_parallel"))]
+fn check_cap(value: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<u64>> {
+    cap_arg(what, value)
+}
+
+/// The cap over the nodes of every run attached to it (``set_max_parallel_tasks``).
+///
+/// ``SharedCap(max_parallel=None)``. A slot freed by one run goes to the run that has waited
+/// longest for one (round-robin between runs); its scheduler takes it at its next ``poll``, and
+/// ``take_woken`` names the runs to poll.
+#[pyclass(module = "taskiq_flow._core", frozen)]
+pub struct SharedCap {
+    inner: Shared<Gate>,
+}
+
+#[pymethods]
+impl SharedCap {
+    #[new]
+    #[pyo3(signature = (max_parallel=None))]
+    fn new(max_parallel: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let cap = cap_arg("max_parallel", max_parallel)?;
+        guard(|| Ok(Self { inner: Arc::new(Mutex::new(Gate::new(cap)?)) }))
+    }
+
+    #[getter]
+    /// The cap, or ``None`` when unbounded.
+    fn max_parallel(&self) -> Option<u32> {
+        let cap = lock(&self.inner).cap();
+        (cap != u32::MAX).then_some(cap)
+    }
+
+    /// Changes the cap (``None`` lifts it): lowering it lets what runs finish; raising it grants
+    /// the new slots to waiting runs at once.
+    fn set_max_parallel(&self, max_parallel: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let cap = cap_arg("max_parallel", max_parallel)?;
+        guard(|| lock(&self.inner).set_cap(cap))
+    }
+
+    /// Sets the number of slots to the leases held elsewhere (zero allowed): for a cap shared
+    /// through Redis, whose leases a feeder takes and gives back.
+    fn set_leased(&self, slots: u32) {
+        lock(&self.inner).set_leased(slots);
+    }
+
+    #[getter]
+    /// Slots held (or granted and not yet taken).
+    fn in_use(&self) -> u32 {
+        lock(&self.inner).in_use()
+    }
+
+    #[getter]
+    /// Runs waiting for a slot.
+    fn waiting_runs(&self) -> usize {
+        lock(&self.inner).waiting_runs()
+    }
+
+    /// Ids (``DagScheduler.gate_run``) of runs granted a slot since the last call.
+    fn take_woken(&self) -> Vec<u32> {
+        lock(&self.inner).take_woken()
+    }
+}
+
+/// A worker pool shared by every run placing nodes on it: a placer and the queue of admitted
+/// nodes that find no worker with room yet.
+///
+/// ``WorkerPool(resources, policy="best_fit", max_bypass=32)``. Waiting nodes are placed in
+/// arrival order as capacity frees, each one that fits (a big one never blocks small ones); a node
+/// passed over by ``max_bypass`` placements blocks the queue behind it until it is placed, so it
+/// is never starved.
+#[pyclass(module = "taskiq_flow._core", frozen)]
+pub struct WorkerPool {
+    inner: Shared<Pool>,
+}
+
+#[pymethods]
+impl WorkerPool {
+    #[new]
+    #[pyo3(signature = (resources, policy="best_fit", max_bypass=32))]
+    fn new(resources: Vec<String>, policy: &str, max_bypass: u32) -> PyResult<Self> {
+        guard(|| {
+            let placer = CorePlacer::new(resources, Policy::parse(policy)?)?;
+            Ok(Self { inner: Arc::new(Mutex::new(Pool::new(placer, max_bypass))) })
+        })
+    }
+
+    #[getter]
+    /// Workers registered (removed ones included; ids are never reused).
+    fn worker_count(&self) -> u32 {
+        lock(&self.inner).placer().worker_count()
+    }
+
+    #[getter]
+    /// Nodes holding capacity.
+    fn placed_count(&self) -> usize {
+        lock(&self.inner).placer().placed_count()
+    }
+
+    #[getter]
+    /// Admitted nodes waiting for a worker.
+    fn waiting_count(&self) -> usize {
+        lock(&self.inner).waiting_count()
+    }
+
+    /// The id of a label such as ``"gpu=true"``, interned on first use.
+    fn label(&self, name: &str) -> u32 {
+        lock(&self.inner).placer_mut().label(name)
+    }
+
+    #[pyo3(signature = (capacity, labels=None))]
+    /// Registers a worker (capacity per resource, label ids); waiting nodes that fit on it are
+    /// placed. Returns its id.
+    fn add_worker(
+        &self,
+        capacity: &Bound<'_, PyAny>,
+        labels: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<u32> {
+        let d = demand(capacity, labels)?;
+        guard(|| lock(&self.inner).add_worker(&d.amounts, &d.labels))
+    }
+
+    /// Removes a worker; returns the ``(run, node)`` placed on it, which hold nothing any more.
+    fn remove_worker(&self, worker: u32) -> PyResult<Vec<(u32, u32)>> {
+        guard(|| lock(&self.inner).remove_worker(worker))
+    }
+
+    #[pyo3(signature = (demand, labels=None))]
+    /// Registers what one node needs; returns its class id for ``DagScheduler.attach``.
+    ///
+    /// Raises ``UnschedulableError`` (naming the resource or label) if no worker ever could.
+    fn add_class(
+        &self,
+        demand: &Bound<'_, PyAny>,
+        labels: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<u32> {
+        let d = self::demand(demand, labels)?;
+        guard(|| lock(&self.inner).add_class(d))
+    }
+
+    #[pyo3(signature = (demand, labels=None))]
+    /// Raises ``UnschedulableError`` if no worker could ever take the demand.
+    fn check(&self, demand: &Bound<'_, PyAny>, labels: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let d = self::demand(demand, labels)?;
+        guard(|| lock(&self.inner).placer().check_schedulable(&d))
+    }
+
+    #[pyo3(signature = (demand, labels=None))]
+    /// For each worker the demand does not fit on now: ``(worker, [reasons])``.
+    fn explain(
+        &self,
+        demand: &Bound<'_, PyAny>,
+        labels: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<(u32, Vec<String>)>> {
+        let d = self::demand(demand, labels)?;
+        guard(|| {
+            let why = lock(&self.inner).placer().explain(&d)?;
+            Ok(why
+                .into_iter()
+                .map(|(w, reasons)| (w, reasons.iter().map(ToString::to_string).collect()))
+                .collect())
+        })
+    }
+
+    /// Free capacity of a worker.
+    fn free(&self, worker: u32) -> PyResult<Vec<u64>> {
+        guard(|| lock(&self.inner).placer().free(worker))
+    }
+
+    /// Nodes placed on a worker.
+    fn task_count(&self, worker: u32) -> PyResult<u32> {
+        guard(|| lock(&self.inner).placer().task_count(worker))
+    }
+
+    /// The worker node ``node`` of run ``run`` (``DagScheduler.pool_run``) is placed on.
+    fn worker_of(&self, run: u32, node: u32) -> Option<u32> {
+        lock(&self.inner).worker_of(run, node)
+    }
+
+    /// A new run of placements outside any scheduler (``ResourceAwareWorkerPool.place``).
+    fn register(&self) -> u32 {
+        lock(&self.inner).register()
+    }
+
+    /// Forgets a run: its waiting nodes leave the queue and what it holds is released.
+    fn unregister(&self, run: u32) {
+        lock(&self.inner).unregister(run);
+    }
+
+    #[pyo3(signature = (run, node, class_id, wait=true))]
+    /// Places node ``node`` of ``run`` needing ``class_id``: its worker, or ``None`` when no
+    /// worker has room now (it then waits in the queue when ``wait``, and comes out of
+    /// ``take_placed``).
+    fn place(&self, run: u32, node: u32, class_id: u32, wait: bool) -> PyResult<Option<u32>> {
+        guard(|| lock(&self.inner).place_or(run, node, class_id, wait))
+    }
+
+    /// Gives back what node ``node`` of ``run`` holds (or takes it out of the queue); waiting
+    /// nodes that fit now are placed.
+    fn release(&self, run: u32, node: u32) -> PyResult<()> {
+        guard(|| lock(&self.inner).release(run, node))
+    }
+
+    /// Nodes of ``run`` placed from the queue since the last call.
+    fn take_placed(&self, run: u32) -> Vec<u32> {
+        lock(&self.inner).take_placed(run)
+    }
+
+    /// Ids (``DagScheduler.pool_run``) of runs that had nodes placed from the queue since the
+    /// last call.
+    fn take_woken(&self) -> Vec<u32> {
+        lock(&self.inner).take_woken()
+    }
+}
+
 /// Panics inside the core on purpose; the test suite checks that this surfaces as
 /// ``InternalError`` and that the interpreter lives on.
 #[pyfunction]
@@ -863,6 +1155,9 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ConcurrencyCounter>()?;
     m.add_class::<TokenBucket>()?;
     m.add_class::<Placer>()?;
+    m.add_class::<SharedCap>()?;
+    m.add_class::<WorkerPool>()?;
+    m.add_function(wrap_pyfunction!(check_cap, m)?)?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add("MAX_IDS", crate::dag::MAX_IDS)?;
     Ok(())

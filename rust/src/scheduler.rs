@@ -13,6 +13,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use crate::admission::{lock, Gate, Pool, RunId, Shared};
 use crate::dag::Graph;
 use crate::error::{CoreError, CoreResult};
 use crate::limiter::{check_cap, check_now, RateLimit};
@@ -92,6 +93,14 @@ pub struct Counts {
     pub cancelled: u32,
 }
 
+/// A worker pool a run places its nodes on: the pool, the run's id there, each node's demand.
+#[derive(Debug)]
+struct PoolLink {
+    pool: Shared<Pool>,
+    run: RunId,
+    class_of: Vec<u32>,
+}
+
 /// A run of one acyclic graph under admission control.
 #[derive(Debug)]
 pub struct Scheduler {
@@ -114,6 +123,18 @@ pub struct Scheduler {
     throttled: Vec<u32>,
     /// Keys whose slots or tokens changed since the last admission round.
     touched: Vec<u32>,
+    /// The process-wide cap this run shares with others, and the run's id there.
+    gate: Option<(Shared<Gate>, RunId)>,
+    /// The worker pool nodes are placed on.
+    pool: Option<PoolLink>,
+    /// Admitted nodes that wait in the pool's queue for a worker.
+    placing: u32,
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.detach();
+    }
 }
 
 impl Scheduler {
@@ -166,7 +187,107 @@ impl Scheduler {
             counts: Counts { waiting: n as u32, ..Counts::default() },
             throttled: Vec::new(),
             touched: Vec::new(),
+            gate: None,
+            pool: None,
+            placing: 0,
         })
+    }
+
+    /// Before [`Scheduler::start`]: every node admitted from now on also takes a slot of `gate`,
+    /// which other runs share (a slot one frees may go to another, round-robin between runs).
+    pub fn attach_gate(&mut self, gate: Shared<Gate>) -> CoreResult<()> {
+        if self.started {
+            return Err(CoreError::Frozen);
+        }
+        if let Some((old, run)) = self.gate.take() {
+            lock(&old).unregister(run);
+        }
+        let run = lock(&gate).register();
+        self.gate = Some((gate, run));
+        Ok(())
+    }
+
+    /// Before [`Scheduler::start`]: every admitted node is also placed on a worker of `pool`,
+    /// needing demand class `class_of[node]`; a node no worker has room for yet waits in the
+    /// pool's queue (holding its slots) and comes out of [`Scheduler::poll`] once placed.
+    pub fn attach_pool(&mut self, pool: Shared<Pool>, class_of: Vec<u32>) -> CoreResult<()> {
+        if self.started {
+            return Err(CoreError::Frozen);
+        }
+        let n = self.node_count() as usize;
+        if class_of.len() != n {
+            return Err(CoreError::invalid(
+                "demand classes",
+                "one per node",
+                format!("{} values for {n} nodes", class_of.len()),
+            ));
+        }
+        let run = {
+            let mut p = lock(&pool);
+            let count = p.class_count();
+            if let Some(&bad) = class_of.iter().find(|&&c| c >= count) {
+                return Err(CoreError::UnknownId { what: "demand class", id: bad.into() });
+            }
+            p.register()
+        };
+        if let Some(old) = self.pool.take() {
+            lock(&old.pool).unregister(old.run);
+        }
+        self.pool = Some(PoolLink { pool, run, class_of });
+        Ok(())
+    }
+
+    /// Leaves the shared gate and pool (also done when the scheduler is dropped): every slot
+    /// and worker the run still holds goes to whoever waits for one. Admission stops.
+    pub fn detach(&mut self) {
+        if let Some((gate, run)) = self.gate.take() {
+            lock(&gate).unregister(run);
+        }
+        if let Some(link) = self.pool.take() {
+            lock(&link.pool).unregister(link.run);
+        }
+        self.cancelled = true;
+    }
+
+    /// The run's id in its gate, if it has one.
+    pub fn gate_run(&self) -> Option<RunId> {
+        self.gate.as_ref().map(|(_, run)| *run)
+    }
+
+    /// The run's id in its worker pool, if it has one.
+    pub fn pool_run(&self) -> Option<RunId> {
+        self.pool.as_ref().map(|link| link.run)
+    }
+
+    /// The worker a running node is placed on.
+    pub fn worker_of(&self, node: u32) -> Option<u32> {
+        let link = self.pool.as_ref()?;
+        lock(&link.pool).worker_of(link.run, node)
+    }
+
+    /// Admitted nodes waiting in the pool's queue for a worker.
+    pub fn placing(&self) -> u32 {
+        self.placing
+    }
+
+    /// Places a running node again after its worker went away (it keeps its slots): `true` if
+    /// it has a worker now, `false` if it waits in the pool's queue (it then comes out of
+    /// [`Scheduler::poll`]).
+    pub fn replace(&mut self, node: u32) -> CoreResult<bool> {
+        self.check_running(node)?;
+        let Some(link) = &self.pool else {
+            return Err(CoreError::invalid("replace", "a run with a worker pool", "no pool"));
+        };
+        let mut pool = lock(&link.pool);
+        if pool.worker_of(link.run, node).is_some() {
+            return Ok(true);
+        }
+        let placed = pool.place(link.run, node, link.class_of[node as usize])?.is_some();
+        drop(pool);
+        if !placed {
+            self.placing += 1;
+        }
+        Ok(placed)
     }
 
     /// Number of nodes.
@@ -348,6 +469,55 @@ impl Scheduler {
         Ok(admitted)
     }
 
+    /// For a stream over a window of nodes: finished (done or failed) nodes without successors run
+    /// again as new work (the caller gave each a new item), queued as if newly ready. All or nothing; returns
+    /// the nodes that may start now.
+    pub fn recycle(&mut self, nodes: &[u32], now: f64) -> CoreResult<Vec<u32>> {
+        check_now(now)?;
+        if !self.started {
+            return Err(CoreError::NotPrepared);
+        }
+        for &node in nodes {
+            self.graph.check_node(node)?;
+            if !matches!(self.state[node as usize], NodeState::Done | NodeState::Failed) {
+                return Err(CoreError::invalid(
+                    "recycled node",
+                    "done or failed",
+                    format!("node {node} is {:?}", self.state[node as usize]),
+                ));
+            }
+            if !self.graph.successors(node).is_empty() {
+                return Err(CoreError::invalid(
+                    "recycled node",
+                    "without successors",
+                    format!("node {node} has successors"),
+                ));
+            }
+        }
+        let mut unique = nodes.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.len() != nodes.len() {
+            return Err(CoreError::invalid("recycled nodes", "each listed once", "a repeat"));
+        }
+        let mut admitted = Vec::new();
+        if self.cancelled {
+            return Ok(admitted);
+        }
+        for &node in nodes {
+            if self.state[node as usize] == NodeState::Done {
+                self.counts.done -= 1;
+            } else {
+                self.counts.failed -= 1;
+            }
+            self.state[node as usize] = NodeState::Waiting;
+            self.counts.waiting += 1;
+            self.enqueue(node);
+        }
+        self.admit(now, &mut admitted)?;
+        Ok(admitted)
+    }
+
     /// Marks a running node failed. Its downstream nodes are skipped (reported, never run); the
     /// slot it held goes to the next admissible node.
     pub fn fail(&mut self, node: u32, now: f64) -> CoreResult<FailOutcome> {
@@ -396,6 +566,22 @@ impl Scheduler {
         self.counts.cancelled += cancelled.len() as u32;
         self.counts.waiting = 0;
         self.counts.queued = 0;
+        if let Some((gate, run)) = &self.gate {
+            let _ = lock(gate).settle(*run);
+        }
+        // Admitted nodes still waiting for a worker never started: cancelled too.
+        let unplaced = match &self.pool {
+            Some(link) => lock(&link.pool).cancel_waiting(link.run),
+            None => Vec::new(),
+        };
+        for node in unplaced {
+            self.placing -= 1;
+            self.state[node as usize] = NodeState::Cancelled;
+            self.counts.running -= 1;
+            self.counts.cancelled += 1;
+            self.release_slot(node, 0.0);
+            cancelled.push(node);
+        }
         cancelled
     }
 
@@ -447,6 +633,13 @@ impl Scheduler {
             self.unpark(key, now);
             self.touched.push(key);
         }
+        // The slot and the worker go to whoever waits for them, in this run or another.
+        if let Some((gate, run)) = &self.gate {
+            let _ = lock(gate).release(*run);
+        }
+        if let Some(link) = &self.pool {
+            let _ = lock(&link.pool).release(link.run, node);
+        }
     }
 
     /// After an admission round: a key that still has parked nodes and a free slot waits for a
@@ -477,12 +670,22 @@ impl Scheduler {
         }
     }
 
-    /// Admits ready nodes, best first, until the global cap is reached or none is left.
+    /// Admits ready nodes, best first, until the run's cap or the shared gate is full or none is
+    /// left; an admitted node is placed on a worker when the run has a pool. Nodes placed from
+    /// the pool's queue since the last round come out too.
     fn admit(&mut self, now: f64, out: &mut Vec<u32>) -> CoreResult<()> {
         if self.cancelled {
             self.touched.clear();
             return Ok(());
         }
+        let mut gate = self.gate.as_ref().map(|(g, run)| (lock(g), *run));
+        let mut pool = self.pool.as_ref().map(|link| (lock(&link.pool), link));
+        if let Some((p, link)) = &mut pool {
+            let placed = p.take_placed(link.run);
+            self.placing -= placed.len() as u32;
+            out.extend(placed);
+        }
+        let mut blocked = false;
         while self.running < self.global_cap {
             let Some(entry) = self.ready.pop() else { break };
             let node = entry.3;
@@ -491,6 +694,15 @@ impl Scheduler {
             if k.running >= k.cap {
                 k.parked.push(entry);
                 continue;
+            }
+            if let Some((g, run)) = &mut gate {
+                if !g.can_take(*run) {
+                    // The shared cap is full: this run waits its turn for the next free slot.
+                    self.ready.push(entry);
+                    g.wait(*run)?;
+                    blocked = true;
+                    break;
+                }
             }
             if let Some(rate) = &mut k.rate {
                 if let Err(at) = rate.try_acquire(now)? {
@@ -502,13 +714,32 @@ impl Scheduler {
                     continue;
                 }
             }
+            if let Some((g, run)) = &mut gate {
+                g.take(*run)?;
+            }
             k.running += 1;
             self.running += 1;
             self.state[node as usize] = NodeState::Running;
             self.counts.queued -= 1;
             self.counts.running += 1;
-            out.push(node);
+            match &mut pool {
+                Some((p, link)) => {
+                    if p.place(link.run, node, link.class_of[node as usize])?.is_some() {
+                        out.push(node);
+                    } else {
+                        self.placing += 1;
+                    }
+                }
+                None => out.push(node),
+            }
         }
+        if let Some((g, run)) = &mut gate {
+            if !blocked {
+                g.settle(*run)?;
+            }
+        }
+        drop(gate);
+        drop(pool);
         while let Some(key) = self.touched.pop() {
             self.rearm(key, now);
         }

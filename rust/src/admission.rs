@@ -1,0 +1,656 @@
+//! What several runs share: the process-wide cap ([`Gate`]) and a worker pool's placement queue
+//! ([`Pool`]).
+//!
+//! Each run's [`crate::scheduler::Scheduler`] consults both while it admits, so a node leaves the
+//! core already holding its run slot, its global slot and its worker. A slot or a worker freed by
+//! one run is granted here to a waiting node of *any* run; the run that receives it is recorded as
+//! woken, and its scheduler collects the grant at its next [`crate::scheduler::Scheduler::poll`].
+//!
+//! Fairness between runs is round-robin: a run with nodes blocked on the global cap joins one FIFO
+//! of waiting runs (once, however many nodes it has blocked); every freed slot goes to the run at
+//! the front, which rejoins at the back if it still has blocked nodes. With `k` runs waiting, each
+//! gets one of every `k` freed slots, whatever their sizes.
+//!
+//! Placement never lets a task that does not fit block one that does: waiting tasks are scanned in
+//! arrival order and every one that fits is placed. A task passed over by [`Pool::max_bypass`]
+//! placements ages into a barrier: from then on nothing behind it is placed until it is, so capacity
+//! drains towards it and it runs too.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::error::{CoreError, CoreResult};
+use crate::limiter::check_cap;
+use crate::packing::{Demand, Placer};
+
+/// A run's id in a [`Gate`] or a [`Pool`].
+pub type RunId = u32;
+
+/// A shared handle: every run's scheduler holds one.
+pub type Shared<T> = Arc<Mutex<T>>;
+
+/// Locks a shared part; a panic in another holder does not poison the data for everyone else
+/// (every mutation below leaves the counts consistent before it can panic).
+pub fn lock<T>(shared: &Shared<T>) -> MutexGuard<'_, T> {
+    shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct GateRun {
+    live: bool,
+    /// Slots the run's nodes hold.
+    held: u32,
+    /// Slots handed to the run by a release elsewhere, not yet taken by one of its nodes.
+    granted: u32,
+    /// In the waiting FIFO.
+    waiting: bool,
+}
+
+/// The process-wide cap over the nodes of every run (`set_max_parallel_tasks`).
+#[derive(Debug)]
+pub struct Gate {
+    cap: u32,
+    /// Slots held or granted.
+    used: u32,
+    runs: Vec<GateRun>,
+    free_ids: Vec<RunId>,
+    waiting: VecDeque<RunId>,
+    woken: Vec<RunId>,
+}
+
+impl Gate {
+    /// A gate of `cap` slots (`None`: unbounded).
+    pub fn new(cap: Option<u64>) -> CoreResult<Self> {
+        let cap = match cap {
+            Some(cap) => check_cap("max_parallel", cap)?,
+            None => u32::MAX,
+        };
+        Ok(Self {
+            cap,
+            used: 0,
+            runs: Vec::new(),
+            free_ids: Vec::new(),
+            waiting: VecDeque::new(),
+            woken: Vec::new(),
+        })
+    }
+
+    /// The cap (`u32::MAX`: unbounded).
+    pub fn cap(&self) -> u32 {
+        self.cap
+    }
+
+    /// Slots held or granted.
+    pub fn in_use(&self) -> u32 {
+        self.used
+    }
+
+    /// Runs waiting for a slot.
+    pub fn waiting_runs(&self) -> usize {
+        self.waiting.iter().filter(|&&r| self.runs[r as usize].waiting).count()
+    }
+
+    /// Slots held by one run's nodes.
+    pub fn held_by(&self, run: RunId) -> u32 {
+        self.runs.get(run as usize).map_or(0, |r| r.held)
+    }
+
+    /// Changes the cap. Lowering it lets what holds slots finish; raising it grants the new slots
+    /// to waiting runs at once.
+    pub fn set_cap(&mut self, cap: Option<u64>) -> CoreResult<()> {
+        self.cap = match cap {
+            Some(cap) => check_cap("max_parallel", cap)?,
+            None => u32::MAX,
+        };
+        while self.used < self.cap && self.grant_next() {
+            self.used += 1;
+        }
+        Ok(())
+    }
+
+    /// Sets the cap to exactly `slots`, zero allowed: for a gate whose slots are leases taken
+    /// elsewhere (a cap shared through Redis), `slots` is the number of leases held. New slots go
+    /// to waiting runs at once; slots above it disappear as they are released.
+    pub fn set_leased(&mut self, slots: u32) {
+        self.cap = slots;
+        while self.used < self.cap && self.grant_next() {
+            self.used += 1;
+        }
+    }
+
+    /// A new run.
+    pub fn register(&mut self) -> RunId {
+        let run = GateRun { live: true, ..GateRun::default() };
+        if let Some(id) = self.free_ids.pop() {
+            self.runs[id as usize] = run;
+            id
+        } else {
+            self.runs.push(run);
+            (self.runs.len() - 1) as RunId
+        }
+    }
+
+    /// Forgets a run: every slot it holds or was granted goes to the next waiting run.
+    pub fn unregister(&mut self, run: RunId) {
+        let Some(state) = self.runs.get_mut(run as usize).filter(|r| r.live) else { return };
+        let back = state.held + state.granted;
+        *state = GateRun::default();
+        self.waiting.retain(|&r| r != run);
+        self.free_ids.push(run);
+        for _ in 0..back {
+            self.hand_off();
+        }
+    }
+
+    fn run(&mut self, run: RunId) -> CoreResult<&mut GateRun> {
+        self.runs
+            .get_mut(run as usize)
+            .filter(|r| r.live)
+            .ok_or(CoreError::UnknownId { what: "run", id: run.into() })
+    }
+
+    /// Whether a node of `run` can take a slot now (a grant of its own, or a free slot that no
+    /// other run is waiting for).
+    pub fn can_take(&self, run: RunId) -> bool {
+        let state = &self.runs[run as usize];
+        state.granted > 0 || (self.used < self.cap && self.waiting.is_empty())
+    }
+
+    /// Takes a slot for a node of `run`; call only after [`Gate::can_take`] said yes.
+    pub fn take(&mut self, run: RunId) -> CoreResult<()> {
+        let (cap, used, waiting) = (self.cap, self.used, self.waiting.is_empty());
+        let state = self.run(run)?;
+        if state.granted > 0 {
+            state.granted -= 1;
+            state.held += 1;
+            return Ok(());
+        }
+        if used < cap && waiting {
+            state.held += 1;
+            self.used += 1;
+            return Ok(());
+        }
+        Err(CoreError::invalid("slot", "free when taken", "none free"))
+    }
+
+    /// `run` has a node that could not take a slot: it waits its turn.
+    pub fn wait(&mut self, run: RunId) -> CoreResult<()> {
+        let state = self.run(run)?;
+        if !state.waiting {
+            state.waiting = true;
+            self.waiting.push_back(run);
+        }
+        Ok(())
+    }
+
+    /// `run` has no node waiting for a slot any more: grants it did not use go to others.
+    pub fn settle(&mut self, run: RunId) -> CoreResult<()> {
+        let state = self.run(run)?;
+        let was_waiting = std::mem::take(&mut state.waiting);
+        let spare = std::mem::take(&mut state.granted);
+        if was_waiting {
+            self.waiting.retain(|&r| r != run);
+        }
+        for _ in 0..spare {
+            self.hand_off();
+        }
+        Ok(())
+    }
+
+    /// A node of `run` gave its slot back; the slot goes to the next waiting run, if any.
+    pub fn release(&mut self, run: RunId) -> CoreResult<()> {
+        let state = self.run(run)?;
+        if state.held == 0 {
+            return Err(CoreError::invalid("release", "matched by a slot taken", "none held"));
+        }
+        state.held -= 1;
+        self.hand_off();
+        Ok(())
+    }
+
+    /// One slot (counted in `used`) became free: it goes to the next waiting run, or back to the
+    /// gate (always back while a lowered cap is exceeded).
+    fn hand_off(&mut self) {
+        if self.used > self.cap || !self.grant_next() {
+            self.used -= 1;
+        }
+    }
+
+    /// Grants one slot to the run at the front of the FIFO; the caller accounts for it.
+    fn grant_next(&mut self) -> bool {
+        while let Some(run) = self.waiting.pop_front() {
+            let state = &mut self.runs[run as usize];
+            if !(state.live && state.waiting) {
+                continue;
+            }
+            state.waiting = false;
+            state.granted += 1;
+            if !self.woken.contains(&run) {
+                self.woken.push(run);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Runs granted a slot since the last call (their schedulers should poll).
+    pub fn take_woken(&mut self) -> Vec<RunId> {
+        std::mem::take(&mut self.woken)
+    }
+}
+
+/// The placement id of a node of a run: unique across every run sharing a [`Pool`].
+pub fn placement_id(run: RunId, node: u32) -> u64 {
+    (u64::from(run) << 32) | u64::from(node)
+}
+
+/// The run and node of a placement id.
+pub fn split_placement(id: u64) -> (RunId, u32) {
+    ((id >> 32) as RunId, id as u32)
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Waiting {
+    run: RunId,
+    node: u32,
+    class: u32,
+    /// Placements made while this task waited ahead of them.
+    bypassed: u32,
+}
+
+/// A worker pool shared by every run placing tasks on it: a [`Placer`] and the queue of tasks
+/// that were admitted but find no worker with room yet.
+#[derive(Debug)]
+pub struct Pool {
+    placer: Placer,
+    classes: Vec<Demand>,
+    waiting: VecDeque<Waiting>,
+    max_bypass: u32,
+    /// Waiting tasks that aged into barriers.
+    aged: usize,
+    /// Per run: `Some(nodes placed from the queue, not collected yet)` while it is registered.
+    runs: Vec<Option<Vec<u32>>>,
+    free_ids: Vec<RunId>,
+    woken: Vec<RunId>,
+}
+
+/// How many placements may pass a waiting task before it blocks the queue behind it.
+pub const DEFAULT_MAX_BYPASS: u32 = 32; // keep in step with the bindings' default
+
+impl Pool {
+    /// A pool placing with `placer`; a waiting task ages into a barrier after `max_bypass`
+    /// placements passed it.
+    pub fn new(placer: Placer, max_bypass: u32) -> Self {
+        Self {
+            placer,
+            classes: Vec::new(),
+            waiting: VecDeque::new(),
+            max_bypass,
+            aged: 0,
+            runs: Vec::new(),
+            free_ids: Vec::new(),
+            woken: Vec::new(),
+        }
+    }
+
+    /// The placer (workers, capacities, labels).
+    pub fn placer(&self) -> &Placer {
+        &self.placer
+    }
+
+    /// The placer, to add labels; add and remove workers through the pool.
+    pub fn placer_mut(&mut self) -> &mut Placer {
+        &mut self.placer
+    }
+
+    /// Tasks waiting for a worker.
+    pub fn waiting_count(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// A demand that nodes refer to by the returned class id.
+    ///
+    /// Fails with [`CoreError::Unschedulable`] if no worker could ever meet it.
+    pub fn add_class(&mut self, demand: Demand) -> CoreResult<u32> {
+        self.placer.check_schedulable(&demand)?;
+        if let Some(i) = self.classes.iter().position(|d| *d == demand) {
+            return Ok(i as u32);
+        }
+        self.classes.push(demand);
+        Ok((self.classes.len() - 1) as u32)
+    }
+
+    /// Number of demand classes.
+    pub fn class_count(&self) -> u32 {
+        self.classes.len() as u32
+    }
+
+    /// A new run.
+    pub fn register(&mut self) -> RunId {
+        if let Some(id) = self.free_ids.pop() {
+            self.runs[id as usize] = Some(Vec::new());
+            id
+        } else {
+            self.runs.push(Some(Vec::new()));
+            (self.runs.len() - 1) as RunId
+        }
+    }
+
+    /// Forgets a run: its waiting tasks leave the queue and what its tasks hold is released.
+    pub fn unregister(&mut self, run: RunId) {
+        if self.runs.get(run as usize).is_none_or(Option::is_none) {
+            return;
+        }
+        self.cancel_waiting(run);
+        let mine: Vec<u64> =
+            self.placer.placed_tasks().filter(|&t| split_placement(t).0 == run).collect();
+        for task in &mine {
+            let _ = self.placer.release(*task);
+        }
+        self.runs[run as usize] = None;
+        self.free_ids.push(run);
+        if !mine.is_empty() {
+            self.scan();
+        }
+    }
+
+    fn check_run(&self, run: RunId) -> CoreResult<()> {
+        match self.runs.get(run as usize) {
+            Some(Some(_)) => Ok(()),
+            _ => Err(CoreError::UnknownId { what: "run", id: run.into() }),
+        }
+    }
+
+    /// Places a node of `run` needing demand `class`: its worker, or `None` when it waits in the
+    /// queue (it then comes out of [`Pool::take_placed`] once placed).
+    pub fn place(&mut self, run: RunId, node: u32, class: u32) -> CoreResult<Option<u32>> {
+        self.place_or(run, node, class, true)
+    }
+
+    /// [`Pool::place`], but a node that finds no room now is not queued when `wait` is false.
+    pub fn place_or(
+        &mut self,
+        run: RunId,
+        node: u32,
+        class: u32,
+        wait: bool,
+    ) -> CoreResult<Option<u32>> {
+        self.check_run(run)?;
+        let demand = self
+            .classes
+            .get(class as usize)
+            .ok_or(CoreError::UnknownId { what: "demand class", id: class.into() })?;
+        if self.aged == 0 {
+            if let Some(worker) = self.placer.place(placement_id(run, node), demand)? {
+                self.passed_over(self.waiting.len());
+                return Ok(Some(worker));
+            }
+        }
+        if wait {
+            self.waiting.push_back(Waiting { run, node, class, bypassed: 0 });
+        }
+        Ok(None)
+    }
+
+    /// The first `count` waiting tasks were passed over by a placement.
+    fn passed_over(&mut self, count: usize) {
+        let limit = self.max_bypass;
+        for w in self.waiting.iter_mut().take(count) {
+            w.bypassed += 1;
+            if w.bypassed == limit {
+                self.aged += 1;
+            }
+        }
+    }
+
+    /// Places waiting tasks that fit now, in arrival order, stopping at an aged one that does not.
+    fn scan(&mut self) {
+        // Capacity only shrinks during a scan, so a class that did not fit is not tried again.
+        let mut misfit = vec![false; self.classes.len()];
+        let mut i = 0;
+        while i < self.waiting.len() {
+            let w = self.waiting[i];
+            let fits = !misfit[w.class as usize]
+                && self
+                    .placer
+                    .place(placement_id(w.run, w.node), &self.classes[w.class as usize])
+                    .ok()
+                    .flatten()
+                    .is_some();
+            if fits {
+                self.waiting.remove(i);
+                if w.bypassed >= self.max_bypass {
+                    self.aged -= 1;
+                }
+                if let Some(Some(placed)) = self.runs.get_mut(w.run as usize) {
+                    placed.push(w.node);
+                }
+                if !self.woken.contains(&w.run) {
+                    self.woken.push(w.run);
+                }
+                self.passed_over(i);
+                continue;
+            }
+            misfit[w.class as usize] = true;
+            if w.bypassed >= self.max_bypass || misfit.iter().all(|&m| m) {
+                break;
+            }
+            i += 1;
+        }
+    }
+
+    /// A node of `run` finished (or stopped waiting): its capacity goes to waiting tasks.
+    ///
+    /// # Panics
+    ///
+    /// Never: the index comes from a search of the same queue.
+    pub fn release(&mut self, run: RunId, node: u32) -> CoreResult<()> {
+        self.check_run(run)?;
+        if self.placer.release(placement_id(run, node)).is_ok() {
+            self.scan();
+        } else if let Some(i) = self.waiting.iter().position(|w| w.run == run && w.node == node) {
+            let w = self.waiting.remove(i).expect("index from position");
+            if w.bypassed >= self.max_bypass {
+                self.aged -= 1;
+                self.scan();
+            }
+        } else {
+            return Err(CoreError::UnknownId { what: "placed task", id: node.into() });
+        }
+        Ok(())
+    }
+
+    /// Removes every waiting task of `run` from the queue; returns their nodes.
+    pub fn cancel_waiting(&mut self, run: RunId) -> Vec<u32> {
+        let mut nodes = Vec::new();
+        let limit = self.max_bypass;
+        let mut unaged = 0;
+        self.waiting.retain(|w| {
+            if w.run == run {
+                nodes.push(w.node);
+                if w.bypassed >= limit {
+                    unaged += 1;
+                }
+                false
+            } else {
+                true
+            }
+        });
+        self.aged -= unaged;
+        if unaged > 0 {
+            self.scan();
+        }
+        nodes
+    }
+
+    /// Nodes of `run` placed from the queue since the last call.
+    pub fn take_placed(&mut self, run: RunId) -> Vec<u32> {
+        match self.runs.get_mut(run as usize) {
+            Some(Some(placed)) => std::mem::take(placed),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Runs that had nodes placed from the queue since the last call.
+    pub fn take_woken(&mut self) -> Vec<RunId> {
+        std::mem::take(&mut self.woken)
+    }
+
+    /// The worker a node of `run` is placed on.
+    pub fn worker_of(&self, run: RunId, node: u32) -> Option<u32> {
+        self.placer.worker_of(placement_id(run, node))
+    }
+
+    /// Adds a worker; waiting tasks that fit on it are placed.
+    pub fn add_worker(&mut self, capacity: &[u64], labels: &[u32]) -> CoreResult<u32> {
+        let id = self.placer.add_worker(capacity, labels)?;
+        self.scan();
+        Ok(id)
+    }
+
+    /// Removes a worker; returns the `(run, node)` placed on it, which hold nothing any more.
+    pub fn remove_worker(&mut self, worker: u32) -> CoreResult<Vec<(RunId, u32)>> {
+        Ok(self.placer.remove_worker(worker)?.into_iter().map(split_placement).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dag::Graph;
+    use crate::packing::Policy;
+    use crate::scheduler::Scheduler;
+
+    fn wide(n: u32) -> Scheduler {
+        Scheduler::new(Graph::from_edges(n, &[], &[]).unwrap(), None, &[], None, None).unwrap()
+    }
+
+    #[test]
+    fn gate_grants_freed_slots_round_robin_between_runs() {
+        let gate: Shared<Gate> = Arc::new(Mutex::new(Gate::new(Some(2)).unwrap()));
+        let mut a = wide(10);
+        let mut b = wide(10);
+        let mut c = wide(10);
+        for s in [&mut a, &mut b, &mut c] {
+            s.attach_gate(gate.clone()).unwrap();
+        }
+        assert_eq!(a.start(0.0).unwrap(), vec![0, 1]);
+        assert!(b.start(0.0).unwrap().is_empty());
+        assert!(c.start(0.0).unwrap().is_empty());
+        // In line: a, b, c. Each freed slot goes to the front run, which rejoins at the back.
+        assert_eq!(a.complete(0, 0.0).unwrap(), vec![2]);
+        assert!(a.complete(1, 0.0).unwrap().is_empty()); // to b
+        assert!(a.complete(2, 0.0).unwrap().is_empty()); // to c
+        let (b_run, c_run) = (b.gate_run().unwrap(), c.gate_run().unwrap());
+        let woken = lock(&gate).take_woken();
+        assert!(woken.contains(&b_run) && woken.contains(&c_run));
+        assert_eq!(b.poll(0.0).unwrap(), vec![0]);
+        assert_eq!(c.poll(0.0).unwrap(), vec![0]);
+        assert_eq!(lock(&gate).in_use(), 2);
+        // In line now: a, b, c again.
+        b.complete(0, 0.0).unwrap();
+        c.complete(0, 0.0).unwrap();
+        assert_eq!(a.poll(0.0).unwrap(), vec![3]);
+        assert_eq!(b.poll(0.0).unwrap(), vec![1]);
+        assert!(c.poll(0.0).unwrap().is_empty());
+        assert_eq!(lock(&gate).in_use(), 2);
+    }
+
+    #[test]
+    fn dropped_run_gives_its_slots_to_the_waiting_one() {
+        let gate: Shared<Gate> = Arc::new(Mutex::new(Gate::new(Some(1)).unwrap()));
+        let mut a = wide(3);
+        let mut b = wide(3);
+        a.attach_gate(gate.clone()).unwrap();
+        b.attach_gate(gate.clone()).unwrap();
+        assert_eq!(a.start(0.0).unwrap(), vec![0]);
+        assert!(b.start(0.0).unwrap().is_empty());
+        drop(a);
+        assert_eq!(b.poll(0.0).unwrap(), vec![0]);
+        assert_eq!(lock(&gate).in_use(), 1);
+    }
+
+    #[test]
+    fn raising_the_cap_grants_waiting_runs_and_lowering_lets_running_finish() {
+        let gate: Shared<Gate> = Arc::new(Mutex::new(Gate::new(Some(1)).unwrap()));
+        let mut a = wide(4);
+        a.attach_gate(gate.clone()).unwrap();
+        assert_eq!(a.start(0.0).unwrap(), vec![0]);
+        lock(&gate).set_cap(Some(3)).unwrap();
+        assert_eq!(a.poll(0.0).unwrap(), vec![1, 2]);
+        lock(&gate).set_cap(Some(1)).unwrap();
+        assert!(a.complete(0, 0.0).unwrap().is_empty());
+        assert!(a.complete(1, 0.0).unwrap().is_empty());
+        assert_eq!(a.complete(2, 0.0).unwrap(), vec![3]);
+    }
+
+    fn pool_of(cpus: &[u64]) -> Shared<Pool> {
+        let mut placer = Placer::new(vec!["cpu".into()], Policy::BestFit).unwrap();
+        for &c in cpus {
+            placer.add_worker(&[c], &[]).unwrap();
+        }
+        Arc::new(Mutex::new(Pool::new(placer, 3)))
+    }
+
+    fn demand(cpu: u64) -> Demand {
+        Demand { amounts: vec![cpu], labels: vec![] }
+    }
+
+    #[test]
+    fn a_big_task_does_not_block_small_ones_and_still_runs() {
+        // One 4-core worker; node 0 needs 4 cores, nodes 1.. need 2 (one 2-core task runs first).
+        let pool = pool_of(&[4]);
+        let (big, small) = {
+            let mut p = lock(&pool);
+            (p.add_class(demand(4)).unwrap(), p.add_class(demand(2)).unwrap())
+        };
+        let mut s = Scheduler::new(
+            Graph::from_edges(9, &[], &[]).unwrap(),
+            None,
+            &[],
+            Some(vec![5, 10, 1, 1, 1, 1, 1, 1, 1]),
+            None,
+        )
+        .unwrap();
+        let mut classes = vec![small; 9];
+        classes[0] = big;
+        s.attach_pool(pool.clone(), classes).unwrap();
+        // Node 1 (priority 10) takes 2 cores; node 0 (big, next in line) waits; small node 2 fits
+        // beside node 1 and passes it.
+        let first = s.start(0.0).unwrap();
+        assert_eq!(first, vec![1, 2]);
+        assert_eq!(s.placing(), 7);
+        // Small tasks keep passing the big one until it has aged (3 bypasses here).
+        let mut order = first;
+        let mut running: Vec<u32> = order.clone();
+        while let Some(node) = running.first().copied() {
+            running.remove(0);
+            let out = s.complete(node, 0.0).unwrap();
+            running.extend(&out);
+            order.extend(out);
+        }
+        assert!(s.is_finished());
+        // Passed three times (max_bypass), it blocks the queue until the worker drains for it.
+        assert_eq!(order, vec![1, 2, 3, 4, 0, 5, 6, 7, 8]);
+        assert_eq!(lock(&pool).placer().placed_count(), 0);
+    }
+
+    #[test]
+    fn cancel_takes_nodes_out_of_the_placement_queue() {
+        let pool = pool_of(&[1]);
+        let one = lock(&pool).add_class(demand(1)).unwrap();
+        let mut s = wide(3);
+        s.attach_pool(pool.clone(), vec![one; 3]).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        assert_eq!(s.cancel(), vec![1, 2]);
+        assert_eq!(lock(&pool).waiting_count(), 0);
+        s.complete(0, 0.0).unwrap();
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn unschedulable_demand_is_refused_when_declared() {
+        let pool = pool_of(&[2]);
+        assert!(matches!(lock(&pool).add_class(demand(3)), Err(CoreError::Unschedulable { .. })));
+    }
+}
