@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from taskiq_flow import MapReduce
 from taskiq_flow.engine import run_single
-from taskiq_flow.optimization.parallel import global_limiter, set_max_parallel_tasks
+from taskiq_flow.optimization.parallel import global_cap, set_max_parallel_tasks
 
 
 async def main(items: int, cap: int) -> None:
@@ -31,7 +31,7 @@ async def main(items: int, cap: int) -> None:
                     raise
         set_max_parallel_tasks(cap, redis=client, name=os.environ["TASKIQ_FLOW_TEST_LIMIT"])
         results = await MapReduce.map(broker, redis_app.held, range(items), max_parallel=50)
-        await global_limiter().aclose()  # type: ignore[attr-defined]
+        await global_cap().aclose()
         print(len(results))
     finally:
         set_max_parallel_tasks(None)

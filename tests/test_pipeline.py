@@ -133,8 +133,12 @@ async def test_bad_pipelines_are_refused_before_sending(broker: InMemoryBroker) 
     t = toolkit(broker)
     with pytest.raises(DataflowError, match="Pipeline is empty"):
         await Pipeline(broker).kiq()
-    with pytest.raises(DataflowError, match="First step must be sequential"):
-        await Pipeline(broker).map(t["square"]).kiq([1])
+    with pytest.raises(DataflowError, match="needs items: give them as map"):
+        await Pipeline(broker).map(t["square"]).kiq()
+    with pytest.raises(DataflowError, match="has its own items; kiq\\(\\) takes no arguments"):
+        await Pipeline(broker).map(t["square"], [1, 2]).kiq(5)
+    with pytest.raises(DataflowError, match="needs an iterable of items, got int"):
+        await Pipeline(broker).map(t["square"]).kiq(5)
     with pytest.raises(NotATaskError):
         Pipeline(broker, lambda x: x)
     with pytest.raises(UnserializableError):

@@ -34,17 +34,6 @@ from taskiq import AsyncBroker, TaskiqMessage
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from taskiq_flow._core import DagGraph
-from taskiq_flow.engine import (
-    FlowRun,
-    OnError,
-    Plan,
-    RunOptions,
-    StepSpec,
-    check_max_parallel,
-    check_rate,
-    run_single,
-    task_display_name,
-)
 from taskiq_flow.exceptions import (
     CycleError,
     DataflowError,
@@ -53,9 +42,12 @@ from taskiq_flow.exceptions import (
     NotATaskError,
     UnserializableError,
 )
-from taskiq_flow.resources import ResourceAwareWorkerPool, resources_of
-from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
-from taskiq_flow.tracking import PipelineTrackingManager
+from taskiq_flow.resources import resources_of
+from taskiq_flow.retry import RetryPolicy
+from taskiq_flow.run.options import RunOptions
+from taskiq_flow.run.plan import Plan, StepSpec, task_display_name
+from taskiq_flow.run.runner import Runner, run_single
+from taskiq_flow.run.settings import OnError, Settings, check_rate, check_timeout
 
 __all__ = [
     "DAG",
@@ -97,9 +89,10 @@ def pipeline_task(
     :param inputs: the names it consumes (default: its parameter names).
     :param labels: free-form labels, visible as ``TaskNode.labels`` (e.g. to custom engines).
     :param retry: this task's retry policy (overrides the pipeline's).
-    :param timeout: seconds an attempt may take (taskiq's ``timeout`` label).
+    :param timeout: seconds one attempt may take (taskiq's ``timeout`` label); a task that runs
+        longer fails that attempt with :class:`~taskiq_flow.exceptions.TaskTimeoutError`.
     :param rate: at most this many starts of the task per second, in bursts of ``burst``.
-    :raises InvalidValueError: for a rate <= 0 or a burst below 1.
+    :raises InvalidValueError: for a rate <= 0, a burst below 1, a timeout that is not > 0.
     """
     rate, burst = check_rate(rate, burst)
     meta = _DataflowMeta(
@@ -107,7 +100,7 @@ def pipeline_task(
         tuple(inputs) if inputs is not None else None,
         dict(labels or {}),
         retry,
-        timeout,
+        check_timeout(timeout),
         rate,
         burst,
     )
@@ -342,10 +335,12 @@ class ExecutionEngine:
 
     :param broker: the taskiq broker.
     :param dag: the graph to run.
-    :param max_parallel: most tasks in flight at once (``None``: all that are ready).
+    :param max_parallel: most tasks of a run in flight at once (``None``: all that are ready).
     :param on_error: ``"fail"`` (default) or ``"continue"``.
     :param retry: retry policy for tasks without their own.
-    :param timeout: seconds the whole run may take.
+    :param timeout: seconds a whole run may take.
+    :param settings: all of these at once (then give none of them separately).
+    :raises InvalidValueError: for a bad value (checked here, once).
     """
 
     def __init__(
@@ -353,29 +348,18 @@ class ExecutionEngine:
         broker: AsyncBroker,
         dag: DAG,
         *,
-        max_parallel: int | None = None,
-        on_error: OnError = "fail",
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        tracking: PipelineTrackingManager | None = None,
-        dead_letters: DeadLetterQueue | None = None,
-        name: str = "dataflow",
-        on_progress: Callable[[int, int], None] | None = None,
-        worker_pool: ResourceAwareWorkerPool | None = None,
+        settings: Settings | None = None,
+        **options: Any,
     ) -> None:
         self.broker = broker
         self.dag = dag
-        self.on_progress = on_progress
-        self.worker_pool = worker_pool
-        self.max_parallel = check_max_parallel(max_parallel)
-        self.on_error = on_error
-        self.retry = retry
-        self.timeout = timeout
-        self.tracking = tracking
-        self.dead_letters = dead_letters
-        self.name = name
+        if settings is None:
+            settings = Settings.build(**{"name": "dataflow", **options})
+        elif options:
+            raise TypeError("give settings or separate options, not both")
+        self.settings = settings
         self.pipeline_id: str | None = None
-        self._run: FlowRun | None = None
+        self._run: Runner | None = None
 
     async def schedule_task(self, task_node: TaskNode, inputs: dict[str, Any]) -> Any:
         """Runs one node with its inputs and returns its value.
@@ -471,20 +455,12 @@ class ExecutionEngine:
             async def custom(node: int, _args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
                 return await self.schedule_task(nodes[node], kwargs)
 
-        run = FlowRun(
+        run = Runner(
             self.broker,
             self._plan(inputs),
-            max_parallel=self.max_parallel,
-            on_error=self.on_error,
-            retry=self.retry,
-            timeout=self.timeout,
-            tracking=self.tracking,
-            dead_letters=self.dead_letters,
-            name=self.name,
+            self.settings,
             pipeline_id=pipeline_id,
             custom_dispatch=custom,
-            on_progress=self.on_progress,
-            worker_pool=self.worker_pool,
             restored=restored,
         )
         self._run = run
@@ -512,13 +488,15 @@ class DataflowPipeline(RunOptions):
     """A dataflow pipeline on a broker.
 
     :param broker: the taskiq broker.
-    :param max_parallel: most tasks of one run in flight at once (``None``: all that are ready).
+    :param max_parallel: most tasks of one run in flight at once, all steps together (``None``:
+        all that are ready).
     :param on_error: ``"fail"`` stops at the first failure; ``"continue"`` runs every task that does
         not depend on one.
-    :param timeout: seconds a run may take.
+    :param timeout: seconds a whole run may take.
     :param name: the pipeline's name in tracking records.
     :param on_progress: called with ``(tasks finished, tasks in all)`` as a run progresses.
-    :raises InvalidValueError: for a ``max_parallel`` below 1 or not an int.
+    :raises InvalidValueError: for a bad value of any of these (checked here, once, by the rule
+        of :mod:`taskiq_flow.run.settings`).
     """
 
     def __init__(
@@ -532,15 +510,22 @@ class DataflowPipeline(RunOptions):
         on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.broker = broker
-        self.max_parallel = check_max_parallel(max_parallel)
-        self.on_progress = on_progress
-        self.on_error: OnError = on_error
-        self.timeout = timeout
-        self.name = name
+        self.settings = Settings.build(
+            max_parallel=max_parallel,
+            on_error=on_error,
+            timeout=timeout,
+            name=name,
+            on_progress=on_progress,
+        )
         self.registry = DataflowRegistry()
         self._dag: DAG | None = None
         self.pipeline_id: str | None = None
         self._engine: ExecutionEngine | None = None
+
+    @property
+    def name(self) -> str:
+        """The pipeline's name in tracking records."""
+        return self.settings.name
 
     @classmethod
     def from_tasks(
@@ -604,19 +589,7 @@ class DataflowPipeline(RunOptions):
                     f"(this one has {sorted(dag.external_inputs)}); pass inputs by name"
                 )
             inputs = {next(iter(dag.external_inputs)): chunk[0]}
-        engine = ExecutionEngine(
-            self.broker,
-            dag,
-            max_parallel=self.max_parallel,
-            on_error=self.on_error,
-            retry=self.retry,
-            timeout=self.timeout,
-            tracking=self.tracking,
-            dead_letters=self.dead_letters,
-            name=self.name,
-            on_progress=self.on_progress,
-            worker_pool=self.worker_pool,
-        )
+        engine = ExecutionEngine(self.broker, dag, settings=self.settings)
         self._engine = engine
         self.pipeline_id = pipeline_id
         try:

@@ -19,6 +19,7 @@
     │   ├── PipelineCancelledError the run was cancelled
     │   ├── PoisonMessageError     a step's every delivery killed its worker
     │   ├── WorkerLostError        the worker a step was placed on went away (re-placed, resent)
+    │   ├── TaskTimeoutError       (also TimeoutError) one attempt exceeded its step's timeout
     │   └── PipelineTimeoutError   (also TimeoutError) the run exceeded its timeout
     └── InternalError       a bug in the scheduling core (a Rust panic), caught
 
@@ -50,6 +51,7 @@ __all__ = [
     "PoisonMessageError",
     "StateError",
     "StepFailedError",
+    "TaskTimeoutError",
     "TaskiqFlowError",
     "UnknownIdError",
     "UnschedulableError",
@@ -171,6 +173,11 @@ class PipelineTimeoutError(PipelineError, TimeoutError):
     def __init__(self, message: str, results: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.results: dict[str, Any] = results or {}
+
+
+class TaskTimeoutError(PipelineError, TimeoutError):
+    """One attempt of a step ran longer than the step's ``timeout``; the message names the step and
+    the limit."""
 
 
 class PoisonMessageError(PipelineError):

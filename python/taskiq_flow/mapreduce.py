@@ -16,33 +16,25 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from taskiq import AsyncBroker
-from taskiq.kicker import AsyncKicker
 
-from taskiq_flow._core import ConcurrencyCounter
-from taskiq_flow.engine import (
-    FlowRun,
-    OnError,
-    Plan,
-    StepSpec,
-    check_max_parallel,
-    check_rate,
-    task_identity,
-)
-from taskiq_flow.events import FLOW_LABEL, ensure_flow_middleware
-from taskiq_flow.exceptions import DataflowError, InvalidValueError, StepFailedError
-from taskiq_flow.optimization.parallel import global_limiter
+from taskiq_flow.exceptions import DataflowError, InvalidValueError
 from taskiq_flow.resources import ResourceAwareWorkerPool, resources_of
-from taskiq_flow.retry import RetryPolicy
+from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
+from taskiq_flow.run.plan import Plan, StepSpec, task_identity
+from taskiq_flow.run.runner import Runner
+from taskiq_flow.run.settings import OnError, Settings, check_rate
 from taskiq_flow.tracking import PipelineTrackingManager
 
 __all__ = ["MapReduce"]
 
 _NO_INITIAL: Any = object()
+_DONE: Any = object()
+_SKIPPED: Any = object()
 
 
 def _reduce_tree(
@@ -75,7 +67,11 @@ def _reduce_tree(
 
 
 class MapReduce:
-    """Fan-out and fan-in over items (all methods are static)."""
+    """Fan-out and fan-in over items (all methods are static).
+
+    ``max_parallel`` here is the pipeline's: it bounds every task of the call in flight at once
+    (a ``map_reduce``'s map and reduce together).
+    """
 
     @staticmethod
     async def map(
@@ -92,49 +88,49 @@ class MapReduce:
         rate: float | None = None,
         burst: int = 1,
         worker_pool: ResourceAwareWorkerPool | None = None,
+        dead_letters: DeadLetterQueue | None = None,
         **kwargs: Any,
     ) -> list[Any]:
         """Runs ``task`` on every item and returns the results in item order.
 
         :param items: the items; each is passed as the first argument (or as ``param_name``).
         :param max_parallel: most tasks in flight at once (``None``: all).
+        :param timeout: seconds the whole map may take.
         :param worker_pool: place each call on a worker with room for it.
         :param rate: at most this many calls started per second, in bursts of ``burst``.
         :param kwargs: further keyword arguments for every call.
         :raises StepFailedError: a call failed for good.
         """
         task_name, labels, name = task_identity(task)
+        settings = Settings.build(
+            max_parallel=max_parallel,
+            on_error=on_error,
+            retry=retry,
+            timeout=timeout,
+            tracking=tracking,
+            worker_pool=worker_pool,
+            dead_letters=dead_letters,
+            name=f"map:{name}",
+        )
+        step_rate, step_burst = check_rate(rate, burst)
         values = list(items)
-        cap = check_max_parallel(max_parallel)
 
         def call(node: int, _results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
             if param_name is None:
                 return (values[node],), kwargs
             return (), {**kwargs, param_name: values[node]}
 
-        step_rate, step_burst = check_rate(rate, burst)
         step = StepSpec(
             name,
             task_name,
             labels,
-            max_parallel=cap,
             tasks=len(values),
             resources=resources_of(task),
             rate=step_rate,
             burst=step_burst,
         )
         plan = Plan(len(values), [], [], [step], call)
-        run = FlowRun(
-            broker,
-            plan,
-            on_error=on_error,
-            retry=retry,
-            timeout=timeout,
-            tracking=tracking,
-            name=f"map:{name}",
-            worker_pool=worker_pool,
-        )
-        return await run.execute()
+        return await Runner(broker, plan, settings).execute()
 
     @staticmethod
     async def reduce(
@@ -154,6 +150,13 @@ class MapReduce:
         :raises DataflowError: no items and no ``initial``.
         """
         task_name, labels, name = task_identity(task)
+        settings = Settings.build(
+            max_parallel=max_parallel,
+            retry=retry,
+            timeout=timeout,
+            tracking=tracking,
+            name=f"reduce:{name}",
+        )
         values = list(items)
         if initial is not _NO_INITIAL:
             values.insert(0, initial)
@@ -167,18 +170,9 @@ class MapReduce:
             pair = operands[node]
             return tuple(values[i] if kind == "leaf" else results[i] for kind, i in pair), {}
 
-        step = StepSpec(
-            name,
-            task_name,
-            labels,
-            max_parallel=check_max_parallel(max_parallel),
-            tasks=len(operands),
-        )
+        step = StepSpec(name, task_name, labels, tasks=len(operands))
         plan = Plan(len(operands), sources, targets, [step], call)
-        run = FlowRun(
-            broker, plan, retry=retry, timeout=timeout, tracking=tracking, name=f"reduce:{name}"
-        )
-        return (await run.execute())[-1]
+        return (await Runner(broker, plan, settings).execute())[-1]
 
     @staticmethod
     async def map_reduce(
@@ -192,12 +186,20 @@ class MapReduce:
         timeout: float | None = None,
         tracking: PipelineTrackingManager | None = None,
     ) -> Any:
-        """Maps then reduces in one run: each pair is combined as soon as both sides are ready.
+        """Maps then reduces in one run: each pair is combined as soon as both sides are ready;
+        ``max_parallel`` bounds map and reduce tasks together.
 
         :raises DataflowError: no items.
         """
         map_name, map_labels, map_display = task_identity(map_task)
         red_name, red_labels, red_display = task_identity(reduce_task)
+        settings = Settings.build(
+            max_parallel=max_parallel,
+            retry=retry,
+            timeout=timeout,
+            tracking=tracking,
+            name=f"map_reduce:{map_display}:{red_display}",
+        )
         values = list(items)
         n = len(values)
         if n == 0:
@@ -209,7 +211,6 @@ class MapReduce:
                 if kind == "leaf":
                     sources.append(ref)
                     targets.append(node)
-        cap = check_max_parallel(max_parallel)
 
         def call(node: int, results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
             if node < n:
@@ -217,20 +218,12 @@ class MapReduce:
             return tuple(results[ref] for _, ref in operands[node - n]), {}
 
         steps = [
-            StepSpec(map_display, map_name, map_labels, max_parallel=cap, tasks=n),
-            StepSpec(red_display, red_name, red_labels, max_parallel=cap, tasks=len(operands)),
+            StepSpec(map_display, map_name, map_labels, tasks=n),
+            StepSpec(red_display, red_name, red_labels, tasks=len(operands)),
         ]
         step_of = [0] * n + [1] * len(operands)
         plan = Plan(n + len(operands), sources, targets, steps, call, step_of)
-        run = FlowRun(
-            broker,
-            plan,
-            retry=retry,
-            timeout=timeout,
-            tracking=tracking,
-            name=f"map_reduce:{map_display}:{red_display}",
-        )
-        results = await run.execute()
+        results = await Runner(broker, plan, settings).execute()
         return results[final[1]]
 
     @staticmethod
@@ -242,137 +235,180 @@ class MapReduce:
         *,
         ordered: bool = False,
         retry: RetryPolicy | None = None,
+        on_error: OnError = "fail",
+        tracking: PipelineTrackingManager | None = None,
+        dead_letters: DeadLetterQueue | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[Any]:
         """Runs ``task`` on each item of a (possibly endless, possibly async) iterable and yields
         results as they complete (in item order with ``ordered=True``).
 
-        At most ``max_parallel`` calls are in flight and only those are held in memory, so a
-        million items stream in the memory of ``max_parallel``.
+        A window of ``max_parallel`` nodes runs on the same runner as every pipeline (same caps,
+        retries, dead letters, cancellation and tracking): each node that finishes is loaded with
+        the next item. Only the window is held in memory, so a million items stream in the memory
+        of ``max_parallel``. With ``on_error="continue"`` every item runs: those that failed for
+        good are dead-lettered, and :class:`StepFailedError` comes after the last result.
 
         :raises StepFailedError: a call failed for good (nothing more is sent).
         """
-        cap = check_max_parallel(max_parallel)
-        if cap is None:
-            raise InvalidValueError("stream needs a max_parallel (an int >= 1) to bound memory")
         task_name, labels, name = task_identity(task)
-        counter = ConcurrencyCounter(cap)
-        limiter = global_limiter()
-        channel = ensure_flow_middleware(broker).channel
-        run_id = uuid.uuid4().hex
-        inbox = channel.open(run_id)
-        pending: dict[int, tuple[Any, int]] = {}  # seq -> (item, attempt)
-        ready: dict[int, Any] = {}  # finished out of order (ordered mode)
-        next_out = 0
-        seq = 0
-        source = _aiter(items)
-        exhausted = False
-        loop = asyncio.get_running_loop()
-        timers: list[asyncio.TimerHandle] = []
-
-        retrying: set[int] = set()
-
-        def resend(i: int) -> None:
-            retrying.discard(i)
-            _spawn(loop, send, i)
-
-        async def send(i: int) -> None:
-            item, attempt = pending[i]
-            kicker: AsyncKicker[Any, Any] = AsyncKicker(task_name, broker, labels)
-            await kicker.with_labels(**{FLOW_LABEL: f"{run_id}:{i}:{attempt}"}).kiq(item, **kwargs)
-
+        settings = Settings.build(
+            max_parallel=max_parallel,
+            retry=retry,
+            on_error=on_error,
+            tracking=tracking,
+            dead_letters=dead_letters,
+            name=f"stream:{name}",
+        )
+        window = settings.max_parallel
+        if window is None:
+            raise InvalidValueError("stream needs a max_parallel (an int >= 1) to bound memory")
+        feed = _StreamFeed(_aiter(items), window, ordered)
+        await feed.prime()
+        if not feed.loaded:
+            return
+        slots = feed.slots
+        step = StepSpec(name, task_name, labels, tasks=len(feed.loaded))
+        plan = Plan(
+            len(feed.loaded),
+            [],
+            [],
+            [step],
+            lambda node, _results: ((slots[node],), kwargs),
+        )
+        runner = Runner(broker, plan, settings, feed=feed)
+        feed.runner = runner
+        run = asyncio.get_running_loop().create_task(runner.execute())
+        run.add_done_callback(feed.finished)
         try:
             while True:
-                # Fill the window; in ordered mode never run ahead of the oldest unyielded item by
-                # more than the window, so the reorder buffer stays bounded too.
-                while (
-                    not exhausted
-                    and (not ordered or seq - next_out < cap)
-                    and counter.try_acquire()
-                ):
-                    try:
-                        item = await anext(source)
-                    except StopAsyncIteration:
-                        exhausted = True
-                        counter.release()
-                        break
-                    await limiter.acquire()
-                    pending[seq] = (item, 1)
-                    await send(seq)
-                    seq += 1
-                if exhausted and not pending:
-                    return
-                await inbox.wait()
-                for event in inbox.drain():
-                    entry = pending.get(event.node)
-                    if entry is None or entry[1] != event.attempt:
-                        continue
-                    if not event.ok:
-                        if retry is not None and retry.should_retry(event.attempt, event.error):
-                            pending[event.node] = (entry[0], event.attempt + 1)
-                            retrying.add(event.node)
-                            delay = retry.delay_for(event.attempt)
-                            timers.append(loop.call_later(delay, resend, event.node))
-                            continue
-                        del pending[event.node]  # finished, if badly: not out any more
-                        limiter.release()
-                        raise StepFailedError(name, event.error)
-                    del pending[event.node]
-                    counter.release()
-                    limiter.release()
-                    if ordered:
-                        ready[event.node] = event.value
-                    else:
-                        yield event.value
-                while ordered and next_out in ready:
-                    yield ready.pop(next_out)
-                    next_out += 1
+                value = await feed.next_value()
+                if value is _DONE:
+                    break
+                yield value
+            await run  # raises what ended the run
         finally:
-            for timer in timers:
-                timer.cancel()
-            for node in retrying:  # waiting for a retry that will not come: not out
-                del pending[node]
-                limiter.release()
-            if pending:
-                # Calls still out keep their global slots until they really finish.
-                _spawn_drain(channel, run_id, inbox, pending, limiter)
-            else:
-                channel.close(run_id)
+            feed.closed = True
+            feed.space.set()
+            if not run.done():
+                runner.cancel()
+                with contextlib.suppress(Exception):  # stopped by us: what it raises is not news
+                    await run
 
 
-def _spawn_drain(
-    channel: Any, run_id: str, inbox: Any, pending: dict[int, tuple[Any, int]], limiter: Any
-) -> None:
-    """Waits in the background for the calls a stopped stream left out, releasing the global
-    slot of each as it completes (a call waiting for a retry is not out: released at once)."""
+class _StreamFeed:
+    """Loads stream items into the window's nodes and hands results to the consumer.
 
-    async def drain() -> None:
+    At most ``window`` items are pulled from the source and not yet handed to the consumer
+    (running, or finished and buffered), whatever the consumer's pace: so memory is one window, and
+    an idle consumer pauses the stream. The runner is held only when nothing is in flight (every
+    result is then in the consumer's buffer, so holding it cannot block what the consumer awaits).
+    """
+
+    def __init__(self, source: AsyncIterator[Any], window: int, ordered: bool) -> None:
+        self.source = source
+        self.window = window
+        self.ordered = ordered
+        self.slots: list[Any] = []
+        self.seq_of: list[int] = []
+        self.loaded: list[int] = []
+        self.exhausted = False
+        self.next_seq = 0
+        self.next_out = 0
+        #: Items handed to the consumer, or skipped because they failed.
+        self.consumed = 0
+        self.in_flight = 0
+        self.reorder: dict[int, Any] = {}
+        self.held: list[int] = []
+        self.out: asyncio.Queue[Any] = asyncio.Queue()
+        self.space = asyncio.Event()
+        self.runner: Runner | None = None
+        #: The consumer stopped iterating: load nothing more.
+        self.closed = False
+
+    async def _next_item(self) -> tuple[bool, Any]:
+        if self.exhausted:
+            return False, None
         try:
-            while pending:
-                await inbox.wait()
-                for event in inbox.drain():
-                    entry = pending.get(event.node)
-                    if entry is not None and entry[1] == event.attempt:
-                        del pending[event.node]
-                        limiter.release()
-        finally:
-            for _ in pending:  # cancelled as the loop closes: these will never report back
-                limiter.release()
-            pending.clear()
-            channel.close(run_id)
+            return True, await anext(self.source)
+        except StopAsyncIteration:
+            self.exhausted = True
+            return False, None
 
-    task = asyncio.get_running_loop().create_task(drain())
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
+    def _load(self, node: int, item: Any) -> None:
+        self.slots[node] = item
+        self.seq_of[node] = self.next_seq
+        self.next_seq += 1
+        self.in_flight += 1
 
+    async def prime(self) -> None:
+        """Loads the first window."""
+        while len(self.slots) < self.window:
+            ok, item = await self._next_item()
+            if not ok:
+                break
+            self.slots.append(None)
+            self.seq_of.append(0)
+            self._load(len(self.slots) - 1, item)
+            self.loaded.append(len(self.slots) - 1)
 
-def _spawn(loop: asyncio.AbstractEventLoop, send: Any, node: int) -> None:
-    task = loop.create_task(send(node))
-    _BACKGROUND.add(task)
-    task.add_done_callback(_BACKGROUND.discard)
+    def delivered(self, node: int, value: Any) -> None:
+        self._arrive(self.seq_of[node], value)
 
+    def skipped(self, node: int) -> None:
+        self._arrive(self.seq_of[node], _SKIPPED)
 
-_BACKGROUND: set[asyncio.Task[Any]] = set()
+    def _arrive(self, seq: int, value: Any) -> None:
+        self.in_flight -= 1
+        if not self.ordered:
+            self._put(value)
+            return
+        self.reorder[seq] = value
+        while self.next_out in self.reorder:
+            self._put(self.reorder.pop(self.next_out))
+            self.next_out += 1
+
+    def _put(self, value: Any) -> None:
+        if value is _SKIPPED:
+            self.consumed += 1
+            self.space.set()
+        else:
+            self.out.put_nowait(value)
+
+    async def refill(self, nodes: list[int]) -> list[int]:
+        self.held.extend(nodes)
+        again: list[int] = []
+        while self.held and not self.exhausted and not self.closed:
+            if self.next_seq - self.consumed >= self.window:
+                if self.in_flight > 0:
+                    break  # the next completion comes back here
+                self.space.clear()
+                await self.space.wait()
+                continue
+            ok, item = await self._next_item()
+            if not ok:
+                break
+            node = self.held.pop()
+            self._load(node, item)
+            again.append(node)
+        if self.runner is not None and self.runner.tracking is not None and again:
+            self.runner.tracking.grow(0, self.next_seq)
+        return again
+
+    def finished(self, run: asyncio.Task[list[Any]]) -> None:
+        """The run ended: the consumer gets what is buffered, then the end (or the error)."""
+        for seq in sorted(self.reorder):
+            value = self.reorder.pop(seq)
+            if value is not _SKIPPED:
+                self.out.put_nowait(value)
+        self.out.put_nowait(_DONE)
+
+    async def next_value(self) -> Any:
+        value = await self.out.get()
+        if value is not _DONE:
+            self.consumed += 1
+            self.space.set()
+        return value
 
 
 async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:

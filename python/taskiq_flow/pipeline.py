@@ -14,7 +14,13 @@
     print(result.return_value)
 
 ``map`` also takes the guide's form with explicit items: ``pipeline.map(process, items,
-max_parallel=10)`` runs ``process`` on each of ``items`` (the previous result is not used).
+max_parallel=10)`` runs ``process`` on each of ``items`` (the previous result is not used), as the
+first step or any later one. A first ``map`` or ``filter`` without items takes them from
+``kiq(items)``.
+
+``max_parallel`` on a step bounds that step; ``Pipeline(broker, max_parallel=n)`` (or
+``with_max_parallel``) bounds the pipeline's tasks in flight, all steps together;
+``with_timeout(s)`` bounds the whole run, a task's own ``timeout`` one attempt of it.
 
 Each step runs on the engine every pipeline shares: a map is a fan-out whose ``max_parallel`` the
 Rust core enforces, and completions arrive as events, so ``wait_result()`` never polls the result
@@ -32,24 +38,19 @@ from typing import Any, Literal
 
 from taskiq import AsyncBroker, TaskiqResult
 
-from taskiq_flow.engine import (
-    FlowRun,
-    OnError,
-    Plan,
-    RunOptions,
-    StepSpec,
-    check_max_parallel,
-    check_rate,
-    task_identity,
-)
 from taskiq_flow.events import FlowMiddleware
 from taskiq_flow.exceptions import (
     AbortPipeline,
     DataflowError,
     PipelineCancelledError,
+    PipelineTimeoutError,
     StepFailedError,
 )
 from taskiq_flow.resources import TaskResources, resources_of
+from taskiq_flow.run.options import RunOptions
+from taskiq_flow.run.plan import Plan, StepSpec, task_identity
+from taskiq_flow.run.runner import Runner
+from taskiq_flow.run.settings import Settings, check_max_parallel, check_rate
 
 __all__ = ["EMPTY_PARAM_NAME", "Pipeline", "PipelineMiddleware", "PipelineRun"]
 
@@ -136,12 +137,16 @@ class Pipeline(RunOptions):
 
     :param broker: the taskiq broker.
     :param task: an optional first task (same as ``call_next(task)``).
+    :param max_parallel: most tasks of one run in flight at once, all steps together.
+    :raises InvalidValueError: for a ``max_parallel`` that is not ``None`` or an int >= 1.
     """
 
-    def __init__(self, broker: AsyncBroker, task: object | None = None) -> None:
+    def __init__(
+        self, broker: AsyncBroker, task: object | None = None, *, max_parallel: int | None = None
+    ) -> None:
         self.broker = broker
         self.steps: list[_Step] = []
-        self.on_error: OnError = "fail"
+        self.settings = Settings.build(max_parallel=max_parallel, name="pipeline")
         self.pipeline_id: str | None = None
         if task is not None:
             self.call_next(task)
@@ -258,19 +263,52 @@ class Pipeline(RunOptions):
     # -- running ---------------------------------------------------------------------------------
 
     async def kiq(self, *args: Any, **kwargs: Any) -> PipelineRun:
-        """Starts the pipeline; the first step gets these arguments.
+        """Starts the pipeline; the first step gets these arguments (a first ``map`` or
+        ``filter`` without items of its own takes its items as ``kiq(items)``).
 
-        :raises ValueError: if the pipeline is empty or does not start with a task call.
+        :raises DataflowError: if the pipeline is empty, or its first step cannot take these
+            arguments.
+        :raises UnserializableError: if the broker cannot send the first step's arguments.
         """
         if not self.steps:
             raise DataflowError("Pipeline is empty.")
-        if self.steps[0].kind != "sequential":
-            raise DataflowError("First step must be sequential.")
-        first = self.steps[0].tasks[0][0]
         from taskiq_flow.dataflow import check_serializable
 
-        check_serializable(self.broker, first, args, {**self.steps[0].kwargs, **kwargs})
+        for name, call in self._first_calls(args, kwargs):
+            check_serializable(self.broker, name, *call)
         return self._start(uuid.uuid4().hex, args, kwargs, {})
+
+    def _first_calls(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> list[tuple[str, tuple[tuple[Any, ...], dict[str, Any]]]]:
+        """The calls of the first step, by task name, for these ``kiq`` arguments."""
+        step = self.steps[0]
+        if step.kind in ("sequential", "group"):
+            call = (args, {**step.kwargs, **kwargs})
+            return [(task[0], call) for task in step.tasks]
+        items = self._first_items(step, args, kwargs)
+        return [(step.tasks[0][0], _call(step, item, True)) for item in items]
+
+    @staticmethod
+    def _first_items(step: _Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+        if step.items is not None:
+            if args or kwargs:
+                raise DataflowError(
+                    f"the first step {step.name} has its own items; kiq() takes no arguments"
+                )
+            return step.items
+        if len(args) != 1 or kwargs:
+            raise DataflowError(
+                f"the first step {step.name} needs items: give them as map(task, items) or as "
+                "kiq(items)"
+            )
+        try:
+            return list(args[0])
+        except TypeError:
+            raise DataflowError(
+                f"the first step {step.name} needs an iterable of items, got "
+                f"{type(args[0]).__name__}"
+            ) from None
 
     async def resume(self, pipeline_id: str, *args: Any, **kwargs: Any) -> PipelineRun:
         """Continues ``pipeline_id`` after its orchestrator died: steps whose results tracking
@@ -294,7 +332,7 @@ class Pipeline(RunOptions):
         done: dict[int, Any],
     ) -> PipelineRun:
         self.pipeline_id = pipeline_id
-        runs: list[FlowRun] = []
+        runs: list[Runner] = []
         stopped = False
 
         def stop() -> None:
@@ -303,11 +341,15 @@ class Pipeline(RunOptions):
             for run in runs:
                 run.cancel()
 
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.timeout
+        deadline = None if timeout is None else loop.time() + timeout
+
         async def body() -> TaskiqResult[Any]:
             started = time.perf_counter()
             try:
                 value = await self._run_steps(
-                    pipeline_id, args, kwargs, runs, lambda: stopped, done
+                    pipeline_id, args, kwargs, runs, lambda: stopped, done, deadline
                 )
             except Exception as err:
                 return TaskiqResult(
@@ -324,7 +366,7 @@ class Pipeline(RunOptions):
                 execution_time=time.perf_counter() - started,
             )
 
-        task = asyncio.get_running_loop().create_task(body())
+        task = loop.create_task(body())
         return PipelineRun(task, pipeline_id, stop)
 
     async def _run_steps(
@@ -332,9 +374,10 @@ class Pipeline(RunOptions):
         pipeline_id: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        runs: list[FlowRun],
+        runs: list[Runner],
         stopped: Any,
         done: dict[int, Any],
+        deadline: float | None,
     ) -> Any:
         tracking = self.tracking
         # Resume after the longest run of finished steps from the start.
@@ -356,7 +399,13 @@ class Pipeline(RunOptions):
                     continue
                 if stopped():
                     raise PipelineCancelledError("pipeline was cancelled")
-                value = await self._run_step(pipeline_id, index, step, args, kwargs, value, runs)
+                if deadline is not None and asyncio.get_running_loop().time() >= deadline:
+                    raise PipelineTimeoutError(
+                        f"pipeline {self.settings.name!r} timed out after {self.timeout:g} s"
+                    )
+                value = await self._run_step(
+                    pipeline_id, index, step, args, kwargs, value, runs, deadline
+                )
                 if tracking is not None:  # what a resumed run starts from
                     await tracking.save_results(pipeline_id, {index: value})
             return value
@@ -376,10 +425,15 @@ class Pipeline(RunOptions):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         previous: Any,
-        runs: list[FlowRun],
+        runs: list[Runner],
+        deadline: float | None,
     ) -> Any:
-        if index == 0:
-            calls = [(args, {**step.kwargs, **kwargs})]
+        if index == 0 and step.kind in ("map", "filter"):
+            first_items = self._first_items(step, args, kwargs)
+            calls = [_call(step, item, True) for item in first_items]
+            previous = first_items
+        elif index == 0:
+            calls = [(args, {**step.kwargs, **kwargs})] * len(step.tasks)
         elif step.kind == "sequential":
             calls = [_call(step, previous, True)]
         elif step.kind == "group":
@@ -425,18 +479,14 @@ class Pipeline(RunOptions):
             lambda node, _results: calls[node],
             step_of,
         )
-        run = FlowRun(
+        settings = self.settings.evolve(on_error="continue") if step.skip_errors else self.settings
+        run = Runner(
             self.broker,
             plan,
-            on_error="continue" if step.skip_errors else self.on_error,
-            retry=self.retry,
-            timeout=self.timeout,
-            tracking=self.tracking,
-            dead_letters=self.dead_letters,
+            settings,
             pipeline_id=pipeline_id,
-            name=step.name,
             track_step=index,
-            worker_pool=self.worker_pool,
+            deadline=deadline,
         )
         runs.append(run)
         try:

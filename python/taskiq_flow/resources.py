@@ -23,8 +23,9 @@ and describe the workers::
 The Rust placement core decides which worker takes each task (best fit by default) and holds the
 capacity until it is released. A task no worker could ever take is refused when it is submitted,
 naming the resource or label and the largest offer; :meth:`ResourceAwareWorkerPool.explain` says why
-a task waits. Pipelines given a pool (``pipeline.with_worker_pool(pool)``) admit a task only once a
-worker has room for it, and label its message with that worker.
+a task waits. Pipelines given a pool (``pipeline.with_worker_pool(pool)``) have every task placed by
+the core as it is admitted (it leaves the core already holding its worker), and label its message
+with that worker.
 """
 
 from __future__ import annotations
@@ -32,14 +33,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
-from taskiq_flow._core import Placer
+from taskiq_flow._core import WorkerPool
 from taskiq_flow.exceptions import InvalidValueError, UnknownIdError, UnschedulableError
 
 __all__ = [
@@ -173,6 +173,12 @@ class WorkerSpec:
         return cls(name, cpu, ram, extra, dict(labels), None if queue is None else str(queue))
 
 
+def _task_id(task_id: int) -> int:
+    if isinstance(task_id, bool) or not isinstance(task_id, int) or not 0 <= task_id < 2**32:
+        raise InvalidValueError(f"task_id must be an int from 0 to 4294967295, got {task_id!r}")
+    return task_id
+
+
 def _label(key: str, value: Any) -> str:
     """``key=value`` with JSON spelling for booleans and numbers, so that ``{"gpu": True}`` and a
     command line's ``--label gpu=true`` name the same label."""
@@ -184,12 +190,25 @@ def _label(key: str, value: Any) -> str:
 class ResourceAwareWorkerPool:
     """Workers with capacities and labels; the Rust core places each task on one that fits.
 
+    The placement queue is the core's too (:class:`taskiq_flow._core.WorkerPool`): tasks that
+    find no room wait in arrival order, and each release places every waiting task that fits now,
+    so a big task never blocks small ones behind it; a task passed over ``max_bypass`` times
+    blocks the queue until it is placed, so it is never starved either. Every run given the pool
+    shares that one queue.
+
     :param workers: one mapping per worker (see :meth:`WorkerSpec.parse`).
     :param policy: ``"best_fit"`` (pack, the default), ``"spread"`` or ``"first_fit"``.
+    :param max_bypass: placements that may pass a waiting task before it blocks the queue.
     :raises InvalidValueError: for a negative capacity, a worker offering nothing, no workers.
     """
 
-    def __init__(self, workers: Sequence[Mapping[str, Any]], policy: str = "best_fit") -> None:
+    def __init__(
+        self,
+        workers: Sequence[Mapping[str, Any]],
+        policy: str = "best_fit",
+        *,
+        max_bypass: int = 32,
+    ) -> None:
         if not workers:
             raise InvalidValueError("a worker pool needs at least one worker")
         self.workers = [WorkerSpec.parse(i, w) for i, w in enumerate(workers)]
@@ -198,16 +217,23 @@ class ResourceAwareWorkerPool:
             raise InvalidValueError(f"worker names must be unique, got {names}")
         extras = sorted({key for w in self.workers for key in w.extra})
         self.resources = ["cpu_milli", "ram_mb", *extras]
-        self._placer = Placer(self.resources, policy)  # type: ignore[arg-type]
+        if isinstance(max_bypass, bool) or not isinstance(max_bypass, int) or max_bypass < 0:
+            raise InvalidValueError(f"max_bypass must be an int >= 0, got {max_bypass!r}")
+        #: The core's pool: placer and placement queue, shared by every run using this pool.
+        self.core = WorkerPool(self.resources, policy, max_bypass)  # type: ignore[arg-type]
         for w in self.workers:
             capacity = [w.cpu_milli, w.ram_mb, *(w.extra.get(k, 0) for k in extras)]
-            labels = [self._placer.label(_label(k, v)) for k, v in w.labels.items()]
-            self._placer.add_worker(capacity, labels)
-        self._waiters: deque[tuple[asyncio.Future[int], int, list[int], list[int]]] = deque()
+            labels = [self.core.label(_label(k, v)) for k, v in w.labels.items()]
+            self.core.add_worker(capacity, labels)
         self._extras = extras
         self._policy = policy
-        #: Placements whose worker went away, not yet handled by the run that made them.
-        self.lost: set[int] = set()
+        self._classes: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+        self._runs: dict[int, Callable[[], None]] = {}
+        #: Placements outside any run (:meth:`place`, :meth:`acquire`), under the core's run id.
+        self._own = self.core.register()
+        self._waiters: dict[int, asyncio.Future[int]] = {}
+        #: ``(run, node)`` placements whose worker went away, not yet handled by their run.
+        self.lost: set[tuple[int, int]] = set()
         self._removed: set[str] = set()
         #: Where live workers are read from (see :meth:`watch`), and how often.
         self.discover: Callable[[], Awaitable[Sequence[Mapping[str, Any]]]] | None = None
@@ -237,15 +263,16 @@ class ResourceAwareWorkerPool:
         self._refreshed_at = now
         self.sync(await self.discover())
 
-    def sync(self, workers: Sequence[Mapping[str, Any]]) -> list[int]:
-        """Makes the pool's workers the given ones: new ones are added; those gone are removed,
-        their placements released and recorded in :attr:`lost`. Returns the lost placements."""
+    def sync(self, workers: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
+        """Makes the pool's workers the given ones: new ones are added (waiting tasks that fit
+        are placed on them); those gone are removed, and what was placed on them is recorded in
+        :attr:`lost`. Returns the lost ``(run, node)`` placements."""
         specs = [WorkerSpec.parse(i, w) for i, w in enumerate(workers)]
         live = {s.name for s in specs}
-        lost: list[int] = []
+        lost: list[tuple[int, int]] = []
         for index, known in enumerate(self.workers):
             if known.name not in live and known.name not in self._removed:
-                lost += self._placer.remove_worker(index)
+                lost += self.core.remove_worker(index)
                 self._removed.add(known.name)
         known_names = {w.name for w in self.workers}
         for spec in specs:
@@ -254,8 +281,7 @@ class ResourceAwareWorkerPool:
             if spec.name not in known_names:
                 self._add(spec)
         self.lost.update(lost)
-        if lost or specs:
-            self._wake_waiters()
+        self.wake_placed()
         return lost
 
     def _add(self, spec: WorkerSpec) -> None:
@@ -265,8 +291,8 @@ class ResourceAwareWorkerPool:
                 f"worker {spec.name} offers {unknown}, which this pool was not built with"
             )
         capacity = [spec.cpu_milli, spec.ram_mb, *(spec.extra.get(k, 0) for k in self._extras)]
-        labels = [self._placer.label(_label(k, v)) for k, v in spec.labels.items()]
-        self._placer.add_worker(capacity, labels)
+        labels = [self.core.label(_label(k, v)) for k, v in spec.labels.items()]
+        self.core.add_worker(capacity, labels)
         self.workers.append(spec)
 
     def _demand(self, needs: TaskResources) -> tuple[list[int], list[int]]:
@@ -278,97 +304,132 @@ class ResourceAwareWorkerPool:
             )
         extras = (needs.extra.get(k, 0) for k in self.resources[2:])
         amounts = [needs.cpu_milli, needs.ram_mb, *extras]
-        labels = [self._placer.label(_label(k, v)) for k, v in needs.labels.items()]
+        labels = [self.core.label(_label(k, v)) for k, v in needs.labels.items()]
         return amounts, labels
+
+    def class_of(self, task: object) -> int:
+        """The core's demand class of what ``task`` needs (registered on first use).
+
+        :raises UnschedulableError: if no worker could ever run it.
+        """
+        amounts, labels = self._demand(resources_of(task))
+        key = (tuple(amounts), tuple(labels))
+        found = self._classes.get(key)
+        if found is None:
+            found = self._classes[key] = self.core.add_class(amounts, labels)
+        return found
 
     def check(self, task: object) -> None:
         """Raises :class:`UnschedulableError` (naming what is missing) if no worker could ever
         run ``task``."""
         amounts, labels = self._demand(resources_of(task))
-        self._placer.check(amounts, labels)
+        self.core.check(amounts, labels)
+
+    # -- runs sharing the pool -------------------------------------------------------------------
+
+    def attach(self, run: int, wake: Callable[[], None]) -> None:
+        """Registers a run (its ``DagScheduler.pool_run``) and how to wake it when the core places
+        one of its waiting nodes."""
+        self._runs[run] = wake
+
+    def detach(self, run: int) -> None:
+        """Forgets a run."""
+        self._runs.pop(run, None)
+
+    def wake_placed(self) -> None:
+        """Wakes every run (and standalone waiter) that had nodes placed since the last call."""
+        for run in self.core.take_woken():
+            if run == self._own:
+                for task_id in self.core.take_placed(run):
+                    future = self._waiters.pop(task_id, None)
+                    if future is None or future.done():
+                        self.core.release(run, task_id)  # its waiter gave up meanwhile
+                    else:
+                        worker = self.core.worker_of(run, task_id)
+                        future.set_result(-1 if worker is None else worker)
+                continue
+            wake = self._runs.get(run)
+            if wake is not None:
+                wake()
+
+    # -- placements outside any run --------------------------------------------------------------
 
     def place(self, task: object, task_id: int) -> str | None:
-        """Places one run of ``task`` now: the worker's name, or ``None`` if none has room yet.
+        """Places one run of ``task`` now: the worker's name, or ``None`` if none has room yet
+        (nothing is queued).
 
         :raises UnschedulableError: if no worker could ever run it.
         """
-        amounts, labels = self._demand(resources_of(task))
-        worker = self._placer.place(task_id, amounts, labels)
+        worker = self.core.place(self._own, _task_id(task_id), self.class_of(task), False)
         return None if worker is None else self.workers[worker].name
 
     async def acquire(self, task: object, task_id: int) -> str:
-        """Places one run of ``task``, waiting (first come, first served) until a worker has room.
+        """Places one run of ``task``, waiting in the core's placement queue until a worker has
+        room for it.
 
         :raises UnschedulableError: at once, if no worker could ever run it.
         """
-        amounts, labels = self._demand(resources_of(task))
-        self._placer.check(amounts, labels)
-        if not self._waiters:
-            worker = self._placer.place(task_id, amounts, labels)
-            if worker is not None:
-                return self.workers[worker].name
+        key = _task_id(task_id)
+        worker = self.core.place(self._own, key, self.class_of(task), True)
+        if worker is not None:
+            return self.workers[worker].name
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        entry = (future, task_id, amounts, labels)
-        self._waiters.append(entry)
+        self._waiters[key] = future
         try:
             return self.workers[await future].name
         except BaseException:
+            self._waiters.pop(key, None)
             if future.done() and not future.cancelled():
                 self.release(task_id)  # placed as we were cancelled: give it back
-            elif entry in self._waiters:
-                self._waiters.remove(entry)
+            else:
+                self.core.release(self._own, key)  # out of the queue
             raise
 
     def release(self, task_id: int) -> str:
-        """Gives a placed task's capacity back; returns its worker. Waiters that now fit are
-        placed, in order.
+        """Gives a placed task's capacity back; returns its worker. Waiting tasks that fit now
+        are placed.
 
         :raises UnknownIdError: if that task holds nothing.
         """
-        worker = self._placer.release(task_id)
-        self._wake_waiters()
+        key = _task_id(task_id)
+        worker = self.core.worker_of(self._own, key)
+        if worker is None:
+            raise UnknownIdError(f"task {task_id} holds nothing in this pool")
+        self.core.release(self._own, key)
+        self.wake_placed()
         return self.workers[worker].name
-
-    def _wake_waiters(self) -> None:
-        while self._waiters:
-            future, waiting_id, amounts, labels = self._waiters[0]
-            if future.done():
-                self._waiters.popleft()
-                continue
-            placed = self._placer.place(waiting_id, amounts, labels)
-            if placed is None:
-                break
-            self._waiters.popleft()
-            future.set_result(placed)
 
     def explain(self, task: object) -> dict[str, list[str]]:
         """For every worker that cannot take ``task`` now, why not."""
         amounts, labels = self._demand(resources_of(task))
-        return {
-            self.workers[w].name: reasons for w, reasons in self._placer.explain(amounts, labels)
-        }
+        return {self.workers[w].name: reasons for w, reasons in self.core.explain(amounts, labels)}
 
     def free(self, worker: str) -> dict[str, int]:
         """What a worker has free, by resource."""
         for i, w in enumerate(self.workers):
             if w.name == worker:
-                return dict(zip(self.resources, self._placer.free(i)))
+                return dict(zip(self.resources, self.core.free(i)))
         raise UnknownIdError(f"no worker named {worker!r}")
 
-    def queue_of(self, task_id: int) -> str | None:
-        """The own queue of the worker a placed task holds capacity on, if it has one."""
-        worker = self._placer.worker_of(task_id)
+    def queue_of(self, run: int, node: int) -> str | None:
+        """The own queue of the worker a placed node holds capacity on, if it has one."""
+        worker = self.core.worker_of(run, node)
         return None if worker is None else self.workers[worker].queue
 
-    def worker_of(self, task_id: int) -> str | None:
-        """The worker a placed task holds capacity on."""
-        worker = self._placer.worker_of(task_id)
+    def worker_of(self, run: int, node: int) -> str | None:
+        """The worker a placed node of ``run`` holds capacity on."""
+        worker = self.core.worker_of(run, node)
         return None if worker is None else self.workers[worker].name
 
     @property
     def placed_count(self) -> int:
         """Tasks holding capacity now."""
-        return self._placer.placed_count
+        return self.core.placed_count
+
+    @property
+    def waiting_count(self) -> int:
+        """Tasks waiting for a worker with room."""
+        return self.core.waiting_count
 
     def __repr__(self) -> str:
         return f"ResourceAwareWorkerPool({self.workers!r})"

@@ -10,49 +10,151 @@
     # One cap shared by every orchestrator process that names the same Redis and limit:
     set_max_parallel_tasks(100, redis=Redis.from_url(url), name="etl")
 
-Every pipeline, dataflow and map takes a slot before it sends a task and gives it back when the task
-completes or fails for good. In one process the count and the hand-off are the Rust core's
-(:class:`taskiq_flow.CapacityLimiter`); across processes the count lives in Redis
-(:class:`taskiq_flow.distributed.RedisCapacityLimiter`: an atomic script, and leases that expire
-when their holder dies).
+The cap is a :class:`taskiq_flow._core.SharedCap` that every run's scheduler consults while it
+admits nodes, so a node leaves the core already holding its global slot. A slot freed by one run is
+granted by the core to the run that has waited longest for one (round-robin between runs), and that
+run is woken to take it. Across processes, the slots are leases in Redis
+(:class:`taskiq_flow.distributed.RedisCapacityLimiter`: an atomic script, leases that expire when
+their holder dies): a feeder takes a lease when some run of this process waits for a slot and gives
+it back when none does; which node takes a lease is still the core's decision.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
 
+from taskiq_flow._core import SharedCap
 from taskiq_flow.exceptions import InvalidValueError
-from taskiq_flow.limits import CapacityLimiter
+from taskiq_flow.run.settings import check_max_parallel
 
 __all__ = [
-    "SlotLimiter",
+    "CapGroup",
+    "RedisCapGroup",
     "get_max_parallel_tasks",
-    "global_limiter",
+    "global_cap",
     "set_max_parallel_tasks",
 ]
 
-#: The cap when none is set: the largest the core accepts.
-UNLIMITED = 4_294_967_295
+logger = logging.getLogger(__name__)
 
 
-class SlotLimiter(Protocol):
-    """What pipelines need of the global limiter."""
+class CapGroup:
+    """A shared cap and the runs attached to it, so that a run the core grants a slot is woken.
+
+    :param cap: the core's shared cap.
+    """
+
+    def __init__(self, cap: SharedCap) -> None:
+        self.cap = cap
+        self._runs: dict[int, Callable[[], None]] = {}
+
+    def attach(self, run: int, wake: Callable[[], None]) -> None:
+        """Registers a run (its ``DagScheduler.gate_run``) and how to wake it."""
+        self._runs[run] = wake
+
+    def detach(self, run: int) -> None:
+        """Forgets a run."""
+        self._runs.pop(run, None)
+
+    def wake_granted(self) -> None:
+        """Wakes every run the core granted a slot since the last call (its scheduler takes the
+        slot at its next poll)."""
+        for run in self.cap.take_woken():
+            wake = self._runs.get(run)
+            if wake is not None:
+                wake()
+
+    def changed(self) -> None:
+        """A run of this process took or gave back slots (a lease feeder reacts)."""
 
     @property
-    def total_tokens(self) -> int: ...
+    def max_parallel(self) -> int | None:
+        """The cap, or ``None`` when there is none."""
+        cap: int | None = self.cap.max_parallel
+        return cap
+
+    async def aclose(self) -> None:
+        """Gives back what this process holds elsewhere (nothing for a local cap)."""
+
+
+class RedisCapGroup(CapGroup):
+    """A cap shared through Redis: the core's slots in this process are the leases it holds.
+
+    A feeder task takes a lease (``limiter.acquire()``) while some run of this process waits for a
+    slot and gives leases back while more are held than used.
+    """
+
+    def __init__(self, limiter: Any) -> None:
+        cap = SharedCap(1)
+        cap.set_leased(0)
+        super().__init__(cap)
+        self.limiter = limiter
+        self._held = 0
+        self._poke: asyncio.Event | None = None
+        self._feeder: asyncio.Task[None] | None = None
 
     @property
-    def borrowed_tokens(self) -> int: ...
+    def max_parallel(self) -> int | None:
+        """The cap shared by every process."""
+        total: int = self.limiter.total_tokens
+        return total
 
-    async def acquire(self) -> None: ...
+    def changed(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._feeder is None or self._feeder.done() or self._feeder.get_loop() is not loop:
+            self._poke = asyncio.Event()
+            self._feeder = loop.create_task(self._feed())
+        assert self._poke is not None
+        self._poke.set()
 
-    def acquire_nowait(self) -> None: ...
+    async def aclose(self) -> None:
+        """Stops the feeder and gives every lease back."""
+        if self._feeder is not None and not self._feeder.done():
+            self._feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._feeder
+        await self.limiter.aclose()
 
-    def release(self) -> None: ...
+    async def _feed(self) -> None:
+        assert self._poke is not None
+        poke = self._poke
+        cap = self.cap
+        try:
+            while True:
+                await poke.wait()
+                poke.clear()
+                while cap.waiting_runs > 0:
+                    await self.limiter.acquire()
+                    self._held += 1
+                    cap.set_leased(self._held)
+                    self.wake_granted()
+                spare = self._held - cap.in_use
+                if spare > 0 and cap.waiting_runs == 0:
+                    self._held -= spare
+                    cap.set_leased(self._held)
+                    for _ in range(spare):
+                        self.limiter.release()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # Redis went away: runs waiting for a slot see no progress, not a crash
+            logger.exception("the shared cap's lease feeder stopped")
+        finally:
+            # Cancelled (the loop is closing): leases not in use are given back.
+            with contextlib.suppress(Exception):
+                spare = self._held - cap.in_use
+                if spare > 0:
+                    self._held -= spare
+                    cap.set_leased(self._held)
+                    for _ in range(spare):
+                        self.limiter.release()
 
 
-_LOCAL = CapacityLimiter(UNLIMITED)
-_ACTIVE: SlotLimiter = _LOCAL
+_LOCAL = CapGroup(SharedCap(None))
+_ACTIVE: CapGroup = _LOCAL
 
 
 def set_max_parallel_tasks(
@@ -67,31 +169,30 @@ def set_max_parallel_tasks(
     Without ``redis`` the cap covers this process: lowering it lets tasks already in flight
     finish; raising it admits waiting ones at once. With a ``redis.asyncio.Redis`` client, the cap
     is shared by every process that sets one with the same ``name`` on the same Redis; a process
-    that dies holding slots loses them after ``lease_seconds``.
+    that dies holding slots loses them after ``lease_seconds``. A run keeps the cap that was active
+    when it started.
 
-    :param n: an int >= 1, or ``None``.
+    :param n: an int from 1 to 4294967295, or ``None``.
     :raises InvalidValueError: for anything else.
     """
     global _ACTIVE
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise InvalidValueError(f"max parallel tasks must be an int >= 1 or None, got {n!r}")
+    cap = check_max_parallel(n, "max parallel tasks")
     if redis is not None:
-        if n is None:
+        if cap is None:
             raise InvalidValueError("a shared cap through Redis needs a number of tasks")
         from taskiq_flow.distributed import RedisCapacityLimiter
 
-        _ACTIVE = RedisCapacityLimiter(redis, name, n, lease_seconds=lease_seconds)
+        _ACTIVE = RedisCapGroup(RedisCapacityLimiter(redis, name, cap, lease_seconds=lease_seconds))
         return
     _ACTIVE = _LOCAL
-    _LOCAL.total_tokens = UNLIMITED if n is None else n
+    _LOCAL.cap.set_max_parallel(cap)
 
 
 def get_max_parallel_tasks() -> int | None:
     """The global cap, or ``None`` when there is none."""
-    cap = _ACTIVE.total_tokens
-    return None if cap == UNLIMITED else cap
+    return _ACTIVE.max_parallel
 
 
-def global_limiter() -> SlotLimiter:
-    """The limiter pipelines take their slots from (each run keeps the one active at its start)."""
+def global_cap() -> CapGroup:
+    """The cap runs attach to when they start (each keeps the one active then)."""
     return _ACTIVE

@@ -1,0 +1,113 @@
+"""The ``with_*`` settings every pipeline shape shares, kept in one :class:`Settings` value."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from typing_extensions import Self
+
+from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
+from taskiq_flow.run.settings import OnError, Settings
+
+if TYPE_CHECKING:
+    from taskiq_flow.resources import ResourceAwareWorkerPool
+    from taskiq_flow.tracking import PipelineTrackingManager
+
+__all__ = ["RunOptions"]
+
+
+class RunOptions:
+    """``with_*`` methods that each change one setting (checked by that setting's rule) and
+    return the pipeline itself; the settings of the next run are :attr:`settings`."""
+
+    settings: Settings = Settings()
+
+    def with_retry(
+        self,
+        max_attempts: int = 3,
+        delay: float = 0.1,
+        backoff: float = 2.0,
+        max_delay: float = 30.0,
+        jitter: float = 0.1,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+    ) -> Self:
+        """Retries failed tasks (those without a policy of their own) with exponential backoff
+        and jitter; see :class:`~taskiq_flow.RetryPolicy`."""
+        policy = RetryPolicy(max_attempts, delay, backoff, max_delay, jitter, retry_on)
+        self.settings = self.settings.evolve(retry=policy)
+        return self
+
+    def with_tracking(self, tracking: PipelineTrackingManager) -> Self:
+        """Reports every run to ``tracking``."""
+        self.settings = self.settings.evolve(tracking=tracking)
+        return self
+
+    def with_dead_letters(self, dead_letters: DeadLetterQueue) -> Self:
+        """Records tasks that failed for good in ``dead_letters`` (default: the process-wide
+        queue)."""
+        self.settings = self.settings.evolve(dead_letters=dead_letters)
+        return self
+
+    def with_worker_pool(self, pool: ResourceAwareWorkerPool) -> Self:
+        """Places every task on a worker of ``pool`` with room for it
+        (see :mod:`taskiq_flow.resources`)."""
+        self.settings = self.settings.evolve(worker_pool=pool)
+        return self
+
+    def with_timeout(self, seconds: float) -> Self:
+        """Fails a run that takes longer than ``seconds`` in all (each task's own ``timeout``
+        bounds one attempt of it).
+
+        :raises InvalidValueError: for anything but a finite number > 0.
+        """
+        self.settings = self.settings.evolve(timeout=seconds)
+        return self
+
+    def with_max_parallel(self, max_parallel: int | None) -> Self:
+        """Bounds the tasks of one run in flight at once, all its steps together.
+
+        :raises InvalidValueError: for anything but ``None`` or an int from 1 to 4294967295.
+        """
+        self.settings = self.settings.evolve(max_parallel=max_parallel)
+        return self
+
+    def with_progress(self, on_progress: Callable[[int, int], None] | None) -> Self:
+        """Calls ``on_progress(finished, total)`` as each run progresses."""
+        self.settings = self.settings.evolve(on_progress=on_progress)
+        return self
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        """The retry policy of tasks without their own."""
+        return self.settings.retry
+
+    @property
+    def tracking(self) -> PipelineTrackingManager | None:
+        """Where runs are reported."""
+        return self.settings.tracking
+
+    @property
+    def dead_letters(self) -> DeadLetterQueue | None:
+        """Where tasks that failed for good are recorded (``None``: the process-wide queue)."""
+        return self.settings.dead_letters
+
+    @property
+    def worker_pool(self) -> ResourceAwareWorkerPool | None:
+        """The pool tasks are placed on."""
+        return self.settings.worker_pool
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds a whole run may take."""
+        return self.settings.timeout
+
+    @property
+    def max_parallel(self) -> int | None:
+        """Most tasks of one run in flight at once."""
+        return self.settings.max_parallel
+
+    @property
+    def on_error(self) -> OnError:
+        """``"fail"`` or ``"continue"``."""
+        return self.settings.on_error

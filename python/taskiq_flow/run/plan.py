@@ -1,0 +1,88 @@
+"""What every pipeline shape compiles to: a :class:`Plan` of nodes grouped into steps."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskiq.decor import AsyncTaskiqDecoratedTask
+from taskiq.kicker import AsyncKicker
+
+from taskiq_flow.exceptions import NotATaskError
+from taskiq_flow.resources import TaskResources
+from taskiq_flow.retry import RetryPolicy
+
+__all__ = ["CallBuilder", "Plan", "StepSpec", "task_display_name", "task_identity"]
+
+#: Builds a node's arguments from the results so far: ``(args, kwargs)``.
+CallBuilder = Callable[[int, Sequence[Any]], tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+def task_display_name(task: AsyncTaskiqDecoratedTask[Any, Any]) -> str:
+    """The name users wrote: the function's (taskiq renames the original ``*__taskiq_original``)."""
+    name = getattr(task.original_func, "__name__", None) or task.task_name
+    return str(name).removesuffix("__taskiq_original")
+
+
+def task_identity(task: object) -> tuple[str, dict[str, Any], str]:
+    """``(task name, labels, display name)`` of a taskiq task or kicker.
+
+    :raises NotATaskError: for anything else.
+    """
+    if isinstance(task, AsyncTaskiqDecoratedTask):
+        return task.task_name, dict(task.labels), task_display_name(task)
+    if isinstance(task, AsyncKicker):
+        return task.task_name, dict(task.labels), task.task_name.rsplit(":", 1)[-1]
+    name = getattr(task, "__name__", repr(task))
+    raise NotATaskError(
+        f"{name} is not a taskiq task: decorate it with @broker.task before using it in a pipeline"
+    )
+
+
+@dataclass(slots=True)
+class StepSpec:
+    """A step: a named group of nodes calling one task.
+
+    Its values are checked where the user gave them (``pipeline_task``, ``Pipeline.map``, ...), by
+    the rules of :mod:`taskiq_flow.run.settings`.
+    """
+
+    name: str
+    task_name: str
+    labels: dict[str, Any] = field(default_factory=dict)
+    #: Most nodes of this step in flight at once.
+    max_parallel: int | None = None
+    retry: RetryPolicy | None = None
+    #: Seconds one attempt may take (taskiq's ``timeout`` label, enforced where the task runs).
+    timeout: float | None = None
+    tasks: int = 1
+    #: What one run of the task needs, for a worker pool (``None``: nothing declared).
+    resources: TaskResources | None = None
+    #: At most ``rate`` starts per second for this step, in bursts of ``burst``.
+    rate: float | None = None
+    burst: int = 1
+
+
+@dataclass(slots=True)
+class Plan:
+    """What a run executes: ``node_count`` nodes, edges ``sources[i] -> targets[i]``, each node in
+    one step (``step_of``; node ``i`` is step ``i`` when omitted, or step 0 when there is one),
+    its call built when it is sent."""
+
+    node_count: int
+    sources: Sequence[int]
+    targets: Sequence[int]
+    steps: list[StepSpec]
+    call: CallBuilder
+    step_of: Sequence[int] | None = None
+
+    def step_index(self, node: int) -> int:
+        """The index of a node's step."""
+        if len(self.steps) == 1:
+            return 0
+        return node if self.step_of is None else self.step_of[node]
+
+    def step(self, node: int) -> StepSpec:
+        """The step of a node."""
+        return self.steps[self.step_index(node)]

@@ -1,0 +1,620 @@
+"""The one runner every pipeline shape runs on.
+
+A :class:`Runner` executes a :class:`~taskiq_flow.run.plan.Plan` under a
+:class:`~taskiq_flow.run.settings.Settings`. The Rust scheduler decides everything that is a
+decision: which node is ready, whether its step's cap, the run's cap, the process-wide cap
+(:mod:`taskiq_flow.optimization.parallel`) and its rate admit it, and which worker of the pool takes
+it. A node leaves the core holding all of that; the runner sends it (:mod:`.sending`), awaits
+completions (:mod:`taskiq_flow.events`), tells the core, and reports (:mod:`.track`). What a failed
+attempt leads to is :mod:`.failures`' call.
+
+A slot or a worker freed by this run may be granted by the core to a node of another run; the core
+names the runs it granted, and the runner wakes them (their schedulers take the grant at their next
+poll).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from taskiq import AsyncBroker, InMemoryBroker
+from taskiq.kicker import AsyncKicker
+
+from taskiq_flow._core import DagScheduler
+from taskiq_flow.events import FLOW_LABEL, Completion, Inbox, ensure_flow_middleware
+from taskiq_flow.exceptions import (
+    AbortPipeline,
+    PipelineCancelledError,
+    PipelineError,
+    PipelineTimeoutError,
+    StepFailedError,
+    WorkerLostError,
+)
+from taskiq_flow.optimization.parallel import CapGroup, global_cap
+from taskiq_flow.resources import QUEUE_LABEL, WORKER_LABEL, ResourceAwareWorkerPool
+from taskiq_flow.retry import DeadLetterQueue, default_dead_letters
+from taskiq_flow.run import failures
+from taskiq_flow.run.plan import Plan, StepSpec
+from taskiq_flow.run.sending import DISPATCHERS, Sender
+from taskiq_flow.run.settings import Settings
+from taskiq_flow.run.track import RunTracking
+
+__all__ = ["DRAIN_TIMEOUT", "CustomDispatch", "Feed", "Runner", "run_single"]
+
+#: A custom way to run a node (``ExecutionEngine.schedule_task``): returns the task's value.
+CustomDispatch = Callable[[int, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+
+#: How long a stopped run waits for tasks still out before it gives their slots back anyway (a
+#: message lost by the broker never reports back).
+DRAIN_TIMEOUT = 300.0
+
+_MISSING: Any = object()
+_BACKGROUND: set[asyncio.Task[None]] = set()
+logger = logging.getLogger(__name__)
+
+
+class Feed(Protocol):
+    """New work for a run over a window of nodes (a stream): each finished node can be loaded
+    with the next item and run again."""
+
+    def delivered(self, node: int, value: Any) -> None:
+        """Node ``node`` finished with ``value`` (it may be loaded again after this)."""
+
+    def skipped(self, node: int) -> None:
+        """Node ``node`` failed for good and the run goes on (``on_error="continue"``)."""
+
+    async def refill(self, nodes: list[int]) -> list[int]:
+        """``nodes`` just finished: returns those (of these, or of earlier ones it held back)
+        loaded with new items, which run again."""
+        ...
+
+
+class Runner:
+    """One execution of a :class:`Plan`.
+
+    :param broker: the taskiq broker tasks are sent through.
+    :param plan: what to run.
+    :param settings: how (checked already; see :class:`Settings`).
+    :param pipeline_id: the run's id in tracking (a new uuid by default).
+    :param custom_dispatch: runs a node instead of sending it through the broker.
+    :param track_step: report every node into step ``track_step`` of an existing tracked run
+        ``pipeline_id`` (a step of a sequential pipeline) instead of tracking a run of its own.
+    :param restored: ``{node: value}`` finished by an earlier run of this ``pipeline_id``: they
+        count as done and are not sent again.
+    :param deadline: the loop time by which the run must end (a sequential pipeline's run
+        deadline, shared by its steps); default: ``settings.timeout`` from the start.
+    :param feed: for a stream, where finished nodes get new items.
+    """
+
+    def __init__(
+        self,
+        broker: AsyncBroker,
+        plan: Plan,
+        settings: Settings,
+        *,
+        pipeline_id: str | None = None,
+        custom_dispatch: CustomDispatch | None = None,
+        track_step: int | None = None,
+        restored: Mapping[int, Any] | None = None,
+        deadline: float | None = None,
+        feed: Feed | None = None,
+    ) -> None:
+        self.broker = broker
+        self.plan = plan
+        self.settings = settings
+        self.pipeline_id = pipeline_id or uuid.uuid4().hex
+        #: The id completions are addressed to (one per run, even when runs share a pipeline id).
+        self.run_id = uuid.uuid4().hex
+        self.custom_dispatch = custom_dispatch
+        self.restored = dict(restored or {})
+        self.deadline = deadline
+        self.feed = feed
+        self.dead_letters: DeadLetterQueue = (
+            settings.dead_letters if settings.dead_letters is not None else default_dead_letters()
+        )
+        self.tracking = (
+            RunTracking(settings.tracking, self.pipeline_id, settings.name, plan, track_step)
+            if settings.tracking is not None
+            else None
+        )
+        n = plan.node_count
+        self.results: list[Any] = [_MISSING] * n
+        self.failures: dict[str, BaseException | str | None] = {}
+        self._attempt = [1] * n
+        self._lost: dict[int, int] = {}
+        self._finished = 0
+        self._fatal: PipelineError | None = None
+        self._cancel_requested = False
+        self._poked = False
+        self._inbox: Inbox | None = None
+        self._scheduler: DagScheduler | None = None
+        self._retry_timers: list[asyncio.TimerHandle] = []
+        self._retrying: set[int] = set()
+        #: Nodes failed for good in this batch while the run goes on (a stream reloads them).
+        self._dropped: list[int] = []
+        #: The process-wide (or cross-process) cap, as it was when the run started.
+        self._cap: CapGroup = global_cap()
+        self._pool: ResourceAwareWorkerPool | None = settings.worker_pool
+        self._pool_run: int | None = None
+        self._sender = Sender(
+            self._send_one,
+            inline=isinstance(broker, InMemoryBroker) and custom_dispatch is None,
+            width=min(DISPATCHERS, max(1, n)),
+        )
+
+    # -- public ----------------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """Stops the run: nothing new starts, and :meth:`execute` raises
+        :class:`PipelineCancelledError`."""
+        self._cancel_requested = True
+        if self._inbox is not None:
+            self._inbox.wake()
+
+    def finished_results(self) -> dict[int, Any]:
+        """``{node: value}`` of every node that finished."""
+        return {v: r for v, r in enumerate(self.results) if r is not _MISSING}
+
+    async def execute(self) -> list[Any]:
+        """Runs the plan to the end.
+
+        :return: every node's value, by node id.
+        :raises UnschedulableError: a step no worker of the pool could ever run (nothing sent).
+        :raises StepFailedError: a step failed for good (at once with ``on_error="fail"``, at the
+            end with ``"continue"``).
+        :raises PipelineTimeoutError: the run took longer than its timeout.
+        :raises PipelineCancelledError: :meth:`cancel` was called.
+        """
+        scheduler = self._scheduler = self._build_scheduler()
+        loop = asyncio.get_running_loop()
+        if self.restored:
+            scheduler.restore_done(sorted(self.restored))
+            for node, value in self.restored.items():
+                self.results[node] = value
+            self._finished = len(self.restored)
+        channel = ensure_flow_middleware(self.broker).channel
+        inbox = self._inbox = channel.open(self.run_id)
+        gate_run = scheduler.gate_run
+        assert gate_run is not None
+        self._cap.attach(gate_run, self._poke)
+        if self._pool is not None:
+            self._pool_run = scheduler.pool_run
+            assert self._pool_run is not None
+            self._pool.attach(self._pool_run, self._poke)
+        deadline = self.deadline
+        if deadline is None and self.settings.timeout is not None:
+            deadline = loop.time() + self.settings.timeout
+        try:
+            if self.tracking is not None:
+                await self.tracking.begin(list(self.restored))
+            self._sender.start()
+            self._sender.submit(scheduler.start(loop.time()))
+            self._after_core()
+            if self._sender.inline:
+                await self._sender.flush()
+            while not scheduler.is_finished and self._fatal is None:
+                await self._next_events(inbox, scheduler, loop, deadline)
+        finally:
+            unsent = self._sender.stop()
+            for timer in self._retry_timers:
+                timer.cancel()
+            self._settle(channel, inbox, unsent)
+        if self._fatal is None and self.failures:
+            step, error = next(iter(self.failures.items()))
+            self._fatal = StepFailedError(step, error, failures=self.failures)
+        if self.tracking is not None:
+            if self._fatal is None:
+                await self.tracking.end("done", None)
+            elif isinstance(self._fatal, PipelineCancelledError):
+                await self.tracking.end("cancelled", str(self._fatal))
+            else:
+                await self.tracking.end("failed", str(self._fatal))
+        if self._fatal is not None:
+            raise self._fatal
+        return self.results
+
+    # -- the core --------------------------------------------------------------------------------
+
+    def _build_scheduler(self) -> DagScheduler:
+        plan = self.plan
+        classes = None
+        if self._pool is not None:
+            # A step no worker could ever run is refused here, before anything is sent.
+            per_step = [self._pool.class_of(s.resources) for s in plan.steps]
+            classes = [per_step[plan.step_index(v)] for v in range(plan.node_count)]
+        capped = [
+            i for i, s in enumerate(plan.steps) if s.max_parallel is not None or s.rate is not None
+        ]
+        keys = None
+        limits: dict[object, tuple[int, StepSpec]] = {}
+        if capped:
+            key_of_step = [0] * len(plan.steps)
+            for index in capped:
+                spec = plan.steps[index]
+                # Steps calling one rate-limited task share its bucket (a dataflow may call a
+                # task from several nodes); other limits are per step.
+                group: object = ("task", spec.task_name) if spec.rate is not None else index
+                if group not in limits:
+                    limits[group] = (len(limits) + 1, spec)
+                key_of_step[index] = limits[group][0]
+            keys = [key_of_step[plan.step_index(v)] for v in range(plan.node_count)]
+        scheduler = DagScheduler(
+            plan.node_count,
+            plan.sources,
+            plan.targets,
+            keys=keys,
+            max_parallel=self.settings.max_parallel,
+        )
+        for key, spec in limits.values():
+            scheduler.set_key_limits(
+                key, max_parallel=spec.max_parallel, rate=spec.rate, burst=spec.burst
+            )
+        scheduler.attach(
+            shared_cap=self._cap.cap,
+            pool=self._pool.core if self._pool is not None else None,
+            classes=classes,
+        )
+        return scheduler
+
+    def _poke(self) -> None:
+        """The core granted this run a slot or placed one of its nodes: poll at the next turn."""
+        self._poked = True
+        if self._inbox is not None:
+            self._inbox.wake()
+
+    def _after_core(self) -> None:
+        """After the core released or granted anything: wake the runs it granted."""
+        self._cap.wake_granted()
+        self._cap.changed()
+        if self._pool is not None:
+            self._pool.wake_placed()
+
+    async def _next_events(
+        self,
+        inbox: Inbox,
+        scheduler: DagScheduler,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float | None,
+    ) -> None:
+        wake = scheduler.next_wakeup()
+        if deadline is not None:
+            wake = deadline if wake is None else min(wake, deadline)
+        pool = self._pool
+        watching = pool is not None and pool.discover is not None
+        if watching:
+            assert pool is not None
+            check = loop.time() + pool.refresh_interval
+            wake = check if wake is None else min(wake, check)
+        timer = loop.call_at(wake, inbox.wake) if wake is not None else None
+        await inbox.wait()
+        if timer is not None:
+            timer.cancel()
+        now = loop.time()
+        if self._cancel_requested:
+            self._stop(PipelineCancelledError(f"pipeline {self.settings.name!r} was cancelled"))
+            return
+        if deadline is not None and now >= deadline:
+            limit = self.settings.timeout
+            shown = f" after {limit:g} s" if limit is not None else ""
+            self._stop(PipelineTimeoutError(f"pipeline {self.settings.name!r} timed out{shown}"))
+            return
+        if watching:
+            await self._check_workers()
+        done: list[int] = []
+        results = self.results
+        attempts = self._attempt
+        tracking = self.tracking
+        for event in inbox.drain():
+            node = event.node
+            if event.attempt != attempts[node] or results[node] is not _MISSING:
+                continue  # a duplicate delivery, or an attempt superseded by a retry
+            if event.ok:
+                results[node] = event.value
+                done.append(node)
+                self._finished += 1
+                if tracking is not None:
+                    tracking.finished(node, "done", event)
+            else:
+                self._failed(event, scheduler, now)
+        admitted = scheduler.complete_many(done, now) if done else []
+        if self._poked or wake is not None:
+            self._poked = False
+            admitted += scheduler.poll(now)
+        if self.feed is not None and (done or self._dropped) and self._fatal is None:
+            admitted += await self._refill(done, scheduler, loop)
+        self._after_core()
+        self._sender.submit(admitted)
+        if self._sender.inline:
+            await self._sender.flush()
+        if tracking is not None:
+            await tracking.flush(
+                {node: results[node] for node in done}
+                if done and tracking.track_step is None
+                else None
+            )
+        if self.settings.on_progress is not None:
+            self.settings.on_progress(self._finished, self.plan.node_count)
+
+    async def _refill(
+        self, done: list[int], scheduler: DagScheduler, loop: asyncio.AbstractEventLoop
+    ) -> list[int]:
+        feed = self.feed
+        assert feed is not None
+        for node in done:
+            feed.delivered(node, self.results[node])
+        dropped, self._dropped = self._dropped, []
+        for node in dropped:
+            feed.skipped(node)
+        again = await feed.refill(done + dropped)
+        if not again:
+            return []
+        for node in again:
+            if self.results[node] is not _MISSING:
+                self._finished -= 1
+            self.results[node] = _MISSING
+            self._attempt[node] = 1
+            self._lost.pop(node, None)
+        admitted: list[int] = scheduler.recycle(again, loop.time())
+        return admitted
+
+    async def _check_workers(self) -> None:
+        """Reads the live workers; a node placed on one that went away fails its attempt with
+        :class:`WorkerLostError`, which places and sends it again."""
+        pool = self._pool
+        assert pool is not None and self._inbox is not None
+        await pool.refresh()
+        mine = [placement for placement in pool.lost if placement[0] == self._pool_run]
+        for placement in mine:
+            pool.lost.discard(placement)
+            node = placement[1]
+            self._inbox.push(
+                Completion(
+                    self.run_id,
+                    node,
+                    self._attempt[node],
+                    False,
+                    None,
+                    WorkerLostError("its worker stopped advertising; placing it again"),
+                    0.0,
+                    time.time(),
+                )
+            )
+
+    def _failed(self, event: Completion, scheduler: DagScheduler, now: float) -> None:
+        """A failed attempt: resent, retried after a backoff, or failed for good."""
+        node = event.node
+        step = self.plan.step(node)
+        attempt = self._attempt[node]
+        error = failures.name_timeout(event.error, step.name, step.timeout)
+        losses = 0
+        if isinstance(error, WorkerLostError):
+            losses = self._lost[node] = self._lost.get(node, 0) + 1
+        verdict = (
+            failures.judge(error, attempt, step.retry or self.settings.retry, losses)
+            if self._fatal is None
+            else failures.FAILED
+        )
+        tracking = self.tracking
+        if verdict.resend:
+            self._attempt[node] = attempt + 1
+            if tracking is not None:
+                tracking.finished(node, "retrying", event, error)
+            if scheduler.replace(node):
+                self._sender.submit([node])
+            return  # else the core places it when a worker has room; it comes out of poll
+        if verdict.retry_in is not None:
+            # The node keeps its slots and its worker while it waits: still this run's work.
+            self._attempt[node] = attempt + 1
+            self._retrying.add(node)
+            if tracking is not None:
+                tracking.finished(node, "retrying", event, error)
+            timer = asyncio.get_running_loop().call_later(verdict.retry_in, self._retry_due, node)
+            self._retry_timers.append(timer)
+            return
+        fail_fast = self._fatal is None and (
+            isinstance(error, AbortPipeline) or self.settings.on_error == "fail"
+        )
+        if fail_fast:
+            scheduler.cancel()  # before fail(): the freed slot must admit nothing of this run
+        admitted, skipped = scheduler.fail(node, now)
+        if tracking is not None:
+            tracking.finished(node, "failed", event, error)
+        self._dead_letter(node, step, error, attempt)
+        self.failures.setdefault(step.name, error)
+        if self._fatal is not None:
+            return
+        if isinstance(error, AbortPipeline):
+            self._fatal = error
+        elif fail_fast:
+            self._fatal = StepFailedError(step.name, error, failures=self.failures)
+        else:
+            if tracking is not None:
+                for v in skipped:
+                    tracking.skipped(v)
+            if self.feed is not None:
+                self._dropped.append(node)
+            self._sender.submit(admitted)
+
+    def _retry_due(self, node: int) -> None:
+        self._retrying.discard(node)
+        if self._fatal is None and self._inbox is not None:
+            self._sender.submit([node])
+            self._inbox.wake()
+
+    def _stop(self, error: PipelineError) -> None:
+        self._fatal = error
+        if self._scheduler is not None:
+            self._scheduler.cancel()
+            self._after_core()
+
+    def _dead_letter(
+        self, node: int, step: StepSpec, error: BaseException | None, attempts: int
+    ) -> None:
+        try:
+            call = self.plan.call(node, self.results)
+        except Exception:  # the inputs themselves were the problem
+            call = ((), {})
+        failures.record(
+            self.dead_letters, self.pipeline_id, step.name, step.task_name, call, error, attempts
+        )
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    async def _send_one(self, node: int) -> None:
+        step = self.plan.step(node)
+        attempt = self._attempt[node]
+        if self.tracking is not None:
+            self.tracking.sent(node)
+        try:
+            # Built from the predecessors' results, which never change: a retry rebuilds it.
+            args, kwargs = self.plan.call(node, self.results)
+            if self.custom_dispatch is not None:
+                task = asyncio.get_running_loop().create_task(
+                    self._run_custom(node, attempt, args, kwargs)
+                )
+                _BACKGROUND.add(task)
+                task.add_done_callback(_BACKGROUND.discard)
+                return
+            labels: dict[str, Any] = {FLOW_LABEL: f"{self.run_id}:{node}:{attempt}"}
+            if step.timeout is not None:
+                labels["timeout"] = step.timeout
+            pool = self._pool
+            if pool is not None and self._pool_run is not None:
+                worker = pool.worker_of(self._pool_run, node)
+                if worker is not None:
+                    labels[WORKER_LABEL] = worker
+                    queue = pool.queue_of(self._pool_run, node)
+                    if queue is not None:
+                        labels[QUEUE_LABEL] = queue
+            kicker: AsyncKicker[Any, Any] = AsyncKicker(step.task_name, self.broker, step.labels)
+            await kicker.with_labels(**labels).kiq(*args, **kwargs)
+        except Exception as exc:  # could not send: this attempt failed
+            self._push_failure(node, attempt, exc)
+
+    async def _run_custom(
+        self, node: int, attempt: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        assert self.custom_dispatch is not None
+        started, wall = time.perf_counter(), time.time()
+        try:
+            value = await self.custom_dispatch(node, args, kwargs)
+        except Exception as exc:
+            self._push_failure(node, attempt, exc)
+            return
+        if self._inbox is not None:
+            elapsed = (time.perf_counter() - started) * 1000.0
+            self._inbox.push(
+                Completion(self.run_id, node, attempt, True, value, None, elapsed, wall)
+            )
+
+    def _push_failure(self, node: int, attempt: int, exc: BaseException) -> None:
+        if self._inbox is not None:
+            self._inbox.push(
+                Completion(self.run_id, node, attempt, False, None, exc, 0.0, time.time())
+            )
+
+    # -- the end ---------------------------------------------------------------------------------
+
+    def _settle(self, channel: Any, inbox: Inbox, unsent: list[int]) -> None:
+        """Gives back what nodes that will not run hold, then lets tasks still out report back in
+        the background, so that their slots are released when they really finish."""
+        scheduler = self._scheduler
+        assert scheduler is not None
+        scheduler.cancel()
+        now = asyncio.get_running_loop().time()
+        for node in {*unsent, *self._retrying}:
+            if scheduler.state(node) == "running":
+                scheduler.fail(node, now)
+        self._retrying.clear()
+        self._after_core()
+        if scheduler.counts()["running"] == 0:
+            self._release(channel)
+            return
+
+        async def drain() -> None:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + DRAIN_TIMEOUT
+            try:
+                while scheduler.counts()["running"] > 0:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        logger.warning(
+                            "run %s: %d tasks never reported back in %.0fs; giving their slots "
+                            "back",
+                            self.run_id,
+                            scheduler.counts()["running"],
+                            DRAIN_TIMEOUT,
+                        )
+                        break
+                    timer = loop.call_later(remaining, inbox.wake)
+                    try:
+                        await inbox.wait()
+                    finally:
+                        timer.cancel()
+                    for event in inbox.drain():
+                        node = event.node
+                        if (
+                            event.attempt == self._attempt[node]
+                            and scheduler.state(node) == "running"
+                        ):
+                            scheduler.fail(node, loop.time())
+                    self._after_core()
+            except Exception as exc:  # the channel broke: nothing more will report back
+                logger.warning("run %s: stopped waiting for tasks still out: %s", self.run_id, exc)
+            finally:
+                # Cancelled (the event loop is closing): whatever is still out will never report
+                # back to this process, so its slots are given back here.
+                self._release(channel)
+
+        task = asyncio.get_running_loop().create_task(drain())
+        _BACKGROUND.add(task)
+        task.add_done_callback(_BACKGROUND.discard)
+
+    def _release(self, channel: Any) -> None:
+        """Leaves the shared cap and the pool (the core gives back whatever is still held) and
+        closes the inbox."""
+        scheduler = self._scheduler
+        if scheduler is not None:
+            gate_run = scheduler.gate_run
+            scheduler.detach()  # the core gives what the run still holds to whoever waits
+            if gate_run is not None:
+                self._cap.detach(gate_run)
+            if self._pool is not None and self._pool_run is not None:
+                self._pool.detach(self._pool_run)
+            with contextlib.suppress(RuntimeError):  # no running loop (closing): none to wake
+                self._after_core()
+        channel.close(self.run_id)
+
+
+async def run_single(
+    broker: AsyncBroker,
+    task_name: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    *,
+    step: str | None = None,
+    timeout: float | None = None,
+    labels: dict[str, Any] | None = None,
+) -> Any:
+    """Runs one task through the runner and returns its value (no result backend involved).
+
+    :param timeout: seconds its one attempt (and so the whole run) may take.
+    :raises StepFailedError: if it fails.
+    """
+    call = (tuple(args), dict(kwargs))
+    name = step or task_name
+    plan = Plan(
+        1,
+        [],
+        [],
+        [StepSpec(name, task_name, labels or {}, timeout=timeout)],
+        lambda _node, _results: call,
+    )
+    settings = Settings.build(name=name, dead_letters=DeadLetterQueue(), timeout=timeout)
+    return (await Runner(broker, plan, settings).execute())[0]
