@@ -176,7 +176,7 @@ def set_max_parallel_tasks(
     :raises InvalidValueError: for anything else.
     """
     global _ACTIVE
-    cap = check_max_parallel(n, "max parallel tasks")
+    cap = check_max_parallel(n)
     if redis is not None:
         if cap is None:
             raise InvalidValueError("a shared cap through Redis needs a number of tasks")

@@ -1,0 +1,273 @@
+"""One meaning per word: every cell of the README's table, measured from inside the tasks.
+
+| word                      | on                        | bounds                                  |
+|---------------------------|---------------------------|-----------------------------------------|
+| ``max_parallel``          | a pipeline                | its tasks in flight, all steps together |
+| ``max_parallel``          | a step                    | that step's tasks in flight             |
+| ``set_max_parallel_tasks`` | the process              | every pipeline's tasks in flight        |
+| ``timeout``               | a run                     | the whole run                           |
+| ``timeout``               | a task                    | one attempt of it                       |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from conftest import Gauge
+from taskiq import InMemoryBroker
+
+from taskiq_flow import (
+    DataflowPipeline,
+    ExecutionEngine,
+    InvalidValueError,
+    MapReduce,
+    Pipeline,
+    PipelineTimeoutError,
+    ResourceAwareWorkerPool,
+    StepFailedError,
+    TaskTimeoutError,
+    pipeline_task,
+)
+from taskiq_flow.optimization.parallel import global_cap, set_max_parallel_tasks
+from taskiq_flow.resources import CPUProfile
+
+
+def held(broker: InMemoryBroker, gauge: Gauge, delay: float = 0.01, name: str = "held") -> Any:
+    async def task(x: int) -> int:
+        gauge.enter(name)
+        await asyncio.sleep(delay)
+        gauge.leave()
+        return x
+
+    task.__name__ = name
+    return broker.task(task_name=name)(task)
+
+
+# -- max_parallel of a pipeline: all its steps together ---------------------------------------
+
+
+async def test_map_reduce_max_parallel_bounds_map_and_reduce_together(
+    broker: InMemoryBroker, gauge: Gauge
+) -> None:
+    square = held(broker, gauge, 0.005, "square")
+
+    @broker.task
+    async def add(a: int, b: int) -> int:
+        gauge.enter("add")
+        await asyncio.sleep(0.005)
+        gauge.leave()
+        return a + b
+
+    total = await MapReduce.map_reduce(broker, square, add, range(40), max_parallel=2)
+    assert total == sum(range(40))
+    assert gauge.peak == 2
+    assert "add" in gauge.started[: len(gauge.started) - 1]  # reduce overlapped the map
+
+
+async def test_pipeline_max_parallel_bounds_every_step(
+    broker: InMemoryBroker, gauge: Gauge
+) -> None:
+    task = held(broker, gauge)
+    pipeline = Pipeline(broker, max_parallel=3).map(task, range(12)).map(task)
+    result = await (await pipeline.kiq()).wait_result(timeout=10)
+    assert result.return_value == list(range(12))
+    assert gauge.peak == 3
+
+
+async def test_dataflow_max_parallel_bounds_the_run(broker: InMemoryBroker, gauge: Gauge) -> None:
+    tasks = []
+    for i in range(8):
+
+        async def node(x: int) -> int:
+            gauge.enter()
+            await asyncio.sleep(0.01)
+            gauge.leave()
+            return x
+
+        node.__name__ = f"node{i}"
+        tasks.append(broker.task(task_name=f"node{i}")(pipeline_task(output=f"out{i}")(node)))
+    outputs = await DataflowPipeline.from_tasks(broker, tasks, max_parallel=3).kiq_dataflow(x=1)
+    assert outputs == {f"out{i}": 1 for i in range(8)}
+    assert gauge.peak == 3
+
+
+async def test_stream_max_parallel_bounds_the_window(broker: InMemoryBroker, gauge: Gauge) -> None:
+    task = held(broker, gauge, 0.002)
+    seen = [v async for v in MapReduce.stream(broker, task, range(50), max_parallel=4)]
+    assert sorted(seen) == list(range(50))
+    assert gauge.peak == 4
+
+
+# -- max_parallel of a step ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("run_cap", "step_cap", "peak"), [(None, 2, 2), (5, 2, 2), (2, 5, 2)])
+async def test_step_max_parallel_bounds_the_step(
+    broker: InMemoryBroker, gauge: Gauge, run_cap: int | None, step_cap: int, peak: int
+) -> None:
+    task = held(broker, gauge)
+    pipeline = Pipeline(broker, max_parallel=run_cap).map(task, range(12), max_parallel=step_cap)
+    result = await (await pipeline.kiq()).wait_result(timeout=10)
+    assert result.return_value == list(range(12))
+    assert gauge.peak == peak
+
+
+# -- set_max_parallel_tasks: the process, every run together -----------------------------------
+
+
+async def test_two_runs_share_the_process_cap_fairly(broker: InMemoryBroker, gauge: Gauge) -> None:
+    set_max_parallel_tasks(4)
+    finished: list[str] = []
+
+    def task(name: str) -> Any:
+        async def run(x: int) -> int:
+            gauge.enter(name)
+            await asyncio.sleep(0.005)
+            gauge.leave()
+            finished.append(name)
+            return x
+
+        run.__name__ = name
+        return broker.task(task_name=name)(run)
+
+    first, second = task("first"), task("second")
+    a = asyncio.ensure_future(MapReduce.map(broker, first, range(40), max_parallel=8))
+    while gauge.running < 4:  # the first run holds every slot before the second asks
+        await asyncio.sleep(0.001)
+    b = asyncio.ensure_future(MapReduce.map(broker, second, range(40), max_parallel=8))
+    assert await asyncio.wait_for(asyncio.gather(a, b), 20) == [list(range(40))] * 2
+    assert gauge.peak == 4  # across both runs: reached, never more
+    # Round-robin between runs: once the second run waits, freed slots alternate, so it does
+    # not wait for the first to drain (which would put all 40 "first" before any "second").
+    first_second = finished.index("second")
+    assert first_second < 12, finished
+    assert global_cap().cap.in_use == 0
+
+
+# -- timeout of a run and of a task -------------------------------------------------------------
+
+
+async def test_pipeline_timeout_bounds_the_whole_run(broker: InMemoryBroker) -> None:
+    @broker.task
+    async def step(x: int) -> int:
+        await asyncio.sleep(0.3)
+        return x
+
+    pipeline = Pipeline(broker, step).call_next(step).call_next(step).with_timeout(0.5)
+    started = time.monotonic()
+    result = await (await pipeline.kiq(1)).wait_result(timeout=10)
+    assert result.is_err and isinstance(result.error, PipelineTimeoutError)
+    assert str(result.error) == "pipeline 'pipeline' timed out after 0.5 s"
+    assert time.monotonic() - started < 0.9  # not each step's 0.3 s three times
+
+
+async def test_task_timeout_bounds_one_attempt_and_names_it(broker: InMemoryBroker) -> None:
+    attempts: list[int] = []
+    slow_attempts = {1}
+
+    @broker.task
+    @pipeline_task(output="y", timeout=0.05)
+    async def stuck(x: int) -> int:
+        attempts.append(x)
+        await asyncio.sleep(0.3 if len(attempts) in slow_attempts else 0)
+        return x
+
+    # Each attempt is bounded, not the run: the retry (fast) succeeds.
+    pipeline = DataflowPipeline(broker, timeout=5).add_dataflow_task(stuck)
+    outputs = await pipeline.with_retry(max_attempts=2, delay=0).kiq_dataflow(x=1)
+    assert outputs == {"y": 1} and len(attempts) == 2
+
+    slow_attempts.add(3)
+    with pytest.raises(StepFailedError) as failed:
+        await DataflowPipeline(broker).add_dataflow_task(stuck).kiq_dataflow(x=1)
+    assert isinstance(failed.value.error, TaskTimeoutError)
+    assert "step 'stuck' timed out after 0.05 s" in str(failed.value)
+
+
+# -- one rule, one message, wherever a value comes in ------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2**40, 2.5, True, "3"])
+async def test_a_bad_max_parallel_gets_one_message_from_every_api(
+    broker: InMemoryBroker, bad: Any
+) -> None:
+    sent: list[int] = []
+
+    @broker.task
+    @pipeline_task(output="y")
+    async def task(x: int) -> int:
+        sent.append(x)
+        return x
+
+    dag = DataflowPipeline(broker).add_dataflow_task(task).dag
+    attempts = [
+        lambda: DataflowPipeline(broker, max_parallel=bad),
+        lambda: DataflowPipeline(broker).with_max_parallel(bad),
+        lambda: ExecutionEngine(broker, dag, max_parallel=bad),
+        lambda: Pipeline(broker, max_parallel=bad),
+        lambda: Pipeline(broker).map(task, [1], max_parallel=bad),
+        lambda: set_max_parallel_tasks(bad),
+    ]
+    messages = set()
+    for attempt in attempts:
+        with pytest.raises(InvalidValueError) as error:
+            attempt()
+        messages.add(str(error.value))
+    for coroutine in (
+        lambda: MapReduce.map(broker, task, [1, 2], max_parallel=bad),
+        lambda: MapReduce.map_reduce(broker, task, task, [1, 2], max_parallel=bad),
+        lambda: anext(MapReduce.stream(broker, task, [1, 2], max_parallel=bad)),
+    ):
+        with pytest.raises(InvalidValueError) as error:
+            await coroutine()
+        messages.add(str(error.value))
+    assert len(messages) == 1, messages
+    assert messages.pop().startswith("max_parallel must be an integer")
+    assert sent == []
+
+
+# -- placement: a big task never blocks small ones, and is never starved ------------------------
+
+
+async def test_big_task_waits_without_blocking_small_ones_and_still_runs(
+    broker: InMemoryBroker,
+) -> None:
+    pool = ResourceAwareWorkerPool([{"cpu_cores": 4}], max_bypass=3)
+    log: list[str] = []
+    first_running = asyncio.Event()
+
+    @broker.task
+    @CPUProfile(cpu_units=2)
+    async def small(x: int) -> int:
+        log.append(f"small{x}")
+        if x < 0:
+            first_running.set()
+            await asyncio.sleep(0.2)
+        else:
+            await asyncio.sleep(0.05)
+        return x
+
+    @broker.task
+    @CPUProfile(cpu_units=4)
+    async def big(x: int) -> int:
+        log.append("big")
+        await asyncio.sleep(0.01)
+        return x
+
+    holder = asyncio.ensure_future(MapReduce.map(broker, small, [-1], worker_pool=pool))
+    await asyncio.wait_for(first_running.wait(), 5)  # 2 of the 4 cores are taken
+    waiting = asyncio.ensure_future(MapReduce.map(broker, big, [7], worker_pool=pool))
+    while pool.waiting_count < 1:  # the big task is queued: it does not fit now
+        await asyncio.sleep(0.001)
+    smalls = asyncio.ensure_future(MapReduce.map(broker, small, range(8), worker_pool=pool))
+    results = await asyncio.wait_for(asyncio.gather(holder, waiting, smalls), 20)
+    assert results == [[-1], [7], list(range(8))]
+    big_at = log.index("big")
+    # Small tasks ran beside the holder while the big one waited (three passed it: max_bypass),
+    assert log[1:big_at] == ["small0", "small1", "small2"], log
+    # then it blocked the queue until the worker drained for it, and ran before the rest.
+    assert log[big_at + 1 :] == [f"small{x}" for x in range(3, 8)], log
+    assert pool.placed_count == 0 and pool.waiting_count == 0
