@@ -162,40 +162,89 @@ def make_node(
     :raises DataflowError: if ``inputs`` names a parameter the task does not have.
     """
     decorated = _as_task(task)
-    meta: _DataflowMeta | None = getattr(decorated, _META, None) or getattr(
-        decorated.original_func, _META, None
-    )
-    func = decorated.original_func
-    name = task_display_name(decorated)
-    parameters = list(inspect.signature(func).parameters.values())
-    usable = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    optional = frozenset(p.name for p in usable if p.default is not p.empty)
+    shape = _shape(decorated)
+    meta = shape.meta
     declared: Sequence[str] | Mapping[str, str] | None = (
         inputs if inputs is not None else (meta.inputs if meta else None)
     )
     if declared is None:
-        declared = tuple(p.name for p in usable)
-    wiring = dict(declared) if isinstance(declared, Mapping) else {n: n for n in declared}
-    takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
-    known = {p.name for p in usable}
-    for param in wiring:
-        if param not in known and not takes_any:
-            raise DataflowError(
-                f"task {name} has no parameter {param!r} (it takes {sorted(known)})"
-            )
+        wiring = shape.default_wiring
+    elif isinstance(declared, dict) or isinstance(declared, Mapping):  # noqa: SIM101 - dict first: fast
+        wiring = dict(declared)
+    else:
+        wiring = {n: n for n in declared}
+    if not shape.takes_any and not shape.known.issuperset(wiring):
+        param = next(p for p in wiring if p not in shape.known)
+        raise DataflowError(
+            f"task {shape.name} has no parameter {param!r} (it takes {sorted(shape.known)})"
+        )
+    optional = shape.optional
     return TaskNode(
+        shape.name,
+        decorated,
+        output or shape.output,
+        tuple(wiring.values()),
+        frozenset(wiring[p] for p in optional if p in wiring) if optional else frozenset(),
+        tuple(wiring),
+        {**shape.labels, **labels} if labels else dict(shape.labels),
+        shape.retry,
+        shape.timeout,
+        shape.rate,
+        shape.burst,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What a dataflow node needs from its task, read once per task (``inspect.signature`` is the
+    slow part of adding a node)."""
+
+    name: str
+    meta: _DataflowMeta | None
+    output: str
+    known: frozenset[str]
+    optional: frozenset[str]
+    takes_any: bool
+    default_wiring: dict[str, str]
+    labels: dict[str, Any]
+    retry: RetryPolicy | None
+    timeout: float | None
+    rate: float | None
+    burst: int
+
+
+_SHAPES: dict[int, tuple[AsyncTaskiqDecoratedTask[Any, Any], _DataflowMeta | None, _Shape]] = {}
+
+
+def _shape(decorated: AsyncTaskiqDecoratedTask[Any, Any]) -> _Shape:
+    meta: _DataflowMeta | None = getattr(decorated, _META, None) or getattr(
+        decorated.original_func, _META, None
+    )
+    cached = _SHAPES.get(id(decorated))
+    # Keyed by id, kept with the task itself (so the id cannot be reused while cached) and the
+    # declaration it was read with (a later pipeline_task on the same task is seen).
+    if cached is not None and cached[0] is decorated and cached[1] is meta:
+        return cached[2]
+    func = decorated.original_func
+    name = task_display_name(decorated)
+    parameters = list(inspect.signature(func).parameters.values())
+    usable = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    shape = _Shape(
         name=name,
-        task=decorated,
-        output=output or (meta.output if meta and meta.output else name),
-        inputs=tuple(wiring.values()),
-        optional_inputs=frozenset(wiring[p] for p in optional if p in wiring),
-        params=tuple(wiring),
-        labels={**(meta.labels if meta else {}), **dict(labels or {})},
+        meta=meta,
+        output=meta.output if meta and meta.output else name,
+        known=frozenset(p.name for p in usable),
+        optional=frozenset(p.name for p in usable if p.default is not p.empty),
+        takes_any=any(p.kind == p.VAR_KEYWORD for p in parameters),
+        default_wiring={p.name: p.name for p in usable},
+        labels=dict(meta.labels) if meta else {},
         retry=meta.retry if meta else None,
         timeout=meta.timeout if meta else None,
         rate=meta.rate if meta else None,
         burst=meta.burst if meta else 1,
     )
+    _SHAPES[id(decorated)] = (decorated, meta, shape)
+    return shape
 
 
 class DAG:
