@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 
 import pytest
@@ -50,6 +52,18 @@ class Gauge:
 
     def leave(self) -> None:
         self.running -= 1
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Waits until ``condition()`` holds (checked once per event-loop turn), at most ``timeout``
+    seconds; for state that has no event of its own (a queue's length in the core)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    for _ in itertools.count():
+        if condition():
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.001)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Gauge
+from conftest import Gauge, until
 from taskiq import InMemoryBroker
 
 from taskiq_flow import (
@@ -135,8 +135,7 @@ async def test_two_runs_share_the_process_cap_fairly(broker: InMemoryBroker, gau
 
     first, second = task("first"), task("second")
     a = asyncio.ensure_future(MapReduce.map(broker, first, range(40), max_parallel=8))
-    while gauge.running < 4:  # the first run holds every slot before the second asks
-        await asyncio.sleep(0.001)
+    await until(lambda: gauge.running == 4)  # the first run holds every slot before the second asks
     b = asyncio.ensure_future(MapReduce.map(broker, second, range(40), max_parallel=8))
     assert await asyncio.wait_for(asyncio.gather(a, b), 20) == [list(range(40))] * 2
     assert gauge.peak == 4  # across both runs: reached, never more
@@ -260,8 +259,7 @@ async def test_big_task_waits_without_blocking_small_ones_and_still_runs(
     holder = asyncio.ensure_future(MapReduce.map(broker, small, [-1], worker_pool=pool))
     await asyncio.wait_for(first_running.wait(), 5)  # 2 of the 4 cores are taken
     waiting = asyncio.ensure_future(MapReduce.map(broker, big, [7], worker_pool=pool))
-    while pool.waiting_count < 1:  # the big task is queued: it does not fit now
-        await asyncio.sleep(0.001)
+    await until(lambda: pool.waiting_count == 1)  # the big task is queued: it does not fit now
     smalls = asyncio.ensure_future(MapReduce.map(broker, small, range(8), worker_pool=pool))
     results = await asyncio.wait_for(asyncio.gather(holder, waiting, smalls), 20)
     assert results == [[-1], [7], list(range(8))]
