@@ -388,6 +388,9 @@ impl Pool {
         }
         if wait {
             self.waiting.push_back(Waiting { run, node, class, bypassed: 0 });
+            if self.max_bypass == 0 {
+                self.aged += 1; // strict arrival order: every waiting task is a barrier
+            }
         }
         Ok(None)
     }
@@ -646,6 +649,109 @@ mod tests {
         assert_eq!(lock(&pool).waiting_count(), 0);
         s.complete(0, 0.0).unwrap();
         assert!(s.is_finished());
+    }
+
+    proptest::proptest! {
+        /// Several runs under one gate: the nodes running across all runs never exceed the cap,
+        /// the gate's count matches them, a waiting run is always eventually served, and every
+        /// run finishes.
+        #[test]
+        fn runs_sharing_a_gate_never_exceed_it_and_all_finish(
+            sizes in proptest::collection::vec(1u32..12, 1..5),
+            cap in 1u64..6,
+            choices in proptest::collection::vec(proptest::prelude::any::<u16>(), 1..64),
+        ) {
+            let gate: Shared<Gate> = Arc::new(Mutex::new(Gate::new(Some(cap)).unwrap()));
+            let mut runs: Vec<Scheduler> = sizes.iter().map(|&n| wide(n)).collect();
+            let mut running: Vec<Vec<u32>> = Vec::new();
+            for s in &mut runs {
+                s.attach_gate(gate.clone()).unwrap();
+            }
+            for s in &mut runs {
+                running.push(s.start(0.0).unwrap());
+            }
+            let mut step = 0usize;
+            loop {
+                let total: usize = running.iter().map(Vec::len).sum();
+                proptest::prop_assert!(total as u64 <= cap);
+                let woken = lock(&gate).take_woken();
+                for r in woken {
+                    let i = runs.iter().position(|s| s.gate_run() == Some(r)).unwrap();
+                    let out = runs[i].poll(0.0).unwrap();
+                    running[i].extend(out);
+                }
+                let total: usize = running.iter().map(Vec::len).sum();
+                proptest::prop_assert!(total as u64 <= cap);
+                proptest::prop_assert_eq!(lock(&gate).in_use() as usize, total);
+                if total == 0 {
+                    break;
+                }
+                let busy: Vec<usize> = (0..runs.len()).filter(|&i| !running[i].is_empty()).collect();
+                let i = busy[choices[step % choices.len()] as usize % busy.len()];
+                step += 1;
+                let node = running[i].remove(0);
+                let out = runs[i].complete(node, 0.0).unwrap();
+                running[i].extend(out);
+            }
+            for s in &runs {
+                proptest::prop_assert!(s.is_finished());
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Runs sharing a pool: whatever the demands and the completion order, every node is
+        /// placed at last (nothing starves, however often it is passed), and nothing is left
+        /// holding capacity.
+        #[test]
+        fn every_node_is_placed_at_last(
+            demands in proptest::collection::vec(
+                proptest::collection::vec(1u64..=4, 1..10), 1..4),
+            bypass in 0u32..4,
+            choices in proptest::collection::vec(proptest::prelude::any::<u16>(), 1..64),
+        ) {
+            let pool = {
+                let mut placer = Placer::new(vec!["cpu".into()], Policy::BestFit).unwrap();
+                placer.add_worker(&[4], &[]).unwrap();
+                placer.add_worker(&[3], &[]).unwrap();
+                Arc::new(Mutex::new(Pool::new(placer, bypass)))
+            };
+            let mut runs = Vec::new();
+            let mut running: Vec<Vec<u32>> = Vec::new();
+            for d in &demands {
+                let classes: Vec<u32> =
+                    d.iter().map(|&c| lock(&pool).add_class(demand(c)).unwrap()).collect();
+                let mut s = wide(d.len() as u32);
+                s.attach_pool(pool.clone(), classes).unwrap();
+                runs.push(s);
+            }
+            for s in &mut runs {
+                running.push(s.start(0.0).unwrap());
+            }
+            let mut step = 0usize;
+            loop {
+                let woken = lock(&pool).take_woken();
+                for r in woken {
+                    let i = runs.iter().position(|s| s.pool_run() == Some(r)).unwrap();
+                    let out = runs[i].poll(0.0).unwrap();
+                    running[i].extend(out);
+                }
+                let busy: Vec<usize> = (0..runs.len()).filter(|&i| !running[i].is_empty()).collect();
+                if busy.is_empty() {
+                    break;
+                }
+                let i = busy[choices[step % choices.len()] as usize % busy.len()];
+                step += 1;
+                let node = running[i].remove(0);
+                let out = runs[i].complete(node, 0.0).unwrap();
+                running[i].extend(out);
+            }
+            for s in &runs {
+                proptest::prop_assert!(s.is_finished(), "a node never got a worker");
+            }
+            proptest::prop_assert_eq!(lock(&pool).placer().placed_count(), 0);
+            proptest::prop_assert_eq!(lock(&pool).waiting_count(), 0);
+        }
     }
 
     #[test]
