@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import uuid
+from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -265,12 +266,17 @@ class DAG:
                 )
             producer[node.output] = i
         self.producer = producer
-        sources: list[int] = []
-        targets: list[int] = []
+        # Edges as packed arrays (4 bytes an id, not a list of int objects): a 10^5-node DAG
+        # stays a few MiB.
+        sources = array("I")
+        targets = array("I")
         external: set[str] = set()
+        #: For each node, the producer of each input (``None``: an external input).
+        self.feeds: list[tuple[int | None, ...]] = []
         for i, node in enumerate(self.nodes):
-            for name in node.inputs:
-                p = producer.get(name)
+            feeds = tuple(producer.get(name) for name in node.inputs)
+            self.feeds.append(feeds)
+            for name, p in zip(node.inputs, feeds):
                 if p is None:
                     if name not in node.optional_inputs:
                         external.add(name)
@@ -450,36 +456,45 @@ class ExecutionEngine:
 
     def _plan(self, inputs: Mapping[str, Any]) -> Plan:
         dag = self.dag
-        wiring: list[list[tuple[str, str, int | None]]] = []
-        for node in dag.nodes:
-            triples: list[tuple[str, str, int | None]] = []
-            for param, name in zip(node.params, node.inputs):
-                producer = dag.producer.get(name)
-                if producer is not None or name in inputs:
-                    triples.append((param, name, producer))
-            wiring.append(triples)
+        nodes = dag.nodes
+        feeds = dag.feeds
 
         def call(node: int, results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-            kwargs = {
-                param: (inputs[name] if producer is None else results[producer])
-                for param, name, producer in wiring[node]
-            }
+            spec = nodes[node]
+            kwargs = {}
+            for param, name, producer in zip(spec.params, spec.inputs, feeds[node]):
+                if producer is not None:
+                    kwargs[param] = results[producer]
+                elif name in inputs:  # an optional input not given is left to its default
+                    kwargs[param] = inputs[name]
             return (), kwargs
 
-        steps = [
-            StepSpec(
-                n.name,
-                n.task_name,
-                n.task.labels,
-                retry=n.retry,
-                timeout=n.timeout,
-                resources=resources_of(n.task),
-                rate=n.rate,
-                burst=n.burst,
-            )
-            for n in dag.nodes
-        ]
-        return Plan(len(dag.nodes), dag.sources, dag.targets, steps, call)
+        # One step per task: the nodes calling one task (a task wired into many places) are one
+        # step of as many tasks, as a map's are, so a 10^5-node DAG of a few tasks tracks a few
+        # steps.
+        steps: list[StepSpec] = []
+        step_of_task: dict[int, int] = {}
+        step_of: list[int] = []
+        for n in nodes:
+            index = step_of_task.get(id(n.task))
+            if index is None:
+                index = step_of_task[id(n.task)] = len(steps)
+                steps.append(
+                    StepSpec(
+                        n.name,
+                        n.task_name,
+                        n.task.labels,
+                        retry=n.retry,
+                        timeout=n.timeout,
+                        resources=resources_of(n.task),
+                        rate=n.rate,
+                        burst=n.burst,
+                        tasks=0,
+                    )
+                )
+            steps[index].tasks += 1
+            step_of.append(index)
+        return Plan(len(nodes), dag.sources, dag.targets, steps, call, array("I", step_of))
 
     async def execute(
         self,

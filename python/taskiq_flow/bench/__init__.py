@@ -266,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             "memory",
             "rate",
             "streaming",
+            "dataflow_scale",
             "redis",
         ],
         help="run only these groups (repeatable)",
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "full" if args.full else "quick"
     print(f"taskiq-flow bench ({mode}), Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     extra: dict[str, Any] = {}
-    timing_groups = groups - {"memory", "rate", "streaming", "redis"}
+    timing_groups = groups - {"memory", "rate", "streaming", "dataflow_scale", "redis"}
     results: list[Result] = []
     if not groups or timing_groups:
         results = run(args.full, timing_groups or None, args.scale)
@@ -305,6 +306,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{stream['us_per_item']:.1f} us/item, peak RSS {stream['peak_rss_mib']:.0f} MiB "
             f"(+{stream['peak_rss_growth_mib']:.1f} MiB while streaming)"
         )
+    if not groups or "dataflow_scale" in groups:
+        sizes = [100_000] + ([1_000_000] if args.full else [])
+        for n in (max(1_000, int(size * args.scale)) for size in sizes):
+            scale = pipelines.dataflow_scale(n)
+            extra[f"dataflow_scale_{n}"] = scale
+            print(
+                f"\nlayered dataflow of {n:,} no-op nodes (max_parallel=16), fresh interpreter: "
+                f"build {scale['build_us_per_node']:.2f} us/node, "
+                f"run {scale['run_us_per_node']:.1f} us/node ({scale['run_s']:.1f} s), "
+                f"peak RSS {scale['peak_rss_over_import_mib']:.0f} MiB above import"
+            )
     if not groups or "redis" in groups:
         from taskiq_flow.bench import redis as redis_bench
 

@@ -53,7 +53,10 @@ class RunTracking:
         self._status = self.manager.live(self.pipeline_id)
         if self._status is not None and self.track_step is None:
             for node in restored:
-                self._status.steps[plan.step_index(node)].status = "done"
+                step = self._status.steps[plan.step_index(node)]
+                step.tasks_done += 1
+                if step.tasks_done >= step.tasks:
+                    step.status = "done"
 
     def _index(self, node: int) -> int:
         return self._plan.step_index(node) if self.track_step is None else self.track_step
