@@ -124,9 +124,9 @@ class TaskNode:
     output: str
     #: The names the task consumes: outputs of other tasks, or external inputs.
     inputs: tuple[str, ...]
-    optional_inputs: frozenset[str] = frozenset()
     #: The parameter each input is passed as (the input's own name unless mapped).
     params: tuple[str, ...] = ()
+    #: Free-form labels; shared by the nodes of one task unless given per node (do not mutate).
     labels: dict[str, Any] = field(default_factory=dict)
     retry: RetryPolicy | None = None
     timeout: float | None = None
@@ -137,6 +137,14 @@ class TaskNode:
     def task_name(self) -> str:
         """The taskiq task name messages are sent under."""
         return self.task.task_name
+
+    @property
+    def optional_inputs(self) -> frozenset[str]:
+        """The inputs whose parameter has a default (a run may leave them out)."""
+        optional = _shape(self.task).optional
+        if not optional:
+            return frozenset()
+        return frozenset(name for p, name in zip(self.params, self.inputs) if p in optional)
 
 
 def _as_task(task: object) -> AsyncTaskiqDecoratedTask[Any, Any]:
@@ -179,15 +187,16 @@ def make_node(
         raise DataflowError(
             f"task {shape.name} has no parameter {param!r} (it takes {sorted(shape.known)})"
         )
-    optional = shape.optional
+    params = tuple(wiring)
+    # Nodes of one task nearly always pass the same parameters: one shared tuple for all.
+    params = _PARAMS.setdefault(params, params)
     return TaskNode(
         shape.name,
         decorated,
         output or shape.output,
         tuple(wiring.values()),
-        frozenset(wiring[p] for p in optional if p in wiring) if optional else frozenset(),
-        tuple(wiring),
-        {**shape.labels, **labels} if labels else dict(shape.labels),
+        params,
+        {**shape.labels, **labels} if labels else shape.labels,
         shape.retry,
         shape.timeout,
         shape.rate,
@@ -214,6 +223,7 @@ class _Shape:
     burst: int
 
 
+_PARAMS: dict[tuple[str, ...], tuple[str, ...]] = {}
 _SHAPES: dict[int, tuple[AsyncTaskiqDecoratedTask[Any, Any], _DataflowMeta | None, _Shape]] = {}
 
 
@@ -278,7 +288,7 @@ class DAG:
             self.feeds.append(feeds)
             for name, p in zip(node.inputs, feeds):
                 if p is None:
-                    if name not in node.optional_inputs:
+                    if name not in node.optional_inputs:  # rare: an input nothing produces
                         external.add(name)
                 else:
                     sources.append(p)
