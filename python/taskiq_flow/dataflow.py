@@ -391,7 +391,7 @@ def check_serializable(
         ) from exc
 
 
-class ExecutionEngine:
+class ExecutionEngine(RunOptions):
     """Runs a :class:`DAG` on a broker.
 
     Subclasses may override :meth:`schedule_task` to run some nodes elsewhere (a GPU pool, a
@@ -406,6 +406,8 @@ class ExecutionEngine:
     :param timeout: seconds a whole run may take.
     :param settings: all of these at once (then give none of them separately).
     :raises InvalidValueError: for a bad value (checked here, once).
+
+    The ``with_*`` methods of every pipeline change the settings of the next run.
     """
 
     def __init__(
