@@ -269,3 +269,15 @@ async def test_big_task_waits_without_blocking_small_ones_and_still_runs(
     # then it blocked the queue until the worker drained for it, and ran before the rest.
     assert log[big_at + 1 :] == [f"small{x}" for x in range(3, 8)], log
     assert pool.placed_count == 0 and pool.waiting_count == 0
+
+
+async def test_sending_leaves_the_tasks_own_labels_alone(broker: InMemoryBroker) -> None:
+    @broker.task(priority="low")
+    @pipeline_task(output="y", timeout=5)
+    async def labelled(x: int) -> int:
+        return x
+
+    before = dict(labelled.labels)
+    assert await DataflowPipeline(broker).add_dataflow_task(labelled).kiq_dataflow(x=1) == {"y": 1}
+    assert await MapReduce.map(broker, labelled, [1, 2]) == [1, 2]
+    assert labelled.labels == before  # no run's label or timeout left behind on the task

@@ -481,7 +481,9 @@ class Runner:
                 _BACKGROUND.add(task)
                 task.add_done_callback(_BACKGROUND.discard)
                 return
-            labels: dict[str, Any] = {FLOW_LABEL: f"{self.run_id}:{node}:{attempt}"}
+            # A new dict each time: taskiq's kicker updates the dict it is given in place, and
+            # the step's labels are the task's own.
+            labels: dict[str, Any] = {**step.labels, FLOW_LABEL: f"{self.run_id}:{node}:{attempt}"}
             if step.timeout is not None:
                 labels["timeout"] = step.timeout
             pool = self._pool
@@ -492,8 +494,8 @@ class Runner:
                     queue = pool.queue_of(self._pool_run, node)
                     if queue is not None:
                         labels[QUEUE_LABEL] = queue
-            kicker: AsyncKicker[Any, Any] = AsyncKicker(step.task_name, self.broker, step.labels)
-            await kicker.with_labels(**labels).kiq(*args, **kwargs)
+            kicker: AsyncKicker[Any, Any] = AsyncKicker(step.task_name, self.broker, labels)
+            await kicker.kiq(*args, **kwargs)
         except Exception as exc:  # could not send: this attempt failed
             self._push_failure(node, attempt, exc)
 
