@@ -1,7 +1,7 @@
 """Type stubs of the compiled scheduling core (``rust/src/python.rs``)."""
 
 from collections.abc import Iterable, Sequence
-from typing import Literal, final
+from typing import Any, Literal, final
 
 __all__ = [
     "MAX_IDS",
@@ -21,6 +21,9 @@ MAX_IDS: int
 
 _State = Literal["waiting", "queued", "running", "done", "failed", "skipped", "cancelled"]
 _Policy = Literal["best_fit", "spread", "first_fit"]
+_Reason = Literal[
+    "inputs", "ready", "step_cap", "rate", "shared_cap", "placement", "running", "finished"
+]
 
 @final
 class DagGraph:
@@ -120,6 +123,9 @@ class DagScheduler:
     def placing(self) -> int: ...
     def worker_of(self, node: int) -> int | None: ...
     def replace(self, node: int) -> bool: ...
+    def explain(self, node: int) -> dict[str, Any]: ...
+    def record_history(self, on: bool = True) -> None: ...
+    def take_history(self) -> list[tuple[int, _Reason, float]]: ...
 
 @final
 class ConcurrencyCounter:

@@ -427,6 +427,8 @@ class ExecutionEngine(RunOptions):
         self.settings = settings
         self.pipeline_id: str | None = None
         self._run: Runner | None = None
+        #: The run in progress, or the last one.
+        self.last_run: Runner | None = None
 
     async def schedule_task(self, task_node: TaskNode, inputs: dict[str, Any]) -> Any:
         """Runs one node with its inputs and returns its value.
@@ -539,7 +541,7 @@ class ExecutionEngine(RunOptions):
             custom_dispatch=custom,
             restored=restored,
         )
-        self._run = run
+        self._run = self.last_run = run
         self.pipeline_id = run.pipeline_id
         try:
             values = await run.execute()
@@ -558,6 +560,16 @@ class ExecutionEngine(RunOptions):
         """Cancels the run in progress, if any."""
         if self._run is not None:
             self._run.cancel()
+
+    def explain(self, step: str) -> str:
+        """Why ``step`` of the run in progress (or the last run) is where it is, in one
+        sentence (see :meth:`taskiq_flow.run.runner.Runner.explain`).
+
+        :raises DataflowError: if there has been no run.
+        """
+        if self.last_run is None:
+            raise DataflowError("no run to explain: the engine has not run yet")
+        return self.last_run.explain(step)
 
 
 class DataflowPipeline(RunOptions):
@@ -597,6 +609,7 @@ class DataflowPipeline(RunOptions):
         self._dag: DAG | None = None
         self.pipeline_id: str | None = None
         self._engine: ExecutionEngine | None = None
+        self._last_engine: ExecutionEngine | None = None
 
     @property
     def name(self) -> str:
@@ -666,7 +679,7 @@ class DataflowPipeline(RunOptions):
                 )
             inputs = {next(iter(dag.external_inputs)): chunk[0]}
         engine = ExecutionEngine(self.broker, dag, settings=self.settings)
-        self._engine = engine
+        self._engine = self._last_engine = engine
         self.pipeline_id = pipeline_id
         try:
             return await engine.execute(inputs, pipeline_id, restored)
@@ -689,3 +702,15 @@ class DataflowPipeline(RunOptions):
         :class:`~taskiq_flow.exceptions.PipelineCancelledError`."""
         if self._engine is not None:
             self._engine.cancel()
+
+    def explain(self, step: str) -> str:
+        """Why ``step`` of the run in progress (or the last run) is where it is, in one sentence:
+        ``waiting: the pipeline's cap is full (20/20 in flight); next free slot when any of them
+        finishes (for 1.2 s)``.
+
+        :raises DataflowError: if the pipeline has not run yet.
+        :raises UnknownIdError: if it has no such step.
+        """
+        if self._last_engine is None:
+            raise DataflowError("no run to explain: the pipeline has not run yet")
+        return self._last_engine.explain(step)

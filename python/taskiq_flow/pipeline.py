@@ -101,11 +101,26 @@ class PipelineRun:
     Shaped like taskiq's ``AsyncTaskiqTask`` (``is_ready``, ``get_result``, ``wait_result``).
     """
 
-    def __init__(self, task: asyncio.Task[TaskiqResult[Any]], pipeline_id: str, stop: Any) -> None:
+    def __init__(
+        self,
+        task: asyncio.Task[TaskiqResult[Any]],
+        pipeline_id: str,
+        stop: Any,
+        runs: list[Runner] | None = None,
+    ) -> None:
         self._task = task
         self.pipeline_id = pipeline_id
         self.task_id = pipeline_id
         self._stop = stop
+        self._runs = runs if runs is not None else []
+
+    def explain(self, step: str) -> str:
+        """Why ``step`` is where it is, in one sentence, while it runs (a step not started yet, or
+        finished, says so)."""
+        for run in self._runs:
+            if any(spec.name == step for spec in run.plan.steps):
+                return run.explain(step)
+        return f"not running: step {step!r} has not started or has finished"
 
     async def is_ready(self) -> bool:
         """Whether the pipeline has finished."""
@@ -367,7 +382,7 @@ class Pipeline(RunOptions):
             )
 
         task = loop.create_task(body())
-        return PipelineRun(task, pipeline_id, stop)
+        return PipelineRun(task, pipeline_id, stop, runs)
 
     async def _run_steps(
         self,

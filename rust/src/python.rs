@@ -20,7 +20,7 @@ use crate::dag::{Graph, Sorter};
 use crate::error::{CoreError, CoreResult};
 use crate::limiter::{ConcurrencyLimit, RateLimit};
 use crate::packing::{Demand, Placer as CorePlacer, Policy};
-use crate::scheduler::{KeyLimits, NodeState, Scheduler as CoreScheduler};
+use crate::scheduler::{KeyLimits, NodeState, Reason, Scheduler as CoreScheduler};
 
 mod exceptions {
     pyo3::import_exception!(taskiq_flow.exceptions, CycleError);
@@ -395,6 +395,19 @@ fn state_name(state: NodeState) -> &'static str {
     }
 }
 
+fn reason_name(reason: Reason) -> &'static str {
+    match reason {
+        Reason::Inputs => "inputs",
+        Reason::Ready => "ready",
+        Reason::StepCap => "step_cap",
+        Reason::Rate => "rate",
+        Reason::SharedCap => "shared_cap",
+        Reason::Placement => "placement",
+        Reason::Running => "running",
+        Reason::Finished => "finished",
+    }
+}
+
 fn key_limits(
     max_parallel: Option<&Bound<'_, PyAny>>,
     rate: Option<&Bound<'_, PyAny>>,
@@ -517,6 +530,42 @@ impl DagScheduler {
             guard(|| self.inner.attach_pool(pool.inner.clone(), classes))?;
         }
         Ok(())
+    }
+
+    /// Why a node is where it is: a dict with ``state``, ``reason`` (``inputs``, ``ready``,
+    /// ``step_cap``, ``rate``, ``shared_cap``, ``placement``, ``running``, ``finished``), ``since``
+    /// (when it entered that reason), ``pending_inputs``, ``key``, ``key_running``, ``key_cap`` (``None``: no cap),
+    /// ``next_token_at``, ``run_running``, ``run_cap`` (``None``: no cap), ``shared_in_use``,
+    /// ``shared_cap`` (``None`` without a shared cap) and ``worker``.
+    fn explain<'py>(&self, py: Python<'py>, node: i64) -> PyResult<Bound<'py, PyDict>> {
+        let e = guard(|| self.inner.explain(node_arg(node)?))?;
+        let cap = |c: u32| (c != u32::MAX).then_some(c);
+        let d = PyDict::new(py);
+        d.set_item("state", state_name(e.state))?;
+        d.set_item("reason", reason_name(e.reason))?;
+        d.set_item("since", e.since)?;
+        d.set_item("pending_inputs", e.pending_inputs)?;
+        d.set_item("key", e.key)?;
+        d.set_item("key_running", e.key_running)?;
+        d.set_item("key_cap", cap(e.key_cap))?;
+        d.set_item("next_token_at", e.next_token_at)?;
+        d.set_item("run_running", e.run_running)?;
+        d.set_item("run_cap", cap(e.run_cap))?;
+        d.set_item("shared_in_use", e.shared.map(|(used, _)| used))?;
+        d.set_item("shared_cap", e.shared.and_then(|(_, c)| cap(c)))?;
+        d.set_item("worker", e.worker)?;
+        Ok(d)
+    }
+
+    #[pyo3(signature = (on=true))]
+    /// Records every change of reason from now on (``take_history`` returns them).
+    fn record_history(&mut self, on: bool) {
+        self.inner.record_history(on);
+    }
+
+    /// The changes of reason recorded since the last call: ``(node, reason, time)``.
+    fn take_history(&mut self) -> Vec<(u32, &'static str, f64)> {
+        self.inner.take_history().into_iter().map(|(v, r, t)| (v, reason_name(r), t)).collect()
     }
 
     /// Leaves the shared cap and pool: every slot and worker the run still holds goes to whoever

@@ -38,6 +38,76 @@ pub enum NodeState {
     Cancelled = 6,
 }
 
+/// Why a node is where it is: the core records it at every change, with the time, so that a
+/// wait can be explained exactly (which cap, which rate, which placement).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Reason {
+    /// Some input has not finished.
+    Inputs = 0,
+    /// Ready: admitted at the next round, unless the run's own cap is full.
+    Ready = 1,
+    /// Its step's (key's) `max_parallel` is reached.
+    StepCap = 2,
+    /// Its step's rate limit: it waits for the next token.
+    Rate = 3,
+    /// The cap shared with other runs (the process-wide cap) is full.
+    SharedCap = 4,
+    /// Admitted, holding its slots; no worker of the pool has room for it yet.
+    Placement = 5,
+    /// Handed out to be sent.
+    Running = 6,
+    /// Done, failed, skipped or cancelled.
+    Finished = 7,
+}
+
+/// Everything the core knows about why one node is where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub state: NodeState,
+    pub reason: Reason,
+    /// When the node entered that reason (the caller's clock).
+    pub since: f64,
+    /// Inputs not finished yet.
+    pub pending_inputs: u32,
+    /// The node's admission key, its nodes in flight and its cap (`u32::MAX`: none).
+    pub key: u32,
+    pub key_running: u32,
+    pub key_cap: u32,
+    /// When the key's next rate token is due, if it waits for one.
+    pub next_token_at: Option<f64>,
+    /// The run's nodes in flight and its cap.
+    pub run_running: u32,
+    pub run_cap: u32,
+    /// The shared cap's slots in use and its size, if the run has one.
+    pub shared: Option<(u32, u32)>,
+    /// The worker the node is placed on.
+    pub worker: Option<u32>,
+}
+
+/// One change of reason: `(node, reason, time)`.
+pub type Change = (u32, Reason, f64);
+
+/// Records that `node` now waits (or runs) for `reason`, on the scheduler's parts (so that it can
+/// be called while other parts are borrowed).
+fn mark_in(
+    reasons: &mut [Reason],
+    since: &mut [f64],
+    history: &mut Option<Vec<Change>>,
+    node: u32,
+    reason: Reason,
+    now: f64,
+) {
+    let i = node as usize;
+    if reasons[i] != reason {
+        reasons[i] = reason;
+        since[i] = now;
+        if let Some(history) = history {
+            history.push((node, reason, now));
+        }
+    }
+}
+
 /// Admission settings of one key.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct KeyLimits {
@@ -129,6 +199,13 @@ pub struct Scheduler {
     pool: Option<PoolLink>,
     /// Admitted nodes that wait in the pool's queue for a worker.
     placing: u32,
+    /// Each node's current reason, and since when.
+    reason: Vec<Reason>,
+    since: Vec<f64>,
+    /// The last time the caller passed in.
+    clock: f64,
+    /// Every change of reason, when recording is on.
+    history: Option<Vec<Change>>,
 }
 
 impl Drop for Scheduler {
@@ -190,6 +267,10 @@ impl Scheduler {
             gate: None,
             pool: None,
             placing: 0,
+            reason: vec![Reason::Inputs; n],
+            since: vec![0.0; n],
+            clock: 0.0,
+            history: None,
         })
     }
 
@@ -249,6 +330,45 @@ impl Scheduler {
         self.cancelled = true;
     }
 
+    /// Records every change of reason from now on (see [`Scheduler::take_history`]).
+    pub fn record_history(&mut self, on: bool) {
+        self.history = if on { Some(self.history.take().unwrap_or_default()) } else { None };
+    }
+
+    /// The changes of reason recorded since the last call.
+    pub fn take_history(&mut self) -> Vec<Change> {
+        self.history.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn mark(&mut self, node: u32, reason: Reason, now: f64) {
+        mark_in(&mut self.reason, &mut self.since, &mut self.history, node, reason, now);
+    }
+
+    /// Why `node` is where it is.
+    pub fn explain(&self, node: u32) -> CoreResult<Explanation> {
+        self.graph.check_node(node)?;
+        let i = node as usize;
+        let key = self.key_of[i];
+        let k = &self.keys[key as usize];
+        Ok(Explanation {
+            state: self.state[i],
+            reason: self.reason[i],
+            since: self.since[i],
+            pending_inputs: self.pending[i],
+            key,
+            key_running: k.running,
+            key_cap: k.cap,
+            next_token_at: if self.reason[i] == Reason::Rate { k.wake_at } else { None },
+            run_running: self.running,
+            run_cap: self.global_cap,
+            shared: self.gate.as_ref().map(|(g, _)| {
+                let g = lock(g);
+                (g.in_use(), g.cap())
+            }),
+            worker: self.worker_of(node),
+        })
+    }
+
     /// The run's id in its gate, if it has one.
     pub fn gate_run(&self) -> Option<RunId> {
         self.gate.as_ref().map(|(_, run)| *run)
@@ -286,6 +406,8 @@ impl Scheduler {
         drop(pool);
         if !placed {
             self.placing += 1;
+            let now = self.clock;
+            self.mark(node, Reason::Placement, now);
         }
         Ok(placed)
     }
@@ -365,9 +487,11 @@ impl Scheduler {
             return Err(CoreError::AlreadyPrepared);
         }
         self.started = true;
+        self.clock = now;
+        self.since.fill(now);
         for v in 0..self.node_count() {
             if self.pending[v as usize] == 0 && self.state[v as usize] == NodeState::Waiting {
-                self.enqueue(v);
+                self.enqueue(v, now);
             }
         }
         let mut admitted = Vec::new();
@@ -389,6 +513,7 @@ impl Scheduler {
         for &node in nodes {
             if self.state[node as usize] == NodeState::Waiting {
                 self.state[node as usize] = NodeState::Done;
+                self.reason[node as usize] = Reason::Finished;
                 marked.push(node);
             }
         }
@@ -450,16 +575,18 @@ impl Scheduler {
             // Marked now so that a node listed twice is caught; undone above on error.
             self.state[node as usize] = NodeState::Done;
         }
+        self.clock = now;
         for &node in nodes {
             self.counts.running -= 1;
             self.counts.done += 1;
+            self.mark(node, Reason::Finished, now);
             self.release_slot(node, now);
             let graph = std::mem::take(&mut self.graph);
             for &s in graph.successors(node) {
                 let p = &mut self.pending[s as usize];
                 *p -= 1;
                 if *p == 0 && self.state[s as usize] == NodeState::Waiting {
-                    self.enqueue(s);
+                    self.enqueue(s, now);
                 }
             }
             self.graph = graph;
@@ -512,7 +639,7 @@ impl Scheduler {
             }
             self.state[node as usize] = NodeState::Waiting;
             self.counts.waiting += 1;
-            self.enqueue(node);
+            self.enqueue(node, now);
         }
         self.admit(now, &mut admitted)?;
         Ok(admitted)
@@ -524,8 +651,10 @@ impl Scheduler {
         check_now(now)?;
         self.check_running(node)?;
         self.state[node as usize] = NodeState::Failed;
+        self.clock = now;
         self.counts.running -= 1;
         self.counts.failed += 1;
+        self.mark(node, Reason::Finished, now);
         self.release_slot(node, now);
         let mut skipped = Vec::new();
         let mut stack = vec![node];
@@ -534,6 +663,8 @@ impl Scheduler {
                 // Successors of a failed or skipped node cannot have been ready.
                 if self.state[s as usize] == NodeState::Waiting {
                     self.state[s as usize] = NodeState::Skipped;
+                    self.reason[s as usize] = Reason::Finished;
+                    self.since[s as usize] = now;
                     self.counts.waiting -= 1;
                     self.counts.skipped += 1;
                     skipped.push(s);
@@ -563,6 +694,10 @@ impl Scheduler {
                 cancelled.push(v as u32);
             }
         }
+        let now = self.clock;
+        for &v in &cancelled {
+            self.mark(v, Reason::Finished, now);
+        }
         self.counts.cancelled += cancelled.len() as u32;
         self.counts.waiting = 0;
         self.counts.queued = 0;
@@ -576,6 +711,7 @@ impl Scheduler {
         };
         for node in unplaced {
             self.placing -= 1;
+            self.mark(node, Reason::Finished, now);
             self.state[node as usize] = NodeState::Cancelled;
             self.counts.running -= 1;
             self.counts.cancelled += 1;
@@ -615,8 +751,9 @@ impl Scheduler {
         self.throttled.iter().filter_map(|&k| self.keys[k as usize].wake_at).min_by(f64::total_cmp)
     }
 
-    fn enqueue(&mut self, v: u32) {
+    fn enqueue(&mut self, v: u32, now: f64) {
         self.sequence += 1;
+        self.mark(v, Reason::Ready, now);
         let i = v as usize;
         self.state[i] = NodeState::Queued;
         self.counts.waiting -= 1;
@@ -664,7 +801,10 @@ impl Scheduler {
         }
         for _ in 0..room {
             match k.parked.pop() {
-                Some(entry) => self.ready.push(entry),
+                Some(entry) => {
+                    mark_in(&mut self.reason, &mut self.since, &mut self.history, entry.3, Reason::Ready, now);
+                    self.ready.push(entry);
+                }
                 None => break,
             }
         }
@@ -674,6 +814,7 @@ impl Scheduler {
     /// left; an admitted node is placed on a worker when the run has a pool. Nodes placed from
     /// the pool's queue since the last round come out too.
     fn admit(&mut self, now: f64, out: &mut Vec<u32>) -> CoreResult<()> {
+        self.clock = now;
         if self.cancelled {
             self.touched.clear();
             return Ok(());
@@ -683,6 +824,9 @@ impl Scheduler {
         if let Some((p, link)) = &mut pool {
             let placed = p.take_placed(link.run);
             self.placing -= placed.len() as u32;
+            for &node in &placed {
+                mark_in(&mut self.reason, &mut self.since, &mut self.history, node, Reason::Running, now);
+            }
             out.extend(placed);
         }
         let mut blocked = false;
@@ -693,6 +837,7 @@ impl Scheduler {
             let k = &mut self.keys[key as usize];
             if k.running >= k.cap {
                 k.parked.push(entry);
+                mark_in(&mut self.reason, &mut self.since, &mut self.history, node, Reason::StepCap, now);
                 continue;
             }
             if let Some((g, run)) = &mut gate {
@@ -701,12 +846,14 @@ impl Scheduler {
                     self.ready.push(entry);
                     g.wait(*run)?;
                     blocked = true;
+                    mark_in(&mut self.reason, &mut self.since, &mut self.history, node, Reason::SharedCap, now);
                     break;
                 }
             }
             if let Some(rate) = &mut k.rate {
                 if let Err(at) = rate.try_acquire(now)? {
                     k.parked.push(entry);
+                    mark_in(&mut self.reason, &mut self.since, &mut self.history, node, Reason::Rate, now);
                     if k.wake_at.is_none() {
                         k.wake_at = Some(at);
                         self.throttled.push(key);
@@ -722,16 +869,17 @@ impl Scheduler {
             self.state[node as usize] = NodeState::Running;
             self.counts.queued -= 1;
             self.counts.running += 1;
-            match &mut pool {
-                Some((p, link)) => {
-                    if p.place(link.run, node, link.class_of[node as usize])?.is_some() {
-                        out.push(node);
-                    } else {
-                        self.placing += 1;
-                    }
-                }
-                None => out.push(node),
+            let placed = match &mut pool {
+                Some((p, link)) => p.place(link.run, node, link.class_of[node as usize])?.is_some(),
+                None => true,
+            };
+            if placed {
+                out.push(node);
+            } else {
+                self.placing += 1;
             }
+            let reason = if placed { Reason::Running } else { Reason::Placement };
+            mark_in(&mut self.reason, &mut self.since, &mut self.history, node, reason, now);
         }
         if let Some((g, run)) = &mut gate {
             if !blocked {
@@ -853,6 +1001,35 @@ mod tests {
         assert_eq!(s.restore_done(&[3]), Err(CoreError::Frozen));
         s.complete_many(&[2, 3], 0.0).unwrap();
         assert!(s.is_finished());
+    }
+
+    #[test]
+    fn every_wait_has_its_reason_and_time() {
+        // 0 -> 1; 2, 3 in key 1 (cap 1); 4 rate-limited in key 2; run cap 3.
+        let g = graph(5, &[(0, 1)]);
+        let keys = [
+            KeyLimits::default(),
+            capped(1),
+            KeyLimits { max_parallel: None, rate: Some((1.0, 1)) },
+        ];
+        let mut s = Scheduler::new(g, Some(vec![0, 0, 1, 1, 2]), &keys, None, None).unwrap();
+        s.set_global_cap(Some(3), 0.0).unwrap();
+        s.record_history(true);
+        assert_eq!(s.start(1.0).unwrap(), vec![0, 2, 4]);
+        let why = |s: &Scheduler, v: u32| s.explain(v).unwrap();
+        assert_eq!((why(&s, 1).reason, why(&s, 1).pending_inputs), (Reason::Inputs, 1));
+        assert_eq!(why(&s, 3).reason, Reason::StepCap);
+        assert_eq!((why(&s, 3).key_running, why(&s, 3).key_cap), (1, 1));
+        assert_eq!(why(&s, 0).reason, Reason::Running);
+        assert_eq!(why(&s, 0).since, 1.0);
+        // Node 2 done: 3 is admitted; node 1 not ready yet.
+        assert_eq!(s.complete(2, 2.0).unwrap(), vec![3]);
+        assert_eq!((why(&s, 3).reason, why(&s, 3).since), (Reason::Running, 2.0));
+        let history = s.take_history();
+        assert!(history.contains(&(3, Reason::StepCap, 1.0)));
+        assert!(history.contains(&(3, Reason::Running, 2.0)));
+        assert!(history.contains(&(2, Reason::Finished, 2.0)));
+        assert!(s.take_history().is_empty());
     }
 
     #[test]

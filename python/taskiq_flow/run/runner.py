@@ -34,12 +34,14 @@ from taskiq_flow.exceptions import (
     PipelineError,
     PipelineTimeoutError,
     StepFailedError,
+    UnknownIdError,
     WorkerLostError,
 )
 from taskiq_flow.optimization.parallel import CapGroup, global_cap
 from taskiq_flow.resources import QUEUE_LABEL, WORKER_LABEL, ResourceAwareWorkerPool
 from taskiq_flow.retry import DeadLetterQueue, default_dead_letters
 from taskiq_flow.run import failures
+from taskiq_flow.run.explain import core_sentence, seconds
 from taskiq_flow.run.plan import Plan, StepSpec
 from taskiq_flow.run.sending import DISPATCHERS, Sender
 from taskiq_flow.run.settings import Settings
@@ -138,6 +140,12 @@ class Runner:
         self._retrying: set[int] = set()
         #: Nodes failed for good in this batch while the run goes on (a stream reloads them).
         self._dropped: list[int] = []
+        #: What only the runner knows of a wait: a retry's due time, the last error of a node,
+        #: which failure a skipped node follows.
+        self._retry_at: dict[int, float] = {}
+        self._errors: dict[int, BaseException | None] = {}
+        self._skipped_by: dict[int, int] = {}
+        self._preds: dict[int, list[int]] | None = None
         #: The process-wide (or cross-process) cap, as it was when the run started.
         self._cap: CapGroup = global_cap()
         self._pool: ResourceAwareWorkerPool | None = settings.worker_pool
@@ -156,6 +164,105 @@ class Runner:
         self._cancel_requested = True
         if self._inbox is not None:
             self._inbox.wake()
+
+    def explain(self, node_or_step: int | str) -> str:
+        """Why a node (by id), or a step (by name: its first node still waiting, else one
+        running), is where it is, in one sentence: ``waiting: step cap 'resize' is full (16/16 in
+        flight); next free slot when any of 16 finishes (for 2.1 s)``.
+
+        :raises UnknownIdError: for a node or step the plan does not have.
+        """
+        plan = self.plan
+        node = self._node_for(node_or_step)
+        step = plan.step(node)
+        scheduler = self._scheduler
+        if scheduler is None:
+            return "pending: the run has not started"
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:  # asked from outside the loop: its clock is the monotonic one
+            now = time.monotonic()
+        why = scheduler.explain(node)
+        state = why["state"]
+        error = failures.describe(self._errors.get(node))
+        if node in self._retrying:
+            due = self._retry_at.get(node, now)
+            return (
+                f"waiting: retry backoff after attempt {self._attempt[node] - 1} failed "
+                f"({error}); next attempt in {seconds(max(0.0, due - now))}"
+            )
+        if state == "done":
+            return f"done: step {step.name!r}"
+        if state == "failed":
+            return f"failed: {error}"
+        if state == "skipped":
+            cause = self._skipped_by.get(node)
+            shown = f"step {plan.step(cause).name!r}" if cause is not None else "an input"
+            return f"skipped: {shown} failed before it could run"
+        if state == "cancelled":
+            return f"cancelled: {self._fatal}" if self._fatal else "cancelled"
+        worker = placement = None
+        pool = self._pool
+        if pool is not None and self._pool_run is not None:
+            worker = pool.worker_of(self._pool_run, node)
+            if why["reason"] == "placement":
+                placement = _best_candidate(pool.explain(step.resources))
+        sentence = core_sentence(
+            why,
+            now,
+            step=step.name,
+            inputs=self._unfinished_inputs(node) if why["reason"] == "inputs" else [],
+            rate=step.rate,
+            worker=worker,
+            placement=placement,
+        )
+        lost = self._lost.get(node)
+        if lost:
+            sentence += f"; placed again after losing its worker {lost} time(s)"
+        return sentence
+
+    def _node_for(self, node_or_step: int | str) -> int:
+        plan = self.plan
+        if isinstance(node_or_step, int) and not isinstance(node_or_step, bool):
+            if 0 <= node_or_step < plan.node_count:
+                return node_or_step
+            raise UnknownIdError(f"no node {node_or_step} (the run has {plan.node_count})")
+        indices = {i for i, spec in enumerate(plan.steps) if spec.name == node_or_step}
+        if not indices:
+            raise UnknownIdError(f"no step named {node_or_step!r} in this run")
+        # A step stands for its first node still waiting (what a user asks about), else its first
+        # node running or retrying, else its last node.
+        scheduler = self._scheduler
+        running = last = -1
+        for v in range(plan.node_count):
+            if plan.step_index(v) not in indices:
+                continue
+            last = v
+            if scheduler is None:
+                return v
+            state = scheduler.state(v)
+            if state in ("waiting", "queued"):
+                return v
+            if state == "running":
+                if v in self._retrying or scheduler.explain(v)["reason"] == "placement":
+                    return v
+                if running < 0:
+                    running = v
+        return running if running >= 0 else last
+
+    def _unfinished_inputs(self, node: int) -> list[str]:
+        if self._preds is None:
+            preds: dict[int, list[int]] = {}
+            for a, b in zip(self.plan.sources, self.plan.targets):
+                preds.setdefault(b, []).append(a)
+            self._preds = preds
+        names: list[str] = []
+        for p in self._preds.get(node, []):
+            if self.results[p] is _MISSING:
+                name = self.plan.step(p).name
+                if name not in names:
+                    names.append(name)
+        return names
 
     def finished_results(self) -> dict[int, Any]:
         """``{node: value}`` of every node that finished."""
@@ -408,10 +515,12 @@ class Runner:
             if scheduler.replace(node):
                 self._sender.submit([node])
             return  # else the core places it when a worker has room; it comes out of poll
+        self._errors[node] = error
         if verdict.retry_in is not None:
             # The node keeps its slots and its worker while it waits: still this run's work.
             self._attempt[node] = attempt + 1
             self._retrying.add(node)
+            self._retry_at[node] = now + verdict.retry_in
             if tracking is not None:
                 tracking.finished(node, "retrying", event, error)
             timer = asyncio.get_running_loop().call_later(verdict.retry_in, self._retry_due, node)
@@ -434,8 +543,9 @@ class Runner:
         elif fail_fast:
             self._fatal = StepFailedError(step.name, error, failures=self.failures)
         else:
-            if tracking is not None:
-                for v in skipped:
+            for v in skipped:
+                self._skipped_by[v] = node
+                if tracking is not None:
                     tracking.skipped(v)
             if self.feed is not None:
                 self._dropped.append(node)
@@ -620,3 +730,11 @@ async def run_single(
     )
     settings = Settings.build(name=name, dead_letters=DeadLetterQueue(), timeout=timeout)
     return (await Runner(broker, plan, settings).execute())[0]
+
+
+def _best_candidate(why_not: dict[str, list[str]]) -> str | None:
+    """From the pool's reasons per worker, the worker closest to fitting and what it lacks."""
+    if not why_not:
+        return None
+    worker, reasons = min(why_not.items(), key=lambda item: len(item[1]))
+    return f"on the best candidate {worker}: {'; '.join(reasons)}"
