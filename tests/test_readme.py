@@ -48,4 +48,5 @@ def test_snippets_run_in_order(capsys: pytest.CaptureFixture[str], redis_url: st
     ]
     for line in expected:
         assert line in out.splitlines(), line
+    assert "waiting: step cap 'map(resize)' is full (16/16 in flight); next free slot" in out
     assert re.search(r"^total: \d+\.\d\dms$", out, flags=re.M)

@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             "rate",
             "streaming",
             "dataflow_scale",
+            "instructions",
             "redis",
         ],
         help="run only these groups (repeatable)",
@@ -285,7 +286,14 @@ def main(argv: list[str] | None = None) -> int:
     mode = "full" if args.full else "quick"
     print(f"taskiq-flow bench ({mode}), Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     extra: dict[str, Any] = {}
-    timing_groups = groups - {"memory", "rate", "streaming", "dataflow_scale", "redis"}
+    timing_groups = groups - {
+        "memory",
+        "rate",
+        "streaming",
+        "dataflow_scale",
+        "instructions",
+        "redis",
+    }
     results: list[Result] = []
     if not groups or timing_groups:
         results = run(args.full, timing_groups or None, args.scale)
@@ -306,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{stream['us_per_item']:.1f} us/item, peak RSS {stream['peak_rss_mib']:.0f} MiB "
             f"(+{stream['peak_rss_growth_mib']:.1f} MiB while streaming)"
         )
+    if "instructions" in groups:  # minutes under valgrind: only when asked for
+        from taskiq_flow.bench import instructions
+
+        counts = instructions.instructions_per_task()
+        extra["instructions_per_task"] = counts
+        print("\n" + instructions.report(counts))
     if not groups or "dataflow_scale" in groups:
         sizes = [100_000] + ([1_000_000] if args.full else [])
         for n in (max(1_000, int(size * args.scale)) for size in sizes):
