@@ -14,11 +14,6 @@ database = {f"item-{i}": {"id": i, "payload": "x" * 100} for i in range(500)}
 
 
 @broker.task
-async def list_ids(prefix: str) -> list[str]:
-    return [key for key in database if key.startswith(prefix)]
-
-
-@broker.task
 def process(item_id: str) -> int:
     """4.1: fetch on demand inside the task; only the id travels."""
     item = database[item_id]
@@ -41,8 +36,8 @@ async def main() -> None:
 
     # 4.1 Pass identifiers, fetch inside the task.
     item_ids = list(database)
-    pipeline = Pipeline(broker, list_ids).map(process, item_ids, max_parallel=32)
-    result = await (await pipeline.with_tracking(tracking).kiq("item-")).wait_result()
+    pipeline = Pipeline(broker).map(process, item_ids, max_parallel=32)
+    result = await (await pipeline.with_tracking(tracking).kiq()).wait_result()
     print(f"processed {len(result.return_value)} items by id")
 
     # 4.2 Stream a large dataset in chunks, processing each result before the next chunk.

@@ -29,11 +29,6 @@ async def process_item(item: int) -> int:
 
 
 @broker.task
-async def list_items(n: int) -> list[int]:
-    return list(range(n))
-
-
-@broker.task
 @pipeline_task(output="doubled")
 async def double_all(data: list[int]) -> list[int]:
     await asyncio.sleep(0.005)
@@ -50,9 +45,9 @@ async def main() -> None:
     global peak
     items = list(range(100))
 
-    # 2.1 Sequential pipeline: at most 10 of these tasks at once.
-    pipeline = Pipeline(broker, list_items).map(process_item, items, max_parallel=10)
-    result = await (await pipeline.kiq(0)).wait_result()
+    # 2.1 Sequential pipeline: at most 10 of these tasks at once (the guide's first line).
+    pipeline = Pipeline(broker).map(process_item, items, max_parallel=10)
+    result = await (await pipeline.kiq()).wait_result()
     print(f"Pipeline.map: {len(result.return_value)} results, peak in flight {peak}")
 
     # 2.1 MapReduce with its own bound.
