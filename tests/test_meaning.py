@@ -27,6 +27,7 @@ from taskiq_flow import (
     Pipeline,
     PipelineTimeoutError,
     ResourceAwareWorkerPool,
+    RetryPolicy,
     StepFailedError,
     TaskTimeoutError,
     pipeline_task,
@@ -281,3 +282,45 @@ async def test_sending_leaves_the_tasks_own_labels_alone(broker: InMemoryBroker)
     assert await DataflowPipeline(broker).add_dataflow_task(labelled).kiq_dataflow(x=1) == {"y": 1}
     assert await MapReduce.map(broker, labelled, [1, 2]) == [1, 2]
     assert labelled.labels == before  # no run's label or timeout left behind on the task
+
+
+class LosingBroker(InMemoryBroker):
+    """An in-memory broker that loses the first message it is given, as a broker without
+    acknowledgements loses the message of a worker killed mid-task."""
+
+    lost = 0
+
+    async def kick(self, message: Any) -> None:
+        if self.lost == 0:
+            self.lost += 1
+            return
+        await super().kick(message)
+
+
+async def test_an_attempt_that_never_reports_back_times_out_on_this_side() -> None:
+    broker = LosingBroker()
+    await broker.startup()
+    try:
+
+        @broker.task
+        @pipeline_task(output="y", timeout=0.2, retry=RetryPolicy(max_attempts=2, delay=0))
+        async def step(x: int) -> int:
+            return x
+
+        started = time.monotonic()
+        outputs = await DataflowPipeline(broker).add_dataflow_task(step).kiq_dataflow(x=3)
+        assert outputs == {"y": 3} and broker.lost == 1  # the lost attempt failed, the retry ran
+        assert time.monotonic() - started < 10
+
+        @broker.task
+        @pipeline_task(output="z", timeout=0.2)
+        async def once(x: int) -> int:
+            return x
+
+        broker.lost = 0
+        with pytest.raises(StepFailedError) as failed:
+            await DataflowPipeline(broker).add_dataflow_task(once).kiq_dataflow(x=3)
+        assert isinstance(failed.value.error, TaskTimeoutError)
+        assert "step 'once' timed out after 0.2 s: no completion came back" in str(failed.value)
+    finally:
+        await broker.shutdown()

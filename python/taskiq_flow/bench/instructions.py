@@ -82,7 +82,7 @@ def _count(script: Path, kind: str, n: int) -> int:
             timeout=3600,
             check=True,
         )
-    found = re.search(r"Collected : (\\d+)", proc.stderr)
+    found = re.search(r"Collected : (\d+)", proc.stderr)
     if found is None:
         raise RuntimeError(f"callgrind printed no count: {proc.stderr[-500:]}")
     return int(found.group(1))

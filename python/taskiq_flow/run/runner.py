@@ -34,6 +34,7 @@ from taskiq_flow.exceptions import (
     PipelineError,
     PipelineTimeoutError,
     StepFailedError,
+    TaskTimeoutError,
     UnknownIdError,
     WorkerLostError,
 )
@@ -52,6 +53,8 @@ __all__ = ["DRAIN_TIMEOUT", "CustomDispatch", "Feed", "Runner", "run_single"]
 #: A custom way to run a node (``ExecutionEngine.schedule_task``): returns the task's value.
 CustomDispatch = Callable[[int, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 
+#: How long after a step's ``timeout`` this side gives up on a completion that never came.
+ATTEMPT_GRACE = 2.0
 #: How long a stopped run waits for tasks still out before it gives their slots back anyway (a
 #: message lost by the broker never reports back).
 DRAIN_TIMEOUT = 300.0
@@ -596,6 +599,14 @@ class Runner:
             labels: dict[str, Any] = {**step.labels, FLOW_LABEL: f"{self.run_id}:{node}:{attempt}"}
             if step.timeout is not None:
                 labels["timeout"] = step.timeout
+                # The worker enforces the timeout; this side fails the attempt too if no
+                # completion ever comes (a worker killed on a broker without acknowledgements).
+                asyncio.get_running_loop().call_later(
+                    step.timeout + max(ATTEMPT_GRACE, step.timeout / 10),
+                    self._overdue,
+                    node,
+                    attempt,
+                )
             pool = self._pool
             if pool is not None and self._pool_run is not None:
                 worker = pool.worker_of(self._pool_run, node)
@@ -608,6 +619,28 @@ class Runner:
             await kicker.kiq(*args, **kwargs)
         except Exception as exc:  # could not send: this attempt failed
             self._push_failure(node, attempt, exc)
+
+    def _overdue(self, node: int, attempt: int) -> None:
+        """An attempt's timeout (and grace) passed on this side with no completion."""
+        scheduler = self._scheduler
+        if (
+            attempt != self._attempt[node]
+            or self.results[node] is not _MISSING
+            or scheduler is None
+            or scheduler.state(node) != "running"
+            or node in self._retrying
+        ):
+            return
+        step = self.plan.step(node)
+        assert step.timeout is not None
+        self._push_failure(
+            node,
+            attempt,
+            TaskTimeoutError(
+                f"step {step.name!r} timed out after {step.timeout:g} s: no completion came back "
+                "(its worker may have died)"
+            ),
+        )
 
     async def _run_custom(
         self, node: int, attempt: int, args: tuple[Any, ...], kwargs: dict[str, Any]
