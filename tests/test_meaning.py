@@ -324,3 +324,23 @@ async def test_an_attempt_that_never_reports_back_times_out_on_this_side() -> No
         assert "step 'once' timed out after 0.2 s: no completion came back" in str(failed.value)
     finally:
         await broker.shutdown()
+
+
+async def test_progress_from_every_shape(broker: InMemoryBroker, gauge: Gauge) -> None:
+    task = held(broker, gauge, 0.001)
+    seen: list[tuple[int, int]] = []
+    assert await MapReduce.map(
+        broker, task, range(20), on_progress=lambda *p: seen.append(p)
+    ) == list(range(20))
+    assert seen[-1] == (20, 20) and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
+    seen.clear()
+    handle = (
+        await Pipeline(broker).map(task, range(5)).with_progress(lambda *p: seen.append(p)).kiq()
+    )
+    await handle.wait_result(timeout=10)
+    assert seen[-1] == (5, 5)
+    seen.clear()
+    total = await MapReduce.map_reduce(
+        broker, task, task, [1], on_progress=lambda *p: seen.append(p)
+    )
+    assert total == 1 and seen[-1] == (1, 1)

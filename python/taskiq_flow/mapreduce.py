@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from taskiq import AsyncBroker
@@ -89,6 +89,7 @@ class MapReduce:
         burst: int = 1,
         worker_pool: ResourceAwareWorkerPool | None = None,
         dead_letters: DeadLetterQueue | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
         **kwargs: Any,
     ) -> list[Any]:
         """Runs ``task`` on every item and returns the results in item order.
@@ -98,6 +99,7 @@ class MapReduce:
         :param timeout: seconds the whole map may take.
         :param worker_pool: place each call on a worker with room for it.
         :param rate: at most this many calls started per second, in bursts of ``burst``.
+        :param on_progress: called with ``(finished, total)`` as calls complete.
         :param kwargs: further keyword arguments for every call.
         :raises StepFailedError: a call failed for good.
         """
@@ -110,6 +112,7 @@ class MapReduce:
             tracking=tracking,
             worker_pool=worker_pool,
             dead_letters=dead_letters,
+            on_progress=on_progress,
             name=f"map:{name}",
         )
         step_rate, step_burst = check_rate(rate, burst)
@@ -143,6 +146,7 @@ class MapReduce:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         tracking: PipelineTrackingManager | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> Any:
         """Combines the items pairwise with ``task(left, right)`` in a balanced tree.
 
@@ -155,6 +159,7 @@ class MapReduce:
             retry=retry,
             timeout=timeout,
             tracking=tracking,
+            on_progress=on_progress,
             name=f"reduce:{name}",
         )
         values = list(items)
@@ -185,6 +190,7 @@ class MapReduce:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         tracking: PipelineTrackingManager | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> Any:
         """Maps then reduces in one run: each pair is combined as soon as both sides are ready;
         ``max_parallel`` bounds map and reduce tasks together.
@@ -198,6 +204,7 @@ class MapReduce:
             retry=retry,
             timeout=timeout,
             tracking=tracking,
+            on_progress=on_progress,
             name=f"map_reduce:{map_display}:{red_display}",
         )
         values = list(items)
