@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -332,7 +333,7 @@ async def test_progress_from_every_shape(broker: InMemoryBroker, gauge: Gauge) -
     assert await MapReduce.map(
         broker, task, range(20), on_progress=lambda *p: seen.append(p)
     ) == list(range(20))
-    assert seen[-1] == (20, 20) and all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
+    assert seen[-1] == (20, 20) and all(a <= b for (a, _), (b, _) in itertools.pairwise(seen))
     seen.clear()
     handle = (
         await Pipeline(broker).map(task, range(5)).with_progress(lambda *p: seen.append(p)).kiq()
