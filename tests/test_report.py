@@ -87,7 +87,7 @@ class _Svg(HTMLParser):
         a = {k: v or "" for k, v in attrs}
         if tag == "script":
             self.scripts += 1
-        if tag == "svg" and a.get("id") == "timeline":
+        if tag == "div" and a.get("id") == "timeline":
             self.scale = {k: float(a[f"data-{k}"]) for k in ("t0", "x0", "px-per-ms")}
         if tag == "g" and "row" in a.get("class", "").split():
             self._row = int(a["data-step"])
@@ -256,15 +256,20 @@ async def test_a_ten_thousand_step_run_renders_and_agrees_with_tracking(
             "work \u00d710000: done"
         )
         # What the browser laid out agrees with the tracking record, bar by bar.
-        worst = await page.evaluate(
-            "(() => { const svg = document.getElementById('timeline');"
-            "const k = parseFloat(svg.dataset.pxPerMs); let worst = 0;"
-            "for (const r of svg.querySelectorAll('rect.seg')) {"
-            "  const ms = parseFloat(r.dataset.endMs) - parseFloat(r.dataset.startMs);"
-            "  worst = Math.max(worst, Math.abs(r.getBBox().width - ms * k)); }"
-            "return worst; })()"
+        drawn = await page.evaluate(
+            "(() => { const tl = document.getElementById('timeline');"
+            "const k = parseFloat(tl.dataset.pxPerMs), x0 = parseFloat(tl.dataset.x0);"
+            "let worst = 0, total = 0, expected = 0, n = 0;"
+            "for (const r of tl.querySelectorAll('rect.seg')) {"
+            "  const b = r.getBBox(), start = parseFloat(r.dataset.startMs);"
+            "  const ms = parseFloat(r.dataset.endMs) - start;"
+            "  worst = Math.max(worst, Math.abs(b.width - ms * k), Math.abs(b.x - x0 - start * k));"
+            "  total += b.width; expected += ms * k; n += 1; }"
+            "return [n, worst, total, expected]; })()"
         )
-        assert worst < 0.01
+        n, worst, total_px, expected_px = drawn
+        assert n == 10_000 and worst < 0.01
+        assert total_px == pytest.approx(expected_px, rel=1e-3) and total_px > 0
 
 
 def test_user_text_is_escaped_everywhere() -> None:

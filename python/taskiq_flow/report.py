@@ -84,6 +84,8 @@ _NODE_H = 26.0
 _COL_GAP = 70.0
 _ROW_GAP = 10.0
 _MAX_EDGES = 20_000
+_CHUNK = 250  # timeline rows (and table rows) per chunk the browser may skip off screen
+_MAX_PROBLEMS = 1000  # rows of the retries-and-failures table
 _DASH = "\N{EN DASH}"
 
 
@@ -206,9 +208,11 @@ def _tick_step(span_ms: float) -> float:
     return 10.0 * power
 
 
-def _timeline_svg(
+def _timeline_html(
     status: PipelineStatus, rows: list[_Row], critical: set[int], slowest: dict[int, int]
 ) -> str:
+    """The timeline: an axis, then the rows in SVG chunks of :data:`_CHUNK` rows, each chunk
+    skipped by the browser while it is off screen (``content-visibility``)."""
     starts = [p.start for r in rows for p in r.segments]
     ends = [p.end for r in rows for p in r.segments]
     t0 = min([status.started_at, *starts])
@@ -216,61 +220,73 @@ def _timeline_svg(
     span_ms = max((t1 - t0) * 1000.0, 1e-3)
     scale = _TIMELINE_WIDTH / span_ms  # px per ms
     x0 = _LABEL_WIDTH
-    top = 22.0
-    height = top + _ROW * len(rows) + 6
     width = x0 + _TIMELINE_WIDTH + 220
-    out = [
-        f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{_n(width)}" '
-        f'height="{_n(height)}" viewBox="0 0 {_n(width)} {_n(height)}" '
-        f'data-t0="{t0!r}" data-x0="{_n(x0)}" data-px-per-ms="{scale!r}">'
-    ]
     tick = _tick_step(span_ms)
-    k = 0
-    while k * tick <= span_ms + 1e-9:
-        x = x0 + k * tick * scale
-        out.append(
-            f'<line class="tick" x1="{_n(x)}" y1="{_n(top - 4)}" x2="{_n(x)}" '
-            f'y2="{_n(height)}"/><text class="axis" x="{_n(x)}" y="12">'
-            f"{_e(_fmt_ms(k * tick))}</text>"
-        )
-        k += 1
-    for n, row in enumerate(rows):
-        step = row.step
-        y = top + n * _ROW
-        classes = ["row"]
-        if row.index in critical:
-            classes.append("crit")
-        if row.index in slowest:
-            classes.append("slow")
-        out.append(
-            f'<g class="{" ".join(classes)}" data-step="{row.index}">'
-            f"<title>{_e(step.name)}: {_e(step.status)}, {_e(_fmt_ms(step.duration_ms))}"
-            f"</title>"
-            f'<text class="name" x="{_n(x0 - 6)}" y="{_n(y + _BAR - 1)}">'
-            f"{_e(_short(step.name, 34))}</text>"
-        )
-        for piece in row.segments:
-            kind = piece.kind
-            offset_ms = (piece.start - t0) * 1000.0
-            sx = x0 + offset_ms * scale
-            sw = piece.ms * scale
-            out.append(
-                f'<rect class="seg" x="{_n(sx)}" y="{_n(y)}" width="{_n(sw)}" '
-                f'height="{_n(_BAR)}" fill="{_kind_colour(kind, step.status)}" '
-                f'data-kind="{_e(kind)}" data-start-ms="{offset_ms!r}" '
-                f'data-end-ms="{offset_ms + piece.ms!r}"/>'
-            )
-        if row.segments:
-            end_x = x0 + (max(p.end for p in row.segments) - t0) * 1000.0 * scale
-            note = _fmt_ms(step.duration_ms)
-            if row.index in slowest:
-                note = f"#{slowest[row.index]} slowest · {note}"
-            if step.tasks > 1:
-                note = f"{TIMES}{step.tasks} · {note}"
-            out.append(f'<text class="note" x="{_n(end_x + 4)}" y="{_n(y + _BAR - 1)}">')
-            out.append(f"{_e(note)}</text>")
-        out.append("</g>")
+    ticks = [k * tick for k in range(int(span_ms / tick + 1e-9) + 1)]
+    out = [
+        f'<div id="timeline" data-t0="{t0!r}" data-x0="{_n(x0)}" data-px-per-ms="{scale!r}" '
+        f'style="width:{_n(width)}px">'
+        f'<svg class="axis" xmlns="http://www.w3.org/2000/svg" width="{_n(width)}" height="18">'
+    ]
+    for t in ticks:
+        out.append(f'<text x="{_n(x0 + t * scale)}" y="12">{_e(_fmt_ms(t))}</text>')
     out.append("</svg>")
+    for first in range(0, len(rows), _CHUNK):
+        chunk = rows[first : first + _CHUNK]
+        height = _ROW * len(chunk)
+        out.append(
+            f'<div class="chunk" style="contain-intrinsic-size:auto {_n(width)}px auto '
+            f'{_n(height)}px"><svg xmlns="http://www.w3.org/2000/svg" width="{_n(width)}" '
+            f'height="{_n(height)}">'
+        )
+        for t in ticks:
+            x = _n(x0 + t * scale)
+            out.append(f'<line class="tick" x1="{x}" y1="0" x2="{x}" y2="{_n(height)}"/>')
+        for n, row in enumerate(chunk):
+            out.append(_timeline_row(row, n * _ROW, t0, x0, scale, critical, slowest))
+        out.append("</svg></div>")
+    out.append("</div>")
+    return "".join(out)
+
+
+def _timeline_row(
+    row: _Row,
+    y: float,
+    t0: float,
+    x0: float,
+    scale: float,
+    critical: set[int],
+    slowest: dict[int, int],
+) -> str:
+    step = row.step
+    classes = ["row"]
+    if row.index in critical:
+        classes.append("crit")
+    if row.index in slowest:
+        classes.append("slow")
+    text_y = _n(y + _BAR - 1)
+    out = [
+        f'<g class="{" ".join(classes)}" data-step="{row.index}">'
+        f"<title>{_e(step.name)}: {_e(step.status)}, {_e(_fmt_ms(step.duration_ms))}</title>"
+        f'<text class="name" x="{_n(x0 - 6)}" y="{text_y}">{_e(_short(step.name, 34))}</text>'
+    ]
+    for piece in row.segments:
+        offset_ms = (piece.start - t0) * 1000.0
+        out.append(
+            f'<rect class="seg" x="{_n(x0 + offset_ms * scale)}" y="{_n(y)}" '
+            f'width="{_n(piece.ms * scale)}" height="{_n(_BAR)}" '
+            f'fill="{_kind_colour(piece.kind, step.status)}" data-kind="{_e(piece.kind)}" '
+            f'data-start-ms="{offset_ms!r}" data-end-ms="{offset_ms + piece.ms!r}"/>'
+        )
+    if row.segments:
+        end_x = x0 + (max(p.end for p in row.segments) - t0) * 1000.0 * scale
+        note = _fmt_ms(step.duration_ms)
+        if row.index in slowest:
+            note = f"#{slowest[row.index]} slowest · {note}"
+        if step.tasks > 1:
+            note = f"{TIMES}{step.tasks} · {note}"
+        out.append(f'<text class="note" x="{_n(end_x + 4)}" y="{text_y}">{_e(note)}</text>')
+    out.append("</g>")
     return "".join(out)
 
 
@@ -328,7 +344,13 @@ table{border-collapse:collapse}td,th{padding:2px 10px;border-bottom:1px solid #e
 vertical-align:top}th{background:#fafafa;position:sticky;top:0}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 pre{margin:0;white-space:pre-wrap;max-width:80ch;font-size:12px}
-svg text{font:11px system-ui,sans-serif}svg .name{text-anchor:end}svg .axis{fill:#757575}
+svg text{font:11px system-ui,sans-serif}svg .name{text-anchor:end}svg.axis text{fill:#757575}
+.chunk{content-visibility:auto}#steps .tr{display:flex;height:22px;align-items:center;
+border-bottom:1px solid #eee;white-space:nowrap}#steps .th{font-weight:600;background:#fafafa;
+position:sticky;top:0;z-index:1}#steps span{flex:0 0 90px;padding:0 8px;overflow:hidden;
+text-overflow:ellipsis}#steps span:first-child{flex-basis:300px}#steps span:nth-child(n+3){
+text-align:right;font-variant-numeric:tabular-nums}#steps span:nth-child(6){flex-basis:170px}
+#steps span:last-child{flex-basis:200px;text-align:left}#steps .tr.hl{background:#fff8e1}
 svg .tick{stroke:#eeeeee}svg .note{fill:#616161}
 #dag text{text-anchor:middle}.edge{fill:none;stroke:#90a4ae;stroke-width:1.2}
 .edge.crit{stroke:#c62828;stroke-width:2.5}.node.crit rect{stroke:#b71c1c;stroke-width:3}
@@ -344,7 +366,7 @@ _JS = """
 (function () {
   "use strict";
   var filter = document.getElementById("filter");
-  var rows = document.querySelectorAll("#steps tbody tr");
+  var rows = document.querySelectorAll("#steps .tr[data-name]");
   if (filter) {
     filter.addEventListener("input", function () {
       var q = filter.value.toLowerCase();
@@ -438,7 +460,7 @@ def render_report(
             )
 
     ordered = sorted(rows, key=lambda r: (r.segments[0].start if r.segments else math.inf, r.index))
-    timeline = _timeline_svg(status, ordered, critical_steps, slow)
+    timeline = _timeline_html(status, ordered, critical_steps, slow)
     kinds = sorted({p.kind for r in rows for p in r.segments} - {"running"})
     present = {r.step.status for r in rows if any(p.kind == "running" for p in r.segments)}
     legend = {f"running, {s}": c for s, c in STATUS_COLOURS.items() if s in present}
@@ -508,40 +530,55 @@ def _problems_table(status: PipelineStatus) -> str:
         f'<tr data-step="{i}"><td>{_e(s.name)}</td><td>{_e(s.status)}</td>'
         f'<td class="num">{s.attempts}</td><td class="num">{s.tasks}</td>'
         f"<td><pre>{_e(s.error or '')}</pre></td></tr>"
-        for i, s in problems
+        for i, s in problems[:_MAX_PROBLEMS]
     )
+    more = len(problems) - _MAX_PROBLEMS
+    note = f"<p>and {more} more (see the steps below).</p>" if more > 0 else ""
     return (
         '<h2>Retries and failures</h2><div class="scroll"><table id="problems"><thead><tr>'
         "<th>step</th><th>status</th><th>attempts</th><th>tasks</th><th>error</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table></div>"
+        f"<tbody>{rows}</tbody></table></div>{note}"
     )
 
 
 def _steps_table(status: PipelineStatus, slow: Mapping[int, int], critical: set[int]) -> str:
+    """Every step, as rows of fixed-width cells in chunks the browser may skip off screen (a
+    table of 10^4 rows would cost more to lay out than the rest of the page)."""
+    heads = ("step", "status", "tasks done", "attempts", "duration", "start offset", "")
     out = [
         '<h2>Steps</h2><p><input id="filter" type="search" placeholder="filter by name" '
-        'aria-label="filter steps by name"></p><div class="scroll"><table id="steps"><thead><tr>'
-        "<th>step</th><th>status</th><th>tasks done</th><th>attempts</th><th>duration</th>"
-        "<th>started (from run start)</th><th></th></tr></thead><tbody>"
+        'aria-label="filter steps by name"></p><div class="scroll"><div id="steps" role="table">'
+        '<div class="tr th" role="row">',
+        *(f'<span role="columnheader">{h}</span>' for h in heads),
+        "</div>",
     ]
-    for i, s in enumerate(status.steps):
-        offset = (
-            _fmt_ms((s.started_at - status.started_at) * 1000.0)
-            if s.started_at is not None
-            else _DASH
-        )
-        marks = []
-        if i in critical:
-            marks.append("critical path")
-        if i in slow:
-            marks.append(f"#{slow[i]} slowest")
-        out.append(
-            f'<tr data-step="{i}" data-name="{_e(s.name)}"><td>{_e(s.name)}</td>'
-            f'<td>{_e(s.status)}</td><td class="num">{s.tasks_done}/{s.tasks}</td>'
-            f'<td class="num">{s.attempts}</td><td class="num">{_e(_fmt_ms(s.duration_ms))}</td>'
-            f'<td class="num">{_e(offset)}</td><td>{_e(", ".join(marks))}</td></tr>'
-        )
-    out.append("</tbody></table></div>")
+    steps = status.steps
+    for first in range(0, len(steps), _CHUNK):
+        count = min(_CHUNK, len(steps) - first)
+        out.append(f'<div class="chunk" style="contain-intrinsic-size:auto {count * 22}px">')
+        for i in range(first, first + count):
+            s = steps[i]
+            offset = (
+                _fmt_ms((s.started_at - status.started_at) * 1000.0)
+                if s.started_at is not None
+                else _DASH
+            )
+            marks = []
+            if i in critical:
+                marks.append("critical path")
+            if i in slow:
+                marks.append(f"#{slow[i]} slowest")
+            name = _e(s.name)
+            out.append(
+                f'<div class="tr" role="row" data-step="{i}" data-name="{name}">'
+                f'<span role="cell" title="{name}">{name}</span><span role="cell">'
+                f'{_e(s.status)}</span><span role="cell">{s.tasks_done}/{s.tasks}</span>'
+                f'<span role="cell">{s.attempts}</span><span role="cell">'
+                f'{_e(_fmt_ms(s.duration_ms))}</span><span role="cell">{_e(offset)}</span>'
+                f'<span role="cell">{_e(", ".join(marks))}</span></div>'
+            )
+        out.append("</div>")
+    out.append("</div></div>")
     return "".join(out)
 
 
