@@ -125,7 +125,7 @@ def test_describe_is_one_readable_line() -> None:
     assert describe(SimpleGraph.from_edges(["only"], [])) == (
         "<DAG 1 task, 0 edges, 1 level, critical path: only>"
     )
-    chain = SimpleGraph.from_edges([f"s{i}" for i in range(20)], [(i, i + 1) for i in range(19)])
+    chain = SimpleGraph.chain([f"s{i}" for i in range(20)])
     assert describe(chain) == (
         "<DAG 20 tasks, 19 edges, 20 levels, critical path: "
         "s0 -> s1 -> s2 -> … (14 more) … -> s17 -> s18 -> s19>"

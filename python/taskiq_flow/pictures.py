@@ -107,6 +107,11 @@ class SimpleGraph:
         """A graph of nodes named ``names`` (outputs the same) and ``(source, target)`` edges."""
         return cls([SimpleNode(n, n) for n in names], [s for s, _ in edges], [t for _, t in edges])
 
+    @classmethod
+    def chain(cls, names: Sequence[str]) -> SimpleGraph:
+        """Nodes that run one after another (e.g. the steps of a sequential pipeline)."""
+        return cls.from_edges(names, [(i, i + 1) for i in range(len(names) - 1)])
+
 
 @dataclass(slots=True)
 class Layout:

@@ -178,6 +178,8 @@ class _Row:
     index: int
     step: StepStatus
     segments: list[_Piece]
+    #: How many steps the row stands for (steps of one name, grouped in a very big run).
+    steps: int = 1
 
 
 def _rows(status: PipelineStatus, segments: Mapping[str, Sequence[Segment]] | None) -> list[_Row]:
@@ -197,6 +199,49 @@ def _rows(status: PipelineStatus, segments: Mapping[str, Sequence[Segment]] | No
             segs = _default_pieces(step)
         rows.append(_Row(i, step, segs))
     return rows
+
+
+_WORST = ("failed", "cancelled", "retrying", "running", "pending", "skipped", "done")
+
+
+def _group_rows(rows: list[_Row]) -> list[_Row]:
+    """One row per step name: the span of all its steps (first start to last end), its worst
+    status, its tasks, attempts and tasks done summed."""
+    groups: dict[str, list[_Row]] = {}
+    for row in rows:
+        groups.setdefault(row.step.name, []).append(row)
+    out = []
+    for name, members in groups.items():
+        if len(members) == 1:
+            out.append(members[0])
+            continue
+        steps = [m.step for m in members]
+        pieces = [p for m in members for p in m.segments]
+        starts = [s.started_at for s in steps if s.started_at is not None]
+        ends = [s.finished_at for s in steps if s.finished_at is not None]
+        start = min(starts) if starts else None
+        end = max(ends) if ends else None
+        span = (end - start) * 1000.0 if start is not None and end is not None else None
+        step = StepStatus(
+            name,
+            min((s.status for s in steps), key=_WORST.index),
+            span,
+            sum(s.attempts for s in steps),
+            next((s.error for s in steps if s.error), None),
+            start,
+            end,
+            sum(s.tasks for s in steps),
+            sum(s.tasks_done for s in steps),
+        )
+        first = min(p.start for p in pieces) if pieces else None
+        last = max(p.end for p in pieces) if pieces else None
+        segs = (
+            [_Piece(first, (last - first) * 1000.0, "running")]
+            if first is not None and last is not None
+            else []
+        )
+        out.append(_Row(members[0].index, step, segs, len(members)))
+    return out
 
 
 def _tick_step(span_ms: float) -> float:
@@ -283,7 +328,9 @@ def _timeline_row(
         note = _fmt_ms(step.duration_ms)
         if row.index in slowest:
             note = f"#{slowest[row.index]} slowest · {note}"
-        if step.tasks > 1:
+        if row.steps > 1:
+            note = f"{row.steps} steps, {step.tasks} tasks · {note}"
+        elif step.tasks > 1:
             note = f"{TIMES}{step.tasks} · {note}"
         out.append(f'<text class="note" x="{_n(end_x + 4)}" y="{text_y}">{_e(note)}</text>')
     out.append("</g>")
@@ -400,6 +447,7 @@ def render_report(
     *,
     slowest: int = 5,
     max_dag_nodes: int = 2000,
+    max_timeline_rows: int = 20_000,
     title: str | None = None,
 ) -> str:
     """The HTML report of one run, as one self-contained page.
@@ -413,6 +461,8 @@ def render_report(
     :param slowest: how many of the slowest steps to highlight.
     :param max_dag_nodes: above this many nodes, nodes of one name are drawn as one; a graph still
         bigger than that is not drawn (the page says so).
+    :param max_timeline_rows: above this many steps, the timeline has one row per step name (the
+        span of its steps, with their count); the steps table still lists every step.
     :param title: the page title (default: the run's name and id).
     :raises ValueError: for a segment whose end is before its start, or a negative ``slowest``.
     :raises CycleError: if ``dag`` has a cycle.
@@ -420,6 +470,9 @@ def render_report(
     if slowest < 0:
         raise ValueError(f"slowest must be >= 0, got {slowest!r}")
     rows = _rows(status, segments)
+    grouped = len(rows) > max_timeline_rows
+    if grouped:
+        rows = _group_rows(rows)
     step_by_name: dict[str, int] = {}
     for i, step in enumerate(status.steps):
         step_by_name.setdefault(step.name, i)
@@ -504,6 +557,11 @@ def render_report(
         )
     parts.append(dag_html)
     parts.append("<h2>Timeline</h2>")
+    if grouped:
+        parts.append(
+            f"<p>{len(status.steps)} steps drawn as {len(rows)} rows (steps of one name "
+            "grouped: each row spans its steps' first start to last end).</p>"
+        )
     parts.append(_legend(legend))
     parts.append(f'<div class="scroll">{timeline}</div>')
     parts.append(_problems_table(status))
@@ -590,11 +648,18 @@ def write_report(
     *,
     slowest: int = 5,
     max_dag_nodes: int = 2000,
+    max_timeline_rows: int = 20_000,
     title: str | None = None,
 ) -> Path:
     """Writes :func:`render_report` (same parameters) to ``path`` in UTF-8; returns the path."""
     page = render_report(
-        status, dag, segments, slowest=slowest, max_dag_nodes=max_dag_nodes, title=title
+        status,
+        dag,
+        segments,
+        slowest=slowest,
+        max_dag_nodes=max_dag_nodes,
+        max_timeline_rows=max_timeline_rows,
+        title=title,
     )
     target = Path(path)
     target.write_text(page, encoding="utf-8")
