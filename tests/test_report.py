@@ -434,3 +434,21 @@ async def test_reports_are_written_while_runs_go_on(broker: InMemoryBroker, tmp_
     assert live.status == "running" and "slow" in page and "<svg" in page
     gate.set()
     assert await run == {"slow": 1}
+
+
+async def test_only_the_pages_own_script_may_run(tmp_path: Path) -> None:
+    """Defense in depth: were some text ever left unescaped, the page's policy (its own script,
+    by hash) would still keep an injected script or handler from running."""
+    status = PipelineStatus("r", "p", "done", 0.0, 1.0, steps=[StepStatus("a", "done", 1.0)])
+    page_text = render_report(status).replace(
+        "<h2>Slowest steps</h2>",
+        "<script>window.pwned = 1</script><img src=x onerror='window.pwned = 2'>"
+        "<h2>Slowest steps</h2>",
+    )
+    target = tmp_path / "tampered.html"
+    target.write_text(page_text, encoding="utf-8")
+    async with headless_page(tmp_path / "profile") as page:
+        load = await page.open(target.as_uri())
+        assert await page.evaluate("typeof window.pwned") == "undefined"
+        assert await page.evaluate("document.body.dataset.ready") == "1"  # ours ran
+    assert any("Content Security Policy" in p for p in load.problems)

@@ -18,10 +18,10 @@ from taskiq_flow.distributed import RedisPipelineStorage
 from taskiq_flow.runs_cli import add_runs_commands, explain_line, main_runs
 
 
-def parse(*argv: str) -> argparse.Namespace:
+def parse(*argv: str, top: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="taskiq-flow")
-    add_runs_commands(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["runs", *argv])
+    add_runs_commands(parser.add_subparsers(dest="command", required=True), top_level=top)
+    return parser.parse_args(list(argv) if top else ["runs", *argv])
 
 
 async def run_cli(*argv: str, tracking: PipelineTrackingManager | None = None) -> tuple[int, str]:
@@ -30,7 +30,7 @@ async def run_cli(*argv: str, tracking: PipelineTrackingManager | None = None) -
     return code, out.getvalue()
 
 
-async def record_a_run(broker: InMemoryBroker, tracking: PipelineTrackingManager) -> str:
+def etl(broker: InMemoryBroker) -> DataflowPipeline:
     @broker.task
     @pipeline_task(output="clean")
     async def clean(raw: list[int]) -> list[int]:
@@ -41,9 +41,15 @@ async def record_a_run(broker: InMemoryBroker, tracking: PipelineTrackingManager
     async def total(clean: list[int]) -> int:
         return sum(clean)
 
-    pipeline = DataflowPipeline.from_tasks(broker, [clean, total], name="etl").with_tracking(
-        tracking
-    )
+    return DataflowPipeline.from_tasks(broker, [clean, total], name="etl")
+
+
+#: What ``--dag test_runs_cli:PIPELINE`` imports.
+PIPELINE = etl(InMemoryBroker())
+
+
+async def record_a_run(broker: InMemoryBroker, tracking: PipelineTrackingManager) -> str:
+    pipeline = etl(broker).with_tracking(tracking)
     assert await pipeline.kiq_dataflow(raw=[2, 1]) == {"clean": [1, 2], "total": 3}
     assert pipeline.pipeline_id is not None
     return pipeline.pipeline_id
@@ -73,12 +79,23 @@ async def test_every_action_on_in_memory_tracking(broker: InMemoryBroker, tmp_pa
 
     code, out = await run_cli("explain", run, "total", tracking=tracking)
     assert (code, out) == (0, "step 'total' is done (1/1 tasks done)\n")
+    out_top = io.StringIO()
+    assert await main_runs(parse("explain", run, "total", top=True), tracking, out_top) == 0
+    assert out_top.getvalue() == out
 
     target = tmp_path / "run.html"
     code, out = await run_cli("report", run, "-o", str(target), "--json", tracking=tracking)
     assert code == 0 and json.loads(out)["path"] == str(target)
     page = target.read_text(encoding="utf-8")
     assert "clean" in page and "total" in page and page.startswith("<!DOCTYPE html>")
+    assert '<svg id="dag"' not in page  # no graph without --dag
+    code, out = await run_cli(
+        "report", run, "-o", str(target), "--dag", "test_runs_cli:PIPELINE", tracking=tracking
+    )
+    assert code == 0 and '<svg id="dag"' in target.read_text(encoding="utf-8")
+    for bad in ("no_such_module_xyz:PIPELINE", "test_runs_cli:MISSING", "test_runs_cli:parse"):
+        code, out = await run_cli("report", run, "-o", str(target), "--dag", bad, tracking=tracking)
+        assert (code, out) == (2, "")
 
     code, out = await run_cli("delete", run, "nope", "--json", tracking=tracking)
     assert (code, json.loads(out)) == (1, {"deleted": [run], "missing": ["nope"]})

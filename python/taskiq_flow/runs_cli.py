@@ -15,8 +15,8 @@ table sized to the terminal (``rich``), or JSON with ``--json``.
 
 Wiring (in ``cli.py``)::
 
-    add_runs_commands(commands)               # commands = parser.add_subparsers(...)
-    if args.command == "runs":
+    add_runs_commands(commands, top_level=True)   # commands = parser.add_subparsers(...)
+    if args.command in ("runs", "report", "explain"):
         return asyncio.run(main_runs(args))
 
 Exit codes: 0 done, 1 a run (or Redis) was not found or reached, 2 bad input (checked before any
@@ -60,10 +60,16 @@ _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 def add_runs_commands(
     subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    top_level: bool = False,
 ) -> argparse.ArgumentParser:
     """Registers ``runs`` (with ``list``, ``show``, ``delete``, ``report``, ``explain``) on a
     sub-command set; returns the ``runs`` parser. The parsed namespace goes to
-    :func:`main_runs`."""
+    :func:`main_runs`.
+
+    :param top_level: also register ``report`` and ``explain`` directly on ``subparsers``
+        (``taskiq-flow report RUN -o run.html``, ``taskiq-flow explain RUN STEP``), the same
+        actions as under ``runs``.
+    """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--redis", metavar="URL", help="Redis URL of the tracking storage (redis://host:port/db)"
@@ -83,19 +89,23 @@ def add_runs_commands(
     show.add_argument("run", help="the run's pipeline id")
     delete = actions.add_parser("delete", parents=[common], help="delete runs' records")
     delete.add_argument("runs", nargs="+", metavar="run", help="pipeline ids")
-    report = actions.add_parser(
-        "report", parents=[common], help="write a run's self-contained HTML report"
-    )
-    report.add_argument("run", help="the run's pipeline id")
-    report.add_argument("-o", "--output", default="run.html", help="file to write (run.html)")
-    report.add_argument(
-        "--dag",
-        metavar="MODULE:NAME",
-        help="a pipeline (or DAG) to draw, e.g. myapp.flows:pipeline (imported)",
-    )
-    explain = actions.add_parser("explain", parents=[common], help="why a run's step waits")
-    explain.add_argument("run", help="the run's pipeline id")
-    explain.add_argument("step", nargs="?", help="a step name (default: every unfinished step)")
+    places = [actions, subparsers] if top_level else [actions]
+    for place in places:
+        report = place.add_parser(
+            "report", parents=[common], help="write a run's self-contained HTML report"
+        )
+        report.add_argument("run", help="the run's pipeline id")
+        report.add_argument("-o", "--output", default="run.html", help="file to write (run.html)")
+        report.add_argument(
+            "--dag",
+            metavar="MODULE:NAME",
+            help="a pipeline (or DAG) to draw, e.g. myapp.flows:pipeline (imported)",
+        )
+        report.set_defaults(runs_command="report")
+        explain = place.add_parser("explain", parents=[common], help="why a run's step waits")
+        explain.add_argument("run", help="the run's pipeline id")
+        explain.add_argument("step", nargs="?", help="a step name (default: every unfinished step)")
+        explain.set_defaults(runs_command="explain")
     return runs
 
 
@@ -336,7 +346,12 @@ async def _act(
         return 1 if missing else 0
     if action == "report":
         status = await tracking.get_status(args.run)
-        graph = load_graph(args.dag) if args.dag is not None else None
+        graph = None
+        if args.dag is not None:
+            try:
+                graph = load_graph(args.dag)
+            except (ImportError, AttributeError) as err:
+                raise InvalidValueError(f"--dag {args.dag}: {err}") from err
         path = write_report(args.output, status, dag=graph)
         size = path.stat().st_size
         if args.json:
