@@ -18,15 +18,22 @@ What it shows:
   ``waiting:cap``, ``queued``, ``running``); without given segments a step's bar is one
   ``running`` segment (or, for a one-task step that was retried, ``retrying`` up to its last
   attempt and ``running`` for that attempt's ``duration_ms``);
-- the slowest steps and the critical path, highlighted in the timeline;
+- the slowest steps and the critical path (by tracked durations), highlighted in the timeline;
 - a table of retries and failures (steps with more attempts than tasks, or failed) with errors;
 - every step in a table: status, tasks done of tasks (a mapped step is one row with its count),
   attempts, duration.
 
-All user text (names, errors, segment kinds) is escaped; no user text is placed inside the script.
-The timeline's SVG carries its scale (``data-t0``, ``data-x0``, ``data-px-per-ms``) and each
-segment its times (``data-start-ms``, ``data-end-ms`` from the run's start), so a bar can be checked
-against the tracking record.
+All user text (names, errors, segment kinds) is escaped; no user text is placed inside the script,
+and the page's Content-Security-Policy lets only that script run (by its hash) and fetch nothing.
+The ``#timeline`` element carries its scale (``data-t0``, ``data-x0``, ``data-px-per-ms``) and
+each segment its times (``data-start-ms``, ``data-end-ms``, ms from ``data-t0``), so a bar can be
+checked against the tracking record.
+
+Size: the timeline and the steps table are written in chunks that the browser skips while off
+screen. Measured in headless chromium on a shared 2-core machine (``benches/report_render.py``):
+10^4 steps (6.5 MB) render in 0.4-0.65 s, 3 x 10^4 distinct steps in ~1 s, 5 x 10^4 in 1.2-2 s;
+past ``max_timeline_rows`` steps (20,000) the timeline has one row per step name, and 10^5 steps
+of 20 names (29 MB) render in 1.2-1.4 s.
 """
 
 from __future__ import annotations
