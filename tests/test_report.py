@@ -384,6 +384,13 @@ def test_a_dag_too_big_to_draw_says_so() -> None:
     assert '<svg id="dag"' not in page
     collapsed = render_report(PipelineStatus("r", "p"), dag=_fan(40), max_dag_nodes=10)
     assert "42 nodes drawn as 3" in collapsed
+    dense = SimpleGraph.from_edges(
+        [f"a{i}" for i in range(150)] + [f"b{i}" for i in range(150)],
+        [(i, 150 + j) for i in range(150) for j in range(150)],
+    )
+    page = render_report(PipelineStatus("r", "p"), dag=dense)
+    assert "The first 20000 of 22500 edges are drawn." in page
+    assert page.count('<path class="edge') == 20_000
 
 
 def test_very_big_runs_get_one_timeline_row_per_step_name() -> None:

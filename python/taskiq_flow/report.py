@@ -514,6 +514,8 @@ def render_report(
                 if lay.collapsed
                 else ""
             )
+            if len(lay.edges) > _MAX_EDGES:
+                note += f"<p>The first {_MAX_EDGES} of {len(lay.edges)} edges are drawn.</p>"
             dag_html = (
                 f"<h2>DAG</h2>{note}{_legend(STATUS_COLOURS)}"
                 f'<div class="scroll">{_dag_svg(lay, status_by_name, step_by_name)}</div>'
