@@ -459,3 +459,30 @@ async def test_only_the_pages_own_script_may_run(tmp_path: Path) -> None:
         assert await page.evaluate("typeof window.pwned") == "undefined"
         assert await page.evaluate("document.body.dataset.ready") == "1"  # ours ran
     assert any("Content Security Policy" in p for p in load.problems)
+
+
+def test_nodes_of_one_name_keep_their_own_steps() -> None:
+    """A dataflow run tracks one step per node, in node order: the critical path follows the
+    tracked durations node by node, and each node shows its own outcome, even when names
+    repeat."""
+    graph = SimpleGraph.from_edges(["a", "b", "b", "c"], [(0, 1), (0, 2), (1, 3), (2, 3)])
+    steps = [
+        StepStatus("a", "done", 5.0, 1, None, 0.0, 0.005),
+        StepStatus("b", "failed", 10.0, 1, "boom", 0.005, 0.015),
+        StepStatus("b", "done", 500.0, 1, None, 0.005, 0.505),
+        StepStatus("c", "skipped"),
+    ]
+    page = render_report(PipelineStatus("r", "p", "failed", 0.0, 1.0, steps=steps), dag=graph)
+    crit = re.findall(r'<g class="row crit[^"]*" data-step="(\d+)"', page)
+    assert sorted(map(int, crit)) == [0, 2, 3]  # the slower b, by its own tracked duration
+    assert "<b>Critical path:</b> a → b → c</p>" in page
+    fills = dict(re.findall(r'<g class="node[^"]*" data-step="(\d+)">.*?fill="(#\w+)"', page))
+    assert fills == {
+        "0": STATUS_COLOURS["done"],
+        "1": STATUS_COLOURS["failed"],
+        "2": STATUS_COLOURS["done"],
+        "3": STATUS_COLOURS["skipped"],
+    }
+    chain = SimpleGraph.chain([f"s{i}" for i in range(30)])
+    long = render_report(PipelineStatus("r", "p"), dag=chain)
+    assert "s4 → s5 → … (19 more) … → s25 →" in long

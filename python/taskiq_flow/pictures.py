@@ -121,7 +121,8 @@ class Layout:
     ``levels[i]`` (its level: the longest chain of dependencies before it; for a group, the lowest
     of its members), edges as ``(source, target, count)`` without repeats or self-loops,
     ``critical`` (node indices along the critical path), ``members[i]`` (the graph node indices
-    of node ``i``), and ``edge_total``/``node_total``/``level_count`` of the graph itself.
+    of node ``i``), and ``path`` (the critical path in graph node indices),
+    ``edge_total``/``node_total``/``level_count`` of the graph itself.
     """
 
     names: list[str]
@@ -135,6 +136,7 @@ class Layout:
     edge_total: int
     level_count: int
     collapsed: bool
+    path: list[int]
 
     def by_level(self) -> list[list[int]]:
         """Node indices per level."""
@@ -195,6 +197,7 @@ def layout(
             len(sources),
             level_count,
             False,
+            list(path),
         )
     key: Callable[[NodeView], str] = (lambda n: n.name) if collapse is True else collapse
     group_of: list[int] = []
@@ -240,6 +243,7 @@ def layout(
         len(sources),
         level_count,
         True,
+        list(path),
     )
 
 

@@ -213,6 +213,11 @@ def _rows(status: PipelineStatus, segments: Mapping[str, Sequence[Segment]] | No
 _WORST = ("failed", "cancelled", "retrying", "running", "pending", "skipped", "done")
 
 
+def _severity(status: str) -> int:
+    """Lower is worse; an unknown status counts as the worst."""
+    return _WORST.index(status) if status in _WORST else 0
+
+
 def _group_rows(rows: list[_Row]) -> list[_Row]:
     """One row per step name: the span of all its steps (first start to last end), its worst
     status, its tasks, attempts and tasks done summed."""
@@ -233,7 +238,7 @@ def _group_rows(rows: list[_Row]) -> list[_Row]:
         span = (end - start) * 1000.0 if start is not None and end is not None else None
         step = StepStatus(
             name,
-            min((s.status for s in steps), key=_WORST.index),
+            min((s.status for s in steps), key=_severity),
             span,
             sum(s.attempts for s in steps),
             next((s.error for s in steps if s.error), None),
@@ -346,9 +351,8 @@ def _timeline_row(
     return "".join(out)
 
 
-def _dag_svg(
-    lay: Layout, status_by_name: Mapping[str, str], step_by_name: Mapping[str, int]
-) -> str:
+def _dag_svg(lay: Layout, steps: Sequence[StepStatus], step_of: Sequence[int | None]) -> str:
+    """The DAG, by level; each node coloured by its step's status (a group: its worst step's)."""
     by_level = lay.by_level()
     pos: dict[int, tuple[float, float]] = {}
     tallest = max((len(level) for level in by_level), default=0)
@@ -374,11 +378,11 @@ def _dag_svg(
         )
     for node, (x, y) in pos.items():
         name = lay.names[node]
-        state = status_by_name.get(name, "pending")
+        own = [k for k in (step_of[m] for m in lay.members[node]) if k is not None]
+        state = min((steps[k].status for k in own), key=_severity, default="pending")
         label = name if lay.counts[node] == 1 else f"{name} {TIMES}{lay.counts[node]}"
         cls = "node crit" if node in critical else "node"
-        step = step_by_name.get(name)
-        data = f' data-step="{step}"' if step is not None else ""
+        data = f' data-step="{own[0]}"' if own else ""
         text_fill = "#000" if state in ("pending", "skipped") else "#fff"
         out.append(
             f'<g class="{cls}"{data}><title>{_e(label)}: {_e(state)}</title>'
@@ -498,16 +502,24 @@ def render_report(
     critical_names: list[str] = []
     dag_html = ""
     if dag is not None:
-        count = len(dag.nodes)
-        micros = {
-            s.name: round(s.duration_ms * 1000) for s in status.steps if s.duration_ms is not None
-        }
-        weights = [max(1, micros.get(node.name, 1)) for node in dag.nodes]
-        lay = layout(dag, collapse=count > max_dag_nodes, weights=weights)
-        critical_names = [lay.names[v] for v in lay.critical]
-        critical_steps = {step_by_name[n] for n in critical_names if n in step_by_name}
+        nodes = dag.nodes
+        steps = status.steps
+        # A dataflow run tracks one step per node, in node order: then each node has its own
+        # step (names may repeat); otherwise steps are matched to nodes by name.
+        aligned = len(steps) == len(nodes) and all(
+            step.name == node.name for step, node in zip(steps, nodes)
+        )
+        step_of: list[int | None] = (
+            list(range(len(nodes))) if aligned else [step_by_name.get(n.name) for n in nodes]
+        )
+        weights = [
+            max(1, round((steps[k].duration_ms or 0.0) * 1000)) if k is not None else 1
+            for k in step_of
+        ]
+        lay = layout(dag, collapse=len(nodes) > max_dag_nodes, weights=weights)
+        critical_names = [nodes[v].name for v in lay.path]
+        critical_steps = {k for k in (step_of[v] for v in lay.path) if k is not None}
         if len(lay.names) <= max_dag_nodes:
-            status_by_name = {s.name: s.status for s in status.steps}
             note = (
                 f"<p>{lay.node_total} nodes drawn as {len(lay.names)} (nodes of one name "
                 f"collapsed, with their count).</p>"
@@ -518,7 +530,7 @@ def render_report(
                 note += f"<p>The first {_MAX_EDGES} of {len(lay.edges)} edges are drawn.</p>"
             dag_html = (
                 f"<h2>DAG</h2>{note}{_legend(STATUS_COLOURS)}"
-                f'<div class="scroll">{_dag_svg(lay, status_by_name, step_by_name)}</div>'
+                f'<div class="scroll">{_dag_svg(lay, steps, step_of)}</div>'
             )
         else:
             dag_html = (
@@ -565,11 +577,10 @@ def render_report(
         parts.append(f"<li>{_e(s.name)}{_e(tasks)}: {_e(_fmt_ms(s.duration_ms))}</li>")
     parts.append("</ol>")
     if critical_names:
-        parts.append(
-            '<p id="critical"><b>Critical path:</b> '
-            + " → ".join(_e(n) for n in critical_names)
-            + "</p>"
-        )
+        shown = [_e(n) for n in critical_names]
+        if len(shown) > 12:
+            shown = [*shown[:6], f"… ({len(shown) - 11} more) …", *shown[-5:]]
+        parts.append(f'<p id="critical"><b>Critical path:</b> {" → ".join(shown)}</p>')
     parts.append(dag_html)
     parts.append("<h2>Timeline</h2>")
     if grouped:
@@ -677,5 +688,5 @@ def write_report(
         title=title,
     )
     target = Path(path)
-    target.write_text(page, encoding="utf-8")
+    target.write_text(page, encoding="utf-8", errors="replace")  # a lone surrogate in a name
     return target
