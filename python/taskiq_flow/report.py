@@ -415,7 +415,7 @@ svg .tick{stroke:#eeeeee}svg .note{fill:#616161}
 #dag text{text-anchor:middle}.edge{fill:none;stroke:#90a4ae;stroke-width:1.2}
 .edge.crit{stroke:#c62828;stroke-width:2.5}.node.crit rect{stroke:#b71c1c;stroke-width:3}
 .row.crit .name{fill:#b71c1c;font-weight:600}.row.crit rect{stroke:#b71c1c;stroke-width:1}
-.row.slow .note{fill:#000;font-weight:600}
+.row.slow .note{fill:#000;font-weight:600}rect.seg{stroke:rgba(0,0,0,.3);stroke-width:.6}
 .hl rect{stroke:#000!important;stroke-width:2!important}.hl text{font-weight:700}
 tr.hl{background:#fff8e1}.legend span{display:inline-block;margin-right:14px}
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
