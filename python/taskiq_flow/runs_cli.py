@@ -1,0 +1,372 @@
+"""``taskiq-flow runs``: list, show, delete, report on and explain tracked runs.
+
+Runs are read from the tracking storage that outlives a process: Redis
+(``--redis redis://host:6379/0 --prefix taskiq_flow``, the same prefix as the
+:class:`~taskiq_flow.distributed.RedisPipelineStorage` the runs were recorded with). Output is a
+table sized to the terminal (``rich``), or JSON with ``--json``.
+
+::
+
+    taskiq-flow runs list --redis redis://localhost:6379/0 [--status failed] [--limit 20]
+    taskiq-flow runs show RUN --redis URL
+    taskiq-flow runs delete RUN [RUN ...] --redis URL
+    taskiq-flow runs report RUN --redis URL -o run.html [--dag myapp.flows:pipeline]
+    taskiq-flow runs explain RUN [STEP] --redis URL
+
+Wiring (in ``cli.py``)::
+
+    add_runs_commands(commands, top_level=True)   # commands = parser.add_subparsers(...)
+    if args.command in ("runs", "report", "explain"):
+        return asyncio.run(main_runs(args))
+
+Exit codes: 0 done, 1 a run (or Redis) was not found or reached, 2 bad input (checked before any
+connection is made).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import importlib
+import json
+import re
+import sys
+from collections.abc import Sequence
+from typing import IO, Any, get_args
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from taskiq_flow.exceptions import InvalidValueError, UnknownIdError
+from taskiq_flow.pictures import GraphView
+from taskiq_flow.report import write_report
+from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager, RunState
+
+__all__ = [
+    "add_runs_commands",
+    "explain_line",
+    "load_graph",
+    "main_runs",
+    "run_to_json",
+    "runs_table",
+    "steps_table",
+]
+
+_URL = re.compile(r"^(redis|rediss|unix)://\S+$")
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+def add_runs_commands(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    top_level: bool = False,
+) -> argparse.ArgumentParser:
+    """Registers ``runs`` (with ``list``, ``show``, ``delete``, ``report``, ``explain``) on a
+    sub-command set; returns the ``runs`` parser. The parsed namespace goes to
+    :func:`main_runs`.
+
+    :param top_level: also register ``report`` and ``explain`` directly on ``subparsers``
+        (``taskiq-flow report RUN -o run.html``, ``taskiq-flow explain RUN STEP``), the same
+        actions as under ``runs``.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--redis", metavar="URL", help="Redis URL of the tracking storage (redis://host:port/db)"
+    )
+    common.add_argument(
+        "--prefix", default="taskiq_flow", help="key prefix of the tracking storage"
+    )
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    runs = subparsers.add_parser(
+        "runs", help="list, show, delete, report on and explain tracked runs"
+    )
+    actions = runs.add_subparsers(dest="runs_command", required=True, metavar="action")
+    listing = actions.add_parser("list", parents=[common], help="the tracked runs, newest last")
+    listing.add_argument("--status", choices=get_args(RunState), help="only runs in this state")
+    listing.add_argument("--limit", type=_positive, help="only the newest N runs")
+    show = actions.add_parser("show", parents=[common], help="one run and its steps")
+    show.add_argument("run", help="the run's pipeline id")
+    delete = actions.add_parser("delete", parents=[common], help="delete runs' records")
+    delete.add_argument("runs", nargs="+", metavar="run", help="pipeline ids")
+    places = [actions, subparsers] if top_level else [actions]
+    for place in places:
+        report = place.add_parser(
+            "report", parents=[common], help="write a run's self-contained HTML report"
+        )
+        report.add_argument("run", help="the run's pipeline id")
+        report.add_argument("-o", "--output", default="run.html", help="file to write (run.html)")
+        report.add_argument(
+            "--dag",
+            metavar="MODULE:NAME",
+            help="a pipeline (or DAG) to draw, e.g. myapp.flows:pipeline (imported)",
+        )
+        report.set_defaults(runs_command="report")
+        explain = place.add_parser("explain", parents=[common], help="why a run's step waits")
+        explain.add_argument("run", help="the run's pipeline id")
+        explain.add_argument("step", nargs="?", help="a step name (default: every unfinished step)")
+        explain.set_defaults(runs_command="explain")
+    return runs
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    moment = _dt.datetime.fromtimestamp(epoch, tz=_dt.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _ms(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    return f"{ms:.1f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
+
+
+def run_to_json(status: PipelineStatus, steps: bool = True) -> dict[str, Any]:
+    """A run as JSON-serializable data: the record's fields, ``duration_ms``, and (with
+    ``steps``) every step's fields; without, ``steps`` is the number of steps."""
+    data = dataclasses.asdict(status)
+    data["duration_ms"] = status.duration_ms
+    if not steps:
+        data["steps"] = len(status.steps)
+        data["steps_done"] = sum(1 for s in status.steps if s.status == "done")
+    return data
+
+
+def runs_table(records: Sequence[PipelineStatus]) -> Table:
+    """The table of ``runs list``. Names and errors are shown as text, never as markup."""
+    table = Table(title=f"{len(records)} run{'s' if len(records) != 1 else ''}", expand=False)
+    table.add_column("run", overflow="fold", min_width=8)
+    table.add_column("name", overflow="ellipsis", min_width=6)
+    table.add_column("status", no_wrap=True, min_width=9)
+    table.add_column("started (UTC)", no_wrap=True)
+    table.add_column("took", justify="right", no_wrap=True)
+    table.add_column("steps done", justify="right")
+    table.add_column("error", overflow="ellipsis", max_width=40)
+    for r in records:
+        done = sum(1 for s in r.steps if s.status == "done")
+        table.add_row(
+            Text(r.pipeline_id),
+            Text(r.name),
+            Text(r.status),
+            _when(r.started_at),
+            _ms(r.duration_ms),
+            f"{done}/{len(r.steps)}",
+            Text((r.error or "").splitlines()[0] if r.error else ""),
+        )
+    return table
+
+
+def steps_table(status: PipelineStatus) -> Table:
+    """The table of ``runs show``: one row per step (a mapped step is one row with its count);
+    an error column only if some step has an error."""
+    table = Table(
+        title=Text(f"{status.name} · {status.pipeline_id} · {status.status}"), expand=False
+    )
+    table.add_column("step", overflow="fold", ratio=1, min_width=10)
+    table.add_column("status", no_wrap=True, min_width=9)
+    table.add_column("done", justify="right", no_wrap=True)
+    table.add_column("tries", justify="right", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    errors = any(s.error for s in status.steps)
+    if errors:
+        table.add_column("error", overflow="ellipsis", max_width=50)
+    for s in status.steps:
+        cells: list[Text | str] = [
+            Text(s.name),
+            Text(s.status),
+            f"{s.tasks_done}/{s.tasks}",
+            str(s.attempts),
+            _ms(s.duration_ms),
+        ]
+        if errors:
+            cells.append(Text(s.error.splitlines()[0] if s.error else ""))
+        table.add_row(*cells)
+    return table
+
+
+def explain_line(status: PipelineStatus, step: str | None = None) -> str:
+    """One sentence on why a run (or one of its steps) is where it is.
+
+    Wait reasons are not recorded yet by the scheduling core, so for a step that has not
+    finished this says so, with what tracking does know (its status and tasks done).
+
+    :raises UnknownIdError: if the run has no step of that name.
+    """
+    if step is not None:
+        matches = [s for s in status.steps if s.name == step]
+        if not matches:
+            raise UnknownIdError(f"run {status.pipeline_id!r} has no step named {step!r}")
+        s = matches[0]
+        if s.status in ("done", "failed", "skipped", "cancelled"):
+            extra = f": {s.error.splitlines()[0]}" if s.error and s.status == "failed" else ""
+            return f"step {s.name!r} is {s.status} ({s.tasks_done}/{s.tasks} tasks done){extra}"
+        return (
+            f"step {s.name!r} is {s.status} ({s.tasks_done}/{s.tasks} tasks done); "
+            "why it waits: not recorded (this version does not record wait reasons)"
+        )
+    if status.status != "running":
+        return f"run {status.pipeline_id!r} is {status.status}; nothing waits"
+    open_steps = [s.name for s in status.steps if s.status in ("pending", "running", "retrying")]
+    return (
+        f"run {status.pipeline_id!r} is running with {len(open_steps)} unfinished step(s); "
+        "why they wait: not recorded (this version does not record wait reasons)"
+    )
+
+
+def load_graph(path: str) -> GraphView:
+    """Imports ``module:name``: a pipeline (its ``dag``) or a graph with nodes and edges.
+
+    :raises InvalidValueError: for a malformed path, or an object that is neither.
+    :raises ImportError: if the module cannot be imported.
+    """
+    if not _IMPORT_PATH.match(path):
+        raise InvalidValueError(f"--dag must look like module:name, got {path!r}")
+    module_name, _, attr = path.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    graph = getattr(obj, "dag", obj)
+    if not all(hasattr(graph, a) for a in ("nodes", "sources", "targets")):
+        raise InvalidValueError(f"{path} is neither a pipeline nor a DAG")
+    view: GraphView = graph
+    return view
+
+
+def _check(args: argparse.Namespace, tracking: PipelineTrackingManager | None) -> str | None:
+    """What is wrong with the input, before any connection; ``None`` if nothing."""
+    if tracking is None and args.redis is None:
+        return (
+            "runs are kept in memory by the process that ran them; "
+            "give --redis URL to read runs tracked in Redis"
+        )
+    if args.redis is not None and not _URL.match(args.redis):
+        return f"--redis must be a redis://, rediss:// or unix:// URL, got {args.redis!r}"
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,128}", args.prefix or ""):
+        return f"--prefix may hold only letters, digits and _ . - (got {args.prefix!r})"
+    if getattr(args, "dag", None) is not None and not _IMPORT_PATH.match(args.dag):
+        return f"--dag must look like module:name, got {args.dag!r}"
+    return None
+
+
+async def main_runs(
+    args: argparse.Namespace,
+    tracking: PipelineTrackingManager | None = None,
+    out: IO[str] | None = None,
+) -> int:
+    """Runs one ``runs`` action parsed by :func:`add_runs_commands`; returns the exit code.
+
+    :param tracking: the tracking to read (default: Redis storage from ``--redis``/``--prefix``).
+    :param out: where output goes (default: standard output); errors are one line on stderr.
+    """
+    stream = out if out is not None else sys.stdout
+    console = Console(file=stream, soft_wrap=False, highlight=False)
+    problem = _check(args, tracking)
+    if problem is not None:
+        print(f"taskiq-flow runs: {problem}", file=sys.stderr)
+        return 2
+    client: Any = None
+    if tracking is None:
+        from redis.asyncio import Redis
+
+        from taskiq_flow.distributed import RedisPipelineStorage
+
+        client = Redis.from_url(args.redis)
+        tracking = PipelineTrackingManager(RedisPipelineStorage(client, prefix=args.prefix))
+    try:
+        return await _act(args, tracking, console, stream)
+    except (UnknownIdError, InvalidValueError) as err:
+        print(f"taskiq-flow runs: {err}", file=sys.stderr)
+        return 1 if isinstance(err, UnknownIdError) else 2
+    except (OSError, ConnectionError) as err:
+        print(f"taskiq-flow runs: cannot reach {args.redis}: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        from redis.exceptions import RedisError
+
+        if isinstance(err, RedisError):
+            print(f"taskiq-flow runs: Redis at {args.redis}: {err}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        if client is not None:
+            await client.aclose()
+
+
+async def _act(
+    args: argparse.Namespace,
+    tracking: PipelineTrackingManager,
+    console: Console,
+    stream: IO[str],
+) -> int:
+    action = args.runs_command
+    if action == "list":
+        records = await tracking.list_pipelines(args.status)
+        if args.limit is not None:
+            records = records[-args.limit :]
+        if args.json:
+            json.dump([run_to_json(r, steps=False) for r in records], stream, indent=2)
+            stream.write("\n")
+        else:
+            console.print(runs_table(records))
+        return 0
+    if action == "show":
+        status = await tracking.get_status(args.run)
+        if args.json:
+            json.dump(run_to_json(status), stream, indent=2)
+            stream.write("\n")
+        else:
+            console.print(steps_table(status))
+            if status.error:
+                console.print(Text(f"error: {status.error}"))
+        return 0
+    if action == "delete":
+        deleted: list[str] = []
+        missing: list[str] = []
+        for run in args.runs:
+            (deleted if await tracking.delete_pipeline(run) else missing).append(run)
+        if args.json:
+            json.dump({"deleted": deleted, "missing": missing}, stream, indent=2)
+            stream.write("\n")
+        else:
+            for run in deleted:
+                console.print(Text(f"deleted {run}"))
+            for run in missing:
+                console.print(Text(f"no run {run}"))
+        return 1 if missing else 0
+    if action == "report":
+        status = await tracking.get_status(args.run)
+        graph = None
+        if args.dag is not None:
+            try:
+                graph = load_graph(args.dag)
+            except (ImportError, AttributeError) as err:
+                raise InvalidValueError(f"--dag {args.dag}: {err}") from err
+        path = write_report(args.output, status, dag=graph)
+        size = path.stat().st_size
+        if args.json:
+            json.dump({"path": str(path), "bytes": size, "steps": len(status.steps)}, stream)
+            stream.write("\n")
+        else:
+            console.print(Text(f"wrote {path} ({len(status.steps)} steps, {size:,} bytes)"))
+        return 0
+    if action == "explain":
+        status = await tracking.get_status(args.run)
+        line = explain_line(status, args.step)
+        if args.json:
+            json.dump({"run": status.pipeline_id, "step": args.step, "explain": line}, stream)
+            stream.write("\n")
+        else:
+            console.print(Text(line))
+        return 0
+    raise InvalidValueError(f"unknown runs action {action!r}")  # pragma: no cover - argparse
