@@ -501,3 +501,14 @@ async def test_resume_does_not_send_again_what_finished(broker: InMemoryBroker) 
     assert status.status == "done" and [s.status for s in status.steps] == ["done"] * 3
     with pytest.raises(DataflowError, match="resume needs the tracking"):
         await DataflowPipeline.from_tasks(broker, [extract]).resume(run_id, x=4)
+
+
+async def test_a_dag_draws_itself(broker: InMemoryBroker) -> None:
+    tasks = etl(broker, [])
+    dag = DataflowPipeline.from_tasks(broker, tasks).dag
+    assert repr(dag).startswith(f"<DAG {len(tasks)} tasks")
+    assert dag.to_mermaid().startswith("flowchart LR")
+    assert dag.to_dot().startswith("digraph")
+    shown = dag.to_json()
+    assert [n["name"] for n in shown["nodes"]] == [n.name for n in dag.nodes]
+    assert len(shown["edges"]) == len(dag.sources)

@@ -229,15 +229,19 @@ async def test_screenshot_is_a_picture_of_the_report(
 async def test_a_ten_thousand_step_run_renders_and_agrees_with_tracking(
     broker: InMemoryBroker, tmp_path: Path, record_property: Any
 ) -> None:
-    @broker.task
-    async def work(x: int) -> int:
-        return x + 1
-
+    # A step is a task (the nodes calling one task track as one step of many tasks), so 10^4
+    # steps are 10^4 tasks.
     tracking = PipelineTrackingManager()
     pipeline = DataflowPipeline(broker, name="big").with_tracking(tracking)
     for i in range(10_000):  # a binary tree: 14 levels
+
+        async def work(x: int) -> int:
+            return x + 1
+
+        work.__name__ = f"work{i}"
+        task = broker.task(task_name=f"work{i}")(work)
         pipeline.add_dataflow_task(
-            work, output=f"w{i}", inputs={"x": "raw" if i == 0 else f"w{(i - 1) // 2}"}
+            task, output=f"w{i}", inputs={"x": "raw" if i == 0 else f"w{(i - 1) // 2}"}
         )
     await pipeline.kiq_dataflow(raw=0)
     status = await tracking.get_status(pipeline.pipeline_id or "")
@@ -251,10 +255,8 @@ async def test_a_ten_thousand_step_run_renders_and_agrees_with_tracking(
         record_property("rendered_ms", load.rendered_ms)
         record_property("bytes", len(page_text))
         assert await page.evaluate("document.querySelectorAll('#timeline g.row').length") == 10_000
-        # The DAG of 10^4 nodes of one task is drawn as one node with its count.
-        assert await page.evaluate("document.querySelector('#dag g.node title').textContent") == (
-            "work \u00d710000: done"
-        )
+        # 10^4 distinct names are more than a picture can show: said, not drawn.
+        assert "10000 nodes, 10000 distinct names: too many to draw" in page_text
         # What the browser laid out agrees with the tracking record, bar by bar.
         drawn = await page.evaluate(
             "(() => { const tl = document.getElementById('timeline');"

@@ -27,7 +27,18 @@ def main(argv: list[str] | None = None) -> int:
         help="compare the scheduling core against its peers (graphlib, rustworkx, ...)",
         add_help=False,
     )
+    from taskiq_flow.runs_cli import add_runs_commands
+
+    add_runs_commands(commands, top_level=True)  # runs list|show|delete|report|explain
     args, rest = parser.parse_known_args(argv)
+    if args.command in ("runs", "report", "explain"):
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        import asyncio
+
+        from taskiq_flow.runs_cli import main_runs
+
+        return asyncio.run(main_runs(args))
     if args.command == "demo":
         from taskiq_flow.demo import main as demo_main
 

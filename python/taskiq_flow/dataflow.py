@@ -34,6 +34,7 @@ from typing import Any, TypeVar, cast
 from taskiq import AsyncBroker, TaskiqMessage
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
+from taskiq_flow import pictures
 from taskiq_flow._core import DagGraph
 from taskiq_flow.exceptions import (
     CycleError,
@@ -330,6 +331,23 @@ class DAG:
 
     def __len__(self) -> int:
         return len(self.nodes)
+
+    def to_mermaid(self, collapse: pictures.CollapseKey = False) -> str:
+        """The graph as a Mermaid flowchart (critical path in bold); ``collapse=True`` draws the
+        nodes of one name as one node with a count."""
+        return pictures.to_mermaid(self, collapse)
+
+    def to_dot(self, collapse: pictures.CollapseKey = False) -> str:
+        """The graph in Graphviz DOT (see :meth:`to_mermaid` for ``collapse``)."""
+        return pictures.to_dot(self, collapse)
+
+    def to_json(self, collapse: pictures.CollapseKey = False) -> dict[str, Any]:
+        """Nodes (with levels), edges, levels and the critical path, JSON-serializable (schema in
+        :func:`taskiq_flow.pictures.to_json`)."""
+        return pictures.to_json(self, collapse)
+
+    def __repr__(self) -> str:
+        return pictures.describe(self)
 
 
 class DataflowRegistry:
