@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
-from taskiq import AsyncBroker, TaskiqMessage
+from taskiq import AsyncBroker
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
 from taskiq_flow import pictures
@@ -49,6 +49,7 @@ from taskiq_flow.retry import RetryPolicy
 from taskiq_flow.run.options import RunOptions
 from taskiq_flow.run.plan import Plan, StepSpec, task_display_name
 from taskiq_flow.run.runner import Runner, run_single
+from taskiq_flow.run.sending import check_serializable
 from taskiq_flow.run.settings import OnError, Settings, check_rate, check_timeout
 
 __all__ = [
@@ -384,29 +385,6 @@ class DataflowRegistry:
     def build_dag(self) -> DAG:
         """The validated graph of the registered tasks."""
         return DAG(self._nodes)
-
-
-def check_serializable(
-    broker: AsyncBroker, task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
-) -> None:
-    """Serializes a call exactly as the broker would, without sending it.
-
-    :raises UnserializableError: naming the task, if the broker cannot send it.
-    """
-    message = TaskiqMessage(
-        task_id="check",
-        task_name=task_name,
-        labels={},
-        labels_types={},
-        args=list(args),
-        kwargs=dict(kwargs),
-    )
-    try:
-        broker.formatter.dumps(message)
-    except Exception as exc:
-        raise UnserializableError(
-            f"arguments for {task_name!r} cannot be serialized by the broker: {exc}"
-        ) from exc
 
 
 class ExecutionEngine(RunOptions):

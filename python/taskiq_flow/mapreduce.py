@@ -27,6 +27,7 @@ from taskiq_flow.resources import ResourceAwareWorkerPool, resources_of
 from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
 from taskiq_flow.run.plan import Plan, StepSpec, task_identity
 from taskiq_flow.run.runner import Runner
+from taskiq_flow.run.sending import check_calls
 from taskiq_flow.run.settings import OnError, Settings, check_rate
 from taskiq_flow.tracking import PipelineTrackingManager
 
@@ -101,6 +102,8 @@ class MapReduce:
         :param rate: at most this many calls started per second, in bursts of ``burst``.
         :param on_progress: called with ``(finished, total)`` as calls complete.
         :param kwargs: further keyword arguments for every call.
+        :raises UnserializableError: before anything is sent, if an item cannot be sent or would
+            arrive changed (naming the step and the item).
         :raises StepFailedError: a call failed for good.
         """
         task_name, labels, name = task_identity(task)
@@ -132,6 +135,7 @@ class MapReduce:
             rate=step_rate,
             burst=step_burst,
         )
+        check_calls(broker, task_name, [call(i, ()) for i in range(len(values))], name)
         plan = Plan(len(values), [], [], [step], call)
         return await Runner(broker, plan, settings).execute()
 
@@ -169,6 +173,7 @@ class MapReduce:
             raise DataflowError("reduce of no items needs an initial value")
         if len(values) == 1:
             return values[0]
+        check_calls(broker, task_name, [((v,), {}) for v in values], name)
         operands, sources, targets, _ = _reduce_tree(len(values), 0)
 
         def call(node: int, results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -223,6 +228,8 @@ class MapReduce:
             if node < n:
                 return (values[node],), {}
             return tuple(results[ref] for _, ref in operands[node - n]), {}
+
+        check_calls(broker, map_name, [((v,), {}) for v in values], map_display)
 
         steps = [
             StepSpec(map_display, map_name, map_labels, tasks=n),

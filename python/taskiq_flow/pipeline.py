@@ -50,6 +50,7 @@ from taskiq_flow.resources import TaskResources, resources_of
 from taskiq_flow.run.options import RunOptions
 from taskiq_flow.run.plan import Plan, StepSpec, task_identity
 from taskiq_flow.run.runner import Runner
+from taskiq_flow.run.sending import check_calls
 from taskiq_flow.run.settings import Settings, check_max_parallel, check_rate
 
 __all__ = ["EMPTY_PARAM_NAME", "Pipeline", "PipelineMiddleware", "PipelineRun"]
@@ -283,26 +284,26 @@ class Pipeline(RunOptions):
 
         :raises DataflowError: if the pipeline is empty, or its first step cannot take these
             arguments.
-        :raises UnserializableError: if the broker cannot send the first step's arguments.
+        :raises UnserializableError: if the broker cannot send the first step's arguments, or
+            would deliver them changed (naming the item).
         """
         if not self.steps:
             raise DataflowError("Pipeline is empty.")
-        from taskiq_flow.dataflow import check_serializable
-
-        for name, call in self._first_calls(args, kwargs):
-            check_serializable(self.broker, name, *call)
+        step = self.steps[0]
+        for task_name, calls in self._first_calls(args, kwargs).items():
+            check_calls(self.broker, task_name, calls, step.name)
         return self._start(uuid.uuid4().hex, args, kwargs, {})
 
     def _first_calls(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> list[tuple[str, tuple[tuple[Any, ...], dict[str, Any]]]]:
+    ) -> dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]]:
         """The calls of the first step, by task name, for these ``kiq`` arguments."""
         step = self.steps[0]
         if step.kind in ("sequential", "group"):
             call = (args, {**step.kwargs, **kwargs})
-            return [(task[0], call) for task in step.tasks]
+            return {task[0]: [call] for task in step.tasks}
         items = self._first_items(step, args, kwargs)
-        return [(step.tasks[0][0], _call(step, item, True)) for item in items]
+        return {step.tasks[0][0]: [_call(step, item, True) for item in items]}
 
     @staticmethod
     def _first_items(step: _Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:

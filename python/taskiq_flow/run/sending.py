@@ -8,10 +8,18 @@ inline; otherwise a few dispatch coroutines drain a queue so that network round 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
-__all__ = ["DISPATCHERS", "Sender"]
+from taskiq import AsyncBroker, TaskiqMessage
+
+from taskiq_flow.exceptions import UnserializableError
+
+__all__ = ["DISPATCHERS", "Sender", "check_calls", "check_serializable"]
+
+Call = tuple[Sequence[Any], Mapping[str, Any]]
 
 #: Dispatch coroutines per run on a networked broker: enough to overlap its round trips.
 DISPATCHERS = 8
@@ -88,3 +96,106 @@ class Sender:
         unsent = list(self._queue)
         self._queue.clear()
         return unsent
+
+
+def _message(task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskiqMessage:
+    return TaskiqMessage(
+        task_id="check",
+        task_name=task_name,
+        labels={},
+        labels_types={},
+        args=list(args),
+        kwargs=dict(kwargs),
+    )
+
+
+def _same(sent: Any, got: Any) -> bool:
+    """Whether ``got`` (what arrives) is ``sent``: equal, with containers compared deeply; a
+    tuple may arrive as a list, but a dict key may not change (``1`` to ``"1"``) and NaN is never
+    kept."""
+    if isinstance(sent, float) and not math.isfinite(sent):
+        return False  # the JSON serializer turns NaN and infinities into null
+    if isinstance(sent, (list, tuple)):
+        return (
+            isinstance(got, (list, tuple))
+            and len(sent) == len(got)
+            and all(_same(a, b) for a, b in zip(sent, got))
+        )
+    if isinstance(sent, dict):
+        return (
+            isinstance(got, dict)
+            and len(sent) == len(got)
+            and all(k in got and _same(v, got[k]) for k, v in sent.items())
+        )
+    return (bool(sent == got) and type(sent) is type(got)) or _numeric(sent, got)
+
+
+def _numeric(sent: Any, got: Any) -> bool:
+    # 1.0 sent may arrive as 1.0; an int as an int. bool is never a number here.
+    return (
+        isinstance(sent, (int, float))
+        and isinstance(got, (int, float))
+        and not isinstance(sent, bool)
+        and not isinstance(got, bool)
+        and sent == got
+    )
+
+
+def _check_one(broker: AsyncBroker, task_name: str, call: Call, where: str) -> None:
+    message = _message(task_name, *call)
+    try:
+        raw = broker.formatter.dumps(message)
+    except Exception as exc:
+        raise UnserializableError(
+            f"arguments for {task_name!r}{where} cannot be serialized by the broker: {exc}"
+        ) from exc
+    try:
+        back = broker.formatter.loads(raw.message)
+    except Exception as exc:
+        raise UnserializableError(
+            f"arguments for {task_name!r}{where} do not survive the broker's serializer: {exc}"
+        ) from exc
+    args, kwargs = call
+    for i, (sent, got) in enumerate(zip(args, back.args)):
+        if not _same(sent, got):
+            raise UnserializableError(
+                f"argument {i} for {task_name!r}{where} would arrive changed: {sent!r} is sent "
+                f"as {got!r} (the broker's serializer cannot carry it faithfully)"
+            )
+    for name, sent in kwargs.items():
+        got = back.kwargs.get(name)
+        if not _same(sent, got):
+            raise UnserializableError(
+                f"argument {name!r} for {task_name!r}{where} would arrive changed: {sent!r} is "
+                f"sent as {got!r} (the broker's serializer cannot carry it faithfully)"
+            )
+
+
+def check_serializable(
+    broker: AsyncBroker, task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> None:
+    """Serializes a call exactly as the broker would, without sending it, and reads it back.
+
+    :raises UnserializableError: naming the task and the argument, if the broker cannot send it
+        or would deliver it changed (``{1: "a"}`` as ``{"1": "a"}``, NaN as ``None``).
+    """
+    _check_one(broker, task_name, (args, kwargs), "")
+
+
+def check_calls(broker: AsyncBroker, task_name: str, calls: Sequence[Call], step: str) -> None:
+    """Checks every call of a step before any is sent: one serialization for all of them (the
+    common case, all fine), then one per call to name the first bad item.
+
+    :raises UnserializableError: naming the step, the task, the item index and the argument.
+    """
+    if not calls:
+        return
+    together: Call = ([[list(args), dict(kwargs)] for args, kwargs in calls], {})
+    try:
+        _check_one(broker, task_name, together, "")
+        return
+    except UnserializableError:
+        pass
+    for index, call in enumerate(calls):
+        _check_one(broker, task_name, call, f" (step {step!r}, item {index})")
+    raise UnserializableError(f"arguments for {task_name!r} in step {step!r} cannot be sent")
