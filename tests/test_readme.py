@@ -25,7 +25,13 @@ def run(code: str, namespace: dict[str, Any]) -> None:
         asyncio.run(result)
 
 
-def test_snippets_run_in_order(capsys: pytest.CaptureFixture[str], redis_url: str) -> None:
+def test_snippets_run_in_order(
+    capsys: pytest.CaptureFixture[str],
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # files the snippets write (a run report) land here
     assert len(SNIPPETS) >= 7
     # Run as a module of its own: taskiq's @broker.task looks the function's module up.
     module = types.ModuleType("readme_snippets")
@@ -49,4 +55,5 @@ def test_snippets_run_in_order(capsys: pytest.CaptureFixture[str], redis_url: st
     for line in expected:
         assert line in out.splitlines(), line
     assert "waiting: step cap 'map(resize)' is full (16/16 in flight); next free slot" in out
+    assert "<h1>" in (tmp_path / "run.html").read_text()
     assert re.search(r"^total: \d+\.\d\dms$", out, flags=re.M)
