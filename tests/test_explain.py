@@ -191,3 +191,32 @@ async def test_skipped_and_cancelled_say_why(broker: InMemoryBroker) -> None:
     gate.set()
     with pytest.raises(UnknownIdError):
         stopped.explain("nope")
+
+
+async def test_the_library_logs_what_goes_wrong_and_nothing_when_all_goes_well(
+    broker: InMemoryBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="taskiq_flow")
+
+    @broker.task
+    @pipeline_task(output="ok")
+    async def ok(x: int) -> int:
+        return x
+
+    await DataflowPipeline.from_tasks(broker, [ok]).kiq_dataflow(x=1)
+    assert [r for r in caplog.records if r.name.startswith("taskiq_flow")] == []
+
+    attempts: list[int] = []
+
+    @broker.task
+    @pipeline_task(output="y", retry=RetryPolicy(max_attempts=2, delay=0))
+    async def flaky(x: int) -> int:
+        attempts.append(x)
+        raise RuntimeError(f"boom {len(attempts)}")
+
+    with pytest.raises(StepFailedError):
+        await DataflowPipeline(broker).add_dataflow_task(flaky).kiq_dataflow(x=1)
+    ours = [r for r in caplog.records if r.name.startswith("taskiq_flow")]
+    assert [r.levelname for r in ours] == ["INFO", "WARNING"]
+    assert "step 'flaky' attempt 1 failed (RuntimeError: boom 1); retrying" in ours[0].getMessage()
+    assert "failed for good after 2 attempt(s): RuntimeError: boom 2" in ours[1].getMessage()

@@ -61,6 +61,7 @@ DRAIN_TIMEOUT = 300.0
 
 _MISSING: Any = object()
 _BACKGROUND: set[asyncio.Task[None]] = set()
+#: Under the ``taskiq_flow`` logger; nothing at INFO or above on the happy path.
 logger = logging.getLogger(__name__)
 
 
@@ -512,6 +513,14 @@ class Runner:
         )
         tracking = self.tracking
         if verdict.resend:
+            logger.warning(
+                "run %s: step %r lost its worker (%s); placing it again (%d of %d)",
+                self.run_id,
+                step.name,
+                error,
+                losses,
+                failures.MAX_WORKER_LOSSES,
+            )
             self._attempt[node] = attempt + 1
             if tracking is not None:
                 tracking.finished(node, "retrying", event, error)
@@ -524,6 +533,14 @@ class Runner:
             self._attempt[node] = attempt + 1
             self._retrying.add(node)
             self._retry_at[node] = now + verdict.retry_in
+            logger.info(
+                "run %s: step %r attempt %d failed (%s); retrying in %.2f s",
+                self.run_id,
+                step.name,
+                attempt,
+                failures.describe(error),
+                verdict.retry_in,
+            )
             if tracking is not None:
                 tracking.finished(node, "retrying", event, error)
             timer = asyncio.get_running_loop().call_later(verdict.retry_in, self._retry_due, node)
@@ -535,6 +552,13 @@ class Runner:
         if fail_fast:
             scheduler.cancel()  # before fail(): the freed slot must admit nothing of this run
         admitted, skipped = scheduler.fail(node, now)
+        logger.warning(
+            "run %s: step %r failed for good after %d attempt(s): %s",
+            self.run_id,
+            step.name,
+            attempt,
+            failures.describe(error),
+        )
         if tracking is not None:
             tracking.finished(node, "failed", event, error)
         self._dead_letter(node, step, error, attempt)
