@@ -563,6 +563,20 @@ impl DagScheduler {
         self.inner.record_history(on);
     }
 
+    #[pyo3(signature = (on=true))]
+    /// Records how long each node waited between becoming ready and running, and for what last
+    /// (``wait_of`` returns it).
+    fn record_waits(&mut self, on: bool) {
+        self.inner.record_waits(on);
+    }
+
+    /// For a node that runs, when waits are recorded: ``(reason, seconds)``, the last reason it
+    /// waited for and how long it waited since it became ready; ``None`` when not recorded.
+    fn wait_of(&self, node: i64) -> PyResult<Option<(&'static str, f64)>> {
+        let wait = guard(|| self.inner.wait_of(node_arg(node)?))?;
+        Ok(wait.map(|(r, t)| (reason_name(r), t)))
+    }
+
     /// The changes of reason recorded since the last call: ``(node, reason, time)``.
     fn take_history(&mut self) -> Vec<(u32, &'static str, f64)> {
         self.inner.take_history().into_iter().map(|(v, r, t)| (v, reason_name(r), t)).collect()

@@ -88,22 +88,43 @@ pub struct Explanation {
 /// One change of reason: `(node, reason, time)`.
 pub type Change = (u32, Reason, f64);
 
+/// What is recorded beyond each node's current reason, when asked for.
+#[derive(Debug, Default)]
+struct Record {
+    /// Every change of reason.
+    history: Option<Vec<Change>>,
+    /// Per node: when it last became ready, and the last reason it waited for before it ran.
+    waits: Option<(Vec<f64>, Vec<Reason>)>,
+}
+
 /// Records that `node` now waits (or runs) for `reason`, on the scheduler's parts (so that it can
 /// be called while other parts are borrowed).
 fn mark_in(
     reasons: &mut [Reason],
     since: &mut [f64],
-    history: &mut Option<Vec<Change>>,
+    record: &mut Record,
     node: u32,
     reason: Reason,
     now: f64,
 ) {
     let i = node as usize;
-    if reasons[i] != reason {
+    let before = reasons[i];
+    if before != reason {
         reasons[i] = reason;
         since[i] = now;
-        if let Some(history) = history {
+        if let Some(history) = &mut record.history {
             history.push((node, reason, now));
+        }
+        if let Some((ready_at, last)) = &mut record.waits {
+            if reason == Reason::Ready && matches!(before, Reason::Inputs | Reason::Finished) {
+                ready_at[i] = now; // a new wait starts
+                last[i] = Reason::Ready;
+            } else if matches!(
+                before,
+                Reason::StepCap | Reason::Rate | Reason::SharedCap | Reason::Placement
+            ) {
+                last[i] = before; // what held it last
+            }
         }
     }
 }
@@ -204,8 +225,8 @@ pub struct Scheduler {
     since: Vec<f64>,
     /// The last time the caller passed in.
     clock: f64,
-    /// Every change of reason, when recording is on.
-    history: Option<Vec<Change>>,
+    /// Every change of reason, and each node's last wait, when recording is on.
+    record: Record,
 }
 
 impl Drop for Scheduler {
@@ -270,7 +291,7 @@ impl Scheduler {
             reason: vec![Reason::Inputs; n],
             since: vec![0.0; n],
             clock: 0.0,
-            history: None,
+            record: Record::default(),
         })
     }
 
@@ -332,16 +353,36 @@ impl Scheduler {
 
     /// Records every change of reason from now on (see [`Scheduler::take_history`]).
     pub fn record_history(&mut self, on: bool) {
-        self.history = if on { Some(self.history.take().unwrap_or_default()) } else { None };
+        let history = &mut self.record.history;
+        *history = if on { Some(history.take().unwrap_or_default()) } else { None };
     }
 
     /// The changes of reason recorded since the last call.
     pub fn take_history(&mut self) -> Vec<Change> {
-        self.history.as_mut().map(std::mem::take).unwrap_or_default()
+        self.record.history.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Records, for every node from now on, how long it waited between becoming ready and
+    /// running, and for what last (see [`Scheduler::wait_of`]).
+    pub fn record_waits(&mut self, on: bool) {
+        let n = self.node_count() as usize;
+        self.record.waits = on.then(|| (vec![0.0; n], vec![Reason::Ready; n]));
+    }
+
+    /// For a running node, when waits are recorded: the last reason it waited for before it ran,
+    /// and the seconds from becoming ready to running.
+    pub fn wait_of(&self, node: u32) -> CoreResult<Option<(Reason, f64)>> {
+        self.graph.check_node(node)?;
+        let i = node as usize;
+        Ok(self
+            .record
+            .waits
+            .as_ref()
+            .map(|(ready_at, last)| (last[i], (self.since[i] - ready_at[i]).max(0.0))))
     }
 
     fn mark(&mut self, node: u32, reason: Reason, now: f64) {
-        mark_in(&mut self.reason, &mut self.since, &mut self.history, node, reason, now);
+        mark_in(&mut self.reason, &mut self.since, &mut self.record, node, reason, now);
     }
 
     /// Why `node` is where it is.
@@ -802,7 +843,14 @@ impl Scheduler {
         for _ in 0..room {
             match k.parked.pop() {
                 Some(entry) => {
-                    mark_in(&mut self.reason, &mut self.since, &mut self.history, entry.3, Reason::Ready, now);
+                    mark_in(
+                        &mut self.reason,
+                        &mut self.since,
+                        &mut self.record,
+                        entry.3,
+                        Reason::Ready,
+                        now,
+                    );
                     self.ready.push(entry);
                 }
                 None => break,
@@ -813,6 +861,7 @@ impl Scheduler {
     /// Admits ready nodes, best first, until the run's cap or the shared gate is full or none is
     /// left; an admitted node is placed on a worker when the run has a pool. Nodes placed from
     /// the pool's queue since the last round come out too.
+    #[allow(clippy::too_many_lines)] // one admission round reads best in one place
     fn admit(&mut self, now: f64, out: &mut Vec<u32>) -> CoreResult<()> {
         self.clock = now;
         if self.cancelled {
@@ -825,7 +874,14 @@ impl Scheduler {
             let placed = p.take_placed(link.run);
             self.placing -= placed.len() as u32;
             for &node in &placed {
-                mark_in(&mut self.reason, &mut self.since, &mut self.history, node, Reason::Running, now);
+                mark_in(
+                    &mut self.reason,
+                    &mut self.since,
+                    &mut self.record,
+                    node,
+                    Reason::Running,
+                    now,
+                );
             }
             out.extend(placed);
         }
@@ -837,7 +893,14 @@ impl Scheduler {
             let k = &mut self.keys[key as usize];
             if k.running >= k.cap {
                 k.parked.push(entry);
-                mark_in(&mut self.reason, &mut self.since, &mut self.history, node, Reason::StepCap, now);
+                mark_in(
+                    &mut self.reason,
+                    &mut self.since,
+                    &mut self.record,
+                    node,
+                    Reason::StepCap,
+                    now,
+                );
                 continue;
             }
             if let Some((g, run)) = &mut gate {
@@ -846,14 +909,28 @@ impl Scheduler {
                     self.ready.push(entry);
                     g.wait(*run)?;
                     blocked = true;
-                    mark_in(&mut self.reason, &mut self.since, &mut self.history, node, Reason::SharedCap, now);
+                    mark_in(
+                        &mut self.reason,
+                        &mut self.since,
+                        &mut self.record,
+                        node,
+                        Reason::SharedCap,
+                        now,
+                    );
                     break;
                 }
             }
             if let Some(rate) = &mut k.rate {
                 if let Err(at) = rate.try_acquire(now)? {
                     k.parked.push(entry);
-                    mark_in(&mut self.reason, &mut self.since, &mut self.history, node, Reason::Rate, now);
+                    mark_in(
+                        &mut self.reason,
+                        &mut self.since,
+                        &mut self.record,
+                        node,
+                        Reason::Rate,
+                        now,
+                    );
                     if k.wake_at.is_none() {
                         k.wake_at = Some(at);
                         self.throttled.push(key);
@@ -879,7 +956,7 @@ impl Scheduler {
                 self.placing += 1;
             }
             let reason = if placed { Reason::Running } else { Reason::Placement };
-            mark_in(&mut self.reason, &mut self.since, &mut self.history, node, reason, now);
+            mark_in(&mut self.reason, &mut self.since, &mut self.record, node, reason, now);
         }
         if let Some((g, run)) = &mut gate {
             if !blocked {
@@ -1030,6 +1107,17 @@ mod tests {
         assert!(history.contains(&(3, Reason::Running, 2.0)));
         assert!(history.contains(&(2, Reason::Finished, 2.0)));
         assert!(s.take_history().is_empty());
+    }
+
+    #[test]
+    fn waits_say_what_held_a_node_last_and_for_how_long() {
+        let g = graph(3, &[]);
+        let mut s = Scheduler::new(g, None, &[capped(1)], None, None).unwrap();
+        s.record_waits(true);
+        assert_eq!(s.start(1.0).unwrap(), vec![0]);
+        assert_eq!(s.wait_of(0).unwrap(), Some((Reason::Ready, 0.0)));
+        assert_eq!(s.complete(0, 3.5).unwrap(), vec![1]);
+        assert_eq!(s.wait_of(1).unwrap(), Some((Reason::StepCap, 2.5)));
     }
 
     #[test]

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from taskiq import AsyncBroker, InMemoryBroker
 from taskiq.kicker import AsyncKicker
 
+from taskiq_flow import observe
 from taskiq_flow._core import DagScheduler
 from taskiq_flow.events import FLOW_LABEL, Completion, Inbox, ensure_flow_middleware
 from taskiq_flow.exceptions import (
@@ -154,6 +155,8 @@ class Runner:
         self._cap: CapGroup = global_cap()
         self._pool: ResourceAwareWorkerPool | None = settings.worker_pool
         self._pool_run: int | None = None
+        #: Metrics and traces (none unless enabled in :mod:`taskiq_flow.observe`).
+        self._observers = observe.observers()
         self._sender = Sender(
             self._send_one,
             inline=isinstance(broker, InMemoryBroker) and custom_dispatch is None,
@@ -284,6 +287,10 @@ class Runner:
         """
         scheduler = self._scheduler = self._build_scheduler()
         loop = asyncio.get_running_loop()
+        if self._observers:
+            scheduler.record_waits(True)
+            for o in self._observers:
+                o.run_started(self)
         if self.restored:
             scheduler.restore_done(sorted(self.restored))
             for node, value in self.restored.items():
@@ -319,6 +326,15 @@ class Runner:
         if self._fatal is None and self.failures:
             step, error = next(iter(self.failures.items()))
             self._fatal = StepFailedError(step, error, failures=self.failures)
+        state = (
+            "done"
+            if self._fatal is None
+            else "cancelled"
+            if isinstance(self._fatal, PipelineCancelledError)
+            else "failed"
+        )
+        for o in self._observers:
+            o.run_ended(self, state)
         if self.tracking is not None:
             if self._fatal is None:
                 await self.tracking.end("done", None)
@@ -431,6 +447,10 @@ class Runner:
                 self._finished += 1
                 if tracking is not None:
                     tracking.finished(node, "done", event)
+                if self._observers:
+                    name = self.plan.step(node).name
+                    for o in self._observers:
+                        o.attempt_ended(self, node, name, True, event.duration_ms / 1000, None)
             else:
                 self._failed(event, scheduler, now)
         admitted = scheduler.complete_many(done, now) if done else []
@@ -503,6 +523,8 @@ class Runner:
         step = self.plan.step(node)
         attempt = self._attempt[node]
         error = failures.name_timeout(event.error, step.name, step.timeout)
+        for o in self._observers:
+            o.attempt_ended(self, node, step.name, False, event.duration_ms / 1000, error)
         losses = 0
         if isinstance(error, WorkerLostError):
             losses = self._lost[node] = self._lost.get(node, 0) + 1
@@ -533,6 +555,8 @@ class Runner:
             self._attempt[node] = attempt + 1
             self._retrying.add(node)
             self._retry_at[node] = now + verdict.retry_in
+            for o in self._observers:
+                o.retried(self, step.name)
             logger.info(
                 "run %s: step %r attempt %d failed (%s); retrying in %.2f s",
                 self.run_id,
@@ -562,6 +586,8 @@ class Runner:
         if tracking is not None:
             tracking.finished(node, "failed", event, error)
         self._dead_letter(node, step, error, attempt)
+        for o in self._observers:
+            o.dead_lettered(self, step.name)
         self.failures.setdefault(step.name, error)
         if self._fatal is not None:
             return
@@ -608,6 +634,8 @@ class Runner:
         attempt = self._attempt[node]
         if self.tracking is not None:
             self.tracking.sent(node)
+        if self._observers:
+            self._observe_send(node, step.name, attempt)
         try:
             # Built from the predecessors' results, which never change: a retry rebuilds it.
             args, kwargs = self.plan.call(node, self.results)
@@ -643,6 +671,18 @@ class Runner:
             await kicker.kiq(*args, **kwargs)
         except Exception as exc:  # could not send: this attempt failed
             self._push_failure(node, attempt, exc)
+
+    def _observe_send(self, node: int, step: str, attempt: int) -> None:
+        scheduler = self._scheduler
+        wait = scheduler.wait_of(node) if scheduler is not None and attempt == 1 else None
+        worker = None
+        if self._pool is not None and self._pool_run is not None:
+            worker = self._pool.worker_of(self._pool_run, node)
+        if self._preds is None:
+            self._unfinished_inputs(node)  # builds the predecessor index
+        inputs = (self._preds or {}).get(node, [])
+        for o in self._observers:
+            o.attempt_started(self, node, step, attempt, wait, worker, inputs)
 
     def _overdue(self, node: int, attempt: int) -> None:
         """An attempt's timeout (and grace) passed on this side with no completion."""
