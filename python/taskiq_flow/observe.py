@@ -24,7 +24,7 @@ Runs started while an observer is enabled report to it; with none enabled, runs 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from taskiq_flow.run.runner import Runner
@@ -40,8 +40,9 @@ __all__ = [
 ]
 
 
-class Observer(Protocol):
-    """What a run reports, as it happens."""
+class Observer:
+    """What a run reports, as it happens; every method does nothing here, and an observer
+    overrides those it needs."""
 
     def run_started(self, run: Runner) -> None:
         """A run starts."""
@@ -87,7 +88,7 @@ def disable() -> None:
     _OBSERVERS.clear()
 
 
-class PrometheusObserver:
+class PrometheusObserver(Observer):
     """Run metrics in a ``prometheus_client`` registry.
 
     :param registry: where the metrics live (the client's default registry if ``None``).
@@ -122,9 +123,6 @@ class PrometheusObserver:
             "taskiq_flow_dead_letters", "Tasks failed for good", ["step"], registry=registry
         )
 
-    def run_started(self, run: Runner) -> None:
-        pass
-
     def attempt_started(
         self,
         run: Runner,
@@ -151,11 +149,8 @@ class PrometheusObserver:
     def dead_lettered(self, run: Runner, step: str) -> None:
         self.dead_letters.labels(step).inc()
 
-    def run_ended(self, run: Runner, state: str) -> None:
-        pass
 
-
-class OpenTelemetryObserver:
+class OpenTelemetryObserver(Observer):
     """Traces of runs through an OpenTelemetry tracer.
 
     :param tracer_provider: the provider to get the tracer from (the global one if ``None``).
@@ -230,12 +225,6 @@ class OpenTelemetryObserver:
         else:
             self._done[(run.run_id, node)] = span.get_span_context()
         span.end()
-
-    def retried(self, run: Runner, step: str) -> None:
-        pass
-
-    def dead_lettered(self, run: Runner, step: str) -> None:
-        pass
 
     def run_ended(self, run: Runner, state: str) -> None:
         for key in [k for k in self._attempts if k[0] == run.run_id]:

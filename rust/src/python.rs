@@ -19,7 +19,7 @@ use crate::admission::{lock, Gate, Pool, Shared};
 use crate::dag::{Graph, Sorter};
 use crate::error::{CoreError, CoreResult};
 use crate::limiter::{ConcurrencyLimit, RateLimit};
-use crate::packing::{Demand, Placer as CorePlacer, Policy};
+use crate::packing::{Demand, Placer as CorePlacer, Policy, Shortfall};
 use crate::scheduler::{KeyLimits, NodeState, Reason, Scheduler as CoreScheduler};
 
 mod exceptions {
@@ -944,13 +944,7 @@ impl Placer {
         labels: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<(u32, Vec<String>)>> {
         let d = self::demand(demand, labels)?;
-        guard(|| {
-            let why = self.inner.explain(&d)?;
-            Ok(why
-                .into_iter()
-                .map(|(w, reasons)| (w, reasons.iter().map(ToString::to_string).collect()))
-                .collect())
-        })
+        guard(|| explained(self.inner.explain(&d)?))
     }
 
     /// ``tasks``: a sequence of ``(demand, labels)``. Returns ``(assignment, placed,
@@ -970,6 +964,15 @@ impl Placer {
         let plan = heavy(py, || inner.plan(&batch))?;
         Ok((plan.assignment, plan.placed, plan.workers_used, plan.heuristic))
     }
+}
+
+/// A placer's reasons per worker, as text.
+#[allow(clippy::unnecessary_wraps)] // shaped for `guard`
+fn explained(why: Vec<(u32, Vec<Shortfall>)>) -> CoreResult<Vec<(u32, Vec<String>)>> {
+    Ok(why
+        .into_iter()
+        .map(|(w, reasons)| (w, reasons.iter().map(ToString::to_string).collect()))
+        .collect())
 }
 
 fn task_batch(tasks: &Bound<'_, PyAny>) -> PyResult<Vec<(u64, Demand)>> {
@@ -1142,13 +1145,7 @@ impl WorkerPool {
         labels: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Vec<(u32, Vec<String>)>> {
         let d = self::demand(demand, labels)?;
-        guard(|| {
-            let why = lock(&self.inner).placer().explain(&d)?;
-            Ok(why
-                .into_iter()
-                .map(|(w, reasons)| (w, reasons.iter().map(ToString::to_string).collect()))
-                .collect())
-        })
+        guard(|| explained(lock(&self.inner).placer().explain(&d)?))
     }
 
     /// Free capacity of a worker.
