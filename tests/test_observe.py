@@ -118,3 +118,23 @@ async def test_one_trace_per_run_one_span_per_attempt_fan_in_linked(
     [failed] = [s for s in exporter.get_finished_spans() if s.name == "taskiq_flow.attempt"]
     assert failed.status.status_code is StatusCode.ERROR
     assert "ValueError: bad" in (failed.status.description or "")
+
+
+async def test_a_progress_bar_for_any_run(broker: InMemoryBroker) -> None:
+    import io
+
+    from rich.console import Console
+
+    from taskiq_flow.progress import progress_bar
+
+    @broker.task
+    async def work(x: int) -> int:
+        return x
+
+    out = io.StringIO()
+    console = Console(file=out, width=80, force_terminal=False)
+    with progress_bar("work", console=console) as bar:
+        assert await MapReduce.map(broker, work, range(25), on_progress=bar) == list(range(25))
+    lines = [line for line in out.getvalue().splitlines() if line.strip()]
+    assert lines[-1].startswith("work") and "25/25" in lines[-1]
+    assert all(len(line) <= 80 for line in lines)
