@@ -27,7 +27,7 @@ broker = (
         URL,
         max_deliveries=3,
         queue_name=QUEUE,
-        idle_timeout=1_000,
+        lease_seconds=2.0,
         xread_block=300,
         xread_count=1,  # one message per read, so that both workers get a share
         priority_queues=["high_priority"],

@@ -155,6 +155,7 @@ def worker_processes(redis_url: str, *options: str) -> Iterator[dict[str, str]]:
         "TASKIQ_FLOW_TEST_QUEUE": f"q-{uuid.uuid4().hex[:8]}",
         "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
+    log = open(os.environ.get("TASKIQ_FLOW_TEST_WORKER_LOG", os.devnull), "ab")  # noqa: SIM115
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -171,7 +172,7 @@ def worker_processes(redis_url: str, *options: str) -> Iterator[dict[str, str]]:
         cwd=TESTS,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
         start_new_session=True,
     )
     try:
@@ -186,6 +187,7 @@ def worker_processes(redis_url: str, *options: str) -> Iterator[dict[str, str]]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        log.close()
 
 
 @pytest.fixture
