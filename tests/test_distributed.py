@@ -149,11 +149,21 @@ async def test_planted_pickles_are_never_loaded(
 @contextmanager
 def worker_processes(redis_url: str, *options: str) -> Iterator[dict[str, str]]:
     """`taskiq worker` processes on a queue of their own, consuming tests/redis_app.py."""
+    with supervised_workers(redis_url, *options) as (env, _):
+        yield env
+
+
+@contextmanager
+def supervised_workers(
+    redis_url: str, *options: str, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[dict[str, str], subprocess.Popen[bytes]]]:
+    """A `taskiq worker` supervisor (and its children) consuming tests/redis_app.py."""
     env = {
         **os.environ,
         "TASKIQ_FLOW_TEST_REDIS": redis_url,
         "TASKIQ_FLOW_TEST_QUEUE": f"q-{uuid.uuid4().hex[:8]}",
         "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        **(extra_env or {}),
     }
     log = open(os.environ.get("TASKIQ_FLOW_TEST_WORKER_LOG", os.devnull), "ab")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -176,7 +186,7 @@ def worker_processes(redis_url: str, *options: str) -> Iterator[dict[str, str]]:
         start_new_session=True,
     )
     try:
-        yield env
+        yield env, proc
     finally:
         # `taskiq worker` on a RedisStreamBroker does not exit on SIGTERM (measured here: still
         # running after 15 s, with or without our middleware), so the group is killed after a
@@ -389,7 +399,7 @@ async def test_a_worker_drains_higher_priority_queues_first(
 
 @contextmanager
 def flow_workers(
-    redis_url: str, specs: dict[str, list[str]]
+    redis_url: str, specs: dict[str, list[str]], extra_env: dict[str, str] | None = None
 ) -> Iterator[tuple[dict[str, str], dict[str, subprocess.Popen[bytes]]]]:
     """`taskiq-flow worker` processes, one per ``{name: capacity options}``."""
     queue = f"q-{uuid.uuid4().hex[:8]}"
@@ -398,6 +408,7 @@ def flow_workers(
         "TASKIQ_FLOW_TEST_REDIS": redis_url,
         "TASKIQ_FLOW_TEST_QUEUE": queue,
         "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        **(extra_env or {}),
     }
     command = [sys.executable, "-m", "taskiq_flow.cli", "worker", "redis_app:broker"]
     procs = {

@@ -46,7 +46,9 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AsyncBroker
 
 from taskiq_flow.distributed.keys import validate_key_part
@@ -83,6 +85,8 @@ DEFAULT_RESULT_TTL = 3_600
 #: Dead-letter streams keep about this many entries, for this long.
 DEAD_LETTER_MAXLEN = 10_000
 DEAD_LETTER_TTL = 7 * 86_400
+#: How long sending a message retries while Redis is unreachable.
+SEND_RETRY_SECONDS = 10.0
 #: Longest pause between two attempts to reach Redis.
 MAX_BACKOFF = 5.0
 
@@ -333,13 +337,25 @@ def _make_reliable_class() -> type:  # noqa: C901 - one class, built lazily
             own = labels.get(QUEUE_LABEL)
             if isinstance(own, str) and own.startswith(f"{self.queue_name}."):
                 queue = validate_key_part("worker queue", own)  # placed on that worker
-            async with Redis(connection_pool=self.connection_pool) as conn:
-                await conn.xadd(
-                    queue,
-                    {b"data": message.message},
-                    maxlen=self.maxlen,
-                    approximate=self.approximate,
-                )
+            # A connection broken by a Redis restart or stall is retried (on a fresh one) for
+            # up to SEND_RETRY_SECONDS; a message whose reply was lost may then be sent twice
+            # (at-least-once, as any redelivery).
+            pause, deadline = 0.05, time.monotonic() + SEND_RETRY_SECONDS
+            while True:
+                try:
+                    async with Redis(connection_pool=self.connection_pool) as conn:
+                        await conn.xadd(
+                            queue,
+                            {b"data": message.message},
+                            maxlen=self.maxlen,
+                            approximate=self.approximate,
+                        )
+                    return
+                except (RedisConnectionError, RedisTimeoutError):
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 1.0)
 
         # -- receiving ---------------------------------------------------------------------------
 
@@ -396,7 +412,7 @@ def _make_reliable_class() -> type:  # noqa: C901 - one class, built lazily
                         logger.warning("consumer group lost (Redis lost its data?): declaring it")
                         self._held.clear()  # their pending entries are gone with the group
                         with contextlib.suppress(RedisError):
-                            await self._declare_consumer_group()
+                            await self._declare_again()
                     else:
                         logger.warning("Redis refused a read: %s; retrying in %.1fs", exc, pause)
                     await asyncio.sleep(pause)
@@ -405,6 +421,16 @@ def _make_reliable_class() -> type:  # noqa: C901 - one class, built lazily
                     logger.warning("Redis unavailable: %s; retrying in %.1fs", exc, pause)
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, MAX_BACKOFF)
+
+        async def _declare_again(self) -> None:
+            """Declares lost consumer groups from the start of their streams: what was sent
+            since Redis came back is read, not skipped."""
+            async with Redis(connection_pool=self.connection_pool) as conn:
+                for stream in self.streams:
+                    with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+                        await conn.xgroup_create(
+                            stream, self.consumer_group_name, id="0", mkstream=True
+                        )
 
         async def _admit(
             self, conn: Redis, stream: Any, message_id: Any, fields: Any
