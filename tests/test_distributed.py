@@ -188,9 +188,8 @@ def supervised_workers(
     try:
         yield env, proc
     finally:
-        # `taskiq worker` on a RedisStreamBroker does not exit on SIGTERM (measured here: still
-        # running after 15 s, with or without our middleware), so the group is killed after a
-        # grace period.
+        # SIGTERM stops the workers gracefully (the reliable broker's reads end on
+        # cancellation); the group is killed if that takes longer than a grace period.
         proc.terminate()
         try:
             proc.wait(timeout=3)

@@ -53,7 +53,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     try:
         proc.wait(timeout=3)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # taskiq worker ignores SIGTERM on stream brokers
+        os.killpg(proc.pid, signal.SIGKILL)  # past the grace period
         proc.wait()
 
 

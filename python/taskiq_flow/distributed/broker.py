@@ -395,7 +395,7 @@ def _make_reliable_class() -> type:  # noqa: C901 - one class, built lazily
                                 yield message
                             self._predecessor = None
                         while True:
-                            fetched = await self._next_batch(conn)
+                            fetched = await _cancellable(self._next_batch(conn))
                             pause = 0.1
                             for stream, entries in fetched or []:
                                 for message_id, fields in entries:
@@ -408,6 +408,7 @@ def _make_reliable_class() -> type:  # noqa: C901 - one class, built lazily
                                     async for message in self._reclaim(conn, stream):
                                         yield message
                 except ResponseError as exc:
+                    _reraise_cancellation()
                     if "NOGROUP" in str(exc):
                         logger.warning("consumer group lost (Redis lost its data?): declaring it")
                         self._held.clear()  # their pending entries are gone with the group
@@ -418,6 +419,7 @@ def _make_reliable_class() -> type:  # noqa: C901 - one class, built lazily
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, MAX_BACKOFF)
                 except (RedisError, OSError) as exc:
+                    _reraise_cancellation()
                     logger.warning("Redis unavailable: %s; retrying in %.1fs", exc, pause)
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, MAX_BACKOFF)
@@ -622,6 +624,30 @@ def _make_reliable_class() -> type:  # noqa: C901 - one class, built lazily
                 await published
 
     return ReliableRedisStreamBroker
+
+
+async def _cancellable(read: Awaitable[Any]) -> Any:
+    """Awaits a blocking read so that cancelling the caller always ends the wait at once.
+
+    On Python 3.11, redis-py's read under ``asyncio.timeout`` can absorb a cancellation that
+    lands as its socket timeout fires (measured here: an idle `taskiq worker` then never stops
+    on SIGINT or SIGTERM, its listener reading on). The read runs as its own task, shielded, and
+    is cancelled when the caller is.
+    """
+    task = asyncio.ensure_future(read)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+
+
+def _reraise_cancellation() -> None:
+    """redis-py may report a read cancelled by the worker's shutdown as a connection error: a
+    task being cancelled must stop, not retry."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _label_from_raw(data: Any) -> Any:
