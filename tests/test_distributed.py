@@ -361,7 +361,7 @@ def test_redis_bench_runs_against_real_workers() -> None:
     results = run_redis_bench(tasks=50, repeats=1)
     assert isinstance(results, dict), results
     for workers in ("1 worker(s)", "2 worker(s)"):
-        assert set(results[workers]) == {"raw_taskiq_redis", "MapReduce.map"}
+        assert set(results[workers]) == {"raw_taskiq_redis", "cheapest_raw", "MapReduce.map"}
         assert all(v > 0 for v in results[workers].values())
     assert "best-fit placement among 1,000 workers" in report(results)
 

@@ -290,10 +290,17 @@ async def test_results_expire_and_acknowledged_messages_leave_the_stream(
             )
             assert out == list(range(200))
             await until(lambda: _stream_empty(redis, queue), 10, "the queue to be trimmed")
-            results = [k async for k in redis.scan_iter(match="taskiq_flow_test_results:*")]
-            assert len(results) >= 200
-            for key in results:
-                assert 0 < await redis.ttl(key) <= 3600
+            # A pipeline task's value travels in its completion: no result key is left behind.
+            assert [k async for k in redis.scan_iter(match="taskiq_flow_test_results:*")] == []
+            # A plain task's result, in json_result_backend, expires (one hour by default).
+            handle = await app.pid.kiq()
+            await handle.wait_result(timeout=30)
+            [key] = [k async for k in redis.scan_iter(match="taskiq_flow_test_results:*")]
+            assert 0 < await redis.ttl(key) <= 3600
+            # Every key taskiq-flow and the result backend left has a TTL (the queues are
+            # streams that stay, emptied as messages are acknowledged).
+            async for key in redis.scan_iter(match="taskiq_flow*"):
+                assert await redis.ttl(key) > 0, key
     backend = json_result_backend(redis_url)
     assert backend.result_ex_time == 3600
     await backend.shutdown()

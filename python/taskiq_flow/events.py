@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
+from taskiq.exceptions import NoResultError
 
 from taskiq_flow.exceptions import PayloadTooLargeError
 
@@ -142,11 +143,17 @@ class FlowMiddleware(TaskiqMiddleware):
     ``taskiq worker`` processes.
 
     :param channel: where completions go (the process-wide in-memory channel by default).
+    :param keep_results: also store pipeline tasks' results in the broker's result backend
+        (off by default: a pipeline task's value travels in its completion, and nothing reads
+        it from the result backend).
     """
 
-    def __init__(self, channel: CompletionChannel | None = None) -> None:
+    def __init__(
+        self, channel: CompletionChannel | None = None, keep_results: bool = False
+    ) -> None:
         super().__init__()
         self.channel: CompletionChannel = channel if channel is not None else default_channel()
+        self.keep_results = keep_results
         self._started: dict[str, tuple[float, float]] = {}
 
     async def shutdown(self) -> None:
@@ -167,7 +174,8 @@ class FlowMiddleware(TaskiqMiddleware):
         """Publishes the completion of a pipeline task (taskiq awaits what a networked channel
         returns). A malformed ``taskiq_flow`` label is logged and skipped, never raised: the
         worker goes on. A result the channel refuses (over its size or depth limit) is replaced
-        by the error, so the result backend does not store it either."""
+        by the error. With a broker that can (the reliable Redis stream broker), the completion
+        is written in the same transaction as the message's acknowledgement."""
         started = self._started.pop(message.task_id, None)
         raw = message.labels.get(FLOW_LABEL)
         if raw is None:
@@ -195,21 +203,25 @@ class FlowMiddleware(TaskiqMiddleware):
             duration_ms=duration_ms,
             started_at=started[1] if started else time.time() - duration_ms / 1000.0,
         )
-        checked = getattr(self.channel, "publish_checked", None)
-        if checked is not None:
-            return self._publish_checked(checked, completion, message, result)
-        return self.channel.publish(completion)
-
-    @staticmethod
-    async def _publish_checked(
-        checked: Any, completion: Completion, message: TaskiqMessage, result: TaskiqResult[Any]
-    ) -> None:
-        if await checked(completion, message.task_name):
+        prepare = getattr(self.channel, "prepare", None)
+        if prepare is None:
+            return self.channel.publish(completion)
+        payload, refused = prepare(completion, message.task_name)
+        if not self.keep_results:
+            # The value travels in the completion: nothing reads it from the result backend, so
+            # it is not stored there (one write and one key fewer per task).
+            result.error = NoResultError()
+        if refused:
             result.is_err = True
             result.return_value = None
             result.error = PayloadTooLargeError(
                 f"the result of task {message.task_name!r} is over the channel's limit"
             )
+        carry = getattr(self.broker, "carry_completion", None)
+        if carry is not None and carry(message.task_id, self.channel, run_id, payload):
+            return None  # written with the message's acknowledgement, in one transaction
+        write: Coroutine[Any, Any, None] = self.channel.write(run_id, payload)  # type: ignore[attr-defined]
+        return write
 
 
 def parse_flow_label(raw: object) -> tuple[str, int, int] | None:

@@ -218,7 +218,11 @@ def _make_reliable_class() -> type:  # noqa: C901 - one class, built lazily
             self.priority_queues = queues
             self.lease_seconds = lease
             self.prefix = validate_key_part("prefix", prefix)
-            self._held: dict[Any, dict[Any, None]] = {}
+            # What this worker holds: stream -> {message id: task id}, and back.
+            self._held: dict[Any, dict[Any, str]] = {}
+            self._tasks: dict[str, tuple[Any, Any]] = {}
+            # Completions to write with a message's acknowledgement: task id -> (key, JSON, ttl).
+            self._carried: dict[str, tuple[str, str, int]] = {}
             self._background: set[asyncio.Task[None]] = set()
             self._predecessor: str | None = None
             self._next_reclaim = 0.0
@@ -317,14 +321,27 @@ def _make_reliable_class() -> type:  # noqa: C901 - one class, built lazily
                     for message_id in lost or ():
                         self._drop(stream, message_id)
 
-        def _drop(self, stream: Any, message_id: Any) -> None:
+        def _drop(self, stream: Any, message_id: Any) -> str | None:
+            """Forgets a held message; returns its task id."""
             ids = self._held.get(stream)
-            if ids is not None:
-                ids.pop(message_id, None)
-                if isinstance(message_id, bytes):
-                    ids.pop(message_id.decode(), None)
-                else:
-                    ids.pop(str(message_id).encode(), None)
+            if ids is None:
+                return None
+            task_id = ids.pop(message_id, None)
+            if task_id is None:
+                other = message_id.decode() if isinstance(message_id, bytes) else message_id
+                task_id = ids.pop(other, None) or ids.pop(str(other).encode(), None)
+            if task_id is not None:
+                self._tasks.pop(task_id, None)
+            return task_id
+
+        def carry_completion(self, task_id: str, channel: Any, run_id: str, payload: str) -> bool:
+            """Takes a prepared completion to write in the same transaction as the message's
+            acknowledgement (never one without the other). ``False`` if this worker no longer
+            holds the message (already acknowledged): the caller writes it itself."""
+            if task_id not in self._tasks:
+                return False
+            self._carried[task_id] = (channel.key(run_id), payload, channel.ttl_seconds)
+            return True
 
         # -- sending -----------------------------------------------------------------------------
 
@@ -461,24 +478,33 @@ def _make_reliable_class() -> type:  # noqa: C901 - one class, built lazily
                 reason = f"a malformed {FLOW_LABEL} label {label!r}"
                 await self._reject(conn, stream, message_id, fields, reason, message)
                 return None
-            self._held.setdefault(stream, {})[message_id] = None
+            self._held.setdefault(stream, {})[message_id] = message.task_id
+            self._tasks[message.task_id] = (stream, message_id)
             return AckableMessage(data=data, ack=self._acker(stream, message_id))
 
         def _acker(self, stream: Any, message_id: Any) -> Callable[[], Awaitable[None]]:
             async def ack() -> None:
-                self._drop(stream, message_id)
-                await self._ack(stream, message_id)
+                task_id = self._drop(stream, message_id)
+                carried = self._carried.pop(task_id, None) if task_id is not None else None
+                await self._ack(stream, message_id, carried)
 
             return ack
 
-        async def _ack(self, stream: Any, message_id: Any) -> None:
-            """Acknowledges and deletes a message, retrying while Redis is unavailable (for
-            about a lease; after that the message is reclaimed and runs again)."""
+        async def _ack(
+            self, stream: Any, message_id: Any, carried: tuple[str, str, int] | None = None
+        ) -> None:
+            """Acknowledges and deletes a message (with its completion, if it carries one, in
+            the same transaction), retrying while Redis is unavailable (for about a lease;
+            after that the message is reclaimed and runs again)."""
             pause, deadline = 0.05, time.monotonic() + self.lease_seconds
             while True:
                 try:
                     async with Redis(connection_pool=self.connection_pool) as conn:
                         async with conn.pipeline(transaction=True) as pipe:
+                            if carried is not None:
+                                key, payload, ttl = carried
+                                pipe.xadd(key, {"c": payload})
+                                pipe.expire(key, ttl)
                             pipe.xack(stream, self.consumer_group_name, message_id)
                             pipe.xdel(stream, message_id)
                             await pipe.execute()

@@ -160,8 +160,10 @@ class RedisCompletionChannel:
         """Appends a completion to its run's stream (returns the coroutine taskiq awaits)."""
         return self._publish(completion)
 
-    def _payload(self, completion: Completion, task_name: str | None = None) -> tuple[str, bool]:
-        """The completion as JSON, and whether its value was refused (over the limits)."""
+    def prepare(self, completion: Completion, task_name: str | None = None) -> tuple[str, bool]:
+        """The completion as the JSON its stream entry carries, and whether its value was
+        refused (over the size or depth limit: the entry then reports the step failed with
+        :class:`~taskiq_flow.exceptions.PayloadTooLargeError` naming ``task_name``)."""
         ok, error, value_text = completion.ok, completion.error, "null"
         if ok:
             what = f"the result of task {task_name!r}" if task_name else "the result"
@@ -189,8 +191,14 @@ class RedisCompletionChannel:
 
         :return: whether the value was refused.
         """
-        payload, refused = self._payload(completion, task_name)
-        key = self.key(completion.run_id)
+        payload, refused = self.prepare(completion, task_name)
+        await self.write(completion.run_id, payload)
+        return refused
+
+    async def write(self, run_id: str, payload: str) -> None:
+        """Appends a prepared completion to its run's stream, retrying with a backoff while
+        Redis is unreachable, until it is written."""
+        key = self.key(run_id)
         pause = 0.05
         while True:
             try:
@@ -198,12 +206,11 @@ class RedisCompletionChannel:
                     pipe.xadd(key, {"c": payload})
                     pipe.expire(key, self.ttl_seconds)
                     await pipe.execute()
-                return refused
+                return
             except RedisError as exc:
                 logger.warning(
-                    "completion of run %s node %d not written yet (%s); retrying in %.1fs",
-                    completion.run_id,
-                    completion.node,
+                    "completion of run %s not written yet (%s); retrying in %.1fs",
+                    run_id,
                     exc,
                     pause,
                 )
