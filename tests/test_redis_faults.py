@@ -360,3 +360,85 @@ async def test_a_live_runs_records_outlive_a_shorter_ttl(redis: Redis, redis_url
             assert status.status == "running"
             assert await asyncio.wait_for(run, 30) == {"slow": 9}
             assert (await reader.get_status(status.pipeline_id)).status == "done"
+
+
+# -- least privilege -----------------------------------------------------------------------------
+
+#: The README's ACL, for this test's queue and result prefix.
+FLOW_ACL = (
+    "on >flow-secret resetkeys ~taskiq_flow:* ~taskiq_flow_test_results:* ~{queue} ~{queue}.* "
+    "~autoclaim:* resetchannels -@all +@connection +@stream +@hash +@string +@sortedset "
+    "+@keyspace +@scripting +@transaction -@dangerous"
+)
+#: What the test app's own tasks use besides (their own keys, lists and sets), and the app's
+#: priority queue.
+APP_ACL = "~high_priority ~tracked:* ~slow:* +@list +@set"
+
+
+async def test_the_redis_mode_runs_under_the_documented_acl_with_the_default_user_off(
+    own_redis: RedisProcess,
+) -> None:
+    from taskiq_flow import DataflowPipeline
+
+    admin = Redis.from_url(own_redis.url)
+    queue = f"q-acl{os.getpid()}"
+    await admin.execute_command(
+        "ACL", "SETUSER", "admin", "on", ">admin-secret", "~*", "&*", "+@all"
+    )
+    await admin.execute_command(
+        "ACL", "SETUSER", "flow", *FLOW_ACL.format(queue=queue).split(), *APP_ACL.split()
+    )
+    await admin.execute_command("ACL", "SETUSER", "default", "off")
+    await admin.aclose()
+    host = own_redis.url.removeprefix("redis://")
+    url = f"redis://flow:flow-secret@{host}"
+    redis = Redis.from_url(f"redis://admin:admin-secret@{host}")
+    try:
+        assert not await _answers_anonymously(own_redis.url)
+        extra = {"TASKIQ_FLOW_TEST_QUEUE": queue}
+        with supervised_workers(url, "--workers", "1", extra_env=extra) as (env, _):
+            async with started_app(env) as app:
+                out = await asyncio.wait_for(
+                    MapReduce.map(app.broker, app.tracked, range(20), 5, seconds=0.0), 60
+                )
+                assert out == list(range(20))
+                storage = RedisPipelineStorage(Redis.from_url(url), ttl_seconds=600)
+                tracking = PipelineTrackingManager(storage)
+                pipeline = DataflowPipeline.from_tasks(app.broker, [app.slow]).with_tracking(
+                    tracking
+                )
+                done = await asyncio.wait_for(pipeline.kiq_dataflow(x=2, seconds=0.1), 60)
+                assert done == {"slow": 2}
+                [status] = await tracking.list_pipelines()
+                assert status.status == "done"
+                await storage.redis.aclose()
+        denied = await redis.execute_command("ACL", "LOG")
+        assert denied == [], denied
+    finally:
+        await redis.aclose()
+
+
+async def _answers_anonymously(url: str) -> bool:
+    client = Redis.from_url(url)
+    try:
+        await client.get("x")
+        return True
+    except Exception:
+        return False
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("label", ["garbage", "run:x:1", "run:1", 7, ":1:1"])
+def test_flow_middleware_skips_a_malformed_label_without_raising(label: object) -> None:
+    from taskiq import TaskiqMessage, TaskiqResult
+
+    from taskiq_flow.events import FlowMiddleware, InProcessChannel
+
+    middleware = FlowMiddleware(InProcessChannel())
+    message = TaskiqMessage(
+        task_id="t", task_name="x", labels={"taskiq_flow": label}, args=[], kwargs={}
+    )
+    middleware.pre_execute(message)
+    result: TaskiqResult[int] = TaskiqResult(is_err=False, return_value=1, execution_time=0.1)
+    assert middleware.post_execute(message, result) is None
