@@ -265,14 +265,28 @@ def _make_reliable_class() -> type:  # noqa: C901 - one class, built lazily
             self._spawn(self._keep_leases())
 
         async def shutdown(self) -> None:
-            """Stops the heartbeats and withdraws the advert."""
+            """Stops the heartbeats, withdraws the advert, and removes this process's stream
+            consumer if it holds nothing (consumers would pile up in the group otherwise)."""
             for task in list(self._background):
                 task.cancel()
-            if self._advert is not None:
+            if self.is_worker_process:
                 with contextlib.suppress(RedisError):
                     async with Redis(connection_pool=self.connection_pool) as conn:
-                        await conn.delete(worker_key(self._advert["name"], self.prefix))
+                        if self._advert is not None:
+                            await conn.delete(worker_key(self._advert["name"], self.prefix))
+                        for stream in self.streams:
+                            await self._forget_consumer(conn, stream, self.consumer_name)
             await super().shutdown()
+
+        async def _forget_consumer(self, conn: Redis, stream: Any, consumer: str) -> None:
+            """Deletes a consumer from the group, only if it has no pending message (deleting
+            one drops what it holds)."""
+            with contextlib.suppress(ResponseError):
+                pending: Any = await conn.xpending_range(
+                    stream, self.consumer_group_name, "-", "+", 1, consumer
+                )
+                if not pending:
+                    await conn.xgroup_delconsumer(stream, self.consumer_group_name, consumer)
 
         def _spawn(self, coroutine: Any) -> None:
             task = asyncio.get_running_loop().create_task(coroutine)
@@ -563,8 +577,7 @@ def _make_reliable_class() -> type:  # noqa: C901 - one class, built lazily
                     )
                     async for message in self._adopt(conn, stream, claimed):
                         yield message
-                with contextlib.suppress(ResponseError):
-                    await conn.xgroup_delconsumer(stream, self.consumer_group_name, predecessor)
+                await self._forget_consumer(conn, stream, predecessor)
 
         async def _adopt(
             self, conn: Redis, stream: Any, claimed: Any
