@@ -530,19 +530,31 @@ async def test_a_restarted_orchestrator_resumes_its_run(
 ) -> None:
     from taskiq_flow import DataflowPipeline, PipelineTrackingManager
 
+    from taskiq_flow import StateError
+
     async with started_app(workers) as app:
         orchestrator = await asyncio.create_subprocess_exec(
-            sys.executable, str(TESTS / "redis_resume.py"), cwd=TESTS, env=workers
+            sys.executable,
+            str(TESTS / "redis_resume.py"),
+            cwd=TESTS,
+            env={**workers, "TASKIQ_FLOW_TEST_RUN_LEASE": "1"},
         )
         deadline = time.monotonic() + 30
         while not await redis.get("second:runs"):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)  # first_step is done, slow_step is running
+        tracking = PipelineTrackingManager(RedisPipelineStorage(redis, ttl_seconds=600))
+        [live] = await tracking.list_pipelines(status="running")
+        with pytest.raises(StateError, match="live in another process"):  # not while it lives
+            await tracking.begin(live.pipeline_id, "again", [("first", 1)])
         orchestrator.kill()
         await orchestrator.wait()
 
-        tracking = PipelineTrackingManager(RedisPipelineStorage(redis, ttl_seconds=600))
-        [crashed] = await tracking.list_pipelines(status="running")
+        deadline = time.monotonic() + 10
+        while not (abandoned := await tracking.list_pipelines(status="abandoned")):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)  # its lease (1 s) lapses
+        [crashed] = abandoned
         pipeline = DataflowPipeline.from_tasks(app.broker, [app.first_step, app.slow_step])
         outputs = await pipeline.with_tracking(tracking).resume(crashed.pipeline_id, x=3)
         assert outputs == {"first": 4, "second": 40}

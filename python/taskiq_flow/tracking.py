@@ -34,7 +34,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from taskiq_flow.exceptions import CorruptRecordError, InvalidValueError, UnknownIdError
+from taskiq_flow.exceptions import (
+    CorruptRecordError,
+    InvalidValueError,
+    StateError,
+    UnknownIdError,
+)
 
 __all__ = [
     "InMemoryPipelineStorage",
@@ -166,7 +171,11 @@ class PipelineTrackingManager:
     async def hold_lease(self, pipeline_id: str) -> None:
         """Takes the lease on a run (if the storage keeps leases) and keeps renewing it every
         third of its length until :meth:`release_lease` (called by :meth:`begin` and
-        :meth:`end`; call them yourself to hold a run you drive otherwise)."""
+        :meth:`end`; call them yourself to hold a run you drive otherwise).
+
+        :raises StateError: if another live process holds the run's lease (a run is resumed
+            only once it is ``abandoned``).
+        """
         renew = getattr(self.storage, "renew_lease", None)
         if renew is None or pipeline_id in self._leases:
             return
@@ -182,6 +191,9 @@ class PipelineTrackingManager:
             try:
                 if not await renew(pipeline_id, _OWNER):
                     logger.warning("the tracking record of run %s vanished", pipeline_id)
+            except StateError as exc:  # this process lost the lease (stalled past it)
+                logger.warning("lease of run %s lost: %s", pipeline_id, exc)
+                return
             except Exception as exc:  # Redis stalled or restarting: the next renewal may work
                 logger.warning("lease of run %s not renewed: %s", pipeline_id, exc)
 
@@ -201,10 +213,21 @@ class PipelineTrackingManager:
     # -- written by runs -------------------------------------------------------------------------
 
     async def begin(self, pipeline_id: str, name: str, steps: list[tuple[str, int]]) -> None:
-        """A run starts; ``steps`` lists each step's name and number of tasks."""
+        """A run starts (or resumes); ``steps`` lists each step's name and number of tasks.
+
+        :raises StateError: if another live process holds the run's lease.
+        """
         status = PipelineStatus(
             pipeline_id, name, steps=[StepStatus(step, tasks=count) for step, count in steps]
         )
+        owner = getattr(self.storage, "lease_owner", None)
+        if owner is not None and pipeline_id not in self._leases:
+            holder = await owner(pipeline_id)
+            if holder is not None and holder != _OWNER:
+                raise StateError(
+                    f"run {pipeline_id} is live in another process ({holder}); it can be "
+                    "resumed once it is abandoned (its lease lapsed)"
+                )
         self._live[pipeline_id] = status
         await self.storage.save(status)
         await self.hold_lease(pipeline_id)

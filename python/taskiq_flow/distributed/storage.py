@@ -34,7 +34,7 @@ from taskiq_flow.distributed.payload import (
     decode,
     encode,
 )
-from taskiq_flow.exceptions import CorruptRecordError, InvalidValueError
+from taskiq_flow.exceptions import CorruptRecordError, InvalidValueError, StateError
 from taskiq_flow.tracking import PipelineStatus, StepStatus
 
 __all__ = ["DEFAULT_RUN_LEASE_SECONDS", "RedisPipelineStorage"]
@@ -45,9 +45,12 @@ DEFAULT_RUN_LEASE_SECONDS = 15.0
 _MAX_ERROR = 4_096
 
 # KEYS: lease, run, steps, results. ARGV: owner, lease ms, keys' expiry ms.
-# Returns 1, or 0 when the run's record is gone (its state vanished).
+# Returns 1; 0 when the run's record is gone (its state vanished); or the other owner's id when
+# another live process holds the lease.
 _RENEW = """
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return holder end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 for i = 2, 4 do
   local left = redis.call('PTTL', KEYS[i])
@@ -111,11 +114,19 @@ class RedisPipelineStorage:
         from expiring meanwhile.
 
         :return: ``False`` if the run's record is gone (its state vanished from Redis).
+        :raises StateError: if another live process holds the lease (its owner id is named).
         """
         lease_ms = int(self.lease_seconds * 1000)
         keep_ms = max(self.ttl_seconds * 1000, 2 * lease_ms)
         keys = [self.lease_key(pipeline_id), *self.keys_of(pipeline_id)]
-        return bool(await self._renew(keys=keys, args=[owner, lease_ms, keep_ms]))
+        answer: Any = await self._renew(keys=keys, args=[owner, lease_ms, keep_ms])
+        if isinstance(answer, (bytes, str)):
+            holder = answer.decode() if isinstance(answer, bytes) else answer
+            raise StateError(
+                f"run {pipeline_id} is live in another process ({holder}); it can be resumed "
+                f"once that one's lease lapses (after {self.lease_seconds:g}s without renewal)"
+            )
+        return bool(answer)
 
     async def release_lease(self, pipeline_id: str) -> None:
         """Gives up the lease (the run ended)."""
