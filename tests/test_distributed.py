@@ -528,9 +528,7 @@ async def test_a_rate_limit_shared_through_redis_holds_across_limiters(redis: Re
 async def test_a_restarted_orchestrator_resumes_its_run(
     redis: Redis, workers: dict[str, str]
 ) -> None:
-    from taskiq_flow import DataflowPipeline, PipelineTrackingManager
-
-    from taskiq_flow import StateError
+    from taskiq_flow import DataflowPipeline, PipelineTrackingManager, StateError
 
     async with started_app(workers) as app:
         orchestrator = await asyncio.create_subprocess_exec(

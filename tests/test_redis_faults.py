@@ -124,9 +124,7 @@ async def test_a_killed_plain_worker_child_is_reclaimed_after_the_default_lease(
             assert victim not in children(proc.pid)
 
 
-async def test_a_healthy_step_longer_than_the_lease_runs_once(
-    redis: Redis, redis_url: str
-) -> None:
+async def test_a_healthy_step_longer_than_the_lease_runs_once(redis: Redis, redis_url: str) -> None:
     extra = {"TASKIQ_FLOW_TEST_LEASE": "1", "TASKIQ_FLOW_TEST_MAX_DELIVERIES": "1"}
     with supervised_workers(redis_url, "--workers", "2", extra_env=extra) as (env, _):
         async with started_app(env) as app:
@@ -153,7 +151,7 @@ async def test_messages_no_worker_can_run_fail_their_step_and_the_worker_lives_o
                 return x
 
             task = app.broker.register_task(not_on_workers, task_name="redis_app:elsewhere")
-            with pytest.raises(StepFailedError, match="UndeliverableMessageError.*elsewhere"):
+            with pytest.raises(StepFailedError, match=r"UndeliverableMessageError.*elsewhere"):
                 await asyncio.wait_for(MapReduce.map(app.broker, task, [1]), 30)
 
             # A stream entry without `data`, and a message taskiq cannot decode that still names
@@ -171,9 +169,7 @@ async def test_messages_no_worker_can_run_fail_their_step_and_the_worker_lives_o
             # A malformed flow label.
             await app.pid.kicker().with_labels(taskiq_flow="no-node-here").kiq()
 
-            letters = await until(
-                lambda: _dead_letters(redis, queue, 4), 30, "4 dead letters"
-            )
+            letters = await until(lambda: _dead_letters(redis, queue, 4), 30, "4 dead letters")
             reasons = [fields[b"reason"].decode() for _, fields in letters]
             assert "not registered" in reasons[0]
             assert "without a 'data' field" in reasons[1]
@@ -256,7 +252,9 @@ async def test_a_run_whose_state_vanished_fails_clearly_and_workers_reconnect(
 # -- runs whose orchestrator died ----------------------------------------------------------------
 
 
-async def test_a_run_whose_orchestrator_died_shows_as_abandoned(redis: Redis, redis_url: str) -> None:
+async def test_a_run_whose_orchestrator_died_shows_as_abandoned(
+    redis: Redis, redis_url: str
+) -> None:
     extra = {"TASKIQ_FLOW_TEST_RUN_LEASE": "1"}
     with supervised_workers(redis_url, "--workers", "1", extra_env=extra) as (env, _):
         async with started_app(env):
@@ -442,3 +440,53 @@ def test_flow_middleware_skips_a_malformed_label_without_raising(label: object) 
     middleware.pre_execute(message)
     result: TaskiqResult[int] = TaskiqResult(is_err=False, return_value=1, execution_time=0.1)
     assert middleware.post_execute(message, result) is None
+
+
+# -- TLS -----------------------------------------------------------------------------------------
+
+
+def make_certificates(where: Path) -> dict[str, str]:
+    """A throwaway CA, a server certificate it signs for 127.0.0.1, and an unrelated CA."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=where, check=True, capture_output=True, timeout=60)
+
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for ca in ("ca", "other-ca"):
+        subject = ["-subj", f"/CN={ca}", "-days", "1"]
+        openssl("req", "-x509", *key, "-keyout", f"{ca}.key", "-out", f"{ca}.crt", *subject)
+    openssl("req", *key, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (where / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    sign = ["-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-extfile", "san.ext"]
+    openssl("x509", "-req", "-in", "server.csr", "-out", "server.crt", "-days", "1", *sign)
+    names = ("ca.crt", "other-ca.crt", "server.crt", "server.key")
+    return {name: str(where / name) for name in names}
+
+
+async def test_the_redis_mode_runs_over_tls_and_a_wrong_ca_fails_clearly(tmp_path: Path) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from taskiq_flow.testing import free_port
+
+    certs = make_certificates(tmp_path)
+    tls_port = free_port()
+    tls = ["--tls-port", str(tls_port), "--tls-cert-file", certs["server.crt"]]
+    tls += ["--tls-key-file", certs["server.key"], "--tls-ca-cert-file", certs["ca.crt"]]
+    tls += ["--tls-auth-clients", "no"]
+    server = RedisProcess(extra=tls)
+    server.start()
+    url = f"rediss://127.0.0.1:{tls_port}?ssl_ca_certs={certs['ca.crt']}"
+    try:
+        with supervised_workers(url, "--workers", "1") as (env, _):
+            async with started_app(env) as app:
+                out = await asyncio.wait_for(
+                    MapReduce.map(app.broker, app.tracked, range(20), 5, seconds=0.0), 60
+                )
+                assert out == list(range(20))
+        other = certs["other-ca.crt"]
+        wrong = Redis.from_url(f"rediss://127.0.0.1:{tls_port}?ssl_ca_certs={other}")
+        with pytest.raises(RedisConnectionError, match="certificate verify failed"):
+            await wrong.ping()
+        await wrong.aclose()
+    finally:
+        server.close()

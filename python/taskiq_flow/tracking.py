@@ -19,7 +19,8 @@ keeps leases (:class:`~taskiq_flow.distributed.RedisPipelineStorage`), the manag
 on each run it executes, renewed in the background from :meth:`PipelineTrackingManager.begin` to
 :meth:`PipelineTrackingManager.end`; a run whose orchestrator died (its lease lapsed) reads back
 as ``abandoned``. A record that cannot be read is skipped by listings (with a warning) and raises
-:class:`~taskiq_flow.exceptions.CorruptRecordError` from :meth:`~PipelineTrackingManager.get_status`.
+:class:`~taskiq_flow.exceptions.CorruptRecordError` from
+:meth:`~PipelineTrackingManager.get_status`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ _OWNER = f"{socket.gethostname()[:64]}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
 def process_owner_id() -> str:
     """This process's id as the owner of run leases: ``host/pid/random``."""
     return _OWNER
+
 
 RunState = Literal["running", "done", "failed", "cancelled", "abandoned"]
 StepState = Literal["pending", "running", "retrying", "done", "failed", "skipped", "cancelled"]

@@ -9,8 +9,8 @@ Everything is checked before any process starts (the name, each capacity, resour
 the broker's import path, imported as ``taskiq worker`` will): bad input exits with status 2 and
 one line, instead of a worker process that taskiq's supervisor restarts forever. Then it runs
 ``taskiq worker app:broker --workers 1`` with the advert in its environment and supervises it:
-Ctrl-C or SIGTERM stop it gracefully with one line (a second signal, or 15 s, kills it). A broker made
-by :func:`taskiq_flow.distributed.reliable_stream_broker` then consumes the worker's own queue
+Ctrl-C or SIGTERM stop it gracefully with one line (a second signal, or 15 s, kills it). A broker
+made by :func:`taskiq_flow.distributed.reliable_stream_broker` then consumes the worker's own queue
 first (``<queue>.<name>``) and keeps the advert alive in Redis with a heartbeat. An orchestrator
 builds its pool from the live adverts::
 

@@ -4,9 +4,9 @@ Two floors, both taskiq-redis itself: ``kiq()`` every task, then ``wait_result()
 polled from the JSON result backend every millisecond, one poller per task); and the cheapest
 raw floor, ``kiq()`` every task, then one pipelined ``EXISTS`` over every result key still missing,
 every 2 ms. The contender is ``MapReduce.map`` over the same no-op task, whose completions come
-back through Redis streams (with the workers' leases, heartbeats and stream trimming on). Both run against the same
-``taskiq worker`` processes (1, then 2) on a ``redis-server`` started for the run. Also: the time
-the Rust placer takes to place one task among 1,000 registered workers.
+back through Redis streams (with the workers' leases, heartbeats and stream trimming on). All run
+against the same ``taskiq worker`` processes (1, then 2) on a ``redis-server`` started for the
+run. Also: the time the Rust placer takes to place one task among 1,000 registered workers.
 """
 
 from __future__ import annotations

@@ -178,7 +178,7 @@ def _lease_from(lease_seconds: float | None, idle_timeout: Any) -> float:
     return float(lease_seconds)
 
 
-def _make_reliable_class() -> type:  # noqa: C901 - one class, built lazily
+def _make_reliable_class() -> type:
     from taskiq import AckableMessage
     from taskiq_redis import RedisStreamBroker
 
@@ -513,15 +513,17 @@ def _make_reliable_class() -> type:  # noqa: C901 - one class, built lazily
             pause, deadline = 0.05, time.monotonic() + self.lease_seconds
             while True:
                 try:
-                    async with Redis(connection_pool=self.connection_pool) as conn:
-                        async with conn.pipeline(transaction=True) as pipe:
-                            if carried is not None:
-                                key, payload, ttl = carried
-                                pipe.xadd(key, {"c": payload})
-                                pipe.expire(key, ttl)
-                            pipe.xack(stream, self.consumer_group_name, message_id)
-                            pipe.xdel(stream, message_id)
-                            await pipe.execute()
+                    async with (
+                        Redis(connection_pool=self.connection_pool) as conn,
+                        conn.pipeline(transaction=True) as pipe,
+                    ):
+                        if carried is not None:
+                            key, payload, ttl = carried
+                            pipe.xadd(key, {"c": payload})
+                            pipe.expire(key, ttl)
+                        pipe.xack(stream, self.consumer_group_name, message_id)
+                        pipe.xdel(stream, message_id)
+                        await pipe.execute()
                     return
                 except RedisError as exc:
                     if time.monotonic() > deadline:
@@ -579,9 +581,7 @@ def _make_reliable_class() -> type:  # noqa: C901 - one class, built lazily
                         yield message
                 await self._forget_consumer(conn, stream, predecessor)
 
-        async def _adopt(
-            self, conn: Redis, stream: Any, claimed: Any
-        ) -> AsyncGenerator[Any, None]:
+        async def _adopt(self, conn: Redis, stream: Any, claimed: Any) -> AsyncGenerator[Any, None]:
             for message_id, fields in claimed:
                 if fields is None or message_id in self._held.get(stream, {}):
                     continue  # deleted meanwhile; or ours and running (a late heartbeat)
@@ -684,8 +684,8 @@ async def _cancellable(read: Awaitable[Any]) -> Any:
 def _reraise_cancellation() -> None:
     """redis-py may report a read cancelled by the worker's shutdown as a connection error: a
     task being cancelled must stop, not retry."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python 3.11+
+    if cancelling is not None and cancelling():
         raise asyncio.CancelledError
 
 

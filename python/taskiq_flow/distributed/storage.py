@@ -20,7 +20,6 @@ records expire. A record whose status is ``running`` but whose lease has lapsed 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict
 from typing import Any
 
