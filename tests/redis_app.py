@@ -11,7 +11,13 @@ import time
 
 from redis.asyncio import Redis
 
-from taskiq_flow import CPUProfile, FlowMiddleware, ResourceProfile, pipeline_task
+from taskiq_flow import (
+    CPUProfile,
+    DataflowPipeline,
+    FlowMiddleware,
+    ResourceProfile,
+    pipeline_task,
+)
 from taskiq_flow.distributed import (
     RedisCompletionChannel,
     json_result_backend,
@@ -224,3 +230,7 @@ async def big(size: int) -> str:
 @broker.task
 async def pid() -> int:
     return os.getpid()
+
+
+#: The pipeline `taskiq-flow runs resume` is pointed at in the tests.
+resume_pipeline = DataflowPipeline.from_tasks(broker, [first_step, slow_step])

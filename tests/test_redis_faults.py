@@ -490,3 +490,44 @@ async def test_the_redis_mode_runs_over_tls_and_a_wrong_ca_fails_clearly(tmp_pat
         await wrong.aclose()
     finally:
         server.close()
+
+
+async def test_an_abandoned_run_is_listed_and_resumed_by_the_runs_command(
+    redis: Redis, redis_url: str
+) -> None:
+    extra = {"TASKIQ_FLOW_TEST_RUN_LEASE": "1"}
+    with supervised_workers(redis_url, "--workers", "1", extra_env=extra) as (env, _):
+        async with started_app(env):
+            orchestrator = await asyncio.create_subprocess_exec(
+                sys.executable, str(TESTS / "redis_resume.py"), cwd=TESTS, env=env
+            )
+            await until(lambda: redis.get("second:runs"), 30, "slow_step to start")
+            tracking = PipelineTrackingManager(RedisPipelineStorage(redis, ttl_seconds=600))
+            [live] = await tracking.list_pipelines()
+
+            async def runs(*args: str) -> subprocess.CompletedProcess[str]:
+                command = [sys.executable, "-m", "taskiq_flow.cli", "runs", *args]
+                return await asyncio.to_thread(
+                    subprocess.run, command, cwd=TESTS, env=env, capture_output=True, text=True
+                )
+
+            refused = await runs(
+                "resume", live.pipeline_id, "--redis", redis_url,
+                "--pipeline", "redis_app:resume_pipeline", "--input", "x=3",
+            )  # fmt: skip
+            assert refused.returncode == 1 and "live in another process" in refused.stderr
+            orchestrator.kill()
+            await orchestrator.wait()
+            await until(
+                lambda: tracking.list_pipelines(status="abandoned"), 10, "the run to be abandoned"
+            )
+            listed = await runs("list", "--redis", redis_url, "--status", "abandoned")
+            assert listed.stdout.split()[:2] == [live.pipeline_id, "abandoned"], listed
+            resumed = await runs(
+                "resume", live.pipeline_id, "--redis", redis_url,
+                "--pipeline", "redis_app:resume_pipeline", "--input", "x=3",
+            )  # fmt: skip
+            assert resumed.returncode == 0, resumed.stderr
+            assert json.loads(resumed.stdout) == {"first": 4, "second": 40}
+            assert (await tracking.get_status(live.pipeline_id)).status == "done"
+            assert int(await redis.get("first:runs")) == 1  # done before the crash: not resent
