@@ -3,8 +3,8 @@
 A worker started by ``taskiq-flow worker`` publishes its advert (name, capacity, labels, its own
 queue, and in its labels its boot id ``taskiq_flow_boot``: the stream consumer of the running
 process) at
-``<prefix>:worker:<name>`` with a TTL of :data:`HEARTBEAT_TTL` seconds, refreshed every third of
-that. A child restarted by taskiq's supervisor under the same name is a new boot: it takes over
+``<prefix>:worker:<name>`` with a TTL of :data:`HEARTBEAT_TTL` seconds (10), refreshed every third
+of that. A child restarted by taskiq's supervisor under the same name is a new boot: it takes over
 at once whatever its predecessor held (see
 :class:`~taskiq_flow.distributed.broker.ReliableRedisStreamBroker`).
 """
@@ -25,8 +25,10 @@ logger = logging.getLogger(__name__)
 
 #: Set by ``taskiq-flow worker`` for the ``taskiq worker`` it starts: the worker's advert (JSON).
 WORKER_ENV = "TASKIQ_FLOW_WORKER"
-#: Seconds a worker's advert lives without a heartbeat (refreshed every third of that).
-HEARTBEAT_TTL = 3.0
+#: Seconds a worker's advert lives without a heartbeat (refreshed every third of that): long
+#: enough to outlive a Redis stall of several seconds (a lapsed advert makes pools drop the
+#: worker for good); a child restarted by the supervisor is taken over at once regardless.
+HEARTBEAT_TTL = 10.0
 #: Seconds the last boot id of a worker name is remembered.
 BOOT_TTL = 7 * 86_400
 
