@@ -11,7 +11,13 @@ import time
 
 from redis.asyncio import Redis
 
-from taskiq_flow import CPUProfile, FlowMiddleware, ResourceProfile, pipeline_task
+from taskiq_flow import (
+    CPUProfile,
+    DataflowPipeline,
+    FlowMiddleware,
+    ResourceProfile,
+    pipeline_task,
+)
 from taskiq_flow.distributed import (
     RedisCompletionChannel,
     json_result_backend,
@@ -21,13 +27,15 @@ from taskiq_flow.distributed import (
 URL = os.environ["TASKIQ_FLOW_TEST_REDIS"]
 QUEUE = os.environ.get("TASKIQ_FLOW_TEST_QUEUE", "taskiq_flow_test")
 
-# Reclaim what a dead worker held after 1 s idle; a message that killed 3 workers is poison.
+# A worker's lease on what it runs: 2 s unless the test says otherwise ("default": the
+# broker's default). A message that killed 3 workers is poison.
+_LEASE = os.environ.get("TASKIQ_FLOW_TEST_LEASE", "2")
 broker = (
     reliable_stream_broker(
         URL,
-        max_deliveries=3,
+        max_deliveries=int(os.environ.get("TASKIQ_FLOW_TEST_MAX_DELIVERIES", "3")),
         queue_name=QUEUE,
-        idle_timeout=1_000,
+        lease_seconds=None if _LEASE == "default" else float(_LEASE),
         xread_block=300,
         xread_count=1,  # one message per read, so that both workers get a share
         priority_queues=["high_priority"],
@@ -186,3 +194,43 @@ async def slow_step(first: int) -> int:
     await _count("second:runs")
     await asyncio.sleep(1.0)
     return first * 10
+
+
+@broker.task
+@pipeline_task(output="tracked")
+async def tracked(i: int, seconds: float = 0.2) -> int:
+    """Records each start (item, time, pid) in Redis, then works for ``seconds``."""
+    client = Redis.from_url(URL)
+    try:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.rpush("tracked:starts", json.dumps([i, time.time(), os.getpid()]))
+            pipe.sadd("tracked:pids", os.getpid())
+            await pipe.execute()
+    finally:
+        await client.aclose()
+    await asyncio.sleep(seconds)
+    return i
+
+
+@broker.task
+@pipeline_task(output="slow")
+async def slow(x: int, seconds: float = 4.0) -> int:
+    """A long, healthy step: counts its runs."""
+    await _count(f"slow:{x}:runs")
+    await asyncio.sleep(seconds)
+    return x
+
+
+@broker.task
+async def big(size: int) -> str:
+    """A result of ``size`` bytes."""
+    return "x" * size
+
+
+@broker.task
+async def pid() -> int:
+    return os.getpid()
+
+
+#: The pipeline `taskiq-flow runs resume` is pointed at in the tests.
+resume_pipeline = DataflowPipeline.from_tasks(broker, [first_step, slow_step])

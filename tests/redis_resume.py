@@ -4,6 +4,7 @@ tracking in Redis."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import redis_app
 from redis.asyncio import Redis
@@ -14,7 +15,10 @@ from taskiq_flow.distributed import RedisPipelineStorage
 
 async def main() -> None:
     await redis_app.broker.startup()
-    storage = RedisPipelineStorage(Redis.from_url(redis_app.URL), ttl_seconds=600)
+    lease = float(os.environ.get("TASKIQ_FLOW_TEST_RUN_LEASE", "15"))
+    storage = RedisPipelineStorage(
+        Redis.from_url(redis_app.URL), ttl_seconds=600, lease_seconds=lease
+    )
     pipeline = DataflowPipeline.from_tasks(
         redis_app.broker, [redis_app.first_step, redis_app.slow_step]
     ).with_tracking(PipelineTrackingManager(storage))

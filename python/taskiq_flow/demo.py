@@ -12,9 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import logging
 import random
+import signal
 import sys
 import time
+from collections.abc import Awaitable
 from typing import Any, TextIO
 
 from taskiq import InMemoryBroker
@@ -189,7 +192,8 @@ async def run_demo(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``taskiq-flow demo [--tracks N] [--speed F]``."""
+    """``taskiq-flow demo [--tracks N] [--speed F]``. Ctrl-C or SIGTERM stops it with one line
+    (exit status 130 or 143)."""
     parser = argparse.ArgumentParser(prog="taskiq-flow demo", description=__doc__.split("\n")[0])
     parser.add_argument("--tracks", type=int, default=8, help="tracks to ingest (default 8)")
     parser.add_argument(
@@ -198,5 +202,41 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tracks < 1:
         parser.error("--tracks must be at least 1")
-    asyncio.run(run_demo(args.tracks, args.speed))
-    return 0
+    stopped_by = asyncio.run(_until_signal(run_demo(args.tracks, args.speed)))
+    if stopped_by is None:
+        return 0
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    sys.stderr.write(f"taskiq-flow demo: stopped by {stopped_by.name}\n")
+    return 128 + stopped_by.value
+
+
+async def _until_signal(body: Awaitable[Any]) -> signal.Signals | None:
+    """Runs ``body`` until it ends or SIGINT/SIGTERM arrives; returns the signal, if one did.
+
+    The run is cancelled on a signal; the embedded broker's tasks cancelled with it are expected,
+    so taskiq's and asyncio's loggers are quieted instead of printing a traceback for each.
+    """
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    received: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        if not received:
+            received.append(sig)
+            for name in ("taskiq", "asyncio"):
+                logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+            main.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        await body
+    except asyncio.CancelledError:
+        if not received:
+            raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return received[0] if received else None

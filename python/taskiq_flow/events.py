@@ -12,6 +12,7 @@ processes (through Redis) implements the same two methods, so the engine does no
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -19,6 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
+from taskiq.exceptions import NoResultError
+
+from taskiq_flow.exceptions import PayloadTooLargeError
 
 __all__ = [
     "FLOW_LABEL",
@@ -28,7 +32,10 @@ __all__ = [
     "InProcessChannel",
     "Inbox",
     "ensure_flow_middleware",
+    "parse_flow_label",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The label that ties a message to its run, node and attempt.
 FLOW_LABEL = "taskiq_flow"
@@ -136,11 +143,17 @@ class FlowMiddleware(TaskiqMiddleware):
     ``taskiq worker`` processes.
 
     :param channel: where completions go (the process-wide in-memory channel by default).
+    :param keep_results: also store pipeline tasks' results in the broker's result backend
+        (off by default: a pipeline task's value travels in its completion, and nothing reads
+        it from the result backend).
     """
 
-    def __init__(self, channel: CompletionChannel | None = None) -> None:
+    def __init__(
+        self, channel: CompletionChannel | None = None, keep_results: bool = False
+    ) -> None:
         super().__init__()
         self.channel: CompletionChannel = channel if channel is not None else default_channel()
+        self.keep_results = keep_results
         self._started: dict[str, tuple[float, float]] = {}
 
     async def shutdown(self) -> None:
@@ -159,26 +172,67 @@ class FlowMiddleware(TaskiqMiddleware):
         self, message: TaskiqMessage, result: TaskiqResult[Any]
     ) -> Coroutine[Any, Any, None] | None:
         """Publishes the completion of a pipeline task (taskiq awaits what a networked channel
-        returns)."""
-        label = message.labels.get(FLOW_LABEL)
-        if label is None:
-            return None
+        returns). A malformed ``taskiq_flow`` label is logged and skipped, never raised: the
+        worker goes on. A result the channel refuses (over its size or depth limit) is replaced
+        by the error. With a broker that can (the reliable Redis stream broker), the completion
+        is written in the same transaction as the message's acknowledgement."""
         started = self._started.pop(message.task_id, None)
+        raw = message.labels.get(FLOW_LABEL)
+        if raw is None:
+            return None
+        label = parse_flow_label(raw)
+        if label is None:
+            logger.warning(
+                "task %s (%s) has a malformed %s label %r: no completion sent",
+                message.task_id,
+                message.task_name,
+                FLOW_LABEL,
+                raw,
+            )
+            return None
+        run_id, node, attempt = label
         now = time.perf_counter()
         duration_ms = (now - started[0]) * 1000.0 if started else result.execution_time * 1000.0
-        run_id, node, attempt = str(label).rsplit(":", 2)
-        return self.channel.publish(
-            Completion(
-                run_id=run_id,
-                node=int(node),
-                attempt=int(attempt),
-                ok=not result.is_err,
-                value=result.return_value,
-                error=result.error,
-                duration_ms=duration_ms,
-                started_at=started[1] if started else time.time() - duration_ms / 1000.0,
-            )
+        completion = Completion(
+            run_id=run_id,
+            node=node,
+            attempt=attempt,
+            ok=not result.is_err,
+            value=result.return_value,
+            error=result.error,
+            duration_ms=duration_ms,
+            started_at=started[1] if started else time.time() - duration_ms / 1000.0,
         )
+        prepare = getattr(self.channel, "prepare", None)
+        if prepare is None:
+            return self.channel.publish(completion)
+        payload, refused = prepare(completion, message.task_name)
+        if not self.keep_results:
+            # The value travels in the completion: nothing reads it from the result backend, so
+            # it is not stored there (one write and one key fewer per task).
+            result.error = NoResultError()
+        if refused:
+            result.is_err = True
+            result.return_value = None
+            result.error = PayloadTooLargeError(
+                f"the result of task {message.task_name!r} is over the channel's limit"
+            )
+        carry = getattr(self.broker, "carry_completion", None)
+        if carry is not None and carry(message.task_id, self.channel, run_id, payload):
+            return None  # written with the message's acknowledgement, in one transaction
+        write: Any = getattr(self.channel, "write")  # noqa: B009 - what networked channels have
+        written: Coroutine[Any, Any, None] = write(run_id, payload)
+        return written
+
+
+def parse_flow_label(raw: object) -> tuple[str, int, int] | None:
+    """``"<run id>:<node>:<attempt>"`` as its three parts, or ``None`` if malformed."""
+    if not isinstance(raw, str):
+        return None
+    parts = raw.rsplit(":", 2)
+    if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    return parts[0], int(parts[1]), int(parts[2])
 
 
 _DEFAULT_CHANNEL = InProcessChannel()

@@ -13,11 +13,18 @@
     │   ├── DuplicateOutputError   two tasks produce the same output
     │   ├── NotATaskError          (also TypeError) something that is not a taskiq task
     │   └── UnserializableError    (also TypeError) an argument the broker cannot send
+    ├── PayloadTooLargeError ValueError: a value or record over the size or depth limit
+    ├── CorruptRecordError  ValueError: a stored record that cannot be read back
+    ├── RemoteTaskError     a task failed in another process (its type name and message)
     ├── PipelineError       a run that did not finish
     │   ├── StepFailedError        a step failed for good (fail-fast, or after the others ran)
     │   ├── AbortPipeline          raised by a task to stop its pipeline
     │   ├── PipelineCancelledError the run was cancelled
     │   ├── PoisonMessageError     a step's every delivery killed its worker
+    │   │   └── UndeliverableMessageError  no worker can run the message (unknown task,
+    │   │                                  undecodable, missing field, malformed label)
+    │   ├── ChannelLostError       (also ConnectionError) completions unreadable for too long
+    │   │   └── RunStateLostError  the run's state vanished from Redis (restarted, data lost)
     │   ├── WorkerLostError        the worker a step was placed on went away (re-placed, resent)
     │   ├── TaskTimeoutError       (also TimeoutError) one attempt exceeded its step's timeout
     │   └── PipelineTimeoutError   (also TimeoutError) the run exceeded its timeout
@@ -38,6 +45,8 @@ from typing import Any
 
 __all__ = [
     "AbortPipeline",
+    "ChannelLostError",
+    "CorruptRecordError",
     "CycleError",
     "DataflowError",
     "DuplicateOutputError",
@@ -45,14 +54,18 @@ __all__ = [
     "InvalidValueError",
     "MissingInputError",
     "NotATaskError",
+    "PayloadTooLargeError",
     "PipelineCancelledError",
     "PipelineError",
     "PipelineTimeoutError",
     "PoisonMessageError",
+    "RemoteTaskError",
+    "RunStateLostError",
     "StateError",
     "StepFailedError",
     "TaskTimeoutError",
     "TaskiqFlowError",
+    "UndeliverableMessageError",
     "UnknownIdError",
     "UnschedulableError",
     "UnserializableError",
@@ -189,3 +202,36 @@ class WorkerLostError(PipelineError):
     """The worker a step was placed on stopped advertising (died, left). The step's capacity is
     released and the engine places and sends it again; after a few such losses it fails for
     good with this error."""
+
+
+class UndeliverableMessageError(PoisonMessageError):
+    """A message no worker can run: a task the worker does not have, a message that cannot be
+    decoded, a stream entry without its ``data`` field. The worker acknowledges it, records it in
+    its dead-letter stream and reports the step failed with this error (never retried)."""
+
+
+class ChannelLostError(PipelineError, ConnectionError):
+    """Completions could not be read from Redis for too long: the run stops instead of hanging."""
+
+
+class RunStateLostError(ChannelLostError):
+    """The run's state vanished from Redis (restarted with its data lost, or flushed): what was
+    in flight can never report back, so the run fails instead of waiting."""
+
+
+class RemoteTaskError(TaskiqFlowError):
+    """A task failed in another process; its exception arrives as its type name and message."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+
+
+class PayloadTooLargeError(TaskiqFlowError, ValueError):
+    """A value (a task's result, a tracking record) over the size or nesting-depth limit of
+    where it is stored; the message names the step or task, the size and the limit."""
+
+
+class CorruptRecordError(TaskiqFlowError, ValueError):
+    """A stored record that cannot be read back (not JSON, too deep, missing fields)."""

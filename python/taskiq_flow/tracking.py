@@ -13,16 +13,34 @@ first task's start to the last one's end.
     status = await tracking.get_status(pipeline.pipeline_id)
     for step in status.steps:
         print(f"{step.name}: {step.duration_ms}ms")
+
+A run's state is ``running``, then ``done``, ``failed`` or ``cancelled``. With a storage that
+keeps leases (:class:`~taskiq_flow.distributed.RedisPipelineStorage`), the manager holds a lease
+on each run it executes, renewed in the background from :meth:`PipelineTrackingManager.begin` to
+:meth:`PipelineTrackingManager.end`; a run whose orchestrator died (its lease lapsed) reads back
+as ``abandoned``. A record that cannot be read is skipped by listings (with a warning) and raises
+:class:`~taskiq_flow.exceptions.CorruptRecordError` from
+:meth:`~PipelineTrackingManager.get_status`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import logging
+import os
+import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from taskiq_flow.exceptions import InvalidValueError, UnknownIdError
+from taskiq_flow.exceptions import (
+    CorruptRecordError,
+    InvalidValueError,
+    StateError,
+    UnknownIdError,
+)
 
 __all__ = [
     "InMemoryPipelineStorage",
@@ -30,9 +48,20 @@ __all__ = [
     "PipelineStorage",
     "PipelineTrackingManager",
     "StepStatus",
+    "process_owner_id",
 ]
 
-RunState = Literal["running", "done", "failed", "cancelled"]
+logger = logging.getLogger(__name__)
+
+_OWNER = f"{socket.gethostname()[:64]}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
+
+
+def process_owner_id() -> str:
+    """This process's id as the owner of run leases: ``host/pid/random``."""
+    return _OWNER
+
+
+RunState = Literal["running", "done", "failed", "cancelled", "abandoned"]
 StepState = Literal["pending", "running", "retrying", "done", "failed", "skipped", "cancelled"]
 
 
@@ -137,16 +166,73 @@ class PipelineTrackingManager:
             storage if storage is not None else InMemoryPipelineStorage()
         )
         self._live: dict[str, PipelineStatus] = {}
+        self._leases: dict[str, asyncio.Task[None]] = {}
+
+    # -- the run's lease -------------------------------------------------------------------------
+
+    async def hold_lease(self, pipeline_id: str) -> None:
+        """Takes the lease on a run (if the storage keeps leases) and keeps renewing it every
+        third of its length until :meth:`release_lease` (called by :meth:`begin` and
+        :meth:`end`; call them yourself to hold a run you drive otherwise).
+
+        :raises StateError: if another live process holds the run's lease (a run is resumed
+            only once it is ``abandoned``).
+        """
+        renew = getattr(self.storage, "renew_lease", None)
+        if renew is None or pipeline_id in self._leases:
+            return
+        await renew(pipeline_id, _OWNER)
+        interval = float(getattr(self.storage, "lease_seconds", 15.0)) / 3
+        self._leases[pipeline_id] = asyncio.get_running_loop().create_task(
+            self._renew_lease(pipeline_id, renew, interval)
+        )
+
+    async def _renew_lease(self, pipeline_id: str, renew: Any, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await renew(pipeline_id, _OWNER):
+                    logger.warning("the tracking record of run %s vanished", pipeline_id)
+            except StateError as exc:  # this process lost the lease (stalled past it)
+                logger.warning("lease of run %s lost: %s", pipeline_id, exc)
+                return
+            except Exception as exc:  # Redis stalled or restarting: the next renewal may work
+                logger.warning("lease of run %s not renewed: %s", pipeline_id, exc)
+
+    async def release_lease(self, pipeline_id: str) -> None:
+        """Stops renewing a run's lease and gives it up."""
+        task = self._leases.pop(pipeline_id, None)
+        if task is None:
+            return
+        task.cancel()
+        release = getattr(self.storage, "release_lease", None)
+        if release is not None:
+            try:
+                await release(pipeline_id)
+            except Exception as exc:  # it lapses by itself
+                logger.warning("lease of run %s not released: %s", pipeline_id, exc)
 
     # -- written by runs -------------------------------------------------------------------------
 
     async def begin(self, pipeline_id: str, name: str, steps: list[tuple[str, int]]) -> None:
-        """A run starts; ``steps`` lists each step's name and number of tasks."""
+        """A run starts (or resumes); ``steps`` lists each step's name and number of tasks.
+
+        :raises StateError: if another live process holds the run's lease.
+        """
         status = PipelineStatus(
             pipeline_id, name, steps=[StepStatus(step, tasks=count) for step, count in steps]
         )
+        owner = getattr(self.storage, "lease_owner", None)
+        if owner is not None and pipeline_id not in self._leases:
+            holder = await owner(pipeline_id)
+            if holder is not None and holder != _OWNER:
+                raise StateError(
+                    f"run {pipeline_id} is live in another process ({holder}); it can be "
+                    "resumed once it is abandoned (its lease lapsed)"
+                )
         self._live[pipeline_id] = status
         await self.storage.save(status)
+        await self.hold_lease(pipeline_id)
 
     def live(self, pipeline_id: str) -> PipelineStatus | None:
         """The in-progress record of a run this process is executing."""
@@ -189,7 +275,10 @@ class PipelineTrackingManager:
         for step in status.steps:
             if step.status in ("pending", "running", "retrying"):
                 step.status = "cancelled" if state != "done" else step.status
-        await self.storage.save(status)
+        try:
+            await self.storage.save(status)
+        finally:
+            await self.release_lease(pipeline_id)
 
     # -- read by users ---------------------------------------------------------------------------
 
@@ -197,6 +286,7 @@ class PipelineTrackingManager:
         """The status of a run: its state, times and steps.
 
         :raises UnknownIdError: if no run has that id (or it was deleted).
+        :raises CorruptRecordError: if its record cannot be read back.
         """
         live = self._live.get(pipeline_id)
         if live is not None:
@@ -210,7 +300,11 @@ class PipelineTrackingManager:
         """Every tracked run, oldest first, optionally only those in one state."""
         records = []
         for pipeline_id in await self.storage.ids():
-            record = await self.storage.load(pipeline_id)
+            try:
+                record = await self.storage.load(pipeline_id)
+            except CorruptRecordError as exc:
+                logger.warning("skipping run %s: %s", pipeline_id, exc)
+                continue
             if record is not None and (status is None or record.status == status):
                 records.append(record)
         return sorted(records, key=lambda r: r.started_at)
@@ -218,6 +312,9 @@ class PipelineTrackingManager:
     async def delete_pipeline(self, pipeline_id: str) -> bool:
         """Deletes a run's records; returns whether there were any."""
         self._live.pop(pipeline_id, None)
+        task = self._leases.pop(pipeline_id, None)
+        if task is not None:
+            task.cancel()
         return await self.storage.delete(pipeline_id)
 
     async def cleanup(self, older_than: float) -> int:

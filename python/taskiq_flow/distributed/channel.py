@@ -1,0 +1,341 @@
+"""Completions through Redis: one stream per run, written where tasks ran, read by the run.
+
+Workers' :class:`~taskiq_flow.events.FlowMiddleware` appends each completion to the stream of its
+run (``<prefix>:done:<run id>``); the orchestrator reads that stream, one blocking reader per
+run, never one poller per task. While a run is open its reader keeps a marker key
+(``<prefix>:open:<run id>``) and the stream's TTL alive; if the marker is gone (Redis restarted
+with its data lost, or flushed), nothing in flight can ever report back and the run fails at once
+with :class:`~taskiq_flow.exceptions.RunStateLostError`. If Redis cannot be reached for
+``give_up_seconds``, it fails with :class:`~taskiq_flow.exceptions.ChannelLostError`.
+
+A worker publishing a completion while Redis stalls or restarts retries with a backoff until it
+is written (its message is acknowledged only after that, so no completion is lost). A value over
+the size or depth limit is not sent: the step fails with
+:class:`~taskiq_flow.exceptions.PayloadTooLargeError` naming it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from taskiq_flow.distributed.keys import validate_key_part
+from taskiq_flow.distributed.payload import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_DEPTH,
+    check_limits,
+    decode,
+    encode,
+)
+from taskiq_flow.events import Completion, Inbox
+from taskiq_flow.exceptions import (
+    AbortPipeline,
+    ChannelLostError,
+    CorruptRecordError,
+    InvalidValueError,
+    PayloadTooLargeError,
+    PoisonMessageError,
+    RemoteTaskError,
+    RunStateLostError,
+    UndeliverableMessageError,
+)
+
+__all__ = ["RedisCompletionChannel", "error_from_json", "error_to_json"]
+
+logger = logging.getLogger(__name__)
+
+#: Errors that travel as themselves (everything else becomes a :class:`RemoteTaskError`).
+_KNOWN: dict[str, type[Exception]] = {
+    "PoisonMessageError": PoisonMessageError,
+    "UndeliverableMessageError": UndeliverableMessageError,
+    "PayloadTooLargeError": PayloadTooLargeError,
+}
+#: Longest error message kept in a completion.
+_MAX_MESSAGE = 4_096
+
+# Keeps a run's state alive while its orchestrator reads it; 0 if the state is gone.
+_RENEW = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+def error_to_json(error: BaseException | None) -> dict[str, str] | None:
+    """An exception as ``{"type", "message"}`` (the message cut to 4 KiB)."""
+    if error is None:
+        return None
+    if isinstance(error, AbortPipeline):
+        return {"type": "AbortPipeline", "message": error.reason[:_MAX_MESSAGE]}
+    return {"type": type(error).__name__, "message": str(error)[:_MAX_MESSAGE]}
+
+
+def error_from_json(data: Any) -> BaseException | None:
+    """The exception :func:`error_to_json` described (a :class:`RemoteTaskError` for a type
+    that is not one of ours).
+
+    :raises CorruptRecordError: for anything else.
+    """
+    if data is None:
+        return None
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), str) for k in ("type", "message")
+    ):
+        raise CorruptRecordError(f"not an error record: {data!r:.200}")
+    if data["type"] == "AbortPipeline":
+        return AbortPipeline(reason=data["message"])
+    known = _KNOWN.get(data["type"])
+    if known is not None:
+        return known(data["message"])
+    return RemoteTaskError(data["type"], data["message"])
+
+
+class RedisCompletionChannel:
+    """Completions through one Redis stream per run (``<prefix>:done:<run id>``).
+
+    :param redis: a ``redis.asyncio.Redis`` client, or a URL.
+    :param prefix: the key prefix (letters, digits, ``_ . -``).
+    :param ttl_seconds: how long an unread stream may live (a run's orchestrator that died); an
+        open run's reader keeps it alive.
+    :param block_ms: how long one read blocks before checking for shutdown and for the run's
+        state.
+    :param give_up_seconds: how long reads may keep failing (Redis down or restarting) before
+        the run fails with :class:`~taskiq_flow.exceptions.ChannelLostError`.
+    :param max_value_bytes: the largest result a completion carries, as JSON (default 1 MiB);
+        a larger one fails its step with :class:`~taskiq_flow.exceptions.PayloadTooLargeError`.
+    :param max_depth: the deepest nesting a result may have (default 100).
+    :raises InvalidValueError: for an unsafe prefix or a limit out of range.
+    """
+
+    def __init__(
+        self,
+        redis: Redis | str,
+        prefix: str = "taskiq_flow",
+        ttl_seconds: int = 86_400,
+        block_ms: int = 1_000,
+        give_up_seconds: float = 30.0,
+        max_value_bytes: int = DEFAULT_MAX_BYTES,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
+        self.prefix = validate_key_part("prefix", prefix)
+        if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds < 1:
+            raise InvalidValueError(f"ttl_seconds must be an int >= 1, got {ttl_seconds!r}")
+        if not isinstance(give_up_seconds, (int, float)) or not give_up_seconds > 0:
+            raise InvalidValueError(f"give_up_seconds must be > 0, got {give_up_seconds!r}")
+        self.max_value_bytes, self.max_depth = check_limits(max_value_bytes, max_depth)
+        self.give_up_seconds = float(give_up_seconds)
+        self._url = redis if isinstance(redis, str) else None
+        self._client: Redis | None = None if isinstance(redis, str) else redis
+        self.ttl_seconds = ttl_seconds
+        self.block_ms = block_ms
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        self._deletes: set[asyncio.Task[None]] = set()
+        self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+    def _redis(self) -> Redis:
+        if self._client is None:
+            assert self._url is not None
+            self._client = Redis.from_url(self._url)
+        return self._client
+
+    def key(self, run_id: str) -> str:
+        """The stream of one run."""
+        return f"{self.prefix}:done:{validate_key_part('run id', run_id)}"
+
+    def open_key(self, run_id: str) -> str:
+        """The marker that says a run is open (its state exists in Redis)."""
+        return f"{self.prefix}:open:{validate_key_part('run id', run_id)}"
+
+    def publish(self, completion: Completion) -> Coroutine[Any, Any, None]:
+        """Appends a completion to its run's stream (returns the coroutine taskiq awaits)."""
+        return self._publish(completion)
+
+    def prepare(self, completion: Completion, task_name: str | None = None) -> tuple[str, bool]:
+        """The completion as the JSON its stream entry carries, and whether its value was
+        refused (over the size or depth limit: the entry then reports the step failed with
+        :class:`~taskiq_flow.exceptions.PayloadTooLargeError` naming ``task_name``)."""
+        ok, error, value_text = completion.ok, completion.error, "null"
+        if ok:
+            what = f"the result of task {task_name!r}" if task_name else "the result"
+            what += f" (run {completion.run_id}, node {completion.node})"
+            try:
+                value_text = encode(completion.value, what, self.max_value_bytes, self.max_depth)
+            except PayloadTooLargeError as exc:
+                ok, error = False, exc
+        head = json.dumps(
+            {
+                "node": completion.node,
+                "attempt": completion.attempt,
+                "ok": ok,
+                "error": error_to_json(error),
+                "duration_ms": completion.duration_ms,
+                "started_at": completion.started_at,
+            }
+        )
+        return f'{head[:-1]}, "value": {value_text}}}', ok != completion.ok
+
+    async def publish_checked(self, completion: Completion, task_name: str | None = None) -> bool:
+        """Publishes a completion, refusing a value over the limits (the step then fails with
+        :class:`~taskiq_flow.exceptions.PayloadTooLargeError` naming ``task_name``), and
+        retrying with a backoff while Redis is unreachable, until it is written.
+
+        :return: whether the value was refused.
+        """
+        payload, refused = self.prepare(completion, task_name)
+        await self.write(completion.run_id, payload)
+        return refused
+
+    async def write(self, run_id: str, payload: str) -> None:
+        """Appends a prepared completion to its run's stream, retrying with a backoff while
+        Redis is unreachable, until it is written."""
+        key = self.key(run_id)
+        pause = 0.05
+        while True:
+            try:
+                async with self._redis().pipeline(transaction=True) as pipe:
+                    pipe.xadd(key, {"c": payload})
+                    pipe.expire(key, self.ttl_seconds)
+                    await pipe.execute()
+                return
+            except RedisError as exc:
+                logger.warning(
+                    "completion of run %s not written yet (%s); retrying in %.1fs",
+                    run_id,
+                    exc,
+                    pause,
+                )
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
+
+    async def _publish(self, completion: Completion) -> None:
+        await self.publish_checked(completion)
+
+    def open(self, run_id: str) -> Inbox:
+        """Starts reading a run's stream into a new inbox."""
+        inbox = Inbox()
+        key = self.key(run_id)
+        self._readers[run_id] = asyncio.get_running_loop().create_task(
+            self._read(run_id, key, inbox)
+        )
+        return inbox
+
+    def _lost(self, run_id: str, failing_since: float, exc: BaseException) -> bool:
+        task = asyncio.current_task()
+        cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+        if run_id not in self._readers or (cancelling is not None and cancelling()):
+            return True  # closed or cancelled mid-read (redis-py reports that as an error)
+        return time.monotonic() - failing_since > self.give_up_seconds
+
+    async def _read(self, run_id: str, key: str, inbox: Inbox) -> None:
+        last = "0-0"
+        redis = self._redis()
+        renew = redis.register_script(_RENEW)
+        marker = self.open_key(run_id)
+        ttl_ms = self.ttl_seconds * 1000
+        failing_since: float | None = None
+        opened = False
+        next_check = 0.0
+        pause = 0.05
+        while True:
+            try:
+                if not opened:
+                    await redis.set(marker, self._owner, px=ttl_ms)
+                    opened = True
+                now = time.monotonic()
+                if now >= next_check:
+                    next_check = now + max(self.block_ms / 1000, 0.2)
+                    if not await renew(keys=[marker, key], args=[ttl_ms]):
+                        inbox.fail(
+                            RunStateLostError(
+                                f"the state of run {run_id} vanished from Redis (restarted "
+                                "without its data, or flushed): what was in flight cannot "
+                                "report back"
+                            )
+                        )
+                        return
+                batches: Any = await redis.xread({key: last}, block=self.block_ms, count=1000)
+            except RedisError as exc:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if self._lost(run_id, failing_since, exc):
+                    if run_id in self._readers:
+                        inbox.fail(
+                            ChannelLostError(
+                                f"completions of run {run_id} cannot be read from Redis since "
+                                f"{self.give_up_seconds:.0f}s: {exc}"
+                            )
+                        )
+                    return
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+                continue
+            failing_since = None
+            pause = 0.05
+            for _stream, entries in batches or []:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    completion = self._parse(run_id, key, entry_id, fields)
+                    if completion is not None:
+                        inbox.push(completion)
+
+    def _parse(self, run_id: str, key: str, entry_id: Any, fields: Any) -> Completion | None:
+        try:
+            data = decode(
+                fields.get(b"c") or fields.get("c"),
+                f"completion {entry_id!r} in {key}",
+                self.max_value_bytes + 65_536,
+                self.max_depth + 2,
+            )
+            if not isinstance(data, dict):
+                raise CorruptRecordError("not an object")
+            return Completion(
+                run_id=run_id,
+                node=int(data["node"]),
+                attempt=int(data["attempt"]),
+                ok=bool(data["ok"]),
+                value=data["value"],
+                error=error_from_json(data["error"]),
+                duration_ms=float(data["duration_ms"]),
+                started_at=float(data["started_at"]),
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            # Not a completion we wrote (JSON only: nothing is ever unpickled).
+            logger.warning("ignoring malformed completion %s in %s: %s", entry_id, key, exc)
+            return None
+
+    def close(self, run_id: str) -> None:
+        """Stops reading a run's stream and deletes it."""
+        reader = self._readers.pop(run_id, None)
+        if reader is not None:
+            reader.cancel()
+            task = asyncio.get_running_loop().create_task(self._delete(run_id))
+            self._deletes.add(task)
+            task.add_done_callback(self._deletes.discard)
+
+    async def aclose(self) -> None:
+        """Stops every reader, finishes pending clean-ups, and closes the connection this channel
+        opened itself."""
+        for run_id in list(self._readers):
+            self._readers.pop(run_id).cancel()
+        if self._deletes:
+            await asyncio.gather(*self._deletes, return_exceptions=True)
+        if self._client is not None and self._url is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def _delete(self, run_id: str) -> None:
+        # Best effort: the stream and the marker expire with their TTL anyway.
+        try:
+            await self._redis().delete(self.key(run_id), self.open_key(run_id))
+        except RedisError as exc:
+            logger.warning("could not delete the completion stream of run %s: %s", run_id, exc)
