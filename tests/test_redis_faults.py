@@ -521,8 +521,9 @@ async def test_an_abandoned_run_is_listed_and_resumed_by_the_runs_command(
             await until(
                 lambda: tracking.list_pipelines(status="abandoned"), 10, "the run to be abandoned"
             )
-            listed = await runs("list", "--redis", redis_url, "--status", "abandoned")
-            assert listed.stdout.split()[:2] == [live.pipeline_id, "abandoned"], listed
+            listed = await runs("list", "--redis", redis_url, "--status", "abandoned", "--json")
+            [shown] = json.loads(listed.stdout)
+            assert (shown["pipeline_id"], shown["status"]) == (live.pipeline_id, "abandoned")
             resumed = await runs(
                 "resume", live.pipeline_id, "--redis", redis_url,
                 "--pipeline", "redis_app:resume_pipeline", "--input", "x=3",

@@ -23,11 +23,6 @@ def main(argv: list[str] | None = None) -> int:
         add_help=False,
     )
     commands.add_parser(
-        "runs",
-        help="list the runs tracked in Redis (abandoned ones too) and resume an abandoned run",
-        add_help=False,
-    )
-    commands.add_parser(
         "bench",
         help="compare the scheduling core against its peers (graphlib, rustworkx, ...)",
         add_help=False,
@@ -52,10 +47,6 @@ def main(argv: list[str] | None = None) -> int:
         from taskiq_flow.worker import main as worker_main
 
         return worker_main(rest)
-    if args.command == "runs":
-        from taskiq_flow.runs import main as runs_main
-
-        return runs_main(rest)
     if args.command == "bench":
         from taskiq_flow.bench import main as bench_main
 

@@ -1,41 +1,34 @@
-"""``taskiq-flow runs``: the runs tracked in Redis, and resuming one whose orchestrator died.
+"""``taskiq-flow runs resume``: running a run whose orchestrator died to the end.
 
 ::
 
-    taskiq-flow runs list --redis redis://127.0.0.1:6379 [--status abandoned]
+    taskiq-flow runs list --redis redis://127.0.0.1:6379 --status abandoned
     taskiq-flow runs resume RUN --redis URL --pipeline app:pipeline [--input name=JSON ...]
 
-``list`` prints one line per run (id, state, name, steps done, age); a run whose orchestrator
-died shows as ``abandoned`` once its lease lapsed. ``resume`` imports the dataflow pipeline the run
-was made with (``module:attribute``, a :class:`~taskiq_flow.DataflowPipeline` or a function
-returning one), refuses a run that is live in another process or already finished, and runs it to
-the end from what tracking recorded, with the same inputs given again (``--input``, each value
-JSON). Everything is checked before anything is sent; errors are one line.
+A run whose orchestrator died shows as ``abandoned`` once its lease lapsed. ``resume`` imports the
+dataflow pipeline the run was made with (``module:attribute``, a
+:class:`~taskiq_flow.DataflowPipeline` or a function returning one), refuses a run that is live in
+another process or already finished, and runs it to the end from what tracking recorded, with the
+same inputs given again (``--input``, each value JSON). Everything is checked before anything is
+sent; errors are one line.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
 import inspect
 import json
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from redis.exceptions import RedisError
 
 from taskiq_flow.exceptions import InvalidValueError, TaskiqFlowError
 
-__all__ = ["main"]
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message}\n")
+__all__ = ["resume"]
 
 
 def _inputs(pairs: list[str]) -> dict[str, Any]:
@@ -71,25 +64,6 @@ def _import_pipeline(path: str) -> Any:
     return found
 
 
-async def _list(url: str, prefix: str, status: str | None) -> int:
-    from redis.asyncio import Redis
-
-    from taskiq_flow.distributed import RedisPipelineStorage
-    from taskiq_flow.tracking import PipelineTrackingManager
-
-    async with Redis.from_url(url) as redis:
-        tracking = PipelineTrackingManager(RedisPipelineStorage(redis, prefix=prefix))
-        runs = await tracking.list_pipelines(status=status)  # type: ignore[arg-type]
-    now = time.time()
-    for run in runs:
-        done = sum(1 for s in run.steps if s.status == "done")
-        print(
-            f"{run.pipeline_id}  {run.status:<9}  {run.name}  {done}/{len(run.steps)} steps  "
-            f"started {now - run.started_at:,.0f}s ago"
-        )
-    return 0
-
-
 async def _resume(url: str, prefix: str, run_id: str, pipeline: Any, inputs: Any) -> int:
     from redis.asyncio import Redis
 
@@ -114,26 +88,13 @@ async def _resume(url: str, prefix: str, run_id: str, pipeline: Any, inputs: Any
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``taskiq-flow runs list|resume ...``; returns the exit status."""
-    parser = _OneLineParser(prog="taskiq-flow runs", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
-    listing = commands.add_parser("list", help="the tracked runs and their states")
-    resuming = commands.add_parser("resume", help="run an abandoned run to the end")
-    for sub in (listing, resuming):
-        sub.add_argument("--redis", required=True, help="the Redis URL tracking lives in")
-        sub.add_argument("--prefix", default="taskiq_flow", help="the tracking key prefix")
-    listing.add_argument("--status", help="only runs in this state (running, abandoned, ...)")
-    resuming.add_argument("run", help="the run id")
-    resuming.add_argument("--pipeline", required=True, help="module:attribute of the pipeline")
-    resuming.add_argument("--input", action="append", default=[], help="name=JSON, repeated")
-    args = parser.parse_args(argv)
+def resume(url: str, prefix: str, run_id: str, pipeline: str, inputs: list[str]) -> int:
+    """``taskiq-flow runs resume``: checks the input, then runs ``run_id`` to the end; returns the
+    exit status (errors are one line on stderr)."""
     try:
-        if args.command == "list":
-            return asyncio.run(_list(args.redis, args.prefix, args.status))
-        inputs = _inputs(args.input)
-        pipeline = _import_pipeline(args.pipeline)
-        return asyncio.run(_resume(args.redis, args.prefix, args.run, pipeline, inputs))
+        values = _inputs(inputs)
+        found = _import_pipeline(pipeline)
+        return asyncio.run(_resume(url, prefix, run_id, found, values))
     except (TaskiqFlowError, OSError, RedisError) as exc:
         sys.stderr.write(f"taskiq-flow runs: {type(exc).__name__}: {exc}\n")
         return 1

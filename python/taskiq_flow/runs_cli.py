@@ -26,6 +26,7 @@ connection is made).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import datetime as _dt
 import importlib
@@ -89,6 +90,18 @@ def add_runs_commands(
     show.add_argument("run", help="the run's pipeline id")
     delete = actions.add_parser("delete", parents=[common], help="delete runs' records")
     delete.add_argument("runs", nargs="+", metavar="run", help="pipeline ids")
+    resume = actions.add_parser(
+        "resume",
+        parents=[common],
+        help="run an abandoned run to the end (a dataflow pipeline, the same inputs)",
+    )
+    resume.add_argument("run", help="the run's pipeline id")
+    resume.add_argument(
+        "--pipeline", required=True, metavar="MODULE:NAME", help="the pipeline it was made with"
+    )
+    resume.add_argument(
+        "--input", action="append", default=[], metavar="NAME=JSON", help="an input (repeat)"
+    )
     places = [actions, subparsers] if top_level else [actions]
     for place in places:
         report = place.add_parser(
@@ -275,6 +288,12 @@ async def main_runs(
     if problem is not None:
         print(f"taskiq-flow runs: {problem}", file=sys.stderr)
         return 2
+    if args.runs_command == "resume":
+        from taskiq_flow.runs import resume
+
+        return await asyncio.to_thread(
+            resume, args.redis, args.prefix, args.run, args.pipeline, args.input
+        )
     client: Any = None
     if tracking is None:
         from redis.asyncio import Redis

@@ -317,7 +317,10 @@ class Runner:
             if self._sender.inline:
                 await self._sender.flush()
             while not scheduler.is_finished and self._fatal is None:
-                await self._next_events(inbox, scheduler, loop, deadline)
+                try:
+                    await self._next_events(inbox, scheduler, loop, deadline)
+                except PipelineError as lost:  # the channel broke (Redis gone, run state lost)
+                    self._stop(lost)
         finally:
             unsent = self._sender.stop()
             for timer in self._retry_timers:
@@ -336,12 +339,14 @@ class Runner:
         for o in self._observers:
             o.run_ended(self, state)
         if self.tracking is not None:
-            if self._fatal is None:
-                await self.tracking.end("done", None)
-            elif isinstance(self._fatal, PipelineCancelledError):
-                await self.tracking.end("cancelled", str(self._fatal))
-            else:
-                await self.tracking.end("failed", str(self._fatal))
+            try:
+                await self.tracking.end(state, None if self._fatal is None else str(self._fatal))
+            except Exception as err:
+                if self._fatal is None:
+                    raise
+                # Tracking lives where the failure came from (Redis gone): the run's own error
+                # is the one to report.
+                logger.warning("run %s: could not record its end: %s", self.run_id, err)
         if self._fatal is not None:
             raise self._fatal
         return self.results

@@ -7,15 +7,19 @@ once per batch of events.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from taskiq_flow.events import Completion
+from taskiq_flow.exceptions import PayloadTooLargeError
 from taskiq_flow.run.failures import describe
 from taskiq_flow.run.plan import Plan
 from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager
 
 __all__ = ["RunTracking"]
+
+logger = logging.getLogger(__name__)
 
 
 class RunTracking:
@@ -123,7 +127,10 @@ class RunTracking:
         """Writes what changed since the last flush, and the values of nodes that finished (kept
         to resume from)."""
         if results and self.track_step is None:
-            await self.manager.save_results(self.pipeline_id, results)
+            try:
+                await self.manager.save_results(self.pipeline_id, results)
+            except PayloadTooLargeError as err:  # kept in the run; only a resume re-runs it
+                logger.warning("run %s: a result is not kept for resuming: %s", self.name, err)
         if self._dirty:
             dirty, self._dirty = self._dirty, set()
             await self.manager.save_steps(self.pipeline_id, dirty)
