@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
+
+import pytest
 
 from taskiq_flow.cli import main as cli_main
 from taskiq_flow.demo import run_demo
@@ -34,5 +37,12 @@ async def test_demo_runs_every_task_and_marks_the_slowest_step() -> None:
     assert slowest == [max(table, key=lambda name: table[name])]
 
 
-def test_demo_command(capsys: object) -> None:
-    assert cli_main(["demo", "--tracks", "1", "--speed", "0.1"]) == 0
+def test_demo_command_ends_by_pointing_at_its_report(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    report = tmp_path / "demo.html"
+    assert cli_main(["demo", "--tracks", "2", "--speed", "0.1", "--report", str(report)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"report of the slowest run (DAG, timeline, steps): {report}"
+    page = report.read_text()
+    assert "transcribe" in page and "<svg" in page

@@ -13,9 +13,11 @@ import argparse
 import asyncio
 import hashlib
 import logging
+import os
 import random
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable
 from typing import Any, TextIO
@@ -24,6 +26,7 @@ from taskiq import InMemoryBroker
 
 from taskiq_flow.dataflow import DataflowPipeline, pipeline_task
 from taskiq_flow.optimization.parallel import set_max_parallel_tasks
+from taskiq_flow.report import write_report
 from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager
 
 __all__ = ["build_pipeline", "main", "run_demo"]
@@ -145,9 +148,17 @@ def timing_table(statuses: list[PipelineStatus]) -> str:
 
 
 async def run_demo(
-    tracks: int = 8, speed: float = 1.0, stream: TextIO = sys.stdout
+    tracks: int = 8,
+    speed: float = 1.0,
+    stream: TextIO | None = None,
+    report: str | os.PathLike[str] | None = None,
 ) -> list[PipelineStatus]:
-    """Runs the demo and prints it; returns the tracking records of every run."""
+    """Runs the demo and prints it; returns the tracking records of every run.
+
+    :param stream: where to print (standard output by default).
+    :param report: where to write the HTML report of the slowest run (none if ``None``).
+    """
+    stream = sys.stdout if stream is None else stream
     broker = InMemoryBroker()
     await broker.startup()
     tracking = PipelineTrackingManager()
@@ -188,6 +199,10 @@ async def run_demo(
     )
     stream.write("step timing (measured where each task ran):\n")
     stream.write(timing_table(statuses) + "\n")
+    if report is not None:
+        slowest = max(range(tracks), key=lambda i: statuses[i].duration_ms or 0.0)
+        path = write_report(report, statuses[slowest], dag=pipelines[slowest].dag)
+        stream.write(f"\nreport of the slowest run (DAG, timeline, steps): {path}\n")
     return statuses
 
 
@@ -199,10 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--speed", type=float, default=1.0, help="scale simulated waits (0.1 = ten times faster)"
     )
+    parser.add_argument(
+        "--report",
+        default=os.path.join(tempfile.gettempdir(), "taskiq-flow-demo.html"),
+        help="where to write the slowest run's HTML report (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.tracks < 1:
         parser.error("--tracks must be at least 1")
-    stopped_by = asyncio.run(_until_signal(run_demo(args.tracks, args.speed)))
+    stopped_by = asyncio.run(_until_signal(run_demo(args.tracks, args.speed, report=args.report)))
     if stopped_by is None:
         return 0
     sys.stdout.write("\n")
