@@ -109,81 +109,110 @@ def _message(task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> 
     )
 
 
-def _lossy(value: Any) -> Any:
-    """The part of ``value`` a JSON serializer would change silently — a non-finite float (sent
-    as null) or a dict key that is not a str (sent as a str) — or ``None``."""
+class _Lossy(Exception):
+    """A value a JSON serializer would change silently."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.value = value
+
+
+def _native(value: Any) -> bool:
+    """Whether JSON carries ``value`` exactly (ints, strs, bools, None, finite floats, and lists,
+    tuples and str-keyed dicts of them): then it needs no trial serialization. ``False`` for a
+    type JSON does not know (the serializer, and the task's annotations, decide).
+
+    :raises _Lossy: for what JSON would change silently: a non-finite float (sent as null), a dict
+        key that is not a str (sent as a str).
+    """
     kind = type(value)
     if kind is int or kind is str or kind is bool or value is None:
-        return None
+        return True
     if kind is float:
-        return None if math.isfinite(value) else value
+        if math.isfinite(value):
+            return True
+        raise _Lossy(value)
     if kind is list or kind is tuple:
+        native = True
         for item in value:
-            found = _lossy(item)
-            if found is not None:
-                return found
-        return None
+            native = _native(item) and native
+        return native
     if kind is dict:
+        native = True
         for key, item in value.items():
             if type(key) is not str:
-                return {key: item}
-            found = _lossy(item)
-            if found is not None:
-                return found
-    return None  # other types are the task's annotations' business (taskiq parses them back)
+                raise _Lossy({key: item})
+            native = _native(item) and native
+        return native
+    return False
 
 
 def _json_like(broker: AsyncBroker) -> bool:
     return "json" in type(getattr(broker, "serializer", None)).__name__.lower()
 
 
-def _check_one(broker: AsyncBroker, task_name: str, call: Call, where: str) -> None:
+def _dumps(broker: AsyncBroker, task_name: str, call: Call, where: str) -> None:
     try:
         broker.formatter.dumps(_message(task_name, *call))
     except Exception as exc:
         raise UnserializableError(
             f"arguments for {task_name!r}{where} cannot be serialized by the broker: {exc}"
         ) from exc
+
+
+def _needs_trial(broker: AsyncBroker, task_name: str, call: Call, where: str) -> bool:
+    """Checks what can be checked without serializing; ``True`` if a trial serialization must
+    decide the rest."""
     if not _json_like(broker):
-        return
+        return True
     args, kwargs = call
     named = [(f"argument {i}", v) for i, v in enumerate(args)]
     named += [(f"argument {k!r}", v) for k, v in kwargs.items()]
+    trial = False
     for name, value in named:
-        found = _lossy(value)
-        if found is not None:
+        try:
+            trial = not _native(value) or trial
+        except _Lossy as lossy:
             raise UnserializableError(
                 f"{name} for {task_name!r}{where} would arrive changed: the broker's JSON "
-                f"serializer cannot carry {found!r} (in {value!r}) faithfully"
-            )
+                f"serializer cannot carry {lossy.value!r} (in {value!r}) faithfully"
+            ) from None
+    return trial
 
 
 def check_serializable(
     broker: AsyncBroker, task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
 ) -> None:
-    """Serializes a call exactly as the broker would, without sending it.
+    """Checks that the broker can send a call faithfully, without sending it.
 
     :raises UnserializableError: naming the task and the argument, if the broker cannot send it
         or its JSON serializer would deliver it changed (``{1: "a"}`` as ``{"1": "a"}``, NaN as
         ``None``).
     """
-    _check_one(broker, task_name, (args, kwargs), "")
+    if _needs_trial(broker, task_name, (args, kwargs), ""):
+        _dumps(broker, task_name, (args, kwargs), "")
 
 
 def check_calls(broker: AsyncBroker, task_name: str, calls: Sequence[Call], step: str) -> None:
-    """Checks every call of a step before any is sent: one serialization for all of them (the
-    common case, all fine), then one per call to name the first bad item.
+    """Checks every call of a step before any is sent. Plain values (numbers, strings, lists and
+    dicts of them) are checked by looking at them; the others are serialized once, all together
+    (then once each, to name the first bad item, if that fails).
 
     :raises UnserializableError: naming the step, the task, the item index and the argument.
     """
-    if not calls:
+    trial = [
+        call
+        for index, call in enumerate(calls)
+        if _needs_trial(broker, task_name, call, f" (step {step!r}, item {index})")
+    ]
+    if not trial:
         return
-    together: Call = ([[list(args), dict(kwargs)] for args, kwargs in calls], {})
+    together: Call = ([[list(args), dict(kwargs)] for args, kwargs in trial], {})
     try:
-        _check_one(broker, task_name, together, "")
+        _dumps(broker, task_name, together, "")
         return
     except UnserializableError:
         pass
     for index, call in enumerate(calls):
-        _check_one(broker, task_name, call, f" (step {step!r}, item {index})")
+        _dumps(broker, task_name, call, f" (step {step!r}, item {index})")
     raise UnserializableError(f"arguments for {task_name!r} in step {step!r} cannot be sent")
