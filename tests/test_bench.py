@@ -25,6 +25,13 @@ def test_dag_contenders_agree(make: object, shape: str) -> None:
     assert all(r.correct for r in results), [r for r in results if not r.correct]
 
 
+@pytest.mark.parametrize("node_type", ["int", "str"])
+def test_drop_in_contenders_agree(node_type: str) -> None:
+    results = run_workload(w.dag_dropin(node_type, 500), repeats=1)
+    assert {r.contender for r in results} == {w.OURS, "graphlib", "rustworkx"}
+    assert all(r.correct for r in results), [r for r in results if not r.correct]
+
+
 @pytest.mark.parametrize(
     "workload",
     [

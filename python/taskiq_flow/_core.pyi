@@ -1,7 +1,10 @@
 """Type stubs of the compiled scheduling core (``rust/src/python.rs``)."""
 
-from collections.abc import Iterable, Sequence
-from typing import Literal, final
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from types import GenericAlias
+from typing import Any, Generic, Literal, Protocol, TypeVar, final
+
+from typing_extensions import disjoint_base
 
 __all__ = [
     "MAX_IDS",
@@ -10,7 +13,9 @@ __all__ = [
     "DagScheduler",
     "DagSorter",
     "Placer",
+    "StaticOrder",
     "TokenBucket",
+    "TopologicalSorter",
     "_panic_for_test",
 ]
 
@@ -164,5 +169,35 @@ class Placer:
     def plan(
         self, tasks: Iterable[tuple[Sequence[int], Sequence[int]]]
     ) -> tuple[list[int | None], int, int, str]: ...
+
+_T = TypeVar("_T", bound=Hashable)
+_K_co = TypeVar("_K_co", covariant=True)
+_V_co = TypeVar("_V_co", covariant=True)
+
+class _SupportsItems(Protocol[_K_co, _V_co]):
+    def items(self) -> Iterable[tuple[_K_co, _V_co]]: ...
+
+@disjoint_base
+class TopologicalSorter(Generic[_T]):
+    """Provides functionality to topologically sort a graph of hashable nodes."""
+
+    def __new__(
+        cls, graph: _SupportsItems[_T, Iterable[_T]] | None = None
+    ) -> TopologicalSorter[_T]: ...
+    def add(self, node: _T, *predecessors: _T) -> None: ...
+    def prepare(self) -> None: ...
+    def get_ready(self) -> tuple[_T, ...]: ...
+    def is_active(self) -> bool: ...
+    def __bool__(self) -> bool: ...
+    def done(self, *nodes: _T) -> None: ...
+    def static_order(self) -> StaticOrder[_T]: ...
+    def __class_getitem__(cls, item: Any) -> GenericAlias: ...
+
+@final
+class StaticOrder(Generic[_T]):
+    """The iterator ``TopologicalSorter.static_order()`` returns."""
+
+    def __iter__(self) -> Iterator[_T]: ...
+    def __next__(self) -> _T: ...
 
 def _panic_for_test(message: str) -> None: ...

@@ -19,6 +19,8 @@ use crate::limiter::{ConcurrencyLimit, RateLimit};
 use crate::packing::{Demand, Placer as CorePlacer, Policy};
 use crate::scheduler::{KeyLimits, NodeState, Scheduler as CoreScheduler};
 
+mod sorter;
+
 mod exceptions {
     pyo3::import_exception!(taskiq_flow.exceptions, CycleError);
     pyo3::import_exception!(taskiq_flow.exceptions, StateError);
@@ -863,6 +865,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ConcurrencyCounter>()?;
     m.add_class::<TokenBucket>()?;
     m.add_class::<Placer>()?;
+    m.add_class::<sorter::TopologicalSorter>()?;
+    m.add_class::<sorter::StaticOrder>()?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add("MAX_IDS", crate::dag::MAX_IDS)?;
     Ok(())

@@ -144,6 +144,9 @@ def suite(full: bool, scale: float = 1.0) -> Iterator[tuple[w.Workload, int]]:
             yield w.dag_build(shape, size(n)), repeats
             yield w.dag_batch_loop(shape, size(n)), repeats
             yield w.dag_event_loop(shape, size(n)), repeats
+    for n in [10_000, 100_000] + ([1_000_000] if full else []):
+        for node_type in ("int", "str"):
+            yield w.dag_dropin(node_type, size(n)), 5 if n <= 10_000 else (3 if n <= 100_000 else 2)
     yield w.admission_pairs(size(100_000)), 3
     yield w.admission_contended(size(20_000)), 3
     for workers in (10, 1_000):
@@ -260,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             "dag_build",
             "dag_batch_loop",
             "dag_event_loop",
+            "dag_dropin",
             "admission",
             "placement",
             "pipelines",
