@@ -36,11 +36,12 @@ def test_drop_in_contenders_agree(node_type: str) -> None:
     "workload",
     [
         w.admission_pairs(200),
+        w.rate_pairs(200),
         w.admission_contended(200, cap=8),
         w.placement_online(10, 300),
         w.placement_plan(10, 300),
     ],
-    ids=["pairs", "contended", "online", "plan"],
+    ids=["pairs", "rate_pairs", "contended", "online", "plan"],
 )
 def test_other_contenders_are_correct(workload: w.Workload) -> None:
     assert all(r.correct for r in run_workload(workload, repeats=1))
@@ -57,3 +58,4 @@ def test_cli_prints_a_ratio_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--group", "placement", "--group", "dag_event_loop", "--scale", "0.01"]) == 0
     out = capsys.readouterr().out
     assert "python_best_fit" in out and "rustworkx" in out and "peer ÷ ours" in out
+

@@ -1,8 +1,13 @@
 """Async admission limiters on the Rust core: a concurrency cap and an exact rate limit.
 
 :class:`CapacityLimiter` has the shape of :class:`anyio.CapacityLimiter` (``acquire``,
-``acquire_nowait``, ``release``, ``total_tokens``, ``statistics()``, ``async with``); the count and
-the decision to hand a released slot to a waiter are the core's, the waiting is anyio's.
+``acquire_nowait``, ``release``, ``total_tokens``, ``statistics()``, ``async with``); the count, the
+line of waiters and the decision to hand a released slot to a waiter are the core's, the waiting is
+anyio's.
+
+Both limiters subclass a core class whose ``acquire`` and ``async with`` answer without creating a
+coroutine when nothing has to wait (an uncontended pair costs less than an
+:class:`asyncio.Semaphore`'s); only a caller that must wait runs the coroutines below.
 
 :class:`RateLimiter` is a token bucket kept as a theoretical arrival time: each ``acquire`` reserves
 the next token in the core and sleeps exactly until it is due, so concurrent callers are served in
@@ -18,11 +23,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from types import TracebackType
 
 import anyio
 
-from taskiq_flow._core import ConcurrencyCounter, TokenBucket
+from taskiq_flow._core import CapacityGate, RateGate
 
 __all__ = ["CapacityLimiter", "RateLimiter"]
 
@@ -51,50 +55,32 @@ def _granted(waiter: _Waiter) -> bool:
     return waiter.is_set()
 
 
-class CapacityLimiter:
+class CapacityLimiter(CapacityGate):
     """Lets at most ``total_tokens`` holders in at once; the rest wait in FIFO order.
 
     Unlike :class:`anyio.CapacityLimiter` it does not track borrowers (a task may hold several
     tokens), and an uncontended :meth:`acquire` does not yield to the event loop (as
     :class:`asyncio.Semaphore`).
 
+    The count, the line of waiters and the uncontended ``acquire`` / ``release`` / ``async with``
+    are the core's (no coroutine is created when a token is free); only the wait in line runs here.
+
     :param total_tokens: the cap, an int >= 1.
     :raises InvalidValueError: for a cap below 1 or not an int.
     """
 
-    __slots__ = ("_counter", "_waiters")
+    __slots__ = ()
 
-    def __init__(self, total_tokens: int) -> None:
-        self._counter = ConcurrencyCounter(total_tokens)
-        self._waiters: deque[_Waiter] = deque()
-
-    @property
-    def total_tokens(self) -> int:
-        """The cap. Raising it admits waiters at once; lowering it lets holders finish."""
-        return self._counter.cap
-
-    @total_tokens.setter
-    def total_tokens(self, value: int) -> None:
-        self._counter.cap = value
-        self._wake()
-
-    @property
-    def borrowed_tokens(self) -> int:
-        """Tokens held now."""
-        return self._counter.in_use
-
-    @property
-    def available_tokens(self) -> int:
-        """Tokens free now."""
-        return self._counter.available
+    # From the core: ``total_tokens`` (settable), ``borrowed_tokens``, ``available_tokens``,
+    # ``tasks_waiting``, ``try_acquire()``, ``acquire()``, ``release()``, ``async with``.
 
     def statistics(self) -> anyio.CapacityLimiterStatistics:
         """Tokens held, the cap and the number of waiters (``borrowers`` is not tracked: ``()``)."""
         return anyio.CapacityLimiterStatistics(
-            borrowed_tokens=self._counter.in_use,
-            total_tokens=self._counter.cap,
+            borrowed_tokens=self.borrowed_tokens,
+            total_tokens=self.total_tokens,
             borrowers=(),
-            tasks_waiting=len(self._waiters),
+            tasks_waiting=self.tasks_waiting,
         )
 
     def acquire_nowait(self) -> None:
@@ -102,103 +88,57 @@ class CapacityLimiter:
 
         :raises anyio.WouldBlock: if none is free or others are already waiting.
         """
-        if self._waiters or not self._counter.try_acquire():
+        if not self.try_acquire():
             raise anyio.WouldBlock
 
-    async def acquire(self) -> None:
-        """Takes a token, waiting in line for one if none is free."""
-        if not self._waiters and self._counter.try_acquire():
+    async def _wait(self) -> None:
+        """Waits in line for a token (the core calls this when none is free)."""
+        # The coroutine may start after the call that made it (``asyncio.wait_for`` runs it in
+        # a new task): a token freed in between must not be missed.
+        if self.try_acquire():
             return
         waiter = _new_waiter()
-        self._waiters.append(waiter)
+        self._enqueue(waiter)
         try:
             await (waiter if isinstance(waiter, asyncio.Future) else waiter.wait())
         except BaseException:
-            if _granted(waiter):
+            if not self._forget(waiter) and _granted(waiter):
                 # The slot was handed to us as we were cancelled: pass it on.
                 self.release()
-            else:
-                self._waiters.remove(waiter)
             raise
 
-    def release(self) -> None:
-        """Returns a token; the first waiter, if any, gets it.
-
-        :raises InvalidValueError: if no token is held.
-        """
-        waiters = self._waiters
-        if self._counter.release(bool(waiters)):
-            _grant(waiters.popleft())
-
-    def _wake(self) -> None:
-        waiters = self._waiters
-        while waiters and self._counter.try_acquire():
-            _grant(waiters.popleft())
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.release()
+    @staticmethod
+    def _grant(waiter: _Waiter) -> None:
+        """Wakes a waiter that was handed a token (the core calls this)."""
+        _grant(waiter)
 
 
-class RateLimiter:
+class RateLimiter(RateGate):
     """Admits at most ``rate`` acquisitions per second, in bursts of up to ``burst``.
 
     Exact: over any window of ``t`` seconds at most ``burst + rate * t`` acquisitions complete,
     and a caller waits no longer than its place in line requires.
+
+    The bucket and the uncontended ``acquire`` / ``async with`` are the core's, read with the
+    event loop's clock (the running asyncio loop's ``time()``, else :func:`anyio.current_time`);
+    only the sleep until a reserved token is due runs here.
 
     :param rate: tokens per second, a finite number > 0.
     :param burst: bucket size, an int >= 1 (tokens that may be used at once after a quiet spell).
     :raises InvalidValueError: for a rate <= 0, NaN or infinite, or a burst below 1.
     """
 
-    __slots__ = ("_bucket",)
+    __slots__ = ()
 
-    def __init__(self, rate: float, burst: int = 1) -> None:
-        self._bucket = TokenBucket(rate, burst)
+    # From the core: ``rate``, ``burst``, ``available_tokens()``, ``try_acquire()``,
+    # ``acquire()``, ``async with``.
 
-    @property
-    def rate(self) -> float:
-        """Tokens per second."""
-        return self._bucket.rate
-
-    @property
-    def burst(self) -> int:
-        """Bucket size."""
-        return self._bucket.burst
-
-    def available_tokens(self) -> int:
-        """Whole tokens available now."""
-        return self._bucket.available(anyio.current_time())
-
-    def try_acquire(self) -> bool:
-        """Takes a token if one is available now, without waiting."""
-        return self._bucket.try_acquire(anyio.current_time()) is None
-
-    async def acquire(self) -> None:
-        """Takes the next token, sleeping until it is due."""
-        delay = self._bucket.reserve(anyio.current_time())
-        if delay <= 0.0:
-            return
+    async def _sleep_until(self, due: float) -> None:
+        """Sleeps until the token reserved for this caller is due (the core calls this, with the
+        time by the limiter's clock); a cancelled sleeper gives its token back."""
         try:
-            await anyio.sleep(delay)
+            # Measured when the coroutine starts, which may be later than the reservation.
+            await anyio.sleep(max(0.0, due - self._now()))
         except BaseException:
-            self._bucket.refund(anyio.current_time())
+            self._refund()
             raise
-
-    async def __aenter__(self) -> None:
-        await self.acquire()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None

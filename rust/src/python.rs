@@ -19,6 +19,7 @@ use crate::limiter::{ConcurrencyLimit, RateLimit};
 use crate::packing::{Demand, Placer as CorePlacer, Policy};
 use crate::scheduler::{KeyLimits, NodeState, Scheduler as CoreScheduler};
 
+mod limits;
 mod sorter;
 
 mod exceptions {
@@ -867,6 +868,9 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Placer>()?;
     m.add_class::<sorter::TopologicalSorter>()?;
     m.add_class::<sorter::StaticOrder>()?;
+    m.add_class::<limits::CapacityGate>()?;
+    m.add_class::<limits::RateGate>()?;
+    m.add_class::<limits::Ready>()?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add("MAX_IDS", crate::dag::MAX_IDS)?;
     Ok(())

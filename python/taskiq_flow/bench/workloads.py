@@ -18,7 +18,12 @@ from typing import Any
 import anyio
 
 from taskiq_flow import CapacityLimiter, DagSorter, Placer, RateLimiter, TopologicalSorter
-from taskiq_flow.bench.peers import BestFitScorer, KahnSorter, first_fit_decreasing
+from taskiq_flow.bench.peers import (
+    BestFitScorer,
+    KahnSorter,
+    PythonTokenBucket,
+    first_fit_decreasing,
+)
 
 OURS = "taskiq_flow"
 
@@ -412,6 +417,35 @@ def admission_pairs(n: int) -> Workload:
         "anyio.CapacityLimiter": runner(lambda: anyio.CapacityLimiter(16)),
     }
     return Workload("admission", f"uncontended n={n:,}", n, "pair", contenders, lambda c: c == n)
+
+
+def rate_pairs(n: int) -> Workload:
+    """Uncontended rate-limited acquisitions (``async with limiter``) in one task: the rate is so
+    high that a token is always there, so this is the cost of asking."""
+    aiolimiter = optional("aiolimiter")
+    rate = 1e12
+
+    def runner(make: Callable[[], Any]) -> Contender:
+        def setup() -> Callable[[], Any]:
+            async def body() -> int:
+                limiter = make()
+                count = 0
+                for _ in range(n):
+                    async with limiter:
+                        count += 1
+                return count
+
+            return lambda: asyncio.run(body())
+
+        return setup
+
+    contenders: dict[str, Contender] = {
+        OURS: runner(lambda: RateLimiter(rate, burst=1_000)),
+        "python_token_bucket": runner(lambda: PythonTokenBucket(rate, burst=1_000)),
+    }
+    if aiolimiter is not None:
+        contenders["aiolimiter"] = runner(lambda: aiolimiter.AsyncLimiter(1_000, 1_000 / rate))
+    return Workload("admission", f"rate uncontended n={n:,}", n, "pair", contenders, lambda c: c == n)
 
 
 def admission_contended(n: int, cap: int = 16) -> Workload:

@@ -19,6 +19,7 @@ when their holder dies).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from taskiq_flow.exceptions import InvalidValueError
@@ -44,7 +45,7 @@ class SlotLimiter(Protocol):
     @property
     def borrowed_tokens(self) -> int: ...
 
-    async def acquire(self) -> None: ...
+    def acquire(self) -> Awaitable[None]: ...
 
     def acquire_nowait(self) -> None: ...
 
