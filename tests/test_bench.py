@@ -59,3 +59,14 @@ def test_cli_prints_a_ratio_table(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "python_best_fit" in out and "rustworkx" in out and "peer ÷ ours" in out
 
+
+def test_without_peers_the_cli_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = w.optional
+    monkeypatch.setattr(w, "optional", lambda name: None if name == "rustworkx" else real(name))
+    assert main(["--group", "admission"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1
+    assert "rustworkx" in err and "pip install 'taskiq-flow[bench]'" in err
