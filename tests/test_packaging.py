@@ -36,4 +36,4 @@ def test_the_typed_stub_ships_with_the_package() -> None:
     package = resources.files("taskiq_flow")
     assert package.joinpath("py.typed").is_file()
     stub = package.joinpath("_core.pyi").read_text()
-    assert "class TopologicalSorter" in stub and "class CapacityGate" in stub
+    assert "class TopologicalSorter" in stub and "class CapacityLimiter" in stub

@@ -216,6 +216,9 @@ impl Graph {
     /// back to it. For `{1: [2], 2: [1]}` (ids 1 → 0, 2 → 1) that is `[1, 2, 1]`.
     pub fn graphlib_cycle(&self) -> Option<Vec<u32>> {
         const OFF_PATH: u32 = u32::MAX;
+        if self.edges_go_forward() {
+            return None;
+        }
         let n = self.node_count() as usize;
         let mut seen = vec![false; n];
         // Position of each node on the current path, or OFF_PATH.
@@ -261,6 +264,12 @@ impl Graph {
             }
         }
         None
+    }
+
+    /// Whether every edge goes from a lower id to a higher one, which no cycle can: the common
+    /// case when nodes are added after their predecessors, checked in one sequential pass.
+    fn edges_go_forward(&self) -> bool {
+        (0..self.node_count()).all(|u| self.successors(u).iter().all(|&v| v > u))
     }
 
     /// Finds a cycle among the nodes Kahn's algorithm could not release (`pending > 0`).
@@ -699,6 +708,9 @@ mod tests {
         let g = graph(4, &[(0, 2), (0, 1), (1, 0), (2, 3), (3, 2)]);
         assert_eq!(g.graphlib_cycle(), Some(vec![2, 3, 2]));
         assert_eq!(graph(3, &[(0, 1), (1, 2), (0, 2)]).graphlib_cycle(), None);
+        // Backward edges without a cycle: the forward-only shortcut does not apply.
+        assert_eq!(graph(3, &[(2, 1), (1, 0), (2, 0)]).graphlib_cycle(), None);
+        assert_eq!(graph(3, &[(2, 1), (1, 0), (0, 2)]).graphlib_cycle(), Some(vec![0, 2, 1, 0]));
         let n = 200_000u32;
         let edges: Vec<(u32, u32)> = (0..n).map(|i| (i, (i + 1) % n)).collect();
         assert_eq!(graph(n, &edges).graphlib_cycle().map(|c| c.len()), Some(n as usize + 1));

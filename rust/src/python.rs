@@ -868,8 +868,8 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Placer>()?;
     m.add_class::<sorter::TopologicalSorter>()?;
     m.add_class::<sorter::StaticOrder>()?;
-    m.add_class::<limits::CapacityGate>()?;
-    m.add_class::<limits::RateGate>()?;
+    m.add_class::<limits::CapacityLimiter>()?;
+    m.add_class::<limits::RateLimiter>()?;
     m.add_class::<limits::Ready>()?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add("MAX_IDS", crate::dag::MAX_IDS)?;

@@ -1,12 +1,12 @@
 //! The uncontended paths of `taskiq_flow.CapacityLimiter` and `taskiq_flow.RateLimiter`.
 //!
-//! `async with limiter:` costs two method calls and two awaits. When a slot or a token is there,
-//! both calls answer from here and return [`Ready`], an awaitable that finishes at once, so no
-//! Python coroutine frame is ever created; that is what makes them cheaper than an
-//! `asyncio.Semaphore` or a token bucket written in Python. Only when the caller must wait does
-//! control go to Python: the limiter's `_wait()` (a place in line) or `_sleep_until(due)` (the time
-//! until the reserved token is due), coroutines written in `taskiq_flow.limits` that do the
-//! awaiting, cancellation-safe, with anyio. The counting and the decisions are the pure core's
+//! Both classes live here whole. `async with limiter:` costs two method calls and two awaits. When a
+//! slot or a token is there, both calls answer from here and return [`Ready`], an awaitable that
+//! finishes at once, so no Python coroutine frame is ever created; that is what makes them cheaper
+//! than an `asyncio.Semaphore` or a token bucket written in Python. Only when the caller must wait
+//! does control go to Python: `taskiq_flow.limits._wait_in_line(limiter)` (a place in line) or
+//! `_sleep_until(limiter, due)` (until the reserved token is due), coroutines that do the awaiting,
+//! cancellation-safe, with anyio. The counting and the decisions are the pure core's
 //! ([`ConcurrencyLimit`], [`RateLimit`]).
 //!
 //! The core never reads a clock; the rate gate passes it the event loop's time: the running
@@ -21,7 +21,7 @@ use std::time::Instant;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple, PyType};
 
 use super::{cap_arg, float_arg, guard};
 use crate::limiter::{ConcurrencyLimit, RateLimit};
@@ -56,19 +56,32 @@ fn ready(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 // Concurrency
 // ------------------------------------------------------------------------------------------------
 
-/// The core of ``taskiq_flow.CapacityLimiter``: the count, the FIFO line of waiters, and the fast
-/// ``acquire`` / ``release`` / ``async with``. Subclasses provide ``_wait()`` and ``_grant(waiter)``.
+static WAIT_IN_LINE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static GRANT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static SLEEP_UNTIL: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static WOULD_BLOCK: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static STATISTICS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Lets at most ``total_tokens`` holders in at once; the rest wait in FIFO order.
+///
+/// The shape of ``anyio.CapacityLimiter`` (``acquire``, ``acquire_nowait``, ``release``,
+/// ``total_tokens``, ``statistics()``, ``async with``), but it does not track borrowers (a task may
+/// hold several tokens), and an uncontended ``acquire`` does not yield to the event loop (as
+/// ``asyncio.Semaphore``) nor create a coroutine. Cancellation-safe: a waiter cancelled before it
+/// is served leaves no trace; one cancelled after a token was handed to it passes the token on.
+///
+/// ``CapacityLimiter(total_tokens)``: the cap, an int >= 1 (``InvalidValueError`` otherwise).
 #[pyclass(module = "taskiq_flow._core", subclass)]
-pub struct CapacityGate {
+pub struct CapacityLimiter {
     counter: ConcurrencyLimit,
     /// Waiters in line (asyncio futures or anyio events), first come first served.
     waiters: VecDeque<Py<PyAny>>,
 }
 
-impl CapacityGate {
+impl CapacityLimiter {
     /// Hands `waiter` the slot it waited for.
     fn grant(slf: &Bound<'_, Self>, waiter: Py<PyAny>) -> PyResult<()> {
-        slf.call_method1(intern!(slf.py(), "_grant"), (waiter,)).map(drop)
+        GRANT.import(slf.py(), "taskiq_flow.limits", "_grant")?.call1((waiter,)).map(drop)
     }
 
     /// Takes a slot now if nobody is in line and one is free.
@@ -78,7 +91,7 @@ impl CapacityGate {
 }
 
 #[pymethods]
-impl CapacityGate {
+impl CapacityLimiter {
     #[new]
     fn new(total_tokens: &Bound<'_, PyAny>) -> PyResult<Self> {
         let cap = cap_arg("total_tokens", Some(total_tokens))?.unwrap_or(1);
@@ -127,18 +140,37 @@ impl CapacityGate {
         self.waiters.len()
     }
 
-    /// Takes a token if one is free and nobody is in line.
+    /// Tokens held, the cap and the number of waiters, as ``anyio.CapacityLimiterStatistics``
+    /// (``borrowers`` is not tracked: ``()``).
+    fn statistics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let fields = PyDict::new(py);
+        fields.set_item("borrowed_tokens", self.counter.in_use())?;
+        fields.set_item("total_tokens", self.counter.cap())?;
+        fields.set_item("borrowers", PyTuple::empty(py))?;
+        fields.set_item("tasks_waiting", self.waiters.len())?;
+        STATISTICS.import(py, "anyio", "CapacityLimiterStatistics")?.call((), Some(&fields))
+    }
+
+    /// Takes a token if one is free and nobody is in line; returns whether it did.
     fn try_acquire(&mut self) -> bool {
         self.take()
     }
 
-    /// Takes a token: an awaitable done at once when one is free and nobody waits, else the
-    /// subclass's ``_wait()`` (a place in line).
+    /// Takes a token without waiting; raises ``anyio.WouldBlock`` if none is free or others are
+    /// already waiting.
+    fn acquire_nowait(&mut self, py: Python<'_>) -> PyResult<()> {
+        if self.take() {
+            return Ok(());
+        }
+        Err(PyErr::from_type(WOULD_BLOCK.import(py, "anyio", "WouldBlock")?.clone(), ()))
+    }
+
+    /// Takes a token, waiting in line for one if none is free (returns an awaitable).
     fn acquire<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         if slf.borrow_mut().take() {
             return ready(slf.py());
         }
-        slf.call_method0(intern!(slf.py(), "_wait"))
+        WAIT_IN_LINE.import(slf.py(), "taskiq_flow.limits", "_wait_in_line")?.call1((slf,))
     }
 
     /// Returns a token; the first waiter in line, if any, gets it.
@@ -173,7 +205,7 @@ impl CapacityGate {
         ready(slf.py())
     }
 
-    /// Puts ``waiter`` at the end of the line (``_wait()`` does, before it awaits).
+    /// Puts ``waiter`` at the end of the line (``_wait_in_line`` does, before it awaits).
     fn _enqueue(&mut self, waiter: Py<PyAny>) {
         self.waiters.push_back(waiter);
     }
@@ -320,16 +352,23 @@ impl LoopClock {
     }
 }
 
-/// The core of ``taskiq_flow.RateLimiter``: an exact token bucket read with the event loop's
-/// clock, and the fast ``acquire`` / ``async with``. Subclasses provide ``_sleep_until(due)``.
+/// Admits at most ``rate`` acquisitions per second, in bursts of up to ``burst``.
+///
+/// Exact: over any window of ``t`` seconds at most ``burst + rate * t`` acquisitions complete, and
+/// a caller waits no longer than its place in line requires (callers are served in call order).
+/// Time is the event loop's: the running asyncio loop's ``time()``, else ``anyio.current_time()``
+/// (trio, and its virtual clocks). A waiter cancelled before its token is due gives it back.
+///
+/// ``RateLimiter(rate, burst=1)``: ``rate`` tokens per second, a finite number > 0; ``burst``, an
+/// int >= 1 (``InvalidValueError`` otherwise).
 #[pyclass(module = "taskiq_flow._core", subclass)]
-pub struct RateGate {
+pub struct RateLimiter {
     bucket: RateLimit,
     clock: LoopClock,
 }
 
 #[pymethods]
-impl RateGate {
+impl RateLimiter {
     #[new]
     #[pyo3(signature = (rate, burst=None))]
     fn new(rate: &Bound<'_, PyAny>, burst: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
@@ -370,8 +409,8 @@ impl RateGate {
         guard(|| Ok(self.bucket.try_acquire(now)?.is_ok()))
     }
 
-    /// Reserves the next token: an awaitable done at once when it is there, else the subclass's
-    /// ``_sleep_until(due)``, the time it is due.
+    /// Takes the next token, sleeping until it is due (returns an awaitable, done at once when a
+    /// token is there).
     fn acquire<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let (now, delay) = {
@@ -382,7 +421,7 @@ impl RateGate {
         if delay <= 0.0 {
             return ready(py);
         }
-        slf.call_method1(intern!(py, "_sleep_until"), (now + delay,))
+        SLEEP_UNTIL.import(py, "taskiq_flow.limits", "_sleep_until")?.call1((slf, now + delay))
     }
 
     /// Gives back the latest reservation's token (its waiter was cancelled).
