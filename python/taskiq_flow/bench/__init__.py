@@ -296,9 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     groups = set(args.group or [])
     missing = missing_peers()
     if missing:
+        names = ", ".join(missing)
         print(
-            f"taskiq-flow bench compares against peers that are not installed ({', '.join(missing)})"
-            ": pip install 'taskiq-flow[bench]'",
+            f"taskiq-flow bench compares against peers that are not installed ({names}): "
+            "pip install 'taskiq-flow[bench]'",
             file=sys.stderr,
         )
         return 2

@@ -444,8 +444,11 @@ def rate_pairs(n: int) -> Workload:
         "python_token_bucket": runner(lambda: PythonTokenBucket(rate, burst=1_000)),
     }
     if aiolimiter is not None:
-        contenders["aiolimiter"] = runner(lambda: aiolimiter.AsyncLimiter(1_000, 1_000 / rate))
-    return Workload("admission", f"rate uncontended n={n:,}", n, "pair", contenders, lambda c: c == n)
+        period = 1_000 / rate  # 1,000 tokens per period: the same rate and burst as the others
+        contenders["aiolimiter"] = runner(lambda: aiolimiter.AsyncLimiter(1_000, period))
+    return Workload(
+        "admission", f"rate uncontended n={n:,}", n, "pair", contenders, lambda c: c == n
+    )
 
 
 def admission_contended(n: int, cap: int = 16) -> Workload:
