@@ -378,3 +378,33 @@ def test_generic_alias_and_subclass() -> None:
         pass
 
     assert list(Named({"b": ["a"]}).static_order()) == ["a", "b"]
+
+
+@pytest.mark.parametrize("base", [TopologicalSorter, graphlib.TopologicalSorter])
+def test_subclasses_behave_as_graphlibs(base: Any) -> None:
+    class Logged(base):  # type: ignore[misc,valid-type]
+        """Takes an extra argument and sees every add, as a subclass of graphlib's would."""
+
+        def __init__(self, graph: dict[str, list[str]], prefix: str) -> None:
+            self.log: list[str] = []
+            self.prefix = prefix
+            super().__init__(graph)
+
+        def add(self, node: str, *predecessors: str) -> None:
+            self.log.append(self.prefix + node)
+            super().add(node, *predecessors)
+
+    ts = Logged({"b": ["a"], "c": ["b"]}, prefix="+")
+    assert ts.log == ["+b", "+c"]
+    assert list(ts.static_order()) == ["a", "b", "c"]
+
+
+def test_constructor_arguments_and_reinit_as_graphlib() -> None:
+    for cls in (TopologicalSorter, graphlib.TopologicalSorter):
+        with pytest.raises(TypeError):
+            cls({}, {})  # type: ignore[call-arg]
+        with pytest.raises(TypeError):
+            cls(nope={})  # type: ignore[call-arg]
+        ts = cls({"b": ["a"]})
+        ts.__init__({"y": ["x"]})  # type: ignore[misc]  # starts over, as graphlib does
+        assert list(ts.static_order()) == ["x", "y"]

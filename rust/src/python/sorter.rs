@@ -15,8 +15,9 @@
 //! `static_order()` runs the whole graph on its first `next()`.
 
 use hashbrown::hash_table::{Entry, HashTable};
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::exceptions::{CycleError, StateError, UnknownIdError};
@@ -306,23 +307,39 @@ impl TopologicalSorter {
 #[pymethods]
 impl TopologicalSorter {
     #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        // The arguments are `__init__`'s (as for a Python class, so that subclasses may take
+        // their own and call `super().__init__(graph)`).
+        Self::empty()
+    }
+
+    /// ``TopologicalSorter(graph=None)``: ``graph`` maps each node to an iterable of its
+    /// predecessors; each entry goes through ``add`` (a subclass's own ``add``, if it has one).
     #[pyo3(signature = (graph=None))]
-    fn new(graph: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    fn __init__(slf: &Bound<'_, Self>, graph: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         guarded(|| {
-            let mut this = Self::empty();
-            if let Some(graph) = graph.filter(|g| !g.is_none()) {
-                for item in graph.call_method0("items")?.try_iter()? {
-                    let (node, predecessors): (Bound<'_, PyAny>, Bound<'_, PyAny>) =
-                        item?.extract()?;
-                    this.add_one(&node, |nodes, ids| {
+            *slf.try_borrow_mut()? = Self::empty();
+            let Some(graph) = graph.filter(|g| !g.is_none()) else { return Ok(()) };
+            let exact = slf.is_exact_instance_of::<Self>();
+            for item in graph.call_method0(intern!(slf.py(), "items"))?.try_iter()? {
+                let (node, predecessors): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item?.extract()?;
+                if exact {
+                    slf.try_borrow_mut()?.add_one(&node, |nodes, ids| {
                         for pred in predecessors.try_iter()? {
                             ids.push(nodes.intern(&pred?)?);
                         }
                         Ok(())
                     })?;
+                } else {
+                    let mut args = vec![node];
+                    for pred in predecessors.try_iter()? {
+                        args.push(pred?);
+                    }
+                    slf.call_method1(intern!(slf.py(), "add"), PyTuple::new(slf.py(), args)?)?;
                 }
             }
-            Ok(this)
+            Ok(())
         })
     }
 
