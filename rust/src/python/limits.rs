@@ -255,10 +255,12 @@ enum TimeSource {
 }
 
 /// The asyncio loop the clock was resolved for: the loop's `__dict__` (where `_thread_id`
-/// lives), the ident of the thread it ran in (its `_thread_id`) and that thread's [`thread_token`].
+/// lives), the `_thread_id` object it held then (the ident of the thread it runs in; asyncio sets
+/// a new one each time the loop starts, and this reference keeps the old one from being reused),
+/// and that thread's [`thread_token`].
 struct Resolved {
     loop_attributes: Py<PyDict>,
-    thread_ident: u64,
+    thread_ident: Py<PyAny>,
     thread: u64,
     source: TimeSource,
 }
@@ -294,8 +296,7 @@ impl LoopClock {
         if let Some(known) = &self.resolved {
             let running_in = known.loop_attributes.bind(py).get_item(intern!(py, "_thread_id"))?;
             if known.thread == thread_token()
-                && running_in
-                    .is_some_and(|id| id.extract::<u64>().is_ok_and(|id| id == known.thread_ident))
+                && running_in.is_some_and(|id| id.is(&known.thread_ident))
             {
                 return match &known.source {
                     TimeSource::Monotonic { anchor, at } => Ok(at + anchor.elapsed().as_secs_f64()),
@@ -336,13 +337,12 @@ impl LoopClock {
             .getattr_opt(intern!(py, "__dict__"))?
             .and_then(|d| d.cast_into::<PyDict>().ok());
         if let Some(attributes) = attributes {
-            let thread_ident = attributes
-                .get_item(intern!(py, "_thread_id"))?
-                .and_then(|id| id.extract::<u64>().ok());
+            let thread_ident =
+                attributes.get_item(intern!(py, "_thread_id"))?.filter(|id| !id.is_none());
             if let Some(thread_ident) = thread_ident {
                 self.resolved = Some(Resolved {
                     loop_attributes: attributes.unbind(),
-                    thread_ident,
+                    thread_ident: thread_ident.unbind(),
                     thread: thread_token(),
                     source,
                 });
@@ -446,6 +446,7 @@ impl RateLimiter {
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         if let Some(known) = &self.clock.resolved {
             visit.call(&known.loop_attributes)?;
+            visit.call(&known.thread_ident)?;
             if let TimeSource::Call(time) = &known.source {
                 visit.call(time)?;
             }
