@@ -90,8 +90,8 @@ impl Key {
     }
 }
 
-/// Whether node `id` is `obj` (hashed as `key`): by value for two `int`s, else by identity, or by
-/// an equal hash and `==` (which may raise).
+/// Whether node `id` is `obj` (hashed as `key`): by identity, by value for two `int`s, or by an
+/// equal hash and `==` (which may raise).
 #[inline]
 fn same_node(
     keys: &[Key],
@@ -100,16 +100,18 @@ fn same_node(
     obj: &Bound<'_, PyAny>,
     key: Key,
 ) -> PyResult<bool> {
+    // Identity first, as a dict does: the common case (the same object passed again) then reads
+    // one array, which matters when a million nodes no longer fit in the cache.
+    let other = objects[id as usize].bind(obj.py());
+    if other.is(obj) {
+        return Ok(true);
+    }
     let stored = keys[id as usize];
     if let (Key::Int(a), Key::Int(b)) = (key, stored) {
         return Ok(a == b);
     }
     if stored.table_hash() != key.table_hash() {
         return Ok(false);
-    }
-    let other = objects[id as usize].bind(obj.py());
-    if other.is(obj) {
-        return Ok(true);
     }
     other.eq(obj)
 }
