@@ -25,15 +25,23 @@ def test_dag_contenders_agree(make: object, shape: str) -> None:
     assert all(r.correct for r in results), [r for r in results if not r.correct]
 
 
+@pytest.mark.parametrize("node_type", ["int", "str"])
+def test_drop_in_contenders_agree(node_type: str) -> None:
+    results = run_workload(w.dag_dropin(node_type, 500), repeats=1)
+    assert {r.contender for r in results} == {w.OURS, "graphlib", "rustworkx"}
+    assert all(r.correct for r in results), [r for r in results if not r.correct]
+
+
 @pytest.mark.parametrize(
     "workload",
     [
         w.admission_pairs(200),
+        w.rate_pairs(200),
         w.admission_contended(200, cap=8),
         w.placement_online(10, 300),
         w.placement_plan(10, 300),
     ],
-    ids=["pairs", "contended", "online", "plan"],
+    ids=["pairs", "rate_pairs", "contended", "online", "plan"],
 )
 def test_other_contenders_are_correct(workload: w.Workload) -> None:
     assert all(r.correct for r in run_workload(workload, repeats=1))
@@ -50,3 +58,15 @@ def test_cli_prints_a_ratio_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--group", "placement", "--group", "dag_event_loop", "--scale", "0.01"]) == 0
     out = capsys.readouterr().out
     assert "python_best_fit" in out and "rustworkx" in out and "peer ÷ ours" in out
+
+
+def test_without_peers_the_cli_says_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = w.optional
+    monkeypatch.setattr(w, "optional", lambda name: None if name == "rustworkx" else real(name))
+    assert main(["--group", "admission"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1
+    assert "rustworkx" in err and "pip install 'taskiq-flow[bench]'" in err

@@ -193,3 +193,106 @@ async def test_rate_limiter_try_acquire_and_available() -> None:
     async with limiter:
         pass
     assert limiter.available_tokens() == 0
+
+
+class _VirtualLoop(asyncio.SelectorEventLoop):
+    """An asyncio loop with a hand-driven clock (its own ``time()``)."""
+
+    def __init__(self, now: float) -> None:
+        super().__init__()
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+def _run_on(loop: asyncio.AbstractEventLoop, body: Any) -> Any:
+    try:
+        return loop.run_until_complete(body())
+    finally:
+        loop.close()
+
+
+def test_rate_limiter_reads_the_running_asyncio_loops_clock() -> None:
+    limiter = RateLimiter(rate=1.0, burst=1)
+    virtual = _VirtualLoop(now=1_000_000.0)
+
+    async def on_virtual_time() -> list[bool]:
+        taken = [limiter.try_acquire(), limiter.try_acquire()]
+        virtual.now += 1.0  # exactly one token later, by this loop's clock only
+        taken.append(limiter.try_acquire())
+        return taken
+
+    assert _run_on(virtual, on_virtual_time) == [True, False, True]
+
+    # A new loop, whose clock is far ahead: the limiter must read it, not keep reading the old
+    # loop's time (1,000,001, where the next token is not due yet).
+    async def take() -> bool:
+        return limiter.try_acquire()
+
+    assert _run_on(_VirtualLoop(now=2_000_000.0), take) is True
+    assert _run_on(_VirtualLoop(now=2_000_000.0), take) is False
+    # A loop with the default clock (time.monotonic(), far behind 2,000,001 here): none due.
+    assert asyncio.run(take()) is False
+
+
+def test_rate_limiter_follows_its_loop_into_another_thread() -> None:
+    import threading
+
+    limiter = RateLimiter(rate=1.0, burst=1)
+    results: list[bool] = []
+
+    async def take() -> None:
+        results.append(limiter.try_acquire())
+
+    _run_on(_VirtualLoop(now=50.0), take)
+    # The same limiter in another thread's loop, whose clock is 10 s ahead: a token is due.
+    worker = threading.Thread(target=lambda: _run_on(_VirtualLoop(now=60.0), take))
+    worker.start()
+    worker.join()
+    # Back on a loop whose clock is behind the last grant: no token.
+    _run_on(_VirtualLoop(now=60.5), take)
+    assert results == [True, True, False]
+
+
+async def test_uncontended_acquire_does_not_create_a_coroutine() -> None:
+    limiter, rate = CapacityLimiter(2), RateLimiter(1e9, burst=10)
+    for acquire in (limiter.acquire, rate.acquire, limiter.__aenter__):
+        pending = acquire()
+        assert not asyncio.iscoroutine(pending)
+        assert await pending is None
+    assert not asyncio.iscoroutine(limiter.__aexit__(None, None, None))
+    limiter.acquire_nowait()
+    with pytest.raises(anyio.WouldBlock):
+        limiter.acquire_nowait()
+    contended = limiter.acquire()  # no token: a place in line, awaited
+    assert asyncio.iscoroutine(contended)
+    limiter.release()  # handed to the waiter
+    await contended
+    limiter.release()
+    limiter.release()
+    assert limiter.borrowed_tokens == 0
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_waiter_started_late_takes_a_token_freed_before_it_ran() -> None:
+    # wait_for() runs the acquisition in a new task: the token is freed between the call that
+    # found none and the moment the wait starts, and must not be missed.
+    limiter = CapacityLimiter(1)
+    await limiter.acquire()
+    pending = limiter.acquire()
+    limiter.release()
+    await asyncio.wait_for(pending, timeout=5)
+    assert limiter.borrowed_tokens == 1
+    limiter.release()
+
+
+@virtual
+async def test_rate_waiter_started_late_sleeps_only_what_is_left() -> None:
+    limiter = RateLimiter(rate=1.0, burst=1)
+    await limiter.acquire()  # t = 0
+    pending = limiter.acquire()  # reserves the token due at t = 1
+    await anyio.sleep(0.75)
+    start = anyio.current_time()
+    await pending
+    assert anyio.current_time() - start == pytest.approx(0.25, abs=1e-9)

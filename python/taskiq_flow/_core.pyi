@@ -1,17 +1,26 @@
 """Type stubs of the compiled scheduling core (``rust/src/python.rs``)."""
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Literal, final
+from collections.abc import Awaitable, Hashable, Iterable, Iterator, Sequence
+from types import GenericAlias
+from typing import Any, Generic, Literal, Protocol, TypeVar, final
+
+import anyio
+from typing_extensions import Self, disjoint_base
 
 __all__ = [
     "MAX_IDS",
+    "CapacityLimiter",
     "ConcurrencyCounter",
     "DagGraph",
     "DagScheduler",
     "DagSorter",
     "Placer",
+    "RateLimiter",
+    "Ready",
     "SharedCap",
+    "StaticOrder",
     "TokenBucket",
+    "TopologicalSorter",
     "WorkerPool",
     "_panic_for_test",
     "check_cap",
@@ -241,5 +250,118 @@ class WorkerPool:
     def release(self, run: int, node: int) -> None: ...
     def take_placed(self, run: int) -> list[int]: ...
     def take_woken(self) -> list[int]: ...
+_T = TypeVar("_T", bound=Hashable)
+_K_co = TypeVar("_K_co", covariant=True)
+_V_co = TypeVar("_V_co", covariant=True)
+
+class _SupportsItems(Protocol[_K_co, _V_co]):
+    def items(self) -> Iterable[tuple[_K_co, _V_co]]: ...
+
+@disjoint_base
+class TopologicalSorter(Generic[_T]):
+    """Provides functionality to topologically sort a graph of hashable nodes."""
+
+    def __new__(cls, *_args: Any, **_kwargs: Any) -> Self: ...
+    def __init__(self, graph: _SupportsItems[_T, Iterable[_T]] | None = None) -> None: ...
+    def add(self, node: _T, *predecessors: _T) -> None: ...
+    def prepare(self) -> None: ...
+    def get_ready(self) -> tuple[_T, ...]: ...
+    def is_active(self) -> bool: ...
+    def __bool__(self) -> bool: ...
+    def done(self, *nodes: _T) -> None: ...
+    def static_order(self) -> StaticOrder[_T]: ...
+    def __class_getitem__(cls, item: Any) -> GenericAlias: ...
+
+@final
+class StaticOrder(Generic[_T]):
+    """The iterator ``TopologicalSorter.static_order()`` returns."""
+
+    def __iter__(self) -> Iterator[_T]: ...
+    def __next__(self) -> _T: ...
+
+@final
+class Ready:
+    """An awaitable that is already done (its result is ``None``); one shared instance."""
+
+    def __await__(self) -> Self: ...
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> None: ...
+
+@disjoint_base
+class CapacityLimiter:
+    """Lets at most ``total_tokens`` holders in at once; the rest wait in FIFO order.
+
+    The shape of :class:`anyio.CapacityLimiter`, without borrower tracking; an uncontended
+    ``acquire`` neither yields to the event loop nor creates a coroutine.
+
+    :param total_tokens: the cap, an int >= 1.
+    :raises InvalidValueError: for a cap below 1 or not an int.
+    """
+
+    def __new__(cls, total_tokens: int) -> Self: ...
+    @property
+    def total_tokens(self) -> int:
+        """The cap. Raising it admits waiters at once; lowering it lets holders finish."""
+    @total_tokens.setter
+    def total_tokens(self, value: int) -> None: ...
+    @property
+    def borrowed_tokens(self) -> int:
+        """Tokens held now."""
+    @property
+    def available_tokens(self) -> int:
+        """Tokens free now."""
+    @property
+    def tasks_waiting(self) -> int:
+        """Callers waiting in line."""
+    def statistics(self) -> anyio.CapacityLimiterStatistics:
+        """Tokens held, the cap and the number of waiters (``borrowers`` is ``()``)."""
+    def try_acquire(self) -> bool:
+        """Takes a token if one is free and nobody is in line; returns whether it did."""
+    def acquire_nowait(self) -> None:
+        """Takes a token without waiting.
+
+        :raises anyio.WouldBlock: if none is free or others are already waiting.
+        """
+    def acquire(self) -> Awaitable[None]:
+        """Takes a token, waiting in line for one if none is free."""
+    def release(self) -> None:
+        """Returns a token; the first waiter, if any, gets it.
+
+        :raises InvalidValueError: if no token is held.
+        """
+    def __aenter__(self) -> Awaitable[None]: ...
+    def __aexit__(self, exc_type: object, exc: object, tb: object) -> Awaitable[None]: ...
+    def _enqueue(self, waiter: object) -> None: ...
+    def _forget(self, waiter: object) -> bool: ...
+
+@disjoint_base
+class RateLimiter:
+    """Admits at most ``rate`` acquisitions per second, in bursts of up to ``burst``.
+
+    Exact: over any window of ``t`` seconds at most ``burst + rate * t`` acquisitions complete,
+    and a caller waits no longer than its place in line requires.
+
+    :param rate: tokens per second, a finite number > 0.
+    :param burst: bucket size, an int >= 1.
+    :raises InvalidValueError: for a rate <= 0, NaN or infinite, or a burst below 1.
+    """
+
+    def __new__(cls, rate: float, burst: int | None = None) -> Self: ...
+    @property
+    def rate(self) -> float:
+        """Tokens per second."""
+    @property
+    def burst(self) -> int:
+        """Bucket size."""
+    def available_tokens(self) -> int:
+        """Whole tokens available now."""
+    def try_acquire(self) -> bool:
+        """Takes a token if one is available now, without waiting."""
+    def acquire(self) -> Awaitable[None]:
+        """Takes the next token, sleeping until it is due."""
+    def __aenter__(self) -> Awaitable[None]: ...
+    def __aexit__(self, exc_type: object, exc: object, tb: object) -> Awaitable[None]: ...
+    def _now(self) -> float: ...
+    def _refund(self) -> None: ...
 
 def _panic_for_test(message: str) -> None: ...

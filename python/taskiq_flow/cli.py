@@ -6,11 +6,22 @@ import argparse
 import sys
 
 
+def _version() -> str:
+    """The installed distribution's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("taskiq-flow")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``taskiq-flow <command> ...``."""
     parser = argparse.ArgumentParser(
         prog="taskiq-flow", description="Pipeline and DAG orchestration for taskiq."
     )
+    parser.add_argument("--version", action="version", version=f"taskiq-flow {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     commands.add_parser(
         "demo",

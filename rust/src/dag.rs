@@ -78,6 +78,22 @@ impl GraphBuilder {
         Ok(())
     }
 
+    /// Adds the edges `sources[i] -> target`, one per source (repeats make parallel edges). All or
+    /// nothing, like [`GraphBuilder::add_edges`].
+    pub fn add_edges_to(&mut self, target: u32, sources: &[u32]) -> CoreResult<()> {
+        let total = (self.src.len() + sources.len()) as u64;
+        if total > MAX_IDS {
+            return Err(CoreError::TooLarge { what: "edges", count: total, limit: MAX_IDS });
+        }
+        let n = self.node_count;
+        if let Some(&bad) = sources.iter().chain(std::iter::once(&target)).find(|&&id| id >= n) {
+            return Err(CoreError::UnknownNode { node: bad, node_count: n });
+        }
+        self.src.extend_from_slice(sources);
+        self.dst.extend(std::iter::repeat_n(target, sources.len()));
+        Ok(())
+    }
+
     /// Builds the adjacency arrays. Cycles are allowed here; see [`Graph::topological_order`].
     pub fn build(&self) -> Graph {
         let n = self.node_count as usize;
@@ -190,6 +206,70 @@ impl Graph {
             Err(CoreError::Cycle { path }) => Some(path),
             Err(_) => unreachable!("topological_order only fails with a cycle"),
         }
+    }
+
+    /// The cycle `graphlib.TopologicalSorter.prepare` reports, if the graph has one.
+    ///
+    /// `CPython`'s search, step for step but without recursion: a depth-first walk started from
+    /// each unvisited node in id (insertion) order, successors in insertion order; the first edge
+    /// back into the current path closes the cycle, reported from that node along the path and
+    /// back to it. For `{1: [2], 2: [1]}` (ids 1 → 0, 2 → 1) that is `[1, 2, 1]`.
+    pub fn graphlib_cycle(&self) -> Option<Vec<u32>> {
+        const OFF_PATH: u32 = u32::MAX;
+        if self.edges_go_forward() {
+            return None;
+        }
+        let n = self.node_count() as usize;
+        let mut seen = vec![false; n];
+        // Position of each node on the current path, or OFF_PATH.
+        let mut on_path = vec![OFF_PATH; n];
+        let mut path: Vec<u32> = Vec::new();
+        // For each path entry, the index of its next successor edge in `targets`.
+        let mut cursor: Vec<u32> = Vec::new();
+        for start in 0..self.node_count() {
+            if seen[start as usize] {
+                continue;
+            }
+            let mut node = start;
+            loop {
+                if seen[node as usize] {
+                    let at = on_path[node as usize];
+                    if at != OFF_PATH {
+                        let mut cycle = path[at as usize..].to_vec();
+                        cycle.push(node);
+                        return Some(cycle);
+                    }
+                } else {
+                    seen[node as usize] = true;
+                    on_path[node as usize] = path.len() as u32;
+                    path.push(node);
+                    cursor.push(self.offsets[node as usize]);
+                }
+                // Back up to the deepest path entry with a successor left.
+                let mut next = None;
+                while let (Some(&top), Some(edge)) = (path.last(), cursor.last_mut()) {
+                    if *edge < self.offsets[top as usize + 1] {
+                        next = Some(self.targets[*edge as usize]);
+                        *edge += 1;
+                        break;
+                    }
+                    on_path[top as usize] = OFF_PATH;
+                    path.pop();
+                    cursor.pop();
+                }
+                match next {
+                    Some(successor) => node = successor,
+                    None => break,
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether every edge goes from a lower id to a higher one, which no cycle can: the common
+    /// case when nodes are added after their predecessors, checked in one sequential pass.
+    fn edges_go_forward(&self) -> bool {
+        (0..self.node_count()).all(|u| self.successors(u).iter().all(|&v| v > u))
     }
 
     /// Finds a cycle among the nodes Kahn's algorithm could not release (`pending > 0`).
@@ -342,6 +422,13 @@ impl Sorter {
         self.builder.add_edges(src, dst)
     }
 
+    /// Adds edges from each of `sources` to `target` (all or nothing): `graphlib`'s
+    /// `add(target, *sources)` once both are ids.
+    pub fn add_edges_to(&mut self, target: u32, sources: &[u32]) -> CoreResult<()> {
+        self.check_building()?;
+        self.builder.add_edges_to(target, sources)
+    }
+
     fn check_building(&self) -> CoreResult<()> {
         if self.graph.is_some() {
             Err(CoreError::Frozen)
@@ -363,7 +450,7 @@ impl Sorter {
     /// Freezes the graph and releases the nodes without predecessors.
     ///
     /// On a cycle this still prepares (the acyclic part can be run, as in `graphlib`) and then fails
-    /// with [`CoreError::Cycle`].
+    /// with [`CoreError::Cycle`], carrying the cycle `graphlib` reports ([`Graph::graphlib_cycle`]).
     pub fn prepare(&mut self) -> CoreResult<()> {
         if self.graph.is_some() {
             return Err(CoreError::AlreadyPrepared);
@@ -372,7 +459,7 @@ impl Sorter {
         self.builder = GraphBuilder::new();
         self.pending = graph.in_degrees();
         self.ready = (0..graph.node_count()).filter(|&v| self.pending[v as usize] == 0).collect();
-        let cycle = graph.find_cycle();
+        let cycle = graph.graphlib_cycle();
         self.graph = Some(graph);
         match cycle {
             Some(path) => Err(CoreError::Cycle { path }),
@@ -410,25 +497,8 @@ impl Sorter {
     /// Marks `nodes` done. All or nothing: if any node is unknown, not out, or done twice (also within
     /// `nodes`), nothing changes.
     pub fn done(&mut self, nodes: &[u32]) -> CoreResult<()> {
+        self.mark_done(nodes, false).map_err(|(_, err)| err)?;
         let graph = self.graph.as_ref().ok_or(CoreError::NotPrepared)?;
-        for (i, &node) in nodes.iter().enumerate() {
-            let fault = if node >= graph.node_count() {
-                Some(CoreError::UnknownNode { node, node_count: graph.node_count() })
-            } else {
-                match self.pending[node as usize] {
-                    OUT => None,
-                    DONE => Some(CoreError::AlreadyDone { node }),
-                    _ => Some(CoreError::NotPassedOut { node }),
-                }
-            };
-            if let Some(err) = fault {
-                for &undo in &nodes[..i] {
-                    self.pending[undo as usize] = OUT;
-                }
-                return Err(err);
-            }
-            self.pending[node as usize] = DONE;
-        }
         for &node in nodes {
             for &s in graph.successors(node) {
                 let p = &mut self.pending[s as usize];
@@ -440,6 +510,42 @@ impl Sorter {
         }
         self.finished += nodes.len() as u32;
         Ok(())
+    }
+
+    /// The error `done(nodes)` would give, with the position in `nodes` of the first bad node
+    /// (the one `graphlib` trips over), changing nothing.
+    pub fn check_done(&mut self, nodes: &[u32]) -> Result<(), (usize, CoreError)> {
+        self.mark_done(nodes, true)
+    }
+
+    /// Marks `nodes` done without releasing successors; on the first bad node (or always, with
+    /// `dry_run`) every mark is undone.
+    fn mark_done(&mut self, nodes: &[u32], dry_run: bool) -> Result<(), (usize, CoreError)> {
+        let node_count = self.graph.as_ref().ok_or((0, CoreError::NotPrepared))?.node_count();
+        let mut fault = None;
+        let mut marked = 0;
+        for &node in nodes {
+            fault = if node >= node_count {
+                Some(CoreError::UnknownNode { node, node_count })
+            } else {
+                match self.pending[node as usize] {
+                    OUT => None,
+                    DONE => Some(CoreError::AlreadyDone { node }),
+                    _ => Some(CoreError::NotPassedOut { node }),
+                }
+            };
+            if fault.is_some() {
+                break;
+            }
+            self.pending[node as usize] = DONE;
+            marked += 1;
+        }
+        if fault.is_some() || dry_run {
+            for &undo in &nodes[..marked] {
+                self.pending[undo as usize] = OUT;
+            }
+        }
+        fault.map_or(Ok(()), |err| Err((marked, err)))
     }
 
     /// `done(&[node])` then `take_ready()`: one completion in, the nodes now ready out.
@@ -590,6 +696,52 @@ mod tests {
     }
 
     #[test]
+    fn graphlib_cycle_starts_where_cpython_starts() {
+        // graphlib on {1: [2], 2: [1]}: 1 is id 0, 2 is id 1; CycleError.args[1] == [1, 2, 1].
+        let g = graph(2, &[(1, 0), (0, 1)]);
+        assert_eq!(g.graphlib_cycle(), Some(vec![0, 1, 0]));
+        assert_eq!(graph(1, &[(0, 0)]).graphlib_cycle(), Some(vec![0, 0]));
+        // The walk from 0 goes 0 -> 1 -> 2 -> 3 -> 1: the cycle starts at 1, not at 0.
+        let g = graph(4, &[(0, 1), (1, 2), (2, 3), (3, 1)]);
+        assert_eq!(g.graphlib_cycle(), Some(vec![1, 2, 3, 1]));
+        // Successors are tried in insertion order: 0 -> 2 first, and 2 closes 2 -> 3 -> 2.
+        let g = graph(4, &[(0, 2), (0, 1), (1, 0), (2, 3), (3, 2)]);
+        assert_eq!(g.graphlib_cycle(), Some(vec![2, 3, 2]));
+        assert_eq!(graph(3, &[(0, 1), (1, 2), (0, 2)]).graphlib_cycle(), None);
+        // Backward edges without a cycle: the forward-only shortcut does not apply.
+        assert_eq!(graph(3, &[(2, 1), (1, 0), (2, 0)]).graphlib_cycle(), None);
+        assert_eq!(graph(3, &[(2, 1), (1, 0), (0, 2)]).graphlib_cycle(), Some(vec![0, 2, 1, 0]));
+        let n = 200_000u32;
+        let edges: Vec<(u32, u32)> = (0..n).map(|i| (i, (i + 1) % n)).collect();
+        assert_eq!(graph(n, &edges).graphlib_cycle().map(|c| c.len()), Some(n as usize + 1));
+    }
+
+    #[test]
+    fn check_done_changes_nothing_and_names_the_first_bad_node() {
+        let mut s = Sorter::from_edges(3, &[0, 0], &[1, 2]).unwrap();
+        assert_eq!(s.check_done(&[0]), Err((0, CoreError::NotPrepared)));
+        s.prepare().unwrap();
+        assert_eq!(s.get_ready().unwrap(), vec![0]);
+        assert_eq!(s.check_done(&[0]), Ok(()));
+        assert_eq!(s.check_done(&[0, 1, 0]), Err((1, CoreError::NotPassedOut { node: 1 })));
+        assert_eq!(s.check_done(&[0, 0]), Err((1, CoreError::AlreadyDone { node: 0 })));
+        s.add_edges_to(1, &[0]).unwrap_err();
+        s.done(&[0]).unwrap();
+        assert_eq!(s.get_ready().unwrap(), vec![1, 2]);
+        let mut b = Sorter::new();
+        b.add_nodes(2).unwrap();
+        assert_eq!(
+            b.add_edges_to(0, &[1, 5]),
+            Err(CoreError::UnknownNode { node: 5, node_count: 2 })
+        );
+        b.add_edges_to(0, &[1, 1]).unwrap();
+        b.prepare().unwrap();
+        assert_eq!(b.get_ready().unwrap(), vec![1]);
+        b.done(&[1]).unwrap();
+        assert_eq!(b.get_ready().unwrap(), vec![0]);
+    }
+
+    #[test]
     fn sorter_with_cycle_still_runs_the_acyclic_part() {
         let mut s = Sorter::from_edges(4, &[0, 1, 2], &[1, 2, 1]).unwrap();
         assert!(matches!(s.prepare(), Err(CoreError::Cycle { .. })));
@@ -645,6 +797,13 @@ mod tests {
             let g = graph(n, &edges);
             let cycle = g.find_cycle().unwrap();
             assert_is_cycle(&g, &cycle);
+            assert_is_cycle(&g, &g.graphlib_cycle().unwrap());
+        }
+
+        #[test]
+        fn graphlib_cycle_only_on_cyclic_graphs((n, edges) in dag_strategy()) {
+            let edges: Vec<(u32, u32)> = edges.into_iter().filter(|(a, b)| a != b).collect();
+            prop_assert_eq!(graph(n, &edges).graphlib_cycle(), None);
         }
     }
 }

@@ -22,6 +22,9 @@ use crate::limiter::{ConcurrencyLimit, RateLimit};
 use crate::packing::{Demand, Placer as CorePlacer, Policy, Shortfall};
 use crate::scheduler::{KeyLimits, NodeState, Reason, Scheduler as CoreScheduler};
 
+mod limits;
+mod sorter;
+
 mod exceptions {
     pyo3::import_exception!(taskiq_flow.exceptions, CycleError);
     pyo3::import_exception!(taskiq_flow.exceptions, StateError);
@@ -1218,6 +1221,11 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<SharedCap>()?;
     m.add_class::<WorkerPool>()?;
     m.add_function(wrap_pyfunction!(check_cap, m)?)?;
+    m.add_class::<sorter::TopologicalSorter>()?;
+    m.add_class::<sorter::StaticOrder>()?;
+    m.add_class::<limits::CapacityLimiter>()?;
+    m.add_class::<limits::RateLimiter>()?;
+    m.add_class::<limits::Ready>()?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add("MAX_IDS", crate::dag::MAX_IDS)?;
     Ok(())

@@ -5,7 +5,10 @@ They are written to be lean and fair: the fastest straightforward Python for the
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
+from types import TracebackType
 
 
 class KahnSorter:
@@ -119,3 +122,36 @@ class BestFitScorer:
         free = self._free[worker]
         for i, d in enumerate(demand):
             free[i] += d
+
+
+class PythonTokenBucket:
+    """A plain token bucket in Python, lean: tokens refilled lazily from ``time.monotonic()``,
+    a caller that finds none reserves one (the count goes negative) and sleeps until it is due."""
+
+    __slots__ = ("_burst", "_rate", "_tokens", "_updated")
+
+    def __init__(self, rate: float, burst: int = 1) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._updated = time.monotonic()
+
+    async def acquire(self) -> None:
+        """Takes the next token, sleeping until it is due."""
+        now = time.monotonic()
+        tokens = min(self._burst, self._tokens + (now - self._updated) * self._rate) - 1.0
+        self._tokens = tokens
+        self._updated = now
+        if tokens < 0.0:
+            await asyncio.sleep(-tokens / self._rate)
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None

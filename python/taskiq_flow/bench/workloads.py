@@ -17,8 +17,13 @@ from typing import Any
 
 import anyio
 
-from taskiq_flow import CapacityLimiter, DagSorter, Placer, RateLimiter
-from taskiq_flow.bench.peers import BestFitScorer, KahnSorter, first_fit_decreasing
+from taskiq_flow import CapacityLimiter, DagSorter, Placer, RateLimiter, TopologicalSorter
+from taskiq_flow.bench.peers import (
+    BestFitScorer,
+    KahnSorter,
+    PythonTokenBucket,
+    first_fit_decreasing,
+)
 
 OURS = "taskiq_flow"
 
@@ -277,6 +282,113 @@ def dag_batch_loop(shape: str, n: int) -> Workload:
     )
 
 
+def dag_dropin(node_type: str, n: int) -> Workload:
+    """The graphlib drop-in as its users drive it, on a layered graph (4 predecessors per node):
+    build with ``add(node, *predecessors)``, ``prepare()``, then per completion ``done(node)`` and
+    ``get_ready()``; ``int`` or ``str`` nodes. Timed per node, build and event loop together.
+
+    rustworkx has no ``add(node, *preds)``: its contender does what a user of its
+    ``TopologicalSorter`` must, as cheaply as that goes: ``int`` nodes are used as its indices
+    directly (they are ``0..n-1`` in insertion order here, the case most favourable to it), ``str``
+    nodes go through a dict to indices and back; the graph is built in bulk
+    (``add_nodes_from`` + ``add_edges_from_no_data``).
+    """
+    g = make_graph("layered", n)
+    names: list[Any] = list(range(g.n)) if node_type == "int" else [f"node-{i}" for i in range(g.n)]
+    preds = [[names[p] for p in ps] for ps in g.predecessors()]
+    items = list(zip(names, preds))
+    rx = optional("rustworkx")
+
+    def drop_in(cls: Any) -> Contender:
+        def setup() -> Callable[[], list[Any]]:
+            def run() -> list[Any]:
+                ts = cls()
+                add = ts.add
+                for node, ps in items:
+                    add(node, *ps)
+                ts.prepare()
+                order: list[Any] = []
+                stack = list(ts.get_ready())
+                pop, extend, record = stack.pop, stack.extend, order.append
+                done, get_ready = ts.done, ts.get_ready
+                while stack:
+                    node = pop()
+                    record(node)
+                    done(node)
+                    extend(get_ready())
+                return order
+
+            return run
+
+        return setup
+
+    contenders: dict[str, Contender] = {
+        OURS: drop_in(TopologicalSorter),
+        "graphlib": drop_in(graphlib.TopologicalSorter),
+    }
+    if rx is not None:
+
+        def rustworkx() -> Callable[[], list[Any]]:
+            def run_int() -> list[Any]:
+                pairs = [(p, v) for v, ps in items for p in ps]
+                graph = rx.PyDiGraph()
+                graph.add_nodes_from(names)
+                graph.add_edges_from_no_data(pairs)
+                ts = rx.TopologicalSorter(graph)
+                order: list[Any] = []
+                stack = list(ts.get_ready())
+                pop, extend, record = stack.pop, stack.extend, order.append
+                done, get_ready = ts.done, ts.get_ready
+                while stack:
+                    node = pop()
+                    record(node)
+                    done(node)
+                    extend(get_ready())
+                return order
+
+            def run_mapped() -> list[Any]:
+                index: dict[Any, int] = {}
+                nodes: list[Any] = []
+                pairs: list[tuple[int, int]] = []
+                for node, ps in items:
+                    v = index.get(node)
+                    if v is None:
+                        v = index[node] = len(nodes)
+                        nodes.append(node)
+                    for p in ps:
+                        u = index.get(p)
+                        if u is None:
+                            u = index[p] = len(nodes)
+                            nodes.append(p)
+                        pairs.append((u, v))
+                graph = rx.PyDiGraph()
+                graph.add_nodes_from(nodes)
+                graph.add_edges_from_no_data(pairs)
+                ts = rx.TopologicalSorter(graph)
+                order: list[Any] = []
+                stack = list(ts.get_ready())
+                pop, extend, record = stack.pop, stack.extend, order.append
+                done, get_ready = ts.done, ts.get_ready
+                while stack:
+                    i = pop()
+                    record(nodes[i])
+                    done(i)
+                    extend(get_ready())
+                return order
+
+            return run_int if node_type == "int" else run_mapped
+
+        contenders["rustworkx"] = rustworkx
+    position = {name: i for i, name in enumerate(names)}
+
+    def check(order: list[Any]) -> bool:
+        return _respects(g, [position[x] for x in order])
+
+    return Workload(
+        "dag_dropin", f"{node_type} nodes, layered n={n:,}", g.n, "node", contenders, check
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # Admission
 # --------------------------------------------------------------------------------------------------
@@ -305,6 +417,38 @@ def admission_pairs(n: int) -> Workload:
         "anyio.CapacityLimiter": runner(lambda: anyio.CapacityLimiter(16)),
     }
     return Workload("admission", f"uncontended n={n:,}", n, "pair", contenders, lambda c: c == n)
+
+
+def rate_pairs(n: int) -> Workload:
+    """Uncontended rate-limited acquisitions (``async with limiter``) in one task: the rate is so
+    high that a token is always there, so this is the cost of asking."""
+    aiolimiter = optional("aiolimiter")
+    rate = 1e12
+
+    def runner(make: Callable[[], Any]) -> Contender:
+        def setup() -> Callable[[], Any]:
+            async def body() -> int:
+                limiter = make()
+                count = 0
+                for _ in range(n):
+                    async with limiter:
+                        count += 1
+                return count
+
+            return lambda: asyncio.run(body())
+
+        return setup
+
+    contenders: dict[str, Contender] = {
+        OURS: runner(lambda: RateLimiter(rate, burst=1_000)),
+        "python_token_bucket": runner(lambda: PythonTokenBucket(rate, burst=1_000)),
+    }
+    if aiolimiter is not None:
+        period = 1_000 / rate  # 1,000 tokens per period: the same rate and burst as the others
+        contenders["aiolimiter"] = runner(lambda: aiolimiter.AsyncLimiter(1_000, period))
+    return Workload(
+        "admission", f"rate uncontended n={n:,}", n, "pair", contenders, lambda c: c == n
+    )
 
 
 def admission_contended(n: int, cap: int = 16) -> Workload:
