@@ -14,6 +14,7 @@ from taskiq import InMemoryBroker
 
 from taskiq_flow import (
     DataflowPipeline,
+    Pipeline,
     PipelineTrackingManager,
     RetryPolicy,
     StepFailedError,
@@ -488,3 +489,21 @@ def test_nodes_of_one_name_keep_their_own_steps() -> None:
     chain = SimpleGraph.chain([f"s{i}" for i in range(30)])
     long = render_report(PipelineStatus("r", "p"), dag=chain)
     assert "s4 → s5 → … (19 more) … → s25 →" in long
+
+
+async def test_the_timeline_shows_what_each_step_waited_for(broker: InMemoryBroker) -> None:
+    @broker.task
+    async def resize(x: int) -> int:
+        await asyncio.sleep(0.02)
+        return x
+
+    tracking = PipelineTrackingManager()
+    handle = (
+        await Pipeline(broker).map(resize, range(6), max_parallel=2).with_tracking(tracking).kiq()
+    )
+    await handle.wait_result(timeout=10)
+    status = await tracking.get_status(handle.pipeline_id)
+    [step] = status.steps
+    assert step.waited["step_cap"] > 0.02  # four tasks waited for the step's cap
+    page = render_report(status)
+    assert 'data-kind="waiting:cap"' in page

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
@@ -10,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import until
 from redis.asyncio import Redis
 from taskiq import InMemoryBroker
 
-from taskiq_flow import DataflowPipeline, PipelineTrackingManager, pipeline_task
+from taskiq_flow import DataflowPipeline, Pipeline, PipelineTrackingManager, pipeline_task
 from taskiq_flow.distributed import RedisPipelineStorage
 from taskiq_flow.runs_cli import add_runs_commands, explain_line, main_runs
 
@@ -103,18 +105,44 @@ async def test_every_action_on_in_memory_tracking(broker: InMemoryBroker, tmp_pa
     assert json.loads(out) == []
 
 
-async def test_explain_says_reasons_are_not_recorded_in_one_line() -> None:
+async def test_explain_reads_the_reasons_a_live_run_recorded(broker: InMemoryBroker) -> None:
+    gate = asyncio.Event()
+
+    @broker.task
+    async def resize(x: int) -> int:
+        await gate.wait()
+        return x
+
+    tracking = PipelineTrackingManager()
+    handle = await (
+        Pipeline(broker).map(resize, range(6), max_parallel=2).with_tracking(tracking).kiq()
+    )
+    await until(lambda: tracking.live(handle.pipeline_id) is not None)
+    live = tracking.live(handle.pipeline_id)
+    assert live is not None
+    await until(lambda: live.steps[0].waiting is not None)
+    said = explain_line(await tracking.get_status(handle.pipeline_id), "map(resize)")
+    assert said.startswith(
+        "step 'map(resize)': waiting: step cap 'map(resize)' is full (2/2 in flight)"
+    ), said
+    code, out = await run_cli("explain", handle.pipeline_id, "map(resize)", tracking=tracking)
+    assert code == 0 and "step cap 'map(resize)' is full" in out
+    gate.set()
+    await handle.wait_result(timeout=10)
+    done = await tracking.get_status(handle.pipeline_id)
+    assert done.steps[0].waiting is None
+    line = explain_line(done, "map(resize)")
+    assert line.startswith("step 'map(resize)' is done (6/6 tasks done); its tasks waited")
+    assert "for step_cap" in line  # four of the six waited for the step's cap
+
     tracking = PipelineTrackingManager()
     await tracking.begin("run-1", "etl", [("load", 1), ("map(resize)", 16)])
     status = await tracking.get_status("run-1")
     assert explain_line(status, "map(resize)") == (
-        "step 'map(resize)' is pending (0/16 tasks done); "
-        "why it waits: not recorded (this version does not record wait reasons)"
+        "step 'map(resize)' is pending (0/16 tasks done); its run is running, so nothing "
+        "explains it now"
     )
-    assert explain_line(status) == (
-        "run 'run-1' is running with 2 unfinished step(s); "
-        "why they wait: not recorded (this version does not record wait reasons)"
-    )
+    assert explain_line(status) == "run 'run-1' is running with 2 unfinished step(s)"
     code, out = await run_cli("explain", "run-1", "nope", tracking=tracking)
     assert (code, out) == (1, "")
     await tracking.end("run-1", "failed", "boom")

@@ -79,6 +79,7 @@ _KIND_COLOURS: dict[str, str] = {
     "waiting:rate": "#ffe082",
     "waiting:resources": "#bcaaa4",
     "waiting:backoff": "#f8bbd0",
+    "waiting:shared cap": "#ffb74d",
     "queued": "#b39ddb",
     "retrying": "#ffab91",
 }
@@ -142,7 +143,37 @@ def _kind_colour(kind: str, status: str) -> str:
     return _OTHER_WAIT if kind.startswith("waiting") else "#b0bec5"
 
 
+#: The core's wait reasons (``StepStatus.waited``) as timeline kinds, drawn in this order.
+_WAIT_KINDS = {
+    "placement": "waiting:resources",
+    "shared_cap": "waiting:shared cap",
+    "step_cap": "waiting:cap",
+    "rate": "waiting:rate",
+    "ready": "queued",
+}
+
+
+def _wait_pieces(step: StepStatus, pieces: list[_Piece]) -> list[_Piece]:
+    """What the step's tasks waited before they were sent (the mean per task, for a mapped
+    step), drawn before its first bar, one piece per reason."""
+    if not pieces or not step.waited:
+        return pieces
+    tasks = max(step.tasks, 1)
+    end = pieces[0].start
+    before: list[_Piece] = []
+    for reason in reversed(list(_WAIT_KINDS)):
+        seconds = step.waited.get(reason, 0.0) / tasks
+        if seconds > 0:
+            end -= seconds
+            before.append(_Piece(end, seconds * 1000.0, _WAIT_KINDS[reason]))
+    return [*reversed(before), *pieces]
+
+
 def _default_pieces(step: StepStatus) -> list[_Piece]:
+    return _wait_pieces(step, _attempt_pieces(step))
+
+
+def _attempt_pieces(step: StepStatus) -> list[_Piece]:
     start, end = step.started_at, step.finished_at
     if start is None or end is None or end < start:
         return []
@@ -165,7 +196,9 @@ def _default_pieces(step: StepStatus) -> list[_Piece]:
 def default_segments(step: StepStatus) -> list[Segment]:
     """A step's bar when no segments are given: its last ``duration_ms`` up to ``finished_at``
     as ``running`` (for a mapped step, its whole span); for a one-task step whose span is longer
-    than its last attempt (it was retried), ``retrying`` before that."""
+    than its last attempt (it was retried), ``retrying`` before that; before it all, what its
+    tasks waited for, by the core's reason (``StepStatus.waited``; the mean per task for a mapped
+    step)."""
     return [(p.start, p.start + p.ms / 1000.0, p.kind) for p in _default_pieces(step)]
 
 

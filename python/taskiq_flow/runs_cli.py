@@ -43,7 +43,7 @@ from rich.text import Text
 from taskiq_flow.exceptions import InvalidValueError, UnknownIdError
 from taskiq_flow.pictures import GraphView
 from taskiq_flow.report import write_report
-from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager, RunState
+from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager, RunState, StepStatus
 
 __all__ = [
     "add_runs_commands",
@@ -209,10 +209,9 @@ def steps_table(status: PipelineStatus) -> Table:
 
 
 def explain_line(status: PipelineStatus, step: str | None = None) -> str:
-    """One sentence on why a run (or one of its steps) is where it is.
-
-    Wait reasons are not recorded yet by the scheduling core, so for a step that has not
-    finished this says so, with what tracking does know (its status and tasks done).
+    """One sentence on why a run (or one of its steps) is where it is: for a live run, what it
+    last recorded from the core's reasons (at most a second old); for a finished step, how it
+    ended; for a run, its unfinished steps.
 
     :raises UnknownIdError: if the run has no step of that name.
     """
@@ -223,18 +222,31 @@ def explain_line(status: PipelineStatus, step: str | None = None) -> str:
         s = matches[0]
         if s.status in ("done", "failed", "skipped", "cancelled"):
             extra = f": {s.error.splitlines()[0]}" if s.error and s.status == "failed" else ""
-            return f"step {s.name!r} is {s.status} ({s.tasks_done}/{s.tasks} tasks done){extra}"
+            waited = _waited(s)
+            return (
+                f"step {s.name!r} is {s.status} ({s.tasks_done}/{s.tasks} tasks done){extra}"
+                f"{waited}"
+            )
+        if s.waiting is not None and status.status == "running":
+            return f"step {s.name!r}: {s.waiting}"
         return (
             f"step {s.name!r} is {s.status} ({s.tasks_done}/{s.tasks} tasks done); "
-            "why it waits: not recorded (this version does not record wait reasons)"
+            f"its run is {status.status}, so nothing explains it now"
         )
     if status.status != "running":
         return f"run {status.pipeline_id!r} is {status.status}; nothing waits"
-    open_steps = [s.name for s in status.steps if s.status in ("pending", "running", "retrying")]
-    return (
-        f"run {status.pipeline_id!r} is running with {len(open_steps)} unfinished step(s); "
-        "why they wait: not recorded (this version does not record wait reasons)"
+    open_steps = [s for s in status.steps if s.status in ("pending", "running", "retrying")]
+    said = [f"{s.name!r}: {s.waiting}" for s in open_steps if s.waiting is not None]
+    shown = "; ".join(said[:5]) + (f"; and {len(said) - 5} more" if len(said) > 5 else "")
+    return f"run {status.pipeline_id!r} is running with {len(open_steps)} unfinished step(s)" + (
+        f" — {shown}" if shown else ""
     )
+
+
+def _waited(step: StepStatus) -> str:
+    """``; waited 1.2 s for step_cap, 0.1 s ready`` from what tracking recorded, or nothing."""
+    parts = [f"{seconds:.3g} s for {reason}" for reason, seconds in step.waited.items() if seconds]
+    return f"; its tasks waited {', '.join(parts)}" if parts else ""
 
 
 def load_graph(path: str) -> GraphView:

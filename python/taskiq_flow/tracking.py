@@ -78,6 +78,12 @@ class StepStatus:
     finished_at: float | None = None
     tasks: int = 1
     tasks_done: int = 0
+    #: Seconds the step's tasks waited between becoming ready and being sent, summed, by what held
+    #: each last (the core's reasons: ``step_cap``, ``rate``, ``shared_cap``, ``placement``, or
+    #: ``ready`` for nothing but the run's own cap).
+    waited: dict[str, float] = field(default_factory=dict)
+    #: Why the step waits, as its run last explained it (while the run is live).
+    waiting: str | None = None
 
 
 @dataclass(slots=True)

@@ -47,7 +47,7 @@ from taskiq_flow.run.explain import core_sentence, seconds
 from taskiq_flow.run.plan import Plan, StepSpec
 from taskiq_flow.run.sending import DISPATCHERS, Sender
 from taskiq_flow.run.settings import Settings
-from taskiq_flow.run.track import RunTracking
+from taskiq_flow.run.track import EXPLAIN_EVERY, RunTracking
 
 __all__ = ["DRAIN_TIMEOUT", "CustomDispatch", "Feed", "Runner", "run_single"]
 
@@ -151,6 +151,7 @@ class Runner:
         self._errors: dict[int, BaseException | None] = {}
         self._skipped_by: dict[int, int] = {}
         self._preds: dict[int, list[int]] | None = None
+        self._step_nodes: list[list[int]] | None = None
         #: The process-wide (or cross-process) cap, as it was when the run started.
         self._cap: CapGroup = global_cap()
         self._pool: ResourceAwareWorkerPool | None = settings.worker_pool
@@ -234,16 +235,25 @@ class Runner:
             if 0 <= node_or_step < plan.node_count:
                 return node_or_step
             raise UnknownIdError(f"no node {node_or_step} (the run has {plan.node_count})")
-        indices = {i for i, spec in enumerate(plan.steps) if spec.name == node_or_step}
+        indices = [i for i, spec in enumerate(plan.steps) if spec.name == node_or_step]
         if not indices:
             raise UnknownIdError(f"no step named {node_or_step!r} in this run")
+        if self._step_nodes is None:
+            by_step: list[list[int]] = [[] for _ in plan.steps]
+            for v in range(plan.node_count):
+                by_step[plan.step_index(v)].append(v)
+            self._step_nodes = by_step
+        by_index = self._step_nodes
+        nodes = (
+            by_index[indices[0]]
+            if len(indices) == 1
+            else sorted(v for i in indices for v in by_index[i])
+        )
         # A step stands for its first node still waiting (what a user asks about), else its first
         # node running or retrying, else its last node.
         scheduler = self._scheduler
         running = last = -1
-        for v in range(plan.node_count):
-            if plan.step_index(v) not in indices:
-                continue
+        for v in nodes:
             last = v
             if scheduler is None:
                 return v
@@ -287,8 +297,9 @@ class Runner:
         """
         scheduler = self._scheduler = self._build_scheduler()
         loop = asyncio.get_running_loop()
-        if self._observers:
+        if self._observers or self.tracking is not None:
             scheduler.record_waits(True)
+        if self._observers:
             for o in self._observers:
                 o.run_started(self)
         if self.restored:
@@ -423,6 +434,9 @@ class Runner:
             assert pool is not None
             check = loop.time() + pool.refresh_interval
             wake = check if wake is None else min(wake, check)
+        if self.tracking is not None:  # a waiting run still records why, for other processes
+            check = loop.time() + EXPLAIN_EVERY
+            wake = check if wake is None else min(wake, check)
         timer = loop.call_at(wake, inbox.wake) if wake is not None else None
         await inbox.wait()
         if timer is not None:
@@ -469,6 +483,7 @@ class Runner:
         if self._sender.inline:
             await self._sender.flush()
         if tracking is not None:
+            tracking.explain(now, self.explain)
             await tracking.flush(
                 {node: results[node] for node in done}
                 if done and tracking.track_step is None
@@ -637,8 +652,13 @@ class Runner:
     async def _send_one(self, node: int) -> None:
         step = self.plan.step(node)
         attempt = self._attempt[node]
-        if self.tracking is not None:
-            self.tracking.sent(node)
+        tracking = self.tracking
+        if tracking is not None:
+            tracking.sent(node)
+            if attempt == 1 and self._scheduler is not None:
+                wait = self._scheduler.wait_of(node)
+                if wait is not None:
+                    tracking.waited(node, *wait)
         if self._observers:
             self._observe_send(node, step.name, attempt)
         try:

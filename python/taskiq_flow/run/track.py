@@ -8,7 +8,8 @@ once per batch of events.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from taskiq_flow.events import Completion
@@ -21,6 +22,11 @@ __all__ = ["RunTracking"]
 
 logger = logging.getLogger(__name__)
 
+#: Seconds between two recordings of why a live run's steps wait.
+EXPLAIN_EVERY = 1.0
+#: Most steps of one run explained at each recording.
+EXPLAIN_STEPS = 200
+
 
 class RunTracking:
     """Reports one run to a :class:`PipelineTrackingManager`.
@@ -29,7 +35,16 @@ class RunTracking:
         step of a sequential pipeline) instead of tracking a run of its own.
     """
 
-    __slots__ = ("_dirty", "_plan", "_status", "manager", "name", "pipeline_id", "track_step")
+    __slots__ = (
+        "_dirty",
+        "_explained_at",
+        "_plan",
+        "_status",
+        "manager",
+        "name",
+        "pipeline_id",
+        "track_step",
+    )
 
     def __init__(
         self,
@@ -46,6 +61,7 @@ class RunTracking:
         self._plan = plan
         self._dirty: set[int] = set()
         self._status: PipelineStatus | None = None
+        self._explained_at = -math.inf
 
     async def begin(self, restored: Sequence[int]) -> None:
         """The run starts; ``restored`` nodes finished in an earlier run of this pipeline id."""
@@ -109,6 +125,44 @@ class RunTracking:
             step.status = state
             step.error = describe(error)
 
+    def waited(self, node: int, reason: str, seconds: float) -> None:
+        """``node`` was sent after waiting ``seconds`` since it became ready, held last by
+        ``reason``."""
+        if self._status is not None:
+            index = self._index(node)
+            waited = self._status.steps[index].waited
+            waited[reason] = waited.get(reason, 0.0) + seconds
+            self._dirty.add(index)
+
+    def explain(self, now: float, why: Callable[[str], str]) -> None:
+        """Records why each unfinished step waits (``why(step name)``), at most once per
+        :data:`EXPLAIN_EVERY` seconds and for the first :data:`EXPLAIN_STEPS` unfinished steps, so
+        that another process can read it (``taskiq-flow explain RUN STEP``)."""
+        if self._status is None or now - self._explained_at < EXPLAIN_EVERY:
+            return
+        self._explained_at = now
+        plan = self._plan
+        names = (
+            [(self.track_step, plan.steps[0].name)]
+            if self.track_step is not None
+            else list(enumerate(spec.name for spec in plan.steps))
+        )
+        explained = 0
+        for index, name in names:
+            step = self._status.steps[index]
+            if step.status in ("done", "failed", "skipped", "cancelled"):
+                if step.waiting is not None:
+                    step.waiting = None
+                    self._dirty.add(index)
+                continue
+            if explained >= EXPLAIN_STEPS:
+                break
+            explained += 1
+            sentence = why(name)
+            if sentence != step.waiting:
+                step.waiting = sentence
+                self._dirty.add(index)
+
     def skipped(self, node: int) -> None:
         """``node`` will never run (an input failed)."""
         if self._status is not None:
@@ -137,5 +191,8 @@ class RunTracking:
 
     async def end(self, state: str, error: str | None) -> None:
         """The run ended (``done``, ``failed`` or ``cancelled``)."""
+        if self._status is not None:
+            for step in self._status.steps:
+                step.waiting = None
         if self.track_step is None:
             await self.manager.end(self.pipeline_id, state, error)  # type: ignore[arg-type]
