@@ -109,6 +109,10 @@ def _message(task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> 
     )
 
 
+#: Types JSON carries exactly, whatever their value.
+_PLAIN = frozenset({int, str, bool, type(None)})
+
+
 class _Lossy(Exception):
     """A value a JSON serializer would change silently."""
 
@@ -160,23 +164,28 @@ def _dumps(broker: AsyncBroker, task_name: str, call: Call, where: str) -> None:
         ) from exc
 
 
-def _needs_trial(broker: AsyncBroker, task_name: str, call: Call, where: str) -> bool:
+def _needs_trial(json_like: bool, task_name: str, call: Call, where: str) -> bool:
     """Checks what can be checked without serializing; ``True`` if a trial serialization must
     decide the rest."""
-    if not _json_like(broker):
+    if not json_like:
         return True
     args, kwargs = call
-    named = [(f"argument {i}", v) for i, v in enumerate(args)]
-    named += [(f"argument {k!r}", v) for k, v in kwargs.items()]
     trial = False
-    for name, value in named:
-        try:
+    name: object = None
+    try:
+        for position, value in enumerate(args):
+            name = position  # named in the error
             trial = not _native(value) or trial
-        except _Lossy as lossy:
-            raise UnserializableError(
-                f"{name} for {task_name!r}{where} would arrive changed: the broker's JSON "
-                f"serializer cannot carry {lossy.value!r} (in {value!r}) faithfully"
-            ) from None
+        for keyword, value in kwargs.items():
+            name = keyword
+            trial = not _native(value) or trial
+    except _Lossy as lossy:
+        shown = f"argument {name}" if isinstance(name, int) else f"argument {name!r}"
+        sent = args[name] if isinstance(name, int) else kwargs[str(name)]
+        raise UnserializableError(
+            f"{shown} for {task_name!r}{where} would arrive changed: the broker's JSON "
+            f"serializer cannot carry {lossy.value!r} (in {sent!r}) faithfully"
+        ) from None
     return trial
 
 
@@ -189,7 +198,7 @@ def check_serializable(
         or its JSON serializer would deliver it changed (``{1: "a"}`` as ``{"1": "a"}``, NaN as
         ``None``).
     """
-    if _needs_trial(broker, task_name, (args, kwargs), ""):
+    if _needs_trial(_json_like(broker), task_name, (args, kwargs), ""):
         _dumps(broker, task_name, (args, kwargs), "")
 
 
@@ -200,11 +209,19 @@ def check_calls(broker: AsyncBroker, task_name: str, calls: Sequence[Call], step
 
     :raises UnserializableError: naming the step, the task, the item index and the argument.
     """
-    trial = [
-        call
-        for index, call in enumerate(calls)
-        if _needs_trial(broker, task_name, call, f" (step {step!r}, item {index})")
-    ]
+    json_like = _json_like(broker)
+    plain = _PLAIN
+    trial = []
+    for index, call in enumerate(calls):
+        args, kwargs = call
+        if json_like and not kwargs and len(args) == 1 and type(args[0]) in plain:
+            continue  # the common map item: one int or str, nothing to check
+        try:
+            if _needs_trial(json_like, task_name, call, ""):
+                trial.append(call)
+        except UnserializableError:  # said again, naming the item
+            _needs_trial(json_like, task_name, call, f" (step {step!r}, item {index})")
+            raise
     if not trial:
         return
     together: Call = ([[list(args), dict(kwargs)] for args, kwargs in trial], {})
