@@ -4,7 +4,8 @@ constructs that parser leaves alone into Markdown before it reads them.
 
 - ``:class:`~taskiq_flow.dag.DAG``` and the other roles become code spans (``DAG``);
 - ``:raises A, B: text`` becomes one ``:raises X: text`` line per exception;
-- a paragraph ending in ``::`` (a reST literal block follows) ends in ``:``;
+- a paragraph ending in ``::`` (a reST literal block follows) ends in ``:``, and a ``::`` alone
+  on its line goes;
 - a class's ``:param x:`` for an option its ``__init__`` takes through ``**options`` becomes a
   bullet under "Options" (the parser only knows parameters that the signature names).
 """
@@ -36,6 +37,7 @@ def markdown(text: str) -> str:
     text = _ROLE.sub(_short, text)
     text = _RAISES.sub(_split, text)
     text = re.sub(r"``([^`]+)``", r"`\1`", text)
+    text = re.sub(r"^[ \t]*::[ \t]*$", "", text, flags=re.M)  # "::" alone on its line
     return re.sub(r"(\S)::$", r"\1:", text, flags=re.M)
 
 

@@ -99,3 +99,20 @@ def test_the_strict_build_is_in_the_test_command_and_in_ci() -> None:
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     at = ci.index(command)  # the same line, exactly
     assert ci[at + 1] == ".ci/wheel-check"
+
+
+def test_the_api_reference_reads_rest_docstrings_as_markdown() -> None:
+    sys.path.insert(0, str(DOCS))
+    try:
+        from griffe_rest import markdown
+    finally:
+        sys.path.remove(str(DOCS))
+    text = (
+        "Runs a :class:`~taskiq_flow.dataflow.DAG` (see ``execute``)::\n\n    run()\n\n::\n\n"
+        "    more()\n:raises CycleError, MissingInputError: before\n    anything is sent."
+    )
+    assert markdown(text) == (
+        "Runs a `DAG` (see `execute`):\n\n    run()\n\n\n\n    more()\n"
+        ":raises CycleError: before\n    anything is sent.\n"
+        ":raises MissingInputError: before\n    anything is sent."
+    )
