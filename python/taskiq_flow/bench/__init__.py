@@ -217,6 +217,9 @@ def report(results: list[Result], wide: bool = False) -> str:
 _ABBREVIATIONS = (
     ("max_parallel=", "cap="),
     ("uncontended", "free"),
+    ("contended", "busy"),
+    ("workers=", "w="),
+    ("tasks=", "n="),
     ("no-op tasks", "no-ops"),
     ("layered DAG of ", "DAG "),
     (" tasks, ", ", "),
