@@ -1,4 +1,6 @@
-"""Guide section 8, benchmarking: average and P95 latency of a pipeline over iterations.
+"""Benchmarking: average and P95 latency of a pipeline over iterations.
+
+Docs: docs/performance.md#benchmarking
 
 Run: python examples/benchmarking.py
 """

@@ -1,4 +1,6 @@
-"""Guide section 11, custom executors: route GPU tasks to a GPU pool, the rest to the broker.
+"""Custom executors: route GPU tasks to a GPU pool, the rest to the broker.
+
+Docs: docs/performance.md#custom-engines
 
 Run: python examples/custom_executor.py
 """

@@ -1,4 +1,6 @@
-"""Guide section 6, external services: a shared connection pool, batching, caching.
+"""External services: a shared connection pool, batching, caching.
+
+Docs: docs/performance.md#external-services
 
 A stand-in service replaces the database so the example runs anywhere.
 Run: python examples/external_services.py

@@ -1,4 +1,6 @@
-"""Guide section 4, memory: pass ids not data, stream in chunks, clean up tracking records.
+"""Memory: pass ids not data, stream in chunks, clean up tracking records.
+
+Docs: docs/performance.md#memory
 
 Run: python examples/memory.py
 """

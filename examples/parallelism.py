@@ -1,4 +1,6 @@
-"""Guide section 2, parallelism tuning: max_parallel per step, per pipeline, per map, and globally.
+"""Parallelism tuning: max_parallel per step, per pipeline, per map, and globally.
+
+Docs: docs/performance.md#choosing-max_parallel
 
 Run: python examples/parallelism.py
 """

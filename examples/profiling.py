@@ -1,4 +1,6 @@
-"""Guide section 5, profiling: built-in step timing, tracemalloc, cProfile.
+"""Profiling: built-in step timing, tracemalloc, cProfile.
+
+Docs: docs/performance.md#finding-bottlenecks
 
 Run: python examples/profiling.py
 """

@@ -1,4 +1,6 @@
-"""Guide section 3, resource-aware scheduling: annotate tasks, describe workers, let the core place.
+"""Resource-aware scheduling: annotate tasks, describe workers, let the core place.
+
+Docs: docs/performance.md#resource-profiles
 
 Run: python examples/resources.py
 """

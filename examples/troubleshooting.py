@@ -1,4 +1,6 @@
-"""Guide section 10, troubleshooting: find the slowest step of a run.
+"""Troubleshooting: find the slowest step of a run.
+
+Docs: docs/performance.md#troubleshooting
 
 Run: python examples/troubleshooting.py
 """

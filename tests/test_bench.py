@@ -57,7 +57,13 @@ def test_plan_places_at_least_as_many_as_ffd() -> None:
 def test_cli_prints_a_ratio_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--group", "placement", "--group", "dag_event_loop", "--scale", "0.01"]) == 0
     out = capsys.readouterr().out
-    assert "python_best_fit" in out and "rustworkx" in out and "peer ÷ ours" in out
+    assert "python_best_fit" in out and "rustworkx" in out and "peer÷ours" in out
+
+
+def test_wide_prints_one_table_with_every_column(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--group", "admission", "--scale", "0.01", "--wide"]) == 0
+    out = capsys.readouterr().out
+    assert "peer ÷ ours" in out and "rate uncontended n=1,000" in out
 
 
 def test_without_peers_the_cli_says_so_in_one_line(

@@ -42,7 +42,7 @@ def test_demo_command_ends_by_pointing_at_its_report(
 ) -> None:
     report = tmp_path / "demo.html"
     assert cli_main(["demo", "--tracks", "2", "--speed", "0.1", "--report", str(report)]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last == f"report of the slowest run (DAG, timeline, steps): {report}"
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2:] == ["report of the slowest run (DAG, timeline, steps):", f"  {report}"]
     page = report.read_text()
     assert "transcribe" in page and "<svg" in page

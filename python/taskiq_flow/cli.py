@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from taskiq_flow._help import HelpFormatter
+
 
 def _version() -> str:
     """The installed distribution's version."""
@@ -17,9 +19,19 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``taskiq-flow <command> ...``."""
+    """Entry point: ``taskiq-flow <command> ...``; returns the exit status."""
     parser = argparse.ArgumentParser(
-        prog="taskiq-flow", description="Pipeline and DAG orchestration for taskiq."
+        prog="taskiq-flow",
+        description="Pipeline and DAG orchestration for taskiq, with a Rust scheduling core.",
+        epilog=(
+            "examples:\n"
+            "  taskiq-flow demo\n"
+            "  taskiq-flow worker app:broker --name w1 --cpu-cores 4 --ram-gb 16\n"
+            "  taskiq-flow bench --group admission\n"
+            "  taskiq-flow runs list --redis redis://127.0.0.1:6379\n"
+            "  taskiq-flow COMMAND --help"
+        ),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"taskiq-flow {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")

@@ -40,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from taskiq_flow._help import HelpFormatter, paragraphs
 from taskiq_flow.exceptions import InvalidValueError, UnknownIdError
 from taskiq_flow.pictures import GraphView
 from taskiq_flow.report import write_report
@@ -73,49 +74,131 @@ def add_runs_commands(
     """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--redis", metavar="URL", help="Redis URL of the tracking storage (redis://host:port/db)"
+        "--redis",
+        metavar="URL",
+        help="Redis URL of the tracking storage: redis://, rediss:// or unix:// (required: "
+        "runs kept in memory die with their process)",
     )
     common.add_argument(
-        "--prefix", default="taskiq_flow", help="key prefix of the tracking storage"
+        "--prefix",
+        default="taskiq_flow",
+        help="key prefix the runs were tracked under (default: %(default)s)",
     )
-    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    common.add_argument(
+        "--json", action="store_true", help="print JSON instead of a table (default: a table)"
+    )
+    url = "redis://host:6379"
+
+    def add(
+        place: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        summary: str,
+        *examples: str,
+    ) -> argparse.ArgumentParser:
+        return place.add_parser(
+            name,
+            parents=[common],
+            help=summary,
+            description=paragraphs(summary[0].upper() + summary[1:] + "."),
+            epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+            formatter_class=HelpFormatter,
+        )
+
     runs = subparsers.add_parser(
-        "runs", help="list, show, delete, report on and explain tracked runs"
+        "runs",
+        help="list, show, delete, report on, explain and resume tracked runs",
+        description=paragraphs(
+            "List, show, delete, report on, explain and resume the runs tracked in Redis "
+            "(RedisPipelineStorage). Exit status: 0 done, 1 a run or Redis not found, 2 bad "
+            "input (checked before any connection)."
+        ),
+        epilog=(
+            "examples:\n"
+            f"  taskiq-flow runs list --redis {url} --status failed\n"
+            f"  taskiq-flow runs show RUN --redis {url}\n"
+            "  taskiq-flow runs ACTION --help"
+        ),
+        formatter_class=HelpFormatter,
     )
     actions = runs.add_subparsers(dest="runs_command", required=True, metavar="action")
-    listing = actions.add_parser("list", parents=[common], help="the tracked runs, newest last")
-    listing.add_argument("--status", choices=get_args(RunState), help="only runs in this state")
-    listing.add_argument("--limit", type=_positive, help="only the newest N runs")
-    show = actions.add_parser("show", parents=[common], help="one run and its steps")
+    listing = add(
+        actions,
+        "list",
+        "the tracked runs, newest last",
+        f"taskiq-flow runs list --redis {url}",
+        f"taskiq-flow runs list --redis {url} --status abandoned --limit 20",
+    )
+    listing.add_argument(
+        "--status",
+        choices=get_args(RunState),
+        metavar="STATE",
+        help="only runs in this state: " + ", ".join(get_args(RunState)) + " (default: any)",
+    )
+    listing.add_argument(
+        "--limit", type=_positive, metavar="N", help="only the newest N runs (default: all)"
+    )
+    show = add(
+        actions,
+        "show",
+        "one run and its steps",
+        f"taskiq-flow runs show RUN --redis {url}",
+        f"taskiq-flow runs show RUN --redis {url} --json",
+    )
     show.add_argument("run", help="the run's pipeline id")
-    delete = actions.add_parser("delete", parents=[common], help="delete runs' records")
+    delete = add(
+        actions,
+        "delete",
+        "delete runs' tracking records",
+        f"taskiq-flow runs delete RUN1 RUN2 --redis {url}",
+    )
     delete.add_argument("runs", nargs="+", metavar="run", help="pipeline ids")
-    resume = actions.add_parser(
+    resume = add(
+        actions,
         "resume",
-        parents=[common],
-        help="run an abandoned run to the end (a dataflow pipeline, the same inputs)",
+        "run an abandoned run to the end (a dataflow pipeline, the same inputs)",
+        f"taskiq-flow runs resume RUN --redis {url} \\\n      --pipeline app:pipeline --input x=3",
     )
     resume.add_argument("run", help="the run's pipeline id")
     resume.add_argument(
-        "--pipeline", required=True, metavar="MODULE:NAME", help="the pipeline it was made with"
+        "--pipeline",
+        required=True,
+        metavar="MODULE:NAME",
+        help="the pipeline it was made with, imported (required)",
     )
     resume.add_argument(
-        "--input", action="append", default=[], metavar="NAME=JSON", help="an input (repeat)"
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="an input of the run, its value as JSON (repeatable; default: none)",
     )
     places = [actions, subparsers] if top_level else [actions]
     for place in places:
-        report = place.add_parser(
-            "report", parents=[common], help="write a run's self-contained HTML report"
+        report = add(
+            place,
+            "report",
+            "write a run's self-contained HTML report",
+            f"taskiq-flow report RUN --redis {url} -o run.html",
+            f"taskiq-flow runs report RUN --redis {url} --dag app.flows:pipeline",
         )
         report.add_argument("run", help="the run's pipeline id")
-        report.add_argument("-o", "--output", default="run.html", help="file to write (run.html)")
+        report.add_argument(
+            "-o", "--output", default="run.html", help="file to write (default: %(default)s)"
+        )
         report.add_argument(
             "--dag",
             metavar="MODULE:NAME",
-            help="a pipeline (or DAG) to draw, e.g. myapp.flows:pipeline (imported)",
+            help="a pipeline (or DAG) to draw, e.g. myapp.flows:pipeline, imported (default: "
+            "the steps as tracked)",
         )
         report.set_defaults(runs_command="report")
-        explain = place.add_parser("explain", parents=[common], help="why a run's step waits")
+        explain = add(
+            place,
+            "explain",
+            "why a run's step waits",
+            f"taskiq-flow explain RUN --redis {url}",
+            f"taskiq-flow runs explain RUN 'map(resize)' --redis {url}",
+        )
         explain.add_argument("run", help="the run's pipeline id")
         explain.add_argument("step", nargs="?", help="a step name (default: every unfinished step)")
         explain.set_defaults(runs_command="explain")

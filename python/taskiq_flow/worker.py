@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from taskiq_flow._help import HelpFormatter, paragraphs
 from taskiq_flow.distributed import WORKER_ENV, validate_key_part
 from taskiq_flow.exceptions import InvalidValueError
 from taskiq_flow.resources import WorkerSpec
@@ -134,15 +135,69 @@ def main(argv: list[str] | None = None) -> int:
 
     :return: the exit status (2 for bad input, before any process starts).
     """
-    parser = _OneLineParser(prog="taskiq-flow worker", description=__doc__.split("\n")[0])
-    parser.add_argument("broker", help="the broker, as taskiq worker takes it (module:attribute)")
-    parser.add_argument("--name", required=True, help="unique worker name ([A-Za-z0-9_.-])")
-    parser.add_argument("--cpu-cores", type=float, default=0.0)
+    parser = _OneLineParser(
+        prog="taskiq-flow worker",
+        description=paragraphs(
+            "Run a taskiq worker (taskiq worker BROKER --workers 1) that advertises what it "
+            "offers in Redis and consumes its own queue first, so that a "
+            "ResourceAwareWorkerPool built from discover_workers() places tasks on it. "
+            "Everything is checked before any process starts; bad input exits with status 2 "
+            "and one line."
+        ),
+        epilog=(
+            "examples:\n"
+            "  taskiq-flow worker app:broker --name cpu-1 --cpu-cores 4 --ram-gb 16\n"
+            "  taskiq-flow worker app:broker --name gpu-1 --cpu-cores 8 --ram-gb 32 \\\n"
+            "      --resource gpu=1 --label gpu=true\n"
+            "\n"
+            "taskiq worker options: put them after --, they are passed through as given:\n"
+            "  taskiq-flow worker app:broker --name w1 --cpu-cores 2 -- --max-async-tasks 50\n"
+            "\n"
+            "Ctrl-C or SIGTERM stops the worker gracefully; a second signal, or 15 s,\n"
+            "kills it."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument(
+        "broker", help="the broker, as taskiq worker takes it (module:attribute, e.g. app:broker)"
+    )
+    parser.add_argument(
+        "--name",
+        required=True,
+        help="unique worker name, letters, digits and _.- (required); its own queue is "
+        "<queue>.<name>",
+    )
+    parser.add_argument(
+        "--cpu-cores",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="CPU cores this worker offers; 0.5 is half a core (default: 0)",
+    )
     ram = parser.add_mutually_exclusive_group()
-    ram.add_argument("--ram-gb", type=float)
-    ram.add_argument("--ram-mb", type=float)
-    parser.add_argument("--resource", action="append", default=[], help="name=amount, e.g. gpu=1")
-    parser.add_argument("--label", action="append", default=[], help="key=value, e.g. gpu=true")
+    ram.add_argument(
+        "--ram-gb", type=float, metavar="N", help="RAM this worker offers, in GB (default: 0)"
+    )
+    ram.add_argument(
+        "--ram-mb",
+        type=float,
+        metavar="N",
+        help="RAM this worker offers, in MB; instead of --ram-gb (default: 0)",
+    )
+    parser.add_argument(
+        "--resource",
+        action="append",
+        default=[],
+        metavar="NAME=AMOUNT",
+        help="any other resource it offers, e.g. gpu=1 (repeatable; default: none)",
+    )
+    parser.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label tasks can require, e.g. gpu=true (repeatable; default: none)",
+    )
     args, rest = parser.parse_known_args(argv)
     if rest and rest[0] == "--":
         rest = rest[1:]

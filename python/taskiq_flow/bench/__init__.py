@@ -17,11 +17,13 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from taskiq_flow._help import COLUMNS, HelpFormatter, paragraphs
 from taskiq_flow.bench import pipelines
 from taskiq_flow.bench import workloads as w
 
@@ -193,43 +195,114 @@ def _table(rows: list[list[str]], numeric: range) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def report(results: list[Result]) -> str:
+def report(results: list[Result], wide: bool = False) -> str:
     """The core's table (each peer's time as a ratio to ours), then the pipelines' table (each
-    pipeline's time per task against the raw taskiq floor)."""
+    pipeline's time per task against the raw taskiq floor).
+
+    :param wide: one row per peer with every column (the group, the answers' details); by
+        default the tables fit 80 columns: one section per group, long names shortened.
+    """
     by_workload: dict[tuple[str, str], list[Result]] = {}
     for r in results:
         by_workload.setdefault((r.group, r.workload), []).append(r)
     core = {k: v for k, v in by_workload.items() if k[0] != "pipelines"}
-    tables = [_core_table(core)] if core else []
+    tables = [(_core_table if wide else _core_sections)(core)] if core else []
     pipelines = {k: v for k, v in by_workload.items() if k[0] == "pipelines"}
     if pipelines:
-        tables.append(_floor_table(pipelines))
+        tables.append(_floor_table(pipelines, wide))
     return "\n\n".join(tables)
 
 
-def _floor_table(by_workload: dict[tuple[str, str], list[Result]]) -> str:
+#: Shorter words for the 80-column tables (``--wide`` prints the names in full).
+_ABBREVIATIONS = (
+    ("max_parallel=", "cap="),
+    ("uncontended", "free"),
+    ("contended", "busy"),
+    ("workers=", "w="),
+    ("tasks=", "n="),
+    ("no-op tasks", "no-ops"),
+    ("layered DAG of ", "DAG "),
+    (" tasks, ", ", "),
+    (", build included", " +build"),
+    ("python_token_bucket", "py_token_bucket"),
+)
+
+
+def _abbreviate(text: str) -> str:
+    for long, short in _ABBREVIATIONS:
+        text = text.replace(long, short)
+    return text
+
+
+def _shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, a cut marked with ``~``."""
+    return text if len(text) <= width else text[: width - 1] + "~"
+
+
+def _fit(rows: list[list[str]], numeric: range, width: int = COLUMNS) -> str:
+    """A table no wider than ``width``: the widest text column is shortened until it fits."""
+    rows = [list(r) for r in rows[:1]] + [[_abbreviate(c) for c in r] for r in rows[1:]]
+    text_columns = [i for i in range(len(rows[0])) if i not in numeric]
+    while True:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        excess = sum(widths) + 2 * (len(widths) - 1) - width
+        widest = max(text_columns, key=lambda i: widths[i])
+        if excess <= 0 or widths[widest] <= 8:
+            return _table(rows, numeric)
+        for r in rows[1:]:
+            r[widest] = _shorten(r[widest], max(8, widths[widest] - excess))
+
+
+def _core_sections(by_workload: dict[tuple[str, str], list[Result]]) -> str:
+    sections: dict[tuple[str, str], list[list[str]]] = {}
+    for (group, name), rs in by_workload.items():
+        ours = next(r for r in rs if r.ratio is None)
+        rows = sections.setdefault(
+            (group, ours.unit), [["workload", "peer", "ours ns", "peer ns", "peer÷ours", "ok"]]
+        )
+        for r in rs:
+            if r is not ours:
+                rows.append(
+                    [
+                        name,
+                        r.contender,
+                        f"{ours.per_unit_ns:,.0f}",
+                        f"{r.per_unit_ns:,.0f}",
+                        f"{r.ratio:.2f}x",
+                        "yes" if ours.correct and r.correct else "NO",
+                    ]
+                )
+    return "\n\n".join(
+        f"{group}, time per {unit} (--wide: every column):\n" + _fit(rows, numeric=range(2, 5))
+        for (group, unit), rows in sections.items()
+    )
+
+
+def _floor_table(by_workload: dict[tuple[str, str], list[Result]], wide: bool = True) -> str:
     rows = [
         ["workload", "contender", "floor/task", "contender/task", "over floor", "÷ floor", "ok"]
     ]
+    if not wide:
+        rows = [["workload", "contender", "floor", "contender", "÷ floor", "ok"]]
     for (_, name), rs in by_workload.items():
         floor = next(r for r in rs if r.ratio is None)
         for r in rs:
             if r is floor:
                 continue
-            rows.append(
-                [
-                    name,
-                    r.contender,
-                    f"{floor.per_unit_ns / 1000:,.1f} us",
-                    f"{r.per_unit_ns / 1000:,.1f} us",
-                    f"{(r.per_unit_ns - floor.per_unit_ns) / 1000:+,.1f} us",
-                    f"{r.ratio:.2f}x",
-                    "yes" if floor.correct and r.correct else "NO",
-                ]
-            )
-    return "pipelines against the raw taskiq floor (kiq + wait_result), per task:\n" + _table(
-        rows, numeric=range(2, 6)
-    )
+            row = [
+                name,
+                r.contender,
+                f"{floor.per_unit_ns / 1000:,.1f} us",
+                f"{r.per_unit_ns / 1000:,.1f} us",
+                f"{(r.per_unit_ns - floor.per_unit_ns) / 1000:+,.1f} us",
+                f"{r.ratio:.2f}x",
+                "yes" if floor.correct and r.correct else "NO",
+            ]
+            rows.append(row if wide else row[:4] + row[5:])
+    title = "pipelines against the raw taskiq floor (kiq + wait_result), per task:\n"
+    if wide:
+        return title + _table(rows, numeric=range(2, 6))
+    return title + _fit(rows, numeric=range(2, 5))
 
 
 def _core_table(by_workload: dict[tuple[str, str], list[Result]]) -> str:
@@ -254,6 +327,19 @@ def _core_table(by_workload: dict[tuple[str, str], list[Result]]) -> str:
     return _table(rows, numeric=range(3, 6))
 
 
+def wrap(text: str, width: int = COLUMNS) -> str:
+    """Each line of ``text`` longer than ``width`` wrapped, its continuation indented."""
+    out = []
+    for line in text.split("\n"):
+        indent = " " * (len(line) - len(line.lstrip()))
+        out.append(
+            textwrap.fill(line, width, subsequent_indent=indent + "    ")
+            if len(line) > width
+            else line
+        )
+    return "\n".join(out)
+
+
 #: The peer libraries of the ``[bench]`` extra that the runner measures against.
 PEERS = ("rustworkx", "aiolimiter")
 
@@ -268,9 +354,30 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(
-        prog="taskiq-flow bench", description=(__doc__ or "").split("\n")[0]
+        prog="taskiq-flow bench",
+        description=paragraphs(
+            "Compare taskiq-flow's scheduling core against named peers (graphlib, rustworkx, "
+            "networkx, asyncio.Semaphore, anyio.CapacityLimiter, aiolimiter, Python placement) "
+            "and its pipelines against raw taskiq kiq() + wait_result(), all in one run. A "
+            "ratio is peer time / our time: above 1, we are faster. Needs the bench extra: "
+            "pip install 'taskiq-flow[bench]'."
+        ),
+        epilog=(
+            "groups: dag_build, dag_batch_loop, dag_event_loop, dag_dropin, admission,\n"
+            "  placement, pipelines, memory, rate, streaming, dataflow_scale, redis,\n"
+            "  instructions (only when named; needs valgrind)\n"
+            "\n"
+            "examples:\n"
+            "  taskiq-flow bench                        the quick suite (minutes)\n"
+            "  taskiq-flow bench --full                 adds the 10^6 sizes\n"
+            "  taskiq-flow bench --group admission --scale 0.1\n"
+            "  taskiq-flow bench --wide --json out.json every column, and the raw results"
+        ),
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("--full", action="store_true", help="include the 10^6-node sizes")
+    parser.add_argument(
+        "--full", action="store_true", help="include the 10^6-node sizes (default: quick suite)"
+    )
     parser.add_argument(
         "--group",
         action="append",
@@ -289,13 +396,29 @@ def main(argv: list[str] | None = None) -> int:
             "instructions",
             "redis",
         ],
-        help="run only these groups (repeatable)",
+        metavar="GROUP",
+        help="run only this group (repeatable; default: every group but instructions)",
     )
     parser.add_argument(
-        "--scale", type=float, default=1.0, help="multiply every size by this (e.g. 0.1)"
+        "--scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="multiply every size by F, e.g. 0.1 (default: 1.0)",
     )
-    parser.add_argument("--json", metavar="PATH", help="also write every result as JSON")
+    parser.add_argument(
+        "--json", metavar="PATH", help="also write every result as JSON (default: no file)"
+    )
+    parser.add_argument(
+        "--wide",
+        action="store_true",
+        help="print the full tables, one line per row whatever its width (default: fit 80 columns)",
+    )
     args = parser.parse_args(argv)
+
+    def say(text: str) -> None:
+        print(text if args.wide else wrap(text), flush=True)
+
     groups = set(args.group or [])
     missing = missing_peers()
     if missing:
@@ -307,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     mode = "full" if args.full else "quick"
-    print(f"taskiq-flow bench ({mode}), Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
+    say(f"taskiq-flow bench ({mode}), Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     extra: dict[str, Any] = {}
     timing_groups = groups - {
         "memory",
@@ -320,19 +443,19 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     if not groups or timing_groups:
         results = run(args.full, timing_groups or None, args.scale)
-        print(report(results))
+        say(report(results, args.wide))
     if not groups or "rate" in groups:
-        print("\nrate limit configured at 20,000/s, share delivered after the first burst:")
+        say("\nrate limit configured at 20,000/s, share delivered after the first burst:")
         for burst, consumers in ((100, 64), (100, 1), (20, 1)):
             rate = w.rate_accuracy(20_000.0, 1.0, burst=burst, consumers=consumers)
             extra[f"rate_delivered_burst{burst}_consumers{consumers}"] = rate
             shown = ", ".join(f"{k} {v:.1%}" for k, v in rate.items())
-            print(f"  burst {burst:>3}, {consumers:>2} consumer(s): {shown}")
+            say(f"  burst {burst:>3}, {consumers:>2} consumer(s): {shown}")
     if not groups or "streaming" in groups:
         n = max(1_000, int((1_000_000 if args.full else 100_000) * args.scale))
         stream = pipelines.streaming_memory(n)
         extra["streaming"] = stream
-        print(
+        say(
             f"\nstreaming map of {n:,} items (max_parallel=64): "
             f"{stream['us_per_item']:.1f} us/item, peak RSS {stream['peak_rss_mib']:.0f} MiB "
             f"(+{stream['peak_rss_growth_mib']:.1f} MiB while streaming)"
@@ -342,13 +465,13 @@ def main(argv: list[str] | None = None) -> int:
 
         counts = instructions.instructions_per_task()
         extra["instructions_per_task"] = counts
-        print("\n" + instructions.report(counts))
+        say("\n" + instructions.report(counts))
     if not groups or "dataflow_scale" in groups:
         sizes = [100_000] + ([1_000_000] if args.full else [])
         for n in (max(1_000, int(size * args.scale)) for size in sizes):
             scale = pipelines.dataflow_scale(n)
             extra[f"dataflow_scale_{n}"] = scale
-            print(
+            say(
                 f"\nlayered dataflow of {n:,} no-op nodes (max_parallel=16), fresh interpreter: "
                 f"build {scale['build_us_per_node']:.2f} us/node, "
                 f"run {scale['run_us_per_node']:.1f} us/node ({scale['run_s']:.1f} s), "
@@ -359,14 +482,14 @@ def main(argv: list[str] | None = None) -> int:
 
         redis_results = redis_bench.run_redis_bench(tasks=max(100, int(2_000 * args.scale)))
         extra["redis"] = redis_results
-        print("\n" + redis_bench.report(redis_results))
+        say("\n" + redis_bench.report(redis_results))
     if not groups or "memory" in groups:
         n = max(1_000, int((1_000_000 if args.full else 100_000) * args.scale))
         mem = memory_per_node("layered", n)
         extra["memory_bytes_per_node_layered"] = mem
-        print(f"\nmemory, layered graph n={n:,} (4 edges per node), RSS growth per node:")
+        say(f"\nmemory, layered graph n={n:,} (4 edges per node), RSS growth per node:")
         for name, (per_node, _, _) in mem.items():
-            print(f"  {name:12} {per_node:8.1f} B/node")
+            say(f"  {name:12} {per_node:8.1f} B/node")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"results": [asdict(r) for r in results], **extra}, f, indent=1)
