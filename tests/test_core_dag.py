@@ -193,3 +193,14 @@ def test_million_node_chain_does_not_overflow_the_stack() -> None:
     order = s.static_order()
     assert order[:3] == [0, 1, 2] and len(order) == n
     assert DagGraph(n, list(range(n - 1)), list(range(1, n))).critical_path()[0] == n
+
+
+def test_a_finished_node_cannot_complete_or_fail_again() -> None:
+    scheduler = DagScheduler(2, [0], [1])
+    assert scheduler.start() == [0]
+    scheduler.fail(0)
+    for call in (scheduler.complete, scheduler.fail):
+        with pytest.raises(StateError, match="node 0 is not running \\(it failed, was skipped"):
+            call(0)
+    with pytest.raises(StateError, match="node 1 is not running"):
+        scheduler.complete(1)

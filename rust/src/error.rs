@@ -26,8 +26,8 @@ pub enum CoreError {
     #[error("node {node} was already marked done")]
     AlreadyDone { node: u32 },
 
-    /// `fail` on a node that is not running.
-    #[error("node {node} is not running, so it cannot fail")]
+    /// `complete` or `fail` on a node that is not running (it failed, was skipped or cancelled).
+    #[error("node {node} is not running (it failed, was skipped or was cancelled)")]
     NotRunning { node: u32 },
 
     /// The graph is frozen once execution starts.
