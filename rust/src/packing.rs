@@ -10,8 +10,37 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::error::{CoreError, CoreResult};
+
+/// Hashes task ids (integers chosen by the caller) with one multiply instead of the default hasher:
+/// the table of placed tasks is touched on every placement and release.
+#[derive(Debug, Clone, Copy, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing; the table takes the high bits for tags and the low bits for buckets,
+        // so fold the high half down.
+        let h = (self.0 ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = h ^ (h >> 32);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Placed tasks: their worker and what they hold.
+type Holdings = HashMap<u64, (u32, Vec<u64>), BuildHasherDefault<IdHasher>>;
 
 /// How [`Placer::place`] chooses among the workers a task fits on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -120,11 +149,59 @@ impl<'a> Query<'a> {
 struct Index {
     /// Leaf nodes (blocks), a power of two.
     leaves: usize,
+    /// The worker in each slot; empty for slots in id order.
+    order: Vec<u32>,
     max_free: Vec<u64>,
     max_capacity: Vec<u64>,
     min_normalized: Vec<f64>,
     max_inverse: Vec<f64>,
     signature: Vec<u64>,
+}
+
+impl Index {
+    /// The workers of leaf `node`.
+    fn workers_of(&self, node: usize, workers: usize) -> impl Iterator<Item = usize> + '_ {
+        let block = node - self.leaves;
+        let slots = block * BLOCK..((block + 1) * BLOCK).min(workers);
+        slots.map(|slot| self.order.get(slot).map_or(slot, |&w| w as usize))
+    }
+
+    fn combine(&mut self, node: usize, r: usize) {
+        let (a, b) = (2 * node, 2 * node + 1);
+        for i in 0..r {
+            self.max_free[node * r + i] = self.max_free[a * r + i].max(self.max_free[b * r + i]);
+            self.max_capacity[node * r + i] =
+                self.max_capacity[a * r + i].max(self.max_capacity[b * r + i]);
+            self.max_inverse[node * r + i] =
+                self.max_inverse[a * r + i].max(self.max_inverse[b * r + i]);
+        }
+        self.min_normalized[node] = self.min_normalized[a].min(self.min_normalized[b]);
+        self.signature[node] = self.signature[a] | self.signature[b];
+    }
+
+    /// Whether some worker below `node` may offer `query` (free capacity, or total capacity
+    /// when `ever`): a necessary condition, exact at a single worker.
+    #[inline]
+    fn may_fit(&self, node: usize, query: &Query<'_>, ever: bool, r: usize) -> bool {
+        let top = if ever { &self.max_capacity } else { &self.max_free };
+        self.signature[node] & query.signature == query.signature
+            && top[node * r..(node + 1) * r].iter().zip(query.amounts).all(|(&t, &d)| d <= t)
+    }
+
+    /// The smallest slack any worker below `node` could be left with after taking `query`, less a
+    /// margin far above rounding error (so a subtree is never skipped for rounding).
+    fn slack_bound(&self, node: usize, query: &Query<'_>, r: usize) -> f64 {
+        let normalized = self.min_normalized[node];
+        if normalized.is_infinite() {
+            return f64::INFINITY; // no active worker below
+        }
+        let demand: f64 = self.max_inverse[node * r..(node + 1) * r]
+            .iter()
+            .zip(query.amounts)
+            .map(|(&inverse, &d)| d as f64 * inverse)
+            .sum();
+        normalized - demand - 1e-9 * (1.0 + normalized.abs() + demand)
+    }
 }
 
 /// Demands that found no worker with room since, kept while that stays true: a demand at least
@@ -167,9 +244,16 @@ pub struct Placer {
     /// Label signature per worker ([`ACTIVE_BIT`] cleared once removed).
     signatures: Vec<u64>,
     tasks: Vec<u32>,
+    /// The index: in id order for first fit (the first worker that fits is the leftmost), in
+    /// order of capacity then labels for best fit and spread (so that neighbours share a
+    /// capacity and the slack bound of a subtree is tight).
     index: Index,
+    /// Each worker's slot in the index (empty in id order).
+    slot: Vec<u32>,
+    /// Workers were added since the index was built in capacity order: rebuild it before use.
+    stale: bool,
     misses: Misses,
-    placed: HashMap<u64, (u32, Vec<u64>)>,
+    placed: Holdings,
     policy: Policy,
 }
 
@@ -195,8 +279,10 @@ impl Placer {
             signatures: Vec::new(),
             tasks: Vec::new(),
             index: Index::default(),
+            slot: Vec::new(),
+            stale: false,
             misses: Misses::default(),
-            placed: HashMap::new(),
+            placed: Holdings::default(),
             policy,
         };
         placer.rebuild();
@@ -302,7 +388,10 @@ impl Placer {
         self.labels.push(labels);
         self.tasks.push(0);
         let id = self.tasks.len() - 1;
-        if id / BLOCK >= self.index.leaves {
+        if self.policy != Policy::FirstFit {
+            // Rebuilt before its next placement, with the new worker in its place.
+            self.stale = true;
+        } else if id / BLOCK >= self.index.leaves {
             self.rebuild();
         } else {
             self.refresh(id);
@@ -370,13 +459,36 @@ impl Placer {
 
     // -- the index --------------------------------------------------------------------------------
 
-    /// Rebuilds the whole index (after it outgrew its leaves, or for a fresh plan).
+    /// Rebuilds the index, in the order the policy wants.
     fn rebuild(&mut self) {
+        let r = self.r();
+        let mut order = Vec::new();
+        if self.policy != Policy::FirstFit {
+            order = (0..self.tasks.len() as u32).collect();
+            order.sort_by(|&a, &b| {
+                let (a, b) = (a as usize, b as usize);
+                self.capacity[a * r..(a + 1) * r]
+                    .cmp(&self.capacity[b * r..(b + 1) * r])
+                    .then(self.signatures[a].cmp(&self.signatures[b]))
+                    .then(a.cmp(&b))
+            });
+        }
+        self.slot.clear();
+        self.slot.resize(order.len(), 0);
+        for (slot, &w) in order.iter().enumerate() {
+            self.slot[w as usize] = slot as u32;
+        }
+        self.index = self.build(order);
+        self.stale = false;
+    }
+
+    fn build(&self, order: Vec<u32>) -> Index {
         let r = self.r();
         let blocks = self.tasks.len().div_ceil(BLOCK).max(1);
         let leaves = blocks.next_power_of_two();
-        self.index = Index {
+        let mut ix = Index {
             leaves,
+            order,
             max_free: vec![0; 2 * leaves * r],
             max_capacity: vec![0; 2 * leaves * r],
             min_normalized: vec![f64::INFINITY; 2 * leaves],
@@ -384,79 +496,66 @@ impl Placer {
             signature: vec![0; 2 * leaves],
         };
         for block in 0..blocks {
-            self.summarize_block(block);
+            self.summarize_block(&mut ix, block);
         }
         for node in (1..leaves).rev() {
-            self.combine(node);
+            ix.combine(node, r);
         }
+        ix
     }
 
     /// Brings the index up to date after worker `w`'s free capacity or state changed.
     fn refresh(&mut self, w: usize) {
-        let block = w / BLOCK;
-        self.summarize_block(block);
-        let mut node = (self.index.leaves + block) / 2;
+        if self.stale {
+            return;
+        }
+        let r = self.r();
+        let slot = self.slot.get(w).map_or(w, |&slot| slot as usize);
+        let mut ix = std::mem::take(&mut self.index);
+        self.refresh_slot(&mut ix, slot, r);
+        self.index = ix;
+    }
+
+    fn refresh_slot(&self, ix: &mut Index, slot: usize, r: usize) {
+        let block = slot / BLOCK;
+        self.summarize_block(ix, block);
+        let mut node = (ix.leaves + block) / 2;
         while node >= 1 {
-            self.combine(node);
+            ix.combine(node, r);
             node /= 2;
         }
     }
 
-    fn summarize_block(&mut self, block: usize) {
+    fn summarize_block(&self, ix: &mut Index, block: usize) {
         let r = self.r();
-        let node = self.index.leaves + block;
-        let mut max_free = vec![0u64; r];
-        let mut max_capacity = vec![0u64; r];
-        let mut max_inverse = vec![0.0f64; r];
+        let node = ix.leaves + block;
+        let range = node * r..(node + 1) * r;
+        ix.max_free[range.clone()].fill(0);
+        ix.max_capacity[range.clone()].fill(0);
+        ix.max_inverse[range].fill(0.0);
         let mut min_normalized = f64::INFINITY;
         let mut sig = 0;
-        for w in block * BLOCK..((block + 1) * BLOCK).min(self.tasks.len()) {
+        for slot in block * BLOCK..((block + 1) * BLOCK).min(self.tasks.len()) {
+            let w = ix.order.get(slot).map_or(slot, |&w| w as usize);
             if !self.active(w) {
                 continue;
             }
             let mut normalized = 0.0;
             for i in 0..r {
                 let (free, inverse) = (self.free[w * r + i], self.inverse[w * r + i]);
-                max_free[i] = max_free[i].max(free);
-                max_capacity[i] = max_capacity[i].max(self.capacity[w * r + i]);
-                max_inverse[i] = max_inverse[i].max(inverse);
+                let top = &mut ix.max_free[node * r + i];
+                *top = (*top).max(free);
+                let top = &mut ix.max_capacity[node * r + i];
+                *top = (*top).max(self.capacity[w * r + i]);
+                let top = &mut ix.max_inverse[node * r + i];
+                *top = top.max(inverse);
                 normalized += free as f64 * inverse;
             }
             min_normalized = min_normalized.min(normalized);
             sig |= self.signatures[w];
         }
-        let ix = &mut self.index;
-        ix.max_free[node * r..(node + 1) * r].copy_from_slice(&max_free);
-        ix.max_capacity[node * r..(node + 1) * r].copy_from_slice(&max_capacity);
-        ix.max_inverse[node * r..(node + 1) * r].copy_from_slice(&max_inverse);
         ix.min_normalized[node] = min_normalized;
         ix.signature[node] = sig;
-    }
-
-    fn combine(&mut self, node: usize) {
-        let r = self.r();
-        let ix = &mut self.index;
-        let (a, b) = (2 * node, 2 * node + 1);
-        for i in 0..r {
-            ix.max_free[node * r + i] = ix.max_free[a * r + i].max(ix.max_free[b * r + i]);
-            ix.max_capacity[node * r + i] =
-                ix.max_capacity[a * r + i].max(ix.max_capacity[b * r + i]);
-            ix.max_inverse[node * r + i] =
-                ix.max_inverse[a * r + i].max(ix.max_inverse[b * r + i]);
-        }
-        ix.min_normalized[node] = ix.min_normalized[a].min(ix.min_normalized[b]);
-        ix.signature[node] = ix.signature[a] | ix.signature[b];
-    }
-
-    /// Whether some worker below `node` may offer `query` (free capacity, or total capacity
-    /// when `ever`): a necessary condition, exact at a single worker.
-    #[inline]
-    fn may_fit(&self, node: usize, query: &Query<'_>, ever: bool) -> bool {
-        let r = self.r();
-        let ix = &self.index;
-        let top = if ever { &ix.max_capacity } else { &ix.max_free };
-        ix.signature[node] & query.signature == query.signature
-            && top[node * r..(node + 1) * r].iter().zip(query.amounts).all(|(&t, &d)| d <= t)
     }
 
     #[inline]
@@ -467,41 +566,22 @@ impl Placer {
             && self.has_labels(w, query)
     }
 
-    fn workers_of(&self, node: usize) -> std::ops::Range<usize> {
-        let block = node - self.index.leaves;
-        block * BLOCK..((block + 1) * BLOCK).min(self.tasks.len())
-    }
-
-    /// The lowest-numbered worker `query` fits on (now, or ever).
+    /// The leftmost worker of the index that `query` fits on (now, or ever): in id order, the
+    /// lowest-numbered one.
     fn first_fit(&self, node: usize, query: &Query<'_>, ever: bool) -> Option<usize> {
-        if !self.may_fit(node, query, ever) {
+        let ix = &self.index;
+        if !ix.may_fit(node, query, ever, self.r()) {
             return None;
         }
-        if node >= self.index.leaves {
-            return self.workers_of(node).find(|&w| self.fits(w, query, ever));
+        if node >= ix.leaves {
+            return ix.workers_of(node, self.tasks.len()).find(|&w| self.fits(w, query, ever));
         }
         self.first_fit(2 * node, query, ever).or_else(|| self.first_fit(2 * node + 1, query, ever))
     }
 
-    /// The smallest slack any worker below `node` could be left with after taking `query`, less a
-    /// margin far above rounding error (so a subtree is never skipped for rounding).
-    fn slack_bound(&self, node: usize, query: &Query<'_>) -> f64 {
-        let r = self.r();
-        let ix = &self.index;
-        let demand: f64 = ix.max_inverse[node * r..(node + 1) * r]
-            .iter()
-            .zip(query.amounts)
-            .map(|(&inverse, &d)| d as f64 * inverse)
-            .sum();
-        let normalized = ix.min_normalized[node];
-        if normalized.is_infinite() {
-            return f64::INFINITY; // no active worker below
-        }
-        normalized - demand - 1e-9 * (1.0 + normalized.abs() + demand)
-    }
-
-    /// Best fit (or spread, `spread`) below `node`: the worker with the lowest score, ties to
-    /// the lowest id, where the score is the slack after taking `query` (negated to spread).
+    /// Best fit (or spread, `spread`) below `node`: the worker with the lowest
+    /// score, ties to the lowest id, where the score is the slack after taking `query` (negated
+    /// to spread).
     fn best_fit(
         &self,
         node: usize,
@@ -509,11 +589,12 @@ impl Placer {
         spread: bool,
         best: &mut Option<(f64, usize)>,
     ) {
-        if !self.may_fit(node, query, false) {
+        let (ix, r) = (&self.index, self.r());
+        if !ix.may_fit(node, query, false, r) {
             return;
         }
-        if node >= self.index.leaves {
-            for w in self.workers_of(node) {
+        if node >= ix.leaves {
+            for w in ix.workers_of(node, self.tasks.len()) {
                 if !self.fits(w, query, false) {
                     continue;
                 }
@@ -531,7 +612,7 @@ impl Placer {
             self.best_fit(b, query, spread, best);
             return;
         }
-        let (mut bound_a, mut bound_b) = (self.slack_bound(a, query), self.slack_bound(b, query));
+        let (mut bound_a, mut bound_b) = (ix.slack_bound(a, query, r), ix.slack_bound(b, query, r));
         if bound_b < bound_a {
             std::mem::swap(&mut a, &mut b);
             std::mem::swap(&mut bound_a, &mut bound_b);
@@ -558,7 +639,10 @@ impl Placer {
     /// Places `demand` on the worker the policy picks and holds its capacity there.
     fn take(&mut self, demand: &Demand) -> Option<u32> {
         let query = Query::new(demand);
-        if !self.may_fit(1, &query, false) || self.known_miss(&query) {
+        if self.stale {
+            self.rebuild();
+        }
+        if !self.index.may_fit(1, &query, false, self.r()) || self.known_miss(&query) {
             return None;
         }
         let Some(chosen) = self.choose(&query) else {
@@ -658,7 +742,13 @@ impl Placer {
     pub fn check_schedulable(&self, demand: &Demand) -> CoreResult<()> {
         self.check_amounts("task demand", &demand.amounts)?;
         self.check_labels(&demand.labels)?;
-        if self.first_fit(1, &Query::new(demand), true).is_some() {
+        let query = Query::new(demand);
+        let found = if self.stale {
+            (0..self.tasks.len()).any(|w| self.fits(w, &query, true))
+        } else {
+            self.first_fit(1, &query, true).is_some()
+        };
+        if found {
             return Ok(());
         }
         Err(CoreError::Unschedulable { reason: self.unschedulable_reason(demand) })
@@ -827,7 +917,7 @@ impl Placer {
             self.check_schedulable(t)?;
         }
         let mut base = self.clone();
-        base.placed = HashMap::new();
+        base.placed = Holdings::default();
         base.free.clone_from(&base.capacity);
         base.tasks.fill(0);
         base.rebuild();
@@ -856,6 +946,7 @@ impl Placer {
         for (name, order, policy) in heuristics {
             let mut placer = base.clone();
             placer.policy = policy;
+            placer.rebuild();
             let mut assignment = vec![None; tasks.len()];
             for &task in order {
                 assignment[task] = placer.take(&tasks[task]);
