@@ -179,6 +179,22 @@ impl Index {
         self.signature[node] = self.signature[a] | self.signature[b];
     }
 
+    /// [`Index::combine`] for the free amounts only (what a placement or release changes);
+    /// whether `node` changed.
+    fn combine_free(&mut self, node: usize, r: usize) -> bool {
+        let (a, b) = (2 * node, 2 * node + 1);
+        let mut changed = false;
+        for i in 0..r {
+            let top = self.max_free[a * r + i].max(self.max_free[b * r + i]);
+            changed |= top != self.max_free[node * r + i];
+            self.max_free[node * r + i] = top;
+        }
+        let normalized = self.min_normalized[a].min(self.min_normalized[b]);
+        changed |= normalized.to_bits() != self.min_normalized[node].to_bits();
+        self.min_normalized[node] = normalized;
+        changed
+    }
+
     /// Whether some worker below `node` may offer `query` (free capacity, or total capacity
     /// when `ever`): a necessary condition, exact at a single worker.
     #[inline]
@@ -239,6 +255,8 @@ pub struct Placer {
     free: Vec<u64>,
     /// `1 / capacity` per resource (0 where the capacity is 0), for scoring.
     inverse: Vec<f64>,
+    /// `Σ free · 1/capacity` per worker (what the index's slack bound is made of).
+    normalized: Vec<f64>,
     /// Sorted label ids, per worker.
     labels: Vec<Vec<u32>>,
     /// Label signature per worker ([`ACTIVE_BIT`] cleared once removed).
@@ -275,6 +293,7 @@ impl Placer {
             capacity: Vec::new(),
             free: Vec::new(),
             inverse: Vec::new(),
+            normalized: Vec::new(),
             labels: Vec::new(),
             signatures: Vec::new(),
             tasks: Vec::new(),
@@ -367,6 +386,17 @@ impl Placer {
         slack
     }
 
+    /// Recomputes `normalized[w]` after worker `w`'s free amounts changed.
+    #[inline]
+    fn normalize(&mut self, w: usize) {
+        let r = self.r();
+        let mut normalized = 0.0;
+        for (&free, &inverse) in self.free[w * r..(w + 1) * r].iter().zip(&self.inverse[w * r..]) {
+            normalized += free as f64 * inverse;
+        }
+        self.normalized[w] = normalized;
+    }
+
     /// Registers a worker; returns its id. A worker offering nothing at all is refused.
     pub fn add_worker(&mut self, capacity: &[u64], labels: &[u32]) -> CoreResult<u32> {
         self.check_amounts("worker capacity", capacity)?;
@@ -386,6 +416,8 @@ impl Placer {
         self.inverse.extend(capacity.iter().map(|&c| if c == 0 { 0.0 } else { 1.0 / c as f64 }));
         self.signatures.push(signature(&labels));
         self.labels.push(labels);
+        self.normalized.push(0.0);
+        self.normalize(self.normalized.len() - 1);
         self.tasks.push(0);
         let id = self.tasks.len() - 1;
         if self.policy != Policy::FirstFit {
@@ -422,6 +454,7 @@ impl Placer {
         self.signatures[w] &= !ACTIVE_BIT;
         self.free[w * r..(w + 1) * r].copy_from_slice(&self.capacity[w * r..(w + 1) * r]);
         self.tasks[w] = 0;
+        self.normalize(w);
         self.refresh(w);
         Ok(orphans)
     }
@@ -516,6 +549,39 @@ impl Placer {
         self.index = ix;
     }
 
+    /// [`Placer::refresh`] after only worker `w`'s free amounts changed (a placement or a
+    /// release on an active worker): the rest of its summaries stand, and the walk to the root
+    /// stops at the first node that does not change.
+    fn refresh_free(&mut self, w: usize) {
+        self.normalize(w);
+        if self.stale {
+            return;
+        }
+        let r = self.r();
+        let slot = self.slot.get(w).map_or(w, |&slot| slot as usize);
+        let ix = &mut self.index;
+        let block = slot / BLOCK;
+        let node = ix.leaves + block;
+        let mut min_normalized = f64::INFINITY;
+        ix.max_free[node * r..(node + 1) * r].fill(0);
+        for slot in block * BLOCK..((block + 1) * BLOCK).min(self.tasks.len()) {
+            let w = ix.order.get(slot).map_or(slot, |&w| w as usize);
+            if self.signatures[w] & ACTIVE_BIT == 0 {
+                continue;
+            }
+            for i in 0..r {
+                let top = &mut ix.max_free[node * r + i];
+                *top = (*top).max(self.free[w * r + i]);
+            }
+            min_normalized = min_normalized.min(self.normalized[w]);
+        }
+        ix.min_normalized[node] = min_normalized;
+        let mut node = node / 2;
+        while node >= 1 && ix.combine_free(node, r) {
+            node /= 2;
+        }
+    }
+
     fn refresh_slot(&self, ix: &mut Index, slot: usize, r: usize) {
         let block = slot / BLOCK;
         self.summarize_block(ix, block);
@@ -540,18 +606,15 @@ impl Placer {
             if !self.active(w) {
                 continue;
             }
-            let mut normalized = 0.0;
             for i in 0..r {
-                let (free, inverse) = (self.free[w * r + i], self.inverse[w * r + i]);
                 let top = &mut ix.max_free[node * r + i];
-                *top = (*top).max(free);
+                *top = (*top).max(self.free[w * r + i]);
                 let top = &mut ix.max_capacity[node * r + i];
                 *top = (*top).max(self.capacity[w * r + i]);
                 let top = &mut ix.max_inverse[node * r + i];
-                *top = top.max(inverse);
-                normalized += free as f64 * inverse;
+                *top = top.max(self.inverse[w * r + i]);
             }
-            min_normalized = min_normalized.min(normalized);
+            min_normalized = min_normalized.min(self.normalized[w]);
             sig |= self.signatures[w];
         }
         ix.min_normalized[node] = min_normalized;
@@ -654,7 +717,7 @@ impl Placer {
             *f -= d;
         }
         self.tasks[w] += 1;
-        self.refresh(w);
+        self.refresh_free(w);
         Some(chosen)
     }
 
@@ -848,7 +911,7 @@ impl Placer {
                 *f += d;
             }
             self.tasks[w] -= 1;
-            self.refresh(w);
+            self.refresh_free(w);
             self.forget_misses_fitting(w);
         }
         Ok(worker)
@@ -920,6 +983,9 @@ impl Placer {
         base.placed = Holdings::default();
         base.free.clone_from(&base.capacity);
         base.tasks.fill(0);
+        for w in 0..base.tasks.len() {
+            base.normalize(w);
+        }
         base.rebuild();
         // Task size: its largest share of the largest active capacity of each resource.
         let r = base.r();
