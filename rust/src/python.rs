@@ -11,7 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyListMethods, PyTuple};
 
 use std::sync::{Arc, Mutex};
 
@@ -829,7 +829,7 @@ pub struct Placer {
 /// item, anything else (or a list holding something else) goes through [`amount_list`].
 fn read_amounts(out: &mut Vec<u64>, value: &Bound<'_, PyAny>) -> PyResult<()> {
     out.clear();
-    if let Ok(list) = value.cast_exact::<pyo3::types::PyList>() {
+    if let Ok(list) = value.cast_exact::<PyList>() {
         for item in list.iter() {
             match item.extract::<u64>() {
                 Ok(amount) => out.push(amount),
@@ -991,8 +991,20 @@ impl Placer {
         let mut batch = Vec::new();
         for item in tasks.try_iter()? {
             let item = item?;
-            let (amounts, labels): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
-            batch.push(demand(&amounts, Some(&labels))?);
+            let pair = item.cast_exact::<PyTuple>().ok().filter(|pair| pair.len() == 2);
+            let Some(pair) = pair else {
+                let (amounts, labels): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
+                batch.push(demand(&amounts, Some(&labels))?);
+                continue;
+            };
+            // The common shape, `([amounts], [])`, read without a detour.
+            let mut task = Demand::default();
+            read_amounts(&mut task.amounts, &pair.get_item(0)?)?;
+            let labels = pair.get_item(1)?;
+            if !labels.cast_exact::<PyList>().is_ok_and(PyListMethods::is_empty) {
+                task.labels = id_list("labels", &labels)?;
+            }
+            batch.push(task);
         }
         let inner = &self.inner;
         let plan = heavy(py, || inner.plan(&batch))?;
