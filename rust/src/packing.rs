@@ -128,7 +128,11 @@ struct Query<'a> {
 
 impl<'a> Query<'a> {
     fn new(demand: &'a Demand) -> Self {
-        Self { amounts: &demand.amounts, labels: &demand.labels, signature: signature(&demand.labels) }
+        Self {
+            amounts: &demand.amounts,
+            labels: &demand.labels,
+            signature: signature(&demand.labels),
+        }
     }
 }
 
@@ -999,8 +1003,10 @@ impl Placer {
         decreasing.sort_by(|&a, &b| sizes[b].total_cmp(&sizes[a]).then(a.cmp(&b)));
         // Ties keep submission order in both directions (not one the reverse of the other), so
         // each pass is exactly the classic heuristic it is named after.
-        let mut increasing: Vec<usize> = (0..tasks.len()).collect();
-        increasing.sort_by(|&a, &b| sizes[a].total_cmp(&sizes[b]).then(a.cmp(&b)));
+        let mut increasing: Vec<usize> = decreasing.iter().rev().copied().collect();
+        for run in increasing.chunk_by_mut(|&a, &b| sizes[a].total_cmp(&sizes[b]).is_eq()) {
+            run.reverse(); // back to submission order among equal sizes
+        }
 
         let heuristics: [(&'static str, &[usize], Policy); 4] = [
             ("first_fit_decreasing", &decreasing, Policy::FirstFit),
@@ -1014,13 +1020,29 @@ impl Placer {
             placer.policy = policy;
             placer.rebuild();
             let mut assignment = vec![None; tasks.len()];
-            for &task in order {
+            let (mut count, mut used) = (0, 0);
+            let mut hopeless = false;
+            for (done, &task) in order.iter().enumerate() {
+                // A pass is dropped as soon as it cannot beat the best one: it can place at most
+                // every task left, and it never uses fewer workers than it does now.
+                let most = (count + order.len() - done, std::cmp::Reverse(used));
+                if best
+                    .as_ref()
+                    .is_some_and(|b| most <= (b.placed, std::cmp::Reverse(b.workers_used)))
+                {
+                    hopeless = true;
+                    break;
+                }
                 assignment[task] = placer.take(&tasks[task]);
+                if let Some(w) = assignment[task] {
+                    count += 1;
+                    used += usize::from(placer.tasks[w as usize] == 1);
+                }
             }
-            let placed_count = assignment.iter().filter(|a| a.is_some()).count();
-            let workers_used = placer.tasks.iter().filter(|&&n| n > 0).count();
-            let candidate =
-                Plan { assignment, placed: placed_count, workers_used, heuristic: name };
+            if hopeless {
+                continue;
+            }
+            let candidate = Plan { assignment, placed: count, workers_used: used, heuristic: name };
             let better = best.as_ref().is_none_or(|b| {
                 (candidate.placed, std::cmp::Reverse(candidate.workers_used))
                     > (b.placed, std::cmp::Reverse(b.workers_used))
@@ -1032,7 +1054,6 @@ impl Placer {
         Ok(best.expect("four heuristics ran"))
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1388,6 +1409,53 @@ mod tests {
                     }
                 }
             }
+        }
+
+        /// The plan is the best of the four passes run in full, one placer each (dropping a pass
+        /// early once it cannot win changes nothing).
+        #[test]
+        fn plan_is_the_best_of_four_full_passes((workers, tasks, _) in instance()) {
+            let names = || vec!["a".to_string(), "b".to_string()];
+            let mut p = Placer::new(names(), Policy::BestFit).unwrap();
+            for w in &workers {
+                p.add_worker(w, &[]).unwrap();
+            }
+            let tasks: Vec<Demand> = tasks.iter()
+                .filter(|t| workers.iter().any(|w| w[0] >= t[0] && w[1] >= t[1]))
+                .map(|t| Demand { amounts: t.to_vec(), labels: vec![] })
+                .collect();
+            let largest: Vec<f64> = (0..2)
+                .map(|i| workers.iter().map(|w| w[i]).max().unwrap().max(1) as f64)
+                .collect();
+            let size = |t: &Demand| (t.amounts[0] as f64 / largest[0]).max(t.amounts[1] as f64 / largest[1]);
+            let mut decreasing: Vec<usize> = (0..tasks.len()).collect();
+            decreasing.sort_by(|&a, &b| size(&tasks[b]).total_cmp(&size(&tasks[a])).then(a.cmp(&b)));
+            let mut increasing: Vec<usize> = (0..tasks.len()).collect();
+            increasing.sort_by(|&a, &b| size(&tasks[a]).total_cmp(&size(&tasks[b])).then(a.cmp(&b)));
+            let mut best: Option<(usize, usize, Vec<Option<u32>>, &str)> = None;
+            for (name, order, policy) in [
+                ("first_fit_decreasing", &decreasing, Policy::FirstFit),
+                ("best_fit_decreasing", &decreasing, Policy::BestFit),
+                ("smallest_first", &increasing, Policy::FirstFit),
+                ("smallest_first_best_fit", &increasing, Policy::BestFit),
+            ] {
+                let mut q = Placer::new(names(), policy).unwrap();
+                for w in &workers {
+                    q.add_worker(w, &[]).unwrap();
+                }
+                let mut assignment = vec![None; tasks.len()];
+                for &t in order {
+                    assignment[t] = q.place(t as u64, &tasks[t]).unwrap();
+                }
+                let placed = assignment.iter().filter(|a| a.is_some()).count();
+                let used = (0..workers.len() as u32).filter(|&w| q.task_count(w).unwrap() > 0).count();
+                if best.as_ref().is_none_or(|b| (placed, std::cmp::Reverse(used)) > (b.0, std::cmp::Reverse(b.1))) {
+                    best = Some((placed, used, assignment, name));
+                }
+            }
+            let (placed, used, assignment, name) = best.unwrap();
+            let plan = p.plan(&tasks).unwrap();
+            prop_assert_eq!(plan, Plan { assignment, placed, workers_used: used, heuristic: name });
         }
 
         /// The plan never over-commits and places at least as many as first-fit-decreasing.
