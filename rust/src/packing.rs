@@ -136,9 +136,10 @@ impl<'a> Query<'a> {
     }
 }
 
-/// Summaries of the workers, as a complete binary tree over blocks of [`BLOCK`] workers (node 1
-/// is the root, node `n` has children `2n` and `2n + 1`, leaf `k` is node `leaves + k` and covers
-/// workers `k * BLOCK ..`). Every node keeps, over the active workers below it: the largest free
+/// Summaries of the workers, as a complete binary tree over blocks of [`BLOCK`] slots (node 1 is
+/// the root, node `n` has children `2n` and `2n + 1`, leaf `k` is node `leaves + k` and covers
+/// slots `k * BLOCK ..`; slot `s` holds worker `order[s]`, or worker `s` when `order` is empty).
+/// Every node keeps, over the active workers below it: the largest free
 /// amount and the largest capacity of each resource, the smallest normalized free capacity
 /// (`Σ free · 1/capacity`), the largest `1/capacity` of each resource, and the union of their label
 /// signatures.
@@ -247,9 +248,10 @@ const MISSES: usize = 64;
 
 /// Online placement over a set of workers.
 ///
-/// Workers live in flat arrays (`free[w * R + r]`), indexed by an [`Index`] of their free and
+/// Workers live in flat arrays (`free[w * R + r]`), summarized by an [`Index`] of their free and
 /// total capacities, so that placement and the schedulability check descend a tree instead of
-/// scanning every worker.
+/// scanning every worker, and by [`Misses`], so that a demand known to find no room is answered
+/// at once. The choices are those of a scan of every worker (property-tested against one).
 #[derive(Debug, Clone)]
 pub struct Placer {
     resources: Vec<String>,
