@@ -125,8 +125,8 @@ def test_online_placement_never_over_commits(
     workers: list[tuple[int, int]], tasks: list[tuple[int, int]], releases: list[bool]
 ) -> None:
     p = Placer(["a", "b"])
-    for w in workers:
-        p.add_worker(list(w))
+    for spec in workers:
+        p.add_worker(list(spec))
     held: dict[int, tuple[int, tuple[int, int]]] = {}
     for i, t in enumerate(tasks):
         try:
