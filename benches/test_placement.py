@@ -31,7 +31,7 @@ def test_online_best_fit(
     _run(benchmark, w.placement_online(workers, tasks, shape), contender)
 
 
-@pytest.mark.parametrize("contender", [w.OURS, "python_first_fit"])
+@pytest.mark.parametrize("contender", [w.OURS, "python_first_fit", "numpy_first_fit"])
 @SHAPES
 @SIZES
 def test_online_first_fit(

@@ -19,6 +19,7 @@ from taskiq_flow.bench.peers import (
     BestFitScorer,
     FirstFitScanner,
     NumpyBestFit,
+    NumpyFirstFit,
     first_fit_decreasing,
     smallest_first,
 )
@@ -204,7 +205,7 @@ def test_best_fit_peers_choose_what_the_core_chooses(workers: int) -> None:
 
 @pytest.mark.parametrize("workers", [10, 300])
 def test_first_fit_peer_chooses_what_the_core_chooses(workers: int) -> None:
-    _same_online_choices("first_fit", [FirstFitScanner], workers, 2_000)
+    _same_online_choices("first_fit", [FirstFitScanner, NumpyFirstFit], workers, 2_000)
 
 
 @given(workers_st, tasks_st, st.lists(st.booleans(), min_size=50, max_size=50))

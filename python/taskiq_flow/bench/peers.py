@@ -228,6 +228,43 @@ class NumpyBestFit:
         return int((self._free != self._capacity).any(axis=1).sum())
 
 
+class NumpyFirstFit:
+    """Online first fit with numpy: every worker tested at once, the first that fits wins (as
+    :class:`FirstFitScanner`), skipping a task that cannot fit in constant time. Needs numpy."""
+
+    __slots__ = ("_capacity", "_free", "_np", "_room")
+
+    def __init__(self, capacities: Sequence[Sequence[int]]) -> None:
+        import numpy as np
+
+        self._np = np
+        self._capacity = np.array(capacities, dtype=np.int64)
+        self._free = self._capacity.copy()
+        self._room = _NoRoom(capacities)
+
+    def place(self, demand: Sequence[int]) -> int | None:
+        """Places ``demand`` on the first worker it fits on; ``None`` if none has room."""
+        if self._room.hopeless(demand):
+            return None
+        d = self._np.asarray(demand, dtype=self._np.int64)
+        fit = (self._free >= d).all(axis=1)
+        first = int(fit.argmax())
+        if not fit.any():
+            self._room.missed(demand, self._free.tolist())
+            return None
+        self._free[first] -= d
+        return first
+
+    def release(self, worker: int, demand: Sequence[int]) -> None:
+        """Gives ``demand`` back to ``worker``."""
+        self._free[worker] += self._np.asarray(demand, dtype=self._np.int64)
+        self._room.grew(self._free[worker].tolist())
+
+    def workers_used(self) -> int:
+        """Workers holding any task."""
+        return int((self._free != self._capacity).any(axis=1).sum())
+
+
 class PythonTokenBucket:
     """A plain token bucket in Python, lean: tokens refilled lazily from ``time.monotonic()``,
     a caller that finds none reserves one (the count goes negative) and sleeps until it is due."""

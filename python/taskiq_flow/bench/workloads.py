@@ -23,6 +23,7 @@ from taskiq_flow.bench.peers import (
     FirstFitScanner,
     KahnSorter,
     NumpyBestFit,
+    NumpyFirstFit,
     PythonTokenBucket,
     first_fit_decreasing,
     smallest_first,
@@ -573,7 +574,7 @@ def placement_online(
     """Online placement with releases: each task placed, every third placed one released again.
 
     ``policy`` is ``best_fit`` (peers: Python and numpy best fit, same choices) or ``first_fit``
-    (peer: Python first fit, same choices). Records tasks placed and workers used.
+    (peers: Python and numpy first fit, same choices). Records tasks placed and workers used.
     """
     caps, demands = make_cluster(workers, tasks, shape=shape)
 
@@ -619,6 +620,8 @@ def placement_online(
     if policy == "first_fit":
         if small:
             contenders["python_first_fit"] = peer(lambda: FirstFitScanner(caps))
+        if optional("numpy") is not None:
+            contenders["numpy_first_fit"] = peer(lambda: NumpyFirstFit(caps))
     else:
         if small:
             contenders["python_best_fit"] = peer(lambda: BestFitScorer(caps))
