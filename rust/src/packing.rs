@@ -40,7 +40,38 @@ impl Hasher for IdHasher {
 }
 
 /// Placed tasks: their worker and what they hold.
-type Holdings = HashMap<u64, (u32, Vec<u64>), BuildHasherDefault<IdHasher>>;
+type Holdings = HashMap<u64, (u32, Amounts), BuildHasherDefault<IdHasher>>;
+
+/// The amounts a placed task holds: inline for up to [`INLINE`] resources (no allocation per
+/// placement), on the heap beyond.
+#[derive(Debug, Clone)]
+enum Amounts {
+    Inline([u64; INLINE]),
+    Heap(Vec<u64>),
+}
+
+/// Resources whose amounts a placed task keeps inline.
+const INLINE: usize = 4;
+
+impl Amounts {
+    fn new(amounts: &[u64]) -> Self {
+        if amounts.len() <= INLINE {
+            let mut inline = [0; INLINE];
+            inline[..amounts.len()].copy_from_slice(amounts);
+            Self::Inline(inline)
+        } else {
+            Self::Heap(amounts.to_vec())
+        }
+    }
+
+    /// The first `r` amounts (all of them).
+    fn get(&self, r: usize) -> &[u64] {
+        match self {
+            Self::Inline(inline) => &inline[..r],
+            Self::Heap(heap) => heap,
+        }
+    }
+}
 
 /// How [`Placer::place`] chooses among the workers a task fits on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -882,7 +913,7 @@ impl Placer {
 
     fn place_checked(&mut self, task: u64, demand: &Demand) -> Option<u32> {
         let chosen = self.take(demand)?;
-        self.placed.insert(task, (chosen, demand.amounts.clone()));
+        self.placed.insert(task, (chosen, Amounts::new(&demand.amounts)));
         Some(chosen)
     }
 
@@ -913,7 +944,7 @@ impl Placer {
             .ok_or(CoreError::UnknownId { what: "placed task", id: task })?;
         let (w, r) = (worker as usize, self.r());
         if self.active(w) {
-            for (f, d) in self.free[w * r..(w + 1) * r].iter_mut().zip(amounts) {
+            for (f, d) in self.free[w * r..(w + 1) * r].iter_mut().zip(amounts.get(r)) {
                 *f += d;
             }
             self.tasks[w] -= 1;
@@ -1128,6 +1159,19 @@ mod tests {
         assert!(p.add_worker(&[1, 1, 1], &[42]).is_err());
         assert_eq!(p.worker_count(), 0);
         assert!(Policy::parse("fastest").is_err());
+    }
+
+    #[test]
+    fn many_resources_are_held_and_given_back() {
+        let names: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
+        let mut p = Placer::new(names, Policy::BestFit).unwrap();
+        p.add_worker(&[6, 5, 4, 3, 2, 1], &[]).unwrap();
+        assert_eq!(p.place(1, &demand(&[1, 1, 1, 1, 1, 1])).unwrap(), Some(0));
+        assert_eq!(p.free(0).unwrap(), vec![5, 4, 3, 2, 1, 0]);
+        assert_eq!(p.place(2, &demand(&[0, 0, 0, 0, 0, 1])).unwrap(), None);
+        assert_eq!(p.release(1).unwrap(), 0);
+        assert_eq!(p.free(0).unwrap(), vec![6, 5, 4, 3, 2, 1]);
+        assert_eq!(p.place(2, &demand(&[0, 0, 0, 0, 0, 1])).unwrap(), Some(0));
     }
 
     #[test]
