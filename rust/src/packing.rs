@@ -907,8 +907,14 @@ impl Placer {
         if self.placed.contains_key(&task) {
             return Err(CoreError::DuplicateId { what: "task", id: task });
         }
-        self.check_schedulable(demand)?;
-        Ok(self.place_checked(task, demand))
+        self.check_amounts("task demand", &demand.amounts)?;
+        self.check_labels(&demand.labels)?;
+        // A worker with room now could take it ever: only a task that finds none is checked.
+        let placed = self.place_checked(task, demand);
+        if placed.is_none() {
+            self.check_schedulable(demand)?;
+        }
+        Ok(placed)
     }
 
     fn place_checked(&mut self, task: u64, demand: &Demand) -> Option<u32> {
