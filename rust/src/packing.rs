@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use crate::error::{CoreError, CoreResult};
 
@@ -274,6 +275,17 @@ struct Misses {
     next: usize,
 }
 
+/// The worker that last proved a demand schedulable: tried first by the next check, since
+/// consecutive demands tend to be alike. Atomic only so that a shared `&Placer` can update it.
+#[derive(Debug, Default)]
+struct Witness(AtomicU32);
+
+impl Clone for Witness {
+    fn clone(&self) -> Self {
+        Self(AtomicU32::new(self.0.load(Relaxed)))
+    }
+}
+
 /// Entries kept in [`Misses`].
 const MISSES: usize = 64;
 
@@ -308,6 +320,7 @@ pub struct Placer {
     /// Workers were added since the index was built in capacity order: rebuild it before use.
     stale: bool,
     misses: Misses,
+    witness: Witness,
     placed: Holdings,
     policy: Policy,
 }
@@ -338,6 +351,7 @@ impl Placer {
             slot: Vec::new(),
             stale: false,
             misses: Misses::default(),
+            witness: Witness::default(),
             placed: Holdings::default(),
             policy,
         };
@@ -843,12 +857,17 @@ impl Placer {
         self.check_amounts("task demand", &demand.amounts)?;
         self.check_labels(&demand.labels)?;
         let query = Query::new(demand);
+        let witness = self.witness.0.load(Relaxed) as usize;
+        if witness < self.tasks.len() && self.fits(witness, &query, true) {
+            return Ok(());
+        }
         let found = if self.stale {
-            (0..self.tasks.len()).any(|w| self.fits(w, &query, true))
+            (0..self.tasks.len()).find(|&w| self.fits(w, &query, true))
         } else {
-            self.first_fit(1, &query, true).is_some()
+            self.first_fit(1, &query, true)
         };
-        if found {
+        if let Some(w) = found {
+            self.witness.0.store(w as u32, Relaxed);
             return Ok(());
         }
         Err(CoreError::Unschedulable { reason: self.unschedulable_reason(demand) })
