@@ -1,4 +1,5 @@
-"""Placement: the core's best fit and plan vs pure-Python best fit and first-fit-decreasing."""
+"""Placement: the core's best fit, first fit and plan vs Python and numpy peers, on fitting and
+oversubscribed clusters."""
 
 from __future__ import annotations
 
@@ -9,15 +10,38 @@ from conftest import run_contender
 
 from taskiq_flow.bench import workloads as w
 
+SHAPES = pytest.mark.parametrize("shape", w.SHAPES)
+SIZES = pytest.mark.parametrize(
+    ("workers", "tasks"), [(10, 10_000), (1_000, 10_000), (10, 100_000), (1_000, 100_000)]
+)
 
-@pytest.mark.parametrize("contender", [w.OURS, "python_best_fit"])
-@pytest.mark.parametrize("tasks", [10_000, 100_000])
+
+def _run(benchmark: Any, workload: w.Workload, contender: str) -> None:
+    if contender not in workload.contenders:
+        pytest.skip(f"{contender} does not run at this size (see workloads._PYTHON_SCAN_LIMIT)")
+    run_contender(benchmark, workload, contender, rounds=1)
+
+
+@pytest.mark.parametrize("contender", [w.OURS, "python_best_fit", "numpy_best_fit"])
+@SHAPES
+@SIZES
+def test_online_best_fit(
+    benchmark: Any, workers: int, tasks: int, shape: str, contender: str
+) -> None:
+    _run(benchmark, w.placement_online(workers, tasks, shape), contender)
+
+
+@pytest.mark.parametrize("contender", [w.OURS, "python_first_fit", "numpy_first_fit"])
+@SHAPES
+@SIZES
+def test_online_first_fit(
+    benchmark: Any, workers: int, tasks: int, shape: str, contender: str
+) -> None:
+    _run(benchmark, w.placement_online(workers, tasks, shape, "first_fit"), contender)
+
+
+@pytest.mark.parametrize("contender", [w.OURS, "python_ffd", "python_smallest_first"])
+@SHAPES
 @pytest.mark.parametrize("workers", [10, 1_000])
-def test_online_best_fit(benchmark: Any, workers: int, tasks: int, contender: str) -> None:
-    run_contender(benchmark, w.placement_online(workers, tasks), contender, rounds=1)
-
-
-@pytest.mark.parametrize("contender", [w.OURS, "python_ffd"])
-@pytest.mark.parametrize("workers", [10, 1_000])
-def test_plan(benchmark: Any, workers: int, contender: str) -> None:
-    run_contender(benchmark, w.placement_plan(workers, 10_000), contender, rounds=1)
+def test_plan(benchmark: Any, workers: int, shape: str, contender: str) -> None:
+    _run(benchmark, w.placement_plan(workers, 10_000, shape), contender)

@@ -15,7 +15,15 @@ from taskiq_flow import (
     UnknownIdError,
     UnschedulableError,
 )
-from taskiq_flow.bench.peers import BestFitScorer, first_fit_decreasing, smallest_first
+from taskiq_flow.bench.peers import (
+    BestFitScorer,
+    FirstFitScanner,
+    NumpyBestFit,
+    NumpyFirstFit,
+    first_fit_decreasing,
+    smallest_first,
+)
+from taskiq_flow.bench.workloads import make_cluster
 
 RESOURCES = ["cpu", "ram_mb", "gpu"]
 
@@ -118,8 +126,8 @@ def test_online_placement_never_over_commits(
     workers: list[tuple[int, int]], tasks: list[tuple[int, int]], releases: list[bool]
 ) -> None:
     p = Placer(["a", "b"])
-    for w in workers:
-        p.add_worker(list(w))
+    for spec in workers:
+        p.add_worker(list(spec))
     held: dict[int, tuple[int, tuple[int, int]]] = {}
     for i, t in enumerate(tasks):
         try:
@@ -170,3 +178,53 @@ def test_best_fit_matches_the_python_scorer(
         if not any(t[0] <= c[0] and t[1] <= c[1] for c in workers):
             continue
         assert p.place(i, list(t)) == scorer.place(t)
+
+
+def _same_online_choices(policy: str, peers: list[object], workers: int, tasks: int) -> None:
+    for shape in ("fitting", "oversubscribed"):
+        caps, demands = make_cluster(workers, tasks, shape=shape)
+        p = Placer(RESOURCES, policy)  # type: ignore[arg-type]
+        for c in caps:
+            p.add_worker(c)
+        scorers = [make(caps) for make in peers]  # type: ignore[operator]
+        for i, d in enumerate(demands):
+            ours = p.place(i, d)
+            assert [s.place(d) for s in scorers] == [ours] * len(scorers), (shape, i)
+            if ours is not None and i % 3 == 0:
+                p.release(i)
+                for s in scorers:
+                    s.release(ours, d)
+
+
+@pytest.mark.parametrize("workers", [10, 300])
+def test_best_fit_peers_choose_what_the_core_chooses(workers: int) -> None:
+    """The bench's Python and numpy best fit (with their constant-time skips) place every task
+    where the indexed core does, full cluster or not."""
+    _same_online_choices("best_fit", [BestFitScorer, NumpyBestFit], workers, 2_000)
+
+
+@pytest.mark.parametrize("workers", [10, 300])
+def test_first_fit_peer_chooses_what_the_core_chooses(workers: int) -> None:
+    _same_online_choices("first_fit", [FirstFitScanner, NumpyFirstFit], workers, 2_000)
+
+
+@given(workers_st, tasks_st, st.lists(st.booleans(), min_size=50, max_size=50))
+def test_online_policies_match_the_python_peers_with_releases(
+    workers: list[tuple[int, int]], tasks: list[tuple[int, int]], releases: list[bool]
+) -> None:
+    tasks = [t for t in tasks if any(t[0] <= c[0] and t[1] <= c[1] for c in workers)]
+    for policy, peer in (("best_fit", BestFitScorer), ("first_fit", FirstFitScanner)):
+        p = Placer(["a", "b"], policy)  # type: ignore[arg-type]
+        for w in workers:
+            p.add_worker(list(w))
+        scorer = peer(workers)
+        held: list[tuple[int, int, tuple[int, int]]] = []
+        for i, t in enumerate(tasks):
+            worker = p.place(i, list(t))
+            assert scorer.place(t) == worker
+            if worker is not None:
+                held.append((i, worker, t))
+            if releases[i] and held:
+                task, worker, t = held.pop(0)
+                assert p.release(task) == worker
+                scorer.release(worker, t)

@@ -11,7 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyListMethods, PyTuple};
 
 use std::sync::{Arc, Mutex};
 
@@ -821,6 +821,27 @@ impl TokenBucket {
 #[pyclass(module = "taskiq_flow._core")]
 pub struct Placer {
     inner: CorePlacer,
+    /// The demand of the last `place` call, kept for its allocation.
+    scratch: Demand,
+}
+
+/// Reads a demand's amounts into `out`, reusing its allocation: a list of ints is read item by
+/// item, anything else (or a list holding something else) goes through [`amount_list`].
+fn read_amounts(out: &mut Vec<u64>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    out.clear();
+    if let Ok(list) = value.cast_exact::<PyList>() {
+        for item in list.iter() {
+            match item.extract::<u64>() {
+                Ok(amount) => out.push(amount),
+                Err(_) => break,
+            }
+        }
+        if out.len() == list.len() {
+            return Ok(());
+        }
+    }
+    *out = amount_list("demand", value)?;
+    Ok(())
 }
 
 fn demand(amounts: &Bound<'_, PyAny>, labels: Option<&Bound<'_, PyAny>>) -> PyResult<Demand> {
@@ -835,7 +856,10 @@ impl Placer {
     #[new]
     #[pyo3(signature = (resources, policy="best_fit"))]
     fn new(resources: Vec<String>, policy: &str) -> PyResult<Self> {
-        guard(|| Ok(Self { inner: CorePlacer::new(resources, Policy::parse(policy)?)? }))
+        guard(|| {
+            let inner = CorePlacer::new(resources, Policy::parse(policy)?)?;
+            Ok(Self { inner, scratch: Demand::default() })
+        })
     }
 
     #[getter]
@@ -919,8 +943,15 @@ impl Placer {
         demand: &Bound<'_, PyAny>,
         labels: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Option<u32>> {
-        let d = self::demand(demand, labels)?;
-        guard(|| self.inner.place(task, &d))
+        let mut d = std::mem::take(&mut self.scratch);
+        read_amounts(&mut d.amounts, demand)?;
+        match labels {
+            Some(l) => d.labels = id_list("labels", l)?,
+            None => d.labels.clear(),
+        }
+        let placed = guard(|| self.inner.place(task, &d));
+        self.scratch = d;
+        placed
     }
 
     /// ``tasks``: a sequence of ``(task_id, demand, labels)``.
@@ -960,8 +991,20 @@ impl Placer {
         let mut batch = Vec::new();
         for item in tasks.try_iter()? {
             let item = item?;
-            let (amounts, labels): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
-            batch.push(demand(&amounts, Some(&labels))?);
+            let pair = item.cast_exact::<PyTuple>().ok().filter(|pair| pair.len() == 2);
+            let Some(pair) = pair else {
+                let (amounts, labels): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
+                batch.push(demand(&amounts, Some(&labels))?);
+                continue;
+            };
+            // The common shape, `([amounts], [])`, read without a detour.
+            let mut task = Demand::default();
+            read_amounts(&mut task.amounts, &pair.get_item(0)?)?;
+            let labels = pair.get_item(1)?;
+            if !labels.cast_exact::<PyList>().is_ok_and(PyListMethods::is_empty) {
+                task.labels = id_list("labels", &labels)?;
+            }
+            batch.push(task);
         }
         let inner = &self.inner;
         let plan = heavy(py, || inner.plan(&batch))?;

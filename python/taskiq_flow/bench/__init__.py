@@ -159,9 +159,12 @@ def suite(full: bool, scale: float = 1.0) -> Iterator[tuple[w.Workload, int]]:
     yield w.admission_contended(size(20_000)), 3
     for workers in (10, 1_000):
         for tasks in [10_000] + ([100_000] if full else []):
-            yield w.placement_online(workers, size(tasks)), 3
-    yield w.placement_plan(10, size(10_000)), 3
-    yield w.placement_plan(1_000, size(10_000)), 1
+            # One run where the Python peers take tens of seconds.
+            repeats = 1 if workers * tasks > 10**7 else 3
+            for shape in w.SHAPES:
+                yield w.placement_online(workers, size(tasks), shape), repeats
+                yield w.placement_online(workers, size(tasks), shape, "first_fit"), repeats
+                yield w.placement_plan(workers, size(tasks), shape), repeats
     for tasks in [1_000, 10_000] + ([100_000] if full else []):
         for cap in (None, 16):
             yield pipelines.no_op_tasks(size(tasks), cap), 3 if tasks <= 10_000 else 1

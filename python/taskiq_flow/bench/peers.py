@@ -71,31 +71,89 @@ def _first_fit(
         return max(d / m for d, m in zip(demands[t], largest))
 
     order = sorted(range(len(demands)), key=size, reverse=descending)
-    free = [list(c) for c in capacities]
+    scanner = FirstFitScanner(capacities)
     result: list[int | None] = [None] * len(demands)
     for t in order:
-        demand = demands[t]
-        for w, f in enumerate(free):
-            if fits(f, demand):
-                for i, d in enumerate(demand):
-                    f[i] -= d
-                result[t] = w
-                break
+        result[t] = scanner.place(demands[t])
     return result
 
 
-class BestFitScorer:
-    """Online best fit in Python: every worker scored by the spare capacity left, lowest wins."""
+class _NoRoom:
+    """What lets a Python peer skip a task that cannot fit in constant time: an upper bound on
+    each resource's free amount (exact after a scan that found no room), and the demands that found
+    no room since capacity last grew."""
 
-    __slots__ = ("_capacity", "_free", "_inverse")
+    __slots__ = ("failed", "top")
+
+    def __init__(self, capacities: Sequence[Sequence[int]]) -> None:
+        self.top = [max(c[i] for c in capacities) for i in range(len(capacities[0]))]
+        self.failed: set[tuple[int, ...]] = set()
+
+    def hopeless(self, demand: Sequence[int]) -> bool:
+        """Whether ``demand`` surely finds no room."""
+        return any(d > t for d, t in zip(demand, self.top)) or tuple(demand) in self.failed
+
+    def missed(self, demand: Sequence[int], free: Sequence[Sequence[int]]) -> None:
+        """A scan of every worker found no room for ``demand``."""
+        self.failed.add(tuple(demand))
+        self.top = [max(col) for col in zip(*free)]
+
+    def grew(self, free: Sequence[int]) -> None:
+        """A worker's free capacity grew to ``free``."""
+        self.failed.clear()
+        self.top = [max(t, f) for t, f in zip(self.top, free)]
+
+
+class FirstFitScanner:
+    """Online first fit in Python: each task onto the lowest-numbered worker it fits on, skipping
+    a task that cannot fit in constant time."""
+
+    __slots__ = ("_free", "_room")
+
+    def __init__(self, capacities: Sequence[Sequence[int]]) -> None:
+        self._free = [list(c) for c in capacities]
+        self._room = _NoRoom(capacities)
+
+    def place(self, demand: Sequence[int]) -> int | None:
+        """Places ``demand`` on the first worker it fits on; ``None`` if none has room."""
+        if self._room.hopeless(demand):
+            return None
+        for w, f in enumerate(self._free):
+            if fits(f, demand):
+                for i, d in enumerate(demand):
+                    f[i] -= d
+                return w
+        self._room.missed(demand, self._free)
+        return None
+
+    def release(self, worker: int, demand: Sequence[int]) -> None:
+        """Gives ``demand`` back to ``worker``."""
+        free = self._free[worker]
+        for i, d in enumerate(demand):
+            free[i] += d
+        self._room.grew(free)
+
+    def workers_used(self, capacities: Sequence[Sequence[int]]) -> int:
+        """Workers holding any task."""
+        return sum(free != list(cap) for free, cap in zip(self._free, capacities))
+
+
+class BestFitScorer:
+    """Online best fit in Python: every worker scored by the spare capacity left, lowest wins; a
+    task that cannot fit is skipped in constant time."""
+
+    __slots__ = ("_capacity", "_free", "_inverse", "_room")
 
     def __init__(self, capacities: Sequence[Sequence[int]]) -> None:
         self._capacity = [list(c) for c in capacities]
         self._free = [list(c) for c in capacities]
         self._inverse = [[1 / x if x else 0.0 for x in c] for c in capacities]
+        self._room = _NoRoom(capacities)
 
     def place(self, demand: Sequence[int]) -> int | None:
         """Places ``demand`` on the tightest worker it fits on; ``None`` if none has room."""
+        if self._room.hopeless(demand):
+            return None
         best = None
         best_score = 0.0
         for w, free in enumerate(self._free):
@@ -107,10 +165,12 @@ class BestFitScorer:
             else:
                 if best is None or score < best_score:
                     best, best_score = w, score
-        if best is not None:
-            free = self._free[best]
-            for i, d in enumerate(demand):
-                free[i] -= d
+        if best is None:
+            self._room.missed(demand, self._free)
+            return None
+        free = self._free[best]
+        for i, d in enumerate(demand):
+            free[i] -= d
         return best
 
     def workers_used(self) -> int:
@@ -122,6 +182,87 @@ class BestFitScorer:
         free = self._free[worker]
         for i, d in enumerate(demand):
             free[i] += d
+        self._room.grew(free)
+
+
+class NumpyBestFit:
+    """Online best fit with numpy: every worker scored at once, as :class:`BestFitScorer` scores
+    them (same choices, ties to the lowest worker), skipping a task that cannot fit in constant
+    time. Needs numpy (the ``[bench]`` extra)."""
+
+    __slots__ = ("_capacity", "_free", "_inverse", "_np", "_room")
+
+    def __init__(self, capacities: Sequence[Sequence[int]]) -> None:
+        import numpy as np
+
+        self._np = np
+        self._capacity = np.array(capacities, dtype=np.int64)
+        self._free = self._capacity.copy()
+        total = self._capacity.astype(np.float64)
+        self._inverse = np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)
+        self._room = _NoRoom(capacities)
+
+    def place(self, demand: Sequence[int]) -> int | None:
+        """Places ``demand`` on the tightest worker it fits on; ``None`` if none has room."""
+        if self._room.hopeless(demand):
+            return None
+        np = self._np
+        left = self._free - np.asarray(demand, dtype=np.int64)
+        fit = (left >= 0).all(axis=1)
+        if not fit.any():
+            self._room.missed(demand, self._free.tolist())
+            return None
+        score = (left * self._inverse).sum(axis=1)
+        score[~fit] = np.inf
+        best = int(score.argmin())
+        self._free[best] = left[best]
+        return best
+
+    def release(self, worker: int, demand: Sequence[int]) -> None:
+        """Gives ``demand`` back to ``worker``."""
+        self._free[worker] += self._np.asarray(demand, dtype=self._np.int64)
+        self._room.grew(self._free[worker].tolist())
+
+    def workers_used(self) -> int:
+        """Workers holding any task."""
+        return int((self._free != self._capacity).any(axis=1).sum())
+
+
+class NumpyFirstFit:
+    """Online first fit with numpy: every worker tested at once, the first that fits wins (as
+    :class:`FirstFitScanner`), skipping a task that cannot fit in constant time. Needs numpy."""
+
+    __slots__ = ("_capacity", "_free", "_np", "_room")
+
+    def __init__(self, capacities: Sequence[Sequence[int]]) -> None:
+        import numpy as np
+
+        self._np = np
+        self._capacity = np.array(capacities, dtype=np.int64)
+        self._free = self._capacity.copy()
+        self._room = _NoRoom(capacities)
+
+    def place(self, demand: Sequence[int]) -> int | None:
+        """Places ``demand`` on the first worker it fits on; ``None`` if none has room."""
+        if self._room.hopeless(demand):
+            return None
+        d = self._np.asarray(demand, dtype=self._np.int64)
+        fit = (self._free >= d).all(axis=1)
+        first = int(fit.argmax())
+        if not fit.any():
+            self._room.missed(demand, self._free.tolist())
+            return None
+        self._free[first] -= d
+        return first
+
+    def release(self, worker: int, demand: Sequence[int]) -> None:
+        """Gives ``demand`` back to ``worker``."""
+        self._free[worker] += self._np.asarray(demand, dtype=self._np.int64)
+        self._room.grew(self._free[worker].tolist())
+
+    def workers_used(self) -> int:
+        """Workers holding any task."""
+        return int((self._free != self._capacity).any(axis=1).sum())
 
 
 class PythonTokenBucket:

@@ -20,9 +20,13 @@ import anyio
 from taskiq_flow import CapacityLimiter, DagSorter, Placer, RateLimiter, TopologicalSorter
 from taskiq_flow.bench.peers import (
     BestFitScorer,
+    FirstFitScanner,
     KahnSorter,
+    NumpyBestFit,
+    NumpyFirstFit,
     PythonTokenBucket,
     first_fit_decreasing,
+    smallest_first,
 )
 
 OURS = "taskiq_flow"
@@ -522,16 +526,28 @@ def rate_accuracy(rate: float, seconds: float, burst: int, consumers: int) -> di
 # --------------------------------------------------------------------------------------------------
 
 
+#: Cluster shapes: ``oversubscribed`` (random workers that fill up early, most tasks then find no
+#: room) and ``fitting`` (the same workers with capacities scaled so that every task has room).
+SHAPES = ("fitting", "oversubscribed")
+
+
 def make_cluster(
-    workers: int, tasks: int, seed: int = 11
+    workers: int, tasks: int, seed: int = 11, shape: str = "oversubscribed"
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Random heterogeneous workers (cpu milli-units, RAM MB, GPUs) and task demands."""
+    """Random heterogeneous workers (cpu milli-units, RAM MB, GPUs) and task demands.
+
+    ``oversubscribed``: about four tasks fit on a worker. ``fitting``: capacities are scaled so
+    that the whole batch fits with room to spare.
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
     rnd = random.Random(seed)
+    scale = max(1, -(-tasks // workers)) if shape == "fitting" else 1
     caps = [
         [
-            rnd.choice([2000, 4000, 8000, 16000]),
-            rnd.choice([4096, 8192, 16384, 65536]),
-            rnd.choice([0, 0, 1, 2]),
+            rnd.choice([2000, 4000, 8000, 16000]) * scale,
+            rnd.choice([4096, 8192, 16384, 65536]) * scale,
+            rnd.choice([0, 0, 1, 2]) * scale,
         ]
         for _ in range(workers)
     ]
@@ -547,13 +563,24 @@ def make_cluster(
     return caps, demands
 
 
-def placement_online(workers: int, tasks: int) -> Workload:
-    """Online best fit with releases: each task placed, every third one released again."""
-    caps, demands = make_cluster(workers, tasks)
+#: Above this many worker-task pairs a pure-Python scan of every worker takes minutes per run; the
+#: numpy peer (the fastest) stands in alone there.
+_PYTHON_SCAN_LIMIT = 10**7
+
+
+def placement_online(
+    workers: int, tasks: int, shape: str = "oversubscribed", policy: str = "best_fit"
+) -> Workload:
+    """Online placement with releases: each task placed, every third placed one released again.
+
+    ``policy`` is ``best_fit`` (peers: Python and numpy best fit, same choices) or ``first_fit``
+    (peers: Python and numpy first fit, same choices). Records tasks placed and workers used.
+    """
+    caps, demands = make_cluster(workers, tasks, shape=shape)
 
     def ours() -> Callable[[], Any]:
         def run() -> tuple[int, int]:
-            p = Placer(["cpu", "ram_mb", "gpu"])
+            p = Placer(["cpu", "ram_mb", "gpu"], policy)  # type: ignore[arg-type]
             for c in caps:
                 p.add_worker(c)
             placed = 0
@@ -566,33 +593,54 @@ def placement_online(workers: int, tasks: int) -> Workload:
 
         return run
 
-    def python() -> Callable[[], Any]:
-        def run() -> tuple[int, int]:
-            scorer = BestFitScorer(caps)
-            placed = 0
-            for i, d in enumerate(demands):
-                w = scorer.place(d)
-                if w is not None:
-                    placed += 1
-                    if i % 3 == 0:
-                        scorer.release(w, d)
-            return placed, scorer.workers_used()
+    def peer(make: Callable[[], Any]) -> Contender:
+        def setup() -> Callable[[], Any]:
+            def run() -> tuple[int, int]:
+                scorer = make()
+                placed = 0
+                for i, d in enumerate(demands):
+                    w = scorer.place(d)
+                    if w is not None:
+                        placed += 1
+                        if i % 3 == 0:
+                            scorer.release(w, d)
+                return placed, _used(scorer)
 
-        return run
+            return run
 
+        return setup
+
+    def _used(scorer: Any) -> int:
+        if isinstance(scorer, FirstFitScanner):
+            return scorer.workers_used(caps)
+        return int(scorer.workers_used())
+
+    contenders: dict[str, Contender] = {OURS: ours}
+    small = workers * len(demands) <= _PYTHON_SCAN_LIMIT
+    if policy == "first_fit":
+        if small:
+            contenders["python_first_fit"] = peer(lambda: FirstFitScanner(caps))
+        if optional("numpy") is not None:
+            contenders["numpy_first_fit"] = peer(lambda: NumpyFirstFit(caps))
+    else:
+        if small:
+            contenders["python_best_fit"] = peer(lambda: BestFitScorer(caps))
+        if optional("numpy") is not None:
+            contenders["numpy_best_fit"] = peer(lambda: NumpyBestFit(caps))
     return Workload(
         "placement",
-        f"best_fit workers={workers:,} tasks={len(demands):,}",
+        f"{policy} {shape} workers={workers:,} tasks={len(demands):,}",
         len(demands),
         "placement",
-        {OURS: ours, "python_best_fit": python},
+        contenders,
         describe=_placed_and_used,
     )
 
 
-def placement_plan(workers: int, tasks: int) -> Workload:
-    """Offline packing of a batch onto empty workers; records tasks placed and workers used."""
-    caps, demands = make_cluster(workers, tasks)
+def placement_plan(workers: int, tasks: int, shape: str = "oversubscribed") -> Workload:
+    """Offline packing of a batch onto empty workers, against Python first-fit-decreasing and
+    smallest-first; records tasks placed and workers used."""
+    caps, demands = make_cluster(workers, tasks, shape=shape)
 
     def ours() -> Callable[[], Any]:
         p = Placer(["cpu", "ram_mb", "gpu"])
@@ -606,19 +654,26 @@ def placement_plan(workers: int, tasks: int) -> Workload:
 
         return run
 
-    def python() -> Callable[[], Any]:
-        def run() -> tuple[int, int]:
-            a = first_fit_decreasing(caps, demands)
-            return sum(x is not None for x in a), len({x for x in a if x is not None})
+    def python(heuristic: Callable[..., list[int | None]]) -> Contender:
+        def setup() -> Callable[[], Any]:
+            def run() -> tuple[int, int]:
+                a = heuristic(caps, demands)
+                return sum(x is not None for x in a), len({x for x in a if x is not None})
 
-        return run
+            return run
+
+        return setup
 
     return Workload(
         "placement",
-        f"plan workers={workers:,} tasks={len(demands):,}",
+        f"plan {shape} workers={workers:,} tasks={len(demands):,}",
         len(demands),
         "task",
-        {OURS: ours, "python_ffd": python},
+        {
+            OURS: ours,
+            "python_ffd": python(first_fit_decreasing),
+            "python_smallest_first": python(smallest_first),
+        },
         describe=_placed_and_used,
     )
 
