@@ -20,7 +20,7 @@ from taskiq_flow import (
     pipeline_task,
 )
 from taskiq_flow.optimization.parallel import set_max_parallel_tasks
-from taskiq_flow.resources import CPUProfile
+from taskiq_flow.resources import CPUProfile, ResourceProfile
 
 
 def gated(broker: InMemoryBroker, name: str, output: str, gate: asyncio.Event, **meta: Any) -> Any:
@@ -220,3 +220,37 @@ async def test_the_library_logs_what_goes_wrong_and_nothing_when_all_goes_well(
     assert [r.levelname for r in ours] == ["INFO", "WARNING"]
     assert "step 'flaky' attempt 1 failed (RuntimeError: boom 1); retrying" in ours[0].getMessage()
     assert "failed for good after 2 attempt(s): RuntimeError: boom 2" in ours[1].getMessage()
+
+
+async def test_a_lost_worker_and_a_label_no_live_worker_has(broker: InMemoryBroker) -> None:
+    gate = asyncio.Event()
+
+    @broker.task
+    @ResourceProfile(gpu=1, labels={"gpu": True})
+    @pipeline_task(output="vector")
+    async def embed(x: int) -> int:
+        await gate.wait()
+        return x
+
+    adverts = [
+        {"name": "gpu-box", "cpu_cores": 4, "gpu": 1, "labels": {"gpu": True}},
+        {"name": "cpu-box", "cpu_cores": 4},
+    ]
+
+    async def discover() -> list[dict[str, Any]]:
+        return list(adverts)
+
+    pool = ResourceAwareWorkerPool(list(adverts)).watch(discover, interval=0.02)
+    pipeline = DataflowPipeline(broker).add_dataflow_task(embed).with_worker_pool(pool)
+    run = asyncio.ensure_future(pipeline.kiq_dataflow(x=1))
+    assert (await started(run, pipeline, "embed", "running")).startswith("running on gpu-box")
+    adverts.pop(0)  # the only GPU worker stops advertising
+    said = await started(run, pipeline, "embed", "no live worker")
+    assert said.startswith(
+        "waiting: no worker has room for it now; no live worker has label gpu=true (for "
+    ), said
+    assert said.endswith("; placed again after losing its worker 1 time(s)"), said
+    pipeline.cancel()
+    gate.set()
+    with pytest.raises(PipelineCancelledError):
+        await run

@@ -375,13 +375,32 @@ impl Pool {
         class: u32,
         wait: bool,
     ) -> CoreResult<Option<u32>> {
+        self.place_with(run, node, class, wait, true)
+    }
+
+    /// Places now, or queues (when `wait`); with `schedulable`, a demand no live worker could
+    /// ever take is refused.
+    fn place_with(
+        &mut self,
+        run: RunId,
+        node: u32,
+        class: u32,
+        wait: bool,
+        schedulable: bool,
+    ) -> CoreResult<Option<u32>> {
         self.check_run(run)?;
         let demand = self
             .classes
             .get(class as usize)
             .ok_or(CoreError::UnknownId { what: "demand class", id: class.into() })?;
         if self.aged == 0 {
-            if let Some(worker) = self.placer.place(placement_id(run, node), demand)? {
+            let task = placement_id(run, node);
+            let placed = if schedulable {
+                self.placer.place(task, demand)?
+            } else {
+                self.placer.place_if_room(task, demand)?
+            };
+            if let Some(worker) = placed {
                 self.passed_over(self.waiting.len());
                 return Ok(Some(worker));
             }
@@ -461,6 +480,12 @@ impl Pool {
             return Err(CoreError::UnknownId { what: "placed task", id: node.into() });
         }
         Ok(())
+    }
+
+    /// Places again a node whose worker went away: like [`Pool::place`], but it waits in the
+    /// queue even when no live worker could take it now (a worker with what it needs may join).
+    pub fn place_again(&mut self, run: RunId, node: u32, class: u32) -> CoreResult<Option<u32>> {
+        self.place_with(run, node, class, true, false)
     }
 
     /// Removes every waiting task of `run` from the queue; returns their nodes.
@@ -752,6 +777,24 @@ mod tests {
             proptest::prop_assert_eq!(lock(&pool).placer().placed_count(), 0);
             proptest::prop_assert_eq!(lock(&pool).waiting_count(), 0);
         }
+    }
+
+    #[test]
+    fn a_node_whose_worker_left_waits_for_one_that_joins() {
+        let pool = pool_of(&[2]);
+        let two = lock(&pool).add_class(demand(2)).unwrap();
+        let mut s = wide(1);
+        s.attach_pool(pool.clone(), vec![two]).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        let run = s.pool_run().unwrap();
+        assert_eq!(lock(&pool).remove_worker(0).unwrap(), vec![(run, 0)]);
+        // No live worker could take it now: it waits instead of failing.
+        assert!(!s.replace(0).unwrap());
+        assert_eq!(s.explain(0).unwrap().reason, crate::scheduler::Reason::Placement);
+        lock(&pool).add_worker(&[2], &[]).unwrap();
+        assert_eq!(lock(&pool).take_woken(), vec![run]);
+        assert_eq!(s.poll(0.0).unwrap(), vec![0]);
+        assert_eq!(s.worker_of(0), Some(1));
     }
 
     #[test]

@@ -936,6 +936,17 @@ impl Placer {
         Ok(placed)
     }
 
+    /// Places `task` if a worker has room now, without asking whether one ever could (for a
+    /// task placed before whose worker went away: another may come).
+    pub fn place_if_room(&mut self, task: u64, demand: &Demand) -> CoreResult<Option<u32>> {
+        if self.placed.contains_key(&task) {
+            return Err(CoreError::DuplicateId { what: "task", id: task });
+        }
+        self.check_amounts("task demand", &demand.amounts)?;
+        self.check_labels(&demand.labels)?;
+        Ok(self.place_checked(task, demand))
+    }
+
     fn place_checked(&mut self, task: u64, demand: &Demand) -> Option<u32> {
         let chosen = self.take(demand)?;
         self.placed.insert(task, (chosen, Amounts::new(&demand.amounts)));

@@ -443,7 +443,7 @@ impl Scheduler {
         if pool.worker_of(link.run, node).is_some() {
             return Ok(true);
         }
-        let placed = pool.place(link.run, node, link.class_of[node as usize])?.is_some();
+        let placed = pool.place_again(link.run, node, link.class_of[node as usize])?.is_some();
         drop(pool);
         if !placed {
             self.placing += 1;

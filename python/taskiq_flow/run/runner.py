@@ -855,8 +855,16 @@ async def run_single(
 
 
 def _best_candidate(why_not: dict[str, list[str]]) -> str | None:
-    """From the pool's reasons per worker, the worker closest to fitting and what it lacks."""
-    if not why_not:
-        return None
-    worker, reasons = min(why_not.items(), key=lambda item: len(item[1]))
+    """From the pool's reasons per worker: a label no live worker has, or the live worker closest
+    to fitting and what it lacks."""
+    live = {w: reasons for w, reasons in why_not.items() if reasons != ["worker removed"]}
+    if not live:
+        return "no worker is live" if why_not else None
+    lacking = set.intersection(
+        *({r for r in reasons if r.startswith("missing label ")} for reasons in live.values())
+    )
+    if lacking:
+        labels = ", ".join(sorted(r.removeprefix("missing ") for r in lacking))
+        return f"no live worker has {labels}"
+    worker, reasons = min(live.items(), key=lambda item: len(item[1]))
     return f"on the best candidate {worker}: {'; '.join(reasons)}"
