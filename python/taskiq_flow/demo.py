@@ -22,11 +22,16 @@ import time
 from collections.abc import Awaitable
 from typing import Any, TextIO
 
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 from taskiq import InMemoryBroker
 
 from taskiq_flow._help import HelpFormatter, paragraphs
 from taskiq_flow.dataflow import DataflowPipeline, pipeline_task
 from taskiq_flow.optimization.parallel import set_max_parallel_tasks
+from taskiq_flow.progress import progress_bar
 from taskiq_flow.report import write_report
 from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager
 
@@ -97,42 +102,7 @@ def build_pipeline(
     )
 
 
-class ProgressBar:
-    """A one-line progress bar on a terminal stream."""
-
-    def __init__(self, total: int, stream: TextIO, width: int = 32) -> None:
-        self.total = total
-        self.done = 0
-        self.stream = stream
-        self.width = width
-        self.started = time.perf_counter()
-        # On a terminal the bar redraws in place; elsewhere (a log, a pipe) it prints a line
-        # every quarter.
-        self.live = stream.isatty()
-        self._shown = 0
-
-    def advance(self, n: int = 1) -> None:
-        """Counts ``n`` more tasks finished and redraws."""
-        self.done += n
-        quarter = 4 * self.done // max(self.total, 1)
-        if not self.live and quarter == self._shown:
-            return
-        self._shown = quarter
-        filled = int(self.width * self.done / max(self.total, 1))
-        elapsed = time.perf_counter() - self.started
-        start, end = ("\r", "") if self.live else ("", "\n")
-        bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(f"{start}  [{bar}] {self.done}/{self.total} tasks  {elapsed:5.2f}s{end}")
-        self.stream.flush()
-
-    def close(self) -> None:
-        """Ends the line."""
-        if self.live:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def timing_table(statuses: list[PipelineStatus]) -> str:
+def timing_table(statuses: list[PipelineStatus]) -> Table:
     """Per step: runs, mean and max ``duration_ms`` across runs; the slowest step marked."""
     per_step: dict[str, list[float]] = {}
     for status in statuses:
@@ -141,11 +111,18 @@ def timing_table(statuses: list[PipelineStatus]) -> str:
                 per_step.setdefault(step.name, []).append(step.duration_ms)
     means = {name: sum(v) / len(v) for name, v in per_step.items()}
     slowest = max(means, key=lambda name: means[name]) if means else None
-    lines = [f"  {'step':<16}{'runs':>6}{'mean ms':>10}{'max ms':>10}", "  " + "-" * 42]
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("step", no_wrap=True)
+    table.add_column("runs", justify="right")
+    table.add_column("mean ms", justify="right")
+    table.add_column("max ms", justify="right")
+    table.add_column("")
     for name, values in per_step.items():
-        mark = "  <- slowest" if name == slowest else ""
-        lines.append(f"  {name:<16}{len(values):>6}{means[name]:>10.1f}{max(values):>10.1f}{mark}")
-    return "\n".join(lines)
+        mark = "<- slowest" if name == slowest else ""
+        table.add_row(
+            Text(name), str(len(values)), f"{means[name]:.1f}", f"{max(values):.1f}", mark
+        )
+    return table
 
 
 async def run_demo(
@@ -163,47 +140,53 @@ async def run_demo(
     broker = InMemoryBroker()
     await broker.startup()
     tracking = PipelineTrackingManager()
-    stream.write(
+    console = Console(file=stream, highlight=False)
+    console.print(
         f"taskiq-flow demo: audio ingest of {tracks} tracks, embedded InMemoryBroker\n"
         "  fetch_manifest -> download -> decode\n"
-        "    -> {loudness, fingerprint, transcribe} -> tag -> publish\n"
+        "    -> {loudness, fingerprint, transcribe} -> tag -> publish",
+        markup=False,
     )
     total = tracks * 8
-    bar = ProgressBar(total, stream)
     finished: dict[int, int] = {}
-
-    def progress_for(run: int) -> Any:
-        def report(done: int, _total: int) -> None:
-            bar.advance(done - finished.get(run, 0))
-            finished[run] = done
-
-        return report
-
+    started = time.perf_counter()
     set_max_parallel_tasks(12)
     try:
-        pipelines = [
-            build_pipeline(broker, speed, progress_for(i)).with_tracking(tracking)
-            for i in range(tracks)
-        ]
-        outputs = await asyncio.gather(
-            *(p.kiq_dataflow(track_id=f"track-{i:03d}") for i, p in enumerate(pipelines))
-        )
+        with progress_bar("tasks", console=console) as bar:
+
+            def progress_for(run: int) -> Any:
+                def report(done: int, _total: int) -> None:
+                    finished[run] = done
+                    bar(sum(finished.values()), total)
+
+                return report
+
+            pipelines = [
+                build_pipeline(broker, speed, progress_for(i)).with_tracking(tracking)
+                for i in range(tracks)
+            ]
+            outputs = await asyncio.gather(
+                *(p.kiq_dataflow(track_id=f"track-{i:03d}") for i, p in enumerate(pipelines))
+            )
     finally:
         set_max_parallel_tasks(None)
-        bar.close()
         await broker.shutdown()
-    elapsed = time.perf_counter() - bar.started
+    elapsed = time.perf_counter() - started
     statuses = [await tracking.get_status(p.pipeline_id or "") for p in pipelines]
-    stream.write(
+    console.print(
         f"\npublished {len(outputs)} tracks in {elapsed:.2f}s "
-        f"({total / elapsed:.0f} tasks/s, at most 12 tasks in flight)\n\n"
+        f"({total / elapsed:.0f} tasks/s, at most 12 tasks in flight)\n"
     )
-    stream.write("step timing (measured where each task ran):\n")
-    stream.write(timing_table(statuses) + "\n")
+    console.print("step timing (measured where each task ran):")
+    console.print(timing_table(statuses))
     if report is not None:
         slowest = max(range(tracks), key=lambda i: statuses[i].duration_ms or 0.0)
         path = write_report(report, statuses[slowest], dag=pipelines[slowest].dag)
-        stream.write(f"\nreport of the slowest run (DAG, timeline, steps):\n  {path}\n")
+        console.print(
+            f"report of the slowest run (DAG, timeline, steps):\n  {path}",
+            markup=False,
+            soft_wrap=True,  # a path is copied whole, not wrapped
+        )
     return statuses
 
 
