@@ -13,6 +13,7 @@ never imports it, and its peers are imported only here, on demand.
 from __future__ import annotations
 
 import gc
+import io
 import json
 import os
 import subprocess
@@ -184,18 +185,21 @@ def run(
 
 
 def _table(rows: list[list[str]], numeric: range) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = []
-    for k, row in enumerate(rows):
-        lines.append(
-            "  ".join(
-                cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
-                for i, cell in enumerate(row)
-            )
-        )
-        if k == 0:
-            lines.append("  ".join("-" * x for x in widths))
-    return "\n".join(line.rstrip() for line in lines)
+    """``rows[0]`` as the header, the rest as rows, drawn by rich (numeric columns right-aligned;
+    never wrapped: the callers choose what fits)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for i, head in enumerate(rows[0]):
+        table.add_column(head, justify="right" if i in numeric else "left", no_wrap=True)
+    for row in rows[1:]:
+        table.add_row(*(Text(cell) for cell in row))
+    out = io.StringIO()
+    Console(file=out, width=10_000, highlight=False, color_system=None).print(table)
+    return "\n".join(line.rstrip() for line in out.getvalue().splitlines() if line.strip())
 
 
 def report(results: list[Result], wide: bool = False) -> str:
