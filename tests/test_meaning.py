@@ -345,3 +345,14 @@ async def test_progress_from_every_shape(broker: InMemoryBroker, gauge: Gauge) -
         broker, task, task, [1], on_progress=lambda *p: seen.append(p)
     )
     assert total == 1 and seen[-1] == (1, 1)
+
+
+async def test_a_stream_reports_its_progress(broker: InMemoryBroker, gauge: Gauge) -> None:
+    task = held(broker, gauge, 0.001)
+    seen: list[tuple[int, int]] = []
+    stream = MapReduce.stream(
+        broker, task, range(30), max_parallel=4, on_progress=lambda *p: seen.append(p)
+    )
+    assert sorted([v async for v in stream]) == list(range(30))
+    assert seen[-1] == (30, 30)
+    assert all(done <= pulled <= done + 4 for done, pulled in seen)  # never a window ahead

@@ -252,6 +252,7 @@ class MapReduce:
         on_error: OnError = "fail",
         tracking: PipelineTrackingManager | None = None,
         dead_letters: DeadLetterQueue | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[Any]:
         """Runs ``task`` on each item of a (possibly endless, possibly async) iterable and yields
@@ -263,6 +264,8 @@ class MapReduce:
         of ``max_parallel``. With ``on_error="continue"`` every item runs: those that failed for
         good are dead-lettered, and :class:`StepFailedError` comes after the last result.
 
+        :param on_progress: called with ``(items finished, items taken from the source so far)``
+            as calls complete.
         :raises StepFailedError: a call failed for good (nothing more is sent).
         """
         task_name, labels, name = task_identity(task)
@@ -277,7 +280,7 @@ class MapReduce:
         window = settings.max_parallel
         if window is None:
             raise InvalidValueError("stream needs a max_parallel (an int >= 1) to bound memory")
-        feed = _StreamFeed(_aiter(items), window, ordered)
+        feed = _StreamFeed(_aiter(items), window, ordered, on_progress)
         await feed.prime()
         if not feed.loaded:
             return
@@ -319,8 +322,17 @@ class _StreamFeed:
     result is then in the consumer's buffer, so holding it cannot block what the consumer awaits).
     """
 
-    def __init__(self, source: AsyncIterator[Any], window: int, ordered: bool) -> None:
+    def __init__(
+        self,
+        source: AsyncIterator[Any],
+        window: int,
+        ordered: bool,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.source = source
+        self.on_progress = on_progress
+        #: Items finished (delivered or failed for good).
+        self.done_count = 0
         self.window = window
         self.ordered = ordered
         self.slots: list[Any] = []
@@ -374,6 +386,9 @@ class _StreamFeed:
 
     def _arrive(self, seq: int, value: Any) -> None:
         self.in_flight -= 1
+        self.done_count += 1
+        if self.on_progress is not None:
+            self.on_progress(self.done_count, self.next_seq)
         if not self.ordered:
             self._put(value)
             return
