@@ -398,22 +398,28 @@ def dag_dropin(node_type: str, n: int) -> Workload:
 # --------------------------------------------------------------------------------------------------
 
 
+def _pairs(make: Callable[[], Any], n: int) -> Contender:
+    """``n`` uncontended ``async with limiter`` in one task, on a limiter ``make()`` builds."""
+
+    def setup() -> Callable[[], Any]:
+        async def body() -> int:
+            limiter = make()
+            count = 0
+            for _ in range(n):
+                async with limiter:
+                    count += 1
+            return count
+
+        return lambda: asyncio.run(body())
+
+    return setup
+
+
 def admission_pairs(n: int) -> Workload:
     """Uncontended acquire/release pairs (``async with limiter``) in one task."""
 
     def runner(make: Callable[[], Any]) -> Contender:
-        def setup() -> Callable[[], Any]:
-            async def body() -> int:
-                limiter = make()
-                count = 0
-                for _ in range(n):
-                    async with limiter:
-                        count += 1
-                return count
-
-            return lambda: asyncio.run(body())
-
-        return setup
+        return _pairs(make, n)
 
     contenders: dict[str, Contender] = {
         OURS: runner(lambda: CapacityLimiter(16)),
@@ -430,18 +436,7 @@ def rate_pairs(n: int) -> Workload:
     rate = 1e12
 
     def runner(make: Callable[[], Any]) -> Contender:
-        def setup() -> Callable[[], Any]:
-            async def body() -> int:
-                limiter = make()
-                count = 0
-                for _ in range(n):
-                    async with limiter:
-                        count += 1
-                return count
-
-            return lambda: asyncio.run(body())
-
-        return setup
+        return _pairs(make, n)
 
     contenders: dict[str, Contender] = {
         OURS: runner(lambda: RateLimiter(rate, burst=1_000)),
