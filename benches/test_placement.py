@@ -54,3 +54,9 @@ def test_online_first_fit(
 @pytest.mark.parametrize("workers", [10, 1_000])
 def test_plan(benchmark: Any, workers: int, shape: str, contender: str) -> None:
     _run(benchmark, w.placement_plan(workers, 10_000, shape), contender)
+
+
+@_online("python_best_fit", "numpy_best_fit")
+@SHAPES
+def test_pool(benchmark: Any, workers: int, tasks: int, shape: str, contender: str) -> None:
+    _run(benchmark, w.placement_pool(workers, tasks, shape), contender)

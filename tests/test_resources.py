@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from typing import Any
 
 import pytest
-from conftest import Gauge
+from conftest import Gauge, until
 from taskiq import InMemoryBroker, TaskiqMessage, TaskiqMiddleware
 
 from taskiq_flow import (
@@ -19,6 +20,7 @@ from taskiq_flow import (
     RAMProfile,
     ResourceAwareWorkerPool,
     ResourceProfile,
+    StateError,
     TaskResources,
     UnknownIdError,
     UnschedulableError,
@@ -113,6 +115,62 @@ async def test_routing_explain_and_unschedulable(broker: InMemoryBroker) -> None
         pool.check(TaskResources(labels={"ssd": True}))
     with pytest.raises(UnschedulableError, match="needs tpu=1 but no worker offers tpu"):
         pool.check(TaskResources(extra={"tpu": 1}))
+
+
+@pytest.mark.parametrize("bad", [-1, 2**32, True, 1.0, "1", None])
+def test_pool_refuses_a_bad_task_id_and_keeps_its_placements(bad: Any) -> None:
+    pool = ResourceAwareWorkerPool(workers=[{"cpu_cores": 1}])
+    one = TaskResources(cpu_milli=1000)
+    assert pool.place(one, 7) == "worker-0"
+    expected = "an integer" + (" from 0 to 4294967295" if type(bad) is int else "")
+    message = f"task_id must be {expected}, got {bad!r}"
+    with pytest.raises(InvalidValueError, match=re.escape(message)):
+        pool.place(one, bad)
+    with pytest.raises(InvalidValueError, match=re.escape(message)):
+        pool.release(bad)
+    assert pool.placed_count == 1
+    assert pool.release(7) == "worker-0"
+
+
+def test_pool_places_by_task_object_whatever_the_objects() -> None:
+    pool = ResourceAwareWorkerPool(workers=[{"cpu_cores": 2, "ram_mb": 100, "name": "a"}])
+    half = TaskResources(cpu_milli=500)
+    assert pool.place(task=half, task_id=0) == "a"
+    with pytest.raises(StateError):
+        pool.place(half, 0)  # that id holds a placement already
+    with pytest.raises(UnknownIdError, match="task 9 holds nothing in this pool"):
+        pool.release(9)
+    # A new, equal profile object per call (more of them than the pool remembers) places the same.
+    for task_id in range(1, 5000):
+        fresh = TaskResources(cpu_milli=500, ram_mb=task_id % 2)
+        assert pool.place(fresh, task_id) == ("a" if task_id < 4 else None)
+        if task_id >= 4:
+            assert pool.class_of(fresh) == pool.class_of(TaskResources(500, task_id % 2))
+    assert [pool.release(i) for i in range(4)] == ["a"] * 4
+    with pytest.raises(UnschedulableError, match="needs tpu=1 but no worker offers tpu"):
+        pool.place(TaskResources(extra={"tpu": 1}), 1)
+    assert pool.placed_count == 0
+
+
+def test_pool_names_the_workers_it_learns_of() -> None:
+    pool = ResourceAwareWorkerPool(workers=[{"cpu_cores": 1, "name": "old"}])
+    one = TaskResources(cpu_milli=1000)
+    assert pool.place(one, 1) == "old"
+    assert pool.place(one, 2) is None
+    pool.sync([{"cpu_cores": 1, "name": "old"}, {"cpu_cores": 1, "name": "new"}])
+    assert pool.place(one, 2) == "new"
+    assert pool.release(2) == "new"
+
+
+async def test_release_hands_the_capacity_to_a_waiting_acquire() -> None:
+    pool = ResourceAwareWorkerPool(workers=[{"cpu_cores": 1}])
+    one = TaskResources(cpu_milli=1000)
+    assert pool.place(one, 1) == "worker-0"
+    waiter = asyncio.ensure_future(pool.acquire(one, 2))
+    await until(lambda: pool.waiting_count == 1)
+    assert pool.release(1) == "worker-0"
+    assert await asyncio.wait_for(waiter, 10) == "worker-0"
+    assert pool.release(2) == "worker-0"
 
 
 async def test_acquire_waits_in_order_and_survives_cancellation() -> None:

@@ -1,6 +1,6 @@
 """Type stubs of the compiled scheduling core (``rust/src/python.rs``)."""
 
-from collections.abc import Awaitable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Sequence
 from types import GenericAlias
 from typing import Any, Generic, Literal, Protocol, TypeVar, final
 
@@ -250,6 +250,24 @@ class WorkerPool:
     def release(self, run: int, node: int) -> None: ...
     def take_placed(self, run: int) -> list[int]: ...
     def take_woken(self) -> list[int]: ...
+
+@final
+class PoolPlacements:
+    """A pool's placements outside any run, by task object and worker name."""
+
+    def __new__(
+        cls,
+        pool: WorkerPool,
+        names: Sequence[str],
+        classify: Callable[[object], int],
+        woken: Callable[[], object],
+    ) -> PoolPlacements: ...
+    @property
+    def run(self) -> int: ...
+    def add_name(self, name: str) -> None: ...
+    def class_of(self, task: object) -> int: ...
+    def place(self, task: object, task_id: int, wait: bool = False) -> str | None: ...
+    def release(self, task_id: int) -> str: ...
 
 _T = TypeVar("_T", bound=Hashable)
 _K_co = TypeVar("_K_co", covariant=True)

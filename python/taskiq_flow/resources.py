@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from taskiq.decor import AsyncTaskiqDecoratedTask
 
-from taskiq_flow._core import WorkerPool
+from taskiq_flow._core import PoolPlacements, WorkerPool
 from taskiq_flow.exceptions import InvalidValueError, UnknownIdError, UnschedulableError
 
 __all__ = [
@@ -173,12 +173,6 @@ class WorkerSpec:
         return cls(name, cpu, ram, extra, dict(labels), None if queue is None else str(queue))
 
 
-def _task_id(task_id: int) -> int:
-    if isinstance(task_id, bool) or not isinstance(task_id, int) or not 0 <= task_id < 2**32:
-        raise InvalidValueError(f"task_id must be an int from 0 to 4294967295, got {task_id!r}")
-    return task_id
-
-
 def _label(key: str, value: Any) -> str:
     """``key=value`` with JSON spelling for booleans and numbers, so that ``{"gpu": True}`` and a
     command line's ``--label gpu=true`` name the same label."""
@@ -226,11 +220,21 @@ class ResourceAwareWorkerPool:
             labels = [self.core.label(_label(k, v)) for k, v in w.labels.items()]
             self.core.add_worker(capacity, labels)
         self._extras = extras
+        self._extras_offered = frozenset(extras)
+        self._no_extras = [0] * len(extras)
         self._policy = policy
         self._classes: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
         self._runs: dict[int, Callable[[], None]] = {}
-        #: Placements outside any run (:meth:`place`, :meth:`acquire`), under the core's run id.
-        self._own = self.core.register()
+        #: Placements outside any run (:meth:`place`, :meth:`acquire`, :meth:`release`), made by
+        #: the core under a run id of their own; a task object's class is remembered there.
+        self._placements = PoolPlacements(
+            self.core, [w.name for w in self.workers], self._new_class, self.wake_placed
+        )
+        self._own = self._placements.run
+        # The hot pair goes straight to the core, as threading.Condition binds its lock's
+        # acquire/release: the methods below document them and do the same through a frame.
+        self.place = self._placements.place  # type: ignore[method-assign]
+        self.release = self._placements.release  # type: ignore[method-assign]
         self._waiters: dict[int, asyncio.Future[int]] = {}
         #: ``(run, node)`` placements whose worker went away, not yet handled by their run.
         self.lost: set[tuple[int, int]] = set()
@@ -294,24 +298,34 @@ class ResourceAwareWorkerPool:
         labels = [self.core.label(_label(k, v)) for k, v in spec.labels.items()]
         self.core.add_worker(capacity, labels)
         self.workers.append(spec)
+        self._placements.add_name(spec.name)
 
     def _demand(self, needs: TaskResources) -> tuple[list[int], list[int]]:
-        unknown = sorted(set(needs.extra) - set(self.resources))
-        if unknown:
-            raise UnschedulableError(
-                f"task needs {', '.join(f'{k}={needs.extra[k]}' for k in unknown)} "
-                f"but no worker offers {', '.join(unknown)}"
-            )
-        extras = (needs.extra.get(k, 0) for k in self.resources[2:])
-        amounts = [needs.cpu_milli, needs.ram_mb, *extras]
+        extra = needs.extra
+        amounts = [needs.cpu_milli, needs.ram_mb]
+        if extra:
+            unknown = sorted(extra.keys() - self._extras_offered)
+            if unknown:
+                raise UnschedulableError(
+                    f"task needs {', '.join(f'{k}={extra[k]}' for k in unknown)} "
+                    f"but no worker offers {', '.join(unknown)}"
+                )
+            amounts += [extra.get(k, 0) for k in self._extras]
+        else:
+            amounts += self._no_extras
         labels = [self.core.label(_label(k, v)) for k, v in needs.labels.items()]
         return amounts, labels
 
     def class_of(self, task: object) -> int:
-        """The core's demand class of what ``task`` needs (registered on first use).
+        """The core's demand class of what ``task`` needs (registered on first use, then
+        remembered for the task object).
 
         :raises UnschedulableError: if no worker could ever run it.
         """
+        return self._placements.class_of(task)
+
+    def _new_class(self, task: object) -> int:
+        """What :meth:`class_of` asks the first time it sees ``task``."""
         amounts, labels = self._demand(resources_of(task))
         key = (tuple(amounts), tuple(labels))
         found = self._classes.get(key)
@@ -359,9 +373,10 @@ class ResourceAwareWorkerPool:
         (nothing is queued).
 
         :raises UnschedulableError: if no worker could ever run it.
+        :raises InvalidValueError: if ``task_id`` is not an integer from 0 to 4294967295.
+        :raises StateError: if ``task_id`` holds a placement already.
         """
-        worker = self.core.place(self._own, _task_id(task_id), self.class_of(task), False)
-        return None if worker is None else self.workers[worker].name
+        return self._placements.place(task, task_id)
 
     async def acquire(self, task: object, task_id: int) -> str:
         """Places one run of ``task``, waiting in the core's placement queue until a worker has
@@ -369,20 +384,19 @@ class ResourceAwareWorkerPool:
 
         :raises UnschedulableError: at once, if no worker could ever run it.
         """
-        key = _task_id(task_id)
-        worker = self.core.place(self._own, key, self.class_of(task), True)
-        if worker is not None:
-            return self.workers[worker].name
+        placed = self._placements.place(task, task_id, True)
+        if placed is not None:
+            return placed
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiters[key] = future
+        self._waiters[task_id] = future
         try:
             return self.workers[await future].name
         except BaseException:
-            self._waiters.pop(key, None)
+            self._waiters.pop(task_id, None)
             if future.done() and not future.cancelled():
                 self.release(task_id)  # placed as we were cancelled: give it back
             else:
-                self.core.release(self._own, key)  # out of the queue
+                self.core.release(self._own, task_id)  # out of the queue
             raise
 
     def release(self, task_id: int) -> str:
@@ -391,13 +405,7 @@ class ResourceAwareWorkerPool:
 
         :raises UnknownIdError: if that task holds nothing.
         """
-        key = _task_id(task_id)
-        worker = self.core.worker_of(self._own, key)
-        if worker is None:
-            raise UnknownIdError(f"task {task_id} holds nothing in this pool")
-        self.core.release(self._own, key)
-        self.wake_placed()
-        return self.workers[worker].name
+        return self._placements.release(task_id)
 
     def explain(self, task: object) -> dict[str, list[str]]:
         """For every worker that cannot take ``task`` now, why not."""

@@ -16,7 +16,7 @@
 //! placements ages into a barrier: from then on nothing behind it is placed until it is, so capacity
 //! drains towards it and it runs too.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{CoreError, CoreResult};
@@ -264,6 +264,8 @@ struct Waiting {
 pub struct Pool {
     placer: Placer,
     classes: Vec<Demand>,
+    /// Each class's id, by demand.
+    class_ids: HashMap<Demand, u32>,
     waiting: VecDeque<Waiting>,
     max_bypass: u32,
     /// Waiting tasks that aged into barriers.
@@ -284,6 +286,7 @@ impl Pool {
         Self {
             placer,
             classes: Vec::new(),
+            class_ids: HashMap::new(),
             waiting: VecDeque::new(),
             max_bypass,
             aged: 0,
@@ -313,11 +316,13 @@ impl Pool {
     /// Fails with [`CoreError::Unschedulable`] if no worker could ever meet it.
     pub fn add_class(&mut self, demand: Demand) -> CoreResult<u32> {
         self.placer.check_schedulable(&demand)?;
-        if let Some(i) = self.classes.iter().position(|d| *d == demand) {
-            return Ok(i as u32);
+        if let Some(&id) = self.class_ids.get(&demand) {
+            return Ok(id);
         }
+        let id = self.classes.len() as u32;
+        self.class_ids.insert(demand.clone(), id);
         self.classes.push(demand);
-        Ok((self.classes.len() - 1) as u32)
+        Ok(id)
     }
 
     /// Number of demand classes.
@@ -427,6 +432,9 @@ impl Pool {
 
     /// Places waiting tasks that fit now, in arrival order, stopping at an aged one that does not.
     fn scan(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
         // Capacity only shrinks during a scan, so a class that did not fit is not tried again.
         let mut misfit = vec![false; self.classes.len()];
         let mut i = 0;
@@ -517,6 +525,12 @@ impl Pool {
             Some(Some(placed)) => std::mem::take(placed),
             _ => Vec::new(),
         }
+    }
+
+    /// Whether some run had nodes placed from the queue since [`Pool::take_woken`] was last
+    /// called.
+    pub fn has_woken(&self) -> bool {
+        !self.woken.is_empty()
     }
 
     /// Runs that had nodes placed from the queue since the last call.

@@ -18,7 +18,7 @@ use crate::error::{CoreError, CoreResult};
 /// Hashes task ids (integers chosen by the caller) with one multiply instead of the default hasher:
 /// the table of placed tasks is touched on every placement and release.
 #[derive(Debug, Clone, Copy, Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
@@ -128,7 +128,7 @@ impl fmt::Display for Shortfall {
 }
 
 /// A task's demand: an amount of each resource, and labels the worker must carry.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Demand {
     pub amounts: Vec<u64>,
     pub labels: Vec<u32>,

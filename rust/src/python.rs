@@ -23,6 +23,7 @@ use crate::packing::{Demand, Placer as CorePlacer, Policy, Shortfall};
 use crate::scheduler::{KeyLimits, NodeState, Reason, Scheduler as CoreScheduler};
 
 mod limits;
+mod placements;
 mod sorter;
 
 mod exceptions {
@@ -1263,6 +1264,7 @@ fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Placer>()?;
     m.add_class::<SharedCap>()?;
     m.add_class::<WorkerPool>()?;
+    m.add_class::<placements::PoolPlacements>()?;
     m.add_function(wrap_pyfunction!(check_cap, m)?)?;
     m.add_class::<sorter::TopologicalSorter>()?;
     m.add_class::<sorter::StaticOrder>()?;

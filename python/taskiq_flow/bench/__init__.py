@@ -166,6 +166,7 @@ def suite(full: bool, scale: float = 1.0) -> Iterator[tuple[w.Workload, int]]:
                 yield w.placement_online(workers, size(tasks), shape), repeats
                 yield w.placement_online(workers, size(tasks), shape, "first_fit"), repeats
                 yield w.placement_plan(workers, size(tasks), shape), repeats
+                yield w.placement_pool(workers, size(tasks), shape), repeats
     for tasks in [1_000, 10_000] + ([100_000] if full else []):
         for cap in (None, 16):
             yield pipelines.no_op_tasks(size(tasks), cap), 3 if tasks <= 10_000 else 1

@@ -9,6 +9,10 @@ import asyncio
 import time
 from collections.abc import Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from taskiq_flow.resources import TaskResources
 
 
 class KahnSorter:
@@ -296,3 +300,33 @@ class PythonTokenBucket:
         tb: TracebackType | None,
     ) -> None:
         return None
+
+
+class NamedPool:
+    """A worker pool in Python behind :class:`~taskiq_flow.ResourceAwareWorkerPool`'s API: a
+    task's declared resources in, a worker's name out, holdings kept by task id; placement by
+    ``scorer`` (:class:`BestFitScorer` or :class:`NumpyBestFit`)."""
+
+    __slots__ = ("_held", "_names", "scorer")
+
+    def __init__(self, names: Sequence[str], scorer: BestFitScorer | NumpyBestFit) -> None:
+        self._names = list(names)
+        self.scorer = scorer
+        self._held: dict[int, tuple[int, tuple[int, int, int]]] = {}
+
+    def place(self, task: TaskResources, task_id: int) -> str | None:
+        """Places one run of ``task``: its worker's name, or ``None`` if none has room."""
+        if task_id in self._held:
+            raise ValueError(f"task {task_id} is placed already")
+        demand = (task.cpu_milli, task.ram_mb, task.extra.get("gpu", 0))
+        worker = self.scorer.place(demand)
+        if worker is None:
+            return None
+        self._held[task_id] = (worker, demand)
+        return self._names[worker]
+
+    def release(self, task_id: int) -> str:
+        """Gives back what ``task_id`` holds; returns its worker's name."""
+        worker, demand = self._held.pop(task_id)
+        self.scorer.release(worker, demand)
+        return self._names[worker]

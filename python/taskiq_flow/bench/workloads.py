@@ -17,11 +17,20 @@ from typing import Any
 
 import anyio
 
-from taskiq_flow import CapacityLimiter, DagSorter, Placer, RateLimiter, TopologicalSorter
+from taskiq_flow import (
+    CapacityLimiter,
+    DagSorter,
+    Placer,
+    RateLimiter,
+    ResourceAwareWorkerPool,
+    TaskResources,
+    TopologicalSorter,
+)
 from taskiq_flow.bench.peers import (
     BestFitScorer,
     FirstFitScanner,
     KahnSorter,
+    NamedPool,
     NumpyBestFit,
     NumpyFirstFit,
     PythonTokenBucket,
@@ -626,6 +635,73 @@ def placement_online(
         "placement",
         f"{policy} {shape} workers={workers:,} tasks={len(demands):,}",
         len(demands),
+        "placement",
+        contenders,
+        describe=_placed_and_used,
+    )
+
+
+#: Task kinds in :func:`placement_pool`: a program declares resources per task function, so it
+#: places many runs of a few profiles.
+TASK_KINDS = 100
+
+
+def placement_pool(workers: int, tasks: int, shape: str = "oversubscribed") -> Workload:
+    """``ResourceAwareWorkerPool.place`` and ``release`` as a program calls them: runs of
+    :data:`TASK_KINDS` task kinds (each a declared :class:`TaskResources`), placed one by one, every
+    third placed one released again; against :class:`NamedPool` (the same API in Python) over a
+    Python and a numpy best fit. Records tasks placed and workers used."""
+    caps, demands = make_cluster(workers, tasks, shape=shape)
+    rnd = random.Random(5)
+    profiles = [
+        TaskResources(cpu_milli=d[0], ram_mb=d[1], extra={"gpu": d[2]} if d[2] else {})
+        for d in demands[:TASK_KINDS]
+    ]
+    runs = [profiles[rnd.randrange(len(profiles))] for _ in demands]
+    names = [f"w{i}" for i in range(len(caps))]
+    specs = [
+        {"name": name, "cpu_cores": c[0] / 1000, "ram_mb": c[1], "gpu": c[2]}
+        for name, c in zip(names, caps)
+    ]
+
+    def ours() -> Callable[[], Any]:
+        def run() -> tuple[int, int]:
+            pool = ResourceAwareWorkerPool(specs)
+            placed = 0
+            for i, task in enumerate(runs):
+                if pool.place(task, i) is not None:
+                    placed += 1
+                    if i % 3 == 0:
+                        pool.release(i)
+            return placed, sum(pool.core.task_count(w) > 0 for w in range(len(caps)))
+
+        return run
+
+    def peer(make: Callable[[], BestFitScorer | NumpyBestFit]) -> Contender:
+        def setup() -> Callable[[], Any]:
+            def run() -> tuple[int, int]:
+                pool = NamedPool(names, make())
+                placed = 0
+                for i, task in enumerate(runs):
+                    if pool.place(task, i) is not None:
+                        placed += 1
+                        if i % 3 == 0:
+                            pool.release(i)
+                return placed, int(pool.scorer.workers_used())
+
+            return run
+
+        return setup
+
+    contenders: dict[str, Contender] = {OURS: ours}
+    if workers * len(runs) <= _PYTHON_SCAN_LIMIT:
+        contenders["python_best_fit"] = peer(lambda: BestFitScorer(caps))
+    if optional("numpy") is not None:
+        contenders["numpy_best_fit"] = peer(lambda: NumpyBestFit(caps))
+    return Workload(
+        "placement",
+        f"pool {shape} workers={workers:,} tasks={len(runs):,}",
+        len(runs),
         "placement",
         contenders,
         describe=_placed_and_used,
