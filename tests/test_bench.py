@@ -40,11 +40,22 @@ def test_drop_in_contenders_agree(node_type: str) -> None:
         w.admission_contended(200, cap=8),
         w.placement_online(10, 300),
         w.placement_plan(10, 300),
+        w.admission_composed(200),
     ],
-    ids=["pairs", "rate_pairs", "contended", "online", "plan"],
+    ids=["pairs", "rate_pairs", "contended", "online", "plan", "composed"],
 )
 def test_other_contenders_are_correct(workload: w.Workload) -> None:
     assert all(r.correct for r in run_workload(workload, repeats=1))
+
+
+@pytest.mark.parametrize("shape", w.SHAPES)
+@pytest.mark.parametrize("workers", [10, 200])
+def test_pool_places_as_the_python_best_fit_does(workers: int, shape: str) -> None:
+    workload = w.placement_pool(workers, 3_000, shape)
+    answers = {name: make()() for name, make in workload.contenders.items()}
+    assert set(answers) == {w.OURS, "python_best_fit", "numpy_best_fit"}
+    assert len(set(answers.values())) == 1, answers
+    assert answers[w.OURS][0] > 0
 
 
 def test_plan_places_at_least_as_many_as_ffd() -> None:

@@ -157,6 +157,7 @@ def suite(full: bool, scale: float = 1.0) -> Iterator[tuple[w.Workload, int]]:
             yield w.dag_dropin(node_type, size(n)), 5 if n <= 10_000 else 3
     yield w.admission_pairs(size(100_000)), 3
     yield w.rate_pairs(size(100_000)), 3
+    yield w.admission_composed(size(100_000)), 3
     yield w.admission_contended(size(20_000)), 3
     for workers in (10, 1_000):
         for tasks in [10_000] + ([100_000] if full else []):

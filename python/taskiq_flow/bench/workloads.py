@@ -459,6 +459,52 @@ def rate_pairs(n: int) -> Workload:
     )
 
 
+class _Composed:
+    """Two caps and a rate limit entered together, as a pipeline step under a run cap, a global
+    cap and a rate limit is admitted: ``async with`` takes all three, innermost last."""
+
+    __slots__ = ("_limiters",)
+
+    def __init__(self, *limiters: Any) -> None:
+        self._limiters = limiters
+
+    async def run(self, n: int) -> int:
+        outer, inner, rate = self._limiters
+        count = 0
+        for _ in range(n):
+            async with outer, inner, rate:
+                count += 1
+        return count
+
+
+def admission_composed(n: int) -> Workload:
+    """Uncontended admission through two caps and a token bucket at once, ours against the same
+    three built from asyncio.Semaphore and a plain Python token bucket."""
+    rate = 1e12
+
+    def runner(make: Callable[[], _Composed]) -> Contender:
+        def setup() -> Callable[[], Any]:
+            return lambda: asyncio.run(make().run(n))
+
+        return setup
+
+    contenders: dict[str, Contender] = {
+        OURS: runner(
+            lambda: _Composed(
+                CapacityLimiter(64), CapacityLimiter(16), RateLimiter(rate, burst=1_000)
+            )
+        ),
+        "python": runner(
+            lambda: _Composed(
+                asyncio.Semaphore(64), asyncio.Semaphore(16), PythonTokenBucket(rate, 1_000)
+            )
+        ),
+    }
+    return Workload(
+        "admission", f"two caps + rate n={n:,}", n, "admission", contenders, lambda c: c == n
+    )
+
+
 def admission_contended(n: int, cap: int = 16) -> Workload:
     """``n`` tasks through a cap of ``cap``; checks that the cap held."""
 
