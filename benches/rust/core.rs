@@ -84,4 +84,21 @@ fn main() {
         }
         report(&format!("best-fit placement over {workers} workers"), tasks, t);
     }
+
+    for policy in [Policy::FirstFit, Policy::BestFit] {
+        // Room for every task: each is placed, every third released again.
+        let mut p = Placer::new(vec!["cpu".into(), "ram".into()], policy).unwrap();
+        for w in 0..10u64 {
+            p.add_worker(&[(2000 + (w % 8) * 1000) * 10_000, 8192 * 10_000], &[]).unwrap();
+        }
+        let tasks = 100_000u64;
+        let t = Instant::now();
+        for task in 0..tasks {
+            let demand = Demand { amounts: vec![100 + task % 900, 256], labels: vec![] };
+            if p.place(task, &demand).unwrap().is_some() && task % 3 == 0 {
+                p.release(task).unwrap();
+            }
+        }
+        report(&format!("{policy:?} placement over 10 roomy workers"), tasks, t);
+    }
 }

@@ -40,37 +40,56 @@ impl Hasher for IdHasher {
     }
 }
 
-/// Placed tasks: their worker and what they hold.
-type Holdings = HashMap<u64, (u32, Amounts), BuildHasherDefault<IdHasher>>;
-
-/// The amounts a placed task holds: inline for up to [`INLINE`] resources (no allocation per
-/// placement), on the heap beyond.
-#[derive(Debug, Clone)]
-enum Amounts {
-    Inline([u64; INLINE]),
-    Heap(Vec<u64>),
+/// Placed tasks: each one's worker and what it holds. The map keeps only `(worker, slot)`, 16
+/// bytes a task, so that growing it stays cheap (a placer holding many tasks spent most of a
+/// placement growing a map of 56-byte entries); the amounts live in one flat array of slots of
+/// `R` entries, reused as tasks are released.
+#[derive(Debug, Clone, Default)]
+struct Holdings {
+    by_task: HashMap<u64, (u32, u32), BuildHasherDefault<IdHasher>>,
+    amounts: Vec<u64>,
+    free_slots: Vec<u32>,
 }
 
-/// Resources whose amounts a placed task keeps inline.
-const INLINE: usize = 4;
-
-impl Amounts {
-    fn new(amounts: &[u64]) -> Self {
-        if amounts.len() <= INLINE {
-            let mut inline = [0; INLINE];
-            inline[..amounts.len()].copy_from_slice(amounts);
-            Self::Inline(inline)
-        } else {
-            Self::Heap(amounts.to_vec())
-        }
+impl Holdings {
+    fn contains(&self, task: u64) -> bool {
+        self.by_task.contains_key(&task)
     }
 
-    /// The first `r` amounts (all of them).
-    fn get(&self, r: usize) -> &[u64] {
-        match self {
-            Self::Inline(inline) => &inline[..r],
-            Self::Heap(heap) => heap,
-        }
+    fn len(&self) -> usize {
+        self.by_task.len()
+    }
+
+    fn worker_of(&self, task: u64) -> Option<u32> {
+        self.by_task.get(&task).map(|&(w, _)| w)
+    }
+
+    fn tasks(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.by_task.iter().map(|(&t, &(w, _))| (t, w))
+    }
+
+    /// Records that `task` holds `amounts` on `worker` (it holds nothing yet).
+    fn insert(&mut self, task: u64, worker: u32, amounts: &[u64]) {
+        let r = amounts.len();
+        let slot = if let Some(slot) = self.free_slots.pop() {
+            let k = slot as usize;
+            self.amounts[k * r..(k + 1) * r].copy_from_slice(amounts);
+            slot
+        } else {
+            self.amounts.extend_from_slice(amounts);
+            (self.amounts.len() / r - 1) as u32
+        };
+        self.by_task.insert(task, (worker, slot));
+    }
+
+    /// Forgets `task`; returns its worker and writes what it held (`r` amounts) into `out`.
+    fn remove(&mut self, task: u64, r: usize, out: &mut Vec<u64>) -> Option<u32> {
+        let (worker, slot) = self.by_task.remove(&task)?;
+        let k = slot as usize;
+        out.clear();
+        out.extend_from_slice(&self.amounts[k * r..(k + 1) * r]);
+        self.free_slots.push(slot);
+        Some(worker)
     }
 }
 
@@ -322,6 +341,8 @@ pub struct Placer {
     misses: Misses,
     witness: Witness,
     placed: Holdings,
+    /// What the last released task held (kept for its allocation).
+    released: Vec<u64>,
     policy: Policy,
 }
 
@@ -353,6 +374,7 @@ impl Placer {
             misses: Misses::default(),
             witness: Witness::default(),
             placed: Holdings::default(),
+            released: Vec::new(),
             policy,
         };
         placer.rebuild();
@@ -496,12 +518,13 @@ impl Placer {
     pub fn remove_worker(&mut self, id: u32) -> CoreResult<Vec<u64>> {
         let w = self.check_worker(id)?;
         let mut orphans: Vec<u64> =
-            self.placed.iter().filter(|(_, (w, _))| *w == id).map(|(&t, _)| t).collect();
+            self.placed.tasks().filter(|&(_, w)| w == id).map(|(t, _)| t).collect();
         orphans.sort_unstable();
-        for t in &orphans {
-            self.placed.remove(t);
-        }
         let r = self.r();
+        let mut held = Vec::new();
+        for &t in &orphans {
+            self.placed.remove(t, r, &mut held);
+        }
         self.signatures[w] &= !ACTIVE_BIT;
         self.free[w * r..(w + 1) * r].copy_from_slice(&self.capacity[w * r..(w + 1) * r]);
         self.tasks[w] = 0;
@@ -512,7 +535,7 @@ impl Placer {
 
     /// Ids of the tasks holding capacity now, in no particular order.
     pub fn placed_tasks(&self) -> impl Iterator<Item = u64> + '_ {
-        self.placed.keys().copied()
+        self.placed.tasks().map(|(t, _)| t)
     }
 
     /// Number of registered workers (removed ones included: ids are never reused).
@@ -538,7 +561,7 @@ impl Placer {
 
     /// The worker a placed task holds capacity on.
     pub fn worker_of(&self, task: u64) -> Option<u32> {
-        self.placed.get(&task).map(|&(w, _)| w)
+        self.placed.worker_of(task)
     }
 
     // -- the index --------------------------------------------------------------------------------
@@ -600,33 +623,48 @@ impl Placer {
         self.index = ix;
     }
 
-    /// [`Placer::refresh`] after only worker `w`'s free amounts changed (a placement or a
-    /// release on an active worker): the rest of its summaries stand, and the walk to the root
-    /// stops at the first node that does not change.
-    fn refresh_free(&mut self, w: usize) {
+    /// [`Placer::refresh`] after only worker `w`'s free amounts changed, by `amounts` taken
+    /// (a placement) or given back (`grew`, a release) on an active worker: the rest of its
+    /// summaries stand. Its block's summary is updated in place unless `w` held the block's
+    /// largest free amount of a resource it lost or its smallest slack that grew (then the block
+    /// is summarized again); the walk to the root stops at the first node that does not change.
+    fn refresh_free(&mut self, w: usize, amounts: &[u64], grew: bool) {
+        let before = self.normalized[w];
         self.normalize(w);
         if self.stale {
             return;
         }
         let r = self.r();
         let slot = self.slot.get(w).map_or(w, |&slot| slot as usize);
-        let ix = &mut self.index;
         let block = slot / BLOCK;
+        let ix = &mut self.index;
         let node = ix.leaves + block;
-        let mut min_normalized = f64::INFINITY;
-        ix.max_free[node * r..(node + 1) * r].fill(0);
-        for slot in block * BLOCK..((block + 1) * BLOCK).min(self.tasks.len()) {
-            let w = ix.order.get(slot).map_or(slot, |&w| w as usize);
-            if self.signatures[w] & ACTIVE_BIT == 0 {
-                continue;
+        let row = &self.free[w * r..(w + 1) * r];
+        let top = &mut ix.max_free[node * r..(node + 1) * r];
+        let in_place = if grew {
+            for (t, &f) in top.iter_mut().zip(row) {
+                *t = (*t).max(f);
             }
-            for i in 0..r {
-                let top = &mut ix.max_free[node * r + i];
-                *top = (*top).max(self.free[w * r + i]);
+            before > ix.min_normalized[node]
+        } else {
+            ix.min_normalized[node] = ix.min_normalized[node].min(self.normalized[w]);
+            row.iter().zip(amounts).zip(top.iter()).all(|((&f, &d), &t)| d == 0 || f + d < t)
+        };
+        if !in_place {
+            let mut min_normalized = f64::INFINITY;
+            top.fill(0);
+            for slot in block * BLOCK..((block + 1) * BLOCK).min(self.tasks.len()) {
+                let w = ix.order.get(slot).map_or(slot, |&w| w as usize);
+                if self.signatures[w] & ACTIVE_BIT == 0 {
+                    continue;
+                }
+                for (t, &f) in top.iter_mut().zip(&self.free[w * r..(w + 1) * r]) {
+                    *t = (*t).max(f);
+                }
+                min_normalized = min_normalized.min(self.normalized[w]);
             }
-            min_normalized = min_normalized.min(self.normalized[w]);
+            ix.min_normalized[node] = min_normalized;
         }
-        ix.min_normalized[node] = min_normalized;
         let mut node = node / 2;
         while node >= 1 && ix.combine_free(node, r) {
             node /= 2;
@@ -768,7 +806,7 @@ impl Placer {
             *f -= d;
         }
         self.tasks[w] += 1;
-        self.refresh_free(w);
+        self.refresh_free(w, &demand.amounts, false);
         Some(chosen)
     }
 
@@ -923,7 +961,7 @@ impl Placer {
     ///
     /// Fails if the task id holds capacity already, or if no worker could ever take it.
     pub fn place(&mut self, task: u64, demand: &Demand) -> CoreResult<Option<u32>> {
-        if self.placed.contains_key(&task) {
+        if self.placed.contains(task) {
             return Err(CoreError::DuplicateId { what: "task", id: task });
         }
         self.check_amounts("task demand", &demand.amounts)?;
@@ -939,7 +977,7 @@ impl Placer {
     /// Places `task` if a worker has room now, without asking whether one ever could (for a
     /// task placed before whose worker went away: another may come).
     pub fn place_if_room(&mut self, task: u64, demand: &Demand) -> CoreResult<Option<u32>> {
-        if self.placed.contains_key(&task) {
+        if self.placed.contains(task) {
             return Err(CoreError::DuplicateId { what: "task", id: task });
         }
         self.check_amounts("task demand", &demand.amounts)?;
@@ -949,7 +987,7 @@ impl Placer {
 
     fn place_checked(&mut self, task: u64, demand: &Demand) -> Option<u32> {
         let chosen = self.take(demand)?;
-        self.placed.insert(task, (chosen, Amounts::new(&demand.amounts)));
+        self.placed.insert(task, chosen, &demand.amounts);
         Some(chosen)
     }
 
@@ -964,7 +1002,7 @@ impl Placer {
             }
         }
         for (task, demand) in tasks {
-            if self.placed.contains_key(task) {
+            if self.placed.contains(*task) {
                 return Err(CoreError::DuplicateId { what: "task", id: *task });
             }
             self.check_schedulable(demand)?;
@@ -974,19 +1012,23 @@ impl Placer {
 
     /// Returns a task's capacity to its worker; returns the worker.
     pub fn release(&mut self, task: u64) -> CoreResult<u32> {
-        let (worker, amounts) = self
-            .placed
-            .remove(&task)
-            .ok_or(CoreError::UnknownId { what: "placed task", id: task })?;
-        let (w, r) = (worker as usize, self.r());
+        let r = self.r();
+        let mut held = std::mem::take(&mut self.released);
+        let worker = self.placed.remove(task, r, &mut held);
+        let Some(worker) = worker else {
+            self.released = held;
+            return Err(CoreError::UnknownId { what: "placed task", id: task });
+        };
+        let w = worker as usize;
         if self.active(w) {
-            for (f, d) in self.free[w * r..(w + 1) * r].iter_mut().zip(amounts.get(r)) {
+            for (f, d) in self.free[w * r..(w + 1) * r].iter_mut().zip(&held) {
                 *f += d;
             }
             self.tasks[w] -= 1;
-            self.refresh_free(w);
+            self.refresh_free(w, &held, true);
             self.forget_misses_fitting(w);
         }
+        self.released = held;
         Ok(worker)
     }
 
