@@ -790,23 +790,27 @@ impl Placer {
 
     /// Places `demand` on the worker the policy picks and holds its capacity there.
     fn take(&mut self, demand: &Demand) -> Option<u32> {
-        let query = Query::new(demand);
+        self.take_query(&Query::new(demand))
+    }
+
+    /// [`Placer::take`] for a demand already in the index's terms.
+    fn take_query(&mut self, query: &Query<'_>) -> Option<u32> {
         if self.stale {
             self.rebuild();
         }
-        if !self.index.may_fit(1, &query, false, self.r()) || self.known_miss(&query) {
+        if !self.index.may_fit(1, query, false, self.r()) || self.known_miss(query) {
             return None;
         }
-        let Some(chosen) = self.choose(&query) else {
-            self.remember_miss(&query);
+        let Some(chosen) = self.choose(query) else {
+            self.remember_miss(query);
             return None;
         };
         let (w, r) = (chosen as usize, self.r());
-        for (f, &d) in self.free[w * r..(w + 1) * r].iter_mut().zip(&demand.amounts) {
+        for (f, &d) in self.free[w * r..(w + 1) * r].iter_mut().zip(query.amounts) {
             *f -= d;
         }
         self.tasks[w] += 1;
-        self.refresh_free(w, &demand.amounts, false);
+        self.refresh_free(w, query.amounts, false);
         Some(chosen)
     }
 
@@ -1112,18 +1116,35 @@ impl Placer {
         let sizes: Vec<f64> = tasks.iter().map(size).collect();
         let mut decreasing: Vec<usize> = (0..tasks.len()).collect();
         decreasing.sort_by(|&a, &b| sizes[b].total_cmp(&sizes[a]).then(a.cmp(&b)));
-        // Ties keep submission order in both directions (not one the reverse of the other), so
-        // each pass is exactly the classic heuristic it is named after.
-        let mut increasing: Vec<usize> = decreasing.iter().rev().copied().collect();
-        for run in increasing.chunk_by_mut(|&a, &b| sizes[a].total_cmp(&sizes[b]).is_eq()) {
+        // Every pass walks the demands in size order: a copy laid out in that order (amounts in
+        // one flat array) is read front to back, where the tasks' own demands, scattered over the
+        // heap and visited by a sort order, made each placement a cache miss or two.
+        let amounts: Vec<u64> =
+            decreasing.iter().flat_map(|&t| tasks[t].amounts.iter().copied()).collect();
+        let queries: Vec<Query<'_>> = decreasing
+            .iter()
+            .enumerate()
+            .map(|(k, &t)| Query {
+                amounts: &amounts[k * r..(k + 1) * r],
+                labels: &tasks[t].labels,
+                signature: signature(&tasks[t].labels),
+            })
+            .collect();
+        // Positions in `queries`. Ties keep submission order in both directions (not one the
+        // reverse of the other), so each pass is exactly the classic heuristic it is named after.
+        let down: Vec<usize> = (0..tasks.len()).collect();
+        let mut up: Vec<usize> = down.iter().rev().copied().collect();
+        for run in
+            up.chunk_by_mut(|&a, &b| sizes[decreasing[a]].total_cmp(&sizes[decreasing[b]]).is_eq())
+        {
             run.reverse(); // back to submission order among equal sizes
         }
 
         let heuristics: [(&'static str, &[usize], Policy); 4] = [
-            ("first_fit_decreasing", &decreasing, Policy::FirstFit),
-            ("best_fit_decreasing", &decreasing, Policy::BestFit),
-            ("smallest_first", &increasing, Policy::FirstFit),
-            ("smallest_first_best_fit", &increasing, Policy::BestFit),
+            ("first_fit_decreasing", &down, Policy::FirstFit),
+            ("best_fit_decreasing", &down, Policy::BestFit),
+            ("smallest_first", &up, Policy::FirstFit),
+            ("smallest_first_best_fit", &up, Policy::BestFit),
         ];
         let mut best: Option<Plan> = None;
         for (name, order, policy) in heuristics {
@@ -1133,7 +1154,7 @@ impl Placer {
             let mut assignment = vec![None; tasks.len()];
             let (mut count, mut used) = (0, 0);
             let mut hopeless = false;
-            for (done, &task) in order.iter().enumerate() {
+            for (done, &position) in order.iter().enumerate() {
                 // A pass is dropped as soon as it cannot beat the best one: it can place at most
                 // every task left, and it never uses fewer workers than it does now.
                 let most = (count + order.len() - done, std::cmp::Reverse(used));
@@ -1144,7 +1165,8 @@ impl Placer {
                     hopeless = true;
                     break;
                 }
-                assignment[task] = placer.take(&tasks[task]);
+                let task = decreasing[position];
+                assignment[task] = placer.take_query(&queries[position]);
                 if let Some(w) = assignment[task] {
                     count += 1;
                     used += usize::from(placer.tasks[w as usize] == 1);
