@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import re
+import weakref
 from typing import Any
 
 import pytest
@@ -160,6 +162,15 @@ def test_pool_names_the_workers_it_learns_of() -> None:
     pool.sync([{"cpu_cores": 1, "name": "old"}, {"cpu_cores": 1, "name": "new"}])
     assert pool.place(one, 2) == "new"
     assert pool.release(2) == "new"
+
+
+def test_a_pool_nobody_holds_is_collected() -> None:
+    pool = ResourceAwareWorkerPool(workers=[{"cpu_cores": 1}])
+    assert pool.place(TaskResources(cpu_milli=10), 1) == "worker-0"
+    gone = weakref.ref(pool)
+    del pool
+    gc.collect()
+    assert gone() is None
 
 
 async def test_release_hands_the_capacity_to_a_waiting_acquire() -> None:

@@ -318,7 +318,8 @@ class ResourceAwareWorkerPool:
 
     def class_of(self, task: object) -> int:
         """The core's demand class of what ``task`` needs (registered on first use, then
-        remembered for the task object).
+        remembered for the task object: declare a task's resources before the pool first sees
+        it).
 
         :raises UnschedulableError: if no worker could ever run it.
         """

@@ -12,12 +12,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use pyo3::prelude::*;
 use pyo3::types::PyString;
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::admission::{lock, Pool, RunId, Shared};
 use crate::error::CoreError;
 use crate::packing::IdHasher;
 
-use super::exceptions::UnknownIdError;
+use super::exceptions::{StateError, UnknownIdError};
 use super::{guard, int_arg, WorkerPool};
 
 /// Task objects remembered at most; past this the memory starts again, so that a program making a
@@ -32,6 +33,14 @@ fn held<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What the placements call back into Python for (bound methods of the pool that owns them, so
+/// a reference cycle the garbage collector sees through `__traverse__` and breaks with
+/// `__clear__`).
+struct Callbacks {
+    classify: Py<PyAny>,
+    woken: Py<PyAny>,
+}
+
 /// Placements of one ``WorkerPool`` outside any run, by task object and worker name.
 ///
 /// ``PoolPlacements(pool, names, classify, woken)``: ``names[w]`` is worker ``w``'s name;
@@ -43,8 +52,7 @@ pub struct PoolPlacements {
     run: RunId,
     names: Mutex<Vec<Py<PyString>>>,
     classes: Mutex<Classes>,
-    classify: Py<PyAny>,
-    woken: Py<PyAny>,
+    callbacks: Mutex<Option<Callbacks>>,
 }
 
 impl PoolPlacements {
@@ -58,6 +66,18 @@ impl PoolPlacements {
 
     fn task_id(task_id: &Bound<'_, PyAny>) -> PyResult<u32> {
         Ok(int_arg("task_id", task_id, u64::from(u32::MAX))? as u32)
+    }
+
+    /// One of the callbacks, taken out of the lock to be called.
+    fn callback(
+        &self,
+        py: Python<'_>,
+        which: impl FnOnce(&Callbacks) -> &Py<PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        match held(&self.callbacks).as_ref() {
+            Some(callbacks) => Ok(which(callbacks).clone_ref(py)),
+            None => Err(StateError::new_err("the pool these placements belong to is gone")),
+        }
     }
 }
 
@@ -77,9 +97,33 @@ impl PoolPlacements {
             run,
             names: Mutex::new(names.into_iter().map(Bound::unbind).collect()),
             classes: Mutex::new(Classes::default()),
-            classify: classify.unbind(),
-            woken: woken.unbind(),
+            callbacks: Mutex::new(Some(Callbacks {
+                classify: classify.unbind(),
+                woken: woken.unbind(),
+            })),
         }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // Never blocks: a lock held elsewhere means its holder is not in a cycle being collected.
+        if let Ok(callbacks) = self.callbacks.try_lock() {
+            if let Some(callbacks) = callbacks.as_ref() {
+                visit.call(&callbacks.classify)?;
+                visit.call(&callbacks.woken)?;
+            }
+        }
+        if let Ok(classes) = self.classes.try_lock() {
+            for (task, _) in classes.values() {
+                visit.call(task)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let callbacks = held(&self.callbacks).take();
+        let classes = std::mem::take(&mut *held(&self.classes));
+        drop((callbacks, classes)); // with the locks released: finalizers may call back in
     }
 
     #[getter]
@@ -99,7 +143,8 @@ impl PoolPlacements {
         if let Some(&(_, class)) = held(&self.classes).get(&key) {
             return Ok(class);
         }
-        let class: u32 = self.classify.bind(task.py()).call1((task,))?.extract()?;
+        let classify = self.callback(task.py(), |c| &c.classify)?;
+        let class: u32 = classify.bind(task.py()).call1((task,))?.extract()?;
         let forgotten = {
             let mut classes = held(&self.classes);
             let forgotten = if classes.len() >= REMEMBERED {
@@ -151,7 +196,7 @@ impl PoolPlacements {
             (worker, pool.has_woken())
         };
         if woke {
-            self.woken.call0(py)?;
+            self.callback(py, |c| &c.woken)?.call0(py)?;
         }
         self.name(py, worker)
     }
