@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from taskiq_flow.bench import main, run_workload
@@ -65,10 +67,17 @@ def test_plan_places_at_least_as_many_as_ffd() -> None:
     assert ours[0] >= ffd[0]
 
 
-def test_cli_prints_a_ratio_table(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--group", "placement", "--group", "dag_event_loop", "--scale", "0.01"]) == 0
+def test_cli_prints_a_ratio_table_in_80_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    groups = ["placement", "dag_event_loop", "admission"]
+    assert main([*(f"--group={g}" for g in groups), "--scale", "0.01"]) == 0
     out = capsys.readouterr().out
     assert "python_best_fit" in out and "rustworkx" in out and "peer÷ours" in out
+    assert "two caps + rate" in out and "busy n=200 cap=16" in out
+    assert max(len(line) for line in out.splitlines()) <= 80, out
+    # Nothing was wrapped to fit (a wrapped line goes on indented): each row is one line.
+    assert not [line for line in out.splitlines() if line.startswith(" ")], out
+    ratios = [line for line in out.splitlines() if re.search(r"\d\.\d\dx", line)]
+    assert ratios and all(line.endswith(" yes") for line in ratios), ratios
 
 
 def test_wide_prints_one_table_with_every_column(capsys: pytest.CaptureFixture[str]) -> None:

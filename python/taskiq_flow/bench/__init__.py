@@ -254,7 +254,7 @@ def _fit(rows: list[list[str]], numeric: range, width: int = COLUMNS) -> str:
     text_columns = [i for i in range(len(rows[0])) if i not in numeric]
     while True:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        excess = sum(widths) + 2 * (len(widths) - 1) - width
+        excess = sum(widths) + 3 * (len(widths) - 1) - width  # rich pads each side by one
         widest = max(text_columns, key=lambda i: widths[i])
         if excess <= 0 or widths[widest] <= 8:
             return _table(rows, numeric)
