@@ -15,6 +15,7 @@ __all__ = [
     "DagScheduler",
     "DagSorter",
     "Placer",
+    "PoolPlacements",
     "RateLimiter",
     "Ready",
     "SharedCap",
