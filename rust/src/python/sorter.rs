@@ -199,6 +199,18 @@ impl NodeMap {
 // The sorter
 // ------------------------------------------------------------------------------------------------
 
+/// An optional argument that tells "not given" from any object given, `None` included (`PyO3` reads
+/// a given `None` as a missing `Option`).
+pub struct Given<'py>(Option<Bound<'py, PyAny>>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Given<'py> {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        Ok(Given(Some(obj.to_owned())))
+    }
+}
+
 /// Provides functionality to topologically sort a graph of hashable nodes.
 ///
 /// A drop-in ``graphlib.TopologicalSorter`` run by the Rust core: same methods, same order of
@@ -401,16 +413,22 @@ impl TopologicalSorter {
     ///
     /// Raises ``ValueError`` for a node never added, not handed out yet, or already done, or
     /// before ``prepare()``; then no node of the call is marked.
-    #[pyo3(signature = (*nodes))]
-    fn done(&mut self, nodes: &Bound<'_, PyTuple>) -> PyResult<()> {
+    ///
+    /// The first node is a parameter of its own, so that the common call, ``done(node)``, builds
+    /// no tuple of arguments (``done()`` and ``done(a, b, ...)`` still take every form graphlib
+    /// does).
+    #[pyo3(signature = (node = Given(None), /, *more), text_signature = "($self, *nodes)")]
+    fn done(&mut self, node: Given<'_>, more: &Bound<'_, PyTuple>) -> PyResult<()> {
         guarded(|| {
             if !self.sorter.is_prepared() {
                 return Err(not_prepared());
             }
-            if nodes.len() != 1 {
-                return self.done_many(nodes);
+            let Given(Some(node)) = node else { return Ok(()) }; // `done()`: nothing to mark
+            if !more.is_empty() {
+                let mut nodes = vec![node];
+                nodes.extend(more.iter());
+                return self.done_many(&PyTuple::new(more.py(), nodes)?);
             }
-            let node = nodes.get_borrowed_item(0)?;
             let id = self.nodes.find(&node)?.ok_or_else(|| not_added(&node))?;
             self.sorter.done(&[id]).map_err(|err| done_error(err, &node))
         })
