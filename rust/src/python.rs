@@ -831,13 +831,17 @@ pub struct Placer {
 fn read_amounts(out: &mut Vec<u64>, value: &Bound<'_, PyAny>) -> PyResult<()> {
     out.clear();
     if let Ok(list) = value.cast_exact::<PyList>() {
-        for item in list.iter() {
-            match item.extract::<u64>() {
-                Ok(amount) => out.push(amount),
-                Err(_) => break,
+        // By index and as `i64` (read by `PyLong_AsLongLong` alone): the list iterator asks the
+        // length at every step and `u64` checks the type first, which under the stable ABI are
+        // calls each; this is most of a placement's cost.
+        let len = list.len();
+        for i in 0..len {
+            match list.get_item(i).and_then(|item| item.extract::<i64>()) {
+                Ok(amount) if amount >= 0 => out.push(amount as u64),
+                _ => break,
             }
         }
-        if out.len() == list.len() {
+        if out.len() == len {
             return Ok(());
         }
     }
