@@ -223,7 +223,6 @@ class ResourceAwareWorkerPool:
         self._extras_offered = frozenset(extras)
         self._no_extras = [0] * len(extras)
         self._policy = policy
-        self._classes: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
         self._runs: dict[int, Callable[[], None]] = {}
         #: Placements outside any run (:meth:`place`, :meth:`acquire`, :meth:`release`), made by
         #: the core under a run id of their own; a task object's class is remembered there.
@@ -304,17 +303,18 @@ class ResourceAwareWorkerPool:
         extra = needs.extra
         amounts = [needs.cpu_milli, needs.ram_mb]
         if extra:
-            unknown = sorted(extra.keys() - self._extras_offered)
-            if unknown:
+            if not extra.keys() <= self._extras_offered:
+                unknown = sorted(extra.keys() - self._extras_offered)
                 raise UnschedulableError(
                     f"task needs {', '.join(f'{k}={extra[k]}' for k in unknown)} "
                     f"but no worker offers {', '.join(unknown)}"
                 )
-            amounts += [extra.get(k, 0) for k in self._extras]
+            amounts.extend(map(extra.get, self._extras, self._no_extras))
         else:
             amounts += self._no_extras
-        labels = [self.core.label(_label(k, v)) for k, v in needs.labels.items()]
-        return amounts, labels
+        if not needs.labels:
+            return amounts, []
+        return amounts, [self.core.label(_label(k, v)) for k, v in needs.labels.items()]
 
     def class_of(self, task: object) -> int:
         """The core's demand class of what ``task`` needs (registered on first use, then
@@ -328,11 +328,7 @@ class ResourceAwareWorkerPool:
     def _new_class(self, task: object) -> int:
         """What :meth:`class_of` asks the first time it sees ``task``."""
         amounts, labels = self._demand(resources_of(task))
-        key = (tuple(amounts), tuple(labels))
-        found = self._classes.get(key)
-        if found is None:
-            found = self._classes[key] = self.core.add_class(amounts, labels)
-        return found
+        return self.core.add_class(amounts, labels)  # an equal demand gets its class back
 
     def check(self, task: object) -> None:
         """Raises :class:`UnschedulableError` (naming what is missing) if no worker could ever

@@ -86,6 +86,14 @@ fn panic_error(payload: Box<dyn std::any::Any + Send>) -> PyErr {
 
 /// An integer argument: a Python `int` (not `bool`) within `0..=max`.
 fn int_arg(what: &str, value: &Bound<'_, PyAny>, max: u64) -> PyResult<u64> {
+    // The common case, a plain `int` in range, with one call into Python.
+    if value.is_exact_instance_of::<PyInt>() {
+        if let Ok(v) = value.extract::<i64>() {
+            if v >= 0 && v as u64 <= max {
+                return Ok(v as u64);
+            }
+        }
+    }
     if value.is_instance_of::<PyInt>() && !value.is_instance_of::<pyo3::types::PyBool>() {
         if let Ok(v) = value.extract::<u64>() {
             if v <= max {
