@@ -111,6 +111,29 @@ async def test_registry_builds_an_analysable_dag(broker: InMemoryBroker) -> None
     )
 
 
+async def test_the_first_repeated_output_is_named_with_both_producers(
+    broker: InMemoryBroker,
+) -> None:
+    @broker.task
+    async def double(x: int) -> int:
+        return 2 * x
+
+    registry = DataflowRegistry()
+    registry.register_task(double, output="a", inputs={"x": "seed"})
+    registry.register_task(double, output="b", inputs={"x": "a"})
+    registry.register_task(double, output="a", inputs={"x": "b"})  # one task, the same output
+    registry.register_task(double, output="b", inputs={"x": "seed"})
+    with pytest.raises(DuplicateOutputError, match=r"^output 'a' is produced by both 'double'"):
+        registry.build_dag()
+    registry = DataflowRegistry()
+    registry.register_task(double, output="a", inputs={"x": "seed"})
+    registry.register_task(double, output="b", inputs={"x": "a"})
+    dag = registry.build_dag()
+    assert dag.feeds == [(None,), (0,)] and dag.producer == {"a": 0, "b": 1}
+    assert list(dag.sources) == [0] and list(dag.targets) == [1]
+    assert dag.external_inputs == {"seed"}
+
+
 async def test_bad_pipelines_are_refused_before_anything_is_sent(broker: InMemoryBroker) -> None:
     calls: list[str] = []
     tasks = etl(broker, calls)
