@@ -35,6 +35,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from taskiq.decor import AsyncTaskiqDecoratedTask
@@ -135,7 +136,12 @@ def resources_of(task: object) -> TaskResources:
     found = getattr(task, _ATTR, None)
     if found is None and isinstance(task, AsyncTaskiqDecoratedTask):
         found = getattr(task.original_func, _ATTR, None)
-    return found if isinstance(found, TaskResources) else TaskResources()
+    return found if isinstance(found, TaskResources) else _NOTHING
+
+
+#: What a task that declares nothing needs: one shared object (pools remember classes by object),
+#: read-only all through.
+_NOTHING = TaskResources(extra=MappingProxyType({}), labels=MappingProxyType({}))
 
 
 @dataclass(frozen=True, slots=True)
