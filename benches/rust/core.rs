@@ -69,36 +69,29 @@ fn main() {
     }
     report("scheduler event loop, 4 keys capped at 16, global 48", n.into(), t);
 
-    for workers in [10u32, 1000] {
-        let mut p = Placer::new(vec!["cpu".into(), "ram".into()], Policy::BestFit).unwrap();
-        for w in 0..workers {
-            p.add_worker(&[2000 + u64::from(w % 8) * 1000, 8192], &[]).unwrap();
-        }
-        let tasks = 100_000u64;
-        let t = Instant::now();
-        for task in 0..tasks {
-            let demand = Demand { amounts: vec![100 + task % 900, 256], labels: vec![] };
-            if p.place(task, &demand).unwrap().is_some() && task % 3 == 0 {
-                p.release(task).unwrap();
-            }
-        }
-        report(&format!("best-fit placement over {workers} workers"), tasks, t);
+    for workers in [10u64, 1000] {
+        place_and_release(Policy::BestFit, workers, 1, &format!("best-fit over {workers} workers"));
     }
-
     for policy in [Policy::FirstFit, Policy::BestFit] {
         // Room for every task: each is placed, every third released again.
-        let mut p = Placer::new(vec!["cpu".into(), "ram".into()], policy).unwrap();
-        for w in 0..10u64 {
-            p.add_worker(&[(2000 + (w % 8) * 1000) * 10_000, 8192 * 10_000], &[]).unwrap();
-        }
-        let tasks = 100_000u64;
-        let t = Instant::now();
-        for task in 0..tasks {
-            let demand = Demand { amounts: vec![100 + task % 900, 256], labels: vec![] };
-            if p.place(task, &demand).unwrap().is_some() && task % 3 == 0 {
-                p.release(task).unwrap();
-            }
-        }
-        report(&format!("{policy:?} placement over 10 roomy workers"), tasks, t);
+        place_and_release(policy, 10, 10_000, &format!("{policy:?} over 10 roomy workers"));
     }
+}
+
+/// 10^5 tasks placed one by one on `workers` workers (capacities times `scale`), every third
+/// placed one released again.
+fn place_and_release(policy: Policy, workers: u64, scale: u64, what: &str) {
+    let mut p = Placer::new(vec!["cpu".into(), "ram".into()], policy).unwrap();
+    for w in 0..workers {
+        p.add_worker(&[(2000 + (w % 8) * 1000) * scale, 8192 * scale], &[]).unwrap();
+    }
+    let tasks = 100_000u64;
+    let t = Instant::now();
+    for task in 0..tasks {
+        let demand = Demand { amounts: vec![100 + task % 900, 256], labels: vec![] };
+        if p.place(task, &demand).unwrap().is_some() && task % 3 == 0 {
+            p.release(task).unwrap();
+        }
+    }
+    report(&format!("{what}, placement"), tasks, t);
 }
