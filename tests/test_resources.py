@@ -164,6 +164,24 @@ def test_pool_names_the_workers_it_learns_of() -> None:
     assert pool.release(2) == "new"
 
 
+def test_a_subclass_keeps_its_own_place_and_release() -> None:
+    seen: list[str] = []
+
+    class Logged(ResourceAwareWorkerPool):
+        def place(self, task: object, task_id: int) -> str | None:
+            seen.append(f"place {task_id}")
+            return super().place(task, task_id)
+
+        def release(self, task_id: int) -> str:
+            seen.append(f"release {task_id}")
+            return super().release(task_id)
+
+    pool = Logged(workers=[{"cpu_cores": 1}])
+    assert pool.place(TaskResources(cpu_milli=10), 1) == "worker-0"
+    assert pool.release(1) == "worker-0"
+    assert seen == ["place 1", "release 1"]
+
+
 def test_a_pool_nobody_holds_is_collected() -> None:
     pool = ResourceAwareWorkerPool(workers=[{"cpu_cores": 1}])
     assert pool.place(TaskResources(cpu_milli=10), 1) == "worker-0"

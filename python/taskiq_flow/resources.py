@@ -237,9 +237,12 @@ class ResourceAwareWorkerPool:
         )
         self._own = self._placements.run
         # The hot pair goes straight to the core, as threading.Condition binds its lock's
-        # acquire/release: the methods below document them and do the same through a frame.
-        self.place = self._placements.place  # type: ignore[method-assign]
-        self.release = self._placements.release  # type: ignore[method-assign]
+        # acquire/release: the methods below document them and do the same through a frame. A
+        # subclass that overrides one keeps its own.
+        if type(self).place is ResourceAwareWorkerPool.place:
+            self.place = self._placements.place  # type: ignore[method-assign]
+        if type(self).release is ResourceAwareWorkerPool.release:
+            self.release = self._placements.release  # type: ignore[method-assign]
         self._waiters: dict[int, asyncio.Future[int]] = {}
         #: ``(run, node)`` placements whose worker went away, not yet handled by their run.
         self.lost: set[tuple[int, int]] = set()
