@@ -9,7 +9,14 @@ import pytest
 from conftest import Gauge
 from taskiq import InMemoryBroker
 
-from taskiq_flow import DataflowError, InvalidValueError, MapReduce, RetryPolicy, StepFailedError
+from taskiq_flow import (
+    DataflowError,
+    InvalidValueError,
+    MapReduce,
+    NotATaskError,
+    RetryPolicy,
+    StepFailedError,
+)
 from taskiq_flow.optimization.parallel import global_cap
 
 
@@ -170,3 +177,38 @@ async def test_rate_limited_steps_start_no_faster_than_their_rate(broker: InMemo
     for bad in ({"rate": 0.0}, {"rate": -1.0}, {"rate": 5.0, "burst": 0}):
         with pytest.raises(InvalidValueError):
             await MapReduce.map(broker, call_api, [1], **bad)  # type: ignore[arg-type]
+
+
+async def test_a_failed_map_keeps_every_result_that_finished(broker: InMemoryBroker) -> None:
+    """``on_error="continue"``: every other item runs, and the error carries their results."""
+
+    @broker.task
+    async def item(x: int) -> int:
+        if x == 7:
+            raise ValueError("seven")
+        return x * 10
+
+    with pytest.raises(StepFailedError, match="seven") as failed:
+        await MapReduce.map(broker, item, range(20), max_parallel=4, on_error="continue")
+    assert failed.value.results == {i: i * 10 for i in range(20) if i != 7}
+    with pytest.raises(StepFailedError) as fast:  # fail fast: what finished before the failure
+        await MapReduce.map(broker, item, range(20), max_parallel=4)
+    assert fast.value.results
+    assert all(fast.value.results[i] == i * 10 for i in fast.value.results)
+
+
+async def test_every_call_refuses_no_broker_and_a_task_of_another_broker(
+    broker: InMemoryBroker,
+) -> None:
+    other = InMemoryBroker()
+
+    @other.task
+    async def elsewhere(x: int) -> int:
+        return x
+
+    with pytest.raises(NotATaskError, match="'elsewhere' is registered on another broker"):
+        await MapReduce.map(broker, elsewhere, [1])
+    with pytest.raises(NotATaskError, match="registered on another broker"):
+        await MapReduce.reduce(broker, elsewhere, [1, 2])
+    with pytest.raises(InvalidValueError, match="broker must be a taskiq broker"):
+        await MapReduce.map(None, elsewhere, [1])  # type: ignore[arg-type]

@@ -142,7 +142,10 @@ class StepFailedError(PipelineError):
 
     :ivar step: the failing step's name.
     :ivar error: the exception it failed with (or its description, if it came from elsewhere).
-    :ivar results: what finished before (or despite) the failure: ``{step or output: value}``.
+    :ivar results: what finished before (or despite) the failure: ``{output: value}`` for a
+        dataflow, ``{item index: value}`` for ``MapReduce.map``, ``{step name: value}`` for a
+        sequential pipeline (a map, filter or group step that failed part way: ``{step name:
+        {item index: value}}``).
     :ivar failures: every step that failed for good: ``{step: error}``.
     """
 
@@ -150,14 +153,14 @@ class StepFailedError(PipelineError):
         self,
         step: str,
         error: BaseException | str | None,
-        results: dict[str, Any] | None = None,
+        results: dict[Any, Any] | None = None,
         failures: dict[str, BaseException | str | None] | None = None,
     ) -> None:
         shown = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
         super().__init__(f"step {step!r} failed: {shown}")
         self.step = step
         self.error = error
-        self.results: dict[str, Any] = results or {}
+        self.results: dict[Any, Any] = results or {}
         self.failures: dict[str, BaseException | str | None] = failures or {step: error}
 
 

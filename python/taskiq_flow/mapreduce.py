@@ -22,10 +22,10 @@ from typing import Any
 
 from taskiq import AsyncBroker
 
-from taskiq_flow.exceptions import DataflowError, InvalidValueError
+from taskiq_flow.exceptions import DataflowError, InvalidValueError, StepFailedError
 from taskiq_flow.resources import ResourceAwareWorkerPool, resources_of
 from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
-from taskiq_flow.run.plan import Plan, StepSpec, task_identity
+from taskiq_flow.run.plan import Plan, StepSpec, check_broker, check_task_broker, task_identity
 from taskiq_flow.run.runner import Runner
 from taskiq_flow.run.sending import check_calls
 from taskiq_flow.run.settings import OnError, Settings, check_rate
@@ -67,6 +67,14 @@ def _reduce_tree(
     return operands, sources, targets, level[0]
 
 
+def _identity(broker: AsyncBroker, task: object) -> tuple[str, dict[str, Any], str]:
+    """The task's identity, once the broker and the task are known to go together."""
+    check_broker(broker)
+    identity = task_identity(task)
+    check_task_broker(broker, task)
+    return identity
+
+
 class MapReduce:
     """Fan-out and fan-in over items (all methods are static).
 
@@ -106,7 +114,7 @@ class MapReduce:
             arrive changed (naming the step and the item).
         :raises StepFailedError: a call failed for good.
         """
-        task_name, labels, name = task_identity(task)
+        task_name, labels, name = _identity(broker, task)
         settings = Settings.build(
             max_parallel=max_parallel,
             on_error=on_error,
@@ -137,7 +145,12 @@ class MapReduce:
         )
         check_calls(broker, task_name, [call(i, ()) for i in range(len(values))], name)
         plan = Plan(len(values), [], [], [step], call)
-        return await Runner(broker, plan, settings).execute()
+        run = Runner(broker, plan, settings)
+        try:
+            return await run.execute()
+        except StepFailedError as err:
+            err.results = run.finished_results()  # {item index: value} of what finished
+            raise
 
     @staticmethod
     async def reduce(
@@ -157,7 +170,7 @@ class MapReduce:
         :param initial: the result for no items (without it, no items is an error).
         :raises DataflowError: no items and no ``initial``.
         """
-        task_name, labels, name = task_identity(task)
+        task_name, labels, name = _identity(broker, task)
         settings = Settings.build(
             max_parallel=max_parallel,
             retry=retry,
@@ -202,8 +215,8 @@ class MapReduce:
 
         :raises DataflowError: no items.
         """
-        map_name, map_labels, map_display = task_identity(map_task)
-        red_name, red_labels, red_display = task_identity(reduce_task)
+        map_name, map_labels, map_display = _identity(broker, map_task)
+        red_name, red_labels, red_display = _identity(broker, reduce_task)
         settings = Settings.build(
             max_parallel=max_parallel,
             retry=retry,
@@ -268,7 +281,7 @@ class MapReduce:
             as calls complete.
         :raises StepFailedError: a call failed for good (nothing more is sent).
         """
-        task_name, labels, name = task_identity(task)
+        task_name, labels, name = _identity(broker, task)
         settings = Settings.build(
             max_parallel=max_parallel,
             retry=retry,
