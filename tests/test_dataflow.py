@@ -392,24 +392,36 @@ async def test_task_timeout_and_pipeline_timeout(broker: InMemoryBroker) -> None
 
 
 async def test_cancel_a_running_pipeline(broker: InMemoryBroker) -> None:
+    started = asyncio.Event()
+    finish = asyncio.Event()
+    finished = asyncio.Event()
+    later_started: list[int] = []
+
     @broker.task
     @pipeline_task(output="y")
     async def slow(x: int) -> int:
-        await asyncio.sleep(0.3)
+        started.set()
+        await finish.wait()
+        finished.set()
         return x
 
     @broker.task
     @pipeline_task(output="z")
     async def later(y: int) -> int:
-        raise AssertionError("must not start")
+        later_started.append(y)  # seen by the test (an assertion here would only fail the task)
+        return y
 
     pipeline = DataflowPipeline.from_tasks(broker, [slow, later])
     run = asyncio.ensure_future(pipeline.kiq_dataflow(x=1))
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(started.wait(), 10)
     pipeline.cancel()
     with pytest.raises(PipelineCancelledError):
         await run
-    await asyncio.sleep(0.4)
+    finish.set()  # the running task completes after the cancel: nothing may start after it
+    await asyncio.wait_for(finished.wait(), 10)
+    for _ in range(100):  # a completion's consequences come within a few loop turns
+        await asyncio.sleep(0)
+    assert later_started == []
 
 
 async def test_tracking_durations_are_measured_where_tasks_ran(broker: InMemoryBroker) -> None:
