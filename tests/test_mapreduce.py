@@ -50,7 +50,9 @@ async def test_map_keeps_order_and_bound(
     out = await MapReduce.map(broker, tasks["square"], range(500), max_parallel=15)
     assert out == [x * x for x in range(500)]
     assert gauge.peak == 15
-    by_name = await MapReduce.map(broker, tasks["scaled"], [1, 2], param_name="x", factor=3)
+    by_name = await MapReduce.map(
+        broker, tasks["scaled"], [1, 2], param_name="x", kwargs={"factor": 3}
+    )
     assert by_name == [3, 6]
 
 
@@ -212,3 +214,29 @@ async def test_every_call_refuses_no_broker_and_a_task_of_another_broker(
         await MapReduce.reduce(broker, elsewhere, [1, 2])
     with pytest.raises(InvalidValueError, match="broker must be a taskiq broker"):
         await MapReduce.map(None, elsewhere, [1])  # type: ignore[arg-type]
+
+
+async def test_every_call_takes_the_same_options_and_a_misspelled_one_is_an_error(
+    broker: InMemoryBroker, tasks: dict[str, object]
+) -> None:
+    from taskiq_flow import DeadLetterQueue
+
+    options = {
+        "on_error": "fail",
+        "retry": None,
+        "timeout": 30.0,
+        "dead_letters": DeadLetterQueue(),
+    }
+    options |= {"rate": 1000.0, "burst": 10, "on_progress": lambda done, total: None}
+    assert await MapReduce.map(broker, tasks["square"], [2], **options) == [4]  # type: ignore[arg-type]
+    assert await MapReduce.reduce(broker, tasks["add"], [1, 2], **options) == 3  # type: ignore[arg-type]
+    assert (
+        await MapReduce.map_reduce(broker, tasks["square"], tasks["add"], [1, 2], **options)  # type: ignore[arg-type]
+        == 5
+    )
+    streamed = MapReduce.stream(broker, tasks["square"], [3], **options)  # type: ignore[arg-type]
+    assert [v async for v in streamed] == [9]
+    with pytest.raises(TypeError, match=r"unknown keyword 'max_paralel'.*'max_parallel'"):
+        await MapReduce.map(broker, tasks["square"], [1], max_paralel=2)
+    with pytest.warns(DeprecationWarning, match=r"kwargs=\{\.\.\.\}"):
+        assert await MapReduce.map(broker, tasks["scaled"], [1], param_name="x", factor=2) == [2]
