@@ -180,6 +180,10 @@ async def test_names_are_text_not_markup_and_tables_fit_the_terminal(
     [
         (("list",), "give --redis URL"),
         (("list", "--redis", "http://x"), "--redis must be a redis://"),
+        (("list", "--redis", "redis://h:port"), "--redis redis://h:port: Port could not be cast"),
+        (("list", "--redis", "redis://h:99999"), "Port out of range 0-65535"),
+        (("show", "r", "--redis", "redis://[::1"), "--redis redis://[::1: Invalid IPv6 URL"),
+        (("resume", "r", "--redis", "redis://h:x", "--pipeline", "a:b"), "Port could not be"),
         (("list", "--redis", "redis://localhost", "--prefix", "a:b"), "--prefix may hold only"),
         (("report", "r", "--redis", "redis://localhost", "--dag", "x y"), "--dag must look"),
     ],

@@ -32,8 +32,8 @@ import datetime as _dt
 import json
 import re
 import sys
-from collections.abc import Sequence
-from typing import IO, Any, get_args
+from collections.abc import Callable, Sequence
+from typing import IO, Any, cast, get_args
 
 from rich import box
 from rich.console import Console
@@ -425,6 +425,14 @@ def _check(args: argparse.Namespace, tracking: PipelineTrackingManager | None) -
         )
     if args.redis is not None and not _URL.match(args.redis):
         return f"--redis must be a redis://, rediss:// or unix:// URL, got {args.redis!r}"
+    if args.redis is not None:
+        from redis import connection
+
+        parse_url = cast("Callable[[str], object]", connection.parse_url)  # untyped in redis-py
+        try:  # what Redis.from_url would raise once connecting
+            parse_url(args.redis)
+        except ValueError as err:
+            return f"--redis {args.redis}: {err}"
     if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,128}", args.prefix or ""):
         return f"--prefix may hold only letters, digits and _ . - (got {args.prefix!r})"
     if getattr(args, "dag", None) is not None and check_import_path(args.dag, "--dag"):
