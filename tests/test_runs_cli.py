@@ -328,3 +328,15 @@ async def test_report_refuses_what_it_cannot_import_or_write_before_connecting(
     assert await main_runs(args, None, io.StringIO()) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and says in err, err
+
+
+async def test_a_report_that_cannot_be_written_says_so_not_that_redis_is_unreachable(
+    broker: InMemoryBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tracking = PipelineTrackingManager()
+    run = await record_a_run(broker, tracking)
+    code, out = await run_cli("report", run, "-o", "/dev/full", tracking=tracking)
+    assert (code, out) == (1, "")
+    assert capsys.readouterr().err == (
+        "taskiq-flow runs: --output /dev/full: No space left on device\n"
+    )

@@ -543,7 +543,13 @@ async def _act(
         return 1 if missing else 0
     if action == "report":
         status = await tracking.get_status(args.run)
-        path = write_report(args.output, status, dag=graph)
+        try:
+            path = write_report(args.output, status, dag=graph)
+        except OSError as err:  # a full disk, a file that went away: not Redis's doing
+            print(
+                f"taskiq-flow runs: --output {args.output}: {err.strerror or err}", file=sys.stderr
+            )
+            return 1
         size = path.stat().st_size
         if args.json:
             json.dump({"path": str(path), "bytes": size, "steps": len(status.steps)}, stream)
