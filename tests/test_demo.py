@@ -71,3 +71,12 @@ def test_the_demo_refuses_bad_flags_in_one_line_before_it_starts(
     assert captured.out == ""  # nothing started: no banner, no progress bar
     [line] = captured.err.splitlines()
     assert line.startswith("taskiq-flow demo: ") and says in line, line
+
+
+def test_a_demo_report_that_cannot_be_written_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli_main(["demo", "--tracks", "1", "--speed", "0", "--report", "/dev/full"]) == 1
+    assert capsys.readouterr().err == (
+        "taskiq-flow demo: cannot write --report /dev/full: No space left on device\n"
+    )

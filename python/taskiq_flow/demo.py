@@ -202,8 +202,9 @@ async def run_demo(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``taskiq-flow demo [--tracks N] [--speed F]``. Ctrl-C or SIGTERM stops it with one line
-    (exit status 130 or 143)."""
+    """``taskiq-flow demo [--tracks N] [--speed F] [--report PATH]``. Bad flags exit with status 2
+    and one line before anything starts; a report that cannot be written, 1; Ctrl-C or SIGTERM
+    stops it with one line (exit status 130 or 143)."""
     parser = OneLineParser(
         prog="taskiq-flow demo",
         description=paragraphs(
@@ -245,7 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     problem = writable_file(args.report, "--report")
     if problem is not None:
         parser.error(problem)
-    stopped_by = asyncio.run(_until_signal(run_demo(args.tracks, args.speed, report=args.report)))
+    try:
+        stopped_by = asyncio.run(
+            _until_signal(run_demo(args.tracks, args.speed, report=args.report))
+        )
+    except OSError as err:  # the demo's only file is its report (a full disk, say)
+        sys.stderr.write(f"taskiq-flow demo: cannot write --report {args.report}: {err.strerror}\n")
+        return 1
     if stopped_by is None:
         return 0
     sys.stdout.write("\n")
