@@ -3,7 +3,9 @@
 Runs are read from the tracking storage that outlives a process: Redis
 (``--redis redis://host:6379/0 --prefix taskiq_flow``, the same prefix as the
 :class:`~taskiq_flow.distributed.RedisPipelineStorage` the runs were recorded with). Output is a
-table sized to the terminal (``rich``), or JSON with ``--json``.
+table sized to the terminal (``rich``; the run id is always whole on one line, the other columns
+give way), or JSON with ``--json``. ``--dag module:name`` is imported from the current directory
+first, as ``runs resume --pipeline`` and ``taskiq worker`` do (:mod:`taskiq_flow._imports`).
 
 ::
 
@@ -19,8 +21,9 @@ Wiring (in ``cli.py``)::
     if args.command in ("runs", "report", "explain"):
         return asyncio.run(main_runs(args))
 
-Exit codes: 0 done, 1 a run (or Redis) was not found or reached, 2 bad input (checked before any
-connection is made).
+Exit codes: 0 done, 1 a run (or Redis) was not found or reached or a report could not be
+written, 2 bad input (checked before any connection is made: the URL, the prefix, the ``--dag``
+import, the ``--output`` path).
 """
 
 from __future__ import annotations
