@@ -163,7 +163,17 @@ class StepStatus:
     def counts_text(self) -> str:
         """The counts for people, states with no task left out: ``"5000 done, 50 running, 4950
         pending"`` (``"1 done"`` for a task that ran)."""
-        shown = [f"{n} {state}" for state, n in self.counts.items() if n]
+        counts = self.counts
+        order: tuple[StepState, ...] = (
+            "done",
+            "running",
+            "retrying",
+            "failed",
+            "skipped",
+            "cancelled",
+            "pending",
+        )
+        shown = [f"{counts[state]} {state}" for state in order if counts[state]]
         return ", ".join(shown) if shown else f"{self.tasks} tasks"
 
     def clear_counts(self) -> None:

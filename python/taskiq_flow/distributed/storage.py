@@ -201,7 +201,7 @@ class RedisPipelineStorage:
 
         :return: ``None`` once stored, or why they could not be.
         """
-        what = f"the inputs of run {pipeline_id}"
+        what = f"the inputs record of run {pipeline_id}"
         note: str | None = None
         try:
             # No fallback: an object JSON cannot carry is refused, never stored as its repr.
@@ -214,7 +214,8 @@ class RedisPipelineStorage:
         except PayloadTooLargeError as exc:
             note = str(exc)
         except (ValueError, TypeError, RecursionError) as exc:
-            note = f"{what} are not JSON: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            note = f"the inputs of run {pipeline_id} are not JSON: {reason}"
         if note is not None:
             text = encode({"not_stored": note}, what, self.max_record_bytes, self.max_depth)
         run_key, _, _ = self.keys_of(pipeline_id)

@@ -1,10 +1,10 @@
 """A wait explained in one sentence, from the core's own record of why each node waits.
 
 The core records, for every node, the reason it is where it is and since when (inputs, a step's
-cap, the run's own cap (``run_cap``), the process-wide cap, a rate limit, a placement); the runner adds what only it
-knows (a retry's backoff, a lost worker, what a skipped node's failed input was). This module turns
-one such record into a sentence, e.g. ``waiting: step cap 'resize' is full (16/16 in flight); next
-free slot when any of 16 finishes``.
+cap, the run's own cap (``run_cap``), the process-wide cap, a rate limit, a placement); the runner
+adds what only it knows (a retry's backoff, a lost worker, what a skipped node's failed input
+was). This module turns one such record into a sentence, e.g. ``waiting: step cap 'resize' is
+full (16/16 in flight); next free slot when any of 16 finishes``.
 """
 
 from __future__ import annotations
