@@ -539,11 +539,12 @@ async def _rows_in_browser(page: Any) -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
+@pytest.mark.parametrize("shape", ["map step", "map run"])
 async def test_the_timeline_of_a_run_with_a_map_starts_and_ends_with_the_run(
-    broker: InMemoryBroker, tmp_path: Path
+    broker: InMemoryBroker, tmp_path: Path, shape: str
 ) -> None:
-    """No bar before the run's start or after its end: a map's waits are not drawn before its
-    first task started."""
+    """No bar before the run's start or after its end: a map's waits (for its step's cap, or
+    for its run's) are not drawn before its first task started."""
 
     @broker.task
     async def resize(x: int) -> int:
@@ -551,10 +552,16 @@ async def test_the_timeline_of_a_run_with_a_map_starts_and_ends_with_the_run(
         return x
 
     tracking = PipelineTrackingManager()
-    await MapReduce.map(broker, resize, range(200), max_parallel=8, tracking=tracking)
+    if shape == "map step":
+        pipeline = Pipeline(broker).map(resize, range(200), max_parallel=8)
+        handle = await pipeline.with_tracking(tracking).kiq()
+        await handle.wait_result(timeout=60)
+    else:
+        await MapReduce.map(broker, resize, range(200), max_parallel=8, tracking=tracking)
     [status] = await tracking.list_pipelines()
     [step] = status.steps
-    assert step.waited["run_cap"] > 0 and status.finished_at is not None
+    assert status.finished_at is not None
+    assert step.waited["step_cap" if shape == "map step" else "run_cap"] > 0
     report = write_report(tmp_path / "map.html", status)
     svg = timeline_of(report.read_text(encoding="utf-8"))
     assert svg.scale["t0"] == status.started_at  # the axis starts with the run
@@ -565,7 +572,7 @@ async def test_the_timeline_of_a_run_with_a_map_starts_and_ends_with_the_run(
         rows = await _rows_in_browser(page)
         x0 = float(await page.evaluate("document.getElementById('timeline').dataset.x0"))
         scale = float(await page.evaluate("document.getElementById('timeline').dataset.pxPerMs"))
-    segments = rows["resize"]
+    [segments] = rows.values()
     assert segments[-1]["kind"] == "running"
     for seg in segments:
         assert 0.0 <= seg["start_ms"] <= seg["end_ms"] <= run_ms + 1e-3, seg

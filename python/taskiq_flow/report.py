@@ -326,6 +326,11 @@ def _group_rows(rows: list[_Row]) -> list[_Row]:
             sum(s.tasks for s in steps),
             sum(s.tasks_done for s in steps),
         )
+        step.tasks_running = sum(s.tasks_running for s in steps)
+        step.tasks_retrying = sum(s.tasks_retrying for s in steps)
+        step.tasks_failed = sum(s.tasks_failed for s in steps)
+        step.tasks_skipped = sum(s.tasks_skipped for s in steps)
+        step.tasks_cancelled = sum(s.tasks_cancelled for s in steps)
         first = min(p.start for p in pieces) if pieces else None
         last = max(p.end for p in pieces) if pieces else None
         segs = (
