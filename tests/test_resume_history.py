@@ -41,15 +41,15 @@ async def runs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
 async def test_a_resumed_run_keeps_its_history_and_runs_with_its_stored_inputs(
     redis: Redis, redis_url: str
 ) -> None:
-    extra = {"TASKIQ_FLOW_TEST_RUN_LEASE": "1"}
+    extra = {"TASKIQ_FLOW_TEST_RUN_LEASE": "1", "TASKIQ_FLOW_TEST_RESUME": "slow"}
     with supervised_workers(redis_url, "--workers", "1", extra_env=extra) as (env, _):
         async with started_app(env):
             orchestrator = await asyncio.create_subprocess_exec(
                 sys.executable, str(TESTS / "redis_resume.py"), cwd=TESTS, env=env
             )
-            # first_step is done, slow_step runs (for a second): the orchestrator dies, and
-            # slow_step's completion arrives while nobody listens.
-            await until(lambda: redis.get("second:runs"), 30, "slow_step to start")
+            # first_step is done, slow runs (for four seconds): the orchestrator dies, and
+            # slow's completion arrives while nobody listens.
+            await until(lambda: redis.get("slow:3:runs"), 30, "slow to start")
             tracking = PipelineTrackingManager(RedisPipelineStorage(redis, ttl_seconds=600))
             [live] = await tracking.list_pipelines()
 
@@ -64,7 +64,7 @@ async def test_a_resumed_run_keeps_its_history_and_runs_with_its_stored_inputs(
             await until(
                 lambda: tracking.list_pipelines(status="abandoned"), 10, "the run to be abandoned"
             )
-            url = ["--redis", redis_url, "--pipeline", "redis_app:resume_pipeline"]
+            url = ["--redis", redis_url, "--pipeline", "redis_resume:slow_pipeline"]
 
             # Other inputs than the run's: refused, before anything is sent.
             refused = await runs(env, "resume", live.pipeline_id, *url, "--input", "x=4")
@@ -78,7 +78,7 @@ async def test_a_resumed_run_keeps_its_history_and_runs_with_its_stored_inputs(
             # No inputs given: the stored ones.
             resumed = await runs(env, "resume", live.pipeline_id, *url)
             assert resumed.returncode == 0, resumed.stderr
-            assert json.loads(resumed.stdout) == {"first": 4, "second": 40}
+            assert json.loads(resumed.stdout) == {"first": 4, "slow": 3}
 
             after = await tracking.get_status(live.pipeline_id)
             first, second = after.steps
@@ -91,7 +91,7 @@ async def test_a_resumed_run_keeps_its_history_and_runs_with_its_stored_inputs(
             # The step out when it crashed ran twice: both attempts are in its history.
             assert (second.status, second.attempts, second.tasks_done) == ("done", 2, 1)
             assert int(await redis.get("first:runs")) == 1
-            assert int(await redis.get("second:runs")) == 2
+            assert int(await redis.get("slow:3:runs")) == 2
 
             # What users read says so: `runs show` and the report.
             shown = await runs(env, "show", live.pipeline_id, "--redis", redis_url, "--json")
@@ -101,7 +101,7 @@ async def test_a_resumed_run_keeps_its_history_and_runs_with_its_stored_inputs(
             page = render_report(after)
             assert "every task ran once" not in page
             assert 'id="resumed"' in page and 'class="mark resume"' in page
-            assert '<td class="num">2</td><td class="num">1</td>' in page  # slow_step: 2 tries
+            assert '<td class="num">2</td><td class="num">1</td>' in page  # slow: 2 tries
 
 
 async def test_inputs_too_large_to_store_are_said_and_must_be_given(
