@@ -32,7 +32,15 @@ MAX_IDS: int
 _State = Literal["waiting", "queued", "running", "done", "failed", "skipped", "cancelled"]
 _Policy = Literal["best_fit", "spread", "first_fit"]
 _Reason = Literal[
-    "inputs", "ready", "step_cap", "rate", "shared_cap", "placement", "running", "finished"
+    "inputs",
+    "ready",
+    "step_cap",
+    "rate",
+    "shared_cap",
+    "placement",
+    "running",
+    "finished",
+    "run_cap",
 ]
 
 @final

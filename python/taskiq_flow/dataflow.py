@@ -590,6 +590,7 @@ class ExecutionEngine(RunOptions):
             pipeline_id=pipeline_id,
             custom_dispatch=custom,
             restored=restored,
+            inputs=inputs,
         )
         self._run = self.last_run = run
         self.pipeline_id = run.pipeline_id
@@ -739,16 +740,36 @@ class DataflowPipeline(RunOptions):
         finally:
             self._engine = None
 
-    async def resume(self, pipeline_id: str, *chunk: Any, **inputs: Any) -> dict[str, Any]:
+    async def resume(
+        self,
+        pipeline_id: str,
+        *chunk: Any,
+        inputs_changed_ok: bool = False,
+        **inputs: Any,
+    ) -> dict[str, Any]:
         """Runs ``pipeline_id`` to the end after its orchestrator died: tasks that finished (as
-        recorded by tracking) are not sent again; the others are. Give the same inputs.
+        recorded by tracking) are not sent again; the others are. It runs with the inputs stored
+        with the run; inputs given must be those, unless ``inputs_changed_ok``.
 
         :raises DataflowError: without tracking (there is nothing to resume from).
+        :raises StateError: no inputs given and none stored (naming why).
+        :raises InvalidValueError: inputs given that differ from the stored ones.
         """
         if self.tracking is None:
             raise DataflowError("resume needs the tracking the run was recorded in")
+        given: dict[str, Any] | None = dict(inputs) if chunk or inputs else None
+        if chunk:
+            if len(chunk) != 1 or len(self.dag.external_inputs) != 1 or inputs:
+                raise DataflowError(
+                    "a positional input needs a pipeline with exactly one external input "
+                    f"(this one has {sorted(self.dag.external_inputs)}); pass inputs by name"
+                )
+            given = {next(iter(self.dag.external_inputs)): chunk[0]}
+        resolved = await self.tracking.resume_inputs(
+            pipeline_id, given, inputs_changed_ok=inputs_changed_ok
+        )
         restored = await self.tracking.load_results(pipeline_id)
-        return await self._run_dataflow(chunk, inputs, pipeline_id, restored)
+        return await self._run_dataflow((), resolved, pipeline_id, restored)
 
     def cancel(self) -> None:
         """Cancels the run in progress, if any: ``kiq_dataflow`` raises

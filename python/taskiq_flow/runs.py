@@ -19,16 +19,14 @@ anything else.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
 
+from taskiq_flow._imports import import_object
 from taskiq_flow.exceptions import InvalidValueError, TaskiqFlowError
 
 __all__ = ["parse_inputs", "resume"]
@@ -61,16 +59,7 @@ def parse_inputs(pairs: list[str]) -> dict[str, Any]:
 def _import_pipeline(path: str) -> Any:
     from taskiq_flow.dataflow import DataflowPipeline
 
-    module_name, sep, attribute = path.partition(":")
-    if not sep or not module_name or not attribute:
-        raise InvalidValueError(f"--pipeline must look like module:attribute, got {path!r}")
-    sys.path.insert(0, str(Path(os.getcwd()).resolve()))
-    try:
-        found: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            found = getattr(found, part)
-    except Exception as exc:  # the user's module, reported in one line
-        raise InvalidValueError(f"cannot import {path!r}: {type(exc).__name__}: {exc}") from None
+    found = import_object(path, "--pipeline")
     if inspect.isfunction(found):
         found = found()
     if not isinstance(found, DataflowPipeline):

@@ -162,8 +162,8 @@ def add_runs_commands(
     resume = add(
         actions,
         "resume",
-        "run an abandoned run to the end (a dataflow pipeline, the same inputs)",
-        f"taskiq-flow runs resume RUN --redis {url} \\\n      --pipeline app:pipeline --input x=3",
+        "run an abandoned run to the end (a dataflow pipeline, the inputs stored with it)",
+        f"taskiq-flow runs resume RUN --redis {url} --pipeline app:pipeline",
     )
     resume.add_argument("run", help="the run's pipeline id")
     resume.add_argument(
@@ -177,7 +177,15 @@ def add_runs_commands(
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help="an input of the run, its value as JSON (repeatable; default: none)",
+        help=(
+            "an input of the run as JSON, a string in JSON quotes: folder='\"/data\"' "
+            "(repeatable; default: the inputs stored with the run)"
+        ),
+    )
+    resume.add_argument(
+        "--inputs-changed-ok",
+        action="store_true",
+        help="run with inputs other than the stored ones (default: refused)",
     )
     places = [actions, subparsers] if top_level else [actions]
     for place in places:
@@ -336,8 +344,11 @@ def runs_table(records: Sequence[PipelineStatus], width: int = COLUMNS) -> Table
 def steps_table(status: PipelineStatus) -> Table:
     """The table of ``runs show``: one row per step (a mapped step is one row with its count);
     an error column only if some step has an error."""
+    times = len(status.resumes)
+    resumed = f" · resumed {times} time{'s' if times > 1 else ''}" if times else ""
     table = Table(
-        title=Text(f"{status.name} · {status.pipeline_id} · {status.status}"), expand=False
+        title=Text(f"{status.name} · {status.pipeline_id} · {status.status}{resumed}"),
+        expand=False,
     )
     table.add_column("step", overflow="fold", ratio=1, min_width=10)
     table.add_column("status", no_wrap=True, min_width=9)
@@ -351,7 +362,7 @@ def steps_table(status: PipelineStatus) -> Table:
         cells: list[Text | str] = [
             Text(s.name),
             Text(s.status),
-            f"{s.tasks_done}/{s.tasks}",
+            s.counts_text() if s.tasks > 1 else f"{s.tasks_done}/{s.tasks}",
             str(s.attempts),
             _ms(s.duration_ms),
         ]
@@ -376,14 +387,11 @@ def explain_line(status: PipelineStatus, step: str | None = None) -> str:
         if s.status in ("done", "failed", "skipped", "cancelled"):
             extra = f": {s.error.splitlines()[0]}" if s.error and s.status == "failed" else ""
             waited = _waited(s)
-            return (
-                f"step {s.name!r} is {s.status} ({s.tasks_done}/{s.tasks} tasks done){extra}"
-                f"{waited}"
-            )
+            return f"step {s.name!r} is {s.status} ({s.counts_text()}){extra}{waited}"
         if s.waiting is not None and status.status == "running":
             return f"step {s.name!r}: {s.waiting}"
         return (
-            f"step {s.name!r} is {s.status} ({s.tasks_done}/{s.tasks} tasks done); "
+            f"step {s.name!r} is {s.status} ({s.counts_text()}); "
             f"its run is {status.status}, so nothing explains it now"
         )
     if status.status != "running":
@@ -465,7 +473,13 @@ async def main_runs(
         from taskiq_flow.runs import resume
 
         return await asyncio.to_thread(
-            resume, args.redis, args.prefix, args.run, args.pipeline, args.input
+            resume,
+            args.redis,
+            args.prefix,
+            args.run,
+            args.pipeline,
+            args.input,
+            args.inputs_changed_ok,
         )
     graph: GraphView | None = None
     if args.runs_command == "report" and args.dag is not None:

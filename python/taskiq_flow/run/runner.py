@@ -109,6 +109,7 @@ class Runner:
         deadline, shared by its steps); default: ``settings.timeout`` from the start.
     :param feed: for a stream, where finished nodes get new items.
     :param cap: the process-wide cap to attach to (default: the one active now).
+    :param inputs: the run's inputs, stored by tracking with the run (a resume's default).
     """
 
     def __init__(
@@ -124,6 +125,7 @@ class Runner:
         deadline: float | None = None,
         feed: Feed | None = None,
         cap: CapGroup | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> None:
         self.broker = broker
         self.plan = plan
@@ -139,7 +141,9 @@ class Runner:
             settings.dead_letters if settings.dead_letters is not None else default_dead_letters()
         )
         self.tracking = (
-            RunTracking(settings.tracking, self.pipeline_id, settings.name, plan, track_step)
+            RunTracking(
+                settings.tracking, self.pipeline_id, settings.name, plan, track_step, inputs
+            )
             if settings.tracking is not None
             else None
         )
@@ -165,6 +169,7 @@ class Runner:
         self._skipped_by: dict[int, int] = {}
         self._preds: dict[int, list[int]] | None = None
         self._step_nodes: list[list[int]] | None = None
+        self._step_index: dict[str, list[int]] | None = None
         #: The process-wide (or cross-process) cap, as it was when the run started.
         self._cap: CapGroup = global_cap() if cap is None else cap
         self._pool: ResourceAwareWorkerPool | None = settings.worker_pool
@@ -251,11 +256,19 @@ class Runner:
             if 0 <= node_or_step < plan.node_count:
                 return node_or_step
             raise UnknownIdError(f"no node {node_or_step} (the run has {plan.node_count})")
-        indices = [i for i, spec in enumerate(plan.steps) if spec.name == node_or_step]
-        if not indices and isinstance(node_or_step, str):
-            # A task wired into several nodes: its steps ``task[output]`` answer together.
-            prefix = f"{node_or_step}["
-            indices = [i for i, spec in enumerate(plan.steps) if spec.name.startswith(prefix)]
+        if self._step_index is None:
+            # Step names, and a task's name for its steps ``task[output]`` (a task wired into
+            # several nodes answers for them together): built once per run.
+            by_name: dict[str, list[int]] = {}
+            for i, spec in enumerate(plan.steps):
+                by_name.setdefault(spec.name, []).append(i)
+                base, bracket, _ = spec.name.partition("[")
+                if bracket and base != spec.name:
+                    by_name.setdefault(f"{base}[", []).append(i)
+            self._step_index = by_name
+        indices = self._step_index.get(str(node_or_step)) or self._step_index.get(
+            f"{node_or_step}[", []
+        )
         if not indices:
             names = sorted({spec.name for spec in plan.steps})
             close = difflib.get_close_matches(str(node_or_step), names, n=1)
