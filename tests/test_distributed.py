@@ -323,6 +323,7 @@ async def test_global_cap_holds_across_two_orchestrator_processes(
             str(TESTS / "redis_orchestrator.py"),
             "15",
             "3",
+            "--close",
             cwd=TESTS,
             env=env,
             stdout=asyncio.subprocess.PIPE,
@@ -333,8 +334,79 @@ async def test_global_cap_holds_across_two_orchestrator_processes(
     outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 120)
     for proc, (out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err.decode()[-2000:]
-        assert out.decode().strip() == "15"
+        assert out.decode().split() == ["ready", "15"]
     assert int(await redis.get("held:peak")) == 3  # sampled inside the tasks: reached, never more
+
+
+async def orchestrate(
+    env: dict[str, str], *args: str
+) -> tuple[asyncio.subprocess.Process, asyncio.StreamReader]:
+    """Starts tests/redis_orchestrator.py; returns it once it printed ``ready``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(TESTS / "redis_orchestrator.py"),
+        *args,
+        cwd=TESTS,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"ready\n"
+    return proc, proc.stdout
+
+
+async def test_a_shared_cap_is_given_back_when_the_orchestrator_just_exits(
+    redis: Redis, workers: dict[str, str]
+) -> None:
+    """The user's script: set a cap shared through Redis, run a map, let asyncio.run return.
+    Nothing stays held, and the next orchestrator gets every slot."""
+    name = f"cap-{uuid.uuid4().hex[:8]}"
+    env = {**workers, "TASKIQ_FLOW_TEST_LIMIT": name}
+    first, _ = await orchestrate(env, "15", "3")
+    out, err = await asyncio.wait_for(first.communicate(), 60)
+    assert first.returncode == 0, err.decode()[-2000:]
+    assert out.decode().split() == ["15"]
+    for noise in ("Task was destroyed", "RuntimeError", "Traceback"):
+        assert noise not in err.decode(), err.decode()[-2000:]
+    assert await redis.zcard(f"taskiq_flow:limit:{name}") == 0  # nothing held after the exit
+    await redis.delete("held:peak")
+    second, _ = await orchestrate(env, "15", "3", "--seconds", "0.2")
+    out, err = await asyncio.wait_for(second.communicate(), 60)
+    assert second.returncode == 0, err.decode()[-2000:]
+    assert int(await redis.get("held:peak")) == 3  # all three slots, measured inside the tasks
+
+
+async def test_a_killed_holders_slots_come_back_within_the_lease(
+    redis: Redis, workers: dict[str, str]
+) -> None:
+    """An orchestrator holding every slot is killed: the one waiting gets them within the
+    lease (2 s here) plus the documented slack of its retries, not seconds later."""
+    name = f"cap-{uuid.uuid4().hex[:8]}"
+    key = f"taskiq_flow:limit:{name}"
+    env = {**workers, "TASKIQ_FLOW_TEST_LIMIT": name}
+    holder, _ = await orchestrate(env, "200", "3", "--lease", "2", "--seconds", "0.3")
+    deadline = time.monotonic() + 30
+    while await redis.zcard(key) < 3:  # the holder took every slot
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    waiter, _ = await orchestrate(env, "12", "3", "--lease", "2", "--seconds", "0.3")
+    await asyncio.sleep(0.7)  # the waiter is polling for a slot (a renewal of the holder passed)
+    held = set(await redis.zrange(key, 0, -1))
+    holder.kill()
+    killed_at = time.monotonic()
+    await holder.wait()
+    while held & set(await redis.zrange(key, 0, -1)) or await redis.zcard(key) < 3:
+        assert time.monotonic() - killed_at < 10, "the killed holder's slots never came back"
+        await asyncio.sleep(0.01)
+    back_after = time.monotonic() - killed_at
+    try:
+        _, err = await asyncio.wait_for(waiter.communicate(), 60)
+    except TimeoutError:
+        waiter.kill()
+        _, err = await waiter.communicate()
+    assert waiter.returncode == 0, err.decode()[-3000:]
+    assert back_after <= 2.0 + 0.5, f"slots came back {back_after:.2f} s after the kill"
 
 
 async def test_redis_going_away_fails_the_run_instead_of_hanging() -> None:
