@@ -633,3 +633,36 @@ async def test_a_restarted_orchestrator_resumes_its_run(
         # ran (its worker renews its lease).
         assert int(await redis.get("second:runs")) == 2
         assert (await tracking.get_status(crashed.pipeline_id)).status == "done"
+
+
+async def test_only_workers_of_this_application_are_discovered_and_placed_on(
+    redis: Redis, redis_url: str
+) -> None:
+    """Two applications (two queues) share one Redis and its default prefix: a pool built for
+    this broker never places a task on the other application's worker."""
+    from taskiq_flow import MapReduce, ResourceAwareWorkerPool, StepFailedError
+    from taskiq_flow.distributed import discover_workers
+    from taskiq_flow.exceptions import UndeliverableMessageError
+
+    mine = {"mine": ["--cpu-cores", "2", "--ram-gb", "8"]}
+    other = {"other": ["--cpu-cores", "8", "--ram-gb", "8"]}
+    with flow_workers(redis_url, mine) as (env, _), flow_workers(redis_url, other):
+        await live_adverts(redis, 2)  # both applications' workers advertise
+        async with started_app(env) as app:
+            adverts = await discover_workers(redis, broker=app.broker)
+            assert [(a["name"], a["queue"]) for a in adverts] == [
+                ("mine", f"{env['TASKIQ_FLOW_TEST_QUEUE']}.mine")
+            ]
+            pool = ResourceAwareWorkerPool(adverts)
+            pool.watch(lambda: discover_workers(redis, broker=app.broker), interval=0.2)
+            where = await MapReduce.map(app.broker, app.crunch, range(4), worker_pool=pool)
+            assert where == ["mine"] * 4
+            assert int(await redis.get("peak:mine")) == 1  # 2-core tasks on 2 cores: one at once
+            # A pool that took every advert puts work on `other`: refused, never sent elsewhere.
+            everyone = ResourceAwareWorkerPool(await discover_workers(redis))
+            assert [w.name for w in everyone.workers] == ["mine", "other"]
+            with pytest.raises(StepFailedError) as refused:
+                await MapReduce.map(app.broker, app.crunch, range(4), worker_pool=everyone)
+            cause = getattr(refused.value.error, "__cause__", None)  # taskiq's SendTaskError
+            assert isinstance(cause, UndeliverableMessageError), refused.value
+            assert "other" in str(cause) and "broker=broker" in str(cause)

@@ -366,7 +366,15 @@ def _make_reliable_class() -> type:
             wanted = labels.get("queue") or labels.get("queue_name")
             queue = wanted if wanted in self.priority_queues else self.queue_name
             own = labels.get(QUEUE_LABEL)
-            if isinstance(own, str) and own.startswith(f"{self.queue_name}."):
+            if isinstance(own, str):
+                if not own.startswith(f"{self.queue_name}."):
+                    # Placed on a worker of another application (its advert shares this Redis):
+                    # sending it elsewhere would run it where the placement did not put it.
+                    raise UndeliverableMessageError(
+                        f"task {message.task_name!r} was placed on a worker whose queue {own!r} "
+                        f"is not one of this broker's (queue {self.queue_name!r}): build the "
+                        "pool with discover_workers(redis, broker=broker)"
+                    )
                 queue = validate_key_part("worker queue", own)  # placed on that worker
             # A connection broken by a Redis restart or stall is retried (on a fresh one) for
             # up to SEND_RETRY_SECONDS; a message whose reply was lost may then be sent twice
