@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from taskiq import TaskiqMessage
 
 from taskiq_flow import (
     AbortPipeline,
@@ -666,3 +667,55 @@ async def test_only_workers_of_this_application_are_discovered_and_placed_on(
             cause = getattr(refused.value.error, "__cause__", None)  # taskiq's SendTaskError
             assert isinstance(cause, UndeliverableMessageError), refused.value
             assert "other" in str(cause) and "broker=broker" in str(cause)
+
+
+async def _worker_queue(redis: Redis, queue: str) -> bool:
+    return bool(await redis.exists(queue))
+
+
+async def test_a_workers_own_queue_does_not_outlive_it(redis: Redis, redis_url: str) -> None:
+    """A worker stopped cleanly takes its empty queue with it; a killed worker's queue expires
+    soon if empty, and keeps what was placed on it (for a successor under its name) only for a
+    bounded time."""
+    from taskiq_flow.distributed.broker import IDLE_WORKER_QUEUE_TTL, WORKER_QUEUE_TTL
+
+    specs = {"tidy": ["--cpu-cores", "1"], "killed": ["--cpu-cores", "1"]}
+    with flow_workers(redis_url, specs) as (env, procs):
+        await live_adverts(redis, 2)
+        queue = env["TASKIQ_FLOW_TEST_QUEUE"]
+        assert await _worker_queue(redis, f"{queue}.tidy")
+        procs["tidy"].send_signal(signal.SIGTERM)
+        assert procs["tidy"].wait(timeout=20) == 0
+        assert not await _worker_queue(redis, f"{queue}.tidy")
+
+        deadline = time.monotonic() + 10
+        while await redis.pttl(f"{queue}.killed") < 0:  # its first heartbeat gives it a TTL
+            assert time.monotonic() < deadline, "the worker's queue never got a TTL"
+            await asyncio.sleep(0.05)
+        os.killpg(procs["killed"].pid, signal.SIGKILL)
+        procs["killed"].wait()
+        assert 0 < await redis.pttl(f"{queue}.killed") <= IDLE_WORKER_QUEUE_TTL * 1000
+
+        # A message placed on the dead worker's queue stays there (bounded), never dropped.
+        from taskiq_flow.distributed import reliable_stream_broker
+        from taskiq_flow.resources import QUEUE_LABEL
+
+        sender = reliable_stream_broker(redis_url, queue_name=queue)
+        await sender.startup()
+        try:
+            message = sender.formatter.dumps(
+                TaskiqMessage(
+                    task_id="placed",
+                    task_name="redis_app:crunch",
+                    labels={QUEUE_LABEL: f"{queue}.killed"},
+                    labels_types={},
+                    args=[1],
+                    kwargs={},
+                )
+            )
+            await sender.kick(message)
+        finally:
+            await sender.shutdown()
+        assert await redis.xlen(f"{queue}.killed") == 1
+        assert await redis.pttl(f"{queue}.killed") > IDLE_WORKER_QUEUE_TTL * 1000
+        assert await redis.pttl(f"{queue}.killed") <= WORKER_QUEUE_TTL * 1000
