@@ -59,7 +59,7 @@ def start_worker(name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
 async def orchestrate() -> None:
     redis = Redis.from_url(URL)
     deadline = time.monotonic() + 60
-    while len(adverts := await discover_workers(redis)) < 2:
+    while len(adverts := await discover_workers(redis, broker=broker)) < 2:
         assert time.monotonic() < deadline, "the workers did not start"
         await asyncio.sleep(0.2)
     await broker.startup()

@@ -13,7 +13,7 @@
     │   ├── DuplicateOutputError   two tasks produce the same output
     │   ├── NotATaskError          (also TypeError) something that is not a taskiq task
     │   └── UnserializableError    (also TypeError) an argument the broker cannot send
-    ├── PayloadTooLargeError ValueError: a value or record over the size or depth limit
+    ├── PayloadTooLargeError ValueError: a value or record over the limits, or not JSON-faithful
     ├── CorruptRecordError  ValueError: a stored record that cannot be read back
     ├── RemoteTaskError     a task failed in another process (its type name and message)
     ├── PipelineError       a run that did not finish
@@ -233,7 +233,9 @@ class RemoteTaskError(TaskiqFlowError):
 
 class PayloadTooLargeError(TaskiqFlowError, ValueError):
     """A value (a task's result, a tracking record) over the size or nesting-depth limit of
-    where it is stored; the message names the step or task, the size and the limit."""
+    where it is stored, or one JSON cannot carry unchanged (a non-str key, an int past CPython's
+    4300 digits, a value containing itself, an object JSON does not know); the message names the
+    step or task, where in the value, and why."""
 
 
 class CorruptRecordError(TaskiqFlowError, ValueError):

@@ -37,6 +37,7 @@ from taskiq_flow.exceptions import (
     PipelineError,
     PipelineTimeoutError,
     StepFailedError,
+    TaskiqFlowError,
     TaskTimeoutError,
     UnknownIdError,
     WorkerLostError,
@@ -730,7 +731,10 @@ class Runner:
             kicker: AsyncKicker[Any, Any] = AsyncKicker(step.task_name, self.broker, labels)
             await kicker.kiq(*args, **kwargs)
         except Exception as exc:  # could not send: this attempt failed
-            self._push_failure(node, attempt, exc)
+            # taskiq wraps every error of a broker's kick in SendTaskError; ours says why (and a
+            # refusal such as UndeliverableMessageError is not retried).
+            cause = exc.__cause__
+            self._push_failure(node, attempt, cause if isinstance(cause, TaskiqFlowError) else exc)
 
     def _observe_send(self, node: int, step: str, attempt: int) -> None:
         scheduler = self._scheduler
