@@ -565,7 +565,9 @@ async def test_tasks_of_a_dead_worker_are_placed_again_and_the_run_completes(
             pool = ResourceAwareWorkerPool(await live_adverts(redis, 2))
             pool.watch(lambda: discover_workers(redis), interval=0.3)
             run = asyncio.ensure_future(
-                MapReduce.map(app.broker, app.crunch, range(8), worker_pool=pool, seconds=1.0)
+                MapReduce.map(
+                    app.broker, app.crunch, range(8), worker_pool=pool, kwargs={"seconds": 1.0}
+                )
             )
             await asyncio.sleep(0.5)  # two 2-core tasks running on each worker
             os.killpg(procs["first"].pid, signal.SIGKILL)
