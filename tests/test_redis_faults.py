@@ -508,6 +508,8 @@ async def test_an_abandoned_run_is_listed_and_resumed_by_the_runs_command(
     extra = {"TASKIQ_FLOW_TEST_RUN_LEASE": "1"}
     with supervised_workers(redis_url, "--workers", "1", extra_env=extra) as (env, _):
         async with started_app(env):
+            # slow_step runs until the live check below is done, however slow the CLI starts.
+            await redis.set("second:gate", 1)
             orchestrator = await asyncio.create_subprocess_exec(
                 sys.executable, str(TESTS / "redis_resume.py"), cwd=TESTS, env=env
             )
@@ -528,6 +530,7 @@ async def test_an_abandoned_run_is_listed_and_resumed_by_the_runs_command(
             assert refused.returncode == 1 and "live in another process" in refused.stderr
             orchestrator.kill()
             await orchestrator.wait()
+            await redis.set("second:go", 1)
             await until(
                 lambda: tracking.list_pipelines(status="abandoned"), 10, "the run to be abandoned"
             )
