@@ -88,7 +88,7 @@ def run_workload(workload: w.Workload, repeats: int) -> list[Result]:
 
 _MEMORY_SNIPPETS = {
     w.OURS: (
-        "from taskiq_flow import DagSorter\n"
+        "from taskiq_flow.core import DagSorter\n"
         "s = DagSorter(g.n); s.add_edges(g.src, g.dst); s.prepare()\n"
     ),
     "graphlib": (
