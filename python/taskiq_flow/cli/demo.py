@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 from taskiq import InMemoryBroker
 
+from taskiq_flow._duration import duration
 from taskiq_flow.cli._help import (
     HelpFormatter,
     OneLineParser,
@@ -185,7 +186,7 @@ async def run_demo(
     elapsed = time.perf_counter() - started
     statuses = [await tracking.get_status(p.pipeline_id or "") for p in pipelines]
     console.print(
-        f"\npublished {len(outputs)} tracks in {elapsed:.2f}s "
+        f"\npublished {len(outputs)} tracks in {duration(elapsed)} "
         f"({total / elapsed:.0f} tasks/s, at most 12 tasks in flight)\n"
     )
     console.print("step timing (measured where each task ran):")

@@ -43,6 +43,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from taskiq_flow._duration import duration, duration_ms
 from taskiq_flow.cli._help import COLUMNS, HelpFormatter, paragraphs, whole_number, writable_file
 from taskiq_flow.cli._imports import check_import_path, import_object
 from taskiq_flow.exceptions import InvalidValueError, UnknownIdError
@@ -227,12 +228,6 @@ def _when(epoch: float | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _ms(ms: float | None) -> str:
-    if ms is None:
-        return "-"
-    return f"{ms:.1f} ms" if ms < 1000 else f"{ms / 1000:.2f} s"
-
-
 def run_to_json(status: PipelineStatus, steps: bool = True) -> dict[str, Any]:
     """A run as JSON-serializable data: the record's fields, ``duration_ms``, and (with
     ``steps``) every step's fields; without, ``steps`` is the number of steps."""
@@ -266,7 +261,7 @@ def runs_table(records: Sequence[PipelineStatus], width: int = COLUMNS) -> Table
     names = [r.name for r in records]
     statuses: list[str] = [r.status for r in records]
     steps = [f"{sum(1 for s in r.steps if s.status == 'done')}/{len(r.steps)}" for r in records]
-    tooks = [_ms(r.duration_ms) for r in records]
+    tooks = [duration_ms(r.duration_ms) for r in records]
     errors = [(r.error or "").splitlines()[0] if r.error else "" for r in records]
 
     def widest(header: str, cells: list[str], cap: int | None = None) -> int:
@@ -364,7 +359,7 @@ def steps_table(status: PipelineStatus) -> Table:
             Text(s.status),
             s.counts_text() if s.tasks > 1 else f"{s.tasks_done}/{s.tasks}",
             str(s.attempts),
-            _ms(s.duration_ms),
+            duration_ms(s.duration_ms),
         ]
         if errors:
             cells.append(Text(s.error.splitlines()[0] if s.error else ""))
@@ -405,8 +400,9 @@ def explain_line(status: PipelineStatus, step: str | None = None) -> str:
 
 
 def _waited(step: StepStatus) -> str:
-    """``; waited 1.2 s for step_cap, 0.1 s ready`` from what tracking recorded, or nothing."""
-    parts = [f"{seconds:.3g} s for {reason}" for reason, seconds in step.waited.items() if seconds]
+    """``; its tasks waited 1.2 s for step_cap, 100.0 ms for ready`` from what tracking recorded,
+    or nothing."""
+    parts = [f"{duration(s)} for {reason}" for reason, s in step.waited.items() if s]
     return f"; its tasks waited {', '.join(parts)}" if parts else ""
 
 

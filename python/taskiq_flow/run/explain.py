@@ -12,17 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["core_sentence", "seconds"]
+from taskiq_flow._duration import duration
 
-
-def seconds(value: float) -> str:
-    """A duration for people: ``0.25 s``, ``12 s``, ``3 min 5 s``."""
-    if value < 10:
-        return f"{value:.2g} s" if value < 1 else f"{value:.1f} s"
-    if value < 120:
-        return f"{value:.0f} s"
-    minutes, rest = divmod(int(value), 60)
-    return f"{minutes} min {rest} s"
+__all__ = ["core_sentence"]
 
 
 def _names(names: Sequence[str], limit: int = 3) -> str:
@@ -50,7 +42,7 @@ def core_sentence(
     :param placement: why no worker takes the node now (from the pool), for a placement wait.
     """
     reason = why["reason"]
-    waited = seconds(max(0.0, now - why["since"]))
+    waited = duration(max(0.0, now - why["since"]))
     if reason == "inputs":
         count = why["pending_inputs"]
         which = f": {_names(inputs)}" if inputs else ""
@@ -64,7 +56,7 @@ def core_sentence(
         )
     if reason == "rate":
         due = why["next_token_at"]
-        when = f"next token in {seconds(max(0.0, due - now))}" if due is not None else "soon"
+        when = f"next token in {duration(max(0.0, due - now))}" if due is not None else "soon"
         limit = f" ({rate:g}/s)" if rate is not None else ""
         return f"waiting: rate limit of {step!r}{limit}; {when} (for {waited})"
     if reason == "shared_cap":

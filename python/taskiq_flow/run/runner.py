@@ -30,6 +30,7 @@ from taskiq.kicker import AsyncKicker
 
 from taskiq_flow import observe
 from taskiq_flow._core import DagScheduler, SharedCap
+from taskiq_flow._duration import duration
 from taskiq_flow.events import FLOW_LABEL, Completion, Inbox, ensure_flow_middleware
 from taskiq_flow.exceptions import (
     AbortPipeline,
@@ -45,7 +46,7 @@ from taskiq_flow.optimization.parallel import CapGroup, global_cap
 from taskiq_flow.resources import QUEUE_LABEL, WORKER_LABEL, ResourceAwareWorkerPool
 from taskiq_flow.retry import DeadLetterQueue, default_dead_letters
 from taskiq_flow.run import failures
-from taskiq_flow.run.explain import core_sentence, seconds
+from taskiq_flow.run.explain import core_sentence
 from taskiq_flow.run.plan import Plan, StepSpec
 from taskiq_flow.run.sending import DISPATCHERS, Sender
 from taskiq_flow.run.settings import Settings
@@ -216,7 +217,7 @@ class Runner:
             due = self._retry_at.get(node, now)
             return (
                 f"waiting: retry backoff after attempt {self._attempt[node] - 1} failed "
-                f"({error}); next attempt in {seconds(max(0.0, due - now))}"
+                f"({error}); next attempt in {duration(max(0.0, due - now))}"
             )
         if state == "done":
             return f"done: step {step.name!r}"
