@@ -180,3 +180,12 @@ def test_docs_examples_tests_and_benches_use_the_new_places() -> None:
                 elif isinstance(node, ast.Import):
                     used += [(path.name, a.name) for a in node.names if a.name in SHIMS]
     assert used == []
+
+
+def test_the_reliable_broker_is_one_plain_module_level_class() -> None:
+    from taskiq_flow.distributed import broker, reliable_stream_broker
+
+    made = [reliable_stream_broker("redis://127.0.0.1:1") for _ in range(2)]
+    assert type(made[0]) is type(made[1]) is broker.ReliableRedisStreamBroker
+    assert broker.ReliableRedisStreamBroker.__qualname__ == "ReliableRedisStreamBroker"
+    assert "ReliableRedisStreamBroker" in broker.__all__
