@@ -17,6 +17,13 @@ import taskiq_flow
 from taskiq_flow import _core, exceptions
 
 
+def fresh(code: str) -> str:
+    """What ``code`` prints, run by a fresh interpreter (which must exit with status 0)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+
+
 def test_all_lists_every_public_name_and_nothing_else() -> None:
     public = {name for name in vars(taskiq_flow) if not name.startswith("_")}
     modules = {name for name, value in vars(taskiq_flow).items() if inspect.ismodule(value)}
@@ -58,10 +65,7 @@ def test_panic_is_caught_by_except_exception_in_a_fresh_interpreter() -> None:
         "try:\n    _core._panic_for_test('x')\n"
         "except Exception as e:\n    print(type(e).__name__)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    )
-    assert out.stdout.strip() == "InternalError"
+    assert fresh(code).strip() == "InternalError"
 
 
 #: Every name that moved: (the old module, the name) -> the module it lives in now.
@@ -113,9 +117,7 @@ def test_the_engine_module_warns_on_import_naming_where_its_names_went() -> None
         "[w] = seen\n"
         "print(w.category.__name__, w.lineno, w.message)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
-    ).stdout
+    out = fresh(code)
     assert out.startswith("DeprecationWarning 4 taskiq_flow.engine is deprecated: ")
     assert "Runner (formerly FlowRun) and run_single from taskiq_flow.run.runner" in out
 
@@ -152,9 +154,7 @@ def test_no_module_of_the_package_imports_a_shim() -> None:
         "        importlib.import_module(m.name)\n"
         "print(len(sys.modules), sorted(set(shims) & set(sys.modules)))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    ).stdout
+    out = fresh(code)
     assert out.split(" ", 1)[1].strip() == "[]", out
 
 

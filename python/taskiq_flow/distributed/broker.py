@@ -587,10 +587,15 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         fields: Any,
         reason: str,
         message: Any = None,
+        poison: bool = False,
     ) -> None:
-        logger.warning("message %s of %s cannot run: %s", message_id, stream, reason)
+        """Dead-letters a message, fails its step (:class:`UndeliverableMessageError`, or
+        :class:`PoisonMessageError` for a ``poison`` one) and acknowledges it."""
+        said = "is poison" if poison else "cannot run"
+        logger.warning("message %s of %s %s: %s", message_id, stream, said, reason)
         await self._dead_letter(conn, stream, message_id, fields, reason)
-        await self._answer(message, fields, UndeliverableMessageError(reason))
+        error = PoisonMessageError(reason) if poison else UndeliverableMessageError(reason)
+        await self._answer(message, fields, error)
         await self._ack(stream, message_id)
 
     async def _bury(
@@ -604,10 +609,7 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
             f"{name} was delivered {deliveries} times and its worker died each time "
             f"(max_deliveries={self.max_deliveries})"
         )
-        logger.warning("message %s of %s is poison: %s", message_id, stream, reason)
-        await self._dead_letter(conn, stream, message_id, fields, reason)
-        await self._answer(None, fields, PoisonMessageError(reason))
-        await self._ack(stream, message_id)
+        await self._reject(conn, stream, message_id, fields, reason, poison=True)
 
     async def _dead_letter(
         self, conn: Redis, stream: Any, message_id: Any, fields: Any, reason: str
