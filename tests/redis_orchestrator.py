@@ -19,8 +19,8 @@ import redis_app
 from redis.asyncio import Redis
 
 from taskiq_flow import MapReduce
-from taskiq_flow.engine import run_single
 from taskiq_flow.optimization.parallel import global_cap, set_max_parallel_tasks
+from taskiq_flow.run.runner import run_single
 
 
 async def main(args: argparse.Namespace) -> None:

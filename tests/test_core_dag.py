@@ -12,13 +12,11 @@ from hypothesis import strategies as st
 
 from taskiq_flow import (
     CycleError,
-    DagGraph,
-    DagScheduler,
-    DagSorter,
     InvalidValueError,
     StateError,
     UnknownIdError,
 )
+from taskiq_flow.core import DagGraph, DagScheduler, DagSorter
 
 
 @st.composite

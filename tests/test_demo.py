@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from taskiq_flow.cli import main as cli_main
-from taskiq_flow.demo import run_demo
+from taskiq_flow.cli.demo import run_demo
 
 
 async def test_demo_runs_every_task_and_marks_the_slowest_step() -> None:

@@ -217,7 +217,7 @@ async def started_app(workers: dict[str, str]) -> AsyncIterator[Any]:
     sys.modules.pop("redis_app", None)
     import redis_app
 
-    from taskiq_flow.engine import run_single
+    from taskiq_flow.run.runner import run_single
 
     await redis_app.broker.startup()
     try:

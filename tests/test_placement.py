@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from taskiq_flow import (
     InvalidValueError,
-    Placer,
     StateError,
     UnknownIdError,
     UnschedulableError,
@@ -24,6 +23,7 @@ from taskiq_flow.bench.peers import (
     smallest_first,
 )
 from taskiq_flow.bench.workloads import make_cluster
+from taskiq_flow.core import Placer
 
 RESOURCES = ["cpu", "ram_mb", "gpu"]
 

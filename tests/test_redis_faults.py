@@ -140,7 +140,7 @@ async def test_a_healthy_step_longer_than_the_lease_runs_once(redis: Redis, redi
 async def test_messages_no_worker_can_run_fail_their_step_and_the_worker_lives_on(
     redis: Redis, redis_url: str
 ) -> None:
-    from taskiq_flow.engine import run_single
+    from taskiq_flow.run.runner import run_single
 
     with supervised_workers(redis_url, "--workers", "1") as (env, proc):
         async with started_app(env) as app:

@@ -23,7 +23,7 @@ from taskiq_flow import (
     StepFailedError,
     pipeline_task,
 )
-from taskiq_flow.demo import run_demo
+from taskiq_flow.cli.demo import run_demo
 from taskiq_flow.pictures import SimpleGraph
 from taskiq_flow.report import (
     CRITICAL_COLOUR,

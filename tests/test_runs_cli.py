@@ -19,8 +19,8 @@ from redis.asyncio import Redis
 from taskiq import InMemoryBroker
 
 from taskiq_flow import DataflowPipeline, Pipeline, PipelineTrackingManager, pipeline_task
+from taskiq_flow.cli.runs import add_runs_commands, explain_line, main_runs
 from taskiq_flow.distributed import RedisPipelineStorage
-from taskiq_flow.runs_cli import add_runs_commands, explain_line, main_runs
 
 
 def parse(*argv: str, top: bool = False) -> argparse.Namespace:
@@ -85,7 +85,7 @@ async def test_every_action_on_in_memory_tracking(broker: InMemoryBroker, tmp_pa
     assert code == 0 and "clean" in out and "total" in out
 
     code, out = await run_cli("explain", run, "total", tracking=tracking)
-    assert (code, out) == (0, "step 'total' is done (1/1 tasks done)\n")
+    assert (code, out) == (0, "step 'total' is done (1 done)\n")
     out_top = io.StringIO()
     assert await main_runs(parse("explain", run, "total", top=True), tracking, out_top) == 0
     assert out_top.getvalue() == out
@@ -137,14 +137,14 @@ async def test_explain_reads_the_reasons_a_live_run_recorded(broker: InMemoryBro
     done = await tracking.get_status(handle.pipeline_id)
     assert done.steps[0].waiting is None
     line = explain_line(done, "map(resize)")
-    assert line.startswith("step 'map(resize)' is done (6/6 tasks done); its tasks waited")
+    assert line.startswith("step 'map(resize)' is done (6 done); its tasks waited")
     assert "for step_cap" in line  # four of the six waited for the step's cap
 
     tracking = PipelineTrackingManager()
     await tracking.begin("run-1", "etl", [("load", 1), ("map(resize)", 16)])
     status = await tracking.get_status("run-1")
     assert explain_line(status, "map(resize)") == (
-        "step 'map(resize)' is pending (0/16 tasks done); its run is running, so nothing "
+        "step 'map(resize)' is pending (16 pending); its run is running, so nothing "
         "explains it now"
     )
     assert explain_line(status) == "run 'run-1' is running with 2 unfinished step(s)"

@@ -13,16 +13,22 @@ Pipelines (all on one engine, driven by the Rust scheduler):
 - :class:`CPUProfile`, :class:`RAMProfile`, :class:`ResourceProfile`,
   :class:`ResourceAwareWorkerPool` — resource-aware placement of tasks on workers.
 
+- :func:`set_max_parallel_tasks`, :func:`get_max_parallel_tasks` — one cap over every pipeline
+  task in flight in the process (or, through Redis, across processes).
+
 The scheduling core, for services that embed it:
 
 - :class:`TopologicalSorter` — a drop-in :class:`graphlib.TopologicalSorter`.
-- :class:`DagGraph`, :class:`DagSorter`, :class:`DagScheduler` — DAG analysis and state machines on
-  integer node ids.
 - :class:`CapacityLimiter`, :class:`RateLimiter` — async admission limiters.
-- :class:`Placer` — resource placement of tasks onto workers.
+- :mod:`taskiq_flow.core` — the classes on integer ids: ``DagGraph``, ``DagSorter``,
+  ``DagScheduler`` (DAG analysis and state machines) and ``Placer`` (resource placement). Their
+  former top-level names still work, with a :class:`DeprecationWarning`.
 """
 
-from taskiq_flow._core import DagGraph, DagScheduler, DagSorter, Placer
+import typing as _typing
+
+from taskiq_flow import core
+from taskiq_flow._moved import moved as _moved
 from taskiq_flow.dataflow import (
     DAG,
     DataflowPipeline,
@@ -55,6 +61,7 @@ from taskiq_flow.exceptions import (
 )
 from taskiq_flow.limits import CapacityLimiter, RateLimiter
 from taskiq_flow.mapreduce import MapReduce
+from taskiq_flow.optimization.parallel import get_max_parallel_tasks, set_max_parallel_tasks
 from taskiq_flow.pipeline import Pipeline, PipelineMiddleware, PipelineRun
 from taskiq_flow.resources import (
     CPUProfile,
@@ -78,9 +85,6 @@ __all__ = [
     "CPUProfile",
     "CapacityLimiter",
     "CycleError",
-    "DagGraph",
-    "DagScheduler",
-    "DagSorter",
     "DataflowError",
     "DataflowPipeline",
     "DataflowRegistry",
@@ -103,7 +107,6 @@ __all__ = [
     "PipelineStatus",
     "PipelineTimeoutError",
     "PipelineTrackingManager",
-    "Placer",
     "PoisonMessageError",
     "RAMProfile",
     "RateLimiter",
@@ -121,7 +124,16 @@ __all__ = [
     "UnknownIdError",
     "UnschedulableError",
     "UnserializableError",
+    "get_max_parallel_tasks",
     "pipeline_task",
+    "set_max_parallel_tasks",
 ]
 
 __version__ = "0.1.0"
+
+#: Names that moved, and the module each lives in now.
+_MOVED = {name: "taskiq_flow.core" for name in core.__all__}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    return _moved(__name__, name, _MOVED)

@@ -55,6 +55,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from taskiq_flow._duration import duration, duration_ms
 from taskiq_flow.pictures import TIMES, GraphView, Layout, layout
 from taskiq_flow.tracking import PipelineStatus, StepStatus
 
@@ -123,17 +124,6 @@ def _e(text: object) -> str:
 
 def _short(name: str, width: int) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
-
-
-def _fmt_ms(ms: float | None) -> str:
-    if ms is None:
-        return _DASH
-    if ms < 1000:
-        return f"{ms:.1f} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.2f} s"
-    minutes, seconds = divmod(ms / 1000, 60)
-    return f"{int(minutes)} min {seconds:.0f} s"
 
 
 def _fmt_time(epoch: float | None) -> str:
@@ -238,7 +228,7 @@ def default_segments(step: StepStatus, run_start: float | None = None) -> list[S
 def _waits_text(step: StepStatus) -> str:
     """``waited: the run's cap 12 s, the step's cap 0.3 s (its 1000 tasks together)``."""
     parts = [
-        f"{_WAIT_WORDS.get(reason, reason)} {_fmt_ms(seconds * 1000.0)}"
+        f"{_WAIT_WORDS.get(reason, reason)} {duration(seconds)}"
         for reason, seconds in sorted(step.waited.items(), key=lambda item: -item[1])
         if seconds > 0
     ]
@@ -383,7 +373,7 @@ def _timeline_html(
         f'height="18" viewBox="0 0 {_n(width)} 18">'
     ]
     for t in ticks:
-        out.append(f'<text x="{_n(x0 + t * scale)}" y="12">{_e(_fmt_ms(t))}</text>')
+        out.append(f'<text x="{_n(x0 + t * scale)}" y="12">{_e(duration_ms(t))}</text>')
     out.append("</svg>")
     for first in range(0, len(rows), _CHUNK):
         chunk = rows[first : first + _CHUNK]
@@ -429,7 +419,7 @@ def _timeline_row(
     out = [
         f'<g class="{" ".join(classes)}" data-step="{row.index}">'
         f"<title>{_e(step.name)}: {_e(step.status)}{_e(counts)}, "
-        f"{_e(_fmt_ms(step.duration_ms))}{_e(_waits_text(step))}</title>"
+        f"{_e(duration_ms(step.duration_ms, _DASH))}{_e(_waits_text(step))}</title>"
         f'<text class="name" x="{_n(x0 - 6)}" y="{text_y}">{_e(_short(step.name, 34))}</text>'
     ]
     for piece in row.segments:
@@ -442,7 +432,7 @@ def _timeline_row(
         )
     if row.segments:
         end_x = x0 + (max(p.end for p in row.segments) - t0) * 1000.0 * scale
-        note = _fmt_ms(step.duration_ms)
+        note = duration_ms(step.duration_ms, _DASH)
         if row.index in slowest:
             note = f"#{slowest[row.index]} slowest · {note}"
         if row.steps > 1:
@@ -674,7 +664,7 @@ def render_report(
         '<div class="meta">',
         f"<span>run <code>{_e(status.pipeline_id)}</code></span>",
         f"<span>started {_e(_fmt_time(status.started_at))}</span>",
-        f"<span>took {_e(_fmt_ms(status.duration_ms))}</span>",
+        f"<span>took {_e(duration_ms(status.duration_ms, _DASH))}</span>",
         (
             f'<span id="resumed">resumed {len(status.resumes)}{TIMES} (last '
             f"{_e(_fmt_time(status.resumed_at))}): history kept, attempts sent again counted"
@@ -692,7 +682,7 @@ def render_report(
     for i in timed[:slowest]:
         s = status.steps[i]
         tasks = f" ({s.tasks} tasks)" if s.tasks > 1 else ""
-        parts.append(f"<li>{_e(s.name)}{_e(tasks)}: {_e(_fmt_ms(s.duration_ms))}</li>")
+        parts.append(f"<li>{_e(s.name)}{_e(tasks)}: {_e(duration_ms(s.duration_ms, _DASH))}</li>")
     parts.append("</ol>")
     if critical_names:
         shown = [_e(n) for n in critical_names]
@@ -769,11 +759,9 @@ def _steps_table(status: PipelineStatus, slow: Mapping[int, int], critical: set[
         out.append(f'<div class="chunk" style="contain-intrinsic-size:auto {count * 22}px">')
         for i in range(first, first + count):
             s = steps[i]
-            offset = (
-                _fmt_ms((s.started_at - status.started_at) * 1000.0)
-                if s.started_at is not None
-                else _DASH
-            )
+            start = s.started_at
+            offset = _DASH if start is None else duration(start - status.started_at)
+            took = duration_ms(s.duration_ms, _DASH)
             marks = []
             if i in critical:
                 marks.append("critical path")
@@ -786,7 +774,7 @@ def _steps_table(status: PipelineStatus, slow: Mapping[int, int], critical: set[
                 f'{_e(s.status)}</span><span role="cell" title="{_e(s.counts_text())}">'
                 f"{s.tasks_done}/{s.tasks}</span>"
                 f'<span role="cell">{s.attempts}</span><span role="cell">'
-                f'{_e(_fmt_ms(s.duration_ms))}</span><span role="cell">{_e(offset)}</span>'
+                f'{_e(took)}</span><span role="cell">{_e(offset)}</span>'
                 f'<span role="cell">{_e(", ".join(marks))}</span></div>'
             )
         out.append("</div>")

@@ -135,7 +135,7 @@ class DeadLetterQueue:
         :return: the task's return value.
         :raises StepFailedError: if it fails again (the record stays).
         """
-        from taskiq_flow.engine import run_single
+        from taskiq_flow.run.runner import run_single
 
         record = self.get(record_id)
         value = await run_single(

@@ -24,9 +24,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from taskiq_flow._help import COLUMNS, HelpFormatter, paragraphs
 from taskiq_flow.bench import pipelines
 from taskiq_flow.bench import workloads as w
+from taskiq_flow.cli._help import COLUMNS, HelpFormatter, paragraphs
 
 __all__ = ["PEERS", "Result", "main", "memory_per_node", "missing_peers", "run", "run_workload"]
 
@@ -88,7 +88,7 @@ def run_workload(workload: w.Workload, repeats: int) -> list[Result]:
 
 _MEMORY_SNIPPETS = {
     w.OURS: (
-        "from taskiq_flow import DagSorter\n"
+        "from taskiq_flow.core import DagSorter\n"
         "s = DagSorter(g.n); s.add_edges(g.src, g.dst); s.prepare()\n"
     ),
     "graphlib": (

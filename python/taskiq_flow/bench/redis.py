@@ -22,8 +22,9 @@ import time
 import uuid
 from typing import Any
 
-from taskiq_flow import MapReduce, Placer
-from taskiq_flow.engine import run_single
+from taskiq_flow import MapReduce
+from taskiq_flow.core import Placer
+from taskiq_flow.run.runner import run_single
 from taskiq_flow.testing import redis_server
 
 __all__ = ["placement_decision_us", "run_redis_bench"]

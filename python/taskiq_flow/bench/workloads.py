@@ -19,8 +19,6 @@ import anyio
 
 from taskiq_flow import (
     CapacityLimiter,
-    DagSorter,
-    Placer,
     RateLimiter,
     ResourceAwareWorkerPool,
     TaskResources,
@@ -37,6 +35,7 @@ from taskiq_flow.bench.peers import (
     first_fit_decreasing,
     smallest_first,
 )
+from taskiq_flow.core import DagSorter, Placer
 
 OURS = "taskiq_flow"
 

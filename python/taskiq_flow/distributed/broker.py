@@ -1,7 +1,7 @@
 """A taskiq-redis stream broker whose messages survive dead workers, bad input and Redis faults.
 
-:func:`reliable_stream_broker` builds a :class:`ReliableRedisStreamBroker` (lazily, so that
-``taskiq-redis`` stays optional). What it adds to taskiq-redis's ``RedisStreamBroker``:
+:func:`reliable_stream_broker` builds a :class:`ReliableRedisStreamBroker`. What it adds to
+taskiq-redis's ``RedisStreamBroker``:
 
 **Leases, not idle guesses.** A worker holds every message it took under a lease of
 ``lease_seconds`` (default :data:`DEFAULT_LEASE_SECONDS`, 10 s) and renews it every quarter of
@@ -49,7 +49,8 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from taskiq import AsyncBroker
+from taskiq import AckableMessage, AsyncBroker
+from taskiq_redis import RedisStreamBroker
 
 from taskiq_flow.distributed.keys import validate_key_part
 from taskiq_flow.distributed.workers import (
@@ -65,11 +66,13 @@ from taskiq_flow.exceptions import (
     PoisonMessageError,
     UndeliverableMessageError,
 )
+from taskiq_flow.resources import QUEUE_LABEL
 
 __all__ = [
     "BOOT_LABEL",
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_RESULT_TTL",
+    "ReliableRedisStreamBroker",
     "json_result_backend",
     "reliable_stream_broker",
 ]
@@ -153,7 +156,7 @@ def reliable_stream_broker(
     :param kwargs: anything ``RedisStreamBroker`` takes.
     :raises InvalidValueError: for a bad ``max_deliveries``, lease or queue name.
     """
-    broker: AsyncBroker = _reliable_class()(
+    broker: AsyncBroker = ReliableRedisStreamBroker(
         url,
         max_deliveries=max_deliveries,
         priority_queues=priority_queues,
@@ -181,16 +184,6 @@ def json_result_backend(url: str, **kwargs: Any) -> Any:
     return RedisAsyncResultBackend(url, **kwargs)
 
 
-_RELIABLE: type | None = None
-
-
-def _reliable_class() -> type:
-    global _RELIABLE
-    if _RELIABLE is None:
-        _RELIABLE = _make_reliable_class()
-    return _RELIABLE
-
-
 def _lease_from(lease_seconds: float | None, idle_timeout: Any) -> float:
     if lease_seconds is None:
         lease_seconds = DEFAULT_LEASE_SECONDS if idle_timeout is None else idle_timeout / 1000
@@ -204,521 +197,509 @@ def _lease_from(lease_seconds: float | None, idle_timeout: Any) -> float:
     return float(lease_seconds)
 
 
-def _make_reliable_class() -> type:
-    from taskiq import AckableMessage
-    from taskiq_redis import RedisStreamBroker
+class ReliableRedisStreamBroker(RedisStreamBroker):
+    """``RedisStreamBroker`` with leases, boot ids, dead letters and Redis fault handling
+    (see :mod:`taskiq_flow.distributed.broker`)."""
 
-    from taskiq_flow.resources import QUEUE_LABEL
+    def __init__(
+        self,
+        url: str,
+        max_deliveries: int = 5,
+        priority_queues: Sequence[str] = (),
+        lease_seconds: float | None = None,
+        prefix: str = "taskiq_flow",
+        **kwargs: Any,
+    ) -> None:
+        if (
+            isinstance(max_deliveries, bool)
+            or not isinstance(max_deliveries, int)
+            or max_deliveries < 1
+        ):
+            raise InvalidValueError(f"max_deliveries must be an int >= 1, got {max_deliveries!r}")
+        lease = _lease_from(lease_seconds, kwargs.pop("idle_timeout", None))
+        queues = [validate_key_part("queue name", q) for q in priority_queues]
+        streams = dict(kwargs.pop("additional_streams", None) or {})
+        streams.update({q: ">" for q in queues})
+        super().__init__(url, additional_streams=streams, idle_timeout=int(lease * 1000), **kwargs)
+        if self.queue_name in queues:
+            raise InvalidValueError(f"{self.queue_name!r} is the default queue already")
+        self.max_deliveries = max_deliveries
+        self.priority_queues = queues
+        self.lease_seconds = lease
+        self.prefix = validate_key_part("prefix", prefix)
+        # What this worker holds: stream -> {message id: task id}, and back.
+        self._held: dict[Any, dict[Any, str]] = {}
+        self._tasks: dict[str, tuple[Any, Any]] = {}
+        # Completions to write with a message's acknowledgement: task id -> (key, JSON, ttl).
+        self._carried: dict[str, tuple[str, str, int]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._predecessor: str | None = None
+        self._next_reclaim = 0.0
+        self._advert: dict[str, Any] | None = None
 
-    class ReliableRedisStreamBroker(RedisStreamBroker):
-        """``RedisStreamBroker`` with leases, boot ids, dead letters and Redis fault handling
-        (see :mod:`taskiq_flow.distributed.broker`)."""
+    # -- life cycle --------------------------------------------------------------------------
 
-        def __init__(
-            self,
-            url: str,
-            max_deliveries: int = 5,
-            priority_queues: Sequence[str] = (),
-            lease_seconds: float | None = None,
-            prefix: str = "taskiq_flow",
-            **kwargs: Any,
-        ) -> None:
-            if isinstance(max_deliveries, bool) or not isinstance(max_deliveries, int):
-                raise InvalidValueError(
-                    f"max_deliveries must be an int >= 1, got {max_deliveries!r}"
-                )
-            if max_deliveries < 1:
-                raise InvalidValueError(
-                    f"max_deliveries must be an int >= 1, got {max_deliveries!r}"
-                )
-            lease = _lease_from(lease_seconds, kwargs.pop("idle_timeout", None))
-            queues = [validate_key_part("queue name", q) for q in priority_queues]
-            streams = dict(kwargs.pop("additional_streams", None) or {})
-            streams.update({q: ">" for q in queues})
-            super().__init__(
-                url, additional_streams=streams, idle_timeout=int(lease * 1000), **kwargs
-            )
-            if self.queue_name in queues:
-                raise InvalidValueError(f"{self.queue_name!r} is the default queue already")
-            self.max_deliveries = max_deliveries
-            self.priority_queues = queues
-            self.lease_seconds = lease
-            self.prefix = validate_key_part("prefix", prefix)
-            # What this worker holds: stream -> {message id: task id}, and back.
-            self._held: dict[Any, dict[Any, str]] = {}
-            self._tasks: dict[str, tuple[Any, Any]] = {}
-            # Completions to write with a message's acknowledgement: task id -> (key, JSON, ttl).
-            self._carried: dict[str, tuple[str, str, int]] = {}
-            self._background: set[asyncio.Task[None]] = set()
-            self._predecessor: str | None = None
-            self._next_reclaim = 0.0
-            self._advert: dict[str, Any] | None = None
-
-        # -- life cycle --------------------------------------------------------------------------
-
-        async def startup(self) -> None:
-            """Declares the consumer groups; in a worker, starts renewing leases (and, for a
-            ``taskiq-flow worker``, advertising and taking over from a predecessor)."""
-            advert = os.environ.get(WORKER_ENV) if self.is_worker_process else None
-            if advert:
-                # Started by `taskiq-flow worker`: consume an own queue first, and advertise it.
-                self._advert = json.loads(advert)
-                name = validate_key_part("worker name", self._advert["name"])
-                self.consumer_name = f"{name}.{self.consumer_name}"
-                own = f"{self.queue_name}.{name}"
-                self._advert["queue"] = own
-                # The boot id travels as a label (the pool reads other keys as resources).
-                self._advert["labels"] = {
-                    **(self._advert.get("labels") or {}),
-                    BOOT_LABEL: self.consumer_name,
-                }
-                self.priority_queues.insert(0, own)
-                self.additional_streams[own] = ">"
-                # Read from its start: what was placed on this name while no process served it
-                # (its predecessor stopped, the queue was deleted, then a message came) runs.
-                with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
-                    async with Redis(connection_pool=self.connection_pool) as conn:
-                        await conn.xgroup_create(
-                            own, self.consumer_group_name, id="0", mkstream=True
-                        )
-            await super().startup()
-            if not self.is_worker_process:
-                return
-            if self._advert is not None:
+    async def startup(self) -> None:
+        """Declares the consumer groups; in a worker, starts renewing leases (and, for a
+        ``taskiq-flow worker``, advertising and taking over from a predecessor)."""
+        advert = os.environ.get(WORKER_ENV) if self.is_worker_process else None
+        if advert:
+            # Started by `taskiq-flow worker`: consume an own queue first, and advertise it.
+            self._advert = json.loads(advert)
+            name = validate_key_part("worker name", self._advert["name"])
+            self.consumer_name = f"{name}.{self.consumer_name}"
+            own = f"{self.queue_name}.{name}"
+            self._advert["queue"] = own
+            # The boot id travels as a label (the pool reads other keys as resources).
+            self._advert["labels"] = {
+                **(self._advert.get("labels") or {}),
+                BOOT_LABEL: self.consumer_name,
+            }
+            self.priority_queues.insert(0, own)
+            self.additional_streams[own] = ">"
+            # Read from its start: what was placed on this name while no process served it
+            # (its predecessor stopped, the queue was deleted, then a message came) runs.
+            with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
                 async with Redis(connection_pool=self.connection_pool) as conn:
-                    previous: Any = await conn.set(
-                        boot_key(self._advert["name"], self.prefix),
-                        self.consumer_name,
-                        ex=BOOT_TTL,
-                        get=True,
+                    await conn.xgroup_create(
+                        own, self.consumer_group_name, id="0", mkstream=True
                     )
-                if previous is not None:
-                    self._predecessor = previous.decode()
-                self._spawn(self._advertise())
-            self._spawn(self._keep_leases())
-
-        async def shutdown(self) -> None:
-            """Stops the heartbeats, withdraws the advert, and removes this process's stream
-            consumer if it holds nothing (consumers would pile up in the group otherwise), and
-            its own queue if nothing is on it."""
-            for task in list(self._background):
-                task.cancel()
-            if self.is_worker_process:
-                with contextlib.suppress(RedisError):
-                    async with Redis(connection_pool=self.connection_pool) as conn:
-                        if self._advert is not None:
-                            await conn.delete(worker_key(self._advert["name"], self.prefix))
-                        for stream in self.streams:
-                            await self._forget_consumer(conn, stream, self.consumer_name)
-                        if self._advert is not None:
-                            # Its own queue goes too, if nothing is on it (what is stays for a
-                            # successor under this name, for WORKER_QUEUE_TTL at most).
-                            await conn.eval(_DROP_EMPTY_QUEUE, 1, self._advert["queue"])
-            await super().shutdown()
-
-        async def _forget_consumer(self, conn: Redis, stream: Any, consumer: str) -> None:
-            """Deletes a consumer from the group, only if it has no pending message (deleting
-            one drops what it holds)."""
-            with contextlib.suppress(ResponseError):
-                pending: Any = await conn.xpending_range(
-                    stream, self.consumer_group_name, "-", "+", 1, consumer
-                )
-                if not pending:
-                    await conn.xgroup_delconsumer(stream, self.consumer_group_name, consumer)
-
-        def _spawn(self, coroutine: Any) -> None:
-            task = asyncio.get_running_loop().create_task(coroutine)
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-        @property
-        def streams(self) -> list[str]:
-            """Every stream this broker consumes."""
-            return [self.queue_name, *self.additional_streams]
-
-        async def _advertise(self) -> None:
-            assert self._advert is not None
-            key = worker_key(self._advert["name"], self.prefix)
-            payload = json.dumps(self._advert)
-            own = self._advert["queue"]
-            ttls = (int(IDLE_WORKER_QUEUE_TTL * 1000), int(WORKER_QUEUE_TTL * 1000))
-            while True:
-                try:
-                    async with Redis(connection_pool=self.connection_pool) as conn:
-                        await conn.set(key, payload, px=int(HEARTBEAT_TTL * 1000))
-                        await conn.eval(_KEEP_QUEUE, 1, own, *ttls)
-                except RedisError as exc:
-                    logger.warning("worker advert not refreshed: %s", exc)
-                await asyncio.sleep(HEARTBEAT_TTL / 3)
-
-        async def _keep_leases(self) -> None:
-            """Renews the lease on every message this worker holds, every quarter lease."""
-            while True:
-                await asyncio.sleep(self.lease_seconds / 4)
-                try:
-                    await self.renew_leases()
-                except RedisError as exc:
-                    logger.warning("leases not renewed (Redis unavailable): %s", exc)
-                except Exception:  # never let the heartbeat die
-                    logger.exception("leases not renewed")
-
-        async def renew_leases(self) -> None:
-            """One round of lease renewals (what the heartbeat does)."""
-            held = [(s, list(ids)) for s, ids in self._held.items() if ids]
-            if not held:
-                return
+        await super().startup()
+        if not self.is_worker_process:
+            return
+        if self._advert is not None:
             async with Redis(connection_pool=self.connection_pool) as conn:
-                renew = conn.register_script(_RENEW)
-                for stream, ids in held:
-                    lost: Any = await renew(
-                        keys=[stream], args=[self.consumer_group_name, self.consumer_name, *ids]
-                    )
-                    for message_id in lost or ():
-                        self._drop(stream, message_id)
-
-        def _drop(self, stream: Any, message_id: Any) -> str | None:
-            """Forgets a held message; returns its task id."""
-            ids = self._held.get(stream)
-            if ids is None:
-                return None
-            task_id = ids.pop(message_id, None)
-            if task_id is None:
-                other = message_id.decode() if isinstance(message_id, bytes) else message_id
-                task_id = ids.pop(other, None) or ids.pop(str(other).encode(), None)
-            if task_id is not None:
-                self._tasks.pop(task_id, None)
-            return task_id
-
-        def carry_completion(self, task_id: str, channel: Any, run_id: str, payload: str) -> bool:
-            """Takes a prepared completion to write in the same transaction as the message's
-            acknowledgement (never one without the other). ``False`` if this worker no longer
-            holds the message (already acknowledged): the caller writes it itself."""
-            if task_id not in self._tasks:
-                return False
-            self._carried[task_id] = (channel.key(run_id), payload, channel.ttl_seconds)
-            return True
-
-        # -- sending -----------------------------------------------------------------------------
-
-        async def kick(self, message: Any) -> None:
-            """Appends a message to its queue: a priority queue it names, the queue of the
-            worker it was placed on, or the default queue."""
-            labels = message.labels
-            wanted = labels.get("queue") or labels.get("queue_name")
-            queue = wanted if wanted in self.priority_queues else self.queue_name
-            own = labels.get(QUEUE_LABEL)
-            placed = isinstance(own, str)
-            if isinstance(own, str):
-                if not own.startswith(f"{self.queue_name}."):
-                    # Placed on a worker of another application (its advert shares this Redis):
-                    # sending it elsewhere would run it where the placement did not put it.
-                    raise UndeliverableMessageError(
-                        f"task {message.task_name!r} was placed on a worker whose queue {own!r} "
-                        f"is not one of this broker's (queue {self.queue_name!r}): build the "
-                        "pool with discover_workers(redis, broker=broker)"
-                    )
-                queue = validate_key_part("worker queue", own)  # placed on that worker
-            # A connection broken by a Redis restart or stall is retried (on a fresh one) for
-            # up to SEND_RETRY_SECONDS; a message whose reply was lost may then be sent twice
-            # (at-least-once, as any redelivery).
-            pause, deadline = 0.05, time.monotonic() + SEND_RETRY_SECONDS
-            while True:
-                try:
-                    async with (
-                        Redis(connection_pool=self.connection_pool) as conn,
-                        conn.pipeline(transaction=True) as pipe,
-                    ):
-                        pipe.xadd(
-                            queue,
-                            {b"data": message.message},
-                            maxlen=self.maxlen,
-                            approximate=self.approximate,
-                        )
-                        if placed:  # a worker's own queue outlives it only so long
-                            pipe.pexpire(queue, int(WORKER_QUEUE_TTL * 1000))
-                        await pipe.execute()
-                    return
-                except (RedisConnectionError, RedisTimeoutError):
-                    if time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, 1.0)
-
-        # -- receiving ---------------------------------------------------------------------------
-
-        async def _next_batch(self, conn: Redis) -> Any:
-            """What to take next: the highest-priority queue with anything waiting, checked
-            without blocking; when all are empty, a blocking read on all of them."""
-            if self.priority_queues:
-                for queue in (*self.priority_queues, self.queue_name):
-                    found: Any = await conn.xreadgroup(
-                        self.consumer_group_name,
-                        self.consumer_name,
-                        {queue: ">"},
-                        noack=False,
-                        count=self.count,
-                    )
-                    if found:
-                        return found
-            streams: Any = {self.queue_name: ">", **self.additional_streams}
-            return await conn.xreadgroup(
-                self.consumer_group_name,
-                self.consumer_name,
-                streams,
-                block=self.block,
-                noack=False,
-                count=self.count,
-            )
-
-        async def listen(self) -> AsyncGenerator[Any, None]:
-            """Messages for this worker, forever: new ones, a predecessor's, and those whose
-            lease lapsed. Redis errors are waited out with a backoff, never raised."""
-            pause = 0.1
-            while True:
-                try:
-                    async with Redis(connection_pool=self.connection_pool) as conn:
-                        if self._predecessor is not None:
-                            async for message in self._take_over(conn, self._predecessor):
-                                yield message
-                            self._predecessor = None
-                        while True:
-                            fetched = await _cancellable(self._next_batch(conn))
-                            pause = 0.1
-                            for stream, entries in fetched or []:
-                                for message_id, fields in entries:
-                                    message = await self._admit(conn, stream, message_id, fields)
-                                    if message is not None:
-                                        yield message
-                            if time.monotonic() >= self._next_reclaim:
-                                self._next_reclaim = time.monotonic() + self.lease_seconds / 4
-                                for stream in self.streams:
-                                    async for message in self._reclaim(conn, stream):
-                                        yield message
-                except ResponseError as exc:
-                    _reraise_cancellation()
-                    if "NOGROUP" in str(exc):
-                        logger.warning("consumer group lost (Redis lost its data?): declaring it")
-                        self._held.clear()  # their pending entries are gone with the group
-                        with contextlib.suppress(RedisError):
-                            await self._declare_again()
-                    else:
-                        logger.warning("Redis refused a read: %s; retrying in %.1fs", exc, pause)
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, MAX_BACKOFF)
-                except (RedisError, OSError) as exc:
-                    _reraise_cancellation()
-                    logger.warning("Redis unavailable: %s; retrying in %.1fs", exc, pause)
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, MAX_BACKOFF)
-
-        async def _declare_again(self) -> None:
-            """Declares lost consumer groups from the start of their streams: what was sent
-            since Redis came back is read, not skipped."""
-            async with Redis(connection_pool=self.connection_pool) as conn:
-                for stream in self.streams:
-                    with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
-                        await conn.xgroup_create(
-                            stream, self.consumer_group_name, id="0", mkstream=True
-                        )
-
-        async def _admit(
-            self, conn: Redis, stream: Any, message_id: Any, fields: Any
-        ) -> Any | None:
-            """The message to run, or ``None`` if it cannot run here (then it is answered,
-            dead-lettered and acknowledged)."""
-            data = fields.get(b"data") if isinstance(fields, dict) else None
-            if data is None:
-                await self._reject(
-                    conn, stream, message_id, fields, "a stream entry without a 'data' field"
+                previous: Any = await conn.set(
+                    boot_key(self._advert["name"], self.prefix),
+                    self.consumer_name,
+                    ex=BOOT_TTL,
+                    get=True,
                 )
-                return None
-            try:
-                message = self.formatter.loads(data)
-            except Exception as exc:
-                await self._reject(
-                    conn, stream, message_id, fields, f"a message that cannot be decoded: {exc}"
-                )
-                return None
-            if self.find_task(message.task_name) is None:
-                reason = f"task {message.task_name!r} is not registered on this worker"
-                await self._reject(conn, stream, message_id, fields, reason, message)
-                return None
-            label = message.labels.get(FLOW_LABEL)
-            if label is not None and parse_flow_label(label) is None:
-                reason = f"a malformed {FLOW_LABEL} label {label!r}"
-                await self._reject(conn, stream, message_id, fields, reason, message)
-                return None
-            self._held.setdefault(stream, {})[message_id] = message.task_id
-            self._tasks[message.task_id] = (stream, message_id)
-            return AckableMessage(data=data, ack=self._acker(stream, message_id))
+            if previous is not None:
+                self._predecessor = previous.decode()
+            self._spawn(self._advertise())
+        self._spawn(self._keep_leases())
 
-        def _acker(self, stream: Any, message_id: Any) -> Callable[[], Awaitable[None]]:
-            async def ack() -> None:
-                task_id = self._drop(stream, message_id)
-                carried = self._carried.pop(task_id, None) if task_id is not None else None
-                await self._ack(stream, message_id, carried)
-
-            return ack
-
-        async def _ack(
-            self, stream: Any, message_id: Any, carried: tuple[str, str, int] | None = None
-        ) -> None:
-            """Acknowledges and deletes a message (with its completion, if it carries one, in
-            the same transaction), retrying while Redis is unavailable (for about a lease;
-            after that the message is reclaimed and runs again)."""
-            pause, deadline = 0.05, time.monotonic() + self.lease_seconds
-            while True:
-                try:
-                    async with (
-                        Redis(connection_pool=self.connection_pool) as conn,
-                        conn.pipeline(transaction=True) as pipe,
-                    ):
-                        if carried is not None:
-                            key, payload, ttl = carried
-                            pipe.xadd(key, {"c": payload})
-                            pipe.expire(key, ttl)
-                        pipe.xack(stream, self.consumer_group_name, message_id)
-                        pipe.xdel(stream, message_id)
-                        await pipe.execute()
-                    return
-                except RedisError as exc:
-                    if time.monotonic() > deadline:
-                        logger.warning("message %s not acknowledged: %s", message_id, exc)
-                        return
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, 1.0)
-
-        async def _reclaim(self, conn: Redis, stream: Any) -> AsyncGenerator[Any, None]:
-            """Takes over messages whose lease lapsed (no lock: ``XAUTOCLAIM`` is atomic)."""
-            with contextlib.suppress(RedisError):  # a taskiq-redis lock left without a TTL
-                await conn.expire(f"autoclaim:{self.consumer_group_name}:{stream}", 10, nx=True)
-            # As many as a read takes (xread_count), so that what a dead worker held spreads
-            # over the live ones instead of all landing on one (a poison message among them
-            # would take the rest down with it again).
-            batch = min(self.unacknowledged_batch_size, self.count or 100)
-            cursor: Any = "0-0"
-            for _ in range(100):  # pages of entries still leased, skipped
-                reply: Any = await conn.xautoclaim(
-                    name=stream,
-                    groupname=self.consumer_group_name,
-                    consumername=self.consumer_name,
-                    min_idle_time=self.idle_timeout,
-                    start_id=cursor,
-                    count=batch,
-                )
-                cursor = reply[0]
-                async for message in self._adopt(conn, stream, reply[1]):
-                    yield message
-                if reply[1] or cursor in (b"0-0", "0-0"):
-                    return
-
-        async def _take_over(self, conn: Redis, predecessor: str) -> AsyncGenerator[Any, None]:
-            """Takes what this worker name's previous boot held (it died: restarted by the
-            supervisor), counting one delivery each, then removes that consumer."""
-            for stream in self.streams:
-                try:
-                    pending: Any = await conn.xpending_range(
-                        stream, self.consumer_group_name, "-", "+", 10_000, predecessor
-                    )
-                except ResponseError:
-                    continue  # no such group yet
-                ids = [p["message_id"] for p in pending]
-                for i in range(0, len(ids), 1000):
-                    claimed: Any = await conn.xclaim(
-                        stream, self.consumer_group_name, self.consumer_name, 0, ids[i : i + 1000]
-                    )
-                    logger.warning(
-                        "took over %d message(s) of %s from %s (its previous process)",
-                        len(claimed),
-                        stream,
-                        predecessor,
-                    )
-                    async for message in self._adopt(conn, stream, claimed):
-                        yield message
-                await self._forget_consumer(conn, stream, predecessor)
-
-        async def _adopt(self, conn: Redis, stream: Any, claimed: Any) -> AsyncGenerator[Any, None]:
-            for message_id, fields in claimed:
-                if fields is None or message_id in self._held.get(stream, {}):
-                    continue  # deleted meanwhile; or ours and running (a late heartbeat)
-                pending: Any = await conn.xpending_range(
-                    stream, self.consumer_group_name, message_id, message_id, 1
-                )
-                deliveries = int(pending[0]["times_delivered"]) if pending else 1
-                if deliveries > self.max_deliveries:
-                    await self._bury(conn, stream, message_id, fields, deliveries)
-                    continue
-                message = await self._admit(conn, stream, message_id, fields)
-                if message is not None:
-                    yield message
-
-        # -- messages that cannot run ------------------------------------------------------------
-
-        async def _reject(
-            self,
-            conn: Redis,
-            stream: Any,
-            message_id: Any,
-            fields: Any,
-            reason: str,
-            message: Any = None,
-        ) -> None:
-            logger.warning("message %s of %s cannot run: %s", message_id, stream, reason)
-            await self._dead_letter(conn, stream, message_id, fields, reason)
-            await self._answer(message, fields, UndeliverableMessageError(reason))
-            await self._ack(stream, message_id)
-
-        async def _bury(
-            self, conn: Redis, stream: Any, message_id: Any, fields: Any, deliveries: int
-        ) -> None:
-            try:
-                name = self.formatter.loads(fields[b"data"]).task_name
-            except Exception:
-                name = "?"
-            reason = (
-                f"{name} was delivered {deliveries} times and its worker died each time "
-                f"(max_deliveries={self.max_deliveries})"
-            )
-            logger.warning("message %s of %s is poison: %s", message_id, stream, reason)
-            await self._dead_letter(conn, stream, message_id, fields, reason)
-            await self._answer(None, fields, PoisonMessageError(reason))
-            await self._ack(stream, message_id)
-
-        async def _dead_letter(
-            self, conn: Redis, stream: Any, message_id: Any, fields: Any, reason: str
-        ) -> None:
-            """Keeps what could not run in ``<prefix>:dead:<queue>`` (capped, with a TTL)."""
-            name = stream.decode() if isinstance(stream, bytes) else str(stream)
-            key = f"{self.prefix}:dead:{name}"
-            record: Any = {"reason": reason[:4096], "stream": name, "id": message_id}
-            if isinstance(fields, dict):
-                for field, value in list(fields.items())[:8]:
-                    record[f"field:{field.decode() if isinstance(field, bytes) else field}"] = (
-                        value[:65_536] if isinstance(value, (bytes, str)) else str(value)
-                    )
+    async def shutdown(self) -> None:
+        """Stops the heartbeats, withdraws the advert, and removes this process's stream
+        consumer if it holds nothing (consumers would pile up in the group otherwise), and
+        its own queue if nothing is on it."""
+        for task in list(self._background):
+            task.cancel()
+        if self.is_worker_process:
             with contextlib.suppress(RedisError):
-                async with conn.pipeline(transaction=True) as pipe:
-                    pipe.xadd(key, record, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
-                    pipe.expire(key, DEAD_LETTER_TTL)
-                    await pipe.execute()
+                async with Redis(connection_pool=self.connection_pool) as conn:
+                    if self._advert is not None:
+                        await conn.delete(worker_key(self._advert["name"], self.prefix))
+                    for stream in self.streams:
+                        await self._forget_consumer(conn, stream, self.consumer_name)
+                    if self._advert is not None:
+                        # Its own queue goes too, if nothing is on it (what is stays for a
+                        # successor under this name, for WORKER_QUEUE_TTL at most).
+                        await conn.eval(_DROP_EMPTY_QUEUE, 1, self._advert["queue"])
+        await super().shutdown()
 
-        async def _answer(self, message: Any, fields: Any, error: BaseException) -> None:
-            """Fails the step a message belongs to, if it says which (its flow label)."""
-            label = message.labels.get(FLOW_LABEL) if message is not None else None
-            if label is None and isinstance(fields, dict) and b"data" in fields:
-                label = _label_from_raw(fields[b"data"])
-            parsed = parse_flow_label(label)
-            middleware = next((m for m in self.middlewares if isinstance(m, FlowMiddleware)), None)
-            if parsed is None or middleware is None:
-                return
-            run_id, node, attempt = parsed
-            published = middleware.channel.publish(
-                Completion(run_id, node, attempt, False, None, error, 0.0, time.time())
+    async def _forget_consumer(self, conn: Redis, stream: Any, consumer: str) -> None:
+        """Deletes a consumer from the group, only if it has no pending message (deleting
+        one drops what it holds)."""
+        with contextlib.suppress(ResponseError):
+            pending: Any = await conn.xpending_range(
+                stream, self.consumer_group_name, "-", "+", 1, consumer
             )
-            if published is not None:
-                await published
+            if not pending:
+                await conn.xgroup_delconsumer(stream, self.consumer_group_name, consumer)
 
-    return ReliableRedisStreamBroker
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @property
+    def streams(self) -> list[str]:
+        """Every stream this broker consumes."""
+        return [self.queue_name, *self.additional_streams]
+
+    async def _advertise(self) -> None:
+        assert self._advert is not None
+        key = worker_key(self._advert["name"], self.prefix)
+        payload = json.dumps(self._advert)
+        own = self._advert["queue"]
+        ttls = (int(IDLE_WORKER_QUEUE_TTL * 1000), int(WORKER_QUEUE_TTL * 1000))
+        while True:
+            try:
+                async with Redis(connection_pool=self.connection_pool) as conn:
+                    await conn.set(key, payload, px=int(HEARTBEAT_TTL * 1000))
+                    await conn.eval(_KEEP_QUEUE, 1, own, *ttls)
+            except RedisError as exc:
+                logger.warning("worker advert not refreshed: %s", exc)
+            await asyncio.sleep(HEARTBEAT_TTL / 3)
+
+    async def _keep_leases(self) -> None:
+        """Renews the lease on every message this worker holds, every quarter lease."""
+        while True:
+            await asyncio.sleep(self.lease_seconds / 4)
+            try:
+                await self.renew_leases()
+            except RedisError as exc:
+                logger.warning("leases not renewed (Redis unavailable): %s", exc)
+            except Exception:  # never let the heartbeat die
+                logger.exception("leases not renewed")
+
+    async def renew_leases(self) -> None:
+        """One round of lease renewals (what the heartbeat does)."""
+        held = [(s, list(ids)) for s, ids in self._held.items() if ids]
+        if not held:
+            return
+        async with Redis(connection_pool=self.connection_pool) as conn:
+            renew = conn.register_script(_RENEW)
+            for stream, ids in held:
+                lost: Any = await renew(
+                    keys=[stream], args=[self.consumer_group_name, self.consumer_name, *ids]
+                )
+                for message_id in lost or ():
+                    self._drop(stream, message_id)
+
+    def _drop(self, stream: Any, message_id: Any) -> str | None:
+        """Forgets a held message; returns its task id."""
+        ids = self._held.get(stream)
+        if ids is None:
+            return None
+        task_id = ids.pop(message_id, None)
+        if task_id is None:
+            other = message_id.decode() if isinstance(message_id, bytes) else message_id
+            task_id = ids.pop(other, None) or ids.pop(str(other).encode(), None)
+        if task_id is not None:
+            self._tasks.pop(task_id, None)
+        return task_id
+
+    def carry_completion(self, task_id: str, channel: Any, run_id: str, payload: str) -> bool:
+        """Takes a prepared completion to write in the same transaction as the message's
+        acknowledgement (never one without the other). ``False`` if this worker no longer
+        holds the message (already acknowledged): the caller writes it itself."""
+        if task_id not in self._tasks:
+            return False
+        self._carried[task_id] = (channel.key(run_id), payload, channel.ttl_seconds)
+        return True
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def kick(self, message: Any) -> None:
+        """Appends a message to its queue: a priority queue it names, the queue of the
+        worker it was placed on, or the default queue."""
+        labels = message.labels
+        wanted = labels.get("queue") or labels.get("queue_name")
+        queue = wanted if wanted in self.priority_queues else self.queue_name
+        own = labels.get(QUEUE_LABEL)
+        placed = isinstance(own, str)
+        if isinstance(own, str):
+            if not own.startswith(f"{self.queue_name}."):
+                # Placed on a worker of another application (its advert shares this Redis):
+                # sending it elsewhere would run it where the placement did not put it.
+                raise UndeliverableMessageError(
+                    f"task {message.task_name!r} was placed on a worker whose queue {own!r} "
+                    f"is not one of this broker's (queue {self.queue_name!r}): build the "
+                    "pool with discover_workers(redis, broker=broker)"
+                )
+            queue = validate_key_part("worker queue", own)  # placed on that worker
+        # A connection broken by a Redis restart or stall is retried (on a fresh one) for
+        # up to SEND_RETRY_SECONDS; a message whose reply was lost may then be sent twice
+        # (at-least-once, as any redelivery).
+        pause, deadline = 0.05, time.monotonic() + SEND_RETRY_SECONDS
+        while True:
+            try:
+                async with (
+                    Redis(connection_pool=self.connection_pool) as conn,
+                    conn.pipeline(transaction=True) as pipe,
+                ):
+                    pipe.xadd(
+                        queue,
+                        {b"data": message.message},
+                        maxlen=self.maxlen,
+                        approximate=self.approximate,
+                    )
+                    if placed:  # a worker's own queue outlives it only so long
+                        pipe.pexpire(queue, int(WORKER_QUEUE_TTL * 1000))
+                    await pipe.execute()
+                return
+            except (RedisConnectionError, RedisTimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+    # -- receiving ---------------------------------------------------------------------------
+
+    async def _next_batch(self, conn: Redis) -> Any:
+        """What to take next: the highest-priority queue with anything waiting, checked
+        without blocking; when all are empty, a blocking read on all of them."""
+        if self.priority_queues:
+            for queue in (*self.priority_queues, self.queue_name):
+                found: Any = await conn.xreadgroup(
+                    self.consumer_group_name,
+                    self.consumer_name,
+                    {queue: ">"},
+                    noack=False,
+                    count=self.count,
+                )
+                if found:
+                    return found
+        streams: Any = {self.queue_name: ">", **self.additional_streams}
+        return await conn.xreadgroup(
+            self.consumer_group_name,
+            self.consumer_name,
+            streams,
+            block=self.block,
+            noack=False,
+            count=self.count,
+        )
+
+    async def listen(self) -> AsyncGenerator[Any, None]:
+        """Messages for this worker, forever: new ones, a predecessor's, and those whose
+        lease lapsed. Redis errors are waited out with a backoff, never raised."""
+        pause = 0.1
+        while True:
+            try:
+                async with Redis(connection_pool=self.connection_pool) as conn:
+                    if self._predecessor is not None:
+                        async for message in self._take_over(conn, self._predecessor):
+                            yield message
+                        self._predecessor = None
+                    while True:
+                        fetched = await _cancellable(self._next_batch(conn))
+                        pause = 0.1
+                        for stream, entries in fetched or []:
+                            for message_id, fields in entries:
+                                message = await self._admit(conn, stream, message_id, fields)
+                                if message is not None:
+                                    yield message
+                        if time.monotonic() >= self._next_reclaim:
+                            self._next_reclaim = time.monotonic() + self.lease_seconds / 4
+                            for stream in self.streams:
+                                async for message in self._reclaim(conn, stream):
+                                    yield message
+            except ResponseError as exc:
+                _reraise_cancellation()
+                if "NOGROUP" in str(exc):
+                    logger.warning("consumer group lost (Redis lost its data?): declaring it")
+                    self._held.clear()  # their pending entries are gone with the group
+                    with contextlib.suppress(RedisError):
+                        await self._declare_again()
+                else:
+                    logger.warning("Redis refused a read: %s; retrying in %.1fs", exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_BACKOFF)
+            except (RedisError, OSError) as exc:
+                _reraise_cancellation()
+                logger.warning("Redis unavailable: %s; retrying in %.1fs", exc, pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_BACKOFF)
+
+    async def _declare_again(self) -> None:
+        """Declares lost consumer groups from the start of their streams: what was sent
+        since Redis came back is read, not skipped."""
+        async with Redis(connection_pool=self.connection_pool) as conn:
+            for stream in self.streams:
+                with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+                    await conn.xgroup_create(
+                        stream, self.consumer_group_name, id="0", mkstream=True
+                    )
+
+    async def _admit(self, conn: Redis, stream: Any, message_id: Any, fields: Any) -> Any | None:
+        """The message to run, or ``None`` if it cannot run here (then it is answered,
+        dead-lettered and acknowledged)."""
+        data = fields.get(b"data") if isinstance(fields, dict) else None
+        if data is None:
+            await self._reject(
+                conn, stream, message_id, fields, "a stream entry without a 'data' field"
+            )
+            return None
+        try:
+            message = self.formatter.loads(data)
+        except Exception as exc:
+            await self._reject(
+                conn, stream, message_id, fields, f"a message that cannot be decoded: {exc}"
+            )
+            return None
+        if self.find_task(message.task_name) is None:
+            reason = f"task {message.task_name!r} is not registered on this worker"
+            await self._reject(conn, stream, message_id, fields, reason, message)
+            return None
+        label = message.labels.get(FLOW_LABEL)
+        if label is not None and parse_flow_label(label) is None:
+            reason = f"a malformed {FLOW_LABEL} label {label!r}"
+            await self._reject(conn, stream, message_id, fields, reason, message)
+            return None
+        self._held.setdefault(stream, {})[message_id] = message.task_id
+        self._tasks[message.task_id] = (stream, message_id)
+        return AckableMessage(data=data, ack=self._acker(stream, message_id))
+
+    def _acker(self, stream: Any, message_id: Any) -> Callable[[], Awaitable[None]]:
+        async def ack() -> None:
+            task_id = self._drop(stream, message_id)
+            carried = self._carried.pop(task_id, None) if task_id is not None else None
+            await self._ack(stream, message_id, carried)
+
+        return ack
+
+    async def _ack(
+        self, stream: Any, message_id: Any, carried: tuple[str, str, int] | None = None
+    ) -> None:
+        """Acknowledges and deletes a message (with its completion, if it carries one, in
+        the same transaction), retrying while Redis is unavailable (for about a lease;
+        after that the message is reclaimed and runs again)."""
+        pause, deadline = 0.05, time.monotonic() + self.lease_seconds
+        while True:
+            try:
+                async with (
+                    Redis(connection_pool=self.connection_pool) as conn,
+                    conn.pipeline(transaction=True) as pipe,
+                ):
+                    if carried is not None:
+                        key, payload, ttl = carried
+                        pipe.xadd(key, {"c": payload})
+                        pipe.expire(key, ttl)
+                    pipe.xack(stream, self.consumer_group_name, message_id)
+                    pipe.xdel(stream, message_id)
+                    await pipe.execute()
+                return
+            except RedisError as exc:
+                if time.monotonic() > deadline:
+                    logger.warning("message %s not acknowledged: %s", message_id, exc)
+                    return
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+    async def _reclaim(self, conn: Redis, stream: Any) -> AsyncGenerator[Any, None]:
+        """Takes over messages whose lease lapsed (no lock: ``XAUTOCLAIM`` is atomic)."""
+        with contextlib.suppress(RedisError):  # a taskiq-redis lock left without a TTL
+            await conn.expire(f"autoclaim:{self.consumer_group_name}:{stream}", 10, nx=True)
+        # As many as a read takes (xread_count), so that what a dead worker held spreads
+        # over the live ones instead of all landing on one (a poison message among them
+        # would take the rest down with it again).
+        batch = min(self.unacknowledged_batch_size, self.count or 100)
+        cursor: Any = "0-0"
+        for _ in range(100):  # pages of entries still leased, skipped
+            reply: Any = await conn.xautoclaim(
+                name=stream,
+                groupname=self.consumer_group_name,
+                consumername=self.consumer_name,
+                min_idle_time=self.idle_timeout,
+                start_id=cursor,
+                count=batch,
+            )
+            cursor = reply[0]
+            async for message in self._adopt(conn, stream, reply[1]):
+                yield message
+            if reply[1] or cursor in (b"0-0", "0-0"):
+                return
+
+    async def _take_over(self, conn: Redis, predecessor: str) -> AsyncGenerator[Any, None]:
+        """Takes what this worker name's previous boot held (it died: restarted by the
+        supervisor), counting one delivery each, then removes that consumer."""
+        for stream in self.streams:
+            try:
+                pending: Any = await conn.xpending_range(
+                    stream, self.consumer_group_name, "-", "+", 10_000, predecessor
+                )
+            except ResponseError:
+                continue  # no such group yet
+            ids = [p["message_id"] for p in pending]
+            for i in range(0, len(ids), 1000):
+                claimed: Any = await conn.xclaim(
+                    stream, self.consumer_group_name, self.consumer_name, 0, ids[i : i + 1000]
+                )
+                logger.warning(
+                    "took over %d message(s) of %s from %s (its previous process)",
+                    len(claimed),
+                    stream,
+                    predecessor,
+                )
+                async for message in self._adopt(conn, stream, claimed):
+                    yield message
+            await self._forget_consumer(conn, stream, predecessor)
+
+    async def _adopt(self, conn: Redis, stream: Any, claimed: Any) -> AsyncGenerator[Any, None]:
+        for message_id, fields in claimed:
+            if fields is None or message_id in self._held.get(stream, {}):
+                continue  # deleted meanwhile; or ours and running (a late heartbeat)
+            pending: Any = await conn.xpending_range(
+                stream, self.consumer_group_name, message_id, message_id, 1
+            )
+            deliveries = int(pending[0]["times_delivered"]) if pending else 1
+            if deliveries > self.max_deliveries:
+                await self._bury(conn, stream, message_id, fields, deliveries)
+                continue
+            message = await self._admit(conn, stream, message_id, fields)
+            if message is not None:
+                yield message
+
+    # -- messages that cannot run ------------------------------------------------------------
+
+    async def _reject(
+        self,
+        conn: Redis,
+        stream: Any,
+        message_id: Any,
+        fields: Any,
+        reason: str,
+        message: Any = None,
+        poison: bool = False,
+    ) -> None:
+        """Dead-letters a message, fails its step (:class:`UndeliverableMessageError`, or
+        :class:`PoisonMessageError` for a ``poison`` one) and acknowledges it."""
+        said = "is poison" if poison else "cannot run"
+        logger.warning("message %s of %s %s: %s", message_id, stream, said, reason)
+        await self._dead_letter(conn, stream, message_id, fields, reason)
+        error = PoisonMessageError(reason) if poison else UndeliverableMessageError(reason)
+        await self._answer(message, fields, error)
+        await self._ack(stream, message_id)
+
+    async def _bury(
+        self, conn: Redis, stream: Any, message_id: Any, fields: Any, deliveries: int
+    ) -> None:
+        try:
+            name = self.formatter.loads(fields[b"data"]).task_name
+        except Exception:
+            name = "?"
+        reason = (
+            f"{name} was delivered {deliveries} times and its worker died each time "
+            f"(max_deliveries={self.max_deliveries})"
+        )
+        await self._reject(conn, stream, message_id, fields, reason, poison=True)
+
+    async def _dead_letter(
+        self, conn: Redis, stream: Any, message_id: Any, fields: Any, reason: str
+    ) -> None:
+        """Keeps what could not run in ``<prefix>:dead:<queue>`` (capped, with a TTL)."""
+        name = stream.decode() if isinstance(stream, bytes) else str(stream)
+        key = f"{self.prefix}:dead:{name}"
+        record: Any = {"reason": reason[:4096], "stream": name, "id": message_id}
+        if isinstance(fields, dict):
+            for field, value in list(fields.items())[:8]:
+                record[f"field:{field.decode() if isinstance(field, bytes) else field}"] = (
+                    value[:65_536] if isinstance(value, (bytes, str)) else str(value)
+                )
+        with contextlib.suppress(RedisError):
+            async with conn.pipeline(transaction=True) as pipe:
+                pipe.xadd(key, record, maxlen=DEAD_LETTER_MAXLEN, approximate=True)
+                pipe.expire(key, DEAD_LETTER_TTL)
+                await pipe.execute()
+
+    async def _answer(self, message: Any, fields: Any, error: BaseException) -> None:
+        """Fails the step a message belongs to, if it says which (its flow label)."""
+        label = message.labels.get(FLOW_LABEL) if message is not None else None
+        if label is None and isinstance(fields, dict) and b"data" in fields:
+            label = _label_from_raw(fields[b"data"])
+        parsed = parse_flow_label(label)
+        middleware = next((m for m in self.middlewares if isinstance(m, FlowMiddleware)), None)
+        if parsed is None or middleware is None:
+            return
+        run_id, node, attempt = parsed
+        published = middleware.channel.publish(
+            Completion(run_id, node, attempt, False, None, error, 0.0, time.time())
+        )
+        if published is not None:
+            await published
 
 
 async def _cancellable(read: Awaitable[Any]) -> Any:

@@ -15,23 +15,14 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from taskiq_flow._duration import duration
 from taskiq_flow.exceptions import UnknownIdError
 from taskiq_flow.run import failures
 
 if TYPE_CHECKING:
     from taskiq_flow.run.runner import Runner
 
-__all__ = ["core_sentence", "explain_node", "node_for", "seconds"]
-
-
-def seconds(value: float) -> str:
-    """A duration for people: ``0.25 s``, ``12 s``, ``3 min 5 s``."""
-    if value < 10:
-        return f"{value:.2g} s" if value < 1 else f"{value:.1f} s"
-    if value < 120:
-        return f"{value:.0f} s"
-    minutes, rest = divmod(int(value), 60)
-    return f"{minutes} min {rest} s"
+__all__ = ["core_sentence", "explain_node", "node_for"]
 
 
 def _names(names: Sequence[str], limit: int = 3) -> str:
@@ -59,7 +50,7 @@ def core_sentence(
     :param placement: why no worker takes the node now (from the pool), for a placement wait.
     """
     reason = why["reason"]
-    waited = seconds(max(0.0, now - why["since"]))
+    waited = duration(max(0.0, now - why["since"]))
     if reason == "inputs":
         count = why["pending_inputs"]
         which = f": {_names(inputs)}" if inputs else ""
@@ -73,7 +64,7 @@ def core_sentence(
         )
     if reason == "rate":
         due = why["next_token_at"]
-        when = f"next token in {seconds(max(0.0, due - now))}" if due is not None else "soon"
+        when = f"next token in {duration(max(0.0, due - now))}" if due is not None else "soon"
         limit = f" ({rate:g}/s)" if rate is not None else ""
         return f"waiting: rate limit of {step!r}{limit}; {when} (for {waited})"
     if reason == "shared_cap":
@@ -117,7 +108,7 @@ def explain_node(run: Runner, node: int) -> str:
         due = run._retry_at.get(node, now)
         return (
             f"waiting: retry backoff after attempt {run._attempt[node] - 1} failed "
-            f"({error}); next attempt in {seconds(max(0.0, due - now))}"
+            f"({error}); next attempt in {duration(max(0.0, due - now))}"
         )
     if state == "done":
         return f"done: step {step.name!r}"

@@ -1,11 +1,21 @@
-"""The ``taskiq-flow`` command."""
+"""The ``taskiq-flow`` command: :func:`main` parses the command line and hands each command to
+its module.
+
+- :mod:`.runs` — ``runs list|show|delete|report|explain`` (and ``report``, ``explain`` at the top);
+- :mod:`.resume` — ``runs resume``;
+- :mod:`.demo` — ``demo``;
+- :mod:`.worker` — ``worker``;
+- ``bench`` is :mod:`taskiq_flow.bench`;
+- :mod:`._help` — help text and input checks, :mod:`._imports` — ``module:attribute`` imports,
+  shared by the commands.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
 
-from taskiq_flow._help import HelpFormatter, OneLineParser
+from taskiq_flow.cli._help import HelpFormatter, OneLineParser
 
 
 def _version() -> str:
@@ -66,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         help="compare the scheduling core against its peers (graphlib, rustworkx, ...)",
         add_help=False,
     )
-    from taskiq_flow.runs_cli import add_runs_commands
+    from taskiq_flow.cli.runs import add_runs_commands
 
     add_runs_commands(commands, top_level=True)  # runs list|show|delete|report|explain
     args, rest = parser.parse_known_args(argv)
@@ -80,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         import asyncio
 
-        from taskiq_flow.runs_cli import main_runs
+        from taskiq_flow.cli.runs import main_runs
 
         try:
             return asyncio.run(main_runs(args))
@@ -88,11 +98,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"taskiq-flow {args.command}: interrupted", file=sys.stderr)
             return 130
     if args.command == "demo":
-        from taskiq_flow.demo import main as demo_main
+        from taskiq_flow.cli.demo import main as demo_main
 
         return demo_main(rest)
     if args.command == "worker":
-        from taskiq_flow.worker import main as worker_main
+        from taskiq_flow.cli.worker import main as worker_main
 
         return worker_main(rest)
     if args.command == "bench":
@@ -100,7 +110,3 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_main(rest)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse exits first
-
-
-if __name__ == "__main__":
-    sys.exit(main())

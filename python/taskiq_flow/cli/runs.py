@@ -1,0 +1,582 @@
+"""``taskiq-flow runs``: list, show, delete, report on and explain tracked runs.
+
+Runs are read from the tracking storage that outlives a process: Redis
+(``--redis redis://host:6379/0 --prefix taskiq_flow``, the same prefix as the
+:class:`~taskiq_flow.distributed.RedisPipelineStorage` the runs were recorded with). Output is a
+table sized to the terminal (``rich``; the run id is always whole on one line, the other columns
+give way), or JSON with ``--json``. ``--dag module:name`` is imported from the current directory
+first, as ``runs resume --pipeline`` and ``taskiq worker`` do (:mod:`taskiq_flow.cli._imports`).
+
+::
+
+    taskiq-flow runs list --redis redis://localhost:6379/0 [--status failed] [--limit 20]
+    taskiq-flow runs show RUN --redis URL
+    taskiq-flow runs delete RUN [RUN ...] --redis URL
+    taskiq-flow runs report RUN --redis URL -o run.html [--dag myapp.flows:pipeline]
+    taskiq-flow runs explain RUN [STEP] --redis URL
+
+Wiring (in :mod:`taskiq_flow.cli`)::
+
+    add_runs_commands(commands, top_level=True)   # commands = parser.add_subparsers(...)
+    if args.command in ("runs", "report", "explain"):
+        return asyncio.run(main_runs(args))
+
+Exit codes: 0 done, 1 a run (or Redis) was not found or reached or a report could not be
+written, 2 bad input (checked before any connection is made: the URL, the prefix, the ``--dag``
+import, the ``--output`` path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as _dt
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import IO, Any, cast, get_args
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from taskiq_flow._duration import duration, duration_ms
+from taskiq_flow.cli._help import COLUMNS, HelpFormatter, paragraphs, whole_number, writable_file
+from taskiq_flow.cli._imports import check_import_path, import_object
+from taskiq_flow.exceptions import InvalidValueError, UnknownIdError
+from taskiq_flow.pictures import GraphView
+from taskiq_flow.report import write_report
+from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager, RunState, StepStatus
+
+__all__ = [
+    "add_runs_commands",
+    "explain_line",
+    "load_graph",
+    "main_runs",
+    "run_to_json",
+    "runs_table",
+    "steps_table",
+]
+
+_URL = re.compile(r"^(redis|rediss|unix)://\S+$")
+
+
+def add_runs_commands(
+    subparsers: argparse._SubParsersAction[Any],
+    top_level: bool = False,
+    redis_required: bool = True,
+) -> argparse.ArgumentParser:
+    """Registers ``runs`` (with ``list``, ``show``, ``delete``, ``report``, ``explain``) on a
+    sub-command set; returns the ``runs`` parser. The parsed namespace goes to
+    :func:`main_runs`.
+
+    :param top_level: also register ``report`` and ``explain`` directly on ``subparsers``
+        (``taskiq-flow report RUN -o run.html``, ``taskiq-flow explain RUN STEP``), the same
+        actions as under ``runs``.
+    :param redis_required: ``--redis`` is required (as on the command line); ``False`` for a
+        caller that passes its own tracking to :func:`main_runs`.
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--redis",
+        metavar="URL",
+        required=redis_required,
+        help="Redis URL of the tracking storage: redis://, rediss:// or unix:// (required: "
+        "runs kept in memory die with their process)",
+    )
+    common.add_argument(
+        "--prefix",
+        default="taskiq_flow",
+        help="key prefix the runs were tracked under (default: %(default)s)",
+    )
+    common.add_argument(
+        "--json", action="store_true", help="print JSON instead of a table (default: a table)"
+    )
+    url = "redis://host:6379"
+
+    def add(
+        place: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        summary: str,
+        *examples: str,
+    ) -> argparse.ArgumentParser:
+        return place.add_parser(
+            name,
+            parents=[common],
+            help=summary,
+            description=paragraphs(summary[0].upper() + summary[1:] + "."),
+            epilog="examples:\n" + "\n".join(f"  {e}" for e in examples),
+            formatter_class=HelpFormatter,
+        )
+
+    runs: argparse.ArgumentParser = subparsers.add_parser(
+        "runs",
+        help="list, show, delete, report on, explain and resume tracked runs",
+        description=paragraphs(
+            "List, show, delete, report on, explain and resume the runs tracked in Redis "
+            "(RedisPipelineStorage). Exit status: 0 done, 1 a run or Redis not found, 2 bad "
+            "input (checked before any connection)."
+        ),
+        epilog=(
+            "examples:\n"
+            f"  taskiq-flow runs list --redis {url} --status failed\n"
+            f"  taskiq-flow runs show RUN --redis {url}\n"
+            "  taskiq-flow runs ACTION --help"
+        ),
+        formatter_class=HelpFormatter,
+    )
+    actions = runs.add_subparsers(dest="runs_command", required=True, metavar="action")
+    listing = add(
+        actions,
+        "list",
+        "the tracked runs, newest last",
+        f"taskiq-flow runs list --redis {url}",
+        f"taskiq-flow runs list --redis {url} --status abandoned --limit 20",
+    )
+    listing.add_argument(
+        "--status",
+        choices=get_args(RunState),
+        metavar="STATE",
+        help="only runs in this state: " + ", ".join(get_args(RunState)) + " (default: any)",
+    )
+    listing.add_argument(
+        "--limit", type=whole_number(1), metavar="N", help="only the newest N runs (default: all)"
+    )
+    show = add(
+        actions,
+        "show",
+        "one run and its steps",
+        f"taskiq-flow runs show RUN --redis {url}",
+        f"taskiq-flow runs show RUN --redis {url} --json",
+    )
+    show.add_argument("run", help="the run's pipeline id")
+    delete = add(
+        actions,
+        "delete",
+        "delete runs' tracking records",
+        f"taskiq-flow runs delete RUN1 RUN2 --redis {url}",
+    )
+    delete.add_argument("runs", nargs="+", metavar="run", help="pipeline ids")
+    resume = add(
+        actions,
+        "resume",
+        "run an abandoned run to the end (a dataflow pipeline, the inputs stored with it)",
+        f"taskiq-flow runs resume RUN --redis {url} --pipeline app:pipeline",
+    )
+    resume.add_argument("run", help="the run's pipeline id")
+    resume.add_argument(
+        "--pipeline",
+        required=True,
+        metavar="MODULE:NAME",
+        help="the pipeline it was made with, imported (required)",
+    )
+    resume.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help=(
+            "an input of the run as JSON, a string in JSON quotes: folder='\"/data\"' "
+            "(repeatable; default: the inputs stored with the run)"
+        ),
+    )
+    resume.add_argument(
+        "--inputs-changed-ok",
+        action="store_true",
+        help="run with inputs other than the stored ones (default: refused)",
+    )
+    places = [actions, subparsers] if top_level else [actions]
+    for place in places:
+        report = add(
+            place,
+            "report",
+            "write a run's self-contained HTML report",
+            f"taskiq-flow report RUN --redis {url} -o run.html",
+            f"taskiq-flow runs report RUN --redis {url} --dag app.flows:pipeline",
+        )
+        report.add_argument("run", help="the run's pipeline id")
+        report.add_argument(
+            "-o", "--output", default="run.html", help="file to write (default: %(default)s)"
+        )
+        report.add_argument(
+            "--dag",
+            metavar="MODULE:NAME",
+            help="a pipeline (or DAG) to draw, e.g. myapp.flows:pipeline, imported (default: "
+            "the steps as tracked)",
+        )
+        report.set_defaults(runs_command="report")
+        explain = add(
+            place,
+            "explain",
+            "why a run's step waits",
+            f"taskiq-flow explain RUN --redis {url}",
+            f"taskiq-flow runs explain RUN 'map(resize)' --redis {url}",
+        )
+        explain.add_argument("run", help="the run's pipeline id")
+        explain.add_argument("step", nargs="?", help="a step name (default: every unfinished step)")
+        explain.set_defaults(runs_command="explain")
+    return runs
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    moment = _dt.datetime.fromtimestamp(epoch, tz=_dt.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def run_to_json(status: PipelineStatus, steps: bool = True) -> dict[str, Any]:
+    """A run as JSON-serializable data: the record's fields, ``duration_ms``, and (with
+    ``steps``) every step's fields; without, ``steps`` is the number of steps."""
+    data = dataclasses.asdict(status)
+    data["duration_ms"] = status.duration_ms
+    if not steps:
+        data["steps"] = len(status.steps)
+        data["steps_done"] = sum(1 for s in status.steps if s.status == "done")
+    return data
+
+
+def _started(epoch: float | None, short: bool) -> str:
+    if epoch is None or not short:
+        return _when(epoch)
+    return _dt.datetime.fromtimestamp(epoch, tz=_dt.timezone.utc).strftime("%m-%d %H:%M")
+
+
+#: Columns between two of the runs table: a blank divider and one blank of padding.
+_GAP = 2
+
+
+def runs_table(records: Sequence[PipelineStatus], width: int = COLUMNS) -> Table:
+    """The table of ``runs list``, fitted to ``width`` columns. The run id, which every other
+    command takes, is always shown whole on one line: at narrow widths the other columns give way
+    first (the error, then the time taken, then the start time, shortened then dropped, then the
+    name, then the step count). Names and errors are shown as text, never as markup.
+
+    :param width: the terminal's width in columns.
+    """
+    ids = [r.pipeline_id for r in records]
+    names = [r.name for r in records]
+    statuses: list[str] = [r.status for r in records]
+    steps = [f"{sum(1 for s in r.steps if s.status == 'done')}/{len(r.steps)}" for r in records]
+    tooks = [duration_ms(r.duration_ms) for r in records]
+    errors = [(r.error or "").splitlines()[0] if r.error else "" for r in records]
+
+    def widest(header: str, cells: list[str], cap: int | None = None) -> int:
+        most = max([len(header), *(len(c) for c in cells)])
+        return most if cap is None else min(most, max(cap, len(header)))
+
+    # key: (header, the width it needs at least, the width it can use); in the order shown.
+    columns: dict[str, tuple[str, int, int]] = {
+        "id": ("run id", widest("run id", ids), widest("run id", ids)),
+        "name": ("name", widest("name", names, 10), widest("name", names)),
+        "status": ("status", widest("status", statuses), widest("status", statuses)),
+        "steps": ("steps", widest("steps", steps), widest("steps", steps)),
+        "started": ("started UTC", 19, 19),
+        "took": ("took", widest("took", tooks), widest("took", tooks)),
+    }
+    if any(errors):
+        columns["error"] = ("error", widest("error", errors, 16), widest("error", errors))
+    # What gives way first, in order; "short" shortens the start time to 11 columns.
+    give_way = ["error", "took", "short", "started", "name", "steps", "status"]
+    shown = list(columns)
+    short = False
+
+    def needed() -> int:
+        least = [11 if k == "started" and short else columns[k][1] for k in shown]
+        return sum(least) + _GAP * (len(shown) - 1)
+
+    for what in give_way:
+        if needed() <= width:
+            break
+        if what == "short":
+            short = "started" in shown
+        elif what in shown:
+            shown.remove(what)
+    # What is left widens the name and the error alike, each up to what it holds.
+    widths = {k: 11 if k == "started" and short else columns[k][1] for k in shown}
+    spare = max(0, width - needed())
+    while spare > 0:
+        growing = [k for k in ("name", "error") if k in shown and widths[k] < columns[k][2]]
+        if not growing:
+            break
+        for grown in growing[:spare]:
+            widths[grown] += 1
+            spare -= 1
+    table = Table(
+        title=f"{len(records)} run{'s' if len(records) != 1 else ''}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        collapse_padding=True,
+        expand=False,
+    )
+    for key in shown:
+        table.add_column(
+            columns[key][0],
+            no_wrap=True,
+            overflow="fold" if key == "id" else "ellipsis",
+            min_width=widths[key] if key in ("id", "name", "error") else None,
+            max_width=widths[key],
+            justify="right" if key in ("steps", "took") else "left",
+        )
+    for i, r in enumerate(records):
+        cells = {
+            "id": Text(ids[i]),
+            "name": Text(names[i]),
+            "status": Text(statuses[i]),
+            "steps": Text(steps[i]),
+            "started": Text(_started(r.started_at, short)),
+            "took": Text(tooks[i]),
+            "error": Text(errors[i]) if "error" in columns else Text(""),
+        }
+        table.add_row(*(cells[k] for k in shown))
+    return table
+
+
+def steps_table(status: PipelineStatus) -> Table:
+    """The table of ``runs show``: one row per step (a mapped step is one row with its count);
+    an error column only if some step has an error."""
+    times = len(status.resumes)
+    resumed = f" · resumed {times} time{'s' if times > 1 else ''}" if times else ""
+    table = Table(
+        title=Text(f"{status.name} · {status.pipeline_id} · {status.status}{resumed}"),
+        expand=False,
+    )
+    table.add_column("step", overflow="fold", ratio=1, min_width=10)
+    table.add_column("status", no_wrap=True, min_width=9)
+    table.add_column("done", justify="right", no_wrap=True)
+    table.add_column("tries", justify="right", no_wrap=True)
+    table.add_column("duration", justify="right", no_wrap=True)
+    errors = any(s.error for s in status.steps)
+    if errors:
+        table.add_column("error", overflow="ellipsis", max_width=50)
+    for s in status.steps:
+        cells: list[Text | str] = [
+            Text(s.name),
+            Text(s.status),
+            s.counts_text() if s.tasks > 1 else f"{s.tasks_done}/{s.tasks}",
+            str(s.attempts),
+            duration_ms(s.duration_ms),
+        ]
+        if errors:
+            cells.append(Text(s.error.splitlines()[0] if s.error else ""))
+        table.add_row(*cells)
+    return table
+
+
+def explain_line(status: PipelineStatus, step: str | None = None) -> str:
+    """One sentence on why a run (or one of its steps) is where it is: for a live run, what it
+    last recorded from the core's reasons (at most a second old); for a finished step, how it
+    ended; for a run, its unfinished steps.
+
+    :raises UnknownIdError: if the run has no step of that name.
+    """
+    if step is not None:
+        matches = [s for s in status.steps if s.name == step]
+        if not matches:
+            raise UnknownIdError(f"run {status.pipeline_id!r} has no step named {step!r}")
+        s = matches[0]
+        if s.status in ("done", "failed", "skipped", "cancelled"):
+            extra = f": {s.error.splitlines()[0]}" if s.error and s.status == "failed" else ""
+            waited = _waited(s)
+            return f"step {s.name!r} is {s.status} ({s.counts_text()}){extra}{waited}"
+        if s.waiting is not None and status.status == "running":
+            return f"step {s.name!r}: {s.waiting}"
+        return (
+            f"step {s.name!r} is {s.status} ({s.counts_text()}); "
+            f"its run is {status.status}, so nothing explains it now"
+        )
+    if status.status != "running":
+        return f"run {status.pipeline_id!r} is {status.status}; nothing waits"
+    open_steps = [s for s in status.steps if s.status in ("pending", "running", "retrying")]
+    said = [f"{s.name!r}: {s.waiting}" for s in open_steps if s.waiting is not None]
+    shown = "; ".join(said[:5]) + (f"; and {len(said) - 5} more" if len(said) > 5 else "")
+    return f"run {status.pipeline_id!r} is running with {len(open_steps)} unfinished step(s)" + (
+        f" — {shown}" if shown else ""
+    )
+
+
+def _waited(step: StepStatus) -> str:
+    """``; its tasks waited 1.2 s for step_cap, 100.0 ms for ready`` from what tracking recorded,
+    or nothing."""
+    parts = [f"{duration(s)} for {reason}" for reason, s in step.waited.items() if s]
+    return f"; its tasks waited {', '.join(parts)}" if parts else ""
+
+
+def load_graph(path: str) -> GraphView:
+    """Imports ``module:name``, from the current directory first (as ``runs resume --pipeline``
+    and ``taskiq worker`` do): a pipeline (its ``dag``) or a graph with nodes and edges.
+
+    :raises InvalidValueError: for a malformed path, a module that cannot be imported, a missing
+        name, or an object that is neither.
+    """
+    obj = import_object(path, "--dag")
+    graph = getattr(obj, "dag", obj)
+    if not all(hasattr(graph, a) for a in ("nodes", "sources", "targets")):
+        raise InvalidValueError(
+            f"--dag {path}: a {type(obj).__name__}, neither a pipeline nor a DAG"
+        )
+    view: GraphView = graph
+    return view
+
+
+def _check(args: argparse.Namespace, tracking: PipelineTrackingManager | None) -> str | None:
+    """What is wrong with the input, before any connection; ``None`` if nothing."""
+    if tracking is None and args.redis is None:
+        return (
+            "runs are kept in memory by the process that ran them; "
+            "give --redis URL to read runs tracked in Redis"
+        )
+    if args.redis is not None and not _URL.match(args.redis):
+        return f"--redis must be a redis://, rediss:// or unix:// URL, got {args.redis!r}"
+    if args.redis is not None:
+        from redis import connection
+
+        parse_url = cast("Callable[[str], object]", connection.parse_url)  # untyped in redis-py
+        try:  # what Redis.from_url would raise once connecting
+            parse_url(args.redis)
+        except ValueError as err:
+            return f"--redis {args.redis}: {err}"
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,128}", args.prefix or ""):
+        return f"--prefix may hold only letters, digits and _ . - (got {args.prefix!r})"
+    if getattr(args, "dag", None) is not None and check_import_path(args.dag, "--dag"):
+        return check_import_path(args.dag, "--dag")
+    if getattr(args, "output", None) is not None:
+        return writable_file(args.output, "--output")
+    return None
+
+
+async def main_runs(
+    args: argparse.Namespace,
+    tracking: PipelineTrackingManager | None = None,
+    out: IO[str] | None = None,
+) -> int:
+    """Runs one ``runs`` action parsed by :func:`add_runs_commands`; returns the exit code.
+
+    :param tracking: the tracking to read (default: Redis storage from ``--redis``/``--prefix``).
+    :param out: where output goes (default: standard output); errors are one line on stderr.
+    """
+    stream = out if out is not None else sys.stdout
+    console = Console(file=stream, soft_wrap=False, highlight=False)
+    problem = _check(args, tracking)
+    if problem is not None:
+        print(f"taskiq-flow runs: {problem}", file=sys.stderr)
+        return 2
+    if args.runs_command == "resume":
+        from taskiq_flow.cli.resume import resume
+
+        return await asyncio.to_thread(
+            resume,
+            args.redis,
+            args.prefix,
+            args.run,
+            args.pipeline,
+            args.input,
+            args.inputs_changed_ok,
+        )
+    graph: GraphView | None = None
+    if args.runs_command == "report" and args.dag is not None:
+        try:  # the user's module, imported before any connection is made
+            graph = load_graph(args.dag)
+        except InvalidValueError as err:
+            print(f"taskiq-flow runs: {err}", file=sys.stderr)
+            return 2
+    client: Any = None
+    if tracking is None:
+        from redis.asyncio import Redis
+
+        from taskiq_flow.distributed import RedisPipelineStorage
+
+        client = Redis.from_url(args.redis)
+        tracking = PipelineTrackingManager(RedisPipelineStorage(client, prefix=args.prefix))
+    try:
+        return await _act(args, tracking, console, stream, graph)
+    except (UnknownIdError, InvalidValueError) as err:
+        print(f"taskiq-flow runs: {err}", file=sys.stderr)
+        return 1 if isinstance(err, UnknownIdError) else 2
+    except (OSError, ConnectionError) as err:
+        print(f"taskiq-flow runs: cannot reach {args.redis}: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        from redis.exceptions import RedisError
+
+        if isinstance(err, RedisError):
+            print(f"taskiq-flow runs: Redis at {args.redis}: {err}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        if client is not None:
+            await client.aclose()
+
+
+async def _act(
+    args: argparse.Namespace,
+    tracking: PipelineTrackingManager,
+    console: Console,
+    stream: IO[str],
+    graph: GraphView | None = None,
+) -> int:
+    action = args.runs_command
+    if action == "list":
+        records = await tracking.list_pipelines(args.status)
+        if args.limit is not None:
+            records = records[-args.limit :]
+        if args.json:
+            json.dump([run_to_json(r, steps=False) for r in records], stream, indent=2)
+            stream.write("\n")
+        else:
+            console.print(runs_table(records, console.width))
+        return 0
+    if action == "show":
+        status = await tracking.get_status(args.run)
+        if args.json:
+            json.dump(run_to_json(status), stream, indent=2)
+            stream.write("\n")
+        else:
+            console.print(steps_table(status))
+            if status.error:
+                console.print(Text(f"error: {status.error}"))
+        return 0
+    if action == "delete":
+        deleted: list[str] = []
+        missing: list[str] = []
+        for run in args.runs:
+            (deleted if await tracking.delete_pipeline(run) else missing).append(run)
+        if args.json:
+            json.dump({"deleted": deleted, "missing": missing}, stream, indent=2)
+            stream.write("\n")
+        else:
+            for run in deleted:
+                console.print(Text(f"deleted {run}"))
+            for run in missing:
+                console.print(Text(f"no run {run}"))
+        return 1 if missing else 0
+    if action == "report":
+        status = await tracking.get_status(args.run)
+        try:
+            path = write_report(args.output, status, dag=graph)
+        except OSError as err:  # a full disk, a file that went away: not Redis's doing
+            print(
+                f"taskiq-flow runs: --output {args.output}: {err.strerror or err}", file=sys.stderr
+            )
+            return 1
+        size = path.stat().st_size
+        if args.json:
+            json.dump({"path": str(path), "bytes": size, "steps": len(status.steps)}, stream)
+            stream.write("\n")
+        else:
+            console.print(Text(f"wrote {path} ({len(status.steps)} steps, {size:,} bytes)"))
+        return 0
+    if action == "explain":
+        status = await tracking.get_status(args.run)
+        line = explain_line(status, args.step)
+        if args.json:
+            json.dump({"run": status.pipeline_id, "step": args.step, "explain": line}, stream)
+            stream.write("\n")
+        else:
+            console.print(Text(line))
+        return 0
+    raise InvalidValueError(f"unknown runs action {action!r}")  # pragma: no cover - argparse
