@@ -144,8 +144,7 @@ async def test_explain_reads_the_reasons_a_live_run_recorded(broker: InMemoryBro
     await tracking.begin("run-1", "etl", [("load", 1), ("map(resize)", 16)])
     status = await tracking.get_status("run-1")
     assert explain_line(status, "map(resize)") == (
-        "step 'map(resize)' is pending (16 pending); its run is running, so nothing "
-        "explains it now"
+        "step 'map(resize)' is pending (16 pending); its run is running, so nothing explains it now"
     )
     assert explain_line(status) == "run 'run-1' is running with 2 unfinished step(s)"
     code, out = await run_cli("explain", "run-1", "nope", tracking=tracking)

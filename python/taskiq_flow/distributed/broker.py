@@ -261,9 +261,7 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
             # (its predecessor stopped, the queue was deleted, then a message came) runs.
             with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
                 async with Redis(connection_pool=self.connection_pool) as conn:
-                    await conn.xgroup_create(
-                        own, self.consumer_group_name, id="0", mkstream=True
-                    )
+                    await conn.xgroup_create(own, self.consumer_group_name, id="0", mkstream=True)
         await super().startup()
         if not self.is_worker_process:
             return
