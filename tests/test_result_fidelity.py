@@ -245,7 +245,7 @@ class Orchestrator:
         self.runner.run(self._start())
 
     async def _start(self) -> None:
-        from taskiq_flow.engine import run_single
+        from taskiq_flow.run.runner import run_single
 
         await self.app.broker.startup()
         deadline = time.monotonic() + 60
