@@ -130,5 +130,11 @@ async def produce(recipe: list[Any]) -> Any:
 
 
 @broker.task
+async def echo(value: Any) -> Any:
+    """Returns its argument as it arrived (the argument-fidelity tests)."""
+    return value
+
+
+@broker.task
 async def ping() -> int:
     return os.getpid()

@@ -27,12 +27,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from taskiq_flow import DeadLetterQueue, MapReduce, RetryPolicy, StepFailedError
+from taskiq_flow import (
+    DeadLetterQueue,
+    MapReduce,
+    RetryPolicy,
+    StepFailedError,
+    UnserializableError,
+)
 
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
 
 import fidelity_app  # noqa: E402
+from test_argument_fidelity import as_json, faithful  # noqa: E402
+from test_argument_fidelity import same as same_typed  # noqa: E402
+from test_argument_fidelity import values as argument_values  # noqa: E402
 
 #: The channel's default size limit (1 MiB of JSON).
 LIMIT = 1 << 20
@@ -240,6 +249,8 @@ class Orchestrator:
 
         for name in ("TASKIQ_FLOW_FIDELITY_REDIS", "TASKIQ_FLOW_FIDELITY_QUEUE"):
             del os.environ[name]
+        self.url = env["TASKIQ_FLOW_FIDELITY_REDIS"]
+        self.queue = env["TASKIQ_FLOW_FIDELITY_QUEUE"]
         self.app = app
         self.runner = asyncio.Runner()
         self.runner.run(self._start())
@@ -256,6 +267,23 @@ class Orchestrator:
             except Exception:
                 if time.monotonic() > deadline:
                     raise
+
+    def sent(self) -> int:
+        """Messages ever added to the app's queue (Redis counts them; acknowledged ones are
+        deleted, so the stream's length would not do)."""
+        from redis.asyncio import Redis
+
+        async def added() -> int:
+            client = Redis.from_url(self.url)
+            try:
+                if not await client.exists(self.queue):
+                    return 0
+                info = await client.xinfo_stream(self.queue)
+                return int(info["entries-added"])
+            finally:
+                await client.aclose()
+
+        return self.runner.run(added())
 
     def map(self, items: list[Any], **options: Any) -> list[Any]:
         return self.runner.run(
@@ -371,3 +399,26 @@ async def test_a_completion_whose_value_cannot_be_read_back_fails_its_attempt(
         await channel.aclose()
     finally:
         await client.aclose()
+
+
+@settings(max_examples=40)
+@given(value=argument_values)
+def test_over_redis_an_argument_arrives_as_given_or_is_refused_before_sending(
+    orchestrator: Orchestrator, value: Any
+) -> None:
+    """The argument half of the property, over Redis with real workers: what the workers'
+    ``echo`` task received (sent back as its result) equals what was given, or the map was
+    refused before anything was sent (see tests/test_argument_fidelity.py, in process)."""
+    sends = orchestrator.sent()
+    try:
+        [echoed] = orchestrator.runner.run(
+            asyncio.wait_for(
+                MapReduce.map(orchestrator.app.broker, orchestrator.app.echo, [value]), 60
+            )
+        )
+    except UnserializableError:
+        assert not faithful(value)
+        assert orchestrator.sent() == sends, "something was sent before the refusal"
+        return
+    assert faithful(value), f"sent a value JSON alters: it arrived as {echoed!r}"
+    assert same_typed(echoed, as_json(value))
