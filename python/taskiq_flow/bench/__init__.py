@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
 
         say(
             "\norchestrators: each contender in a fresh process, "
-            f"{3 if args.full else 1} time(s) (--full: 3)"
+            + ("3 times" if args.full else "once (--full: 3 times)")
         )
         outcome = orchestrators.run_orchestrators(3 if args.full else 1, args.scale, say=say)
         results += orchestrators.results(outcome)
