@@ -101,6 +101,7 @@ fn core_at_scale(n: u32, walk: Walk) {
     drop((src, dst));
     let mut run = Scheduler::new(graph, None, &[], None, None).unwrap();
     let built = t.elapsed();
+    let held = status_kib("VmRSS:");
     let t = Instant::now();
     let mut ready = run.start(0.0).unwrap();
     let mut done = 0u32;
@@ -133,13 +134,14 @@ fn core_at_scale(n: u32, walk: Walk) {
     };
     println!(
         "  {what:<28} build {:.2} s + walk {:.2} s = {:.2} s ({:.0} ns/node), peak RSS {} \
-         (VmHWM; {} before, edges made in {:.2} s)",
+         (VmHWM; {} before, {} once built, edges made in {:.2} s)",
         built.as_secs_f64(),
         walked.as_secs_f64(),
         (built + walked).as_secs_f64(),
         (built + walked).as_nanos() as f64 / f64::from(n),
         mib(peak),
         mib(before),
+        mib(held),
         generated.as_secs_f64(),
     );
 }
