@@ -45,9 +45,11 @@ def start_worker(name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """`taskiq-flow worker scaling_out:broker --name NAME --cpu-cores 2 --ram-gb 1`."""
     here = Path(__file__).resolve().parent
     return subprocess.Popen(
-        [sys.executable, "-m", "taskiq_flow.cli", "worker", f"{Path(__file__).stem}:broker"]
-        + ["--name", name, "--cpu-cores", "2", "--ram-gb", "1"]
-        + ["--", "--app-dir", str(here), "--log-level", "WARNING"],
+        [
+            *(sys.executable, "-m", "taskiq_flow.cli", "worker", f"{Path(__file__).stem}:broker"),
+            *("--name", name, "--cpu-cores", "2", "--ram-gb", "1"),
+            *("--", "--app-dir", str(here), "--log-level", "WARNING"),
+        ],
         env={**env, "TASKIQ_FLOW_WORKER_NAME": name},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -57,7 +59,7 @@ def start_worker(name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
 async def orchestrate() -> None:
     redis = Redis.from_url(URL)
     deadline = time.monotonic() + 60
-    while len(adverts := await discover_workers(redis)) < 2:
+    while len(adverts := await discover_workers(redis, broker=broker)) < 2:
         assert time.monotonic() < deadline, "the workers did not start"
         await asyncio.sleep(0.2)
     await broker.startup()

@@ -80,7 +80,7 @@ async def explode(x: int) -> int:
 
 
 @broker.task
-async def held(x: int) -> int:
+async def held(x: int, seconds: float = 0.05) -> int:
     """Counts the tasks running at once across every worker, in Redis, and keeps the peak."""
     client = Redis.from_url(URL)
     try:
@@ -92,7 +92,7 @@ async def held(x: int) -> int:
             "held:peak",
             running,
         )
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(seconds)
         await client.decr("held:running")
     finally:
         await client.aclose()

@@ -1,11 +1,18 @@
-"""An orchestrator process for the cross-process cap test: runs a map of `held` tasks under a cap
-shared through Redis, then prints how many results it got."""
+"""An orchestrator process for the cross-process cap tests: runs a map of `held` tasks under a cap
+shared through Redis, then prints how many results it got.
+
+    python redis_orchestrator.py ITEMS CAP [--close] [--lease S] [--seconds S]
+
+Without ``--close`` it ends as a user's script does: the map returns and ``asyncio.run`` ends,
+nothing closed by hand. ``--lease`` is the cap's lease, ``--seconds`` how long each task holds
+its slot. It prints ``ready`` once the workers answer, before the map starts.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
-import sys
 import time
 
 import redis_app
@@ -16,28 +23,39 @@ from taskiq_flow.engine import run_single
 from taskiq_flow.optimization.parallel import global_cap, set_max_parallel_tasks
 
 
-async def main(items: int, cap: int) -> None:
+async def main(args: argparse.Namespace) -> None:
     broker = redis_app.broker
     await broker.startup()
-    client = Redis.from_url(redis_app.URL)
-    try:
-        deadline = time.monotonic() + 60
-        while True:  # the workers see only messages sent after their consumer group exists
-            try:
-                await run_single(broker, redis_app.ping.task_name, (), {}, timeout=2)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-        set_max_parallel_tasks(cap, redis=client, name=os.environ["TASKIQ_FLOW_TEST_LIMIT"])
-        results = await MapReduce.map(broker, redis_app.held, range(items), max_parallel=50)
+    deadline = time.monotonic() + 60
+    while True:  # the workers see only messages sent after their consumer group exists
+        try:
+            await run_single(broker, redis_app.ping.task_name, (), {}, timeout=2)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+    print("ready", flush=True)
+    set_max_parallel_tasks(
+        args.cap,
+        redis=Redis.from_url(redis_app.URL),
+        name=os.environ["TASKIQ_FLOW_TEST_LIMIT"],
+        lease_seconds=args.lease,
+    )
+    results = await MapReduce.map(
+        broker, redis_app.held, range(args.items), max_parallel=50, seconds=args.seconds
+    )
+    if args.close:
         await global_cap().aclose()
-        print(len(results))
-    finally:
         set_max_parallel_tasks(None)
-        await client.aclose()
         await broker.shutdown()
+    print(len(results), flush=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("items", type=int)
+    parser.add_argument("cap", type=int)
+    parser.add_argument("--close", action="store_true")
+    parser.add_argument("--lease", type=float, default=30.0)
+    parser.add_argument("--seconds", type=float, default=0.05)
+    asyncio.run(main(parser.parse_args()))

@@ -1,5 +1,6 @@
-"""An orchestrator process the resume test kills mid-run: runs first_step -> slow_step with its
-tracking in Redis."""
+"""An orchestrator process the resume tests kill mid-run, with its tracking in Redis: runs
+first_step -> slow_step (a second), or, with ``TASKIQ_FLOW_TEST_RESUME=slow``, first_step beside
+a four-second step (:data:`slow_pipeline`, also what ``runs resume --pipeline`` imports)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from redis.asyncio import Redis
 from taskiq_flow import DataflowPipeline, PipelineTrackingManager
 from taskiq_flow.distributed import RedisPipelineStorage
 
+#: first_step(x) and slow(x) side by side: killed while slow runs, whatever the machine's load.
+slow_pipeline = DataflowPipeline.from_tasks(
+    redis_app.broker, [redis_app.first_step, redis_app.slow]
+)
+
 
 async def main() -> None:
     await redis_app.broker.startup()
@@ -19,9 +25,13 @@ async def main() -> None:
     storage = RedisPipelineStorage(
         Redis.from_url(redis_app.URL), ttl_seconds=600, lease_seconds=lease
     )
-    pipeline = DataflowPipeline.from_tasks(
-        redis_app.broker, [redis_app.first_step, redis_app.slow_step]
-    ).with_tracking(PipelineTrackingManager(storage))
+    if os.environ.get("TASKIQ_FLOW_TEST_RESUME") == "slow":
+        pipeline = slow_pipeline
+    else:
+        pipeline = DataflowPipeline.from_tasks(
+            redis_app.broker, [redis_app.first_step, redis_app.slow_step]
+        )
+    pipeline.with_tracking(PipelineTrackingManager(storage))
     print(await pipeline.kiq_dataflow(x=3), flush=True)
 
 

@@ -135,3 +135,32 @@ def test_the_demo_stops_on_a_signal_with_one_line(sig: signal.Signals, code: int
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code
     assert err.strip().splitlines() == [f"taskiq-flow demo: stopped by {sig.name}"]
+
+
+@pytest.mark.parametrize("command", [["runs", "list"], ["explain", "RUN"]])
+def test_ctrl_c_while_redis_does_not_answer_ends_a_runs_command_with_one_line(
+    command: list[str],
+) -> None:
+    """A server that accepts the connection and never answers: the command waits on it until
+    Ctrl-C, which ends it with one line and status 130."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taskiq_flow.cli", *command, "--redis",
+             f"redis://127.0.0.1:{port}/0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            server.settimeout(60)
+            connection, _ = server.accept()  # the command is now waiting for Redis
+            with connection:
+                proc.send_signal(signal.SIGINT)
+                out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 130, err
+    assert out == "" and err.splitlines() == [f"taskiq-flow {command[0]}: interrupted"]

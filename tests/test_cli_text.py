@@ -95,3 +95,42 @@ def test_bench_wide_keeps_every_column() -> None:
     out = taskiq_flow("bench", "--scale", "0.01", "--group", "admission", "--wide")
     assert "peer ÷ ours" in out and "result" in out
     assert too_wide(out) != []
+
+
+REDIS_COMMANDS = [
+    c for c in COMMANDS if c[:1] in (["runs"], ["report"], ["explain"]) and c != ["runs"]
+]
+
+
+@pytest.mark.parametrize("command", REDIS_COMMANDS, ids=" ".join)
+def test_the_usage_shows_redis_as_required_and_leaving_it_out_is_one_line(
+    command: list[str],
+) -> None:
+    usage = taskiq_flow(*command, "--help").split("\n\n")[0]
+    assert " --redis URL" in " ".join(usage.split()) and "[--redis URL]" not in usage, usage
+    proc = subprocess.run(
+        [sys.executable, "-m", "taskiq_flow.cli", *command, "RUN", "--pipeline", "a:b"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    [line] = proc.stderr.splitlines()
+    assert "the following arguments are required: --redis" in line, line
+
+
+def test_a_refused_command_line_is_one_line_naming_the_help() -> None:
+    for argv, says in (
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["runs", "list", "--redis", "redis://h", "--limit", "0"], "expected a number >= 1"),
+        (["runs", "list", "--redis", "redis://h", "--status", "weird"], "invalid choice"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "taskiq_flow.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2 and proc.stdout == ""
+        [line] = proc.stderr.splitlines()
+        assert says in line and line.endswith("--help)"), line

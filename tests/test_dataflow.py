@@ -27,6 +27,7 @@ from taskiq_flow import (
     StepFailedError,
     TaskNode,
     TaskTimeoutError,
+    UnknownIdError,
     UnserializableError,
     pipeline_task,
 )
@@ -162,7 +163,7 @@ async def test_bad_pipelines_are_refused_before_anything_is_sent(broker: InMemor
         pipeline.add_dataflow_task(tasks[1], output="clean")
         await pipeline.kiq_dataflow(raw=[1], title="t")
 
-    with pytest.raises(DataflowError, match="unknown inputs \\['colour'\\]"):
+    with pytest.raises(DataflowError, match="unknown inputs 'colour'"):
         await DataflowPipeline.from_tasks(broker, tasks).kiq_dataflow(raw=[1], title="t", colour=1)
 
     with pytest.raises(UnserializableError, match="cannot be serialized"):
@@ -391,24 +392,36 @@ async def test_task_timeout_and_pipeline_timeout(broker: InMemoryBroker) -> None
 
 
 async def test_cancel_a_running_pipeline(broker: InMemoryBroker) -> None:
+    started = asyncio.Event()
+    finish = asyncio.Event()
+    finished = asyncio.Event()
+    later_started: list[int] = []
+
     @broker.task
     @pipeline_task(output="y")
     async def slow(x: int) -> int:
-        await asyncio.sleep(0.3)
+        started.set()
+        await finish.wait()
+        finished.set()
         return x
 
     @broker.task
     @pipeline_task(output="z")
     async def later(y: int) -> int:
-        raise AssertionError("must not start")
+        later_started.append(y)  # seen by the test (an assertion here would only fail the task)
+        return y
 
     pipeline = DataflowPipeline.from_tasks(broker, [slow, later])
     run = asyncio.ensure_future(pipeline.kiq_dataflow(x=1))
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(started.wait(), 10)
     pipeline.cancel()
     with pytest.raises(PipelineCancelledError):
         await run
-    await asyncio.sleep(0.4)
+    finish.set()  # the running task completes after the cancel: nothing may start after it
+    await asyncio.wait_for(finished.wait(), 10)
+    for _ in range(100):  # a completion's consequences come within a few loop turns
+        await asyncio.sleep(0)
+    assert later_started == []
 
 
 async def test_tracking_durations_are_measured_where_tasks_ran(broker: InMemoryBroker) -> None:
@@ -535,3 +548,101 @@ async def test_a_dag_draws_itself(broker: InMemoryBroker) -> None:
     shown = dag.to_json()
     assert [n["name"] for n in shown["nodes"]] == [n.name for n in dag.nodes]
     assert len(shown["edges"]) == len(dag.sources)
+
+
+async def test_a_custom_engine_calling_super_finishes_under_a_process_cap(
+    broker: InMemoryBroker, gauge: Gauge
+) -> None:
+    """Seed section 11 under ``set_max_parallel_tasks(2)``: each node holds its process slot while
+    ``schedule_task`` runs, so the send it makes through ``super()`` must not wait for another."""
+    set_max_parallel_tasks(2)
+    release = asyncio.Event()
+
+    def independent(output: str) -> Any:
+        @broker.task(task_name=f"independent_{output}")
+        @pipeline_task(output=output)
+        async def work(x: int) -> int:
+            gauge.enter(output)
+            try:
+                if gauge.peak >= 2:
+                    release.set()
+                await asyncio.wait_for(release.wait(), 10)
+                return x
+            finally:
+                gauge.leave()
+
+        return work
+
+    class Passthrough(ExecutionEngine):
+        async def schedule_task(self, task_node: TaskNode, inputs: dict[str, Any]) -> Any:
+            return await super().schedule_task(task_node, inputs)
+
+    dag = DataflowPipeline.from_tasks(broker, [independent(o) for o in "abcd"]).dag
+    outputs = await asyncio.wait_for(Passthrough(broker, dag).execute({"x": 1}), 20)
+    assert outputs == {"a": 1, "b": 1, "c": 1, "d": 1}
+    assert gauge.peak == 2  # the cap still holds: the inner send is the node's own
+
+
+async def test_each_node_of_a_task_is_a_step_of_its_own(broker: InMemoryBroker) -> None:
+    """Five nodes of one task are five tracked steps, told apart by their outputs, each timed on
+    its own (the slowest can be named); a task wired in once keeps its own name."""
+    delays = {"a": 0.0, "b": 0.0, "c": 0.15, "d": 0.0, "e": 0.0}
+
+    @broker.task
+    async def render(x: int, delay: float) -> int:
+        await asyncio.sleep(delay)
+        return x
+
+    @broker.task
+    @pipeline_task(output="total")
+    async def total(a: int, b: int, c: int, d: int, e: int) -> int:
+        return a + b + c + d + e
+
+    tracking = PipelineTrackingManager()
+    pipeline = DataflowPipeline(broker).with_tracking(tracking)
+    for out in delays:
+        pipeline.add_dataflow_task(render, output=out, inputs={"x": "x", "delay": f"delay_{out}"})
+    pipeline.add_dataflow_task(total)
+    inputs = {f"delay_{k}": v for k, v in delays.items()}
+    assert (await pipeline.kiq_dataflow(x=1, **inputs))["total"] == 5
+    status = await tracking.get_status(pipeline.pipeline_id)
+    names = [s.name for s in status.steps]
+    assert names == [f"render[{o}]" for o in delays] + ["total"]
+    assert all(s.attempts == 1 and s.tasks == 1 for s in status.steps)
+    slowest = status.slowest_step()
+    assert slowest is not None and slowest.name == "render[c]"
+    # Asked by the task's name, a run answers for one of its nodes.
+    assert pipeline.explain("render").startswith("done: step 'render[")
+
+
+async def test_refused_at_once_a_foreign_task_no_broker_a_bad_output_a_misspelled_input(
+    broker: InMemoryBroker,
+) -> None:
+    other = InMemoryBroker()
+
+    @other.task
+    @pipeline_task(output="y")
+    async def elsewhere(x: int) -> int:
+        return x
+
+    @broker.task
+    @pipeline_task(output="y")
+    async def here(x: int) -> int:
+        return x
+
+    with pytest.raises(NotATaskError, match="'elsewhere' is registered on another broker"):
+        DataflowPipeline(broker).add_dataflow_task(elsewhere)
+    with pytest.raises(NotATaskError, match="registered on another broker"):
+        ExecutionEngine(broker, DataflowPipeline(other).add_dataflow_task(elsewhere).dag)
+    with pytest.raises(InvalidValueError, match=r"broker must be a taskiq broker.*got NoneType"):
+        DataflowPipeline(None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError, match=r"output must be a non-empty str.*got 3"):
+        pipeline_task(output=3)  # type: ignore[arg-type]
+    with pytest.raises(InvalidValueError, match="inputs must be a list of input names"):
+        pipeline_task(inputs="x")
+    with pytest.raises(MissingInputError, match=r"'x'.*unknown inputs 'xx' \(did you mean 'x'\?\)"):
+        await DataflowPipeline.from_tasks(broker, [here]).kiq_dataflow(xx=1)
+    with pytest.raises(UnknownIdError, match="did you mean 'here'"):
+        pipeline = DataflowPipeline.from_tasks(broker, [here])
+        await pipeline.kiq_dataflow(x=1)
+        pipeline.explain("hree")

@@ -45,3 +45,38 @@ def test_demo_command_ends_by_pointing_at_its_report(
     assert lines[-2:] == ["report of the slowest run (DAG, timeline, steps):", f"  {report}"]
     page = report.read_text()
     assert "transcribe" in page and "<svg" in page
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--speed", "-1"], "argument --speed: expected a number from 0 to 100, got -1"),
+        (["--speed", "nan"], "argument --speed: expected a number from 0 to 100, got nan"),
+        (["--speed", "inf"], "argument --speed: expected a number from 0 to 100, got inf"),
+        (["--speed", "fast"], "argument --speed: expected a number, got 'fast'"),
+        (["--tracks", "0"], "argument --tracks: expected a number >= 1, got 0"),
+        (["--tracks", "2.5"], "argument --tracks: expected a whole number, got '2.5'"),
+        (["--tracks", "10000000"], "argument --tracks: expected a number <= 1000"),
+        (["--report", "/no/such/dir/demo.html"], "--report /no/such/dir/demo.html: no directory"),
+        (["--report", "."], "--report .: is a directory"),
+    ],
+)
+def test_the_demo_refuses_bad_flags_in_one_line_before_it_starts(
+    capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["demo", "--tracks", "1", "--speed", "0", *argv])
+    assert exit_info.value.code == 2  # argparse's status for a bad command line
+    captured = capsys.readouterr()
+    assert captured.out == ""  # nothing started: no banner, no progress bar
+    [line] = captured.err.splitlines()
+    assert line.startswith("taskiq-flow demo: ") and says in line, line
+
+
+def test_a_demo_report_that_cannot_be_written_is_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli_main(["demo", "--tracks", "1", "--speed", "0", "--report", "/dev/full"]) == 1
+    assert capsys.readouterr().err == (
+        "taskiq-flow demo: cannot write --report /dev/full: No space left on device\n"
+    )

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from taskiq import TaskiqMessage
 
 from taskiq_flow import (
     AbortPipeline,
@@ -323,6 +324,7 @@ async def test_global_cap_holds_across_two_orchestrator_processes(
             str(TESTS / "redis_orchestrator.py"),
             "15",
             "3",
+            "--close",
             cwd=TESTS,
             env=env,
             stdout=asyncio.subprocess.PIPE,
@@ -333,8 +335,79 @@ async def test_global_cap_holds_across_two_orchestrator_processes(
     outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 120)
     for proc, (out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err.decode()[-2000:]
-        assert out.decode().strip() == "15"
+        assert out.decode().split() == ["ready", "15"]
     assert int(await redis.get("held:peak")) == 3  # sampled inside the tasks: reached, never more
+
+
+async def orchestrate(
+    env: dict[str, str], *args: str
+) -> tuple[asyncio.subprocess.Process, asyncio.StreamReader]:
+    """Starts tests/redis_orchestrator.py; returns it once it printed ``ready``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(TESTS / "redis_orchestrator.py"),
+        *args,
+        cwd=TESTS,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"ready\n"
+    return proc, proc.stdout
+
+
+async def test_a_shared_cap_is_given_back_when_the_orchestrator_just_exits(
+    redis: Redis, workers: dict[str, str]
+) -> None:
+    """The user's script: set a cap shared through Redis, run a map, let asyncio.run return.
+    Nothing stays held, and the next orchestrator gets every slot."""
+    name = f"cap-{uuid.uuid4().hex[:8]}"
+    env = {**workers, "TASKIQ_FLOW_TEST_LIMIT": name}
+    first, _ = await orchestrate(env, "15", "3")
+    out, err = await asyncio.wait_for(first.communicate(), 60)
+    assert first.returncode == 0, err.decode()[-2000:]
+    assert out.decode().split() == ["15"]
+    for noise in ("Task was destroyed", "RuntimeError", "Traceback"):
+        assert noise not in err.decode(), err.decode()[-2000:]
+    assert await redis.zcard(f"taskiq_flow:limit:{name}") == 0  # nothing held after the exit
+    await redis.delete("held:peak")
+    second, _ = await orchestrate(env, "15", "3", "--seconds", "0.2")
+    out, err = await asyncio.wait_for(second.communicate(), 60)
+    assert second.returncode == 0, err.decode()[-2000:]
+    assert int(await redis.get("held:peak")) == 3  # all three slots, measured inside the tasks
+
+
+async def test_a_killed_holders_slots_come_back_within_the_lease(
+    redis: Redis, workers: dict[str, str]
+) -> None:
+    """An orchestrator holding every slot is killed: the one waiting gets them within the
+    lease (2 s here) plus the documented slack of its retries, not seconds later."""
+    name = f"cap-{uuid.uuid4().hex[:8]}"
+    key = f"taskiq_flow:limit:{name}"
+    env = {**workers, "TASKIQ_FLOW_TEST_LIMIT": name}
+    holder, _ = await orchestrate(env, "200", "3", "--lease", "2", "--seconds", "0.3")
+    deadline = time.monotonic() + 30
+    while await redis.zcard(key) < 3:  # the holder took every slot
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    waiter, _ = await orchestrate(env, "12", "3", "--lease", "2", "--seconds", "0.3")
+    await asyncio.sleep(0.7)  # the waiter is polling for a slot (a renewal of the holder passed)
+    held = set(await redis.zrange(key, 0, -1))
+    holder.kill()
+    killed_at = time.monotonic()
+    await holder.wait()
+    while held & set(await redis.zrange(key, 0, -1)) or await redis.zcard(key) < 3:
+        assert time.monotonic() - killed_at < 10, "the killed holder's slots never came back"
+        await asyncio.sleep(0.01)
+    back_after = time.monotonic() - killed_at
+    try:
+        _, err = await asyncio.wait_for(waiter.communicate(), 60)
+    except TimeoutError:
+        waiter.kill()
+        _, err = await waiter.communicate()
+    assert waiter.returncode == 0, err.decode()[-3000:]
+    assert back_after <= 2.0 + 0.5, f"slots came back {back_after:.2f} s after the kill"
 
 
 async def test_redis_going_away_fails_the_run_instead_of_hanging() -> None:
@@ -561,3 +634,88 @@ async def test_a_restarted_orchestrator_resumes_its_run(
         # ran (its worker renews its lease).
         assert int(await redis.get("second:runs")) == 2
         assert (await tracking.get_status(crashed.pipeline_id)).status == "done"
+
+
+async def test_only_workers_of_this_application_are_discovered_and_placed_on(
+    redis: Redis, redis_url: str
+) -> None:
+    """Two applications (two queues) share one Redis and its default prefix: a pool built for
+    this broker never places a task on the other application's worker."""
+    from taskiq_flow import MapReduce, ResourceAwareWorkerPool, StepFailedError
+    from taskiq_flow.distributed import discover_workers
+    from taskiq_flow.exceptions import UndeliverableMessageError
+
+    mine = {"mine": ["--cpu-cores", "2", "--ram-gb", "8"]}
+    other = {"other": ["--cpu-cores", "8", "--ram-gb", "8"]}
+    with flow_workers(redis_url, mine) as (env, _), flow_workers(redis_url, other):
+        await live_adverts(redis, 2)  # both applications' workers advertise
+        async with started_app(env) as app:
+            adverts = await discover_workers(redis, broker=app.broker)
+            assert [(a["name"], a["queue"]) for a in adverts] == [
+                ("mine", f"{env['TASKIQ_FLOW_TEST_QUEUE']}.mine")
+            ]
+            pool = ResourceAwareWorkerPool(adverts)
+            pool.watch(lambda: discover_workers(redis, broker=app.broker), interval=0.2)
+            where = await MapReduce.map(app.broker, app.crunch, range(4), worker_pool=pool)
+            assert where == ["mine"] * 4
+            assert int(await redis.get("peak:mine")) == 1  # 2-core tasks on 2 cores: one at once
+            # A pool that took every advert puts work on `other`: refused, never sent elsewhere.
+            everyone = ResourceAwareWorkerPool(await discover_workers(redis))
+            assert [w.name for w in everyone.workers] == ["mine", "other"]
+            with pytest.raises(StepFailedError) as refused:
+                await MapReduce.map(app.broker, app.crunch, range(4), worker_pool=everyone)
+            cause = getattr(refused.value.error, "__cause__", None)  # taskiq's SendTaskError
+            assert isinstance(cause, UndeliverableMessageError), refused.value
+            assert "other" in str(cause) and "broker=broker" in str(cause)
+
+
+async def _worker_queue(redis: Redis, queue: str) -> bool:
+    return bool(await redis.exists(queue))
+
+
+async def test_a_workers_own_queue_does_not_outlive_it(redis: Redis, redis_url: str) -> None:
+    """A worker stopped cleanly takes its empty queue with it; a killed worker's queue expires
+    soon if empty, and keeps what was placed on it (for a successor under its name) only for a
+    bounded time."""
+    from taskiq_flow.distributed.broker import IDLE_WORKER_QUEUE_TTL, WORKER_QUEUE_TTL
+
+    specs = {"tidy": ["--cpu-cores", "1"], "killed": ["--cpu-cores", "1"]}
+    with flow_workers(redis_url, specs) as (env, procs):
+        await live_adverts(redis, 2)
+        queue = env["TASKIQ_FLOW_TEST_QUEUE"]
+        assert await _worker_queue(redis, f"{queue}.tidy")
+        procs["tidy"].send_signal(signal.SIGTERM)
+        assert procs["tidy"].wait(timeout=20) == 0
+        assert not await _worker_queue(redis, f"{queue}.tidy")
+
+        deadline = time.monotonic() + 10
+        while await redis.pttl(f"{queue}.killed") < 0:  # its first heartbeat gives it a TTL
+            assert time.monotonic() < deadline, "the worker's queue never got a TTL"
+            await asyncio.sleep(0.05)
+        os.killpg(procs["killed"].pid, signal.SIGKILL)
+        procs["killed"].wait()
+        assert 0 < await redis.pttl(f"{queue}.killed") <= IDLE_WORKER_QUEUE_TTL * 1000
+
+        # A message placed on the dead worker's queue stays there (bounded), never dropped.
+        from taskiq_flow.distributed import reliable_stream_broker
+        from taskiq_flow.resources import QUEUE_LABEL
+
+        sender = reliable_stream_broker(redis_url, queue_name=queue)
+        await sender.startup()
+        try:
+            message = sender.formatter.dumps(
+                TaskiqMessage(
+                    task_id="placed",
+                    task_name="redis_app:crunch",
+                    labels={QUEUE_LABEL: f"{queue}.killed"},
+                    labels_types={},
+                    args=[1],
+                    kwargs={},
+                )
+            )
+            await sender.kick(message)
+        finally:
+            await sender.shutdown()
+        assert await redis.xlen(f"{queue}.killed") == 1
+        assert await redis.pttl(f"{queue}.killed") > IDLE_WORKER_QUEUE_TTL * 1000
+        assert await redis.pttl(f"{queue}.killed") <= WORKER_QUEUE_TTL * 1000

@@ -133,3 +133,19 @@ def test_the_api_reference_reads_rest_docstrings_as_markdown() -> None:
         ":raises CycleError: before\n    anything is sent.\n"
         ":raises MissingInputError: before\n    anything is sent."
     )
+
+
+def test_the_performance_guide_says_which_tracking_ttl_is_the_default_and_which_the_example() -> (
+    None
+):
+    """Next to an example that sets ``ttl_seconds``, the page says the default as the default and
+    what the example's value means, both true of ``RedisPipelineStorage``."""
+    import inspect
+
+    from taskiq_flow.distributed import RedisPipelineStorage
+
+    text = " ".join((DOCS / "performance.md").read_text().split())
+    default = inspect.signature(RedisPipelineStorage).parameters["ttl_seconds"].default
+    assert default % 86_400 == 0
+    assert f"{default // 86_400} days ({default:,} s) unless you pass `ttl_seconds`" in text
+    assert "`RedisPipelineStorage(redis, ttl_seconds=86400)` keeps records for one day" in text

@@ -9,7 +9,14 @@ import pytest
 from conftest import Gauge
 from taskiq import InMemoryBroker
 
-from taskiq_flow import DataflowError, InvalidValueError, MapReduce, RetryPolicy, StepFailedError
+from taskiq_flow import (
+    DataflowError,
+    InvalidValueError,
+    MapReduce,
+    NotATaskError,
+    RetryPolicy,
+    StepFailedError,
+)
 from taskiq_flow.optimization.parallel import global_cap
 
 
@@ -43,7 +50,9 @@ async def test_map_keeps_order_and_bound(
     out = await MapReduce.map(broker, tasks["square"], range(500), max_parallel=15)
     assert out == [x * x for x in range(500)]
     assert gauge.peak == 15
-    by_name = await MapReduce.map(broker, tasks["scaled"], [1, 2], param_name="x", factor=3)
+    by_name = await MapReduce.map(
+        broker, tasks["scaled"], [1, 2], param_name="x", kwargs={"factor": 3}
+    )
     assert by_name == [3, 6]
 
 
@@ -170,3 +179,64 @@ async def test_rate_limited_steps_start_no_faster_than_their_rate(broker: InMemo
     for bad in ({"rate": 0.0}, {"rate": -1.0}, {"rate": 5.0, "burst": 0}):
         with pytest.raises(InvalidValueError):
             await MapReduce.map(broker, call_api, [1], **bad)  # type: ignore[arg-type]
+
+
+async def test_a_failed_map_keeps_every_result_that_finished(broker: InMemoryBroker) -> None:
+    """``on_error="continue"``: every other item runs, and the error carries their results."""
+
+    @broker.task
+    async def item(x: int) -> int:
+        if x == 7:
+            raise ValueError("seven")
+        return x * 10
+
+    with pytest.raises(StepFailedError, match="seven") as failed:
+        await MapReduce.map(broker, item, range(20), max_parallel=4, on_error="continue")
+    assert failed.value.results == {i: i * 10 for i in range(20) if i != 7}
+    with pytest.raises(StepFailedError) as fast:  # fail fast: what finished before the failure
+        await MapReduce.map(broker, item, range(20), max_parallel=4)
+    assert fast.value.results
+    assert all(fast.value.results[i] == i * 10 for i in fast.value.results)
+
+
+async def test_every_call_refuses_no_broker_and_a_task_of_another_broker(
+    broker: InMemoryBroker,
+) -> None:
+    other = InMemoryBroker()
+
+    @other.task
+    async def elsewhere(x: int) -> int:
+        return x
+
+    with pytest.raises(NotATaskError, match="'elsewhere' is registered on another broker"):
+        await MapReduce.map(broker, elsewhere, [1])
+    with pytest.raises(NotATaskError, match="registered on another broker"):
+        await MapReduce.reduce(broker, elsewhere, [1, 2])
+    with pytest.raises(InvalidValueError, match="broker must be a taskiq broker"):
+        await MapReduce.map(None, elsewhere, [1])  # type: ignore[arg-type]
+
+
+async def test_every_call_takes_the_same_options_and_a_misspelled_one_is_an_error(
+    broker: InMemoryBroker, tasks: dict[str, object]
+) -> None:
+    from taskiq_flow import DeadLetterQueue
+
+    options = {
+        "on_error": "fail",
+        "retry": None,
+        "timeout": 30.0,
+        "dead_letters": DeadLetterQueue(),
+    }
+    options |= {"rate": 1000.0, "burst": 10, "on_progress": lambda done, total: None}
+    assert await MapReduce.map(broker, tasks["square"], [2], **options) == [4]  # type: ignore[arg-type]
+    assert await MapReduce.reduce(broker, tasks["add"], [1, 2], **options) == 3  # type: ignore[arg-type]
+    assert (
+        await MapReduce.map_reduce(broker, tasks["square"], tasks["add"], [1, 2], **options)  # type: ignore[arg-type]
+        == 5
+    )
+    streamed = MapReduce.stream(broker, tasks["square"], [3], **options)  # type: ignore[arg-type]
+    assert [v async for v in streamed] == [9]
+    with pytest.raises(TypeError, match=r"unknown keyword 'max_paralel'.*'max_parallel'"):
+        await MapReduce.map(broker, tasks["square"], [1], max_paralel=2)
+    with pytest.warns(DeprecationWarning, match=r"kwargs=\{\.\.\.\}"):
+        assert await MapReduce.map(broker, tasks["scaled"], [1], param_name="x", factor=2) == [2]

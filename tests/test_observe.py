@@ -52,9 +52,11 @@ async def test_prometheus_counts_what_runs_do(broker: InMemoryBroker) -> None:
         "taskiq_flow_step_duration_seconds_count", {"step": "work"}
     )
     assert durations == 10
-    # A map's max_parallel is its run's cap: what held the six is recorded as "ready" (held by
-    # nothing but the run's own bound), not a step's or the process's cap.
-    assert registry.get_sample_value("taskiq_flow_wait_seconds_count", {"reason": "ready"}) == 10
+    # A map's max_parallel is its run's cap: the four sent at once were "ready" (sent in the round
+    # they became ready); the six held back were held by the run's own cap, not a step's or the
+    # process's.
+    assert registry.get_sample_value("taskiq_flow_wait_seconds_count", {"reason": "ready"}) == 4
+    assert registry.get_sample_value("taskiq_flow_wait_seconds_count", {"reason": "run_cap"}) == 6
 
     @broker.task
     @pipeline_task(output="y", retry=RetryPolicy(max_attempts=2, delay=0))

@@ -14,12 +14,14 @@ from taskiq import InMemoryBroker
 from taskiq_flow import (
     AbortPipeline,
     DataflowError,
+    InvalidValueError,
     NotATaskError,
     Pipeline,
     PipelineCancelledError,
     PipelineMiddleware,
     PipelineTrackingManager,
     StepFailedError,
+    UnknownIdError,
     UnserializableError,
 )
 
@@ -203,3 +205,44 @@ async def test_resume_skips_the_steps_that_finished(broker: InMemoryBroker) -> N
     assert calls == ["fetch", "total", "total"]  # fetch finished before: not sent again
     status = await tracking.get_status(failed_id)
     assert status.status == "done"
+
+
+async def test_a_failed_map_step_keeps_what_finished_and_what_came_before(
+    broker: InMemoryBroker,
+) -> None:
+    tools = toolkit(broker)
+
+    @broker.task
+    async def item(x: int) -> int:
+        if x == 7:
+            raise ValueError("seven")
+        return x * 10
+
+    handle = await Pipeline(broker, tools["numbers"]).map(item, max_parallel=4).kiq(20)
+    result = await handle.wait_result(timeout=10)
+    assert result.is_err and isinstance(result.error, StepFailedError)
+    results = result.error.results
+    assert results["numbers"] == list(range(20))
+    partial = results["map(item)"]
+    assert partial and 7 not in partial
+    assert all(partial[i] == i * 10 for i in partial)
+
+
+async def test_refused_at_once_no_broker_a_foreign_task_an_unknown_step(
+    broker: InMemoryBroker,
+) -> None:
+    tools = toolkit(broker)
+    other = InMemoryBroker()
+
+    @other.task
+    async def elsewhere(x: int) -> int:
+        return x
+
+    with pytest.raises(InvalidValueError, match=r"broker must be a taskiq broker.*NoneType"):
+        Pipeline(None, tools["numbers"])  # type: ignore[arg-type]
+    with pytest.raises(NotATaskError, match="'elsewhere' is registered on another broker"):
+        Pipeline(broker, tools["numbers"]).map(elsewhere)
+    handle = await Pipeline(broker, tools["numbers"]).map(tools["square"]).kiq(3)
+    with pytest.raises(UnknownIdError, match=r"did you mean 'map\(square\)'"):
+        handle.explain("map(sqaure)")
+    assert (await handle.wait_result(timeout=10)).return_value == [0, 1, 4]

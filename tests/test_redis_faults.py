@@ -21,7 +21,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from test_distributed import TESTS, flow_workers, started_app, supervised_workers
 
-from taskiq_flow import MapReduce, PipelineTrackingManager, StepFailedError
+from taskiq_flow import MapReduce, PipelineTrackingManager, RetryPolicy, StepFailedError
 from taskiq_flow.distributed import RedisPipelineStorage, json_result_backend
 from taskiq_flow.exceptions import (
     CorruptRecordError,
@@ -205,8 +205,11 @@ async def test_a_redis_stall_never_ends_a_worker(own_redis: RedisProcess) -> Non
         with supervised_workers(own_redis.url, "--workers", "2") as (env, proc):
             async with started_app(env) as app:
                 before = children(proc.pid)
+                # A task whose own Redis write lands in the stall fails (its client times out
+                # after 5 s): that is the task's failure, retried; the workers must live on.
+                retry = RetryPolicy(max_attempts=3, delay=0.1)
                 run = asyncio.ensure_future(
-                    MapReduce.map(app.broker, app.tracked, range(30), 4, seconds=0.2)
+                    MapReduce.map(app.broker, app.tracked, range(30), 4, seconds=0.2, retry=retry)
                 )
                 await until(lambda: _at_least(redis, 5), 30, "5 starts")
                 stall = SyncRedis.from_url(own_redis.url, socket_timeout=30)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import itertools
 import re
 from html.parser import HTMLParser
 from pathlib import Path
@@ -14,14 +16,22 @@ from taskiq import InMemoryBroker
 
 from taskiq_flow import (
     DataflowPipeline,
+    MapReduce,
     Pipeline,
     PipelineTrackingManager,
     RetryPolicy,
     StepFailedError,
     pipeline_task,
 )
+from taskiq_flow.demo import run_demo
 from taskiq_flow.pictures import SimpleGraph
-from taskiq_flow.report import STATUS_COLOURS, default_segments, render_report, write_report
+from taskiq_flow.report import (
+    CRITICAL_COLOUR,
+    STATUS_COLOURS,
+    default_segments,
+    render_report,
+    write_report,
+)
 from taskiq_flow.tracking import PipelineStatus, StepStatus
 
 HOSTILE_ERROR = '<img src=x onerror="window.pwned=1"> </pre></td><script>window.pwned=2</script>'
@@ -181,7 +191,9 @@ async def test_a_real_run_opens_in_a_browser_without_errors(
             "g => g.querySelector('title').textContent.startsWith('count:')).map("
             "g => [...g.querySelectorAll('rect')].map(r => r.dataset.kind))"
         )
-        assert kinds == [["retrying", "running"]]
+        # Before them, what its first attempt did between ready and started (sent, queued).
+        [row] = kinds
+        assert row[-2:] == ["retrying", "running"] and set(row[:-2]) <= {"ready", "queued"}
         # Clicking a bar highlights the same step in the DAG, the timeline and the tables.
         lit = await page.evaluate(
             "(() => { const g = document.querySelector('#timeline g.row[data-step=\"1\"] rect');"
@@ -271,7 +283,8 @@ async def test_a_ten_thousand_step_run_renders_and_agrees_with_tracking(
             "return [n, worst, total, expected]; })()"
         )
         n, worst, total_px, expected_px = drawn
-        assert n == 10_000 and worst < 0.01
+        running = page_text.count('data-kind="running"')
+        assert running == 10_000 and n >= running and worst < 0.01
         # Laid out, not skipped: the widths add up (each is written to 0.0005 px).
         assert total_px == pytest.approx(expected_px, abs=0.0005 * n) and total_px > expected_px / 2
 
@@ -321,26 +334,26 @@ def test_segments_split_a_bar_by_reason() -> None:
         (10.6, 11.0, "running"),
     ]
     svg = timeline_of(render_report(status, segments={"resize": parts}))
-    scale = svg.scale["px-per-ms"]
-    assert scale == pytest.approx(960 / 1000)
+    scale, x0 = svg.scale["px-per-ms"], svg.scale["x0"]
+    assert scale == pytest.approx(860 / 1000) and x0 == 200
     drawn = [(r["data-kind"], float(r["x"]), float(r["width"]), r["fill"]) for r in svg.rows[0]]
     assert drawn == [
-        ("waiting:inputs", 240.0, pytest.approx(200 * scale, abs=1e-3), "#fff59d"),
+        ("waiting:inputs", x0, pytest.approx(200 * scale, abs=1e-3), "#fff59d"),
         (
             "waiting:cap",
-            pytest.approx(240 + 200 * scale, abs=1e-3),
+            pytest.approx(x0 + 200 * scale, abs=1e-3),
             pytest.approx(300 * scale, abs=1e-3),
             "#ffcc80",
         ),
         (
             "queued",
-            pytest.approx(240 + 500 * scale, abs=1e-3),
+            pytest.approx(x0 + 500 * scale, abs=1e-3),
             pytest.approx(100 * scale, abs=1e-3),
             "#b39ddb",
         ),
         (
             "running",
-            pytest.approx(240 + 600 * scale, abs=1e-3),
+            pytest.approx(x0 + 600 * scale, abs=1e-3),
             pytest.approx(400 * scale, abs=1e-3),
             STATUS_COLOURS["done"],
         ),
@@ -506,4 +519,153 @@ async def test_the_timeline_shows_what_each_step_waited_for(broker: InMemoryBrok
     [step] = status.steps
     assert step.waited["step_cap"] > 0.02  # four tasks waited for the step's cap
     page = render_report(status)
-    assert 'data-kind="waiting:cap"' in page
+    # The first two ran at once; what the others waited for is in the row's title, summed.
+    assert re.search(r"waited for the step&#x27;s cap [0-9.]+ ms \(its 6 tasks together\)", page)
+
+
+async def _rows_in_browser(page: Any) -> dict[str, list[dict[str, Any]]]:
+    """Each timeline row's segments as the browser laid them out: name -> [{kind, x, width,
+    start_ms, end_ms}]."""
+    rows: dict[str, list[dict[str, Any]]] = await page.evaluate(
+        "(() => { const out = {};"
+        "for (const g of document.querySelectorAll('#timeline g.row')) {"
+        "  const name = g.querySelector('title').textContent.split(':')[0];"
+        "  out[name] = [...g.querySelectorAll('rect.seg')].map(r => { const b = r.getBBox();"
+        "    return {kind: r.dataset.kind, x: b.x, width: b.width,"
+        "            start_ms: parseFloat(r.dataset.startMs), end_ms: parseFloat(r.dataset.endMs)};"
+        "  }); }"
+        "return out; })()"
+    )
+    return rows
+
+
+@pytest.mark.parametrize("shape", ["map step", "map run"])
+async def test_the_timeline_of_a_run_with_a_map_starts_and_ends_with_the_run(
+    broker: InMemoryBroker, tmp_path: Path, shape: str
+) -> None:
+    """No bar before the run's start or after its end: a map's waits (for its step's cap, or
+    for its run's) are not drawn before its first task started."""
+
+    @broker.task
+    async def resize(x: int) -> int:
+        await asyncio.sleep(0.002)
+        return x
+
+    tracking = PipelineTrackingManager()
+    if shape == "map step":
+        pipeline = Pipeline(broker).map(resize, range(200), max_parallel=8)
+        handle = await pipeline.with_tracking(tracking).kiq()
+        await handle.wait_result(timeout=60)
+    else:
+        await MapReduce.map(broker, resize, range(200), max_parallel=8, tracking=tracking)
+    [status] = await tracking.list_pipelines()
+    [step] = status.steps
+    assert status.finished_at is not None
+    assert step.waited["step_cap" if shape == "map step" else "run_cap"] > 0
+    report = write_report(tmp_path / "map.html", status)
+    svg = timeline_of(report.read_text(encoding="utf-8"))
+    assert svg.scale["t0"] == status.started_at  # the axis starts with the run
+    run_ms = (status.finished_at - status.started_at) * 1000.0
+    async with headless_page(tmp_path / "profile") as page:
+        load = await page.open(report.as_uri(), width=1400)
+        assert load.problems == []
+        rows = await _rows_in_browser(page)
+        x0 = float(await page.evaluate("document.getElementById('timeline').dataset.x0"))
+        scale = float(await page.evaluate("document.getElementById('timeline').dataset.pxPerMs"))
+    [segments] = rows.values()
+    assert segments[-1]["kind"] == "running"
+    for seg in segments:
+        assert 0.0 <= seg["start_ms"] <= seg["end_ms"] <= run_ms + 1e-3, seg
+        assert x0 - 0.01 <= seg["x"] and seg["x"] + seg["width"] <= x0 + run_ms * scale + 0.01
+
+
+async def test_every_moment_from_ready_to_running_has_the_reason_the_core_recorded(
+    broker: InMemoryBroker, tmp_path: Path
+) -> None:
+    """``decode`` feeds three analyses under the run's cap of 2: the third waits for the run's
+    own cap, and its bar says so from the moment it was ready; then it is queued (sent, not
+    started), then running, with no gap."""
+
+    @broker.task
+    @pipeline_task(output="pcm")
+    async def decode(audio: int) -> int:
+        await asyncio.sleep(0.02)
+        return audio
+
+    analyses = []
+    for name in ("loudness", "fingerprint", "transcribe"):
+
+        async def analysis(pcm: int) -> int:
+            await asyncio.sleep(0.05)
+            return pcm
+
+        analysis.__name__ = name
+        analyses.append(broker.task(task_name=name)(pipeline_task(output=name)(analysis)))
+    tracking = PipelineTrackingManager()
+    pipeline = DataflowPipeline.from_tasks(
+        broker, [decode, *analyses], max_parallel=2, name="audio"
+    ).with_tracking(tracking)
+    await pipeline.kiq_dataflow(audio=1)
+    status = await tracking.get_status(pipeline.pipeline_id or "")
+    steps = {s.name: s for s in status.steps}
+    held = [s for s in steps.values() if s.first_wait == "run_cap"]
+    assert len(held) == 1, [(s.name, s.waited) for s in status.steps]
+    [third] = held
+    assert third.waited["run_cap"] > 0.02  # about one analysis long
+    decoded = steps["decode"].finished_at
+    assert decoded is not None
+    report = write_report(tmp_path / "audio.html", status, dag=pipeline.dag)
+    async with headless_page(tmp_path / "profile") as page:
+        load = await page.open(report.as_uri(), width=1400)
+        assert load.problems == []
+        rows = await _rows_in_browser(page)
+        t0 = float(await page.evaluate("document.getElementById('timeline').dataset.t0"))
+    for step in status.steps:
+        segments = rows[step.name]
+        kinds = [seg["kind"] for seg in segments]
+        assert kinds[-1] == "running" and set(kinds[:-1]) <= {
+            "waiting:run cap", "ready", "queued",
+        }, kinds  # fmt: skip
+        # From ready to the end of its run, one piece after another, no gap.
+        for a, b in itertools.pairwise(segments):
+            assert b["start_ms"] == pytest.approx(a["end_ms"], abs=1e-6)
+            assert b["x"] == pytest.approx(a["x"] + a["width"], abs=0.01)
+        assert step.ready_at is not None and step.sent_at is not None
+        assert segments[0]["start_ms"] == pytest.approx((step.ready_at - t0) * 1000.0, abs=1e-6)
+        if step.name != "decode":  # ready once decode's value came back
+            assert step.ready_at >= decoded - 0.001
+    first = rows[third.name][0]
+    assert first["kind"] == "waiting:run cap"
+    waited_ms = first["end_ms"] - first["start_ms"]
+    assert waited_ms == pytest.approx(third.waited["run_cap"] * 1000.0, abs=1e-3)
+
+
+async def test_the_demo_report_fits_1400_px_and_outlines_the_critical_path_apart_from_failures(
+    tmp_path: Path,
+) -> None:
+    report = tmp_path / "demo.html"
+    await run_demo(tracks=4, speed=0.2, stream=io.StringIO(), report=report)
+    async with headless_page(tmp_path / "profile") as page:
+        load = await page.open(report.as_uri(), width=1400, height=900)
+        assert load.problems == []
+        # Nothing scrolls sideways: not the page, not the DAG's or the timeline's box.
+        widths = await page.evaluate(
+            "[document.documentElement.scrollWidth, window.innerWidth, "
+            "...[...document.querySelectorAll('.scroll')].map(e => e.scrollWidth - e.clientWidth)]"
+        )
+        page_width, window_width, *overflow = widths
+        assert page_width <= window_width == 1400 and overflow and max(overflow) <= 0, widths
+        # The critical path's outline is its own colour, dashed: not the red of "failed".
+        strokes = await page.evaluate(
+            "[...document.querySelectorAll('#dag .node.crit rect, #dag .edge.crit')].map(e => {"
+            "const s = getComputedStyle(e); return [s.stroke, s.strokeDasharray]; })"
+        )
+    assert len(strokes) >= 2 * 6 - 1  # the demo's path: six nodes, five edges
+    red, green, blue = (int(CRITICAL_COLOUR[i : i + 2], 16) for i in (1, 3, 5))
+    for stroke, dashes in strokes:
+        assert stroke == f"rgb({red}, {green}, {blue})" and dashes not in ("", "none")
+    failed = STATUS_COLOURS["failed"]
+    distance = sum(
+        abs(int(CRITICAL_COLOUR[i : i + 2], 16) - int(failed[i : i + 2], 16)) for i in (1, 3, 5)
+    )
+    assert CRITICAL_COLOUR not in STATUS_COLOURS.values() and distance > 150

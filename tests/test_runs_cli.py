@@ -6,6 +6,9 @@ import argparse
 import asyncio
 import io
 import json
+import subprocess
+import sys
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,9 @@ from taskiq_flow.runs_cli import add_runs_commands, explain_line, main_runs
 
 def parse(*argv: str, top: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="taskiq-flow")
-    add_runs_commands(parser.add_subparsers(dest="command", required=True), top_level=top)
+    add_runs_commands(
+        parser.add_subparsers(dest="command", required=True), top_level=top, redis_required=False
+    )
     return parser.parse_args(list(argv) if top else ["runs", *argv])
 
 
@@ -175,6 +180,10 @@ async def test_names_are_text_not_markup_and_tables_fit_the_terminal(
     [
         (("list",), "give --redis URL"),
         (("list", "--redis", "http://x"), "--redis must be a redis://"),
+        (("list", "--redis", "redis://h:port"), "--redis redis://h:port: Port could not be cast"),
+        (("list", "--redis", "redis://h:99999"), "Port out of range 0-65535"),
+        (("show", "r", "--redis", "redis://[::1"), "--redis redis://[::1: Invalid IPv6 URL"),
+        (("resume", "r", "--redis", "redis://h:x", "--pipeline", "a:b"), "Port could not be"),
         (("list", "--redis", "redis://localhost", "--prefix", "a:b"), "--prefix may hold only"),
         (("report", "r", "--redis", "redis://localhost", "--dag", "x y"), "--dag must look"),
     ],
@@ -232,3 +241,102 @@ async def test_runs_recorded_in_redis_are_read_by_the_cli(
     assert (code, out) == (0, f"deleted {run}\n")
     assert await redis.keys("clitest:*") == []
     assert (await run_cli("show", run, *where))[0] == 1
+
+
+def ids_whole_on_a_line(out: str, ids: list[str]) -> bool:
+    lines = out.splitlines()
+    return all(any(run_id in line for line in lines) for run_id in ids)
+
+
+async def test_runs_list_keeps_every_run_id_whole_on_one_line_at_80_columns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The id every other command takes is copied from this table: one line, whole."""
+    tracking = PipelineTrackingManager()
+    ids = [uuid.uuid4().hex for _ in range(3)] + ["nightly-ingest-2026-12-06-" + "k" * 30]
+    for i, run_id in enumerate(ids):
+        await tracking.begin(run_id, "audio-ingest-" + "x" * i * 20, [("fetch", 1), ("map(x)", 9)])
+        if i == 1:
+            await tracking.end(run_id, "failed", "ValueError: the manifest of track-001 is empty")
+        elif i == 2:
+            await tracking.end(run_id, "done")
+    for columns in (80, 100, 60):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        code, out = await run_cli("list", tracking=tracking)
+        assert code == 0
+        assert ids_whole_on_a_line(out, ids), (columns, out)
+        assert max(len(line) for line in out.splitlines()) <= columns, out
+        assert len(out.splitlines()) == 3 + len(ids), out  # title, header, rule, a line a run
+    monkeypatch.setenv("COLUMNS", "160")  # room for every column: nothing given up
+    code, out = await run_cli("list", tracking=tracking)
+    for shown in ("run id", "name", "status", "steps", "started UTC", "took", "error"):
+        assert shown in out, (shown, out)
+    assert "ValueError: the manifest" in out
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out = await run_cli("list", tracking=tracking)
+    assert "run id" in out and "status" in out and "failed" in out
+
+
+async def test_report_imports_the_dag_from_the_current_directory_like_resume(
+    redis: Redis, redis_url: str, tmp_path: Path, broker: InMemoryBroker
+) -> None:
+    """``taskiq-flow report --dag flows:pipeline`` run where ``flows.py`` is, as ``runs resume
+    --pipeline flows:pipeline`` and ``taskiq worker flows:broker`` find it."""
+    tracking = PipelineTrackingManager(RedisPipelineStorage(redis, prefix="dagcwd"))
+    run = await record_a_run(broker, tracking)
+    (tmp_path / "flows.py").write_text(
+        "from taskiq import InMemoryBroker\n"
+        "from taskiq_flow import DataflowPipeline, pipeline_task\n"
+        "broker = InMemoryBroker()\n"
+        "@broker.task\n"
+        "@pipeline_task(output='clean')\n"
+        "async def clean(raw: list) -> list:\n"
+        "    return sorted(raw)\n"
+        "@broker.task\n"
+        "@pipeline_task(output='total')\n"
+        "async def total(clean: list) -> int:\n"
+        "    return sum(clean)\n"
+        "pipeline = DataflowPipeline.from_tasks(broker, [clean, total])\n"
+    )
+    command = Path(sys.executable).parent / "taskiq-flow"  # a console script, not python -m
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [command, "report", run, "--redis", redis_url, "--prefix", "dagcwd", "--dag",
+         "flows:pipeline", "-o", "run.html"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert '<svg id="dag"' in (tmp_path / "run.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (("--dag", "no_such_module_xyz:pipeline"), "--dag no_such_module_xyz:pipeline: cannot "
+         "import 'no_such_module_xyz': ModuleNotFoundError"),
+        (("--dag", "test_runs_cli:MISSING"), "'test_runs_cli' has no 'MISSING'"),
+        (("--dag", "test_runs_cli:parse"), "a function, neither a pipeline nor a DAG"),
+        (("-o", "/no/such/dir/run.html"), "--output /no/such/dir/run.html: no directory"),
+        (("-o", "."), "--output .: is a directory"),
+    ],
+)  # fmt: skip
+async def test_report_refuses_what_it_cannot_import_or_write_before_connecting(
+    capsys: pytest.CaptureFixture[str], argv: tuple[str, ...], says: str
+) -> None:
+    """Port 1 has no Redis: each of these is refused (status 2) before a connection is tried."""
+    args = parse("report", "RUN", "--redis", "redis://127.0.0.1:1/0", *argv)
+    assert await main_runs(args, None, io.StringIO()) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+
+
+async def test_a_report_that_cannot_be_written_says_so_not_that_redis_is_unreachable(
+    broker: InMemoryBroker, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tracking = PipelineTrackingManager()
+    run = await record_a_run(broker, tracking)
+    code, out = await run_cli("report", run, "-o", "/dev/full", tracking=tracking)
+    assert (code, out) == (1, "")
+    assert capsys.readouterr().err == (
+        "taskiq-flow runs: --output /dev/full: No space left on device\n"
+    )

@@ -32,7 +32,15 @@ MAX_IDS: int
 _State = Literal["waiting", "queued", "running", "done", "failed", "skipped", "cancelled"]
 _Policy = Literal["best_fit", "spread", "first_fit"]
 _Reason = Literal[
-    "inputs", "ready", "step_cap", "rate", "shared_cap", "placement", "running", "finished"
+    "inputs",
+    "ready",
+    "step_cap",
+    "rate",
+    "shared_cap",
+    "placement",
+    "running",
+    "finished",
+    "run_cap",
 ]
 
 @final
@@ -314,7 +322,7 @@ class CapacityLimiter:
     The shape of :class:`anyio.CapacityLimiter`, without borrower tracking; an uncontended
     ``acquire`` neither yields to the event loop nor creates a coroutine.
 
-    :param total_tokens: the cap, an int >= 1.
+    :param int total_tokens: the cap, an int >= 1.
     :raises InvalidValueError: for a cap below 1 or not an int.
     """
 
@@ -361,8 +369,8 @@ class RateLimiter:
     Exact: over any window of ``t`` seconds at most ``burst + rate * t`` acquisitions complete,
     and a caller waits no longer than its place in line requires.
 
-    :param rate: tokens per second, a finite number > 0.
-    :param burst: bucket size, an int >= 1.
+    :param float rate: tokens per second, a finite number > 0.
+    :param int burst: bucket size, an int >= 1 (default: 1).
     :raises InvalidValueError: for a rate <= 0, NaN or infinite, or a burst below 1.
     """
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import sys
 
-from taskiq_flow._help import HelpFormatter
+from taskiq_flow._help import HelpFormatter, OneLineParser
 
 
 def _version() -> str:
@@ -18,9 +18,25 @@ def _version() -> str:
         return "unknown"
 
 
+#: What the ``redis`` extra installs (``pip install 'taskiq-flow[redis]'``), by import name.
+REDIS_EXTRA = ("redis", "taskiq_redis")
+
+
+def missing_extra(command: str) -> str | None:
+    """The one line to print if a command that reads or serves Redis runs without the ``redis``
+    extra (``None`` if it is installed); nothing is imported."""
+    for module in REDIS_EXTRA:
+        if importlib.util.find_spec(module) is None:
+            return (
+                f"taskiq-flow {command} needs the redis extra ({module} is not installed): "
+                "pip install 'taskiq-flow[redis]' (in a source tree: pip install '.[redis]')"
+            )
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: ``taskiq-flow <command> ...``; returns the exit status."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="taskiq-flow",
         description="Pipeline and DAG orchestration for taskiq, with a Rust scheduling core.",
         epilog=(
@@ -54,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
 
     add_runs_commands(commands, top_level=True)  # runs list|show|delete|report|explain
     args, rest = parser.parse_known_args(argv)
+    if args.command in ("runs", "report", "explain", "worker"):
+        missing = missing_extra(args.command)
+        if missing is not None:
+            print(missing, file=sys.stderr)
+            return 2
     if args.command in ("runs", "report", "explain"):
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -61,7 +82,11 @@ def main(argv: list[str] | None = None) -> int:
 
         from taskiq_flow.runs_cli import main_runs
 
-        return asyncio.run(main_runs(args))
+        try:
+            return asyncio.run(main_runs(args))
+        except KeyboardInterrupt:
+            print(f"taskiq-flow {args.command}: interrupted", file=sys.stderr)
+            return 130
     if args.command == "demo":
         from taskiq_flow.demo import main as demo_main
 

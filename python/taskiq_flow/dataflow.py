@@ -24,11 +24,12 @@ tasks, arguments the broker cannot serialize.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import uuid
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from typing import Any, TypeVar, cast
 
@@ -41,6 +42,7 @@ from taskiq_flow.exceptions import (
     CycleError,
     DataflowError,
     DuplicateOutputError,
+    InvalidValueError,
     MissingInputError,
     NotATaskError,
     UnserializableError,
@@ -48,7 +50,13 @@ from taskiq_flow.exceptions import (
 from taskiq_flow.resources import resources_of
 from taskiq_flow.retry import RetryPolicy
 from taskiq_flow.run.options import RunOptions
-from taskiq_flow.run.plan import Plan, StepSpec, task_display_name
+from taskiq_flow.run.plan import (
+    Plan,
+    StepSpec,
+    check_broker,
+    check_task_broker,
+    task_display_name,
+)
 from taskiq_flow.run.runner import Runner, run_single
 from taskiq_flow.run.sending import check_serializable
 from taskiq_flow.run.settings import OnError, Settings, check_rate, check_timeout
@@ -96,8 +104,20 @@ def pipeline_task(
     :param timeout: seconds one attempt may take (taskiq's ``timeout`` label); a task that runs
         longer fails that attempt with :class:`~taskiq_flow.exceptions.TaskTimeoutError`.
     :param rate: at most this many starts of the task per second, in bursts of ``burst``.
-    :raises InvalidValueError: for a rate <= 0, a burst below 1, a timeout that is not > 0.
+    :raises InvalidValueError: for a rate <= 0, a burst below 1, a timeout that is not > 0, an
+        ``output`` that is not a non-empty str, ``inputs`` that are not strs.
     """
+    if output is not None and (not isinstance(output, str) or not output):
+        raise InvalidValueError(
+            f"pipeline_task output must be a non-empty str (the name consumers take it by), "
+            f"got {output!r}"
+        )
+    if inputs is not None and (
+        isinstance(inputs, str) or not all(isinstance(i, str) and i for i in inputs)
+    ):
+        raise InvalidValueError(
+            f"pipeline_task inputs must be a list of input names (non-empty strs), got {inputs!r}"
+        )
     rate, burst = check_rate(rate, burst)
     meta = _DataflowMeta(
         output,
@@ -172,8 +192,11 @@ def make_node(
 
     :raises NotATaskError: if ``task`` is not a taskiq task.
     :raises DataflowError: if ``inputs`` names a parameter the task does not have.
+    :raises InvalidValueError: for an ``output`` that is not a non-empty str.
     """
     decorated = _as_task(task)
+    if output is not None and (not isinstance(output, str) or not output):
+        raise InvalidValueError(f"output must be a non-empty str, got {output!r}")
     shape = _shape(decorated)
     meta = shape.meta
     declared: Sequence[str] | Mapping[str, str] | None = (
@@ -426,8 +449,14 @@ class ExecutionEngine(RunOptions):
         settings: Settings | None = None,
         **options: Any,
     ) -> None:
+        check_broker(broker)
         self.broker = broker
         self.dag = dag
+        seen: set[int] = set()
+        for node in dag.nodes:
+            if id(node.task) not in seen:
+                seen.add(id(node.task))
+                check_task_broker(broker, node.task)
         if settings is None:
             settings = Settings.build(**{"name": "dataflow", **options})
         elif options:
@@ -456,24 +485,34 @@ class ExecutionEngine(RunOptions):
     def check_inputs(self, inputs: Mapping[str, Any]) -> None:
         """Validates the external inputs of a run; raises before anything is sent."""
         missing = sorted(self.dag.external_inputs - inputs.keys())
+        consumed = {name for n in self.dag.nodes for name in n.inputs}
+        unknown = sorted(set(inputs) - consumed)
+        # Both are said at once: a misspelled input is usually the missing one.
+        said = ""
+        if unknown:
+            hints = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, sorted(consumed), n=1)
+                hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            said = f"unknown inputs {', '.join(hints)}: no task takes them"
         if missing:
             needs = {name: [n.name for n in self.dag.nodes if name in n.inputs] for name in missing}
             shown = "; ".join(f"{k!r} (needed by {', '.join(v)})" for k, v in needs.items())
-            raise MissingInputError(f"no task produces, and no input gives: {shown}")
-        consumed = {name for n in self.dag.nodes for name in n.inputs}
-        unknown = sorted(set(inputs) - consumed)
+            also = f"; also given {said}" if said else ""
+            raise MissingInputError(f"no task produces, and no input gives: {shown}{also}")
         if unknown:
-            raise DataflowError(f"unknown inputs {unknown}: no task takes them")
+            raise DataflowError(said)
         produced = sorted(set(inputs) & self.dag.producer.keys())
         if produced:
             raise DataflowError(f"inputs {produced} are outputs of tasks; they cannot be given")
         # Every value is sent as a keyword argument somewhere: one serialization checks them all.
-        takers = {name: n.task_name for n in self.dag.nodes for name in n.inputs}
+        takers = {name: n for n in self.dag.nodes for name in n.inputs}
         try:
             check_serializable(self.broker, "inputs", (), inputs)
         except UnserializableError:
             for name, value in inputs.items():
-                check_serializable(self.broker, takers[name], (), {name: value})
+                taker = takers[name]
+                check_serializable(self.broker, taker.task_name, (), {name: value}, taker.name)
             raise
 
     def _plan(self, inputs: Mapping[str, Any]) -> Plan:
@@ -491,32 +530,35 @@ class ExecutionEngine(RunOptions):
                     kwargs[param] = inputs[name]
             return (), kwargs
 
-        # One step per task: the nodes calling one task (a task wired into many places) are one
-        # step of as many tasks, as a map's are, so a 10^5-node DAG of a few tasks tracks a few
-        # steps.
-        steps: list[StepSpec] = []
-        step_of_task: dict[int, int] = {}
-        step_of: list[int] = []
+        # A step is a declaration: each node (a task wired in on its own) is a step of its own,
+        # so tracking and explain tell a task's nodes apart; a task wired into several nodes
+        # names each by its output (``tag[title]``). The nodes of one task share its rate
+        # bucket (the plan says so with the step's limit group).
+        per_task: dict[int, int] = {}
         for n in nodes:
-            index = step_of_task.get(id(n.task))
-            if index is None:
-                index = step_of_task[id(n.task)] = len(steps)
-                steps.append(
-                    StepSpec(
-                        n.name,
-                        n.task_name,
-                        n.task.labels,
-                        retry=n.retry,
-                        timeout=n.timeout,
-                        resources=resources_of(n.task),
-                        rate=n.rate,
-                        burst=n.burst,
-                        tasks=0,
-                    )
+            per_task[id(n.task)] = per_task.get(id(n.task), 0) + 1
+        specs: dict[int, StepSpec] = {}
+        steps: list[StepSpec] = []
+        for n in nodes:
+            first = specs.get(id(n.task))
+            name = n.name if per_task[id(n.task)] == 1 else f"{n.name}[{n.output}]"
+            if first is None:
+                first = specs[id(n.task)] = StepSpec(
+                    name,
+                    n.task_name,
+                    n.task.labels,
+                    retry=n.retry,
+                    timeout=n.timeout,
+                    resources=resources_of(n.task),
+                    rate=n.rate,
+                    burst=n.burst,
+                    limit_group=("task", n.task_name),
+                    limit_name=n.name,
                 )
-            steps[index].tasks += 1
-            step_of.append(index)
-        return Plan(len(nodes), dag.sources, dag.targets, steps, call, array("I", step_of))
+                steps.append(first)
+            else:
+                steps.append(replace(first, name=name))
+        return Plan(len(nodes), dag.sources, dag.targets, steps, call)
 
     async def execute(
         self,
@@ -548,6 +590,7 @@ class ExecutionEngine(RunOptions):
             pipeline_id=pipeline_id,
             custom_dispatch=custom,
             restored=restored,
+            inputs=inputs,
         )
         self._run = self.last_run = run
         self.pipeline_id = run.pipeline_id
@@ -605,6 +648,7 @@ class DataflowPipeline(RunOptions):
         name: str = "dataflow",
         on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
+        check_broker(broker)
         self.broker = broker
         self.settings = Settings.build(
             max_parallel=max_parallel,
@@ -647,8 +691,10 @@ class DataflowPipeline(RunOptions):
     ) -> DataflowPipeline:
         """Adds a task; returns the pipeline.
 
-        :raises NotATaskError: if ``task`` is not a taskiq task.
+        :raises NotATaskError: if ``task`` is not a taskiq task, or is registered on another
+            broker than the pipeline's.
         """
+        check_task_broker(self.broker, task)
         self.registry.register_task(task, output, inputs, labels)
         return self
 
@@ -694,16 +740,36 @@ class DataflowPipeline(RunOptions):
         finally:
             self._engine = None
 
-    async def resume(self, pipeline_id: str, *chunk: Any, **inputs: Any) -> dict[str, Any]:
+    async def resume(
+        self,
+        pipeline_id: str,
+        *chunk: Any,
+        inputs_changed_ok: bool = False,
+        **inputs: Any,
+    ) -> dict[str, Any]:
         """Runs ``pipeline_id`` to the end after its orchestrator died: tasks that finished (as
-        recorded by tracking) are not sent again; the others are. Give the same inputs.
+        recorded by tracking) are not sent again; the others are. It runs with the inputs stored
+        with the run; inputs given must be those, unless ``inputs_changed_ok``.
 
         :raises DataflowError: without tracking (there is nothing to resume from).
+        :raises StateError: no inputs given and none stored (naming why).
+        :raises InvalidValueError: inputs given that differ from the stored ones.
         """
         if self.tracking is None:
             raise DataflowError("resume needs the tracking the run was recorded in")
+        given: dict[str, Any] | None = dict(inputs) if chunk or inputs else None
+        if chunk:
+            if len(chunk) != 1 or len(self.dag.external_inputs) != 1 or inputs:
+                raise DataflowError(
+                    "a positional input needs a pipeline with exactly one external input "
+                    f"(this one has {sorted(self.dag.external_inputs)}); pass inputs by name"
+                )
+            given = {next(iter(self.dag.external_inputs)): chunk[0]}
+        resolved = await self.tracking.resume_inputs(
+            pipeline_id, given, inputs_changed_ok=inputs_changed_ok
+        )
         restored = await self.tracking.load_results(pipeline_id)
-        return await self._run_dataflow(chunk, inputs, pipeline_id, restored)
+        return await self._run_dataflow((), resolved, pipeline_id, restored)
 
     def cancel(self) -> None:
         """Cancels the run in progress, if any: ``kiq_dataflow`` raises

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
-from taskiq_flow.exceptions import PayloadTooLargeError
+from taskiq_flow.exceptions import PayloadTooLargeError, RemoteTaskError
 
 __all__ = [
     "FLOW_LABEL",
@@ -31,6 +31,7 @@ __all__ = [
     "FlowMiddleware",
     "InProcessChannel",
     "Inbox",
+    "describe_error",
     "ensure_flow_middleware",
     "parse_flow_label",
 ]
@@ -173,9 +174,11 @@ class FlowMiddleware(TaskiqMiddleware):
     ) -> Coroutine[Any, Any, None] | None:
         """Publishes the completion of a pipeline task (taskiq awaits what a networked channel
         returns). A malformed ``taskiq_flow`` label is logged and skipped, never raised: the
-        worker goes on. A result the channel refuses (over its size or depth limit) is replaced
-        by the error. With a broker that can (the reliable Redis stream broker), the completion
-        is written in the same transaction as the message's acknowledgement."""
+        worker goes on. A result the channel refuses (over its size or depth limit, or a value
+        JSON cannot carry unchanged) fails the attempt with the reason; a failure to publish
+        fails it too: every attempt ends in a completion. With a broker that can (the reliable
+        Redis stream broker), the completion is written in the same transaction as the
+        message's acknowledgement."""
         started = self._started.pop(message.task_id, None)
         raw = message.labels.get(FLOW_LABEL)
         if raw is None:
@@ -199,10 +202,34 @@ class FlowMiddleware(TaskiqMiddleware):
             attempt=attempt,
             ok=not result.is_err,
             value=result.return_value,
-            error=result.error,
+            error=_readable(result.error),
             duration_ms=duration_ms,
             started_at=started[1] if started else time.time() - duration_ms / 1000.0,
         )
+        try:
+            return self._send(message, result, completion)
+        except Exception as exc:  # never leave an attempt without a completion
+            logger.exception(
+                "the completion of task %s (%s) could not be published",
+                message.task_id,
+                message.task_name,
+            )
+            completion.ok, completion.value = False, None
+            completion.error = RemoteTaskError(
+                type(exc).__name__,
+                f"publishing the result of task {message.task_name!r} failed: "
+                + describe_error(exc),
+            )
+            result.is_err, result.return_value, result.error = True, None, completion.error
+        try:
+            return self._send(message, result, completion)
+        except Exception:  # logged: the channel itself is broken
+            logger.exception("the failure of task %s could not be published", message.task_id)
+            return None
+
+    def _send(
+        self, message: TaskiqMessage, result: TaskiqResult[Any], completion: Completion
+    ) -> Coroutine[Any, Any, None] | None:
         prepare = getattr(self.channel, "prepare", None)
         if prepare is None:
             return self.channel.publish(completion)
@@ -215,14 +242,39 @@ class FlowMiddleware(TaskiqMiddleware):
             result.is_err = True
             result.return_value = None
             result.error = PayloadTooLargeError(
-                f"the result of task {message.task_name!r} is over the channel's limit"
+                f"the result of task {message.task_name!r} cannot be carried by the channel "
+                "(over its limits, or not JSON that reads back unchanged)"
             )
         carry = getattr(self.broker, "carry_completion", None)
-        if carry is not None and carry(message.task_id, self.channel, run_id, payload):
+        if carry is not None and carry(message.task_id, self.channel, completion.run_id, payload):
             return None  # written with the message's acknowledgement, in one transaction
         write: Any = getattr(self.channel, "write")  # noqa: B009 - what networked channels have
-        written: Coroutine[Any, Any, None] = write(run_id, payload)
+        written: Coroutine[Any, Any, None] = write(completion.run_id, payload)
         return written
+
+
+def describe_error(error: BaseException) -> str:
+    """``"Type: message"`` of an exception, even one whose ``__str__`` raises."""
+    try:
+        message = str(error)
+    except Exception as exc:  # a user exception whose __str__ raises
+        message = f"<its str() raised {type(exc).__name__}>"
+    name = type(error).__name__
+    return f"{name}: {message}" if message else name
+
+
+def _readable(error: BaseException | None) -> BaseException | None:
+    """The error a task raised, or, if it cannot even be shown (its ``__str__`` raises), a
+    :class:`~taskiq_flow.exceptions.RemoteTaskError` with its type name that can."""
+    if error is None:
+        return None
+    try:
+        str(error)
+    except Exception as exc:  # a user exception whose __str__ raises
+        readable = RemoteTaskError(type(error).__name__, f"<its str() raised {type(exc).__name__}>")
+        readable.__cause__ = error
+        return readable
+    return error
 
 
 def parse_flow_label(raw: object) -> tuple[str, int, int] | None:

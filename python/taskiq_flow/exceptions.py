@@ -13,7 +13,7 @@
     │   ├── DuplicateOutputError   two tasks produce the same output
     │   ├── NotATaskError          (also TypeError) something that is not a taskiq task
     │   └── UnserializableError    (also TypeError) an argument the broker cannot send
-    ├── PayloadTooLargeError ValueError: a value or record over the size or depth limit
+    ├── PayloadTooLargeError ValueError: a value or record over the limits, or not JSON-faithful
     ├── CorruptRecordError  ValueError: a stored record that cannot be read back
     ├── RemoteTaskError     a task failed in another process (its type name and message)
     ├── PipelineError       a run that did not finish
@@ -142,7 +142,10 @@ class StepFailedError(PipelineError):
 
     :ivar step: the failing step's name.
     :ivar error: the exception it failed with (or its description, if it came from elsewhere).
-    :ivar results: what finished before (or despite) the failure: ``{step or output: value}``.
+    :ivar results: what finished before (or despite) the failure: ``{output: value}`` for a
+        dataflow, ``{item index: value}`` for ``MapReduce.map``, ``{step name: value}`` for a
+        sequential pipeline (a map, filter or group step that failed part way: ``{step name:
+        {item index: value}}``).
     :ivar failures: every step that failed for good: ``{step: error}``.
     """
 
@@ -150,14 +153,14 @@ class StepFailedError(PipelineError):
         self,
         step: str,
         error: BaseException | str | None,
-        results: dict[str, Any] | None = None,
+        results: dict[Any, Any] | None = None,
         failures: dict[str, BaseException | str | None] | None = None,
     ) -> None:
         shown = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
         super().__init__(f"step {step!r} failed: {shown}")
         self.step = step
         self.error = error
-        self.results: dict[str, Any] = results or {}
+        self.results: dict[Any, Any] = results or {}
         self.failures: dict[str, BaseException | str | None] = failures or {step: error}
 
 
@@ -230,7 +233,9 @@ class RemoteTaskError(TaskiqFlowError):
 
 class PayloadTooLargeError(TaskiqFlowError, ValueError):
     """A value (a task's result, a tracking record) over the size or nesting-depth limit of
-    where it is stored; the message names the step or task, the size and the limit."""
+    where it is stored, or one JSON cannot carry unchanged (a non-str key, an int past CPython's
+    4300 digits, a value containing itself, an object JSON does not know); the message names the
+    step or task, where in the value, and why."""
 
 
 class CorruptRecordError(TaskiqFlowError, ValueError):

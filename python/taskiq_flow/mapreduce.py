@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+import difflib
+import inspect
+import warnings
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from taskiq import AsyncBroker
 
-from taskiq_flow.exceptions import DataflowError, InvalidValueError
+from taskiq_flow.exceptions import DataflowError, InvalidValueError, StepFailedError
 from taskiq_flow.resources import ResourceAwareWorkerPool, resources_of
 from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
-from taskiq_flow.run.plan import Plan, StepSpec, task_identity
+from taskiq_flow.run.plan import Plan, StepSpec, check_broker, check_task_broker, task_identity
 from taskiq_flow.run.runner import Runner
 from taskiq_flow.run.sending import check_calls
 from taskiq_flow.run.settings import OnError, Settings, check_rate
@@ -67,9 +70,74 @@ def _reduce_tree(
     return operands, sources, targets, level[0]
 
 
+#: Every option a ``MapReduce`` call takes, for the error naming a misspelled one.
+_OPTIONS = (
+    "max_parallel",
+    "param_name",
+    "kwargs",
+    "initial",
+    "ordered",
+    "on_error",
+    "retry",
+    "timeout",
+    "tracking",
+    "rate",
+    "burst",
+    "worker_pool",
+    "dead_letters",
+    "on_progress",
+)
+
+
+def _task_kwargs(
+    task: object, kwargs: Mapping[str, Any] | None, legacy: dict[str, Any], call: str
+) -> dict[str, Any]:
+    """The keyword arguments every call of ``task`` gets: ``kwargs``, and (deprecated) the
+    call's extra keywords — each of which must be a parameter of the task, so that a misspelled
+    option is an error instead of a task argument.
+
+    :raises TypeError: for an extra keyword the task has no parameter for.
+    """
+    given = dict(kwargs or {})
+    if not legacy:
+        return given
+    func = getattr(task, "original_func", None)
+    if func is not None:
+        parameters = inspect.signature(func).parameters.values()
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
+        known = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        for key in legacy:
+            if not takes_any and key not in known:
+                close = difflib.get_close_matches(key, _OPTIONS, n=1)
+                hint = f"; did you mean the option {close[0]!r}?" if close else ""
+                raise TypeError(
+                    f"MapReduce.{call}() got an unknown keyword {key!r}: it is not an option, and "
+                    f"the task has no parameter of that name{hint}"
+                )
+    warnings.warn(
+        f"MapReduce.{call}(..., {', '.join(f'{k}=...' for k in legacy)}): give the task's "
+        f"arguments as kwargs={{...}}; extra keywords are deprecated",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return {**given, **legacy}
+
+
+def _identity(broker: AsyncBroker, task: object) -> tuple[str, dict[str, Any], str]:
+    """The task's identity, once the broker and the task are known to go together."""
+    check_broker(broker)
+    identity = task_identity(task)
+    check_task_broker(broker, task)
+    return identity
+
+
 class MapReduce:
     """Fan-out and fan-in over items (all methods are static).
 
+    Every method takes the same options, keyword-only after ``max_parallel``: ``on_error``,
+    ``retry``, ``timeout`` (the whole call), ``tracking``, ``rate`` and ``burst`` (the mapped
+    task's starts), ``worker_pool``, ``dead_letters``, ``on_progress``; the task's own keyword
+    arguments go in ``kwargs={...}``, so a misspelled option is an error, never a task argument.
     ``max_parallel`` here is the pipeline's: it bounds every task of the call in flight at once
     (a ``map_reduce``'s map and reduce together).
     """
@@ -82,6 +150,7 @@ class MapReduce:
         max_parallel: int | None = None,
         *,
         param_name: str | None = None,
+        kwargs: Mapping[str, Any] | None = None,
         on_error: OnError = "fail",
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
@@ -91,22 +160,27 @@ class MapReduce:
         worker_pool: ResourceAwareWorkerPool | None = None,
         dead_letters: DeadLetterQueue | None = None,
         on_progress: Callable[[int, int], None] | None = None,
-        **kwargs: Any,
+        **task_kwargs: Any,
     ) -> list[Any]:
         """Runs ``task`` on every item and returns the results in item order.
 
         :param items: the items; each is passed as the first argument (or as ``param_name``).
         :param max_parallel: most tasks in flight at once (``None``: all).
+        :param kwargs: further keyword arguments for every call of the task.
         :param timeout: seconds the whole map may take.
         :param worker_pool: place each call on a worker with room for it.
         :param rate: at most this many calls started per second, in bursts of ``burst``.
         :param on_progress: called with ``(finished, total)`` as calls complete.
-        :param kwargs: further keyword arguments for every call.
+        :param task_kwargs: deprecated: give them as ``kwargs={...}`` (a misspelled option would
+            otherwise be sent as a task argument); one the task has no parameter for is refused.
         :raises UnserializableError: before anything is sent, if an item cannot be sent or would
             arrive changed (naming the step and the item).
-        :raises StepFailedError: a call failed for good.
+        :raises TypeError: a keyword that is neither an option nor a parameter of the task.
+        :raises StepFailedError: a call failed for good (``results``: ``{item index: value}`` of
+            the calls that finished).
         """
-        task_name, labels, name = task_identity(task)
+        task_name, labels, name = _identity(broker, task)
+        call_kwargs = _task_kwargs(task, kwargs, task_kwargs, "map")
         settings = Settings.build(
             max_parallel=max_parallel,
             on_error=on_error,
@@ -123,8 +197,8 @@ class MapReduce:
 
         def call(node: int, _results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
             if param_name is None:
-                return (values[node],), kwargs
-            return (), {**kwargs, param_name: values[node]}
+                return (values[node],), call_kwargs
+            return (), {**call_kwargs, param_name: values[node]}
 
         step = StepSpec(
             name,
@@ -137,7 +211,12 @@ class MapReduce:
         )
         check_calls(broker, task_name, [call(i, ()) for i in range(len(values))], name)
         plan = Plan(len(values), [], [], [step], call)
-        return await Runner(broker, plan, settings).execute()
+        run = Runner(broker, plan, settings)
+        try:
+            return await run.execute()
+        except StepFailedError as err:
+            err.results = run.finished_results()  # {item index: value} of what finished
+            raise
 
     @staticmethod
     async def reduce(
@@ -147,25 +226,37 @@ class MapReduce:
         max_parallel: int | None = None,
         *,
         initial: Any = _NO_INITIAL,
+        on_error: OnError = "fail",
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         tracking: PipelineTrackingManager | None = None,
+        rate: float | None = None,
+        burst: int = 1,
+        worker_pool: ResourceAwareWorkerPool | None = None,
+        dead_letters: DeadLetterQueue | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> Any:
         """Combines the items pairwise with ``task(left, right)`` in a balanced tree.
 
+        Takes the options of :meth:`map`; a reduce's calls depend on each other, so
+        ``on_error="continue"`` only lets the independent pairs finish.
+
         :param initial: the result for no items (without it, no items is an error).
         :raises DataflowError: no items and no ``initial``.
         """
-        task_name, labels, name = task_identity(task)
+        task_name, labels, name = _identity(broker, task)
         settings = Settings.build(
             max_parallel=max_parallel,
+            on_error=on_error,
             retry=retry,
             timeout=timeout,
             tracking=tracking,
+            worker_pool=worker_pool,
+            dead_letters=dead_letters,
             on_progress=on_progress,
             name=f"reduce:{name}",
         )
+        step_rate, step_burst = check_rate(rate, burst)
         values = list(items)
         if initial is not _NO_INITIAL:
             values.insert(0, initial)
@@ -180,7 +271,15 @@ class MapReduce:
             pair = operands[node]
             return tuple(values[i] if kind == "leaf" else results[i] for kind, i in pair), {}
 
-        step = StepSpec(name, task_name, labels, tasks=len(operands))
+        step = StepSpec(
+            name,
+            task_name,
+            labels,
+            tasks=len(operands),
+            resources=resources_of(task),
+            rate=step_rate,
+            burst=step_burst,
+        )
         plan = Plan(len(operands), sources, targets, [step], call)
         return (await Runner(broker, plan, settings).execute())[-1]
 
@@ -192,26 +291,36 @@ class MapReduce:
         items: Iterable[Any],
         max_parallel: int | None = None,
         *,
+        on_error: OnError = "fail",
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         tracking: PipelineTrackingManager | None = None,
+        rate: float | None = None,
+        burst: int = 1,
+        worker_pool: ResourceAwareWorkerPool | None = None,
+        dead_letters: DeadLetterQueue | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> Any:
         """Maps then reduces in one run: each pair is combined as soon as both sides are ready;
-        ``max_parallel`` bounds map and reduce tasks together.
+        ``max_parallel`` bounds map and reduce tasks together. Takes the options of :meth:`map`
+        (``rate`` bounds the map's calls).
 
         :raises DataflowError: no items.
         """
-        map_name, map_labels, map_display = task_identity(map_task)
-        red_name, red_labels, red_display = task_identity(reduce_task)
+        map_name, map_labels, map_display = _identity(broker, map_task)
+        red_name, red_labels, red_display = _identity(broker, reduce_task)
         settings = Settings.build(
             max_parallel=max_parallel,
+            on_error=on_error,
             retry=retry,
             timeout=timeout,
             tracking=tracking,
+            worker_pool=worker_pool,
+            dead_letters=dead_letters,
             on_progress=on_progress,
             name=f"map_reduce:{map_display}:{red_display}",
         )
+        step_rate, step_burst = check_rate(rate, burst)
         values = list(items)
         n = len(values)
         if n == 0:
@@ -232,8 +341,22 @@ class MapReduce:
         check_calls(broker, map_name, [((v,), {}) for v in values], map_display)
 
         steps = [
-            StepSpec(map_display, map_name, map_labels, tasks=n),
-            StepSpec(red_display, red_name, red_labels, tasks=len(operands)),
+            StepSpec(
+                map_display,
+                map_name,
+                map_labels,
+                tasks=n,
+                resources=resources_of(map_task),
+                rate=step_rate,
+                burst=step_burst,
+            ),
+            StepSpec(
+                red_display,
+                red_name,
+                red_labels,
+                tasks=len(operands),
+                resources=resources_of(reduce_task),
+            ),
         ]
         step_of = [0] * n + [1] * len(operands)
         plan = Plan(n + len(operands), sources, targets, steps, call, step_of)
@@ -248,12 +371,17 @@ class MapReduce:
         max_parallel: int = 64,
         *,
         ordered: bool = False,
-        retry: RetryPolicy | None = None,
+        kwargs: Mapping[str, Any] | None = None,
         on_error: OnError = "fail",
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
         tracking: PipelineTrackingManager | None = None,
+        rate: float | None = None,
+        burst: int = 1,
+        worker_pool: ResourceAwareWorkerPool | None = None,
         dead_letters: DeadLetterQueue | None = None,
         on_progress: Callable[[int, int], None] | None = None,
-        **kwargs: Any,
+        **task_kwargs: Any,
     ) -> AsyncIterator[Any]:
         """Runs ``task`` on each item of a (possibly endless, possibly async) iterable and yields
         results as they complete (in item order with ``ordered=True``).
@@ -262,21 +390,27 @@ class MapReduce:
         retries, dead letters, cancellation and tracking): each node that finishes is loaded with
         the next item. Only the window is held in memory, so a million items stream in the memory
         of ``max_parallel``. With ``on_error="continue"`` every item runs: those that failed for
-        good are dead-lettered, and :class:`StepFailedError` comes after the last result.
+        good are dead-lettered, and :class:`StepFailedError` comes after the last result. Takes
+        the options of :meth:`map` (``timeout`` bounds the whole stream).
 
         :param on_progress: called with ``(items finished, items taken from the source so far)``
             as calls complete.
+        :param task_kwargs: deprecated, as in :meth:`map`.
         :raises StepFailedError: a call failed for good (nothing more is sent).
         """
-        task_name, labels, name = task_identity(task)
+        task_name, labels, name = _identity(broker, task)
+        call_kwargs = _task_kwargs(task, kwargs, task_kwargs, "stream")
         settings = Settings.build(
             max_parallel=max_parallel,
-            retry=retry,
             on_error=on_error,
+            retry=retry,
+            timeout=timeout,
             tracking=tracking,
+            worker_pool=worker_pool,
             dead_letters=dead_letters,
             name=f"stream:{name}",
         )
+        step_rate, step_burst = check_rate(rate, burst)
         window = settings.max_parallel
         if window is None:
             raise InvalidValueError("stream needs a max_parallel (an int >= 1) to bound memory")
@@ -285,13 +419,21 @@ class MapReduce:
         if not feed.loaded:
             return
         slots = feed.slots
-        step = StepSpec(name, task_name, labels, tasks=len(feed.loaded))
+        step = StepSpec(
+            name,
+            task_name,
+            labels,
+            tasks=len(feed.loaded),
+            resources=resources_of(task),
+            rate=step_rate,
+            burst=step_burst,
+        )
         plan = Plan(
             len(feed.loaded),
             [],
             [],
             [step],
-            lambda node, _results: ((slots[node],), kwargs),
+            lambda node, _results: ((slots[node],), call_kwargs),
         )
         runner = Runner(broker, plan, settings, feed=feed)
         feed.runner = runner

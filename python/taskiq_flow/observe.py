@@ -9,8 +9,8 @@
 
 Prometheus (``prometheus_client``): ``taskiq_flow_tasks_in_flight{step}``,
 ``taskiq_flow_wait_seconds{reason}`` (from becoming ready to being sent, by what held the task last:
-``step_cap``, ``rate``, ``shared_cap``, ``placement``, or ``ready`` — held by nothing but the run's
-own cap),
+``step_cap``, ``run_cap`` (the run's own ``max_parallel``), ``rate``, ``shared_cap``, ``placement``,
+or ``ready`` — sent in the round it became ready),
 ``taskiq_flow_step_duration_seconds{step}`` (measured where the task ran),
 ``taskiq_flow_retries_total{step}``, ``taskiq_flow_dead_letters_total{step}``.
 

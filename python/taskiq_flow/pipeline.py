@@ -30,6 +30,7 @@ backend and a map of any size completes on a default ``InMemoryBroker()``.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -45,10 +46,17 @@ from taskiq_flow.exceptions import (
     PipelineCancelledError,
     PipelineTimeoutError,
     StepFailedError,
+    UnknownIdError,
 )
 from taskiq_flow.resources import TaskResources, resources_of
 from taskiq_flow.run.options import RunOptions
-from taskiq_flow.run.plan import Plan, StepSpec, task_identity
+from taskiq_flow.run.plan import (
+    Plan,
+    StepSpec,
+    check_broker,
+    check_task_broker,
+    task_identity,
+)
 from taskiq_flow.run.runner import Runner
 from taskiq_flow.run.sending import check_calls
 from taskiq_flow.run.settings import Settings, check_max_parallel, check_rate
@@ -108,16 +116,28 @@ class PipelineRun:
         pipeline_id: str,
         stop: Any,
         runs: list[Runner] | None = None,
+        steps: Sequence[str] = (),
     ) -> None:
         self._task = task
         self.pipeline_id = pipeline_id
         self.task_id = pipeline_id
         self._stop = stop
         self._runs = runs if runs is not None else []
+        self._steps = tuple(steps)
 
     def explain(self, step: str) -> str:
         """Why ``step`` is where it is, in one sentence, while it runs (a step not started yet, or
-        finished, says so)."""
+        finished, says so).
+
+        :raises UnknownIdError: if the pipeline has no step of that name (naming the steps).
+        """
+        if self._steps and step not in self._steps:
+            close = difflib.get_close_matches(step, self._steps, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownIdError(
+                f"no step named {step!r} in this pipeline (its steps: "
+                f"{', '.join(map(repr, self._steps))}){hint}"
+            )
         for run in self._runs:
             if any(spec.name == step for spec in run.plan.steps):
                 return run.explain(step)
@@ -160,6 +180,7 @@ class Pipeline(RunOptions):
     def __init__(
         self, broker: AsyncBroker, task: object | None = None, *, max_parallel: int | None = None
     ) -> None:
+        check_broker(broker)
         self.broker = broker
         self.steps: list[_Step] = []
         self.settings = Settings.build(max_parallel=max_parallel, name="pipeline")
@@ -177,7 +198,7 @@ class Pipeline(RunOptions):
         self.steps.append(
             _Step(
                 "sequential",
-                [task_identity(task)],
+                [self._identity(task)],
                 [resources_of(task)],
                 param_name,
                 additional_kwargs,
@@ -218,7 +239,7 @@ class Pipeline(RunOptions):
         self.steps.append(
             _Step(
                 "map",
-                [task_identity(task)],
+                [self._identity(task)],
                 [resources_of(task)],
                 param_name,
                 additional_kwargs,
@@ -244,7 +265,7 @@ class Pipeline(RunOptions):
         self.steps.append(
             _Step(
                 "filter",
-                [task_identity(task)],
+                [self._identity(task)],
                 [resources_of(task)],
                 param_name,
                 additional_kwargs,
@@ -267,7 +288,7 @@ class Pipeline(RunOptions):
         self.steps.append(
             _Step(
                 "group",
-                [task_identity(t) for t in tasks],
+                [self._identity(t) for t in tasks],
                 [resources_of(t) for t in tasks],
                 param_name,
                 additional_kwargs,
@@ -275,6 +296,11 @@ class Pipeline(RunOptions):
             )
         )
         return self
+
+    def _identity(self, task: object) -> tuple[str, dict[str, Any], str]:
+        identity = task_identity(task)
+        check_task_broker(self.broker, task)
+        return identity
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -284,15 +310,33 @@ class Pipeline(RunOptions):
 
         :raises DataflowError: if the pipeline is empty, or its first step cannot take these
             arguments.
-        :raises UnserializableError: if the broker cannot send the first step's arguments, or
-            would deliver them changed (naming the item).
+        :raises UnserializableError: if the broker cannot send the first step's arguments, a
+            later step's own items or any step's extra keyword arguments, or would deliver them
+            changed (naming the step and the item).
         """
         if not self.steps:
             raise DataflowError("Pipeline is empty.")
         step = self.steps[0]
         for task_name, calls in self._first_calls(args, kwargs).items():
             check_calls(self.broker, task_name, calls, step.name)
+        self._check_later_steps()
         return self._start(uuid.uuid4().hex, args, kwargs, {})
+
+    def _check_later_steps(self) -> None:
+        """Checks what later steps send that is known now: their own items and extra keyword
+        arguments (what comes from the previous step is checked where it ran)."""
+        for step in self.steps[1:]:
+            task_name = step.tasks[0][0]
+            if step.items is not None:
+                check_calls(
+                    self.broker,
+                    task_name,
+                    [_call(step, item, True) for item in step.items],
+                    step.name,
+                )
+            elif step.kwargs:
+                for name, _labels, _display in step.tasks:
+                    check_calls(self.broker, name, [((), step.kwargs)], step.name)
 
     def _first_calls(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -383,7 +427,12 @@ class Pipeline(RunOptions):
             )
 
         task = loop.create_task(body())
-        return PipelineRun(task, pipeline_id, stop, runs)
+        names: list[str] = []
+        for step in self.steps:
+            names.append(step.name)
+            if step.kind == "group":
+                names.extend(display for _name, _labels, display in step.tasks)
+        return PipelineRun(task, pipeline_id, stop, runs, names)
 
     async def _run_steps(
         self,
@@ -409,6 +458,8 @@ class Pipeline(RunOptions):
         value: Any = done[skip - 1] if skip else None
         state = "done"
         error: str | None = None
+        #: What finished, for the error if a later step fails: ``{step name: value}``.
+        finished: dict[str, Any] = {self.steps[i].name: done[i] for i in range(skip)}
         try:
             for index, step in enumerate(self.steps):
                 if index < skip:
@@ -422,9 +473,15 @@ class Pipeline(RunOptions):
                 value = await self._run_step(
                     pipeline_id, index, step, args, kwargs, value, runs, deadline
                 )
+                finished[step.name] = value
                 if tracking is not None:  # what a resumed run starts from
                     await tracking.save_results(pipeline_id, {index: value})
             return value
+        except StepFailedError as err:
+            # What finished before the failing step, then what of that step finished.
+            err.results = {**finished, **err.results}
+            state, error = "failed", str(err)
+            raise
         except BaseException as err:
             state = "cancelled" if isinstance(err, PipelineCancelledError) else "failed"
             error = str(err)
@@ -507,8 +564,11 @@ class Pipeline(RunOptions):
         runs.append(run)
         try:
             results = await run.execute()
-        except StepFailedError:
+        except StepFailedError as err:
             if not step.skip_errors:
+                if len(calls) > 1 or step.kind != "sequential":
+                    # A map, filter or group: the items (or tasks) that finished, by index.
+                    err.results = {step.name: run.finished_results()}
                 raise
             results = [run.results[i] for i in range(len(calls))]
             kept = [(i, r) for i, r in enumerate(results) if i in run.finished_results()]

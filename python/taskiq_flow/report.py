@@ -13,15 +13,22 @@ What it shows:
 - the DAG (when given), laid out by level, each node coloured by its step's outcome; the critical
   path outlined; a graph of more than ``max_dag_nodes`` nodes is drawn with nodes of the same name
   collapsed into one node with a count;
-- a timeline (Gantt), one row per step, its bar from ``started_at`` to ``finished_at``. A bar is
-  made of segments ``(start, end, kind)`` (epoch seconds; kinds such as ``waiting:inputs``,
-  ``waiting:cap``, ``queued``, ``running``); without given segments a step's bar is one
-  ``running`` segment (or, for a one-task step that was retried, ``retrying`` up to its last
-  attempt and ``running`` for that attempt's ``duration_ms``);
-- the slowest steps and the critical path (by tracked durations), highlighted in the timeline;
+- a timeline (Gantt) of the run, from its start, one row per step. A bar is made of segments
+  ``(start, end, kind)`` (epoch seconds; kinds such as ``waiting:run cap``, ``waiting:cap``,
+  ``queued``, ``running``); without given segments (:func:`default_segments`) a step's bar
+  starts when its first task became ready: what the core recorded as holding that task back
+  (``waiting:...``), then ``queued`` from its sending to its start where it ran, then
+  ``running`` (for a one-task step that was retried, ``retrying`` up to its last attempt). Every
+  moment from "ready" to "running" has its reason; what a map's other tasks waited for is in its
+  row's title, summed by reason. A resumed run has a line at each resume;
+- the slowest steps and the critical path (by tracked durations), outlined in the timeline and
+  the DAG in a colour no status uses (:data:`CRITICAL_COLOUR`, dashed);
 - a table of retries and failures (steps with more attempts than tasks, or failed) with errors;
-- every step in a table: status, tasks done of tasks (a mapped step is one row with its count),
-  attempts, duration.
+- every step in a table: status, tasks done of tasks (a mapped step is one row with its count;
+  its title has the count in each state), attempts, duration.
+
+The page fits a 1400 px wide window without scrolling sideways: the DAG and the timeline are
+scaled down to the page's width when they are wider.
 
 All user text (names, errors, segment kinds) is escaped; no user text is placed inside the script,
 and the page's Content-Security-Policy lets only that script run (by its hash) and fetch nothing.
@@ -52,6 +59,7 @@ from taskiq_flow.pictures import TIMES, GraphView, Layout, layout
 from taskiq_flow.tracking import PipelineStatus, StepStatus
 
 __all__ = [
+    "CRITICAL_COLOUR",
     "STATUS_COLOURS",
     "Segment",
     "default_segments",
@@ -73,9 +81,14 @@ STATUS_COLOURS: dict[str, str] = {
     "pending": "#cfd8dc",
 }
 
+#: Outline of the critical path (DAG nodes and edges, timeline rows): no status's colour.
+CRITICAL_COLOUR = "#6a1b9a"
+
 _KIND_COLOURS: dict[str, str] = {
     "waiting:inputs": "#fff59d",
     "waiting:cap": "#ffcc80",
+    "waiting:run cap": "#ffd180",
+    "ready": "#e1f5fe",
     "waiting:rate": "#ffe082",
     "waiting:resources": "#bcaaa4",
     "waiting:backoff": "#f8bbd0",
@@ -85,8 +98,9 @@ _KIND_COLOURS: dict[str, str] = {
 }
 _OTHER_WAIT = "#e6ee9c"
 
-_TIMELINE_WIDTH = 960.0  # px for the whole run
-_LABEL_WIDTH = 240.0  # px for the step names left of the bars
+_TIMELINE_WIDTH = 860.0  # px for the whole run
+_LABEL_WIDTH = 200.0  # px for the step names left of the bars
+_NOTE_WIDTH = 200.0  # px right of the bars for their notes
 _ROW = 16.0  # px per timeline row
 _BAR = 11.0  # px bar height
 _NODE_W = 150.0
@@ -143,34 +157,49 @@ def _kind_colour(kind: str, status: str) -> str:
     return _OTHER_WAIT if kind.startswith("waiting") else "#b0bec5"
 
 
-#: The core's wait reasons (``StepStatus.waited``) as timeline kinds, drawn in this order.
+#: The core's wait reasons (``StepStatus.waited``) as timeline kinds.
 _WAIT_KINDS = {
     "placement": "waiting:resources",
     "shared_cap": "waiting:shared cap",
+    "run_cap": "waiting:run cap",
     "step_cap": "waiting:cap",
     "rate": "waiting:rate",
-    "ready": "queued",
+    "ready": "ready",
+}
+_WAIT_WORDS = {
+    "placement": "a worker with room",
+    "shared_cap": "the process-wide cap",
+    "run_cap": "the run's cap",
+    "step_cap": "the step's cap",
+    "rate": "a rate token",
+    "ready": "the next admission round",
 }
 
 
-def _wait_pieces(step: StepStatus, pieces: list[_Piece]) -> list[_Piece]:
-    """What the step's tasks waited before they were sent (the mean per task, for a mapped
-    step), drawn before its first bar, one piece per reason."""
-    if not pieces or not step.waited:
+def _wait_pieces(step: StepStatus, pieces: list[_Piece], run_start: float | None) -> list[_Piece]:
+    """What the step's first task did between becoming ready and starting, drawn before its first
+    bar: held back by the core's reason (``first_wait``) from ``ready_at`` to ``sent_at``, then
+    ``queued`` until it started where it ran. Nothing is drawn when the times are missing (an
+    older record) or out of order (another host's clock, a resumed step that had started)."""
+    ready, sent = step.ready_at, step.sent_at
+    if not pieces or ready is None or sent is None:
         return pieces
-    tasks = max(step.tasks, 1)
-    end = pieces[0].start
+    start = pieces[0].start
+    if run_start is not None:
+        ready = max(ready, run_start)  # a clock's rounding never puts a wait before the run
+    if not ready <= sent <= start:
+        return pieces
     before: list[_Piece] = []
-    for reason in reversed(list(_WAIT_KINDS)):
-        seconds = step.waited.get(reason, 0.0) / tasks
-        if seconds > 0:
-            end -= seconds
-            before.append(_Piece(end, seconds * 1000.0, _WAIT_KINDS[reason]))
-    return [*reversed(before), *pieces]
+    if sent > ready:
+        kind = _WAIT_KINDS.get(step.first_wait or "", f"waiting:{step.first_wait}")
+        before.append(_Piece(ready, (sent - ready) * 1000.0, kind))
+    if start > sent:
+        before.append(_Piece(sent, (start - sent) * 1000.0, "queued"))
+    return [*before, *pieces]
 
 
-def _default_pieces(step: StepStatus) -> list[_Piece]:
-    return _wait_pieces(step, _attempt_pieces(step))
+def _default_pieces(step: StepStatus, run_start: float | None = None) -> list[_Piece]:
+    return _wait_pieces(step, _attempt_pieces(step), run_start)
 
 
 def _attempt_pieces(step: StepStatus) -> list[_Piece]:
@@ -193,13 +222,30 @@ def _attempt_pieces(step: StepStatus) -> list[_Piece]:
     return [_Piece(start, span_ms, "running")]
 
 
-def default_segments(step: StepStatus) -> list[Segment]:
-    """A step's bar when no segments are given: its last ``duration_ms`` up to ``finished_at``
-    as ``running`` (for a mapped step, its whole span); for a one-task step whose span is longer
-    than its last attempt (it was retried), ``retrying`` before that; before it all, what its
-    tasks waited for, by the core's reason (``StepStatus.waited``; the mean per task for a mapped
-    step)."""
-    return [(p.start, p.start + p.ms / 1000.0, p.kind) for p in _default_pieces(step)]
+def default_segments(step: StepStatus, run_start: float | None = None) -> list[Segment]:
+    """A step's bar when no segments are given: from ``ready_at`` (its first task ready) to
+    ``sent_at``, what the core held that task back for (``first_wait``: ``waiting:run cap``,
+    ``waiting:cap``, ...); then ``queued`` until ``started_at`` (sent, not started where it
+    runs); then its last ``duration_ms`` up to ``finished_at`` as ``running`` (for a mapped step,
+    its whole span); for a one-task step whose span is longer than its last attempt (it was
+    retried), ``retrying`` before that.
+
+    :param run_start: the run's start: no segment begins before it.
+    """
+    return [(p.start, p.start + p.ms / 1000.0, p.kind) for p in _default_pieces(step, run_start)]
+
+
+def _waits_text(step: StepStatus) -> str:
+    """``waited: the run's cap 12 s, the step's cap 0.3 s (its 1000 tasks together)``."""
+    parts = [
+        f"{_WAIT_WORDS.get(reason, reason)} {_fmt_ms(seconds * 1000.0)}"
+        for reason, seconds in sorted(step.waited.items(), key=lambda item: -item[1])
+        if seconds > 0
+    ]
+    if not parts:
+        return ""
+    together = f" (its {step.tasks} tasks together)" if step.tasks > 1 else ""
+    return f"; waited for {', '.join(parts)}{together}"
 
 
 @dataclass(slots=True)
@@ -238,7 +284,7 @@ def _rows(status: PipelineStatus, segments: Mapping[str, Sequence[Segment]] | No
                     )
                 segs.append(_Piece(float(start), (float(end) - float(start)) * 1000.0, str(kind)))
         else:
-            segs = _default_pieces(step)
+            segs = _default_pieces(step, status.started_at)
         rows.append(_Row(i, step, segs))
     return rows
 
@@ -280,6 +326,11 @@ def _group_rows(rows: list[_Row]) -> list[_Row]:
             sum(s.tasks for s in steps),
             sum(s.tasks_done for s in steps),
         )
+        step.tasks_running = sum(s.tasks_running for s in steps)
+        step.tasks_retrying = sum(s.tasks_retrying for s in steps)
+        step.tasks_failed = sum(s.tasks_failed for s in steps)
+        step.tasks_skipped = sum(s.tasks_skipped for s in steps)
+        step.tasks_cancelled = sum(s.tasks_cancelled for s in steps)
         first = min(p.start for p in pieces) if pieces else None
         last = max(p.end for p in pieces) if pieces else None
         segs = (
@@ -307,18 +358,29 @@ def _timeline_html(
     skipped by the browser while it is off screen (``content-visibility``)."""
     starts = [p.start for r in rows for p in r.segments]
     ends = [p.end for r in rows for p in r.segments]
+    # From the run's start (default segments never begin before it; given ones may).
     t0 = min([status.started_at, *starts])
     t1 = max([status.finished_at or t0, *ends, t0])
     span_ms = max((t1 - t0) * 1000.0, 1e-3)
     scale = _TIMELINE_WIDTH / span_ms  # px per ms
     x0 = _LABEL_WIDTH
-    width = x0 + _TIMELINE_WIDTH + 220
+    width = x0 + _TIMELINE_WIDTH + _NOTE_WIDTH
     tick = _tick_step(span_ms)
     ticks = [k * tick for k in range(int(span_ms / tick + 1e-9) + 1)]
+    # Lines across the rows: each resume, and the run's end.
+    marks = [(t, "resume", f"resumed {_fmt_time(t)}") for t in status.resumes]
+    if status.finished_at is not None:
+        marks.append((status.finished_at, "end", f"run {status.status} {_fmt_time(t1)}"))
     out = [
         f'<div id="timeline" data-t0="{t0!r}" data-x0="{_n(x0)}" data-px-per-ms="{scale!r}" '
-        f'style="width:{_n(width)}px">'
-        f'<svg class="axis" xmlns="http://www.w3.org/2000/svg" width="{_n(width)}" height="18">'
+        f'data-run-start-ms="{(status.started_at - t0) * 1000.0!r}"'
+        + (
+            f' data-run-end-ms="{(status.finished_at - t0) * 1000.0!r}"'
+            if status.finished_at is not None
+            else ""
+        )
+        + f'><svg class="axis" xmlns="http://www.w3.org/2000/svg" width="{_n(width)}" '
+        f'height="18" viewBox="0 0 {_n(width)} 18">'
     ]
     for t in ticks:
         out.append(f'<text x="{_n(x0 + t * scale)}" y="12">{_e(_fmt_ms(t))}</text>')
@@ -329,11 +391,17 @@ def _timeline_html(
         out.append(
             f'<div class="chunk" style="contain-intrinsic-size:auto {_n(width)}px auto '
             f'{_n(height)}px"><svg xmlns="http://www.w3.org/2000/svg" width="{_n(width)}" '
-            f'height="{_n(height)}">'
+            f'height="{_n(height)}" viewBox="0 0 {_n(width)} {_n(height)}">'
         )
         for t in ticks:
             x = _n(x0 + t * scale)
             out.append(f'<line class="tick" x1="{x}" y1="0" x2="{x}" y2="{_n(height)}"/>')
+        for at, kind, title in marks:
+            x = _n(x0 + (at - t0) * 1000.0 * scale)
+            out.append(
+                f'<line class="mark {kind}" x1="{x}" y1="0" x2="{x}" y2="{_n(height)}">'
+                f"<title>{_e(title)}</title></line>"
+            )
         for n, row in enumerate(chunk):
             out.append(_timeline_row(row, n * _ROW, t0, x0, scale, critical, slowest))
         out.append("</svg></div>")
@@ -357,9 +425,11 @@ def _timeline_row(
     if row.index in slowest:
         classes.append("slow")
     text_y = _n(y + _BAR - 1)
+    counts = f" ({step.counts_text()})" if step.tasks > 1 else ""
     out = [
         f'<g class="{" ".join(classes)}" data-step="{row.index}">'
-        f"<title>{_e(step.name)}: {_e(step.status)}, {_e(_fmt_ms(step.duration_ms))}</title>"
+        f"<title>{_e(step.name)}: {_e(step.status)}{_e(counts)}, "
+        f"{_e(_fmt_ms(step.duration_ms))}{_e(_waits_text(step))}</title>"
         f'<text class="name" x="{_n(x0 - 6)}" y="{text_y}">{_e(_short(step.name, 34))}</text>'
     ]
     for piece in row.segments:
@@ -378,7 +448,8 @@ def _timeline_row(
         if row.steps > 1:
             note = f"{row.steps} steps, {step.tasks} tasks · {note}"
         elif step.tasks > 1:
-            note = f"{TIMES}{step.tasks} · {note}"
+            unfinished = step.tasks_done < step.tasks
+            note = f"{TIMES}{step.tasks} · {step.counts_text() + ' · ' if unfinished else ''}{note}"
         out.append(f'<text class="note" x="{_n(end_x + 4)}" y="{text_y}">{_e(note)}</text>')
     out.append("</g>")
     return "".join(out)
@@ -446,8 +517,12 @@ text-align:right;font-variant-numeric:tabular-nums}#steps span:nth-child(6){flex
 #steps span:last-child{flex-basis:200px;text-align:left}#steps .tr.hl{background:#fff8e1}
 svg .tick{stroke:#eeeeee}svg .note{fill:#616161}
 #dag text{text-anchor:middle}.edge{fill:none;stroke:#90a4ae;stroke-width:1.2}
-.edge.crit{stroke:#c62828;stroke-width:2.5}.node.crit rect{stroke:#b71c1c;stroke-width:3}
-.row.crit .name{fill:#b71c1c;font-weight:600}.row.crit rect{stroke:#b71c1c;stroke-width:1}
+.edge.crit{stroke:CRIT;stroke-width:2.5;stroke-dasharray:6 3}
+.node.crit rect{stroke:CRIT;stroke-width:3;stroke-dasharray:6 3}
+.row.crit .name{fill:CRIT;font-weight:600}.row.crit rect{stroke:CRIT;stroke-width:1}
+#timeline svg,#dag{max-width:100%;height:auto;display:block}
+svg .mark{stroke:#455a64;stroke-width:1.5;stroke-dasharray:4 3}svg .mark.resume{stroke:#00695c}
+.legend .crit{background:none;border:2px dashed CRIT;width:9px;height:9px}
 .row.slow .note{fill:#000;font-weight:600}rect.seg{stroke:rgba(0,0,0,.3);stroke-width:.6}
 .hl rect{stroke:#000!important;stroke-width:2!important}.hl text{font-weight:700}
 tr.hl{background:#fff8e1}.legend span{display:inline-block;margin-right:14px}
@@ -485,6 +560,8 @@ _JS = """
 })();
 """
 
+
+_CSS = _CSS.replace("CRIT", CRITICAL_COLOUR)
 
 _JS_HASH = "sha256-" + base64.b64encode(hashlib.sha256(_JS.encode()).digest()).decode()
 
@@ -538,9 +615,10 @@ def render_report(
         nodes = dag.nodes
         steps = status.steps
         # A dataflow run tracks one step per node, in node order: then each node has its own
-        # step (names may repeat); otherwise steps are matched to nodes by name.
+        # step (named after it, told apart when names repeat); otherwise steps are matched to
+        # nodes by name.
         aligned = len(steps) == len(nodes) and all(
-            step.name == node.name for step, node in zip(steps, nodes)
+            step.name.startswith(node.name) for step, node in zip(steps, nodes)
         )
         step_of: list[int | None] = (
             list(range(len(nodes))) if aligned else [step_by_name.get(n.name) for n in nodes]
@@ -562,7 +640,7 @@ def render_report(
             if len(lay.edges) > _MAX_EDGES:
                 note += f"<p>The first {_MAX_EDGES} of {len(lay.edges)} edges are drawn.</p>"
             dag_html = (
-                f"<h2>DAG</h2>{note}{_legend(STATUS_COLOURS)}"
+                f"<h2>DAG</h2>{note}{_legend(STATUS_COLOURS, bool(lay.path))}"
                 f'<div class="scroll">{_dag_svg(lay, steps, step_of)}</div>'
             )
         else:
@@ -597,6 +675,13 @@ def render_report(
         f"<span>run <code>{_e(status.pipeline_id)}</code></span>",
         f"<span>started {_e(_fmt_time(status.started_at))}</span>",
         f"<span>took {_e(_fmt_ms(status.duration_ms))}</span>",
+        (
+            f'<span id="resumed">resumed {len(status.resumes)}{TIMES} (last '
+            f"{_e(_fmt_time(status.resumed_at))}): history kept, attempts sent again counted"
+            "</span>"
+            if status.resumes
+            else ""
+        ),
         f"<span>{len(status.steps)} steps, {sum(s.tasks for s in status.steps)} tasks: ",
         _e(", ".join(f"{n} {k}" for k, n in sorted(counts.items()))),
         "</span></div>",
@@ -621,7 +706,7 @@ def render_report(
             f"<p>{len(status.steps)} steps drawn as {len(rows)} rows (steps of one name "
             "grouped: each row spans its steps' first start to last end).</p>"
         )
-    parts.append(_legend(legend))
+    parts.append(_legend(legend, bool(critical_steps)))
     parts.append(f'<div class="scroll">{timeline}</div>')
     parts.append(_problems_table(status))
     parts.append(_steps_table(status, slow, critical_steps))
@@ -629,11 +714,13 @@ def render_report(
     return "".join(parts)
 
 
-def _legend(items: Mapping[str, str]) -> str:
+def _legend(items: Mapping[str, str], critical: bool = False) -> str:
     spans = "".join(
         f'<span><i style="background:{colour}"></i>{_e(label)}</span>'
         for label, colour in items.items()
     )
+    if critical:
+        spans += '<span><i class="crit"></i>critical path</span>'
     return f'<div class="legend">{spans}</div>'
 
 
@@ -643,6 +730,12 @@ def _problems_table(status: PipelineStatus) -> str:
     ]
     if not problems:
         return '<h2>Retries and failures</h2><p id="problems">None: every task ran once.</p>'
+    resumed = (
+        "<p>The run was resumed: an attempt out when its orchestrator died was sent again, and "
+        "counts here.</p>"
+        if status.resumes
+        else ""
+    )
     rows = "".join(
         f'<tr data-step="{i}"><td>{_e(s.name)}</td><td>{_e(s.status)}</td>'
         f'<td class="num">{s.attempts}</td><td class="num">{s.tasks}</td>'
@@ -652,7 +745,8 @@ def _problems_table(status: PipelineStatus) -> str:
     more = len(problems) - _MAX_PROBLEMS
     note = f"<p>and {more} more (see the steps below).</p>" if more > 0 else ""
     return (
-        '<h2>Retries and failures</h2><div class="scroll"><table id="problems"><thead><tr>'
+        f'<h2>Retries and failures</h2>{resumed}<div class="scroll"><table id="problems">'
+        "<thead><tr>"
         "<th>step</th><th>status</th><th>attempts</th><th>tasks</th><th>error</th></tr></thead>"
         f"<tbody>{rows}</tbody></table></div>{note}"
     )
@@ -689,7 +783,8 @@ def _steps_table(status: PipelineStatus, slow: Mapping[int, int], critical: set[
             out.append(
                 f'<div class="tr" role="row" data-step="{i}" data-name="{name}">'
                 f'<span role="cell" title="{name}">{name}</span><span role="cell">'
-                f'{_e(s.status)}</span><span role="cell">{s.tasks_done}/{s.tasks}</span>'
+                f'{_e(s.status)}</span><span role="cell" title="{_e(s.counts_text())}">'
+                f"{s.tasks_done}/{s.tasks}</span>"
                 f'<span role="cell">{s.attempts}</span><span role="cell">'
                 f'{_e(_fmt_ms(s.duration_ms))}</span><span role="cell">{_e(offset)}</span>'
                 f'<span role="cell">{_e(", ".join(marks))}</span></div>'

@@ -259,7 +259,7 @@ class ResourceAwareWorkerPool:
     ) -> ResourceAwareWorkerPool:
         """Keeps the pool in step with live workers: runs using it call :meth:`refresh` every
         ``interval`` seconds, which reads ``discover()`` (e.g.
-        ``lambda: discover_workers(redis)``). Returns the pool."""
+        ``lambda: discover_workers(redis, broker=broker)``). Returns the pool."""
         self.discover = discover
         self.refresh_interval = interval
         return self

@@ -3,60 +3,63 @@
 ::
 
     taskiq-flow runs list --redis redis://127.0.0.1:6379 --status abandoned
-    taskiq-flow runs resume RUN --redis URL --pipeline app:pipeline [--input name=JSON ...]
+    taskiq-flow runs resume RUN --redis URL --pipeline app:pipeline
 
 A run whose orchestrator died shows as ``abandoned`` once its lease lapsed. ``resume`` imports the
 dataflow pipeline the run was made with (``module:attribute``, a
 :class:`~taskiq_flow.DataflowPipeline` or a function returning one), refuses a run that is live in
 another process or already finished, and runs it to the end from what tracking recorded, with the
-same inputs given again (``--input``, each value JSON). Everything is checked before anything is
-sent; errors are one line.
+inputs stored with the run. Inputs given (``--input NAME=JSON``, repeatable) must be the stored
+ones, unless the change is allowed (``inputs_changed_ok``, ``--inputs-changed-ok``); a run whose
+inputs could not be stored (over the storage's size limit) needs them given. Everything is checked
+before anything is sent; errors are one line: exit status 2 for a malformed ``--input``, 1 for
+anything else.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import json
-import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from redis.exceptions import RedisError
 
+from taskiq_flow._imports import import_object
 from taskiq_flow.exceptions import InvalidValueError, TaskiqFlowError
 
-__all__ = ["resume"]
+__all__ = ["parse_inputs", "resume"]
 
 
-def _inputs(pairs: list[str]) -> dict[str, Any]:
+def parse_inputs(pairs: list[str]) -> dict[str, Any]:
+    """``["x=3", 'folder="/data"']`` as ``{"x": 3, "folder": "/data"}``: each value is JSON.
+
+    :raises InvalidValueError: for a pair without ``=``, a name given twice, or a value that is
+        not JSON (saying that a string needs JSON quotes, with the pair quoted as it should be).
+    """
     inputs: dict[str, Any] = {}
     for pair in pairs:
         name, sep, raw = pair.partition("=")
         if not sep or not name:
-            raise InvalidValueError(f"--input must look like name=JSON, got {pair!r}")
+            raise InvalidValueError(f"--input must look like NAME=JSON, got {pair!r}")
+        if name in inputs:
+            raise InvalidValueError(f"--input {name} is given twice")
         try:
             inputs[name] = json.loads(raw)
         except ValueError:
-            raise InvalidValueError(f"--input {name}: not JSON: {raw!r}") from None
+            quoted = json.dumps(raw)
+            raise InvalidValueError(
+                f"--input {name}: {raw!r} is not JSON; a string needs JSON quotes: "
+                f"--input {name}='{quoted}'"
+            ) from None
     return inputs
 
 
 def _import_pipeline(path: str) -> Any:
     from taskiq_flow.dataflow import DataflowPipeline
 
-    module_name, sep, attribute = path.partition(":")
-    if not sep or not module_name or not attribute:
-        raise InvalidValueError(f"--pipeline must look like module:attribute, got {path!r}")
-    sys.path.insert(0, str(Path(os.getcwd()).resolve()))
-    try:
-        found: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            found = getattr(found, part)
-    except Exception as exc:  # the user's module, reported in one line
-        raise InvalidValueError(f"cannot import {path!r}: {type(exc).__name__}: {exc}") from None
+    found = import_object(path, "--pipeline")
     if inspect.isfunction(found):
         found = found()
     if not isinstance(found, DataflowPipeline):
@@ -64,7 +67,14 @@ def _import_pipeline(path: str) -> Any:
     return found
 
 
-async def _resume(url: str, prefix: str, run_id: str, pipeline: Any, inputs: Any) -> int:
+async def _resume(
+    url: str,
+    prefix: str,
+    run_id: str,
+    pipeline: Any,
+    given: dict[str, Any] | None,
+    inputs_changed_ok: bool,
+) -> int:
     from redis.asyncio import Redis
 
     from taskiq_flow.distributed import RedisPipelineStorage
@@ -79,6 +89,7 @@ async def _resume(url: str, prefix: str, run_id: str, pipeline: Any, inputs: Any
             )
         if record.status == "done":
             raise InvalidValueError(f"run {run_id} is done: nothing to resume")
+        inputs = await tracking.resume_inputs(run_id, given, inputs_changed_ok=inputs_changed_ok)
         await pipeline.broker.startup()
         try:
             outputs = await pipeline.with_tracking(tracking).resume(run_id, **inputs)
@@ -88,13 +99,26 @@ async def _resume(url: str, prefix: str, run_id: str, pipeline: Any, inputs: Any
     return 0
 
 
-def resume(url: str, prefix: str, run_id: str, pipeline: str, inputs: list[str]) -> int:
-    """``taskiq-flow runs resume``: checks the input, then runs ``run_id`` to the end; returns the
-    exit status (errors are one line on stderr)."""
+def resume(
+    url: str,
+    prefix: str,
+    run_id: str,
+    pipeline: str,
+    inputs: list[str],
+    inputs_changed_ok: bool = False,
+) -> int:
+    """``taskiq-flow runs resume``: checks the input, then runs ``run_id`` to the end with the
+    inputs stored with it (or ``inputs``, ``NAME=JSON`` each, if they are the stored ones or
+    ``inputs_changed_ok``); returns the exit status (errors are one line on stderr: 2 for a
+    malformed ``--input``, 1 for anything else)."""
     try:
-        values = _inputs(inputs)
+        values = parse_inputs(inputs)
+    except InvalidValueError as exc:
+        sys.stderr.write(f"taskiq-flow runs: {exc}\n")
+        return 2
+    try:
         found = _import_pipeline(pipeline)
-        return asyncio.run(_resume(url, prefix, run_id, found, values))
+        return asyncio.run(_resume(url, prefix, run_id, found, values or None, inputs_changed_ok))
     except (TaskiqFlowError, OSError, RedisError) as exc:
         sys.stderr.write(f"taskiq-flow runs: {type(exc).__name__}: {exc}\n")
         return 1

@@ -3,7 +3,9 @@
 Runs are read from the tracking storage that outlives a process: Redis
 (``--redis redis://host:6379/0 --prefix taskiq_flow``, the same prefix as the
 :class:`~taskiq_flow.distributed.RedisPipelineStorage` the runs were recorded with). Output is a
-table sized to the terminal (``rich``), or JSON with ``--json``.
+table sized to the terminal (``rich``; the run id is always whole on one line, the other columns
+give way), or JSON with ``--json``. ``--dag module:name`` is imported from the current directory
+first, as ``runs resume --pipeline`` and ``taskiq worker`` do (:mod:`taskiq_flow._imports`).
 
 ::
 
@@ -19,8 +21,9 @@ Wiring (in ``cli.py``)::
     if args.command in ("runs", "report", "explain"):
         return asyncio.run(main_runs(args))
 
-Exit codes: 0 done, 1 a run (or Redis) was not found or reached, 2 bad input (checked before any
-connection is made).
+Exit codes: 0 done, 1 a run (or Redis) was not found or reached or a report could not be
+written, 2 bad input (checked before any connection is made: the URL, the prefix, the ``--dag``
+import, the ``--output`` path).
 """
 
 from __future__ import annotations
@@ -29,18 +32,19 @@ import argparse
 import asyncio
 import dataclasses
 import datetime as _dt
-import importlib
 import json
 import re
 import sys
-from collections.abc import Sequence
-from typing import IO, Any, get_args
+from collections.abc import Callable, Sequence
+from typing import IO, Any, cast, get_args
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from taskiq_flow._help import HelpFormatter, paragraphs
+from taskiq_flow._help import COLUMNS, HelpFormatter, paragraphs, whole_number, writable_file
+from taskiq_flow._imports import check_import_path, import_object
 from taskiq_flow.exceptions import InvalidValueError, UnknownIdError
 from taskiq_flow.pictures import GraphView
 from taskiq_flow.report import write_report
@@ -57,12 +61,12 @@ __all__ = [
 ]
 
 _URL = re.compile(r"^(redis|rediss|unix)://\S+$")
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 def add_runs_commands(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+    subparsers: argparse._SubParsersAction[Any],
     top_level: bool = False,
+    redis_required: bool = True,
 ) -> argparse.ArgumentParser:
     """Registers ``runs`` (with ``list``, ``show``, ``delete``, ``report``, ``explain``) on a
     sub-command set; returns the ``runs`` parser. The parsed namespace goes to
@@ -71,11 +75,14 @@ def add_runs_commands(
     :param top_level: also register ``report`` and ``explain`` directly on ``subparsers``
         (``taskiq-flow report RUN -o run.html``, ``taskiq-flow explain RUN STEP``), the same
         actions as under ``runs``.
+    :param redis_required: ``--redis`` is required (as on the command line); ``False`` for a
+        caller that passes its own tracking to :func:`main_runs`.
     """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--redis",
         metavar="URL",
+        required=redis_required,
         help="Redis URL of the tracking storage: redis://, rediss:// or unix:// (required: "
         "runs kept in memory die with their process)",
     )
@@ -104,7 +111,7 @@ def add_runs_commands(
             formatter_class=HelpFormatter,
         )
 
-    runs = subparsers.add_parser(
+    runs: argparse.ArgumentParser = subparsers.add_parser(
         "runs",
         help="list, show, delete, report on, explain and resume tracked runs",
         description=paragraphs(
@@ -135,7 +142,7 @@ def add_runs_commands(
         help="only runs in this state: " + ", ".join(get_args(RunState)) + " (default: any)",
     )
     listing.add_argument(
-        "--limit", type=_positive, metavar="N", help="only the newest N runs (default: all)"
+        "--limit", type=whole_number(1), metavar="N", help="only the newest N runs (default: all)"
     )
     show = add(
         actions,
@@ -155,8 +162,8 @@ def add_runs_commands(
     resume = add(
         actions,
         "resume",
-        "run an abandoned run to the end (a dataflow pipeline, the same inputs)",
-        f"taskiq-flow runs resume RUN --redis {url} \\\n      --pipeline app:pipeline --input x=3",
+        "run an abandoned run to the end (a dataflow pipeline, the inputs stored with it)",
+        f"taskiq-flow runs resume RUN --redis {url} --pipeline app:pipeline",
     )
     resume.add_argument("run", help="the run's pipeline id")
     resume.add_argument(
@@ -170,7 +177,15 @@ def add_runs_commands(
         action="append",
         default=[],
         metavar="NAME=JSON",
-        help="an input of the run, its value as JSON (repeatable; default: none)",
+        help=(
+            "an input of the run as JSON, a string in JSON quotes: folder='\"/data\"' "
+            "(repeatable; default: the inputs stored with the run)"
+        ),
+    )
+    resume.add_argument(
+        "--inputs-changed-ok",
+        action="store_true",
+        help="run with inputs other than the stored ones (default: refused)",
     )
     places = [actions, subparsers] if top_level else [actions]
     for place in places:
@@ -205,16 +220,6 @@ def add_runs_commands(
     return runs
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
 def _when(epoch: float | None) -> str:
     if epoch is None:
         return "-"
@@ -239,35 +244,111 @@ def run_to_json(status: PipelineStatus, steps: bool = True) -> dict[str, Any]:
     return data
 
 
-def runs_table(records: Sequence[PipelineStatus]) -> Table:
-    """The table of ``runs list``. Names and errors are shown as text, never as markup."""
-    table = Table(title=f"{len(records)} run{'s' if len(records) != 1 else ''}", expand=False)
-    table.add_column("run", overflow="fold", min_width=8)
-    table.add_column("name", overflow="ellipsis", min_width=6)
-    table.add_column("status", no_wrap=True, min_width=9)
-    table.add_column("started (UTC)", no_wrap=True)
-    table.add_column("took", justify="right", no_wrap=True)
-    table.add_column("steps done", justify="right")
-    table.add_column("error", overflow="ellipsis", max_width=40)
-    for r in records:
-        done = sum(1 for s in r.steps if s.status == "done")
-        table.add_row(
-            Text(r.pipeline_id),
-            Text(r.name),
-            Text(r.status),
-            _when(r.started_at),
-            _ms(r.duration_ms),
-            f"{done}/{len(r.steps)}",
-            Text((r.error or "").splitlines()[0] if r.error else ""),
+def _started(epoch: float | None, short: bool) -> str:
+    if epoch is None or not short:
+        return _when(epoch)
+    return _dt.datetime.fromtimestamp(epoch, tz=_dt.timezone.utc).strftime("%m-%d %H:%M")
+
+
+#: Columns between two of the runs table: a blank divider and one blank of padding.
+_GAP = 2
+
+
+def runs_table(records: Sequence[PipelineStatus], width: int = COLUMNS) -> Table:
+    """The table of ``runs list``, fitted to ``width`` columns. The run id, which every other
+    command takes, is always shown whole on one line: at narrow widths the other columns give way
+    first (the error, then the time taken, then the start time, shortened then dropped, then the
+    name, then the step count). Names and errors are shown as text, never as markup.
+
+    :param width: the terminal's width in columns.
+    """
+    ids = [r.pipeline_id for r in records]
+    names = [r.name for r in records]
+    statuses: list[str] = [r.status for r in records]
+    steps = [f"{sum(1 for s in r.steps if s.status == 'done')}/{len(r.steps)}" for r in records]
+    tooks = [_ms(r.duration_ms) for r in records]
+    errors = [(r.error or "").splitlines()[0] if r.error else "" for r in records]
+
+    def widest(header: str, cells: list[str], cap: int | None = None) -> int:
+        most = max([len(header), *(len(c) for c in cells)])
+        return most if cap is None else min(most, max(cap, len(header)))
+
+    # key: (header, the width it needs at least, the width it can use); in the order shown.
+    columns: dict[str, tuple[str, int, int]] = {
+        "id": ("run id", widest("run id", ids), widest("run id", ids)),
+        "name": ("name", widest("name", names, 10), widest("name", names)),
+        "status": ("status", widest("status", statuses), widest("status", statuses)),
+        "steps": ("steps", widest("steps", steps), widest("steps", steps)),
+        "started": ("started UTC", 19, 19),
+        "took": ("took", widest("took", tooks), widest("took", tooks)),
+    }
+    if any(errors):
+        columns["error"] = ("error", widest("error", errors, 16), widest("error", errors))
+    # What gives way first, in order; "short" shortens the start time to 11 columns.
+    give_way = ["error", "took", "short", "started", "name", "steps", "status"]
+    shown = list(columns)
+    short = False
+
+    def needed() -> int:
+        least = [11 if k == "started" and short else columns[k][1] for k in shown]
+        return sum(least) + _GAP * (len(shown) - 1)
+
+    for what in give_way:
+        if needed() <= width:
+            break
+        if what == "short":
+            short = "started" in shown
+        elif what in shown:
+            shown.remove(what)
+    # What is left widens the name and the error alike, each up to what it holds.
+    widths = {k: 11 if k == "started" and short else columns[k][1] for k in shown}
+    spare = max(0, width - needed())
+    while spare > 0:
+        growing = [k for k in ("name", "error") if k in shown and widths[k] < columns[k][2]]
+        if not growing:
+            break
+        for grown in growing[:spare]:
+            widths[grown] += 1
+            spare -= 1
+    table = Table(
+        title=f"{len(records)} run{'s' if len(records) != 1 else ''}",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        collapse_padding=True,
+        expand=False,
+    )
+    for key in shown:
+        table.add_column(
+            columns[key][0],
+            no_wrap=True,
+            overflow="fold" if key == "id" else "ellipsis",
+            min_width=widths[key] if key in ("id", "name", "error") else None,
+            max_width=widths[key],
+            justify="right" if key in ("steps", "took") else "left",
         )
+    for i, r in enumerate(records):
+        cells = {
+            "id": Text(ids[i]),
+            "name": Text(names[i]),
+            "status": Text(statuses[i]),
+            "steps": Text(steps[i]),
+            "started": Text(_started(r.started_at, short)),
+            "took": Text(tooks[i]),
+            "error": Text(errors[i]) if "error" in columns else Text(""),
+        }
+        table.add_row(*(cells[k] for k in shown))
     return table
 
 
 def steps_table(status: PipelineStatus) -> Table:
     """The table of ``runs show``: one row per step (a mapped step is one row with its count);
     an error column only if some step has an error."""
+    times = len(status.resumes)
+    resumed = f" · resumed {times} time{'s' if times > 1 else ''}" if times else ""
     table = Table(
-        title=Text(f"{status.name} · {status.pipeline_id} · {status.status}"), expand=False
+        title=Text(f"{status.name} · {status.pipeline_id} · {status.status}{resumed}"),
+        expand=False,
     )
     table.add_column("step", overflow="fold", ratio=1, min_width=10)
     table.add_column("status", no_wrap=True, min_width=9)
@@ -281,7 +362,7 @@ def steps_table(status: PipelineStatus) -> Table:
         cells: list[Text | str] = [
             Text(s.name),
             Text(s.status),
-            f"{s.tasks_done}/{s.tasks}",
+            s.counts_text() if s.tasks > 1 else f"{s.tasks_done}/{s.tasks}",
             str(s.attempts),
             _ms(s.duration_ms),
         ]
@@ -306,14 +387,11 @@ def explain_line(status: PipelineStatus, step: str | None = None) -> str:
         if s.status in ("done", "failed", "skipped", "cancelled"):
             extra = f": {s.error.splitlines()[0]}" if s.error and s.status == "failed" else ""
             waited = _waited(s)
-            return (
-                f"step {s.name!r} is {s.status} ({s.tasks_done}/{s.tasks} tasks done){extra}"
-                f"{waited}"
-            )
+            return f"step {s.name!r} is {s.status} ({s.counts_text()}){extra}{waited}"
         if s.waiting is not None and status.status == "running":
             return f"step {s.name!r}: {s.waiting}"
         return (
-            f"step {s.name!r} is {s.status} ({s.tasks_done}/{s.tasks} tasks done); "
+            f"step {s.name!r} is {s.status} ({s.counts_text()}); "
             f"its run is {status.status}, so nothing explains it now"
         )
     if status.status != "running":
@@ -333,20 +411,18 @@ def _waited(step: StepStatus) -> str:
 
 
 def load_graph(path: str) -> GraphView:
-    """Imports ``module:name``: a pipeline (its ``dag``) or a graph with nodes and edges.
+    """Imports ``module:name``, from the current directory first (as ``runs resume --pipeline``
+    and ``taskiq worker`` do): a pipeline (its ``dag``) or a graph with nodes and edges.
 
-    :raises InvalidValueError: for a malformed path, or an object that is neither.
-    :raises ImportError: if the module cannot be imported.
+    :raises InvalidValueError: for a malformed path, a module that cannot be imported, a missing
+        name, or an object that is neither.
     """
-    if not _IMPORT_PATH.match(path):
-        raise InvalidValueError(f"--dag must look like module:name, got {path!r}")
-    module_name, _, attr = path.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
+    obj = import_object(path, "--dag")
     graph = getattr(obj, "dag", obj)
     if not all(hasattr(graph, a) for a in ("nodes", "sources", "targets")):
-        raise InvalidValueError(f"{path} is neither a pipeline nor a DAG")
+        raise InvalidValueError(
+            f"--dag {path}: a {type(obj).__name__}, neither a pipeline nor a DAG"
+        )
     view: GraphView = graph
     return view
 
@@ -360,10 +436,20 @@ def _check(args: argparse.Namespace, tracking: PipelineTrackingManager | None) -
         )
     if args.redis is not None and not _URL.match(args.redis):
         return f"--redis must be a redis://, rediss:// or unix:// URL, got {args.redis!r}"
+    if args.redis is not None:
+        from redis import connection
+
+        parse_url = cast("Callable[[str], object]", connection.parse_url)  # untyped in redis-py
+        try:  # what Redis.from_url would raise once connecting
+            parse_url(args.redis)
+        except ValueError as err:
+            return f"--redis {args.redis}: {err}"
     if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,128}", args.prefix or ""):
         return f"--prefix may hold only letters, digits and _ . - (got {args.prefix!r})"
-    if getattr(args, "dag", None) is not None and not _IMPORT_PATH.match(args.dag):
-        return f"--dag must look like module:name, got {args.dag!r}"
+    if getattr(args, "dag", None) is not None and check_import_path(args.dag, "--dag"):
+        return check_import_path(args.dag, "--dag")
+    if getattr(args, "output", None) is not None:
+        return writable_file(args.output, "--output")
     return None
 
 
@@ -387,8 +473,21 @@ async def main_runs(
         from taskiq_flow.runs import resume
 
         return await asyncio.to_thread(
-            resume, args.redis, args.prefix, args.run, args.pipeline, args.input
+            resume,
+            args.redis,
+            args.prefix,
+            args.run,
+            args.pipeline,
+            args.input,
+            args.inputs_changed_ok,
         )
+    graph: GraphView | None = None
+    if args.runs_command == "report" and args.dag is not None:
+        try:  # the user's module, imported before any connection is made
+            graph = load_graph(args.dag)
+        except InvalidValueError as err:
+            print(f"taskiq-flow runs: {err}", file=sys.stderr)
+            return 2
     client: Any = None
     if tracking is None:
         from redis.asyncio import Redis
@@ -398,7 +497,7 @@ async def main_runs(
         client = Redis.from_url(args.redis)
         tracking = PipelineTrackingManager(RedisPipelineStorage(client, prefix=args.prefix))
     try:
-        return await _act(args, tracking, console, stream)
+        return await _act(args, tracking, console, stream, graph)
     except (UnknownIdError, InvalidValueError) as err:
         print(f"taskiq-flow runs: {err}", file=sys.stderr)
         return 1 if isinstance(err, UnknownIdError) else 2
@@ -422,6 +521,7 @@ async def _act(
     tracking: PipelineTrackingManager,
     console: Console,
     stream: IO[str],
+    graph: GraphView | None = None,
 ) -> int:
     action = args.runs_command
     if action == "list":
@@ -432,7 +532,7 @@ async def _act(
             json.dump([run_to_json(r, steps=False) for r in records], stream, indent=2)
             stream.write("\n")
         else:
-            console.print(runs_table(records))
+            console.print(runs_table(records, console.width))
         return 0
     if action == "show":
         status = await tracking.get_status(args.run)
@@ -460,13 +560,13 @@ async def _act(
         return 1 if missing else 0
     if action == "report":
         status = await tracking.get_status(args.run)
-        graph = None
-        if args.dag is not None:
-            try:
-                graph = load_graph(args.dag)
-            except (ImportError, AttributeError) as err:
-                raise InvalidValueError(f"--dag {args.dag}: {err}") from err
-        path = write_report(args.output, status, dag=graph)
+        try:
+            path = write_report(args.output, status, dag=graph)
+        except OSError as err:  # a full disk, a file that went away: not Redis's doing
+            print(
+                f"taskiq-flow runs: --output {args.output}: {err.strerror or err}", file=sys.stderr
+            )
+            return 1
         size = path.stat().st_size
         if args.json:
             json.dump({"path": str(path), "bytes": size, "steps": len(status.steps)}, stream)

@@ -14,6 +14,18 @@ first task's start to the last one's end.
     for step in status.steps:
         print(f"{step.name}: {step.duration_ms}ms")
 
+A step is a declaration: a task wired in on its own is a step of one task; a map (a bulk
+declaration) is one step of many tasks, whose :class:`StepStatus` counts its tasks by state
+(``tasks_pending``, ``tasks_running``, ``tasks_retrying``, ``tasks_done``, ``tasks_failed``,
+``tasks_skipped``, ``tasks_cancelled``; all of them at once as :attr:`StepStatus.counts`), so a map
+of 10^4 items is one record and a run of 10^6 nodes stores no record per node.
+
+A run resumed after its orchestrator died (``taskiq-flow runs resume``) keeps its history: its
+first start, each step's attempts, errors and times, and the times it was resumed
+(:attr:`PipelineStatus.resumes`). Its inputs are stored with it (:meth:`PipelineTrackingManager.
+load_inputs`), so that a resume runs with the same ones unless told otherwise
+(:meth:`PipelineTrackingManager.resume_inputs`).
+
 A run's state is ``running``, then ``done``, ``failed`` or ``cancelled``. With a storage that
 keeps leases (:class:`~taskiq_flow.distributed.RedisPipelineStorage`), the manager holds a lease
 on each run it executes, renewed in the background from :meth:`PipelineTrackingManager.begin` to
@@ -32,8 +44,11 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
+
+from pydantic_core import to_jsonable_python
 
 from taskiq_flow.exceptions import (
     CorruptRecordError,
@@ -43,6 +58,7 @@ from taskiq_flow.exceptions import (
 )
 
 __all__ = [
+    "TASK_STATES",
     "InMemoryPipelineStorage",
     "PipelineStatus",
     "PipelineStorage",
@@ -65,9 +81,28 @@ RunState = Literal["running", "done", "failed", "cancelled", "abandoned"]
 StepState = Literal["pending", "running", "retrying", "done", "failed", "skipped", "cancelled"]
 
 
+#: The states a step's tasks are counted in, in the order :attr:`StepStatus.counts` lists them.
+TASK_STATES: tuple[StepState, ...] = (
+    "pending",
+    "running",
+    "retrying",
+    "done",
+    "failed",
+    "skipped",
+    "cancelled",
+)
+
+
 @dataclass(slots=True)
 class StepStatus:
-    """One step of a run: a task, or all the tasks of a map."""
+    """One step of a run: a task wired in on its own, or all the tasks of a map.
+
+    ``tasks`` is how many tasks the step has; each is counted in one state
+    (``tasks_running``, ``tasks_retrying``, ``tasks_done``, ``tasks_failed``, ``tasks_skipped``,
+    ``tasks_cancelled``; the rest are ``tasks_pending``). ``attempts`` counts every attempt sent,
+    across resumes. A record written before the counts existed reads back with ``tasks_done``
+    only (the others 0).
+    """
 
     name: str
     status: StepState = "pending"
@@ -79,11 +114,104 @@ class StepStatus:
     tasks: int = 1
     tasks_done: int = 0
     #: Seconds the step's tasks waited between becoming ready and being sent, summed, by what held
-    #: each last (the core's reasons: ``step_cap``, ``rate``, ``shared_cap``, ``placement``, or
-    #: ``ready`` for nothing but the run's own cap).
+    #: each last (the core's reasons: ``run_cap`` for the run's own ``max_parallel``,
+    #: ``step_cap``, ``rate``, ``shared_cap`` for the process-wide cap, ``placement``; ``ready``
+    #: for a task sent in the round it became ready).
     waited: dict[str, float] = field(default_factory=dict)
     #: Why the step waits, as its run last explained it (while the run is live).
     waiting: str | None = None
+    tasks_running: int = 0
+    tasks_retrying: int = 0
+    tasks_failed: int = 0
+    tasks_skipped: int = 0
+    tasks_cancelled: int = 0
+    #: When (epoch seconds) the step's first task sent became ready (all its inputs done).
+    ready_at: float | None = None
+    #: When (epoch seconds) the step's first task was sent.
+    sent_at: float | None = None
+    #: What held the step's first task between ``ready_at`` and ``sent_at`` (a key of
+    #: ``waited``).
+    first_wait: str | None = None
+
+    @property
+    def tasks_pending(self) -> int:
+        """Tasks not sent yet (nor skipped or cancelled)."""
+        started = (
+            self.tasks_running
+            + self.tasks_retrying
+            + self.tasks_done
+            + self.tasks_failed
+            + self.tasks_skipped
+            + self.tasks_cancelled
+        )
+        return max(0, self.tasks - started)
+
+    @property
+    def counts(self) -> dict[StepState, int]:
+        """The step's tasks by state (every state, in :data:`TASK_STATES` order); they sum to
+        ``tasks``."""
+        return {
+            "pending": self.tasks_pending,
+            "running": self.tasks_running,
+            "retrying": self.tasks_retrying,
+            "done": self.tasks_done,
+            "failed": self.tasks_failed,
+            "skipped": self.tasks_skipped,
+            "cancelled": self.tasks_cancelled,
+        }
+
+    def counts_text(self) -> str:
+        """The counts for people, states with no task left out: ``"5000 done, 50 running, 4950
+        pending"`` (``"1 done"`` for a task that ran)."""
+        counts = self.counts
+        order: tuple[StepState, ...] = (
+            "done",
+            "running",
+            "retrying",
+            "failed",
+            "skipped",
+            "cancelled",
+            "pending",
+        )
+        shown = [f"{counts[state]} {state}" for state in order if counts[state]]
+        return ", ".join(shown) if shown else f"{self.tasks} tasks"
+
+    def clear_counts(self) -> None:
+        """Every task back to pending (a step about to run again, as a resumed run does)."""
+        self.tasks_running = self.tasks_retrying = self.tasks_done = 0
+        self.tasks_failed = self.tasks_skipped = self.tasks_cancelled = 0
+
+    def settle_status(self) -> None:
+        """Sets ``status`` from the counts: ``failed`` if a task failed for good, else
+        ``running`` while a task runs (or some finished and others wait), ``retrying`` while the
+        only unfinished ones wait for a retry; once every task finished, ``cancelled``, ``done``
+        or ``skipped``."""
+        if self.tasks_failed:
+            self.status = "failed"
+        elif self.tasks_running:
+            self.status = "running"
+        elif self.tasks_retrying:
+            self.status = "retrying"
+        elif self.tasks_pending:
+            started = self.tasks_done or self.tasks_skipped or self.tasks_cancelled
+            self.status = "running" if started else "pending"
+        elif self.tasks_cancelled:
+            self.status = "cancelled"
+        elif self.tasks_done:
+            self.status = "done"
+        elif self.tasks_skipped:
+            self.status = "skipped"
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> StepStatus:
+        """A step from its stored form (fields it does not know are ignored; missing ones take
+        their defaults, so older records read back).
+
+        :raises TypeError: for a record that is not an object of fields.
+        """
+        if not isinstance(data, dict):
+            raise TypeError("a step record is not an object")
+        return cls(**{f: data[f] for f in cls.__dataclass_fields__ if f in data})
 
 
 @dataclass(slots=True)
@@ -97,10 +225,18 @@ class PipelineStatus:
     finished_at: float | None = None
     error: str | None = None
     steps: list[StepStatus] = field(default_factory=list)
+    #: When (epoch seconds) the run was resumed after its orchestrator died, oldest first; empty
+    #: for a run that was never resumed.
+    resumes: list[float] = field(default_factory=list)
+
+    @property
+    def resumed_at(self) -> float | None:
+        """When the run was last resumed, if ever."""
+        return self.resumes[-1] if self.resumes else None
 
     @property
     def duration_ms(self) -> float | None:
-        """Wall time of the run, once finished."""
+        """Wall time of the run, once finished (from its first start, across resumes)."""
         if self.finished_at is None:
             return None
         return (self.finished_at - self.started_at) * 1000.0
@@ -132,11 +268,31 @@ class PipelineStorage(Protocol):
 
 
 class InMemoryPipelineStorage:
-    """Records in a dict, for the embedded default. Records are copied in and out."""
+    """Records in a dict, for the embedded default. Records and inputs are copied in and out."""
 
     def __init__(self) -> None:
         self._records: dict[str, PipelineStatus] = {}
         self._results: dict[str, dict[int, Any]] = {}
+        self._inputs: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
+
+    async def save_inputs(self, pipeline_id: str, inputs: Mapping[str, Any]) -> str | None:
+        """Keeps a run's inputs (a deep copy) to resume it with.
+
+        :return: ``None`` once stored, or why they could not be (then that is kept instead).
+        """
+        try:
+            self._inputs[pipeline_id] = (copy.deepcopy(dict(inputs)), None)
+        except Exception as exc:  # an object that cannot be copied (a lock, a socket)
+            note = f"an input cannot be copied: {type(exc).__name__}: {exc}"
+            self._inputs[pipeline_id] = (None, note)
+            return note
+        return None
+
+    async def load_inputs(self, pipeline_id: str) -> tuple[dict[str, Any] | None, str | None]:
+        """``(inputs, None)``, or ``(None, why they were not stored)``, or ``(None, None)`` when
+        nothing was kept for the run."""
+        inputs, note = self._inputs.get(pipeline_id, (None, None))
+        return (copy.deepcopy(inputs) if inputs is not None else None), note
 
     async def save_results(self, pipeline_id: str, results: dict[int, Any]) -> None:
         """Keeps finished nodes' values (what a resumed run starts from)."""
@@ -155,6 +311,7 @@ class InMemoryPipelineStorage:
 
     async def delete(self, pipeline_id: str) -> bool:
         self._results.pop(pipeline_id, None)
+        self._inputs.pop(pipeline_id, None)
         return self._records.pop(pipeline_id, None) is not None
 
     async def ids(self) -> list[str]:
@@ -220,9 +377,24 @@ class PipelineTrackingManager:
 
     # -- written by runs -------------------------------------------------------------------------
 
-    async def begin(self, pipeline_id: str, name: str, steps: list[tuple[str, int]]) -> None:
-        """A run starts (or resumes); ``steps`` lists each step's name and number of tasks.
+    async def begin(
+        self,
+        pipeline_id: str,
+        name: str,
+        steps: list[tuple[str, int]],
+        *,
+        inputs: Mapping[str, Any] | None = None,
+    ) -> None:
+        """A run starts, or resumes; ``steps`` lists each step's name and number of tasks.
 
+        A run whose id has a record already is resumed: it keeps its first start, each step's
+        attempts, errors, times and waits (matched by name), and the time of this resume is added
+        to :attr:`PipelineStatus.resumes`; every task counts as pending until the run says
+        otherwise.
+
+        :param inputs: the run's inputs, stored with it to resume it with (if the storage keeps
+            inputs; both built-in ones do). Inputs the storage refuses (over its size limit, not
+            JSON) are not stored: a warning says so, and a resume then needs them given again.
         :raises StateError: if another live process holds the run's lease.
         """
         status = PipelineStatus(
@@ -236,9 +408,96 @@ class PipelineTrackingManager:
                     f"run {pipeline_id} is live in another process ({holder}); it can be "
                     "resumed once it is abandoned (its lease lapsed)"
                 )
+        try:
+            earlier = await self.storage.load(pipeline_id)
+        except CorruptRecordError as exc:
+            logger.warning("run %s: its earlier record is unreadable, starting anew: %s", name, exc)
+            earlier = None
+        if earlier is not None:
+            _carry_history(earlier, status)
         self._live[pipeline_id] = status
         await self.storage.save(status)
+        if inputs is not None:
+            await self._save_inputs(pipeline_id, name, inputs)
         await self.hold_lease(pipeline_id)
+
+    async def _save_inputs(self, pipeline_id: str, name: str, inputs: Mapping[str, Any]) -> None:
+        save = getattr(self.storage, "save_inputs", None)
+        if save is None:
+            return
+        note = await save(pipeline_id, inputs)
+        if note is not None:
+            logger.warning(
+                "run %s (%s): its inputs are not stored (%s); resuming it needs them given again",
+                pipeline_id,
+                name,
+                note,
+            )
+
+    async def load_inputs(self, pipeline_id: str) -> dict[str, Any]:
+        """The inputs stored with a run (what :meth:`begin` was given).
+
+        :raises StateError: if none are stored: naming why (over the storage's size limit, not
+            JSON, a run recorded without them).
+        :raises CorruptRecordError: if they cannot be read back.
+        """
+        load = getattr(self.storage, "load_inputs", None)
+        if load is None:
+            raise StateError(f"run {pipeline_id}: this storage keeps no inputs; give them again")
+        inputs, note = await load(pipeline_id)
+        if inputs is not None:
+            return dict(inputs)
+        if note is not None:
+            raise StateError(
+                f"run {pipeline_id}: its inputs were not stored ({note}); give them again"
+            )
+        raise StateError(
+            f"run {pipeline_id}: no inputs are stored with it (it was recorded without them, or "
+            "its records expired); give them again"
+        )
+
+    async def resume_inputs(
+        self,
+        pipeline_id: str,
+        given: Mapping[str, Any] | None,
+        *,
+        inputs_changed_ok: bool = False,
+    ) -> dict[str, Any]:
+        """The inputs to resume a run with: the stored ones when none are ``given``; the given
+        ones if they are the stored ones (compared as JSON, what a task receives), or if
+        ``inputs_changed_ok`` (the run then goes on with the new inputs, which replace the stored
+        ones when it begins).
+
+        :raises StateError: if none are given and none are stored (naming why).
+        :raises InvalidValueError: if the given inputs differ from the stored ones (naming which)
+            and ``inputs_changed_ok`` is false.
+        """
+        if given is None:
+            return await self.load_inputs(pipeline_id)
+        given = dict(given)
+        try:
+            stored = await self.load_inputs(pipeline_id)
+        except StateError as exc:  # nothing to compare with: the given ones are all there is
+            logger.info("%s; resuming with the inputs given", exc)
+            return given
+        if inputs_changed_ok:
+            return given
+        differ = sorted(
+            k
+            for k in set(stored) | set(given)
+            if k not in stored or k not in given or _as_json(stored[k]) != _as_json(given[k])
+        )
+        if differ:
+            shown = ", ".join(
+                f"{k}: stored {_shown(stored, k)}, given {_shown(given, k)}" for k in differ[:5]
+            )
+            more = f" and {len(differ) - 5} more" if len(differ) > 5 else ""
+            raise InvalidValueError(
+                f"run {pipeline_id} ran with other inputs ({shown}{more}); resume it without "
+                "inputs to use the stored ones, or allow the change (inputs_changed_ok=True, "
+                "--inputs-changed-ok)"
+            )
+        return given
 
     def live(self, pipeline_id: str) -> PipelineStatus | None:
         """The in-progress record of a run this process is executing."""
@@ -278,9 +537,14 @@ class PipelineTrackingManager:
         status.status = state
         status.error = error
         status.finished_at = time.time()
-        for step in status.steps:
-            if step.status in ("pending", "running", "retrying"):
-                step.status = "cancelled" if state != "done" else step.status
+        if state != "done":
+            # Nothing runs on for this run: what was out or waiting is cancelled.
+            for step in status.steps:
+                step.tasks_cancelled += step.tasks_pending + step.tasks_running
+                step.tasks_cancelled += step.tasks_retrying
+                step.tasks_running = step.tasks_retrying = 0
+                if step.status in ("pending", "running", "retrying"):
+                    step.status = "cancelled"
         try:
             await self.storage.save(status)
         finally:
@@ -337,3 +601,45 @@ class PipelineTrackingManager:
             if record.finished_at is not None and record.finished_at < cutoff:
                 deleted += await self.storage.delete(record.pipeline_id)
         return deleted
+
+
+def _carry_history(earlier: PipelineStatus, status: PipelineStatus) -> None:
+    """What a resumed run keeps of its earlier record: its first start, each step's attempts,
+    errors, times and waits (steps matched by name, in order), and one more resume. A step that
+    had finished every task stays done; any other starts again from pending (the run restores
+    what it finished)."""
+    status.started_at = earlier.started_at
+    status.resumes = [*earlier.resumes, time.time()]
+    by_name: dict[str, list[StepStatus]] = {}
+    for old in earlier.steps:
+        by_name.setdefault(old.name, []).append(old)
+    for step in status.steps:
+        olds = by_name.get(step.name)
+        if not olds:
+            continue
+        old = olds.pop(0)
+        step.attempts = old.attempts
+        step.error = old.error
+        step.duration_ms = old.duration_ms
+        step.started_at = old.started_at
+        step.finished_at = old.finished_at
+        step.waited = dict(old.waited)
+        if old.status == "done" and old.tasks == step.tasks:
+            step.tasks_done = step.tasks
+            step.ready_at, step.sent_at, step.first_wait = old.ready_at, old.sent_at, old.first_wait
+        step.settle_status()
+
+
+def _as_json(value: Any) -> Any:
+    """A value as a task receives it over JSON (what stored inputs are compared as)."""
+    try:
+        return to_jsonable_python(value, fallback=repr)
+    except Exception:  # a cycle or a value too deep: compared as itself
+        return value
+
+
+def _shown(values: Mapping[str, Any], key: str) -> str:
+    if key not in values:
+        return "nothing"
+    text = repr(values[key])
+    return text if len(text) <= 40 else text[:39] + "…"

@@ -417,6 +417,7 @@ fn reason_name(reason: Reason) -> &'static str {
         Reason::Placement => "placement",
         Reason::Running => "running",
         Reason::Finished => "finished",
+        Reason::RunCap => "run_cap",
     }
 }
 

@@ -45,7 +45,7 @@ pub enum NodeState {
 pub enum Reason {
     /// Some input has not finished.
     Inputs = 0,
-    /// Ready: admitted at the next round, unless the run's own cap is full.
+    /// Ready: admitted at the next admission round (nothing holds it back).
     Ready = 1,
     /// Its step's (key's) `max_parallel` is reached.
     StepCap = 2,
@@ -59,6 +59,9 @@ pub enum Reason {
     Running = 6,
     /// Done, failed, skipped or cancelled.
     Finished = 7,
+    /// Ready, held back by the run's own cap (its `max_parallel`): as many of the run's nodes as
+    /// it allows are in flight.
+    RunCap = 8,
 }
 
 /// Everything the core knows about why one node is where it is.
@@ -121,7 +124,11 @@ fn mark_in(
                 last[i] = Reason::Ready;
             } else if matches!(
                 before,
-                Reason::StepCap | Reason::Rate | Reason::SharedCap | Reason::Placement
+                Reason::StepCap
+                    | Reason::Rate
+                    | Reason::SharedCap
+                    | Reason::Placement
+                    | Reason::RunCap
             ) {
                 last[i] = before; // what held it last
             }
@@ -227,6 +234,12 @@ pub struct Scheduler {
     clock: f64,
     /// Every change of reason, and each node's last wait, when recording is on.
     record: Record,
+    /// What held back the nodes left in the ready heap at the end of the last admission round
+    /// (`Ready`: none was left; `RunCap` or `SharedCap`), and that round's time. Held nodes keep
+    /// their own reason `Ready` (re-marking every one of them each round would cost O(ready) per
+    /// event); [`Scheduler::explain`] and the wait record read it from here.
+    held: Reason,
+    held_at: f64,
 }
 
 impl Drop for Scheduler {
@@ -292,6 +305,8 @@ impl Scheduler {
             since: vec![0.0; n],
             clock: 0.0,
             record: Record::default(),
+            held: Reason::Ready,
+            held_at: 0.0,
         })
     }
 
@@ -381,6 +396,16 @@ impl Scheduler {
             .map(|(ready_at, last)| (last[i], (self.since[i] - ready_at[i]).max(0.0))))
     }
 
+    /// A node's reason, with what holds the ready heap back for a node that waits in it.
+    fn held_reason(&self, i: usize) -> Reason {
+        let reason = self.reason[i];
+        if reason == Reason::Ready && self.state[i] == NodeState::Queued {
+            self.held
+        } else {
+            reason
+        }
+    }
+
     fn mark(&mut self, node: u32, reason: Reason, now: f64) {
         mark_in(&mut self.reason, &mut self.since, &mut self.record, node, reason, now);
     }
@@ -393,7 +418,7 @@ impl Scheduler {
         let k = &self.keys[key as usize];
         Ok(Explanation {
             state: self.state[i],
-            reason: self.reason[i],
+            reason: self.held_reason(i),
             since: self.since[i],
             pending_inputs: self.pending[i],
             key,
@@ -723,6 +748,7 @@ impl Scheduler {
     pub fn cancel(&mut self) -> Vec<u32> {
         self.cancelled = true;
         self.ready.clear();
+        self.held = Reason::Ready;
         self.throttled.clear();
         for key in &mut self.keys {
             key.parked.clear();
@@ -941,6 +967,18 @@ impl Scheduler {
             if let Some((g, run)) = &mut gate {
                 g.take(*run)?;
             }
+            // It waited in the ready heap past the end of the last round: what held the heap
+            // back then (the run's cap, the shared cap) is what it waited for last.
+            let i = node as usize;
+            if self.held != Reason::Ready
+                && self.reason[i] == Reason::Ready
+                && self.since[i] < now
+                && self.since[i] <= self.held_at
+            {
+                if let Some((_, last)) = &mut self.record.waits {
+                    last[i] = self.held;
+                }
+            }
             k.running += 1;
             self.running += 1;
             self.state[node as usize] = NodeState::Running;
@@ -963,6 +1001,14 @@ impl Scheduler {
                 g.settle(*run)?;
             }
         }
+        self.held = if self.ready.is_empty() {
+            Reason::Ready
+        } else if blocked {
+            Reason::SharedCap
+        } else {
+            Reason::RunCap // the loop ended on the run's own cap
+        };
+        self.held_at = now;
         drop(gate);
         drop(pool);
         while let Some(key) = self.touched.pop() {
@@ -1118,6 +1164,37 @@ mod tests {
         assert_eq!(s.wait_of(0).unwrap(), Some((Reason::Ready, 0.0)));
         assert_eq!(s.complete(0, 3.5).unwrap(), vec![1]);
         assert_eq!(s.wait_of(1).unwrap(), Some((Reason::StepCap, 2.5)));
+    }
+
+    #[test]
+    fn the_runs_own_cap_is_a_reason_of_its_own() {
+        // Three independent nodes, run cap 1: two wait for the run's cap, not "ready".
+        let g = graph(3, &[]);
+        let mut s = Scheduler::new(g, None, &[], None, None).unwrap();
+        s.set_global_cap(Some(1), 0.0).unwrap();
+        s.record_waits(true);
+        s.record_history(true);
+        assert_eq!(s.start(1.0).unwrap(), vec![0]);
+        let why = |s: &Scheduler, v: u32| s.explain(v).unwrap();
+        assert_eq!((why(&s, 1).reason, why(&s, 1).since), (Reason::RunCap, 1.0));
+        assert_eq!((why(&s, 1).run_running, why(&s, 1).run_cap), (1, 1));
+        assert_eq!(s.complete(0, 3.0).unwrap(), vec![1]);
+        assert_eq!(s.wait_of(1).unwrap(), Some((Reason::RunCap, 2.0)));
+        assert_eq!(why(&s, 2).reason, Reason::RunCap);
+        // A raised cap admits the last one: it too waited for the run's cap.
+        assert_eq!(s.set_global_cap(Some(2), 4.5).unwrap(), vec![2]);
+        assert_eq!(s.wait_of(2).unwrap(), Some((Reason::RunCap, 3.5)));
+        // Nothing left in the heap: nothing is held.
+        assert_eq!(s.complete(1, 5.0).unwrap(), Vec::<u32>::new());
+        assert_eq!(why(&s, 1).reason, Reason::Finished);
+        // Admitted in the round it became ready: no wait, and nothing held it.
+        let g = graph(2, &[(0, 1)]);
+        let mut s = Scheduler::new(g, None, &[], None, None).unwrap();
+        s.set_global_cap(Some(1), 0.0).unwrap();
+        s.record_waits(true);
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        assert_eq!(s.complete(0, 2.0).unwrap(), vec![1]);
+        assert_eq!(s.wait_of(1).unwrap(), Some((Reason::Ready, 0.0)));
     }
 
     #[test]

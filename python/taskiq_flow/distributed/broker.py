@@ -85,6 +85,12 @@ DEFAULT_RESULT_TTL = 3_600
 #: Dead-letter streams keep about this many entries, for this long.
 DEAD_LETTER_MAXLEN = 10_000
 DEAD_LETTER_TTL = 7 * 86_400
+#: How long a worker's own queue (``<queue>.<name>``) lives once nothing is on it and its
+#: worker stopped refreshing it (killed; a clean stop deletes it at once).
+IDLE_WORKER_QUEUE_TTL = 3 * HEARTBEAT_TTL
+#: How long a worker's own queue with messages on it outlives its worker: as long as a successor
+#: under the same name takes over what it held (the boot id is remembered as long).
+WORKER_QUEUE_TTL = BOOT_TTL
 #: How long sending a message retries while Redis is unreachable.
 SEND_RETRY_SECONDS = 10.0
 #: Longest pause between two attempts to reach Redis.
@@ -105,6 +111,26 @@ for i = 1, #owned, 1000 do
   redis.call(unpack(args))
 end
 return lost
+"""
+
+
+# A worker's own queue: KEYS[1]. Empty, it lives ARGV[1] ms more; with messages, ARGV[2] ms.
+_KEEP_QUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('XLEN', KEYS[1]) == 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"""
+
+# A stopping worker's own queue: deleted (with its consumer group) if nothing is on it.
+_DROP_EMPTY_QUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('XLEN', KEYS[1]) == 0 then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
 """
 
 
@@ -248,6 +274,13 @@ def _make_reliable_class() -> type:
                 }
                 self.priority_queues.insert(0, own)
                 self.additional_streams[own] = ">"
+                # Read from its start: what was placed on this name while no process served it
+                # (its predecessor stopped, the queue was deleted, then a message came) runs.
+                with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+                    async with Redis(connection_pool=self.connection_pool) as conn:
+                        await conn.xgroup_create(
+                            own, self.consumer_group_name, id="0", mkstream=True
+                        )
             await super().startup()
             if not self.is_worker_process:
                 return
@@ -266,7 +299,8 @@ def _make_reliable_class() -> type:
 
         async def shutdown(self) -> None:
             """Stops the heartbeats, withdraws the advert, and removes this process's stream
-            consumer if it holds nothing (consumers would pile up in the group otherwise)."""
+            consumer if it holds nothing (consumers would pile up in the group otherwise), and
+            its own queue if nothing is on it."""
             for task in list(self._background):
                 task.cancel()
             if self.is_worker_process:
@@ -276,6 +310,10 @@ def _make_reliable_class() -> type:
                             await conn.delete(worker_key(self._advert["name"], self.prefix))
                         for stream in self.streams:
                             await self._forget_consumer(conn, stream, self.consumer_name)
+                        if self._advert is not None:
+                            # Its own queue goes too, if nothing is on it (what is stays for a
+                            # successor under this name, for WORKER_QUEUE_TTL at most).
+                            await conn.eval(_DROP_EMPTY_QUEUE, 1, self._advert["queue"])
             await super().shutdown()
 
         async def _forget_consumer(self, conn: Redis, stream: Any, consumer: str) -> None:
@@ -302,10 +340,13 @@ def _make_reliable_class() -> type:
             assert self._advert is not None
             key = worker_key(self._advert["name"], self.prefix)
             payload = json.dumps(self._advert)
+            own = self._advert["queue"]
+            ttls = (int(IDLE_WORKER_QUEUE_TTL * 1000), int(WORKER_QUEUE_TTL * 1000))
             while True:
                 try:
                     async with Redis(connection_pool=self.connection_pool) as conn:
                         await conn.set(key, payload, px=int(HEARTBEAT_TTL * 1000))
+                        await conn.eval(_KEEP_QUEUE, 1, own, *ttls)
                 except RedisError as exc:
                     logger.warning("worker advert not refreshed: %s", exc)
                 await asyncio.sleep(HEARTBEAT_TTL / 3)
@@ -366,7 +407,16 @@ def _make_reliable_class() -> type:
             wanted = labels.get("queue") or labels.get("queue_name")
             queue = wanted if wanted in self.priority_queues else self.queue_name
             own = labels.get(QUEUE_LABEL)
-            if isinstance(own, str) and own.startswith(f"{self.queue_name}."):
+            placed = isinstance(own, str)
+            if isinstance(own, str):
+                if not own.startswith(f"{self.queue_name}."):
+                    # Placed on a worker of another application (its advert shares this Redis):
+                    # sending it elsewhere would run it where the placement did not put it.
+                    raise UndeliverableMessageError(
+                        f"task {message.task_name!r} was placed on a worker whose queue {own!r} "
+                        f"is not one of this broker's (queue {self.queue_name!r}): build the "
+                        "pool with discover_workers(redis, broker=broker)"
+                    )
                 queue = validate_key_part("worker queue", own)  # placed on that worker
             # A connection broken by a Redis restart or stall is retried (on a fresh one) for
             # up to SEND_RETRY_SECONDS; a message whose reply was lost may then be sent twice
@@ -374,13 +424,19 @@ def _make_reliable_class() -> type:
             pause, deadline = 0.05, time.monotonic() + SEND_RETRY_SECONDS
             while True:
                 try:
-                    async with Redis(connection_pool=self.connection_pool) as conn:
-                        await conn.xadd(
+                    async with (
+                        Redis(connection_pool=self.connection_pool) as conn,
+                        conn.pipeline(transaction=True) as pipe,
+                    ):
+                        pipe.xadd(
                             queue,
                             {b"data": message.message},
                             maxlen=self.maxlen,
                             approximate=self.approximate,
                         )
+                        if placed:  # a worker's own queue outlives it only so long
+                            pipe.pexpire(queue, int(WORKER_QUEUE_TTL * 1000))
+                        await pipe.execute()
                     return
                 except (RedisConnectionError, RedisTimeoutError):
                     if time.monotonic() > deadline:

@@ -10,8 +10,11 @@ with :class:`~taskiq_flow.exceptions.RunStateLostError`. If Redis cannot be reac
 
 A worker publishing a completion while Redis stalls or restarts retries with a backoff until it
 is written (its message is acknowledged only after that, so no completion is lost). A value over
-the size or depth limit is not sent: the step fails with
-:class:`~taskiq_flow.exceptions.PayloadTooLargeError` naming it.
+the size or depth limit, or one JSON cannot carry unchanged (``{1: "a"}``, an int of more than
+4,300 digits, a list that contains itself, an object JSON does not know), is not sent: the
+attempt fails with :class:`~taskiq_flow.exceptions.PayloadTooLargeError` naming the task and
+why. A completion whose value cannot be read back fails its attempt with
+:class:`~taskiq_flow.exceptions.CorruptRecordError`. Every attempt ends in a completion.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Coroutine
@@ -59,6 +63,9 @@ _KNOWN: dict[str, type[Exception]] = {
     "UndeliverableMessageError": UndeliverableMessageError,
     "PayloadTooLargeError": PayloadTooLargeError,
 }
+#: The start of every completion this channel writes (see ``prepare``): enough to fail the
+#: attempt by name when the rest cannot be read.
+_HEAD = re.compile(rb'\{"node": (\d{1,18}), "attempt": (\d{1,18}), "ok": ')
 #: Longest error message kept in a completion.
 _MAX_MESSAGE = 4_096
 
@@ -76,8 +83,12 @@ def error_to_json(error: BaseException | None) -> dict[str, str] | None:
     if error is None:
         return None
     if isinstance(error, AbortPipeline):
-        return {"type": "AbortPipeline", "message": error.reason[:_MAX_MESSAGE]}
-    return {"type": type(error).__name__, "message": str(error)[:_MAX_MESSAGE]}
+        return {"type": "AbortPipeline", "message": str(error.reason)[:_MAX_MESSAGE]}
+    try:
+        message = str(error)
+    except Exception as exc:  # a user exception whose __str__ raises
+        message = f"<its str() raised {type(exc).__name__}>"
+    return {"type": type(error).__name__, "message": message[:_MAX_MESSAGE]}
 
 
 def error_from_json(data: Any) -> BaseException | None:
@@ -162,8 +173,10 @@ class RedisCompletionChannel:
 
     def prepare(self, completion: Completion, task_name: str | None = None) -> tuple[str, bool]:
         """The completion as the JSON its stream entry carries, and whether its value was
-        refused (over the size or depth limit: the entry then reports the step failed with
-        :class:`~taskiq_flow.exceptions.PayloadTooLargeError` naming ``task_name``)."""
+        refused (over the size or depth limit, or a value JSON cannot carry unchanged, see
+        :func:`~taskiq_flow.distributed.payload.encode`): the entry then reports the attempt
+        failed with :class:`~taskiq_flow.exceptions.PayloadTooLargeError` naming ``task_name``
+        and why. Never raises for what a task returned or raised."""
         ok, error, value_text = completion.ok, completion.error, "null"
         if ok:
             what = f"the result of task {task_name!r}" if task_name else "the result"
@@ -289,9 +302,10 @@ class RedisCompletionChannel:
                         inbox.push(completion)
 
     def _parse(self, run_id: str, key: str, entry_id: Any, fields: Any) -> Completion | None:
+        raw = fields.get(b"c") or fields.get("c")
         try:
             data = decode(
-                fields.get(b"c") or fields.get("c"),
+                raw,
                 f"completion {entry_id!r} in {key}",
                 self.max_value_bytes + 65_536,
                 self.max_depth + 2,
@@ -309,9 +323,32 @@ class RedisCompletionChannel:
                 started_at=float(data["started_at"]),
             )
         except (ValueError, TypeError, KeyError) as exc:
-            # Not a completion we wrote (JSON only: nothing is ever unpickled).
-            logger.warning("ignoring malformed completion %s in %s: %s", entry_id, key, exc)
-            return None
+            if isinstance(raw, str):
+                raw = raw.encode("utf-8", "surrogatepass")
+            head = _HEAD.match(raw) if isinstance(raw, bytes) else None
+            if head is None:
+                # Not a completion we wrote (JSON only: nothing is ever unpickled).
+                logger.warning("ignoring malformed completion %s in %s: %s", entry_id, key, exc)
+                return None
+            # Ours, but its value cannot be read here (e.g. an int over this process's digit
+            # limit): the attempt fails, naming why, instead of never reporting back.
+            node, attempt = int(head.group(1)), int(head.group(2))
+            logger.warning(
+                "completion %s of node %d in %s unreadable: %s", entry_id, node, key, exc
+            )
+            return Completion(
+                run_id=run_id,
+                node=node,
+                attempt=attempt,
+                ok=False,
+                value=None,
+                error=CorruptRecordError(
+                    f"the completion of node {node} (attempt {attempt}) of run {run_id} cannot "
+                    f"be read back: {exc}"
+                ),
+                duration_ms=0.0,
+                started_at=time.time(),
+            )
 
     def close(self, run_id: str) -> None:
         """Stops reading a run's stream and deletes it."""

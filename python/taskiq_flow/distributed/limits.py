@@ -8,6 +8,7 @@ theoretical arrival time, advanced by one atomic script per acquisition.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from typing import Any
@@ -113,16 +114,46 @@ class RedisCapacityLimiter:
             pause = min(pause * 2, 0.05)
 
     def release(self) -> None:
-        """Gives a slot back (the round trip to Redis happens in the background)."""
+        """Gives a slot back (the round trip to Redis happens in the background; use
+        :meth:`give_back` to wait for it). Without a running event loop the slot's lease is
+        left to expire."""
         if not self._held:
             raise InvalidValueError("release() must be matched by an earlier acquire; none held")
         lease = self._held.pop()
-        task = asyncio.get_running_loop().create_task(self._give_back(lease))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            logger.debug(
+                "no event loop: slot of limit %s comes back when its lease ends", self._key
+            )
+            return
+        task = loop.create_task(self._give_back([lease]))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _give_back(self, lease: str) -> None:
-        await self.redis.zrem(self._key, lease)
+    async def give_back(self, count: int | None = None) -> None:
+        """Gives back ``count`` slots (every one held by default) and waits until Redis has
+        them. If Redis cannot be reached, their leases end within ``lease_seconds``."""
+        if count is None or count >= len(self._held):
+            leases, self._held = self._held, []
+        else:
+            leases = self._held[len(self._held) - count :]
+            del self._held[len(self._held) - count :]
+        await self._give_back(leases)
+
+    async def _give_back(self, leases: list[str]) -> None:
+        if not leases:
+            return
+        try:
+            await self.redis.zrem(self._key, *leases)
+        except RedisError as exc:
+            logger.warning(
+                "could not give back %d slot(s) of limit %s (they come back when their leases "
+                "end): %s",
+                len(leases),
+                self._key,
+                exc,
+            )
 
     def _start_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():
@@ -138,13 +169,15 @@ class RedisCapacityLimiter:
                     logger.warning("could not renew the leases of limit %s: %s", self._key, exc)
 
     async def aclose(self) -> None:
-        """Gives back every slot still held and stops renewing."""
-        while self._held:
-            self.release()
+        """Gives back every slot still held, waits until Redis has them, and stops renewing."""
+        await self.give_back()
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
         if self._renewer is not None:
             self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
 
 
 _RESERVE = """

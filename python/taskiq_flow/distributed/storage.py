@@ -7,6 +7,8 @@ Keys of one run, all under one prefix and all with a TTL:
   overwrite each other);
 - ``<prefix>:run:<id>:results``  a hash, finished nodes' values (what a resumed run starts
   from);
+- ``<prefix>:run:<id>:inputs``   the run's inputs (JSON: ``{"inputs": {...}}``), or why they were
+  not stored (``{"not_stored": "..."}``: over ``max_record_bytes``, too deep, not JSON);
 - ``<prefix>:run:<id>:lease``    the orchestrator's lease: its owner id, expiring after
   ``lease_seconds`` unless renewed.
 
@@ -20,9 +22,11 @@ records expire. A record whose status is ``running`` but whose lease has lapsed 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
+from pydantic_core import to_jsonable_python
 from redis.asyncio import Redis
 
 from taskiq_flow.distributed.keys import validate_key_part
@@ -33,7 +37,12 @@ from taskiq_flow.distributed.payload import (
     decode,
     encode,
 )
-from taskiq_flow.exceptions import CorruptRecordError, InvalidValueError, StateError
+from taskiq_flow.exceptions import (
+    CorruptRecordError,
+    InvalidValueError,
+    PayloadTooLargeError,
+    StateError,
+)
 from taskiq_flow.tracking import PipelineStatus, StepStatus
 
 __all__ = ["DEFAULT_RUN_LEASE_SECONDS", "RedisPipelineStorage"]
@@ -43,7 +52,7 @@ DEFAULT_RUN_LEASE_SECONDS = 15.0
 #: Longest error text kept in a step or run record.
 _MAX_ERROR = 4_096
 
-# KEYS: lease, run, steps, results. ARGV: owner, lease ms, keys' expiry ms.
+# KEYS: lease, run, steps, results, inputs. ARGV: owner, lease ms, keys' expiry ms.
 # Returns 1; 0 when the run's record is gone (its state vanished); or the other owner's id when
 # another live process holds the lease.
 _RENEW = """
@@ -51,7 +60,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then return holder end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-for i = 2, 4 do
+for i = 2, 5 do
   local left = redis.call('PTTL', KEYS[i])
   if left >= 0 and left < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
 end
@@ -106,6 +115,10 @@ class RedisPipelineStorage:
         """The key of a run's orchestrator lease."""
         return f"{self.keys_of(pipeline_id)[0]}:lease"
 
+    def inputs_key(self, pipeline_id: str) -> str:
+        """The key of a run's inputs."""
+        return f"{self.keys_of(pipeline_id)[0]}:inputs"
+
     # -- the lease -------------------------------------------------------------------------------
 
     async def renew_lease(self, pipeline_id: str, owner: str) -> bool:
@@ -117,7 +130,11 @@ class RedisPipelineStorage:
         """
         lease_ms = int(self.lease_seconds * 1000)
         keep_ms = max(self.ttl_seconds * 1000, 2 * lease_ms)
-        keys = [self.lease_key(pipeline_id), *self.keys_of(pipeline_id)]
+        keys = [
+            self.lease_key(pipeline_id),
+            *self.keys_of(pipeline_id),
+            self.inputs_key(pipeline_id),
+        ]
         answer: Any = await self._renew(keys=keys, args=[owner, lease_ms, keep_ms])
         if isinstance(answer, (bytes, str)):
             holder = answer.decode() if isinstance(answer, bytes) else answer
@@ -176,6 +193,54 @@ class RedisPipelineStorage:
             }
         except ValueError as exc:
             raise CorruptRecordError(f"the values of run {pipeline_id}: {exc}") from None
+
+    async def save_inputs(self, pipeline_id: str, inputs: Mapping[str, Any]) -> str | None:
+        """Stores a run's inputs (JSON, within ``max_record_bytes`` and ``max_depth``) with the
+        run's TTL, to resume it with. Inputs that cannot be stored are not dropped silently: why
+        is stored instead, and returned.
+
+        :return: ``None`` once stored, or why they could not be.
+        """
+        what = f"the inputs record of run {pipeline_id}"
+        note: str | None = None
+        try:
+            # No fallback: an object JSON cannot carry is refused, never stored as its repr.
+            text = encode(
+                {"inputs": to_jsonable_python(dict(inputs))},
+                what,
+                self.max_record_bytes,
+                self.max_depth,
+            )
+        except PayloadTooLargeError as exc:
+            note = str(exc)
+        except (ValueError, TypeError, RecursionError) as exc:
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            note = f"the inputs of run {pipeline_id} are not JSON: {reason}"
+        if note is not None:
+            text = encode({"not_stored": note}, what, self.max_record_bytes, self.max_depth)
+        run_key, _, _ = self.keys_of(pipeline_id)
+        key = self.inputs_key(pipeline_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, text, ex=self.ttl_seconds)
+            pipe.expire(run_key, self.ttl_seconds, gt=True)
+            await pipe.execute()
+        return note
+
+    async def load_inputs(self, pipeline_id: str) -> tuple[dict[str, Any] | None, str | None]:
+        """``(inputs, None)``, or ``(None, why they were not stored)``, or ``(None, None)`` if
+        nothing is stored for the run.
+
+        :raises CorruptRecordError: for a record that cannot be read back.
+        """
+        raw = await self.redis.get(self.inputs_key(pipeline_id))
+        if raw is None:
+            return None, None
+        data = decode(raw, f"the inputs of run {pipeline_id}", *self._read_limits)
+        if isinstance(data, dict) and isinstance(data.get("inputs"), dict):
+            return data["inputs"], None
+        if isinstance(data, dict) and isinstance(data.get("not_stored"), str):
+            return None, data["not_stored"]
+        raise CorruptRecordError(f"the inputs of run {pipeline_id} are not an inputs record")
 
     @property
     def _read_limits(self) -> tuple[int, int]:
@@ -264,20 +329,26 @@ class RedisPipelineStorage:
             data = decode(v, f"step {k!r}", *self._read_limits)
             if not isinstance(data, dict):
                 raise CorruptRecordError(f"step {k!r} is not an object")
-            by_index[int(k)] = StepStatus(
-                **{f: data[f] for f in StepStatus.__dataclass_fields__ if f in data}
-            )
+            # A record written before a field existed reads back with its default.
+            by_index[int(k)] = StepStatus.from_record(data)
         steps = [by_index.get(i, StepStatus(f"step {i}")) for i in range(count)]
         fields = {k: head[k] for k in PipelineStatus.__dataclass_fields__ if k in head}
         fields["steps"] = steps
+        resumes = fields.get("resumes", [])
+        if not isinstance(resumes, list) or not all(isinstance(t, (int, float)) for t in resumes):
+            raise CorruptRecordError("its resumes are not a list of times")
         status = PipelineStatus(**fields)
         if status.status == "running" and not leased:
             status.status = "abandoned"
         return status
 
     async def delete(self, pipeline_id: str) -> bool:
-        """Removes a run's records (and its lease); whether there were any."""
-        keys = (*self.keys_of(pipeline_id), self.lease_key(pipeline_id))
+        """Removes a run's records (and its lease and inputs); whether there were any."""
+        keys = (
+            *self.keys_of(pipeline_id),
+            self.lease_key(pipeline_id),
+            self.inputs_key(pipeline_id),
+        )
         return bool(await self.redis.delete(*keys))
 
     async def ids(self) -> list[str]:

@@ -112,11 +112,13 @@ class RedisCapGroup(CapGroup):
         self._poke.set()
 
     async def aclose(self) -> None:
-        """Stops the feeder and gives every lease back."""
+        """Stops the feeder and gives every lease back, waiting until Redis has them."""
         if self._feeder is not None and not self._feeder.done():
             self._feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._feeder
+        self._held = 0
+        self.cap.set_leased(0)
         await self.limiter.aclose()
 
     async def _feed(self) -> None:
@@ -134,23 +136,21 @@ class RedisCapGroup(CapGroup):
                     self.wake_granted()
                 spare = self._held - cap.in_use
                 if spare > 0 and cap.waiting_runs == 0:
+                    # Given back as soon as no run of this process waits (awaited here, never
+                    # left to a task that an ending event loop would destroy).
                     self._held -= spare
                     cap.set_leased(self._held)
-                    for _ in range(spare):
-                        self.limiter.release()
+                    await self.limiter.give_back(spare)
         except asyncio.CancelledError:
+            # aclose(), or the event loop ending (asyncio.run cancels every task and waits for
+            # them): no run of this process can use a slot any more. Every lease is given back
+            # now, awaited, so that other processes get them at once.
+            self._held = 0
+            cap.set_leased(0)
+            await self.limiter.give_back()
             raise
         except Exception:  # Redis went away: runs waiting for a slot see no progress, not a crash
             logger.exception("the shared cap's lease feeder stopped")
-        finally:
-            # Cancelled (the loop is closing): leases not in use are given back.
-            with contextlib.suppress(Exception):
-                spare = self._held - cap.in_use
-                if spare > 0:
-                    self._held -= spare
-                    cap.set_leased(self._held)
-                    for _ in range(spare):
-                        self.limiter.release()
 
 
 _LOCAL = CapGroup(SharedCap(None))
@@ -168,9 +168,13 @@ def set_max_parallel_tasks(
 
     Without ``redis`` the cap covers this process: lowering it lets tasks already in flight
     finish; raising it admits waiting ones at once. With a ``redis.asyncio.Redis`` client, the cap
-    is shared by every process that sets one with the same ``name`` on the same Redis; a process
-    that dies holding slots loses them after ``lease_seconds``. A run keeps the cap that was active
-    when it started.
+    is shared by every process that sets one with the same ``name`` on the same Redis. A process
+    gives its slots back as soon as none of its runs waits for one, and all of them when its
+    event loop ends (``asyncio.run`` returning, an exception, Ctrl-C); code that drives its own
+    loop without cancelling its tasks before closing it calls ``await global_cap().aclose()``
+    first. A process that dies holding slots (killed) loses them within ``lease_seconds`` of its
+    last renewal; the waiting processes take them within a tenth of a second after that. A run
+    keeps the cap that was active when it started.
 
     :param n: an int from 1 to 4294967295, or ``None``.
     :raises InvalidValueError: for anything else.

@@ -1,10 +1,10 @@
 """A wait explained in one sentence, from the core's own record of why each node waits.
 
 The core records, for every node, the reason it is where it is and since when (inputs, a step's
-cap, the run's cap, the process-wide cap, a rate limit, a placement); the runner adds what only it
-knows (a retry's backoff, a lost worker, what a skipped node's failed input was). This module turns
-one such record into a sentence, e.g. ``waiting: step cap 'resize' is full (16/16 in flight); next
-free slot when any of 16 finishes``.
+cap, the run's own cap (``run_cap``), the process-wide cap, a rate limit, a placement); the runner
+adds what only it knows (a retry's backoff, a lost worker, what a skipped node's failed input
+was). This module turns one such record into a sentence, e.g. ``waiting: step cap 'resize' is
+full (16/16 in flight); next free slot when any of 16 finishes``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ def core_sentence(
         which = f": {_names(inputs)}" if inputs else ""
         plural = "s" if count != 1 else ""
         return f"waiting for {count} input{plural}{which} (for {waited})"
-    shared_full = why["shared_cap"] is not None and why["shared_in_use"] >= why["shared_cap"]
     if reason == "step_cap":
         running, cap = why["key_running"], why["key_cap"]
         return (
@@ -68,12 +67,12 @@ def core_sentence(
         when = f"next token in {seconds(max(0.0, due - now))}" if due is not None else "soon"
         limit = f" ({rate:g}/s)" if rate is not None else ""
         return f"waiting: rate limit of {step!r}{limit}; {when} (for {waited})"
-    if reason == "shared_cap" or (reason == "ready" and shared_full):
+    if reason == "shared_cap":
         return (
             f"waiting: the process-wide cap is full ({why['shared_in_use']}/{why['shared_cap']} "
             f"in flight across runs); slots go to waiting runs in turn (for {waited})"
         )
-    if reason == "ready" and why["run_cap"] is not None and why["run_running"] >= why["run_cap"]:
+    if reason == "run_cap":
         return (
             f"waiting: the pipeline's cap is full ({why['run_running']}/{why['run_cap']} in "
             f"flight); next free slot when any of them finishes (for {waited})"

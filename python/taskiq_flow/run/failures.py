@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from taskiq_flow.events import describe_error
 from taskiq_flow.exceptions import (
     AbortPipeline,
     PoisonMessageError,
@@ -66,7 +67,7 @@ def describe(error: BaseException | str | None) -> str | None:
     """``"Type: message"`` of an error (a string stands for itself)."""
     if error is None or isinstance(error, str):
         return error
-    return f"{type(error).__name__}: {error}"
+    return describe_error(error)
 
 
 def record(

@@ -6,14 +6,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from taskiq import AsyncBroker
 from taskiq.decor import AsyncTaskiqDecoratedTask
 from taskiq.kicker import AsyncKicker
 
-from taskiq_flow.exceptions import NotATaskError
+from taskiq_flow.exceptions import InvalidValueError, NotATaskError
 from taskiq_flow.resources import TaskResources
 from taskiq_flow.retry import RetryPolicy
 
-__all__ = ["CallBuilder", "Plan", "StepSpec", "task_display_name", "task_identity"]
+__all__ = [
+    "CallBuilder",
+    "Plan",
+    "StepSpec",
+    "check_broker",
+    "check_task_broker",
+    "task_display_name",
+    "task_identity",
+]
 
 #: Builds a node's arguments from the results so far: ``(args, kwargs)``.
 CallBuilder = Callable[[int, Sequence[Any]], tuple[tuple[Any, ...], dict[str, Any]]]
@@ -40,6 +49,38 @@ def task_identity(task: object) -> tuple[str, dict[str, Any], str]:
     )
 
 
+def check_broker(broker: object) -> None:
+    """Checks that ``broker`` is a taskiq broker.
+
+    :raises InvalidValueError: naming what was given instead.
+    """
+    if not isinstance(broker, AsyncBroker):
+        raise InvalidValueError(
+            f"broker must be a taskiq broker (an AsyncBroker such as InMemoryBroker()), got "
+            f"{type(broker).__name__}"
+        )
+
+
+def check_task_broker(broker: AsyncBroker, task: object) -> None:
+    """Checks that ``task`` can be sent through ``broker``: it is registered on it (a task
+    registered on another broker only would be refused by the broker at the first send).
+
+    :raises NotATaskError: naming the task and the broker it belongs to.
+    """
+    own = getattr(task, "broker", None)
+    if own is None or own is broker:
+        return
+    name = getattr(task, "task_name", None)
+    if isinstance(name, str) and broker.find_task(name) is not None:
+        return  # the same task registered on both (as a worker module and an orchestrator do)
+    shown = task_display_name(task) if isinstance(task, AsyncTaskiqDecoratedTask) else name
+    raise NotATaskError(
+        f"task {shown!r} is registered on another broker ({type(own).__name__} at "
+        f"{id(own):#x}), not on the one this pipeline sends through ({type(broker).__name__} "
+        f"at {id(broker):#x}): decorate it with that broker's @broker.task"
+    )
+
+
 @dataclass(slots=True)
 class StepSpec:
     """A step: a named group of nodes calling one task.
@@ -62,6 +103,11 @@ class StepSpec:
     #: At most ``rate`` starts per second for this step, in bursts of ``burst``.
     rate: float | None = None
     burst: int = 1
+    #: Steps with one (hashable) limit group share one step cap and one rate bucket (the nodes of
+    #: one dataflow task); ``None``: the step's limits are its own.
+    limit_group: object = None
+    #: The shared limits' name in explanations (the task's, for a limit group); default the step's.
+    limit_name: str | None = None
 
 
 @dataclass(slots=True)

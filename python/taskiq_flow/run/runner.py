@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import difflib
 import logging
 import time
 import uuid
@@ -27,7 +29,7 @@ from taskiq import AsyncBroker, InMemoryBroker
 from taskiq.kicker import AsyncKicker
 
 from taskiq_flow import observe
-from taskiq_flow._core import DagScheduler
+from taskiq_flow._core import DagScheduler, SharedCap
 from taskiq_flow.events import FLOW_LABEL, Completion, Inbox, ensure_flow_middleware
 from taskiq_flow.exceptions import (
     AbortPipeline,
@@ -35,6 +37,7 @@ from taskiq_flow.exceptions import (
     PipelineError,
     PipelineTimeoutError,
     StepFailedError,
+    TaskiqFlowError,
     TaskTimeoutError,
     UnknownIdError,
     WorkerLostError,
@@ -62,6 +65,15 @@ DRAIN_TIMEOUT = 300.0
 
 _MISSING: Any = object()
 _BACKGROUND: set[asyncio.Task[None]] = set()
+
+#: Set while a custom dispatch (``ExecutionEngine.schedule_task``) runs a node: the node already
+#: holds its slots (the process-wide one included), so a send made for it from inside the dispatch
+#: (``super().schedule_task(...)``) must not wait for another slot — under a cap of n, n such
+#: nodes would each wait for a slot only their own completion frees.
+_SLOT_HELD: contextvars.ContextVar[bool] = contextvars.ContextVar("slot_held", default=False)
+
+#: The cap of a send made on behalf of a node that already holds its slots: none.
+_UNCAPPED = CapGroup(SharedCap(None))
 #: Under the ``taskiq_flow`` logger; nothing at INFO or above on the happy path.
 logger = logging.getLogger(__name__)
 
@@ -97,6 +109,8 @@ class Runner:
     :param deadline: the loop time by which the run must end (a sequential pipeline's run
         deadline, shared by its steps); default: ``settings.timeout`` from the start.
     :param feed: for a stream, where finished nodes get new items.
+    :param cap: the process-wide cap to attach to (default: the one active now).
+    :param inputs: the run's inputs, stored by tracking with the run (a resume's default).
     """
 
     def __init__(
@@ -111,6 +125,8 @@ class Runner:
         restored: Mapping[int, Any] | None = None,
         deadline: float | None = None,
         feed: Feed | None = None,
+        cap: CapGroup | None = None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> None:
         self.broker = broker
         self.plan = plan
@@ -126,7 +142,9 @@ class Runner:
             settings.dead_letters if settings.dead_letters is not None else default_dead_letters()
         )
         self.tracking = (
-            RunTracking(settings.tracking, self.pipeline_id, settings.name, plan, track_step)
+            RunTracking(
+                settings.tracking, self.pipeline_id, settings.name, plan, track_step, inputs
+            )
             if settings.tracking is not None
             else None
         )
@@ -152,8 +170,9 @@ class Runner:
         self._skipped_by: dict[int, int] = {}
         self._preds: dict[int, list[int]] | None = None
         self._step_nodes: list[list[int]] | None = None
+        self._step_index: dict[str, list[int]] | None = None
         #: The process-wide (or cross-process) cap, as it was when the run started.
-        self._cap: CapGroup = global_cap()
+        self._cap: CapGroup = global_cap() if cap is None else cap
         self._pool: ResourceAwareWorkerPool | None = settings.worker_pool
         self._pool_run: int | None = None
         #: Metrics and traces (none unless enabled in :mod:`taskiq_flow.observe`).
@@ -175,7 +194,8 @@ class Runner:
 
     def explain(self, node_or_step: int | str) -> str:
         """Why a node (by id), or a step (by name: its first node still waiting, else one
-        running), is where it is, in one sentence: ``waiting: step cap 'resize' is full (16/16 in
+        running; a task wired into several nodes, ``tag[title]``, ``tag[body]``, answers by its
+        name too), is where it is, in one sentence: ``waiting: step cap 'resize' is full (16/16 in
         flight); next free slot when any of 16 finishes (for 2.1 s)``.
 
         :raises UnknownIdError: for a node or step the plan does not have.
@@ -218,7 +238,9 @@ class Runner:
         sentence = core_sentence(
             why,
             now,
-            step=step.name,
+            step=step.name
+            if step.limit_name is None or why["reason"] not in ("rate", "step_cap")
+            else step.limit_name,
             inputs=self._unfinished_inputs(node) if why["reason"] == "inputs" else [],
             rate=step.rate,
             worker=worker,
@@ -235,9 +257,24 @@ class Runner:
             if 0 <= node_or_step < plan.node_count:
                 return node_or_step
             raise UnknownIdError(f"no node {node_or_step} (the run has {plan.node_count})")
-        indices = [i for i, spec in enumerate(plan.steps) if spec.name == node_or_step]
+        if self._step_index is None:
+            # Step names, and a task's name for its steps ``task[output]`` (a task wired into
+            # several nodes answers for them together): built once per run.
+            by_name: dict[str, list[int]] = {}
+            for i, spec in enumerate(plan.steps):
+                by_name.setdefault(spec.name, []).append(i)
+                base, bracket, _ = spec.name.partition("[")
+                if bracket and base != spec.name:
+                    by_name.setdefault(f"{base}[", []).append(i)
+            self._step_index = by_name
+        indices = self._step_index.get(str(node_or_step)) or self._step_index.get(
+            f"{node_or_step}[", []
+        )
         if not indices:
-            raise UnknownIdError(f"no step named {node_or_step!r} in this run")
+            names = sorted({spec.name for spec in plan.steps})
+            close = difflib.get_close_matches(str(node_or_step), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownIdError(f"no step named {node_or_step!r} in this run{hint}")
         if self._step_nodes is None:
             by_step: list[list[int]] = [[] for _ in plan.steps]
             for v in range(plan.node_count):
@@ -380,9 +417,8 @@ class Runner:
             key_of_step = [0] * len(plan.steps)
             for index in capped:
                 spec = plan.steps[index]
-                # Steps calling one rate-limited task share its bucket (a dataflow may call a
-                # task from several nodes); other limits are per step.
-                group: object = ("task", spec.task_name) if spec.rate is not None else index
+                # The plan says which steps share their limits (a dataflow's nodes of one task).
+                group: object = spec.limit_group if spec.limit_group is not None else index
                 if group not in limits:
                     limits[group] = (len(limits) + 1, spec)
                 key_of_step[index] = limits[group][0]
@@ -695,7 +731,10 @@ class Runner:
             kicker: AsyncKicker[Any, Any] = AsyncKicker(step.task_name, self.broker, labels)
             await kicker.kiq(*args, **kwargs)
         except Exception as exc:  # could not send: this attempt failed
-            self._push_failure(node, attempt, exc)
+            # taskiq wraps every error of a broker's kick in SendTaskError; ours says why (and a
+            # refusal such as UndeliverableMessageError is not retried).
+            cause = exc.__cause__
+            self._push_failure(node, attempt, cause if isinstance(cause, TaskiqFlowError) else exc)
 
     def _observe_send(self, node: int, step: str, attempt: int) -> None:
         scheduler = self._scheduler
@@ -736,6 +775,7 @@ class Runner:
     ) -> None:
         assert self.custom_dispatch is not None
         started, wall = time.perf_counter(), time.time()
+        _SLOT_HELD.set(True)  # this task's own context: see _SLOT_HELD
         try:
             value = await self.custom_dispatch(node, args, kwargs)
         except Exception as exc:
@@ -851,7 +891,10 @@ async def run_single(
         lambda _node, _results: call,
     )
     settings = Settings.build(name=name, dead_letters=DeadLetterQueue(), timeout=timeout)
-    return (await Runner(broker, plan, settings).execute())[0]
+    # Inside a custom dispatch the node already holds its process-wide slot: this send is that
+    # node's, not another task.
+    cap = _UNCAPPED if _SLOT_HELD.get() else None
+    return (await Runner(broker, plan, settings, cap=cap).execute())[0]
 
 
 def _best_candidate(why_not: dict[str, list[str]]) -> str | None:

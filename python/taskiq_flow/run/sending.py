@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from taskiq import AsyncBroker, TaskiqMessage
@@ -109,16 +109,30 @@ def _message(task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> 
     )
 
 
-#: Types JSON carries exactly, whatever their value.
-_PLAIN = frozenset({int, str, bool, type(None)})
+#: Types JSON carries exactly, whatever their value (an int, up to ``_INT_TEXT_BITS``).
+_PLAIN = frozenset({str, bool, type(None)})
+
+
+#: Bits of the largest int CPython turns into JSON text (``sys.get_int_max_str_digits()``, 4300
+#: digits by default): a larger one needs a trial serialization to be refused with a clear error.
+_INT_TEXT_BITS = 14_000
 
 
 class _Lossy(Exception):
     """A value a JSON serializer would change silently."""
 
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, why: str | None = None) -> None:
         super().__init__()
         self.value = value
+        self.why = why
+
+
+def _one_shot(value: Any) -> _Lossy:
+    return _Lossy(
+        value,
+        f"it is a one-shot iterator ({type(value).__name__}): reading it to check or send it "
+        "would consume it, so the task would get what was left; pass list(...) or a tuple",
+    )
 
 
 def _native(value: Any) -> bool:
@@ -130,7 +144,10 @@ def _native(value: Any) -> bool:
         key that is not a str (sent as a str).
     """
     kind = type(value)
-    if kind is int or kind is str or kind is bool or value is None:
+    if kind is int:
+        bits: int = value.bit_length()
+        return bits <= _INT_TEXT_BITS
+    if kind is str or kind is bool or value is None:
         return True
     if kind is float:
         if math.isfinite(value):
@@ -148,6 +165,8 @@ def _native(value: Any) -> bool:
                 raise _Lossy({key: item})
             native = _native(item) and native
         return native
+    if isinstance(value, Iterator):
+        raise _one_shot(value)
     return False
 
 
@@ -166,10 +185,20 @@ def _dumps(broker: AsyncBroker, task_name: str, call: Call, where: str) -> None:
 
 def _needs_trial(json_like: bool, task_name: str, call: Call, where: str) -> bool:
     """Checks what can be checked without serializing; ``True`` if a trial serialization must
-    decide the rest."""
-    if not json_like:
-        return True
+    decide the rest.
+
+    A one-shot iterator (a generator, ``iter(...)``, ``map(...)``) is refused whatever the
+    serializer: checking it, or sending it, reads it.
+    """
     args, kwargs = call
+    if not json_like:
+        for position, value in enumerate(args):
+            if isinstance(value, Iterator):
+                _refuse(task_name, where, position, args, kwargs, _one_shot(value))
+        for keyword, value in kwargs.items():
+            if isinstance(value, Iterator):
+                _refuse(task_name, where, keyword, args, kwargs, _one_shot(value))
+        return True
     trial = False
     name: object = None
     try:
@@ -180,26 +209,56 @@ def _needs_trial(json_like: bool, task_name: str, call: Call, where: str) -> boo
             name = keyword
             trial = not _native(value) or trial
     except _Lossy as lossy:
-        shown = f"argument {name}" if isinstance(name, int) else f"argument {name!r}"
-        sent = args[name] if isinstance(name, int) else kwargs[str(name)]
-        raise UnserializableError(
-            f"{shown} for {task_name!r}{where} would arrive changed: the broker's JSON "
-            f"serializer cannot carry {lossy.value!r} (in {sent!r}) faithfully"
-        ) from None
+        _refuse(task_name, where, name, args, kwargs, lossy)
     return trial
 
 
+def _refuse(
+    task_name: str,
+    where: str,
+    name: object,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    lossy: _Lossy,
+) -> None:
+    """Raises the error for an argument that would arrive changed."""
+    shown = f"argument {name}" if isinstance(name, int) else f"argument {name!r}"
+    sent = args[name] if isinstance(name, int) else kwargs[str(name)]
+    if lossy.why is not None:
+        raise UnserializableError(f"{shown} for {task_name!r}{where} cannot be sent: {lossy.why}")
+    raise UnserializableError(
+        f"{shown} for {task_name!r}{where} would arrive changed: the broker's JSON "
+        f"serializer cannot carry {_shown(lossy.value)} (in {_shown(sent)}) faithfully"
+    )
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, shortened; never raises (a hostile ``__repr__`` is not the error)."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__} object>"
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def check_serializable(
-    broker: AsyncBroker, task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]
+    broker: AsyncBroker,
+    task_name: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    step: str | None = None,
 ) -> None:
     """Checks that the broker can send a call faithfully, without sending it.
 
+    :param step: the step the call belongs to, named in the error.
     :raises UnserializableError: naming the task and the argument, if the broker cannot send it
         or its JSON serializer would deliver it changed (``{1: "a"}`` as ``{"1": "a"}``, NaN as
-        ``None``).
+        ``None``, a generator read by the check), or CPython cannot turn it into JSON text (an
+        int of more than 4300 digits).
     """
-    if _needs_trial(_json_like(broker), task_name, (args, kwargs), ""):
-        _dumps(broker, task_name, (args, kwargs), "")
+    where = "" if step is None else f" (step {step!r})"
+    if _needs_trial(_json_like(broker), task_name, (args, kwargs), where):
+        _dumps(broker, task_name, (args, kwargs), where)
 
 
 def check_calls(broker: AsyncBroker, task_name: str, calls: Sequence[Call], step: str) -> None:
@@ -214,8 +273,10 @@ def check_calls(broker: AsyncBroker, task_name: str, calls: Sequence[Call], step
     trial = []
     for index, call in enumerate(calls):
         args, kwargs = call
-        if json_like and not kwargs and len(args) == 1 and type(args[0]) in plain:
-            continue  # the common map item: one int or str, nothing to check
+        if json_like and not kwargs and len(args) == 1:
+            kind = type(args[0])
+            if kind in plain or (kind is int and args[0].bit_length() <= _INT_TEXT_BITS):
+                continue  # the common map item: one int or str, nothing to check
         try:
             if _needs_trial(json_like, task_name, call, ""):
                 trial.append(call)

@@ -2,23 +2,27 @@
 
 The runner tells :class:`RunTracking` what happened to a node (sent, done, failed, retrying,
 skipped); this class alone decides what that means for the tracked steps, and writes what changed
-once per batch of events.
+once per batch of events. A step counts its tasks by state: this class keeps one byte per node
+(what state its count is in) and no record per node, so a map of 10^6 items is one record.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from taskiq_flow.events import Completion
 from taskiq_flow.exceptions import PayloadTooLargeError
 from taskiq_flow.run.failures import describe
 from taskiq_flow.run.plan import Plan
-from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager
+from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager, StepStatus
 
 __all__ = ["RunTracking"]
+
+_FINISHED = ("done", "failed", "skipped", "cancelled")
 
 logger = logging.getLogger(__name__)
 
@@ -27,19 +31,27 @@ EXPLAIN_EVERY = 1.0
 #: Most steps of one run explained at each recording.
 EXPLAIN_STEPS = 200
 
+# What a node's count is in (one byte per node).
+_PENDING, _RUNNING, _RETRYING, _DONE, _FAILED, _SKIPPED = range(6)
+
 
 class RunTracking:
     """Reports one run to a :class:`PipelineTrackingManager`.
 
     :param track_step: report every node into step ``track_step`` of an existing tracked run (a
         step of a sequential pipeline) instead of tracking a run of its own.
+    :param inputs: the run's inputs, stored with it (what a resume runs with by default).
     """
 
     __slots__ = (
         "_dirty",
         "_explained_at",
+        "_first_node",
+        "_open_from",
         "_plan",
+        "_state",
         "_status",
+        "inputs",
         "manager",
         "name",
         "pipeline_id",
@@ -53,33 +65,62 @@ class RunTracking:
         name: str,
         plan: Plan,
         track_step: int | None,
+        inputs: Mapping[str, Any] | None = None,
     ) -> None:
         self.manager = manager
         self.pipeline_id = pipeline_id
         self.name = name
         self.track_step = track_step
+        self.inputs = inputs
         self._plan = plan
         self._dirty: set[int] = set()
         self._status: PipelineStatus | None = None
         self._explained_at = -math.inf
+        self._state = bytearray(plan.node_count)
+        self._first_node: list[int] | None = None
+        self._open_from = 0
 
     async def begin(self, restored: Sequence[int]) -> None:
         """The run starts; ``restored`` nodes finished in an earlier run of this pipeline id."""
         plan = self._plan
         if self.track_step is None:
             await self.manager.begin(
-                self.pipeline_id, self.name, [(s.name, s.tasks) for s in plan.steps]
+                self.pipeline_id,
+                self.name,
+                [(s.name, s.tasks) for s in plan.steps],
+                inputs=self.inputs,
             )
         self._status = self.manager.live(self.pipeline_id)
-        if self._status is not None and self.track_step is None:
-            for node in restored:
-                step = self._status.steps[plan.step_index(node)]
-                step.tasks_done += 1
-                if step.tasks_done >= step.tasks:
-                    step.status = "done"
+        if self._status is None:
+            return
+        steps = self._status.steps
+        if self.track_step is not None:
+            # A step of a sequential pipeline: its tasks all run (again) from here.
+            step = steps[self.track_step]
+            step.clear_counts()
+            step.settle_status()
+            return
+        # What finished before (restored) is done; everything else runs from pending.
+        for step in steps:
+            step.clear_counts()
+        state = self._state
+        for node in restored:
+            state[node] = _DONE
+            steps[plan.step_index(node)].tasks_done += 1
+        for step in steps:
+            step.settle_status()
 
     def _index(self, node: int) -> int:
         return self._plan.step_index(node) if self.track_step is None else self.track_step
+
+    def _leave(self, step: StepStatus, node: int) -> int:
+        """Takes ``node`` out of the count it is in; returns that state."""
+        before = self._state[node]
+        if before == _RUNNING:
+            step.tasks_running -= 1
+        elif before == _RETRYING:
+            step.tasks_retrying -= 1
+        return before
 
     def sent(self, node: int) -> None:
         """An attempt of ``node`` was sent."""
@@ -89,8 +130,16 @@ class RunTracking:
         step = self._status.steps[index]
         self._dirty.add(index)
         step.attempts += 1
-        if step.status == "pending":
-            step.status = "running"
+        if index < self._open_from:  # a finished step runs again (a stream's next item)
+            self._open_from = index
+        before = self._leave(step, node)
+        # A node finished before and sent again is a new task of a stream (its window slot was
+        # loaded with the next item): its earlier task stays counted where it ended.
+        step.tasks_running += 1
+        self._state[node] = _RUNNING
+        if before == _PENDING and step.sent_at is None:
+            step.sent_at = time.time()
+        step.settle_status()
 
     def finished(
         self,
@@ -117,57 +166,94 @@ class RunTracking:
                 step.duration_ms = event.duration_ms
             else:
                 step.duration_ms = (step.finished_at - step.started_at) * 1000.0
+        self._leave(step, node)
         if state == "done":
             step.tasks_done += 1
-            if step.tasks_done >= step.tasks and step.status != "failed":
-                step.status = "done"
-        else:
-            step.status = state
+            self._state[node] = _DONE
+        elif state == "failed":
+            step.tasks_failed += 1
+            self._state[node] = _FAILED
             step.error = describe(error)
+        else:
+            step.tasks_retrying += 1
+            self._state[node] = _RETRYING
+            step.error = describe(error)
+        step.settle_status()
+        if step.status in _FINISHED:
+            step.waiting = None
 
     def waited(self, node: int, reason: str, seconds: float) -> None:
         """``node`` was sent after waiting ``seconds`` since it became ready, held last by
-        ``reason``."""
+        ``reason`` (called after :meth:`sent`, for a node's first attempt)."""
         if self._status is not None:
             index = self._index(node)
-            waited = self._status.steps[index].waited
+            step = self._status.steps[index]
+            waited = step.waited
             waited[reason] = waited.get(reason, 0.0) + seconds
+            if step.ready_at is None and step.sent_at is not None:
+                # The step's first task: it became ready ``seconds`` before it was sent.
+                step.ready_at = step.sent_at - seconds
+                step.first_wait = reason
             self._dirty.add(index)
 
-    def explain(self, now: float, why: Callable[[str], str]) -> None:
-        """Records why each unfinished step waits (``why(step name)``), at most once per
-        :data:`EXPLAIN_EVERY` seconds and for the first :data:`EXPLAIN_STEPS` unfinished steps, so
-        that another process can read it (``taskiq-flow explain RUN STEP``)."""
+    def explain(self, now: float, why: Callable[[int | str], str]) -> None:
+        """Records why each unfinished step waits (``why(node)`` for a step of one task,
+        ``why(step name)`` for one of many), at most once per :data:`EXPLAIN_EVERY` seconds and
+        for the first :data:`EXPLAIN_STEPS` unfinished steps, so that another process can read it
+        (``taskiq-flow explain RUN STEP``)."""
         if self._status is None or now - self._explained_at < EXPLAIN_EVERY:
             return
         self._explained_at = now
         plan = self._plan
-        names = (
-            [(self.track_step, plan.steps[0].name)]
-            if self.track_step is not None
-            else list(enumerate(spec.name for spec in plan.steps))
-        )
+        steps = self._status.steps
+        if self.track_step is not None:
+            step = steps[self.track_step]
+            if step.status not in _FINISHED:
+                self._explain_step(self.track_step, plan.steps[0].name, why)
+            return
+        first = self._first_nodes()
+        # Steps before the first unfinished one are never looked at again.
+        while self._open_from < len(steps) and steps[self._open_from].status in _FINISHED:
+            self._open_from += 1
         explained = 0
-        for index, name in names:
-            step = self._status.steps[index]
-            if step.status in ("done", "failed", "skipped", "cancelled"):
-                if step.waiting is not None:
-                    step.waiting = None
-                    self._dirty.add(index)
+        for index in range(self._open_from, len(steps)):
+            if steps[index].status in _FINISHED:
                 continue
             if explained >= EXPLAIN_STEPS:
                 break
             explained += 1
-            sentence = why(name)
-            if sentence != step.waiting:
-                step.waiting = sentence
-                self._dirty.add(index)
+            spec = plan.steps[index]
+            self._explain_step(index, first[index] if spec.tasks == 1 else spec.name, why)
+
+    def _explain_step(self, index: int, asked: int | str, why: Callable[[int | str], str]) -> None:
+        assert self._status is not None
+        step = self._status.steps[index]
+        sentence = why(asked) if not (isinstance(asked, int) and asked < 0) else None
+        if sentence != step.waiting:
+            step.waiting = sentence
+            self._dirty.add(index)
+
+    def _first_nodes(self) -> list[int]:
+        """Each step's first node (-1 for a step without nodes), found once."""
+        if self._first_node is None:
+            plan = self._plan
+            first = [-1] * len(plan.steps)
+            for node in range(plan.node_count - 1, -1, -1):
+                first[plan.step_index(node)] = node
+            self._first_node = first
+        return self._first_node
 
     def skipped(self, node: int) -> None:
         """``node`` will never run (an input failed)."""
         if self._status is not None:
             index = self._index(node)
-            self._status.steps[index].status = "skipped"
+            step = self._status.steps[index]
+            self._leave(step, node)
+            step.tasks_skipped += 1
+            self._state[node] = _SKIPPED
+            step.settle_status()
+            if step.status in _FINISHED:
+                step.waiting = None
             self._dirty.add(index)
 
     def grow(self, node: int, tasks: int) -> None:
