@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from taskiq_flow._help import COLUMNS, HelpFormatter, paragraphs
+from taskiq_flow._help import COLUMNS, HelpFormatter, OneLineParser, paragraphs
 from taskiq_flow.bench import pipelines
 from taskiq_flow.bench import workloads as w
 
@@ -374,15 +374,6 @@ def _scale(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: ``taskiq-flow bench [--full] [--group G ...] [--json PATH]``."""
-    import argparse
-    from typing import NoReturn
-
-    class OneLineParser(argparse.ArgumentParser):
-        """Errors in one line (no usage block), exit status 2."""
-
-        def error(self, message: str) -> NoReturn:
-            self.exit(2, f"{self.prog}: {message}\n")
-
     parser = OneLineParser(
         prog="taskiq-flow bench",
         description=paragraphs(
