@@ -42,7 +42,7 @@ async def main(args: argparse.Namespace) -> None:
         lease_seconds=args.lease,
     )
     results = await MapReduce.map(
-        broker, redis_app.held, range(args.items), max_parallel=50, seconds=args.seconds
+        broker, redis_app.held, range(args.items), max_parallel=50, kwargs={"seconds": args.seconds}
     )
     if args.close:
         await global_cap().aclose()

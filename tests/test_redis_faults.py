@@ -83,7 +83,7 @@ async def test_a_killed_worker_child_is_taken_over_by_its_successor_at_once(
     with flow_workers(redis_url, specs, {"TASKIQ_FLOW_TEST_LEASE": "30"}) as (env, _):
         async with started_app(env) as app:
             run = asyncio.ensure_future(
-                MapReduce.map(app.broker, app.tracked, range(60), 10, seconds=0.3)
+                MapReduce.map(app.broker, app.tracked, range(60), 10, kwargs={"seconds": 0.3})
             )
             await until(lambda: _at_least(redis, 15), 30, "15 starts")
             [child] = [int(p) for p in await redis.smembers("tracked:pids")]
@@ -110,7 +110,7 @@ async def test_a_killed_plain_worker_child_is_reclaimed_after_the_default_lease(
             queue = env["TASKIQ_FLOW_TEST_QUEUE"]
             await redis.set(f"autoclaim:taskiq:{queue}", "left by a dead taskiq-redis worker")
             run = asyncio.ensure_future(
-                MapReduce.map(app.broker, app.tracked, range(40), 6, seconds=0.3)
+                MapReduce.map(app.broker, app.tracked, range(40), 6, kwargs={"seconds": 0.3})
             )
             await until(lambda: _at_least(redis, 10), 30, "10 starts")
             victim = int(json.loads((await redis.lrange("tracked:starts", -1, -1))[0])[2])
@@ -129,7 +129,7 @@ async def test_a_healthy_step_longer_than_the_lease_runs_once(redis: Redis, redi
     with supervised_workers(redis_url, "--workers", "2", extra_env=extra) as (env, _):
         async with started_app(env) as app:
             assert await asyncio.wait_for(
-                MapReduce.map(app.broker, app.slow, [5], seconds=4.0), 60
+                MapReduce.map(app.broker, app.slow, [5], kwargs={"seconds": 4.0}), 60
             ) == [5]
             assert int(await redis.get("slow:5:runs")) == 1
 
@@ -209,7 +209,9 @@ async def test_a_redis_stall_never_ends_a_worker(own_redis: RedisProcess) -> Non
                 # after 5 s): that is the task's failure, retried; the workers must live on.
                 retry = RetryPolicy(max_attempts=3, delay=0.1)
                 run = asyncio.ensure_future(
-                    MapReduce.map(app.broker, app.tracked, range(30), 4, seconds=0.2, retry=retry)
+                    MapReduce.map(
+                        app.broker, app.tracked, range(30), 4, kwargs={"seconds": 0.2}, retry=retry
+                    )
                 )
                 await until(lambda: _at_least(redis, 5), 30, "5 starts")
                 stall = SyncRedis.from_url(own_redis.url, socket_timeout=30)
@@ -217,7 +219,8 @@ async def test_a_redis_stall_never_ends_a_worker(own_redis: RedisProcess) -> Non
                 stall.close()
                 assert await asyncio.wait_for(run, 90) == list(range(30))
                 more = await asyncio.wait_for(
-                    MapReduce.map(app.broker, app.tracked, range(10), 4, seconds=0.0), 60
+                    MapReduce.map(app.broker, app.tracked, range(10), 4, kwargs={"seconds": 0.0}),
+                    60,
                 )
                 assert more == list(range(10))
                 assert children(proc.pid) == before  # the same worker processes, none died
@@ -233,7 +236,9 @@ async def test_a_run_whose_state_vanished_fails_clearly_and_workers_reconnect(
         with supervised_workers(own_redis.url, "--workers", "1") as (env, proc):
             async with started_app(env) as app:
                 before = children(proc.pid)
-                run = asyncio.ensure_future(MapReduce.map(app.broker, app.slow, [1], seconds=30))
+                run = asyncio.ensure_future(
+                    MapReduce.map(app.broker, app.slow, [1], kwargs={"seconds": 30})
+                )
                 await until(lambda: redis.get("slow:1:runs"), 30, "the step to start")
                 own_redis.stop()  # SHUTDOWN NOSAVE: the data is lost
                 own_redis.start()
@@ -244,7 +249,7 @@ async def test_a_run_whose_state_vanished_fails_clearly_and_workers_reconnect(
                 assert time.monotonic() - restarted < give_up
                 # The workers reconnected: new work runs on the same processes.
                 more = await asyncio.wait_for(
-                    MapReduce.map(app.broker, app.tracked, range(5), seconds=0.0), 60
+                    MapReduce.map(app.broker, app.tracked, range(5), kwargs={"seconds": 0.0}), 60
                 )
                 assert more == list(range(5))
                 assert children(proc.pid) == before
@@ -287,7 +292,7 @@ async def test_results_expire_and_acknowledged_messages_leave_the_stream(
         async with started_app(env) as app:
             queue = env["TASKIQ_FLOW_TEST_QUEUE"]
             out = await asyncio.wait_for(
-                MapReduce.map(app.broker, app.tracked, range(200), 20, seconds=0.0), 60
+                MapReduce.map(app.broker, app.tracked, range(200), 20, kwargs={"seconds": 0.0}), 60
             )
             assert out == list(range(200))
             await until(lambda: _stream_empty(redis, queue), 10, "the queue to be trimmed")
@@ -400,7 +405,8 @@ async def test_the_redis_mode_runs_under_the_documented_acl_with_the_default_use
         with supervised_workers(url, "--workers", "1", extra_env=extra) as (env, _):
             async with started_app(env) as app:
                 out = await asyncio.wait_for(
-                    MapReduce.map(app.broker, app.tracked, range(20), 5, seconds=0.0), 60
+                    MapReduce.map(app.broker, app.tracked, range(20), 5, kwargs={"seconds": 0.0}),
+                    60,
                 )
                 assert out == list(range(20))
                 storage = RedisPipelineStorage(Redis.from_url(url), ttl_seconds=600)
@@ -483,7 +489,8 @@ async def test_the_redis_mode_runs_over_tls_and_a_wrong_ca_fails_clearly(tmp_pat
         with supervised_workers(url, "--workers", "1") as (env, _):
             async with started_app(env) as app:
                 out = await asyncio.wait_for(
-                    MapReduce.map(app.broker, app.tracked, range(20), 5, seconds=0.0), 60
+                    MapReduce.map(app.broker, app.tracked, range(20), 5, kwargs={"seconds": 0.0}),
+                    60,
                 )
                 assert out == list(range(20))
         other = certs["other-ca.crt"]
@@ -501,6 +508,8 @@ async def test_an_abandoned_run_is_listed_and_resumed_by_the_runs_command(
     extra = {"TASKIQ_FLOW_TEST_RUN_LEASE": "1"}
     with supervised_workers(redis_url, "--workers", "1", extra_env=extra) as (env, _):
         async with started_app(env):
+            # slow_step runs until the live check below is done, however slow the CLI starts.
+            await redis.set("second:gate", 1)
             orchestrator = await asyncio.create_subprocess_exec(
                 sys.executable, str(TESTS / "redis_resume.py"), cwd=TESTS, env=env
             )
@@ -521,6 +530,7 @@ async def test_an_abandoned_run_is_listed_and_resumed_by_the_runs_command(
             assert refused.returncode == 1 and "live in another process" in refused.stderr
             orchestrator.kill()
             await orchestrator.wait()
+            await redis.set("second:go", 1)
             await until(
                 lambda: tracking.list_pipelines(status="abandoned"), 10, "the run to be abandoned"
             )

@@ -562,8 +562,8 @@ class _StreamFeed:
             node = self.held.pop()
             self._load(node, item)
             again.append(node)
-        if self.runner is not None and self.runner.tracking is not None and again:
-            self.runner.tracking.grow(0, self.next_seq)
+        if self.runner is not None and again:
+            self.runner.events.step_grew(0, self.next_seq)
         return again
 
     def finished(self, run: asyncio.Task[list[Any]]) -> None:

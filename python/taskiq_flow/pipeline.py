@@ -451,10 +451,7 @@ class Pipeline(RunOptions):
             skip += 1
         if tracking is not None:
             await tracking.begin(pipeline_id, "pipeline", [(s.name, 1) for s in self.steps])
-            live = tracking.live(pipeline_id)
-            for index in range(skip):
-                if live is not None:
-                    live.steps[index].status = "done"
+            await tracking.restore_steps(pipeline_id, range(skip))
         value: Any = done[skip - 1] if skip else None
         state = "done"
         error: str | None = None
@@ -538,10 +535,6 @@ class Pipeline(RunOptions):
             )
         ]
         step_of = list(range(len(tasks))) if step.kind == "group" else None
-        if self.tracking is not None:
-            live = self.tracking.live(pipeline_id)
-            if live is not None:
-                live.steps[index].tasks = max(1, len(calls))
         if not calls:
             return []
         plan = Plan(

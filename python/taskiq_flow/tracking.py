@@ -44,7 +44,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -498,6 +498,19 @@ class PipelineTrackingManager:
                 "--inputs-changed-ok)"
             )
         return given
+
+    async def restore_steps(self, pipeline_id: str, indices: Sequence[int]) -> None:
+        """Steps of a run in progress that finished in an earlier run of it (a resumed
+        sequential pipeline): every task of each counts as done."""
+        status = self._live.get(pipeline_id)
+        if status is None:
+            return
+        for index in indices:
+            step = status.steps[index]
+            step.clear_counts()
+            step.tasks_done = step.tasks
+            step.settle_status()
+        await self.save_steps(pipeline_id, set(indices))
 
     def live(self, pipeline_id: str) -> PipelineStatus | None:
         """The in-progress record of a run this process is executing."""

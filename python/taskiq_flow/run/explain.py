@@ -9,10 +9,19 @@ full (16/16 in flight); next free slot when any of 16 finishes``.
 
 from __future__ import annotations
 
+import asyncio
+import difflib
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["core_sentence", "seconds"]
+from taskiq_flow.exceptions import UnknownIdError
+from taskiq_flow.run import failures
+
+if TYPE_CHECKING:
+    from taskiq_flow.run.runner import Runner
+
+__all__ = ["core_sentence", "explain_node", "node_for", "seconds"]
 
 
 def seconds(value: float) -> str:
@@ -86,3 +95,142 @@ def core_sentence(
         where = f" on {worker}" if worker else ""
         return f"running{where} (for {waited})"
     return f"{why['state']}"
+
+
+def explain_node(run: Runner, node: int) -> str:
+    """Why ``node`` of ``run`` is where it is, in one sentence (what :meth:`Runner.explain`
+    says): the core's record, and what only the runner knows (a retry's backoff and its error, a
+    lost worker, which failure a skipped node follows). Reads the run; changes nothing."""
+    plan = run.plan
+    step = plan.step(node)
+    scheduler = run.scheduler
+    if scheduler is None:
+        return "pending: the run has not started"
+    try:
+        now = asyncio.get_running_loop().time()
+    except RuntimeError:  # asked from outside the loop: its clock is the monotonic one
+        now = time.monotonic()
+    why = scheduler.explain(node)
+    state = why["state"]
+    error = failures.describe(run._errors.get(node))
+    if node in run._retrying:
+        due = run._retry_at.get(node, now)
+        return (
+            f"waiting: retry backoff after attempt {run._attempt[node] - 1} failed "
+            f"({error}); next attempt in {seconds(max(0.0, due - now))}"
+        )
+    if state == "done":
+        return f"done: step {step.name!r}"
+    if state == "failed":
+        return f"failed: {error}"
+    if state == "skipped":
+        cause = run._skipped_by.get(node)
+        shown = f"step {plan.step(cause).name!r}" if cause is not None else "an input"
+        return f"skipped: {shown} failed before it could run"
+    if state == "cancelled":
+        return f"cancelled: {run._fatal}" if run._fatal else "cancelled"
+    worker = placement = None
+    pool = run._pool
+    if pool is not None and run._pool_run is not None:
+        worker = pool.worker_of(run._pool_run, node)
+        if why["reason"] == "placement":
+            placement = _best_candidate(pool.explain(step.resources))
+    sentence = core_sentence(
+        why,
+        now,
+        step=step.name
+        if step.limit_name is None or why["reason"] not in ("rate", "step_cap")
+        else step.limit_name,
+        inputs=_unfinished_inputs(run, node) if why["reason"] == "inputs" else [],
+        rate=step.rate,
+        worker=worker,
+        placement=placement,
+    )
+    lost = run._lost.get(node)
+    if lost:
+        sentence += f"; placed again after losing its worker {lost} time(s)"
+    return sentence
+
+
+def node_for(run: Runner, node_or_step: int | str) -> int:
+    """The node a question is about: a node id, or a step's name (its first node still waiting,
+    else one running or retrying, else its last); a task's name answers for its steps
+    ``task[output]``.
+
+    :raises UnknownIdError: for a node or step the run does not have (naming the closest step).
+    """
+    plan = run.plan
+    if isinstance(node_or_step, int) and not isinstance(node_or_step, bool):
+        if 0 <= node_or_step < plan.node_count:
+            return node_or_step
+        raise UnknownIdError(f"no node {node_or_step} (the run has {plan.node_count})")
+    if run._step_index is None:
+        # Step names, and a task's name for its steps ``task[output]`` (a task wired into
+        # several nodes answers for them together): built once per run.
+        by_name: dict[str, list[int]] = {}
+        for i, spec in enumerate(plan.steps):
+            by_name.setdefault(spec.name, []).append(i)
+            base, bracket, _ = spec.name.partition("[")
+            if bracket and base != spec.name:
+                by_name.setdefault(f"{base}[", []).append(i)
+        run._step_index = by_name
+    indices = run._step_index.get(str(node_or_step)) or run._step_index.get(f"{node_or_step}[", [])
+    if not indices:
+        names = sorted({spec.name for spec in plan.steps})
+        close = difflib.get_close_matches(str(node_or_step), names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise UnknownIdError(f"no step named {node_or_step!r} in this run{hint}")
+    if run._step_nodes is None:
+        by_step: list[list[int]] = [[] for _ in plan.steps]
+        for v in range(plan.node_count):
+            by_step[plan.step_index(v)].append(v)
+        run._step_nodes = by_step
+    by_index = run._step_nodes
+    nodes = (
+        by_index[indices[0]]
+        if len(indices) == 1
+        else sorted(v for i in indices for v in by_index[i])
+    )
+    # A step stands for its first node still waiting (what a user asks about), else its first
+    # node running or retrying, else its last node.
+    scheduler = run.scheduler
+    running = last = -1
+    for v in nodes:
+        last = v
+        if scheduler is None:
+            return v
+        state = scheduler.state(v)
+        if state in ("waiting", "queued"):
+            return v
+        if state == "running":
+            if v in run._retrying or scheduler.explain(v)["reason"] == "placement":
+                return v
+            if running < 0:
+                running = v
+    return running if running >= 0 else last
+
+
+def _unfinished_inputs(run: Runner, node: int) -> list[str]:
+    names: list[str] = []
+    for p in run.inputs_of(node):
+        if not run.has_result(p):
+            name = run.plan.step(p).name
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _best_candidate(why_not: dict[str, list[str]]) -> str | None:
+    """From the pool's reasons per worker: a label no live worker has, or the live worker closest
+    to fitting and what it lacks."""
+    live = {w: reasons for w, reasons in why_not.items() if reasons != ["worker removed"]}
+    if not live:
+        return "no worker is live" if why_not else None
+    lacking = set.intersection(
+        *({r for r in reasons if r.startswith("missing label ")} for reasons in live.values())
+    )
+    if lacking:
+        labels = ", ".join(sorted(r.removeprefix("missing ") for r in lacking))
+        return f"no live worker has {labels}"
+    worker, reasons = min(live.items(), key=lambda item: len(item[1]))
+    return f"on the best candidate {worker}: {'; '.join(reasons)}"

@@ -132,3 +132,21 @@ class Plan:
     def step(self, node: int) -> StepSpec:
         """The step of a node."""
         return self.steps[self.step_index(node)]
+
+    def limit_keys(self) -> tuple[list[int] | None, list[tuple[int, StepSpec]]]:
+        """The core's admission keys: each node's key (``None``: no step limits at all) and, per
+        key from 1, the step whose ``max_parallel``, ``rate`` and ``burst`` it enforces. Steps of
+        one ``limit_group`` share a key; a step without limits has key 0 (none)."""
+        limits: dict[object, tuple[int, StepSpec]] = {}
+        key_of_step = [0] * len(self.steps)
+        for index, spec in enumerate(self.steps):
+            if spec.max_parallel is None and spec.rate is None:
+                continue
+            group: object = spec.limit_group if spec.limit_group is not None else index
+            if group not in limits:
+                limits[group] = (len(limits) + 1, spec)
+            key_of_step[index] = limits[group][0]
+        if not limits:
+            return None, []
+        keys = [key_of_step[self.step_index(v)] for v in range(self.node_count)]
+        return keys, list(limits.values())

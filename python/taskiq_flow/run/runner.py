@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import difflib
 import logging
 import time
 import uuid
@@ -39,14 +38,21 @@ from taskiq_flow.exceptions import (
     StepFailedError,
     TaskiqFlowError,
     TaskTimeoutError,
-    UnknownIdError,
     WorkerLostError,
 )
 from taskiq_flow.optimization.parallel import CapGroup, global_cap
 from taskiq_flow.resources import QUEUE_LABEL, WORKER_LABEL, ResourceAwareWorkerPool
 from taskiq_flow.retry import DeadLetterQueue, default_dead_letters
 from taskiq_flow.run import failures
-from taskiq_flow.run.explain import core_sentence, seconds
+from taskiq_flow.run.events import (
+    LogListener,
+    ObserverListener,
+    ProgressListener,
+    RunEvents,
+    RunListener,
+    TrackingListener,
+)
+from taskiq_flow.run.explain import explain_node, node_for
 from taskiq_flow.run.plan import Plan, StepSpec
 from taskiq_flow.run.sending import DISPATCHERS, Sender
 from taskiq_flow.run.settings import Settings
@@ -175,8 +181,15 @@ class Runner:
         self._cap: CapGroup = global_cap() if cap is None else cap
         self._pool: ResourceAwareWorkerPool | None = settings.worker_pool
         self._pool_run: int | None = None
-        #: Metrics and traces (none unless enabled in :mod:`taskiq_flow.observe`).
-        self._observers = observe.observers()
+        listeners: list[RunListener] = [LogListener()]
+        if self.tracking is not None:
+            listeners.append(TrackingListener(self.tracking))
+        # Metrics and traces (none unless enabled in :mod:`taskiq_flow.observe`).
+        listeners.extend(ObserverListener(o) for o in observe.observers())
+        if settings.on_progress is not None:
+            listeners.append(ProgressListener(settings.on_progress))
+        #: The one events sink: everything that reports on the run listens to it.
+        self.events = RunEvents(self, listeners)
         self._sender = Sender(
             self._send_one,
             inline=isinstance(broker, InMemoryBroker) and custom_dispatch is None,
@@ -200,123 +213,7 @@ class Runner:
 
         :raises UnknownIdError: for a node or step the plan does not have.
         """
-        plan = self.plan
-        node = self._node_for(node_or_step)
-        step = plan.step(node)
-        scheduler = self._scheduler
-        if scheduler is None:
-            return "pending: the run has not started"
-        try:
-            now = asyncio.get_running_loop().time()
-        except RuntimeError:  # asked from outside the loop: its clock is the monotonic one
-            now = time.monotonic()
-        why = scheduler.explain(node)
-        state = why["state"]
-        error = failures.describe(self._errors.get(node))
-        if node in self._retrying:
-            due = self._retry_at.get(node, now)
-            return (
-                f"waiting: retry backoff after attempt {self._attempt[node] - 1} failed "
-                f"({error}); next attempt in {seconds(max(0.0, due - now))}"
-            )
-        if state == "done":
-            return f"done: step {step.name!r}"
-        if state == "failed":
-            return f"failed: {error}"
-        if state == "skipped":
-            cause = self._skipped_by.get(node)
-            shown = f"step {plan.step(cause).name!r}" if cause is not None else "an input"
-            return f"skipped: {shown} failed before it could run"
-        if state == "cancelled":
-            return f"cancelled: {self._fatal}" if self._fatal else "cancelled"
-        worker = placement = None
-        pool = self._pool
-        if pool is not None and self._pool_run is not None:
-            worker = pool.worker_of(self._pool_run, node)
-            if why["reason"] == "placement":
-                placement = _best_candidate(pool.explain(step.resources))
-        sentence = core_sentence(
-            why,
-            now,
-            step=step.name
-            if step.limit_name is None or why["reason"] not in ("rate", "step_cap")
-            else step.limit_name,
-            inputs=self._unfinished_inputs(node) if why["reason"] == "inputs" else [],
-            rate=step.rate,
-            worker=worker,
-            placement=placement,
-        )
-        lost = self._lost.get(node)
-        if lost:
-            sentence += f"; placed again after losing its worker {lost} time(s)"
-        return sentence
-
-    def _node_for(self, node_or_step: int | str) -> int:
-        plan = self.plan
-        if isinstance(node_or_step, int) and not isinstance(node_or_step, bool):
-            if 0 <= node_or_step < plan.node_count:
-                return node_or_step
-            raise UnknownIdError(f"no node {node_or_step} (the run has {plan.node_count})")
-        if self._step_index is None:
-            # Step names, and a task's name for its steps ``task[output]`` (a task wired into
-            # several nodes answers for them together): built once per run.
-            by_name: dict[str, list[int]] = {}
-            for i, spec in enumerate(plan.steps):
-                by_name.setdefault(spec.name, []).append(i)
-                base, bracket, _ = spec.name.partition("[")
-                if bracket and base != spec.name:
-                    by_name.setdefault(f"{base}[", []).append(i)
-            self._step_index = by_name
-        indices = self._step_index.get(str(node_or_step)) or self._step_index.get(
-            f"{node_or_step}[", []
-        )
-        if not indices:
-            names = sorted({spec.name for spec in plan.steps})
-            close = difflib.get_close_matches(str(node_or_step), names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UnknownIdError(f"no step named {node_or_step!r} in this run{hint}")
-        if self._step_nodes is None:
-            by_step: list[list[int]] = [[] for _ in plan.steps]
-            for v in range(plan.node_count):
-                by_step[plan.step_index(v)].append(v)
-            self._step_nodes = by_step
-        by_index = self._step_nodes
-        nodes = (
-            by_index[indices[0]]
-            if len(indices) == 1
-            else sorted(v for i in indices for v in by_index[i])
-        )
-        # A step stands for its first node still waiting (what a user asks about), else its first
-        # node running or retrying, else its last node.
-        scheduler = self._scheduler
-        running = last = -1
-        for v in nodes:
-            last = v
-            if scheduler is None:
-                return v
-            state = scheduler.state(v)
-            if state in ("waiting", "queued"):
-                return v
-            if state == "running":
-                if v in self._retrying or scheduler.explain(v)["reason"] == "placement":
-                    return v
-                if running < 0:
-                    running = v
-        return running if running >= 0 else last
-
-    def _unfinished_inputs(self, node: int) -> list[str]:
-        if self._preds is None:
-            preds: dict[int, list[int]] = {}
-            for a, b in zip(self.plan.sources, self.plan.targets):
-                preds.setdefault(b, []).append(a)
-            self._preds = preds
-        names: list[str] = []
-        for p in self._preds.get(node, []):
-            if self.results[p] is _MISSING:
-                name = self.plan.step(p).name
-                if name not in names:
-                    names.append(name)
-        return names
+        return explain_node(self, node_for(self, node_or_step))
 
     def finished_results(self) -> dict[int, Any]:
         """``{node: value}`` of every node that finished."""
@@ -334,11 +231,9 @@ class Runner:
         """
         scheduler = self._scheduler = self._build_scheduler()
         loop = asyncio.get_running_loop()
-        if self._observers or self.tracking is not None:
+        events = self.events
+        if events.wants_waits:
             scheduler.record_waits(True)
-        if self._observers:
-            for o in self._observers:
-                o.run_started(self)
         if self.restored:
             scheduler.restore_done(sorted(self.restored))
             for node, value in self.restored.items():
@@ -357,8 +252,7 @@ class Runner:
         if deadline is None and self.settings.timeout is not None:
             deadline = loop.time() + self.settings.timeout
         try:
-            if self.tracking is not None:
-                await self.tracking.begin(list(self.restored))
+            await events.run_started(list(self.restored))
             self._sender.start()
             self._sender.submit(scheduler.start(loop.time()))
             self._after_core()
@@ -384,17 +278,14 @@ class Runner:
             if isinstance(self._fatal, PipelineCancelledError)
             else "failed"
         )
-        for o in self._observers:
-            o.run_ended(self, state)
-        if self.tracking is not None:
-            try:
-                await self.tracking.end(state, None if self._fatal is None else str(self._fatal))
-            except Exception as err:
-                if self._fatal is None:
-                    raise
-                # Tracking lives where the failure came from (Redis gone): the run's own error
-                # is the one to report.
-                logger.warning("run %s: could not record its end: %s", self.run_id, err)
+        try:
+            await events.run_ended(state, None if self._fatal is None else str(self._fatal))
+        except Exception as err:
+            if self._fatal is None:
+                raise
+            # Tracking lives where the failure came from (Redis gone): the run's own error is
+            # the one to report.
+            logger.warning("run %s: could not record its end: %s", self.run_id, err)
         if self._fatal is not None:
             raise self._fatal
         return self.results
@@ -408,21 +299,7 @@ class Runner:
             # A step no worker could ever run is refused here, before anything is sent.
             per_step = [self._pool.class_of(s.resources) for s in plan.steps]
             classes = [per_step[plan.step_index(v)] for v in range(plan.node_count)]
-        capped = [
-            i for i, s in enumerate(plan.steps) if s.max_parallel is not None or s.rate is not None
-        ]
-        keys = None
-        limits: dict[object, tuple[int, StepSpec]] = {}
-        if capped:
-            key_of_step = [0] * len(plan.steps)
-            for index in capped:
-                spec = plan.steps[index]
-                # The plan says which steps share their limits (a dataflow's nodes of one task).
-                group: object = spec.limit_group if spec.limit_group is not None else index
-                if group not in limits:
-                    limits[group] = (len(limits) + 1, spec)
-                key_of_step[index] = limits[group][0]
-            keys = [key_of_step[plan.step_index(v)] for v in range(plan.node_count)]
+        keys, limits = plan.limit_keys()
         scheduler = DagScheduler(
             plan.node_count,
             plan.sources,
@@ -430,7 +307,7 @@ class Runner:
             keys=keys,
             max_parallel=self.settings.max_parallel,
         )
-        for key, spec in limits.values():
+        for key, spec in limits:
             scheduler.set_key_limits(
                 key, max_parallel=spec.max_parallel, rate=spec.rate, burst=spec.burst
             )
@@ -491,7 +368,7 @@ class Runner:
         done: list[int] = []
         results = self.results
         attempts = self._attempt
-        tracking = self.tracking
+        events = self.events
         for event in inbox.drain():
             node = event.node
             if event.attempt != attempts[node] or results[node] is not _MISSING:
@@ -500,12 +377,7 @@ class Runner:
                 results[node] = event.value
                 done.append(node)
                 self._finished += 1
-                if tracking is not None:
-                    tracking.finished(node, "done", event)
-                if self._observers:
-                    name = self.plan.step(node).name
-                    for o in self._observers:
-                        o.attempt_ended(self, node, name, True, event.duration_ms / 1000, None)
+                events.attempt_ended(node, event, None)
             else:
                 self._failed(event, scheduler, now)
         admitted = scheduler.complete_many(done, now) if done else []
@@ -518,15 +390,7 @@ class Runner:
         self._sender.submit(admitted)
         if self._sender.inline:
             await self._sender.flush()
-        if tracking is not None:
-            tracking.explain(now, self.explain)
-            await tracking.flush(
-                {node: results[node] for node in done}
-                if done and tracking.track_step is None
-                else None
-            )
-        if self.settings.on_progress is not None:
-            self.settings.on_progress(self._finished, self.plan.node_count)
+        await events.batch_done(now, done)
 
     async def _refill(
         self, done: list[int], scheduler: DagScheduler, loop: asyncio.AbstractEventLoop
@@ -579,8 +443,8 @@ class Runner:
         step = self.plan.step(node)
         attempt = self._attempt[node]
         error = failures.name_timeout(event.error, step.name, step.timeout)
-        for o in self._observers:
-            o.attempt_ended(self, node, step.name, False, event.duration_ms / 1000, error)
+        events = self.events
+        events.attempt_ended(node, event, error)
         losses = 0
         if isinstance(error, WorkerLostError):
             losses = self._lost[node] = self._lost.get(node, 0) + 1
@@ -589,19 +453,9 @@ class Runner:
             if self._fatal is None
             else failures.FAILED
         )
-        tracking = self.tracking
         if verdict.resend:
-            logger.warning(
-                "run %s: step %r lost its worker (%s); placing it again (%d of %d)",
-                self.run_id,
-                step.name,
-                error,
-                losses,
-                failures.MAX_WORKER_LOSSES,
-            )
             self._attempt[node] = attempt + 1
-            if tracking is not None:
-                tracking.finished(node, "retrying", event, error)
+            events.node_retrying(node, event, error, None, losses)
             if scheduler.replace(node):
                 self._sender.submit([node])
             return  # else the core places it when a worker has room; it comes out of poll
@@ -611,18 +465,7 @@ class Runner:
             self._attempt[node] = attempt + 1
             self._retrying.add(node)
             self._retry_at[node] = now + verdict.retry_in
-            for o in self._observers:
-                o.retried(self, step.name)
-            logger.info(
-                "run %s: step %r attempt %d failed (%s); retrying in %.2f s",
-                self.run_id,
-                step.name,
-                attempt,
-                failures.describe(error),
-                verdict.retry_in,
-            )
-            if tracking is not None:
-                tracking.finished(node, "retrying", event, error)
+            events.node_retrying(node, event, error, verdict.retry_in)
             timer = asyncio.get_running_loop().call_later(verdict.retry_in, self._retry_due, node)
             self._retry_timers.append(timer)
             return
@@ -632,18 +475,8 @@ class Runner:
         if fail_fast:
             scheduler.cancel()  # before fail(): the freed slot must admit nothing of this run
         admitted, skipped = scheduler.fail(node, now)
-        logger.warning(
-            "run %s: step %r failed for good after %d attempt(s): %s",
-            self.run_id,
-            step.name,
-            attempt,
-            failures.describe(error),
-        )
-        if tracking is not None:
-            tracking.finished(node, "failed", event, error)
         self._dead_letter(node, step, error, attempt)
-        for o in self._observers:
-            o.dead_lettered(self, step.name)
+        events.node_failed(node, event, error)
         self.failures.setdefault(step.name, error)
         if self._fatal is not None:
             return
@@ -654,8 +487,7 @@ class Runner:
         else:
             for v in skipped:
                 self._skipped_by[v] = node
-                if tracking is not None:
-                    tracking.skipped(v)
+                events.node_skipped(v)
             if self.feed is not None:
                 self._dropped.append(node)
             self._sender.submit(admitted)
@@ -688,15 +520,11 @@ class Runner:
     async def _send_one(self, node: int) -> None:
         step = self.plan.step(node)
         attempt = self._attempt[node]
-        tracking = self.tracking
-        if tracking is not None:
-            tracking.sent(node)
-            if attempt == 1 and self._scheduler is not None:
-                wait = self._scheduler.wait_of(node)
-                if wait is not None:
-                    tracking.waited(node, *wait)
-        if self._observers:
-            self._observe_send(node, step.name, attempt)
+        events = self.events
+        if events.wants_waits:
+            scheduler = self._scheduler
+            wait = scheduler.wait_of(node) if attempt == 1 and scheduler is not None else None
+            events.attempt_sent(node, attempt, wait)
         try:
             # Built from the predecessors' results, which never change: a retry rebuilds it.
             args, kwargs = self.plan.call(node, self.results)
@@ -736,17 +564,35 @@ class Runner:
             cause = exc.__cause__
             self._push_failure(node, attempt, cause if isinstance(cause, TaskiqFlowError) else exc)
 
-    def _observe_send(self, node: int, step: str, attempt: int) -> None:
-        scheduler = self._scheduler
-        wait = scheduler.wait_of(node) if scheduler is not None and attempt == 1 else None
-        worker = None
-        if self._pool is not None and self._pool_run is not None:
-            worker = self._pool.worker_of(self._pool_run, node)
+    def worker_of(self, node: int) -> str | None:
+        """The worker the pool placed ``node`` on, if any."""
+        if self._pool is None or self._pool_run is None:
+            return None
+        worker: str | None = self._pool.worker_of(self._pool_run, node)
+        return worker
+
+    def inputs_of(self, node: int) -> Sequence[int]:
+        """The nodes ``node`` consumes."""
         if self._preds is None:
-            self._unfinished_inputs(node)  # builds the predecessor index
-        inputs = (self._preds or {}).get(node, [])
-        for o in self._observers:
-            o.attempt_started(self, node, step, attempt, wait, worker, inputs)
+            preds: dict[int, list[int]] = {}
+            for a, b in zip(self.plan.sources, self.plan.targets):
+                preds.setdefault(b, []).append(a)
+            self._preds = preds
+        return self._preds.get(node, [])
+
+    @property
+    def scheduler(self) -> DagScheduler | None:
+        """The run's core scheduler (``None`` before the run starts)."""
+        return self._scheduler
+
+    def has_result(self, node: int) -> bool:
+        """Whether ``node`` finished (its value is in :attr:`results`)."""
+        return self.results[node] is not _MISSING
+
+    @property
+    def finished_count(self) -> int:
+        """Nodes finished so far (restored ones included)."""
+        return self._finished
 
     def _overdue(self, node: int, attempt: int) -> None:
         """An attempt's timeout (and grace) passed on this side with no completion."""
@@ -895,19 +741,3 @@ async def run_single(
     # node's, not another task.
     cap = _UNCAPPED if _SLOT_HELD.get() else None
     return (await Runner(broker, plan, settings, cap=cap).execute())[0]
-
-
-def _best_candidate(why_not: dict[str, list[str]]) -> str | None:
-    """From the pool's reasons per worker: a label no live worker has, or the live worker closest
-    to fitting and what it lacks."""
-    live = {w: reasons for w, reasons in why_not.items() if reasons != ["worker removed"]}
-    if not live:
-        return "no worker is live" if why_not else None
-    lacking = set.intersection(
-        *({r for r in reasons if r.startswith("missing label ")} for reasons in live.values())
-    )
-    if lacking:
-        labels = ", ".join(sorted(r.removeprefix("missing ") for r in lacking))
-        return f"no live worker has {labels}"
-    worker, reasons = min(live.items(), key=lambda item: len(item[1]))
-    return f"on the best candidate {worker}: {'; '.join(reasons)}"

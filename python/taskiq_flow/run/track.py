@@ -95,8 +95,10 @@ class RunTracking:
             return
         steps = self._status.steps
         if self.track_step is not None:
-            # A step of a sequential pipeline: its tasks all run (again) from here.
+            # A step of a sequential pipeline: its tasks (known now: a map's items) all run
+            # (again) from here.
             step = steps[self.track_step]
+            step.tasks = max(1, plan.node_count)
             step.clear_counts()
             step.settle_status()
             return
