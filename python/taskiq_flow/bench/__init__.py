@@ -26,7 +26,7 @@ from typing import Any
 
 from taskiq_flow.bench import pipelines
 from taskiq_flow.bench import workloads as w
-from taskiq_flow.cli._help import COLUMNS, HelpFormatter, paragraphs
+from taskiq_flow.cli._help import COLUMNS, HelpFormatter, OneLineParser, paragraphs
 
 __all__ = ["PEERS", "Result", "main", "memory_per_node", "missing_peers", "run", "run_workload"]
 
@@ -358,11 +358,23 @@ def missing_peers() -> list[str]:
     return [name for name in PEERS if w.optional(name) is None]
 
 
+def _scale(text: str) -> float:
+    """``--scale``: a finite number above 0."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number above 0, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry: ``taskiq-flow bench [--full] [--group G ...] [--json PATH]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="taskiq-flow bench",
         description=paragraphs(
             "Compare taskiq-flow's scheduling core against named peers (graphlib, rustworkx, "
@@ -374,12 +386,14 @@ def main(argv: list[str] | None = None) -> int:
         epilog=(
             "groups: dag_build, dag_batch_loop, dag_event_loop, dag_dropin, admission,\n"
             "  placement, pipelines, memory, rate, streaming, dataflow_scale, redis,\n"
-            "  instructions (only when named; needs valgrind)\n"
+            "  instructions (only when named; needs valgrind),\n"
+            "  orchestrators (only when named; Dask and Ray with the peers extra)\n"
             "\n"
             "examples:\n"
             "  taskiq-flow bench                        the quick suite (minutes)\n"
             "  taskiq-flow bench --full                 adds the 10^6 sizes\n"
             "  taskiq-flow bench --group admission --scale 0.1\n"
+            "  taskiq-flow bench --group orchestrators --full   against Dask and Ray\n"
             "  taskiq-flow bench --wide --json out.json every column, and the raw results"
         ),
         formatter_class=HelpFormatter,
@@ -404,13 +418,14 @@ def main(argv: list[str] | None = None) -> int:
             "dataflow_scale",
             "instructions",
             "redis",
+            "orchestrators",
         ],
         metavar="GROUP",
         help="run only this group (repeatable; default: every group but instructions)",
     )
     parser.add_argument(
         "--scale",
-        type=float,
+        type=_scale,
         default=1.0,
         metavar="F",
         help="multiply every size by F, e.g. 0.1 (default: 1.0)",
@@ -429,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text if args.wide else wrap(text), flush=True)
 
     groups = set(args.group or [])
-    missing = missing_peers()
+    missing = missing_peers() if groups - {"orchestrators"} or not groups else []
     if missing:
         names = ", ".join(missing)
         print(
@@ -448,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         "dataflow_scale",
         "instructions",
         "redis",
+        "orchestrators",
     }
     results: list[Result] = []
     if not groups or timing_groups:
@@ -499,6 +515,18 @@ def main(argv: list[str] | None = None) -> int:
         say(f"\nmemory, layered graph n={n:,} (4 edges per node), RSS growth per node:")
         for name, (per_node, _, _) in mem.items():
             say(f"  {name:12} {per_node:8.1f} B/node")
+    if "orchestrators" in groups:  # minutes, other libraries' clusters: only when asked for
+        from taskiq_flow.bench import orchestrators
+
+        say(
+            "\norchestrators: each contender in a fresh process, "
+            + ("3 times" if args.full else "once (--full: 3 times)")
+        )
+        outcome = orchestrators.run_orchestrators(3 if args.full else 1, args.scale, say=say)
+        results += orchestrators.results(outcome)
+        say(orchestrators.report(outcome))
+        if outcome.failed:
+            return 1
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"results": [asdict(r) for r in results], **extra}, f, indent=1)

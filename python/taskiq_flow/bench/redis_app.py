@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+from taskiq_flow.bench.orchestrators import register_tasks
 from taskiq_flow.distributed import (
     RedisCompletionChannel,
     json_result_backend,
@@ -25,3 +26,7 @@ broker = (
 @broker.task(task_name="bench_redis_noop")
 async def noop(x: int = 0) -> int:
     return x
+
+
+#: The tasks of ``taskiq-flow bench --group orchestrators`` (its ``taskiq-flow redis`` contender).
+orchestrator_tasks = register_tasks(broker)
