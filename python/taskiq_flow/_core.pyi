@@ -355,7 +355,7 @@ class CapacityLimiter:
     def release(self) -> None:
         """Returns a token; the first waiter, if any, gets it.
 
-        :raises InvalidValueError: if no token is held.
+        :raises StateError: if no token is held.
         """
     def __aenter__(self) -> Awaitable[None]: ...
     def __aexit__(self, exc_type: object, exc: object, tb: object) -> Awaitable[None]: ...

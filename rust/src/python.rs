@@ -47,9 +47,10 @@ impl From<CoreError> for PyErr {
             CoreError::NotPassedOut { node }
             | CoreError::AlreadyDone { node }
             | CoreError::NotRunning { node } => StateError::new_err((message, node)),
-            CoreError::Frozen | CoreError::NotPrepared | CoreError::AlreadyPrepared => {
-                StateError::new_err(message)
-            }
+            CoreError::Frozen
+            | CoreError::NotPrepared
+            | CoreError::AlreadyPrepared
+            | CoreError::NotHeld { .. } => StateError::new_err(message),
             CoreError::DuplicateId { id, .. } => StateError::new_err((message, id)),
             CoreError::UnknownId { id, .. } => UnknownIdError::new_err((message, id)),
             CoreError::TooLarge { .. } | CoreError::InvalidValue { .. } => {
@@ -552,7 +553,6 @@ impl DagScheduler {
     /// ``shared_cap`` (``None`` without a shared cap) and ``worker``.
     fn explain<'py>(&self, py: Python<'py>, node: i64) -> PyResult<Bound<'py, PyDict>> {
         let e = guard(|| self.inner.explain(node_arg(node)?))?;
-        let cap = |c: u32| (c != u32::MAX).then_some(c);
         let d = PyDict::new(py);
         d.set_item("state", state_name(e.state))?;
         d.set_item("reason", reason_name(e.reason))?;
@@ -560,12 +560,12 @@ impl DagScheduler {
         d.set_item("pending_inputs", e.pending_inputs)?;
         d.set_item("key", e.key)?;
         d.set_item("key_running", e.key_running)?;
-        d.set_item("key_cap", cap(e.key_cap))?;
+        d.set_item("key_cap", e.key_cap.get())?;
         d.set_item("next_token_at", e.next_token_at)?;
         d.set_item("run_running", e.run_running)?;
-        d.set_item("run_cap", cap(e.run_cap))?;
+        d.set_item("run_cap", e.run_cap.get())?;
         d.set_item("shared_in_use", e.shared.map(|(used, _)| used))?;
-        d.set_item("shared_cap", e.shared.and_then(|(_, c)| cap(c)))?;
+        d.set_item("shared_cap", e.shared.and_then(|(_, c)| c.get()))?;
         d.set_item("worker", e.worker)?;
         Ok(d)
     }
@@ -1079,8 +1079,7 @@ impl SharedCap {
     #[getter]
     /// The cap, or ``None`` when unbounded.
     fn max_parallel(&self) -> Option<u32> {
-        let cap = lock(&self.inner).cap();
-        (cap != u32::MAX).then_some(cap)
+        lock(&self.inner).cap().get()
     }
 
     /// Changes the cap (``None`` lifts it): lowering it lets what runs finish; raising it grants

@@ -175,7 +175,7 @@ impl CapacityLimiter {
 
     /// Returns a token; the first waiter in line, if any, gets it.
     ///
-    /// Raises ``InvalidValueError`` if no token is held.
+    /// Raises ``StateError`` if no token is held.
     fn release(slf: &Bound<'_, Self>) -> PyResult<()> {
         let waiter = {
             let mut this = slf.borrow_mut();
