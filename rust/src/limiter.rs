@@ -18,6 +18,20 @@ pub fn check_cap(what: &str, cap: u64) -> CoreResult<u32> {
     }
 }
 
+/// Validates a rate limit: `rate` tokens per second (finite, > 0, with a representable interval
+/// between tokens) and bursts of up to `burst` ([`check_cap`]). The one rule for every rate.
+pub fn check_rate(rate: f64, burst: u64) -> CoreResult<(f64, u32)> {
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(CoreError::invalid("rate", "a finite number > 0", rate));
+    }
+    let burst = check_cap("burst", burst)?;
+    let interval = 1.0 / rate;
+    if !(interval.is_finite() && interval > 0.0) {
+        return Err(CoreError::invalid("rate", "a rate whose interval is representable", rate));
+    }
+    Ok((rate, burst))
+}
+
 /// How many may be in flight at once: at most a count, or no cap at all.
 ///
 /// Built from a caller's `max_parallel` by [`Cap::new`] ([`check_cap`]'s rule, `None` for no
@@ -177,14 +191,8 @@ pub struct RateLimit {
 impl RateLimit {
     /// `rate` tokens per second (finite, > 0), bursts of up to `burst` (≥ 1).
     pub fn new(rate: f64, burst: u64) -> CoreResult<Self> {
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(CoreError::invalid("rate", "a finite number > 0", rate));
-        }
-        let burst = check_cap("burst", burst)?;
+        let (rate, burst) = check_rate(rate, burst)?;
         let interval = 1.0 / rate;
-        if !(interval.is_finite() && interval > 0.0) {
-            return Err(CoreError::invalid("rate", "a rate whose interval is representable", rate));
-        }
         Ok(Self {
             interval,
             tolerance: f64::from(burst - 1) * interval,
