@@ -1,4 +1,4 @@
-"""Type stubs of the compiled scheduling core (``rust/src/python.rs``)."""
+"""Type stubs of the compiled scheduling core (``rust/src/python.rs`` and ``rust/src/python/``)."""
 
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Sequence
 from types import GenericAlias
@@ -10,7 +10,6 @@ from typing_extensions import Self, disjoint_base
 __all__ = [
     "MAX_IDS",
     "CapacityLimiter",
-    "ConcurrencyCounter",
     "DagGraph",
     "DagScheduler",
     "DagSorter",
@@ -20,11 +19,11 @@ __all__ = [
     "Ready",
     "SharedCap",
     "StaticOrder",
-    "TokenBucket",
     "TopologicalSorter",
     "WorkerPool",
     "_panic_for_test",
     "check_cap",
+    "check_rate",
 ]
 
 MAX_IDS: int
@@ -148,36 +147,6 @@ class DagScheduler:
     def wait_of(self, node: int) -> tuple[_Reason, float] | None: ...
 
 @final
-class ConcurrencyCounter:
-    """A counted concurrency cap; the async waiting lives in ``taskiq_flow.limits``."""
-
-    def __new__(cls, cap: int) -> ConcurrencyCounter: ...
-    @property
-    def cap(self) -> int: ...
-    @cap.setter
-    def cap(self, cap: int) -> None: ...
-    @property
-    def in_use(self) -> int: ...
-    @property
-    def available(self) -> int: ...
-    def try_acquire(self) -> bool: ...
-    def release(self, waiter: bool = False) -> bool: ...
-
-@final
-class TokenBucket:
-    """An exact token bucket; time is passed in."""
-
-    def __new__(cls, rate: float, burst: int | None = None) -> TokenBucket: ...
-    @property
-    def rate(self) -> float: ...
-    @property
-    def burst(self) -> int: ...
-    def try_acquire(self, now: float) -> float | None: ...
-    def reserve(self, now: float) -> float: ...
-    def refund(self, now: float) -> None: ...
-    def available(self, now: float) -> int: ...
-
-@final
 class Placer:
     """Online resource placement over registered workers."""
 
@@ -213,6 +182,12 @@ class Placer:
 
 def check_cap(value: object, what: str = "max_parallel") -> int | None:
     """``None``, or an int from 1 to 4294967295; raises ``InvalidValueError`` naming ``what``."""
+
+def check_rate(rate: object, burst: object = None) -> tuple[float, int]:
+    """``rate`` a finite number > 0, ``burst`` ``None`` (1) or an int from 1 to 4294967295.
+
+    Returns ``(rate, burst)``; raises ``InvalidValueError`` naming the bad one.
+    """
 
 @final
 class SharedCap:
@@ -355,7 +330,7 @@ class CapacityLimiter:
     def release(self) -> None:
         """Returns a token; the first waiter, if any, gets it.
 
-        :raises InvalidValueError: if no token is held.
+        :raises StateError: if no token is held.
         """
     def __aenter__(self) -> Awaitable[None]: ...
     def __aexit__(self, exc_type: object, exc: object, tb: object) -> Awaitable[None]: ...

@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::error::{CoreError, CoreResult};
-use crate::limiter::check_cap;
+use crate::limiter::Cap;
 use crate::packing::{Demand, Placer};
 
 /// A run's id in a [`Gate`] or a [`Pool`].
@@ -49,7 +49,7 @@ struct GateRun {
 /// The process-wide cap over the nodes of every run (`set_max_parallel_tasks`).
 #[derive(Debug)]
 pub struct Gate {
-    cap: u32,
+    cap: Cap,
     /// Slots held or granted.
     used: u32,
     runs: Vec<GateRun>,
@@ -61,10 +61,7 @@ pub struct Gate {
 impl Gate {
     /// A gate of `cap` slots (`None`: unbounded).
     pub fn new(cap: Option<u64>) -> CoreResult<Self> {
-        let cap = match cap {
-            Some(cap) => check_cap("max_parallel", cap)?,
-            None => u32::MAX,
-        };
+        let cap = Cap::new("max_parallel", cap)?;
         Ok(Self {
             cap,
             used: 0,
@@ -75,8 +72,8 @@ impl Gate {
         })
     }
 
-    /// The cap (`u32::MAX`: unbounded).
-    pub fn cap(&self) -> u32 {
+    /// The cap.
+    pub fn cap(&self) -> Cap {
         self.cap
     }
 
@@ -98,11 +95,8 @@ impl Gate {
     /// Changes the cap. Lowering it lets what holds slots finish; raising it grants the new slots
     /// to waiting runs at once.
     pub fn set_cap(&mut self, cap: Option<u64>) -> CoreResult<()> {
-        self.cap = match cap {
-            Some(cap) => check_cap("max_parallel", cap)?,
-            None => u32::MAX,
-        };
-        while self.used < self.cap && self.grant_next() {
+        self.cap = Cap::new("max_parallel", cap)?;
+        while self.cap.admits(self.used) && self.grant_next() {
             self.used += 1;
         }
         Ok(())
@@ -112,8 +106,8 @@ impl Gate {
     /// elsewhere (a cap shared through Redis), `slots` is the number of leases held. New slots go
     /// to waiting runs at once; slots above it disappear as they are released.
     pub fn set_leased(&mut self, slots: u32) {
-        self.cap = slots;
-        while self.used < self.cap && self.grant_next() {
+        self.cap = Cap::exactly(slots);
+        while self.cap.admits(self.used) && self.grant_next() {
             self.used += 1;
         }
     }
@@ -153,7 +147,7 @@ impl Gate {
     /// other run is waiting for).
     pub fn can_take(&self, run: RunId) -> bool {
         let state = &self.runs[run as usize];
-        state.granted > 0 || (self.used < self.cap && self.waiting.is_empty())
+        state.granted > 0 || (self.cap.admits(self.used) && self.waiting.is_empty())
     }
 
     /// Takes a slot for a node of `run`; call only after [`Gate::can_take`] said yes.
@@ -165,7 +159,7 @@ impl Gate {
             state.held += 1;
             return Ok(());
         }
-        if used < cap && waiting {
+        if cap.admits(used) && waiting {
             state.held += 1;
             self.used += 1;
             return Ok(());
@@ -201,7 +195,7 @@ impl Gate {
     pub fn release(&mut self, run: RunId) -> CoreResult<()> {
         let state = self.run(run)?;
         if state.held == 0 {
-            return Err(CoreError::invalid("release", "matched by a slot taken", "none held"));
+            return Err(CoreError::NotHeld { what: "release()" });
         }
         state.held -= 1;
         self.hand_off();
@@ -211,7 +205,7 @@ impl Gate {
     /// One slot (counted in `used`) became free: it goes to the next waiting run, or back to the
     /// gate (always back while a lowered cap is exceeded).
     fn hand_off(&mut self) {
-        if self.used > self.cap || !self.grant_next() {
+        if self.cap.exceeded_by(self.used) || !self.grant_next() {
             self.used -= 1;
         }
     }
@@ -624,6 +618,17 @@ mod tests {
         assert!(a.complete(0, 0.0).unwrap().is_empty());
         assert!(a.complete(1, 0.0).unwrap().is_empty());
         assert_eq!(a.complete(2, 0.0).unwrap(), vec![3]);
+    }
+
+    #[test]
+    fn a_release_without_a_slot_is_a_state_error() {
+        let mut gate = Gate::new(None).unwrap();
+        let run = gate.register();
+        assert_eq!(gate.release(run), Err(CoreError::NotHeld { what: "release()" }));
+        assert!(gate.can_take(run));
+        gate.take(run).unwrap();
+        gate.release(run).unwrap();
+        assert_eq!(gate.in_use(), 0);
     }
 
     fn pool_of(cpus: &[u64]) -> Shared<Pool> {

@@ -1,7 +1,7 @@
 //! The core's one error type.
 //!
 //! Every fallible operation of the pure core returns [`CoreError`]. The bindings map each variant to
-//! a Python exception class in exactly one place (`python.rs`); nothing else decides what a user sees.
+//! a Python exception class in exactly one place (`python/errors.rs`); nothing else decides what a user sees.
 
 use thiserror::Error;
 
@@ -37,6 +37,10 @@ pub enum CoreError {
     /// An operation that needs `prepare`/`start` first.
     #[error("prepare() must be called first")]
     NotPrepared,
+
+    /// A release with no slot held: more releases than acquires.
+    #[error("{what} must be matched by an earlier acquire; none held")]
+    NotHeld { what: &'static str },
 
     /// `prepare`/`start` called twice.
     #[error("cannot prepare() more than once")]

@@ -11,7 +11,8 @@
 //! - [`admission`]: what runs share — the process-wide cap and a worker pool's placement queue,
 //!   granted fairly between runs.
 //!
-//! With the `python` feature, `python.rs` exposes all of it as the `taskiq_flow._core` module.
+//! With the `python` feature, the `python` module (`python.rs` registering one file per exposed type
+//! under `python/`) exposes all of it as the `taskiq_flow._core` module.
 
 pub mod admission;
 pub mod dag;

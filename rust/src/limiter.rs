@@ -6,12 +6,90 @@
 
 use crate::error::{CoreError, CoreResult};
 
-/// Validates a concurrency cap: at least 1.
+/// What every cap and burst must be: [`check_cap`]'s rule, in words.
+pub const CAP_RANGE: &str = "an integer from 1 to 4294967295";
+
+/// Validates a concurrency cap or a burst: an integer from 1 to `u32::MAX`. The one rule for every
+/// `max_parallel` (a step's, a run's, the process-wide one) and every `burst`.
 pub fn check_cap(what: &str, cap: u64) -> CoreResult<u32> {
-    if cap == 0 || cap > u64::from(u32::MAX) {
-        return Err(CoreError::invalid(what, "an integer from 1 to 4294967295", cap));
+    match u32::try_from(cap) {
+        Ok(cap) if cap >= 1 => Ok(cap),
+        _ => Err(CoreError::invalid(what, CAP_RANGE, cap)),
     }
-    Ok(cap as u32)
+}
+
+/// Validates a rate limit: `rate` tokens per second (finite, > 0, with a representable interval
+/// between tokens) and bursts of up to `burst` ([`check_cap`]). The one rule for every rate.
+pub fn check_rate(rate: f64, burst: u64) -> CoreResult<(f64, u32)> {
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(CoreError::invalid("rate", "a finite number > 0", rate));
+    }
+    let burst = check_cap("burst", burst)?;
+    let interval = 1.0 / rate;
+    if !(interval.is_finite() && interval > 0.0) {
+        return Err(CoreError::invalid("rate", "a rate whose interval is representable", rate));
+    }
+    Ok((rate, burst))
+}
+
+/// How many may be in flight at once: at most a count, or no cap at all.
+///
+/// Built from a caller's `max_parallel` by [`Cap::new`] ([`check_cap`]'s rule, `None` for no
+/// cap), or from a number of slots held elsewhere by [`Cap::exactly`] (zero allowed). Checking a
+/// count against it is one comparison: no cap is kept as a limit that no count reaches (counts
+/// are of node ids, which stay below [`crate::dag::MAX_IDS`]), and a flag says which it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    limit: u32,
+    bounded: bool,
+}
+
+impl Default for Cap {
+    fn default() -> Self {
+        Self::NONE
+    }
+}
+
+impl Cap {
+    /// No cap.
+    pub const NONE: Cap = Cap { limit: u32::MAX, bounded: false };
+
+    /// `None`: no cap; otherwise at most `cap`, validated by [`check_cap`] (`what` names it in
+    /// the error).
+    pub fn new(what: &str, cap: Option<u64>) -> CoreResult<Self> {
+        match cap {
+            None => Ok(Self::NONE),
+            Some(cap) => Ok(Self::exactly(check_cap(what, cap)?)),
+        }
+    }
+
+    /// At most `slots`, zero allowed: for slots leased elsewhere.
+    pub const fn exactly(slots: u32) -> Self {
+        Cap { limit: slots, bounded: true }
+    }
+
+    /// The count, or `None` for no cap.
+    pub fn get(self) -> Option<u32> {
+        self.bounded.then_some(self.limit)
+    }
+
+    /// Whether one more may start while `count` are in flight.
+    #[inline]
+    pub fn admits(self, count: u32) -> bool {
+        count < self.limit
+    }
+
+    /// Whether `count` is over the cap (it was lowered under what is in flight).
+    #[inline]
+    pub fn exceeded_by(self, count: u32) -> bool {
+        count > self.limit
+    }
+
+    /// How many more may start while `count` are in flight.
+    #[inline]
+    pub fn room(self, count: u32) -> u32 {
+        self.limit.saturating_sub(count)
+    }
 }
 
 /// Validates a time passed in by the caller: finite.
@@ -80,11 +158,7 @@ impl ConcurrencyLimit {
     #[inline]
     pub fn release_or_hand_off(&mut self, waiter: bool) -> CoreResult<bool> {
         if self.in_use == 0 {
-            return Err(CoreError::invalid(
-                "release()",
-                "matched by an earlier acquire",
-                "none held",
-            ));
+            return Err(CoreError::NotHeld { what: "release()" });
         }
         if waiter && self.in_use <= self.cap {
             return Ok(true);
@@ -117,14 +191,8 @@ pub struct RateLimit {
 impl RateLimit {
     /// `rate` tokens per second (finite, > 0), bursts of up to `burst` (≥ 1).
     pub fn new(rate: f64, burst: u64) -> CoreResult<Self> {
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(CoreError::invalid("rate", "a finite number > 0", rate));
-        }
-        let burst = check_cap("burst", burst)?;
+        let (rate, burst) = check_rate(rate, burst)?;
         let interval = 1.0 / rate;
-        if !(interval.is_finite() && interval > 0.0) {
-            return Err(CoreError::invalid("rate", "a rate whose interval is representable", rate));
-        }
         Ok(Self {
             interval,
             tolerance: f64::from(burst - 1) * interval,
@@ -224,7 +292,30 @@ mod tests {
         // Over a lowered cap a release never hands off.
         assert!(!c.release_or_hand_off(true).unwrap());
         c.release().unwrap();
-        assert!(c.release().is_err());
+        assert_eq!(c.release(), Err(CoreError::NotHeld { what: "release()" }));
+    }
+
+    #[test]
+    fn caps_check_once_and_compare_in_one_place() {
+        assert_eq!(Cap::new("max_parallel", None), Ok(Cap::NONE));
+        assert_eq!(Cap::new("x", Some(3)).unwrap().get(), Some(3));
+        // The largest cap is a cap, not "no cap".
+        assert_eq!(Cap::new("x", Some(u64::from(u32::MAX))).unwrap().get(), Some(u32::MAX));
+        for bad in [0, u64::from(u32::MAX) + 1] {
+            let err = Cap::new("max_parallel", Some(bad)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!("max_parallel must be an integer from 1 to 4294967295, got {bad}")
+            );
+        }
+        let three = Cap::exactly(3);
+        assert!(three.admits(2) && !three.admits(3));
+        assert_eq!((three.room(1), three.room(5)), (2, 0));
+        assert!(three.exceeded_by(4) && !three.exceeded_by(3));
+        assert!(!Cap::exactly(0).admits(0));
+        let max = crate::dag::MAX_IDS as u32;
+        assert!(Cap::NONE.admits(max) && !Cap::NONE.exceeded_by(max));
+        assert_eq!(Cap::NONE.get(), None);
     }
 
     #[test]

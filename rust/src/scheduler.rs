@@ -16,7 +16,7 @@ use std::collections::BinaryHeap;
 use crate::admission::{lock, Gate, Pool, RunId, Shared};
 use crate::dag::Graph;
 use crate::error::{CoreError, CoreResult};
-use crate::limiter::{check_cap, check_now, RateLimit};
+use crate::limiter::{check_now, Cap, RateLimit};
 
 /// Lifecycle of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,17 +73,17 @@ pub struct Explanation {
     pub since: f64,
     /// Inputs not finished yet.
     pub pending_inputs: u32,
-    /// The node's admission key, its nodes in flight and its cap (`u32::MAX`: none).
+    /// The node's admission key, its nodes in flight and its cap.
     pub key: u32,
     pub key_running: u32,
-    pub key_cap: u32,
+    pub key_cap: Cap,
     /// When the key's next rate token is due, if it waits for one.
     pub next_token_at: Option<f64>,
     /// The run's nodes in flight and its cap.
     pub run_running: u32,
-    pub run_cap: u32,
+    pub run_cap: Cap,
     /// The shared cap's slots in use and its size, if the run has one.
-    pub shared: Option<(u32, u32)>,
+    pub shared: Option<(u32, Cap)>,
     /// The worker the node is placed on.
     pub worker: Option<u32>,
 }
@@ -150,7 +150,7 @@ type Entry = (i32, u64, Reverse<u64>, u32);
 
 #[derive(Debug)]
 struct Key {
-    cap: u32,
+    cap: Cap,
     running: u32,
     rate: Option<RateLimit>,
     /// Nodes this key could not admit yet.
@@ -161,10 +161,7 @@ struct Key {
 
 impl Key {
     fn new(limits: KeyLimits) -> CoreResult<Self> {
-        let cap = match limits.max_parallel {
-            Some(cap) => check_cap("max_parallel", cap)?,
-            None => u32::MAX,
-        };
+        let cap = Cap::new("max_parallel", limits.max_parallel)?;
         let rate = limits.rate.map(|(rate, burst)| RateLimit::new(rate, burst)).transpose()?;
         Ok(Self { cap, running: 0, rate, parked: BinaryHeap::new(), wake_at: None })
     }
@@ -211,7 +208,7 @@ pub struct Scheduler {
     keys: Vec<Key>,
     /// Ready nodes not yet offered to their key.
     ready: BinaryHeap<Entry>,
-    global_cap: u32,
+    global_cap: Cap,
     running: u32,
     sequence: u64,
     started: bool,
@@ -290,7 +287,7 @@ impl Scheduler {
             remaining,
             keys: key_states,
             ready: BinaryHeap::new(),
-            global_cap: u32::MAX,
+            global_cap: Cap::NONE,
             running: 0,
             sequence: 0,
             started: false,
@@ -505,17 +502,14 @@ impl Scheduler {
         c.waiting == 0 && c.queued == 0 && c.running == 0
     }
 
-    /// The global cap (`u32::MAX` when unbounded).
-    pub fn global_cap(&self) -> u32 {
+    /// The run's own cap.
+    pub fn global_cap(&self) -> Cap {
         self.global_cap
     }
 
     /// Sets the global cap (`None` lifts it) and returns nodes a raised cap admits now.
     pub fn set_global_cap(&mut self, cap: Option<u64>, now: f64) -> CoreResult<Vec<u32>> {
-        self.global_cap = match cap {
-            Some(cap) => check_cap("max_parallel", cap)?,
-            None => u32::MAX,
-        };
+        self.global_cap = Cap::new("max_parallel", cap)?;
         let mut admitted = Vec::new();
         if self.started {
             self.admit(now, &mut admitted)?;
@@ -850,7 +844,7 @@ impl Scheduler {
     /// token, so it gets a wake-up time.
     fn rearm(&mut self, key: u32, now: f64) {
         let k = &mut self.keys[key as usize];
-        if k.wake_at.is_some() || k.parked.is_empty() || k.running >= k.cap {
+        if k.wake_at.is_some() || k.parked.is_empty() || !k.cap.admits(k.running) {
             return;
         }
         if let Some(rate) = &k.rate {
@@ -862,7 +856,7 @@ impl Scheduler {
     /// Moves as many parked nodes of `key` back to the ready heap as the key could admit now.
     fn unpark(&mut self, key: u32, now: f64) {
         let k = &mut self.keys[key as usize];
-        let mut room = k.cap.saturating_sub(k.running);
+        let mut room = k.cap.room(k.running);
         if let Some(rate) = &k.rate {
             room = room.min(rate.available(now));
         }
@@ -912,12 +906,12 @@ impl Scheduler {
             out.extend(placed);
         }
         let mut blocked = false;
-        while self.running < self.global_cap {
+        while self.global_cap.admits(self.running) {
             let Some(entry) = self.ready.pop() else { break };
             let node = entry.3;
             let key = self.key_of[node as usize];
             let k = &mut self.keys[key as usize];
-            if k.running >= k.cap {
+            if !k.cap.admits(k.running) {
                 k.parked.push(entry);
                 mark_in(
                     &mut self.reason,
@@ -1142,7 +1136,7 @@ mod tests {
         let why = |s: &Scheduler, v: u32| s.explain(v).unwrap();
         assert_eq!((why(&s, 1).reason, why(&s, 1).pending_inputs), (Reason::Inputs, 1));
         assert_eq!(why(&s, 3).reason, Reason::StepCap);
-        assert_eq!((why(&s, 3).key_running, why(&s, 3).key_cap), (1, 1));
+        assert_eq!((why(&s, 3).key_running, why(&s, 3).key_cap.get()), (1, Some(1)));
         assert_eq!(why(&s, 0).reason, Reason::Running);
         assert_eq!(why(&s, 0).since, 1.0);
         // Node 2 done: 3 is admitted; node 1 not ready yet.
@@ -1177,7 +1171,7 @@ mod tests {
         assert_eq!(s.start(1.0).unwrap(), vec![0]);
         let why = |s: &Scheduler, v: u32| s.explain(v).unwrap();
         assert_eq!((why(&s, 1).reason, why(&s, 1).since), (Reason::RunCap, 1.0));
-        assert_eq!((why(&s, 1).run_running, why(&s, 1).run_cap), (1, 1));
+        assert_eq!((why(&s, 1).run_running, why(&s, 1).run_cap.get()), (1, Some(1)));
         assert_eq!(s.complete(0, 3.0).unwrap(), vec![1]);
         assert_eq!(s.wait_of(1).unwrap(), Some((Reason::RunCap, 2.0)));
         assert_eq!(why(&s, 2).reason, Reason::RunCap);

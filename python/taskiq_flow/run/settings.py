@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from taskiq_flow._core import TokenBucket, check_cap
+from taskiq_flow._core import check_cap
+from taskiq_flow._core import check_rate as _core_check_rate
 from taskiq_flow.exceptions import InvalidValueError
 from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
 
@@ -69,14 +70,13 @@ def check_timeout(value: object, what: str = "timeout") -> float | None:
 
 
 def check_rate(rate: object, burst: object) -> tuple[float | None, int]:
-    """A step's rate limit (``None``: none) checked by the core's token bucket.
+    """A step's rate limit (``None``: none): the core's own rule and message.
 
     :raises InvalidValueError: for a rate <= 0, NaN or infinite, or a burst below 1.
     """
     if rate is None:
         return None, 1
-    bucket = TokenBucket(rate, burst)  # type: ignore[arg-type]
-    return bucket.rate, bucket.burst
+    return _core_check_rate(rate, burst)
 
 
 def check_on_error(value: object) -> OnError:

@@ -23,7 +23,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple, PyType};
 
-use super::{cap_arg, float_arg, guard};
+use super::args::{cap_arg, rate_args};
+use super::errors::guard;
 use crate::limiter::{ConcurrencyLimit, RateLimit};
 
 /// An awaitable that is already done (its result is ``None``); one shared instance.
@@ -175,7 +176,7 @@ impl CapacityLimiter {
 
     /// Returns a token; the first waiter in line, if any, gets it.
     ///
-    /// Raises ``InvalidValueError`` if no token is held.
+    /// Raises ``StateError`` if no token is held.
     fn release(slf: &Bound<'_, Self>) -> PyResult<()> {
         let waiter = {
             let mut this = slf.borrow_mut();
@@ -372,9 +373,11 @@ impl RateLimiter {
     #[new]
     #[pyo3(signature = (rate, burst=None))]
     fn new(rate: &Bound<'_, PyAny>, burst: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
-        let rate = float_arg("rate", rate)?;
-        let burst = cap_arg("burst", burst)?.unwrap_or(1);
-        Ok(Self { bucket: guard(|| RateLimit::new(rate, burst))?, clock: LoopClock::default() })
+        let (rate, burst) = rate_args(rate, burst)?;
+        Ok(Self {
+            bucket: guard(|| RateLimit::new(rate, burst.into()))?,
+            clock: LoopClock::default(),
+        })
     }
 
     /// Tokens per second.

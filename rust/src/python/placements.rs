@@ -18,8 +18,9 @@ use crate::admission::{lock, Pool, RunId, Shared};
 use crate::error::CoreError;
 use crate::packing::IdHasher;
 
-use super::exceptions::{StateError, UnknownIdError};
-use super::{guard, int_arg, WorkerPool};
+use super::args::int_arg;
+use super::errors::{guard, StateError, UnknownIdError};
+use super::worker_pool::WorkerPool;
 
 /// Task objects remembered at most; past this the memory starts again, so that a program making a
 /// new profile object per call does not grow it without end.

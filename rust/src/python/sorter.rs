@@ -20,8 +20,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 
-use super::exceptions::{CycleError, StateError, UnknownIdError};
-use super::panic_error;
+use super::errors::{panic_error, CycleError, StateError, UnknownIdError};
 use crate::dag::Sorter;
 use crate::error::CoreError;
 
