@@ -18,7 +18,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from taskiq_flow.distributed.keys import validate_key_part
-from taskiq_flow.exceptions import InvalidValueError
+from taskiq_flow.exceptions import InvalidValueError, StateError
+from taskiq_flow.run.settings import check_max_parallel, check_rate
 
 __all__ = ["RedisCapacityLimiter", "RedisRateLimiter"]
 
@@ -72,12 +73,13 @@ class RedisCapacityLimiter:
         lease_seconds: float = 30.0,
         prefix: str = "taskiq_flow",
     ) -> None:
-        if isinstance(total_tokens, bool) or not isinstance(total_tokens, int) or total_tokens < 1:
-            raise InvalidValueError(f"total_tokens must be an int >= 1, got {total_tokens!r}")
+        total = check_max_parallel(total_tokens, "total_tokens")  # the core's one cap rule
+        if total is None:
+            raise InvalidValueError("total_tokens must be an int from 1 to 4294967295, got None")
         if not isinstance(lease_seconds, (int, float)) or not lease_seconds > 0:
             raise InvalidValueError(f"lease_seconds must be > 0, got {lease_seconds!r}")
         self.redis = redis
-        self._total = total_tokens
+        self._total = total
         self._lease_ms = max(1, int(lease_seconds * 1000))
         base = f"{validate_key_part('prefix', prefix)}:limit:{validate_key_part('name', name)}"
         self._key = base
@@ -118,7 +120,7 @@ class RedisCapacityLimiter:
         :meth:`give_back` to wait for it). Without a running event loop the slot's lease is
         left to expire."""
         if not self._held:
-            raise InvalidValueError("release() must be matched by an earlier acquire; none held")
+            raise StateError("release() must be matched by an earlier acquire; none held")
         lease = self._held.pop()
         try:
             loop = asyncio.get_running_loop()
@@ -211,12 +213,10 @@ class RedisRateLimiter:
     def __init__(
         self, redis: Redis, name: str, rate: float, burst: int = 1, prefix: str = "taskiq_flow"
     ) -> None:
-        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1e9:
-            raise InvalidValueError(f"rate must be a finite number > 0, got {rate!r}")
-        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-            raise InvalidValueError(f"burst must be an int >= 1, got {burst!r}")
-        self.rate = float(rate)
-        self.burst = burst
+        checked, self.burst = check_rate(rate, burst)  # the core's one rate rule
+        if checked is None:
+            raise InvalidValueError("rate must be a finite number > 0, got None")
+        self.rate = checked
         self._interval_us = 1e6 / self.rate
         self._key = f"{validate_key_part('prefix', prefix)}:rate:{validate_key_part('name', name)}"
         self._reserve = redis.register_script(_RESERVE)
