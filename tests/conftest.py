@@ -6,12 +6,16 @@ import asyncio
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
 from taskiq import InMemoryBroker
 
 from taskiq_flow.optimization.parallel import set_max_parallel_tasks
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 settings.register_profile(
     "default", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -29,6 +33,17 @@ def redis_url() -> Iterator[str]:
             yield url
     except RedisServerUnavailable as exc:
         pytest.fail(str(exc))
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    """A client of the session's redis-server, its database emptied for the test."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.aclose()
 
 
 @pytest.fixture

@@ -37,14 +37,6 @@ from taskiq_flow.tracking import StepStatus
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.aclose()
-
-
 async def test_tracking_records_all_carry_the_ttl_and_delete_removes_them(redis: Redis) -> None:
     storage = RedisPipelineStorage(redis, ttl_seconds=3600, prefix="flowtest")
     tracking = PipelineTrackingManager(storage)

@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +30,6 @@ from taskiq_flow.exceptions import (
     UndeliverableMessageError,
 )
 from taskiq_flow.testing import RedisProcess
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.aclose()
 
 
 async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:

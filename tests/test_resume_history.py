@@ -10,7 +10,6 @@ import logging
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -20,14 +19,6 @@ from test_redis_faults import until
 from taskiq_flow import InvalidValueError, PipelineTrackingManager, StateError
 from taskiq_flow.distributed import RedisPipelineStorage
 from taskiq_flow.report import render_report
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.aclose()
 
 
 async def runs(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

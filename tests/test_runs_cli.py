@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -207,14 +206,6 @@ async def test_unreachable_redis_is_one_line(capsys: pytest.CaptureFixture[str])
     assert await main_runs(parse("list", "--redis", "redis://127.0.0.1:1/0"), None) == 1
     err = capsys.readouterr().err
     assert err.startswith("taskiq-flow runs: ") and err.count("\n") == 1
-
-
-@pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.aclose()
 
 
 async def test_runs_recorded_in_redis_are_read_by_the_cli(
