@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
+import sys
 import time
 
 import redis_app
@@ -23,7 +25,16 @@ from taskiq_flow.optimization.parallel import global_cap, set_max_parallel_tasks
 from taskiq_flow.run.runner import run_single
 
 
+def dump_tasks() -> None:
+    """On SIGUSR1 (a test that timed out): every asyncio task's stack, to stderr."""
+    for task in asyncio.all_tasks():
+        print(f"-- {task!r}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 async def main(args: argparse.Namespace) -> None:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)
     broker = redis_app.broker
     await broker.startup()
     deadline = time.monotonic() + 60

@@ -141,15 +141,16 @@ def test_the_demo_stops_on_a_signal_with_one_line(sig: signal.Signals, code: int
 def test_ctrl_c_while_redis_does_not_answer_ends_a_runs_command_with_one_line(
     command: list[str],
 ) -> None:
-    """A server that accepts the connection and never answers: the command waits on it until
-    Ctrl-C, which ends it with one line and status 130."""
+    """A server that accepts the connection and never answers: the command waits on it (for
+    up to ``--timeout``, here far longer than the test) until Ctrl-C, which ends it with one
+    line and status 130."""
     import socket
 
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
         proc = subprocess.Popen(
             [sys.executable, "-m", "taskiq_flow.cli", *command, "--redis",
-             f"redis://127.0.0.1:{port}/0"],
+             f"redis://127.0.0.1:{port}/0", "--timeout", "600"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         try:
@@ -164,3 +165,37 @@ def test_ctrl_c_while_redis_does_not_answer_ends_a_runs_command_with_one_line(
                 proc.wait()
     assert proc.returncode == 130, err
     assert out == "" and err.splitlines() == [f"taskiq-flow {command[0]}: interrupted"]
+
+
+@pytest.mark.parametrize("command", [["runs", "list"], ["explain", "RUN"]])
+def test_a_redis_that_never_answers_ends_a_runs_command_after_its_timeout(
+    command: list[str],
+) -> None:
+    """Without Ctrl-C, the command gives up after ``--timeout`` seconds with one line naming the
+    option: the same on every redis client version (their own defaults differ)."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        url = f"redis://127.0.0.1:{port}/0"
+        proc = subprocess.run(
+            [sys.executable, "-m", "taskiq_flow.cli", *command, "--redis", url,
+             "--timeout", "0.5"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"taskiq-flow {command[0]}: Redis at {url} did not answer within 0.5 s (--timeout)"
+    ]
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon", "3601"])
+def test_a_bad_timeout_is_refused_before_connecting(value: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "taskiq_flow.cli", "runs", "list", "--redis",
+         "redis://127.0.0.1:1/0", "--timeout", value],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "--timeout" in proc.stderr and "expected a number" in proc.stderr

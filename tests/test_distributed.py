@@ -324,11 +324,36 @@ async def test_global_cap_holds_across_two_orchestrator_processes(
         )
         for _ in range(2)
     ]
-    outputs = await asyncio.wait_for(asyncio.gather(*(p.communicate() for p in procs)), 120)
+    outputs = await finish(procs, 90)
     for proc, (out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err.decode()[-2000:]
         assert out.decode().split() == ["ready", "15"]
     assert int(await redis.get("held:peak")) == 3  # sampled inside the tasks: reached, never more
+
+
+async def finish(
+    procs: list[asyncio.subprocess.Process], timeout: float
+) -> list[tuple[bytes, bytes]]:
+    """Waits for the orchestrators to end; past ``timeout``, fails with every asyncio task's
+    stack of each (they print them on SIGUSR1) and what they wrote."""
+    talks = [asyncio.ensure_future(p.communicate()) for p in procs]
+    done, _ = await asyncio.wait(talks, timeout=timeout)
+    if len(done) == len(talks):
+        return [t.result() for t in talks]
+    for proc in procs:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGUSR1)
+    await asyncio.sleep(2)
+    for proc in procs:
+        if proc.returncode is None:
+            proc.kill()
+    said = await asyncio.gather(*talks)
+    pytest.fail(
+        f"orchestrators still running after {timeout} s:\n"
+        + "\n".join(
+            f"[{i}] {out.decode()}\n{err.decode()[-6000:]}" for i, (out, err) in enumerate(said)
+        )
+    )
 
 
 async def orchestrate(

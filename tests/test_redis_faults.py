@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Gauge
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from taskiq import InMemoryBroker
 from test_distributed import TESTS, flow_workers, started_app, supervised_workers
 
 from taskiq_flow import MapReduce, PipelineTrackingManager, RetryPolicy, StepFailedError
@@ -29,6 +31,7 @@ from taskiq_flow.exceptions import (
     RunStateLostError,
     UndeliverableMessageError,
 )
+from taskiq_flow.optimization.parallel import global_cap, set_max_parallel_tasks
 from taskiq_flow.testing import RedisProcess
 
 
@@ -217,6 +220,41 @@ async def test_a_redis_stall_never_ends_a_worker(own_redis: RedisProcess) -> Non
                 assert more == list(range(10))
                 assert children(proc.pid) == before  # the same worker processes, none died
     finally:
+        await redis.aclose()
+
+
+async def test_a_cap_shared_through_redis_waits_out_a_redis_restart(
+    own_redis: RedisProcess, broker: InMemoryBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis goes away while runs wait for a slot of the shared cap: they wait on and finish once
+    it is back (the lease feeder retries; it used to stop for good and leave them waiting)."""
+    gauge = Gauge()
+
+    @broker.task
+    async def step(x: int) -> int:
+        gauge.enter()
+        await asyncio.sleep(0.01)
+        gauge.leave()
+        return x
+
+    redis = Redis.from_url(own_redis.url)
+    try:
+        set_max_parallel_tasks(2, redis=redis, name="restart")
+        own_redis.stop()
+        run = asyncio.ensure_future(MapReduce.map(broker, step, range(20)))
+
+        async def feeder_failed() -> bool:
+            return "could not reach Redis" in caplog.text
+
+        await until(feeder_failed, 30, "the feeder to fail")
+        assert not run.done() and gauge.peak == 0
+        own_redis.start()
+        assert await asyncio.wait_for(run, 60) == list(range(20))
+        assert gauge.peak == 2
+        await global_cap().aclose()
+        assert await redis.zcard("taskiq_flow:limit:restart") == 0
+    finally:
+        set_max_parallel_tasks(None)
         await redis.aclose()
 
 

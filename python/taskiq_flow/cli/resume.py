@@ -74,13 +74,13 @@ async def _resume(
     pipeline: Any,
     given: dict[str, Any] | None,
     inputs_changed_ok: bool,
+    timeout: float,
 ) -> int:
-    from redis.asyncio import Redis
-
+    from taskiq_flow.cli.runs import redis_client
     from taskiq_flow.distributed import RedisPipelineStorage
     from taskiq_flow.tracking import PipelineTrackingManager
 
-    async with Redis.from_url(url) as redis:
+    async with redis_client(url, timeout) as redis:
         tracking = PipelineTrackingManager(RedisPipelineStorage(redis, prefix=prefix))
         record = await tracking.get_status(run_id)
         if record.status == "running":
@@ -106,11 +106,13 @@ def resume(
     pipeline: str,
     inputs: list[str],
     inputs_changed_ok: bool = False,
+    timeout: float = 10.0,
 ) -> int:
     """``taskiq-flow runs resume``: checks the input, then runs ``run_id`` to the end with the
     inputs stored with it (or ``inputs``, ``NAME=JSON`` each, if they are the stored ones or
     ``inputs_changed_ok``); returns the exit status (errors are one line on stderr: 2 for a
-    malformed ``--input``, 1 for anything else)."""
+    malformed ``--input``, 1 for anything else). ``timeout`` bounds each wait for Redis, in
+    seconds."""
     try:
         values = parse_inputs(inputs)
     except InvalidValueError as exc:
@@ -118,7 +120,9 @@ def resume(
         return 2
     try:
         found = _import_pipeline(pipeline)
-        return asyncio.run(_resume(url, prefix, run_id, found, values or None, inputs_changed_ok))
+        return asyncio.run(
+            _resume(url, prefix, run_id, found, values or None, inputs_changed_ok, timeout)
+        )
     except (TaskiqFlowError, OSError, RedisError) as exc:
         sys.stderr.write(f"taskiq-flow runs: {type(exc).__name__}: {exc}\n")
         return 1

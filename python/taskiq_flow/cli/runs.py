@@ -44,7 +44,14 @@ from rich.table import Table
 from rich.text import Text
 
 from taskiq_flow._duration import duration, duration_ms
-from taskiq_flow.cli._help import COLUMNS, HelpFormatter, paragraphs, whole_number, writable_file
+from taskiq_flow.cli._help import (
+    COLUMNS,
+    HelpFormatter,
+    number,
+    paragraphs,
+    whole_number,
+    writable_file,
+)
 from taskiq_flow.cli._imports import check_import_path, import_object
 from taskiq_flow.exceptions import InvalidValueError, UnknownIdError
 from taskiq_flow.pictures import GraphView
@@ -62,6 +69,20 @@ __all__ = [
 ]
 
 _URL = re.compile(r"^(redis|rediss|unix)://\S+$")
+
+#: How long the ``runs`` commands wait for Redis to connect or answer one command, by default and
+#: at most (``--timeout``). Set here, not left to the redis client's own default, which differs
+#: between its versions (none before 8, 5 s since).
+DEFAULT_WAIT = 10.0
+MAX_WAIT = 3600.0
+
+
+def redis_client(url: str, timeout: float) -> Any:
+    """A ``redis.asyncio.Redis`` for ``url`` that waits at most ``timeout`` seconds to connect and
+    for each answer (no connection is made until its first command)."""
+    from redis.asyncio import Redis
+
+    return Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
 
 
 def add_runs_commands(
@@ -91,6 +112,13 @@ def add_runs_commands(
         "--prefix",
         default="taskiq_flow",
         help="key prefix the runs were tracked under (default: %(default)s)",
+    )
+    common.add_argument(
+        "--timeout",
+        type=number(0.001, MAX_WAIT),
+        default=DEFAULT_WAIT,
+        metavar="SECONDS",
+        help="how long to wait for Redis to connect or answer one command (default: %(default)g)",
     )
     common.add_argument(
         "--json", action="store_true", help="print JSON instead of a table (default: a table)"
@@ -449,6 +477,12 @@ def _check(args: argparse.Namespace, tracking: PipelineTrackingManager | None) -
     return None
 
 
+def _who(args: argparse.Namespace) -> str:
+    """The command the user typed, as error lines name it (``runs``, or the top-level
+    ``report``/``explain``)."""
+    return f"taskiq-flow {getattr(args, 'command', None) or 'runs'}"
+
+
 async def main_runs(
     args: argparse.Namespace,
     tracking: PipelineTrackingManager | None = None,
@@ -463,7 +497,7 @@ async def main_runs(
     console = Console(file=stream, soft_wrap=False, highlight=False)
     problem = _check(args, tracking)
     if problem is not None:
-        print(f"taskiq-flow runs: {problem}", file=sys.stderr)
+        print(f"{_who(args)}: {problem}", file=sys.stderr)
         return 2
     if args.runs_command == "resume":
         from taskiq_flow.cli.resume import resume
@@ -476,35 +510,41 @@ async def main_runs(
             args.pipeline,
             args.input,
             args.inputs_changed_ok,
+            args.timeout,
         )
     graph: GraphView | None = None
     if args.runs_command == "report" and args.dag is not None:
         try:  # the user's module, imported before any connection is made
             graph = load_graph(args.dag)
         except InvalidValueError as err:
-            print(f"taskiq-flow runs: {err}", file=sys.stderr)
+            print(f"{_who(args)}: {err}", file=sys.stderr)
             return 2
     client: Any = None
     if tracking is None:
-        from redis.asyncio import Redis
-
         from taskiq_flow.distributed import RedisPipelineStorage
 
-        client = Redis.from_url(args.redis)
+        client = redis_client(args.redis, args.timeout)
         tracking = PipelineTrackingManager(RedisPipelineStorage(client, prefix=args.prefix))
     try:
         return await _act(args, tracking, console, stream, graph)
     except (UnknownIdError, InvalidValueError) as err:
-        print(f"taskiq-flow runs: {err}", file=sys.stderr)
+        print(f"{_who(args)}: {err}", file=sys.stderr)
         return 1 if isinstance(err, UnknownIdError) else 2
     except (OSError, ConnectionError) as err:
-        print(f"taskiq-flow runs: cannot reach {args.redis}: {err}", file=sys.stderr)
+        print(f"{_who(args)}: cannot reach {args.redis}: {err}", file=sys.stderr)
         return 1
     except Exception as err:
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisError, TimeoutError
 
+        if isinstance(err, TimeoutError):
+            print(
+                f"{_who(args)}: Redis at {args.redis} did not answer within "
+                f"{args.timeout:g} s (--timeout)",
+                file=sys.stderr,
+            )
+            return 1
         if isinstance(err, RedisError):
-            print(f"taskiq-flow runs: Redis at {args.redis}: {err}", file=sys.stderr)
+            print(f"{_who(args)}: Redis at {args.redis}: {err}", file=sys.stderr)
             return 1
         raise
     finally:
@@ -559,9 +599,7 @@ async def _act(
         try:
             path = write_report(args.output, status, dag=graph)
         except OSError as err:  # a full disk, a file that went away: not Redis's doing
-            print(
-                f"taskiq-flow runs: --output {args.output}: {err.strerror or err}", file=sys.stderr
-            )
+            print(f"{_who(args)}: --output {args.output}: {err.strerror or err}", file=sys.stderr)
             return 1
         size = path.stat().st_size
         if args.json:

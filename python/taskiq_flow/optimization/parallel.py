@@ -41,6 +41,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: Longest pause, in seconds, between two tries of a lease feeder that cannot reach Redis.
+FEED_RETRY_MAX = 2.0
+
 
 class CapGroup:
     """A shared cap and the runs attached to it, so that a run the core grants a slot is woken.
@@ -125,22 +128,39 @@ class RedisCapGroup(CapGroup):
         assert self._poke is not None
         poke = self._poke
         cap = self.cap
+        pause = 0.0
         try:
             while True:
-                await poke.wait()
-                poke.clear()
-                while cap.waiting_runs > 0:
-                    await self.limiter.acquire()
-                    self._held += 1
-                    cap.set_leased(self._held)
-                    self.wake_granted()
-                spare = self._held - cap.in_use
-                if spare > 0 and cap.waiting_runs == 0:
-                    # Given back as soon as no run of this process waits (awaited here, never
-                    # left to a task that an ending event loop would destroy).
-                    self._held -= spare
-                    cap.set_leased(self._held)
-                    await self.limiter.give_back(spare)
+                if pause == 0.0:
+                    await poke.wait()
+                    poke.clear()
+                try:
+                    while cap.waiting_runs > 0:
+                        await self.limiter.acquire()
+                        self._held += 1
+                        cap.set_leased(self._held)
+                        self.wake_granted()
+                    spare = self._held - cap.in_use
+                    if spare > 0 and cap.waiting_runs == 0:
+                        # Given back as soon as no run of this process waits (awaited here,
+                        # never left to a task that an ending event loop would destroy).
+                        self._held -= spare
+                        cap.set_leased(self._held)
+                        await self.limiter.give_back(spare)
+                    pause = 0.0
+                except Exception as exc:
+                    # Redis unreachable or slow to answer: the runs waiting for a slot wait on,
+                    # and the feeder tries again (backing off to FEED_RETRY_MAX seconds) rather
+                    # than stop and leave them waiting for a wake-up that never comes.
+                    if pause == 0.0:
+                        logger.warning(
+                            "the shared cap's lease feeder could not reach Redis (%s: %s); "
+                            "retrying",
+                            type(exc).__name__,
+                            exc,
+                        )
+                    pause = min(max(pause * 2, 0.05), FEED_RETRY_MAX)
+                    await asyncio.sleep(pause)
         except asyncio.CancelledError:
             # aclose(), or the event loop ending (asyncio.run cancels every task and waits for
             # them): no run of this process can use a slot any more. Every lease is given back
@@ -149,8 +169,6 @@ class RedisCapGroup(CapGroup):
             cap.set_leased(0)
             await self.limiter.give_back()
             raise
-        except Exception:  # Redis went away: runs waiting for a slot see no progress, not a crash
-            logger.exception("the shared cap's lease feeder stopped")
 
 
 _LOCAL = CapGroup(SharedCap(None))
