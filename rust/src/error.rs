@@ -30,6 +30,10 @@ pub enum CoreError {
     #[error("node {node} is not running (it failed, was skipped or was cancelled)")]
     NotRunning { node: u32 },
 
+    /// `retry_at` on a running node that cannot wait for a retry now.
+    #[error("node {node} cannot wait for a retry: {why}")]
+    NoRetry { node: u32, why: &'static str },
+
     /// The graph is frozen once execution starts.
     #[error("the graph cannot change after execution started")]
     Frozen,

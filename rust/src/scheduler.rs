@@ -62,6 +62,9 @@ pub enum Reason {
     /// Ready, held back by the run's own cap (its `max_parallel`): as many of the run's nodes as
     /// it allows are in flight.
     RunCap = 8,
+    /// Its last attempt failed and it is retried at a due time ([`Scheduler::retry_at`]); it keeps
+    /// its slots and its worker meanwhile.
+    Backoff = 9,
 }
 
 /// Everything the core knows about why one node is where it is.
@@ -86,6 +89,8 @@ pub struct Explanation {
     pub shared: Option<(u32, Cap)>,
     /// The worker the node is placed on.
     pub worker: Option<u32>,
+    /// When its next attempt is due, while it waits out a retry's backoff.
+    pub retry_at: Option<f64>,
 }
 
 /// One change of reason: `(node, reason, time)`.
@@ -186,6 +191,8 @@ pub struct Counts {
     pub failed: u32,
     pub skipped: u32,
     pub cancelled: u32,
+    /// Running nodes waiting out a retry's backoff (also counted in `running`).
+    pub backoff: u32,
 }
 
 /// A worker pool a run places its nodes on: the pool, the run's id there, each node's demand.
@@ -237,6 +244,22 @@ pub struct Scheduler {
     /// event); [`Scheduler::explain`] and the wait record read it from here.
     held: Reason,
     held_at: f64,
+    /// Nodes waiting out a retry's backoff, earliest due first: `(due, node)`, the time as
+    /// [`time_order`] keys. An entry whose node left its backoff (failed, placed again) is
+    /// stale and dropped when it comes up.
+    backoff: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Each node's due time while it is in backoff.
+    retry_due: Vec<f64>,
+}
+
+/// A key that orders finite times as `f64::total_cmp` does, for a heap of due times.
+fn time_order(t: f64) -> u64 {
+    let bits = t.to_bits();
+    if bits >> 63 == 1 {
+        !bits
+    } else {
+        bits | (1 << 63)
+    }
 }
 
 impl Drop for Scheduler {
@@ -304,6 +327,8 @@ impl Scheduler {
             record: Record::default(),
             held: Reason::Ready,
             held_at: 0.0,
+            backoff: BinaryHeap::new(),
+            retry_due: vec![0.0; n],
         })
     }
 
@@ -429,6 +454,7 @@ impl Scheduler {
                 (g.in_use(), g.cap())
             }),
             worker: self.worker_of(node),
+            retry_at: (self.reason[i] == Reason::Backoff).then(|| self.retry_due[i]),
         })
     }
 
@@ -461,18 +487,25 @@ impl Scheduler {
         let Some(link) = &self.pool else {
             return Err(CoreError::invalid("replace", "a run with a worker pool", "no pool"));
         };
+        let backing_off = self.reason[node as usize] == Reason::Backoff;
         let mut pool = lock(&link.pool);
         if pool.worker_of(link.run, node).is_some() {
-            return Ok(true);
+            return Ok(!backing_off);
         }
         let placed = pool.place_again(link.run, node, link.class_of[node as usize])?.is_some();
         drop(pool);
         if !placed {
+            // A node in backoff that waits for a worker leaves its backoff: it goes out when
+            // placed (its entry in the backoff heap is stale from now on).
+            if backing_off {
+                self.counts.backoff -= 1;
+            }
             self.placing += 1;
             let now = self.clock;
             self.mark(node, Reason::Placement, now);
         }
-        Ok(placed)
+        // Placed while in backoff, it still waits for its due time (it comes out of `poll`).
+        Ok(placed && !backing_off)
     }
 
     /// Number of nodes.
@@ -639,6 +672,7 @@ impl Scheduler {
         for &node in nodes {
             self.counts.running -= 1;
             self.counts.done += 1;
+            self.leave_backoff(node);
             self.mark(node, Reason::Finished, now);
             self.release_slot(node, now);
             let graph = std::mem::take(&mut self.graph);
@@ -714,6 +748,7 @@ impl Scheduler {
         self.clock = now;
         self.counts.running -= 1;
         self.counts.failed += 1;
+        self.leave_backoff(node);
         self.mark(node, Reason::Finished, now);
         self.release_slot(node, now);
         let mut skipped = Vec::new();
@@ -762,6 +797,17 @@ impl Scheduler {
         self.counts.cancelled += cancelled.len() as u32;
         self.counts.waiting = 0;
         self.counts.queued = 0;
+        // Nodes waiting out a backoff will not be tried again: their last attempt failed.
+        while let Some(Reverse((due, node))) = self.backoff.pop() {
+            if self.in_backoff(node, due) {
+                self.leave_backoff(node);
+                self.state[node as usize] = NodeState::Failed;
+                self.mark(node, Reason::Finished, now);
+                self.counts.running -= 1;
+                self.counts.failed += 1;
+                self.release_slot(node, now);
+            }
+        }
         if let Some((gate, run)) = &self.gate {
             let _ = lock(gate).settle(*run);
         }
@@ -789,6 +835,19 @@ impl Scheduler {
         if !self.started {
             return Ok(admitted);
         }
+        self.clock = now;
+        let cutoff = time_order(now);
+        while let Some(&Reverse((due, node))) = self.backoff.peek() {
+            if due > cutoff {
+                break;
+            }
+            self.backoff.pop();
+            if self.in_backoff(node, due) {
+                self.leave_backoff(node);
+                self.mark(node, Reason::Running, now);
+                admitted.push(node);
+            }
+        }
         let due: Vec<u32> = self
             .throttled
             .iter()
@@ -807,9 +866,62 @@ impl Scheduler {
         Ok(admitted)
     }
 
-    /// The earliest time a rate-limited node can be admitted, if any waits for a token.
+    /// The earliest time a rate-limited node can be admitted or a retry is due, if any waits.
     pub fn next_wakeup(&self) -> Option<f64> {
-        self.throttled.iter().filter_map(|&k| self.keys[k as usize].wake_at).min_by(f64::total_cmp)
+        let token = self
+            .throttled
+            .iter()
+            .filter_map(|&k| self.keys[k as usize].wake_at)
+            .min_by(f64::total_cmp);
+        // A stale entry at the top only makes the caller poll early, once: `poll` drops it.
+        let retry = self.backoff.peek().map(|&Reverse((_, node))| self.retry_due[node as usize]);
+        match (token, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A running node's attempt failed and it is tried again at `due`: it keeps its slots and
+    /// its worker, waits with reason [`Reason::Backoff`], and comes out of [`Scheduler::poll`]
+    /// once `due` has come (to be sent again); [`Scheduler::next_wakeup`] includes `due`.
+    /// [`Scheduler::cancel`] fails it; [`Scheduler::fail`] ends it at once.
+    pub fn retry_at(&mut self, node: u32, due: f64, now: f64) -> CoreResult<()> {
+        check_now(now)?;
+        if !due.is_finite() {
+            return Err(CoreError::invalid("due", "a finite time", due));
+        }
+        self.check_running(node)?;
+        let i = node as usize;
+        let why = match self.reason[i] {
+            Reason::Backoff => Some("it already waits for one"),
+            Reason::Placement => Some("it waits for a worker, never sent"),
+            _ if self.cancelled => Some("the run was cancelled"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Err(CoreError::NoRetry { node, why });
+        }
+        self.clock = now;
+        self.retry_due[i] = due;
+        self.backoff.push(Reverse((time_order(due), node)));
+        self.counts.backoff += 1;
+        self.mark(node, Reason::Backoff, now);
+        Ok(())
+    }
+
+    /// Whether a backoff heap entry is current: its node still waits out that backoff.
+    fn in_backoff(&self, node: u32, due: u64) -> bool {
+        let i = node as usize;
+        self.state[i] == NodeState::Running
+            && self.reason[i] == Reason::Backoff
+            && time_order(self.retry_due[i]) == due
+    }
+
+    /// Counts a node out of its backoff, if it was in one (its heap entry turns stale).
+    fn leave_backoff(&mut self, node: u32) {
+        if self.reason[node as usize] == Reason::Backoff {
+            self.counts.backoff -= 1;
+        }
     }
 
     fn enqueue(&mut self, v: u32, now: f64) {
@@ -1199,6 +1311,77 @@ mod tests {
         assert_eq!(s.cancel(), vec![1, 2]);
         assert_eq!(s.complete(0, 0.0).unwrap(), Vec::<u32>::new());
         assert!(s.is_finished());
+    }
+
+    #[test]
+    fn a_retry_keeps_its_slot_and_comes_back_when_due() {
+        let g = graph(2, &[]);
+        let mut s = Scheduler::new(g, None, &[capped(1)], None, None).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        s.retry_at(0, 5.0, 1.0).unwrap();
+        let why = s.explain(0).unwrap();
+        assert_eq!((why.reason, why.retry_at, why.since), (Reason::Backoff, Some(5.0), 1.0));
+        assert_eq!(s.counts().backoff, 1);
+        assert_eq!(s.counts().running, 1);
+        assert_eq!(s.next_wakeup(), Some(5.0));
+        // Its slot stays held: node 1 waits for the step cap, and nothing comes out early.
+        assert_eq!(s.poll(4.9).unwrap(), Vec::<u32>::new());
+        assert_eq!(s.explain(1).unwrap().reason, Reason::StepCap);
+        assert_eq!(s.poll(5.0).unwrap(), vec![0]);
+        assert_eq!(s.explain(0).unwrap().reason, Reason::Running);
+        assert_eq!(s.explain(0).unwrap().retry_at, None);
+        assert_eq!((s.counts().backoff, s.next_wakeup()), (0, None));
+        assert_eq!(s.complete(0, 6.0).unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn retries_come_back_earliest_first_with_rate_wakeups_merged() {
+        let g = graph(3, &[]);
+        let keys = [KeyLimits { max_parallel: None, rate: Some((1.0, 1)) }];
+        let mut s = Scheduler::new(g, None, &keys, None, None).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        assert_eq!(s.next_wakeup(), Some(1.0)); // the next token
+        s.retry_at(0, 0.5, 0.1).unwrap();
+        assert_eq!(s.next_wakeup(), Some(0.5));
+        assert_eq!(s.poll(0.5).unwrap(), vec![0]);
+        assert_eq!(s.poll(1.0).unwrap(), vec![1]);
+        s.retry_at(1, 3.0, 1.1).unwrap();
+        s.retry_at(0, 2.0, 1.2).unwrap();
+        assert_eq!(s.poll(10.0).unwrap(), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn a_node_failed_or_cancelled_in_backoff_never_comes_back() {
+        let g = graph(3, &[(0, 2)]);
+        let mut s = Scheduler::new(g, None, &[capped(2)], None, None).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0, 1]);
+        s.retry_at(0, 5.0, 1.0).unwrap();
+        let outcome = s.fail(0, 2.0).unwrap();
+        assert_eq!(outcome.skipped, vec![2]);
+        assert_eq!(s.counts().backoff, 0);
+        assert_eq!(s.poll(9.0).unwrap(), Vec::<u32>::new()); // its entry was stale
+        s.retry_at(1, 5.0, 2.0).unwrap();
+        assert_eq!(s.cancel(), Vec::<u32>::new());
+        assert_eq!(s.state(1).unwrap(), NodeState::Failed);
+        let c = s.counts();
+        assert_eq!((c.running, c.failed, c.backoff), (0, 2, 0));
+        assert!(s.is_finished());
+        assert_eq!(s.poll(9.0).unwrap(), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn retry_at_refuses_what_is_not_sent_or_already_waiting() {
+        let g = graph(2, &[(0, 1)]);
+        let mut s = Scheduler::new(g, None, &[], None, None).unwrap();
+        assert!(matches!(s.retry_at(0, 1.0, 0.0), Err(CoreError::NotPrepared)));
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        assert!(matches!(s.retry_at(1, 1.0, 0.0), Err(CoreError::NotPassedOut { node: 1 })));
+        assert!(s.retry_at(0, f64::NAN, 0.0).is_err());
+        assert!(s.retry_at(0, 1.0, f64::INFINITY).is_err());
+        s.retry_at(0, 1.0, 0.0).unwrap();
+        assert!(matches!(s.retry_at(0, 2.0, 0.0), Err(CoreError::NoRetry { node: 0, .. })));
+        assert_eq!(s.explain(0).unwrap().retry_at, Some(1.0)); // unchanged by the refusal
+        assert!(matches!(s.retry_at(7, 1.0, 0.0), Err(CoreError::UnknownNode { .. })));
     }
 
     /// Nodes, edges, each node's key, a key cap, a global cap, and the completion choices.

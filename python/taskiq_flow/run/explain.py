@@ -2,8 +2,8 @@
 
 The core records, for every node, the reason it is where it is and since when (inputs, a step's
 cap, the run's own cap (``run_cap``), the process-wide cap, a rate limit, a placement); the runner
-adds what only it knows (a retry's backoff, a lost worker, what a skipped node's failed input
-was). This module turns one such record into a sentence, e.g. ``waiting: step cap 'resize' is
+adds what only it knows (the error a retry follows, a lost worker, what a skipped node's failed
+input was). This module turns one such record into a sentence, e.g. ``waiting: step cap 'resize' is
 full (16/16 in flight); next free slot when any of 16 finishes``.
 """
 
@@ -40,6 +40,7 @@ def core_sentence(
     rate: float | None,
     worker: str | None,
     placement: str | None,
+    failed: str | None = None,
 ) -> str:
     """The sentence for a record of :meth:`taskiq_flow._core.DagScheduler.explain`.
 
@@ -48,6 +49,7 @@ def core_sentence(
     :param rate: the step's rate limit, per second.
     :param worker: the name of the worker the node is placed on.
     :param placement: why no worker takes the node now (from the pool), for a placement wait.
+    :param failed: what failed before a retry's backoff (``attempt 1 failed (ValueError: x)``).
     """
     reason = why["reason"]
     waited = duration(max(0.0, now - why["since"]))
@@ -79,6 +81,12 @@ def core_sentence(
         )
     if reason == "ready":
         return "ready: admitted at the next turn"
+    if reason == "backoff":
+        after = f" after {failed}" if failed else ""
+        return (
+            f"waiting: retry backoff{after}; next attempt in "
+            f"{duration(max(0.0, why['retry_at'] - now))}"
+        )
     if reason == "placement":
         detail = f"; {placement}" if placement else ""
         return f"waiting: no worker has room for it now{detail} (for {waited})"
@@ -90,7 +98,7 @@ def core_sentence(
 
 def explain_node(run: Runner, node: int) -> str:
     """Why ``node`` of ``run`` is where it is, in one sentence (what :meth:`Runner.explain`
-    says): the core's record, and what only the runner knows (a retry's backoff and its error, a
+    says): the core's record, and what only the runner knows (the error a retry follows, a
     lost worker, which failure a skipped node follows). Reads the run; changes nothing."""
     plan = run.plan
     step = plan.step(node)
@@ -104,12 +112,6 @@ def explain_node(run: Runner, node: int) -> str:
     why = scheduler.explain(node)
     state = why["state"]
     error = failures.describe(run._errors.get(node))
-    if node in run._retrying:
-        due = run._retry_at.get(node, now)
-        return (
-            f"waiting: retry backoff after attempt {run._attempt[node] - 1} failed "
-            f"({error}); next attempt in {duration(max(0.0, due - now))}"
-        )
     if state == "done":
         return f"done: step {step.name!r}"
     if state == "failed":
@@ -136,6 +138,9 @@ def explain_node(run: Runner, node: int) -> str:
         rate=step.rate,
         worker=worker,
         placement=placement,
+        failed=f"attempt {run._attempt[node] - 1} failed ({error})"
+        if why["reason"] == "backoff"
+        else None,
     )
     lost = run._lost.get(node)
     if lost:
@@ -194,7 +199,7 @@ def node_for(run: Runner, node_or_step: int | str) -> int:
         if state in ("waiting", "queued"):
             return v
         if state == "running":
-            if v in run._retrying or scheduler.explain(v)["reason"] == "placement":
+            if scheduler.explain(v)["reason"] in ("backoff", "placement"):
                 return v
             if running < 0:
                 running = v

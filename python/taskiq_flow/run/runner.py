@@ -165,13 +165,10 @@ class Runner:
         self._poked = False
         self._inbox: Inbox | None = None
         self._scheduler: DagScheduler | None = None
-        self._retry_timers: list[asyncio.TimerHandle] = []
-        self._retrying: set[int] = set()
         #: Nodes failed for good in this batch while the run goes on (a stream reloads them).
         self._dropped: list[int] = []
-        #: What only the runner knows of a wait: a retry's due time, the last error of a node,
-        #: which failure a skipped node follows.
-        self._retry_at: dict[int, float] = {}
+        #: What only the runner knows of a node: its last error, which failure a skipped node
+        #: follows (a retry's due time is the core's).
         self._errors: dict[int, BaseException | None] = {}
         self._skipped_by: dict[int, int] = {}
         self._preds: dict[int, list[int]] | None = None
@@ -265,8 +262,6 @@ class Runner:
                     self._stop(lost)
         finally:
             unsent = self._sender.stop()
-            for timer in self._retry_timers:
-                timer.cancel()
             self._settle(channel, inbox, unsent)
         if self._fatal is None and self.failures:
             step, error = next(iter(self.failures.items()))
@@ -461,13 +456,11 @@ class Runner:
             return  # else the core places it when a worker has room; it comes out of poll
         self._errors[node] = error
         if verdict.retry_in is not None:
-            # The node keeps its slots and its worker while it waits: still this run's work.
+            # The core keeps the node's slots and worker while it waits, and hands it out of
+            # poll() when the retry is due.
             self._attempt[node] = attempt + 1
-            self._retrying.add(node)
-            self._retry_at[node] = now + verdict.retry_in
+            scheduler.retry_at(node, now + verdict.retry_in, now)
             events.node_retrying(node, event, error, verdict.retry_in)
-            timer = asyncio.get_running_loop().call_later(verdict.retry_in, self._retry_due, node)
-            self._retry_timers.append(timer)
             return
         fail_fast = self._fatal is None and (
             isinstance(error, AbortPipeline) or self.settings.on_error == "fail"
@@ -491,12 +484,6 @@ class Runner:
             if self.feed is not None:
                 self._dropped.append(node)
             self._sender.submit(admitted)
-
-    def _retry_due(self, node: int) -> None:
-        self._retrying.discard(node)
-        if self._fatal is None and self._inbox is not None:
-            self._sender.submit([node])
-            self._inbox.wake()
 
     def _stop(self, error: PipelineError) -> None:
         self._fatal = error
@@ -602,7 +589,6 @@ class Runner:
             or self.results[node] is not _MISSING
             or scheduler is None
             or scheduler.state(node) != "running"
-            or node in self._retrying
         ):
             return
         step = self.plan.step(node)
@@ -646,12 +632,11 @@ class Runner:
         the background, so that their slots are released when they really finish."""
         scheduler = self._scheduler
         assert scheduler is not None
-        scheduler.cancel()
+        scheduler.cancel()  # the nodes waiting out a retry fail here
         now = asyncio.get_running_loop().time()
-        for node in {*unsent, *self._retrying}:
+        for node in unsent:
             if scheduler.state(node) == "running":
                 scheduler.fail(node, now)
-        self._retrying.clear()
         self._after_core()
         if scheduler.counts()["running"] == 0:
             self._release(channel)

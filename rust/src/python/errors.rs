@@ -32,7 +32,8 @@ impl From<CoreError> for PyErr {
             CoreError::UnknownNode { node, .. } => UnknownIdError::new_err((message, node)),
             CoreError::NotPassedOut { node }
             | CoreError::AlreadyDone { node }
-            | CoreError::NotRunning { node } => StateError::new_err((message, node)),
+            | CoreError::NotRunning { node }
+            | CoreError::NoRetry { node, .. } => StateError::new_err((message, node)),
             CoreError::Frozen
             | CoreError::NotPrepared
             | CoreError::AlreadyPrepared

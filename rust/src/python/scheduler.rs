@@ -35,6 +35,7 @@ fn reason_name(reason: Reason) -> &'static str {
         Reason::Running => "running",
         Reason::Finished => "finished",
         Reason::RunCap => "run_cap",
+        Reason::Backoff => "backoff",
     }
 }
 
@@ -180,6 +181,7 @@ impl DagScheduler {
         d.set_item("shared_in_use", e.shared.map(|(used, _)| used))?;
         d.set_item("shared_cap", e.shared.and_then(|(_, c)| c.get()))?;
         d.set_item("worker", e.worker)?;
+        d.set_item("retry_at", e.retry_at)?;
         Ok(d)
     }
 
@@ -293,12 +295,21 @@ impl DagScheduler {
         guard(|| Ok(self.inner.cancel()))
     }
 
-    /// Admits what rate limits allow at ``now``; call it at ``next_wakeup()``.
+    /// Admits what rate limits allow at ``now``, and returns with them the nodes whose retry is
+    /// due (to send again); call it at ``next_wakeup()``.
     fn poll(&mut self, now: f64) -> PyResult<Vec<u32>> {
         guard(|| self.inner.poll(now))
     }
 
-    /// When a node waiting for a rate-limit token can go, or ``None``.
+    #[pyo3(signature = (node, due, now=0.0))]
+    /// A running node's attempt failed and it is tried again at ``due``: it keeps its slots and
+    /// its worker, waits with reason ``backoff`` (``explain`` gives ``retry_at``), and comes out
+    /// of ``poll`` once ``due`` has come. ``cancel`` fails it.
+    fn retry_at(&mut self, node: i64, due: f64, now: f64) -> PyResult<()> {
+        guard(|| self.inner.retry_at(node_arg(node)?, due, now))
+    }
+
+    /// When a node waiting for a rate-limit token can go or a retry is due, or ``None``.
     fn next_wakeup(&self) -> Option<f64> {
         self.inner.next_wakeup()
     }
@@ -308,7 +319,8 @@ impl DagScheduler {
         guard(|| Ok(state_name(self.inner.state(node_arg(node)?)?)))
     }
 
-    /// Number of nodes in each state.
+    /// Number of nodes in each state (``backoff``: running nodes waiting out a retry, also
+    /// counted in ``running``).
     fn counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let c = self.inner.counts();
         let d = PyDict::new(py);
@@ -320,6 +332,7 @@ impl DagScheduler {
             ("failed", c.failed),
             ("skipped", c.skipped),
             ("cancelled", c.cancelled),
+            ("backoff", c.backoff),
         ] {
             d.set_item(name, value)?;
         }
