@@ -31,6 +31,7 @@ __all__ = [
     "FlowMiddleware",
     "InProcessChannel",
     "Inbox",
+    "describe",
     "describe_error",
     "ensure_flow_middleware",
     "parse_flow_label",
@@ -261,6 +262,13 @@ def describe_error(error: BaseException) -> str:
         message = f"<its str() raised {type(exc).__name__}>"
     name = type(error).__name__
     return f"{name}: {message}" if message else name
+
+
+def describe(error: BaseException | str | None) -> str | None:
+    """``"Type: message"`` of an error (a string stands for itself; ``None`` for none)."""
+    if error is None or isinstance(error, str):
+        return error
+    return describe_error(error)
 
 
 def _readable(error: BaseException | None) -> BaseException | None:

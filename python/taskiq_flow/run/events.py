@@ -7,7 +7,8 @@ from the loop one by one. A listener overrides the :class:`RunListener` methods 
 sink calls, for each event, only the listeners that override it (an event nobody listens to costs
 one empty loop).
 
-Listeners here: :class:`TrackingListener` (tells :class:`~taskiq_flow.run.track.RunTracking`),
+Listeners here: :class:`TrackingListener` (tells the run's
+:class:`~taskiq_flow.tracking.recorder.RunRecorder`),
 :class:`ObserverListener` (an :class:`~taskiq_flow.observe.Observer`: Prometheus, OpenTelemetry),
 :class:`ProgressListener` (``on_progress``), :class:`LogListener` (retries at INFO, lost workers and
 failures for good at WARNING).
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from taskiq_flow.events import Completion
     from taskiq_flow.observe import Observer
     from taskiq_flow.run.runner import Runner
-    from taskiq_flow.run.track import RunTracking
+    from taskiq_flow.tracking.recorder import RunRecorder
 
 __all__ = [
     "LogListener",
@@ -183,12 +184,12 @@ class RunEvents:
 
 
 class TrackingListener(RunListener):
-    """Tells a run's :class:`~taskiq_flow.run.track.RunTracking` what happened; only it edits
-    the tracking records."""
+    """Tells a run's :class:`~taskiq_flow.tracking.recorder.RunRecorder` what happened; only
+    the recorder edits the tracking records."""
 
     wants_waits = True
 
-    def __init__(self, tracking: RunTracking) -> None:
+    def __init__(self, tracking: RunRecorder) -> None:
         self.tracking = tracking
 
     async def run_started(self, run: Runner, restored: Sequence[int]) -> None:

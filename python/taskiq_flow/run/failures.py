@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from taskiq_flow.events import describe_error
+from taskiq_flow.events import describe
 from taskiq_flow.exceptions import (
     AbortPipeline,
     PoisonMessageError,
@@ -61,13 +61,6 @@ def name_timeout(error: BaseException | None, step: str, timeout: float | None) 
     if timeout is not None and type(error).__name__ == "TimeoutError" and not str(error):
         return TaskTimeoutError(f"step {step!r} timed out after {timeout:g} s")
     return error
-
-
-def describe(error: BaseException | str | None) -> str | None:
-    """``"Type: message"`` of an error (a string stands for itself)."""
-    if error is None or isinstance(error, str):
-        return error
-    return describe_error(error)
 
 
 def record(

@@ -56,7 +56,7 @@ from taskiq_flow.run.explain import explain_node, node_for
 from taskiq_flow.run.plan import Plan, StepSpec
 from taskiq_flow.run.sending import DISPATCHERS, Sender
 from taskiq_flow.run.settings import Settings
-from taskiq_flow.run.track import EXPLAIN_EVERY, RunTracking
+from taskiq_flow.tracking.recorder import EXPLAIN_EVERY, RunRecorder
 
 __all__ = ["DRAIN_TIMEOUT", "CustomDispatch", "Feed", "Runner", "run_single"]
 
@@ -148,7 +148,7 @@ class Runner:
             settings.dead_letters if settings.dead_letters is not None else default_dead_letters()
         )
         self.tracking = (
-            RunTracking(
+            RunRecorder(
                 settings.tracking, self.pipeline_id, settings.name, plan, track_step, inputs
             )
             if settings.tracking is not None

@@ -1,9 +1,10 @@
-"""A run's state changes, turned into tracking records.
+"""A run's events, turned into tracking records: the one place a live record changes.
 
-The runner tells :class:`RunTracking` what happened to a node (sent, done, failed, retrying,
-skipped); this class alone decides what that means for the tracked steps, and writes what changed
-once per batch of events. A step counts its tasks by state: this class keeps one byte per node
-(what state its count is in) and no record per node, so a map of 10^6 items is one record.
+The runner's events sink tells :class:`RunRecorder` what happened to a node (sent, done, failed,
+retrying, skipped, its step grew); this class alone decides what that means for the tracked steps,
+and writes what changed once per batch of events. A step counts its tasks by state: this class
+keeps one byte per node (what state its count is in) and no record per node, so a map of 10^6
+items is one record.
 """
 
 from __future__ import annotations
@@ -12,15 +13,13 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from taskiq_flow.events import Completion
+from taskiq_flow.events import Completion, describe
 from taskiq_flow.exceptions import PayloadTooLargeError
-from taskiq_flow.run.failures import describe
-from taskiq_flow.run.plan import Plan
 from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager, StepStatus
 
-__all__ = ["RunTracking"]
+__all__ = ["EXPLAIN_EVERY", "RunRecorder", "RunShape"]
 
 _FINISHED = ("done", "failed", "skipped", "cancelled")
 
@@ -35,7 +34,26 @@ EXPLAIN_STEPS = 200
 _PENDING, _RUNNING, _RETRYING, _DONE, _FAILED, _SKIPPED = range(6)
 
 
-class RunTracking:
+class StepShape(Protocol):
+    """A step as the recorder needs it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def tasks(self) -> int: ...
+
+
+class RunShape(Protocol):
+    """The shape of a run as the recorder needs it (a :class:`taskiq_flow.run.plan.Plan`)."""
+
+    @property
+    def node_count(self) -> int: ...
+    @property
+    def steps(self) -> Sequence[StepShape]: ...
+    def step_index(self, node: int) -> int: ...
+
+
+class RunRecorder:
     """Reports one run to a :class:`PipelineTrackingManager`.
 
     :param track_step: report every node into step ``track_step`` of an existing tracked run (a
@@ -63,7 +81,7 @@ class RunTracking:
         manager: PipelineTrackingManager,
         pipeline_id: str,
         name: str,
-        plan: Plan,
+        plan: RunShape,
         track_step: int | None,
         inputs: Mapping[str, Any] | None = None,
     ) -> None:
