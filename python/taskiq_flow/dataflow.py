@@ -49,6 +49,7 @@ from taskiq_flow.exceptions import (
 )
 from taskiq_flow.resources import resources_of
 from taskiq_flow.retry import RetryPolicy
+from taskiq_flow.run.checks import check_serializable
 from taskiq_flow.run.options import RunOptions
 from taskiq_flow.run.plan import (
     Plan,
@@ -58,7 +59,6 @@ from taskiq_flow.run.plan import (
     task_display_name,
 )
 from taskiq_flow.run.runner import Runner, run_single
-from taskiq_flow.run.sending import check_serializable
 from taskiq_flow.run.settings import OnError, Settings, check_rate, check_timeout
 
 __all__ = [

@@ -28,9 +28,9 @@ from taskiq import AsyncBroker
 from taskiq_flow.exceptions import DataflowError, InvalidValueError, StepFailedError
 from taskiq_flow.resources import ResourceAwareWorkerPool, resources_of
 from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
+from taskiq_flow.run.checks import check_calls
 from taskiq_flow.run.plan import Plan, StepSpec, check_broker, check_task_broker, task_identity
 from taskiq_flow.run.runner import Runner
-from taskiq_flow.run.sending import check_calls
 from taskiq_flow.run.settings import OnError, Settings, check_rate
 from taskiq_flow.tracking import PipelineTrackingManager
 

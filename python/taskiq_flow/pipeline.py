@@ -49,6 +49,7 @@ from taskiq_flow.exceptions import (
     UnknownIdError,
 )
 from taskiq_flow.resources import TaskResources, resources_of
+from taskiq_flow.run.checks import check_calls
 from taskiq_flow.run.options import RunOptions
 from taskiq_flow.run.plan import (
     Plan,
@@ -58,7 +59,6 @@ from taskiq_flow.run.plan import (
     task_identity,
 )
 from taskiq_flow.run.runner import Runner
-from taskiq_flow.run.sending import check_calls
 from taskiq_flow.run.settings import Settings, check_max_parallel, check_rate
 
 __all__ = ["EMPTY_PARAM_NAME", "Pipeline", "PipelineMiddleware", "PipelineRun"]

@@ -275,6 +275,15 @@ class ResourceAwareWorkerPool:
         self._refreshed_at = now
         self.sync(await self.discover())
 
+    async def take_lost(self, run: int) -> list[int]:
+        """Refreshes the live workers (see :meth:`refresh`) and takes the nodes of ``run`` whose
+        worker went away since the last call: their run fails their attempt with
+        :class:`~taskiq_flow.exceptions.WorkerLostError`, which places and sends them again."""
+        await self.refresh()
+        mine = [placement for placement in self.lost if placement[0] == run]
+        self.lost.difference_update(mine)
+        return [node for _, node in mine]
+
     def sync(self, workers: Sequence[Mapping[str, Any]]) -> list[tuple[int, int]]:
         """Makes the pool's workers the given ones: new ones are added (waiting tasks that fit
         are placed on them); those gone are removed, and what was placed on them is recorded in

@@ -17,33 +17,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from taskiq import AsyncBroker, InMemoryBroker
-from taskiq.kicker import AsyncKicker
 
 from taskiq_flow import observe
 from taskiq_flow._core import DagScheduler, SharedCap
-from taskiq_flow.events import FLOW_LABEL, Completion, Inbox, ensure_flow_middleware
+from taskiq_flow.events import Completion, Inbox, ensure_flow_middleware
 from taskiq_flow.exceptions import (
     AbortPipeline,
     PipelineCancelledError,
     PipelineError,
     PipelineTimeoutError,
     StepFailedError,
-    TaskiqFlowError,
-    TaskTimeoutError,
     WorkerLostError,
 )
 from taskiq_flow.optimization.parallel import CapGroup, global_cap
-from taskiq_flow.resources import QUEUE_LABEL, WORKER_LABEL, ResourceAwareWorkerPool
+from taskiq_flow.resources import ResourceAwareWorkerPool
 from taskiq_flow.retry import DeadLetterQueue, default_dead_letters
-from taskiq_flow.run import failures
+from taskiq_flow.run import drain, failures
+from taskiq_flow.run.drain import DRAIN_TIMEOUT
 from taskiq_flow.run.events import (
     LogListener,
     ObserverListener,
@@ -54,30 +50,20 @@ from taskiq_flow.run.events import (
 )
 from taskiq_flow.run.explain import explain_node, node_for
 from taskiq_flow.run.plan import Plan, StepSpec
-from taskiq_flow.run.sending import DISPATCHERS, Sender
+from taskiq_flow.run.sending import (
+    ATTEMPT_GRACE,
+    DISPATCHERS,
+    SLOT_HELD,
+    CustomDispatch,
+    NodeSender,
+    Sender,
+)
 from taskiq_flow.run.settings import Settings
 from taskiq_flow.tracking.recorder import EXPLAIN_EVERY, RunRecorder
 
-__all__ = ["DRAIN_TIMEOUT", "CustomDispatch", "Feed", "Runner", "run_single"]
-
-#: A custom way to run a node (``ExecutionEngine.schedule_task``): returns the task's value.
-CustomDispatch = Callable[[int, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
-
-#: How long after a step's ``timeout`` this side gives up on a completion that never came.
-ATTEMPT_GRACE = 2.0
-#: How long a stopped run waits for tasks still out before it gives their slots back anyway (a
-#: message lost by the broker never reports back).
-DRAIN_TIMEOUT = 300.0
+__all__ = ["ATTEMPT_GRACE", "DRAIN_TIMEOUT", "CustomDispatch", "Feed", "Runner", "run_single"]
 
 _MISSING: Any = object()
-_BACKGROUND: set[asyncio.Task[None]] = set()
-
-#: Set while a custom dispatch (``ExecutionEngine.schedule_task``) runs a node: the node already
-#: holds its slots (the process-wide one included), so a send made for it from inside the dispatch
-#: (``super().schedule_task(...)``) must not wait for another slot — under a cap of n, n such
-#: nodes would each wait for a slot only their own completion frees.
-_SLOT_HELD: contextvars.ContextVar[bool] = contextvars.ContextVar("slot_held", default=False)
-
 #: The cap of a send made on behalf of a node that already holds its slots: none.
 _UNCAPPED = CapGroup(SharedCap(None))
 #: Under the ``taskiq_flow`` logger; nothing at INFO or above on the happy path.
@@ -187,8 +173,19 @@ class Runner:
             listeners.append(ProgressListener(settings.on_progress))
         #: The one events sink: everything that reports on the run listens to it.
         self.events = RunEvents(self, listeners)
+        #: Sends one attempt of a node (or runs it through the custom dispatch).
+        self._send = NodeSender(
+            self,
+            broker,
+            plan,
+            self.run_id,
+            self.results,
+            self.events,
+            self._pool,
+            custom_dispatch,
+        )
         self._sender = Sender(
-            self._send_one,
+            self._send.send,
             inline=isinstance(broker, InMemoryBroker) and custom_dispatch is None,
             width=min(DISPATCHERS, max(1, n)),
         )
@@ -245,6 +242,7 @@ class Runner:
             self._pool_run = scheduler.pool_run
             assert self._pool_run is not None
             self._pool.attach(self._pool_run, self._poke)
+            self._send.attach_pool(self._pool_run)
         deadline = self.deadline
         if deadline is None and self.settings.timeout is not None:
             deadline = loop.time() + self.settings.timeout
@@ -410,27 +408,11 @@ class Runner:
         return admitted
 
     async def _check_workers(self) -> None:
-        """Reads the live workers; a node placed on one that went away fails its attempt with
-        :class:`WorkerLostError`, which places and sends it again."""
-        pool = self._pool
-        assert pool is not None and self._inbox is not None
-        await pool.refresh()
-        mine = [placement for placement in pool.lost if placement[0] == self._pool_run]
-        for placement in mine:
-            pool.lost.discard(placement)
-            node = placement[1]
-            self._inbox.push(
-                Completion(
-                    self.run_id,
-                    node,
-                    self._attempt[node],
-                    False,
-                    None,
-                    WorkerLostError("its worker stopped advertising; placing it again"),
-                    0.0,
-                    time.time(),
-                )
-            )
+        """A node placed on a worker that went away fails its attempt (placed and sent again)."""
+        assert self._pool is not None and self._pool_run is not None
+        for node in await self._pool.take_lost(self._pool_run):
+            lost = WorkerLostError("its worker stopped advertising; placing it again")
+            self._send.fail(node, self._attempt[node], lost)
 
     def _failed(self, event: Completion, scheduler: DagScheduler, now: float) -> None:
         """A failed attempt: resent, retried after a backoff, or failed for good."""
@@ -502,55 +484,6 @@ class Runner:
             self.dead_letters, self.pipeline_id, step.name, step.task_name, call, error, attempts
         )
 
-    # -- sending ---------------------------------------------------------------------------------
-
-    async def _send_one(self, node: int) -> None:
-        step = self.plan.step(node)
-        attempt = self._attempt[node]
-        events = self.events
-        if events.wants_waits:
-            scheduler = self._scheduler
-            wait = scheduler.wait_of(node) if attempt == 1 and scheduler is not None else None
-            events.attempt_sent(node, attempt, wait)
-        try:
-            # Built from the predecessors' results, which never change: a retry rebuilds it.
-            args, kwargs = self.plan.call(node, self.results)
-            if self.custom_dispatch is not None:
-                task = asyncio.get_running_loop().create_task(
-                    self._run_custom(node, attempt, args, kwargs)
-                )
-                _BACKGROUND.add(task)
-                task.add_done_callback(_BACKGROUND.discard)
-                return
-            # A new dict each time: taskiq's kicker updates the dict it is given in place, and
-            # the step's labels are the task's own.
-            labels: dict[str, Any] = {**step.labels, FLOW_LABEL: f"{self.run_id}:{node}:{attempt}"}
-            if step.timeout is not None:
-                labels["timeout"] = step.timeout
-                # The worker enforces the timeout; this side fails the attempt too if no
-                # completion ever comes (a worker killed on a broker without acknowledgements).
-                asyncio.get_running_loop().call_later(
-                    step.timeout + max(ATTEMPT_GRACE, step.timeout / 10),
-                    self._overdue,
-                    node,
-                    attempt,
-                )
-            pool = self._pool
-            if pool is not None and self._pool_run is not None:
-                worker = pool.worker_of(self._pool_run, node)
-                if worker is not None:
-                    labels[WORKER_LABEL] = worker
-                    queue = pool.queue_of(self._pool_run, node)
-                    if queue is not None:
-                        labels[QUEUE_LABEL] = queue
-            kicker: AsyncKicker[Any, Any] = AsyncKicker(step.task_name, self.broker, labels)
-            await kicker.kiq(*args, **kwargs)
-        except Exception as exc:  # could not send: this attempt failed
-            # taskiq wraps every error of a broker's kick in SendTaskError; ours says why (and a
-            # refusal such as UndeliverableMessageError is not retried).
-            cause = exc.__cause__
-            self._push_failure(node, attempt, cause if isinstance(cause, TaskiqFlowError) else exc)
-
     def worker_of(self, node: int) -> str | None:
         """The worker the pool placed ``node`` on, if any."""
         if self._pool is None or self._pool_run is None:
@@ -572,6 +505,16 @@ class Runner:
         """The run's core scheduler (``None`` before the run starts)."""
         return self._scheduler
 
+    def attempt_of(self, node: int) -> int:
+        """The number of ``node``'s current attempt (1 for the first)."""
+        return self._attempt[node]
+
+    def report(self, completion: Completion) -> None:
+        """Hands a completion made on this side (a failed send, an overdue attempt, a custom
+        dispatch's value, a lost worker) to the loop, as if it came from a worker."""
+        if self._inbox is not None:
+            self._inbox.push(completion)
+
     def has_result(self, node: int) -> bool:
         """Whether ``node`` finished (its value is in :attr:`results`)."""
         return self.results[node] is not _MISSING
@@ -581,58 +524,15 @@ class Runner:
         """Nodes finished so far (restored ones included)."""
         return self._finished
 
-    def _overdue(self, node: int, attempt: int) -> None:
-        """An attempt's timeout (and grace) passed on this side with no completion."""
-        scheduler = self._scheduler
-        if (
-            attempt != self._attempt[node]
-            or self.results[node] is not _MISSING
-            or scheduler is None
-            or scheduler.state(node) != "running"
-        ):
-            return
-        step = self.plan.step(node)
-        assert step.timeout is not None
-        self._push_failure(
-            node,
-            attempt,
-            TaskTimeoutError(
-                f"step {step.name!r} timed out after {step.timeout:g} s: no completion came back "
-                "(its worker may have died)"
-            ),
-        )
-
-    async def _run_custom(
-        self, node: int, attempt: int, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        assert self.custom_dispatch is not None
-        started, wall = time.perf_counter(), time.time()
-        _SLOT_HELD.set(True)  # this task's own context: see _SLOT_HELD
-        try:
-            value = await self.custom_dispatch(node, args, kwargs)
-        except Exception as exc:
-            self._push_failure(node, attempt, exc)
-            return
-        if self._inbox is not None:
-            elapsed = (time.perf_counter() - started) * 1000.0
-            self._inbox.push(
-                Completion(self.run_id, node, attempt, True, value, None, elapsed, wall)
-            )
-
-    def _push_failure(self, node: int, attempt: int, exc: BaseException) -> None:
-        if self._inbox is not None:
-            self._inbox.push(
-                Completion(self.run_id, node, attempt, False, None, exc, 0.0, time.time())
-            )
-
     # -- the end ---------------------------------------------------------------------------------
 
     def _settle(self, channel: Any, inbox: Inbox, unsent: list[int]) -> None:
-        """Gives back what nodes that will not run hold, then lets tasks still out report back in
-        the background, so that their slots are released when they really finish."""
+        """Gives back what nodes that will not run hold (the core fails those waiting out a
+        retry; unsent ones fail here), then lets tasks still out report back in the background
+        (:func:`.drain.drain`), so that their slots are released when they really finish."""
         scheduler = self._scheduler
         assert scheduler is not None
-        scheduler.cancel()  # the nodes waiting out a retry fail here
+        scheduler.cancel()
         now = asyncio.get_running_loop().time()
         for node in unsent:
             if scheduler.state(node) == "running":
@@ -640,46 +540,11 @@ class Runner:
         self._after_core()
         if scheduler.counts()["running"] == 0:
             self._release(channel)
-            return
-
-        async def drain() -> None:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + DRAIN_TIMEOUT
-            try:
-                while scheduler.counts()["running"] > 0:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        logger.warning(
-                            "run %s: %d tasks never reported back in %.0fs; giving their slots "
-                            "back",
-                            self.run_id,
-                            scheduler.counts()["running"],
-                            DRAIN_TIMEOUT,
-                        )
-                        break
-                    timer = loop.call_later(remaining, inbox.wake)
-                    try:
-                        await inbox.wait()
-                    finally:
-                        timer.cancel()
-                    for event in inbox.drain():
-                        node = event.node
-                        if (
-                            event.attempt == self._attempt[node]
-                            and scheduler.state(node) == "running"
-                        ):
-                            scheduler.fail(node, loop.time())
-                    self._after_core()
-            except Exception as exc:  # the channel broke: nothing more will report back
-                logger.warning("run %s: stopped waiting for tasks still out: %s", self.run_id, exc)
-            finally:
-                # Cancelled (the event loop is closing): whatever is still out will never report
-                # back to this process, so its slots are given back here.
-                self._release(channel)
-
-        task = asyncio.get_running_loop().create_task(drain())
-        _BACKGROUND.add(task)
-        task.add_done_callback(_BACKGROUND.discard)
+        else:
+            drain.start(
+                drain.drain(self.run_id, scheduler, inbox, self.attempt_of, self._after_core),
+                lambda: self._release(channel),
+            )
 
     def _release(self, channel: Any) -> None:
         """Leaves the shared cap and the pool (the core gives back whatever is still held) and
@@ -724,5 +589,5 @@ async def run_single(
     settings = Settings.build(name=name, dead_letters=DeadLetterQueue(), timeout=timeout)
     # Inside a custom dispatch the node already holds its process-wide slot: this send is that
     # node's, not another task.
-    cap = _UNCAPPED if _SLOT_HELD.get() else None
+    cap = _UNCAPPED if SLOT_HELD.get() else None
     return (await Runner(broker, plan, settings, cap=cap).execute())[0]

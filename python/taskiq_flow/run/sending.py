@@ -1,25 +1,50 @@
 """Sending what the core admitted, and nothing else.
 
 A node handed out by the core already holds its slots and its worker: sending never waits for a
-limiter or a placement. On a broker whose send does no I/O (the in-memory one) the run loop sends
-inline; otherwise a few dispatch coroutines drain a queue so that network round trips overlap.
+limiter or a placement. :class:`NodeSender` sends one attempt of a node (its message, labels,
+worker, the watchdog of its timeout, or a custom dispatch) and reports a send that failed as a
+failed attempt; :class:`Sender` orders the sends: on a broker whose send does no I/O (the
+in-memory one) the run loop sends inline, otherwise a few dispatch coroutines drain a queue so that
+network round trips overlap.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
+import contextvars
+import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
-from taskiq import AsyncBroker, TaskiqMessage
+from taskiq import AsyncBroker
+from taskiq.kicker import AsyncKicker
 
-from taskiq_flow.exceptions import UnserializableError
+from taskiq_flow.events import FLOW_LABEL, Completion
+from taskiq_flow.exceptions import TaskiqFlowError, TaskTimeoutError
+from taskiq_flow.resources import QUEUE_LABEL, WORKER_LABEL
 
-__all__ = ["DISPATCHERS", "Sender", "check_calls", "check_serializable"]
+if TYPE_CHECKING:
+    from taskiq_flow._core import DagScheduler
+    from taskiq_flow.resources import ResourceAwareWorkerPool
+    from taskiq_flow.run.events import RunEvents
+    from taskiq_flow.run.plan import Plan
 
-Call = tuple[Sequence[Any], Mapping[str, Any]]
+__all__ = ["ATTEMPT_GRACE", "DISPATCHERS", "SLOT_HELD", "CustomDispatch", "NodeSender", "Sender"]
+
+#: A custom way to run a node (``ExecutionEngine.schedule_task``): returns the task's value.
+CustomDispatch = Callable[[int, tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+
+#: How long after a step's ``timeout`` this side gives up on a completion that never came.
+ATTEMPT_GRACE = 2.0
+
+#: Set while a custom dispatch (``ExecutionEngine.schedule_task``) runs a node: the node already
+#: holds its slots (the process-wide one included), so a send made for it from inside the dispatch
+#: (``super().schedule_task(...)``) must not wait for another slot — under a cap of n, n such
+#: nodes would each wait for a slot only their own completion frees.
+SLOT_HELD: contextvars.ContextVar[bool] = contextvars.ContextVar("slot_held", default=False)
+
+_BACKGROUND: set[asyncio.Task[None]] = set()
 
 #: Dispatch coroutines per run on a networked broker: enough to overlap its round trips.
 DISPATCHERS = 8
@@ -98,199 +123,138 @@ class Sender:
         return unsent
 
 
-def _message(task_name: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> TaskiqMessage:
-    return TaskiqMessage(
-        task_id="check",
-        task_name=task_name,
-        labels={},
-        labels_types={},
-        args=list(args),
-        kwargs=dict(kwargs),
-    )
+class RunState(Protocol):
+    """What a send reads of its run: each node's attempt number and whether it finished."""
+
+    @property
+    def scheduler(self) -> DagScheduler | None: ...
+    def attempt_of(self, node: int) -> int: ...
+    def has_result(self, node: int) -> bool: ...
+    def report(self, completion: Completion) -> None: ...
 
 
-#: Types JSON carries exactly, whatever their value (an int, up to ``_INT_TEXT_BITS``).
-_PLAIN = frozenset({str, bool, type(None)})
+class NodeSender:
+    """Sends one attempt of a node of a run: through the broker, with the step's labels, its
+    worker and queue when the pool placed it, and a watchdog that fails the attempt if its
+    ``timeout`` (and a grace) passes with no completion; or through a custom dispatch. A send that
+    fails is reported to the run as a failed attempt (never raised).
 
-
-#: Bits of the largest int CPython turns into JSON text (``sys.get_int_max_str_digits()``, 4300
-#: digits by default): a larger one needs a trial serialization to be refused with a clear error.
-_INT_TEXT_BITS = 14_000
-
-
-class _Lossy(Exception):
-    """A value a JSON serializer would change silently."""
-
-    def __init__(self, value: Any, why: str | None = None) -> None:
-        super().__init__()
-        self.value = value
-        self.why = why
-
-
-def _one_shot(value: Any) -> _Lossy:
-    return _Lossy(
-        value,
-        f"it is a one-shot iterator ({type(value).__name__}): reading it to check or send it "
-        "would consume it, so the task would get what was left; pass list(...) or a tuple",
-    )
-
-
-def _native(value: Any) -> bool:
-    """Whether JSON carries ``value`` exactly (ints, strs, bools, None, finite floats, and lists,
-    tuples and str-keyed dicts of them): then it needs no trial serialization. ``False`` for a
-    type JSON does not know (the serializer, and the task's annotations, decide).
-
-    :raises _Lossy: for what JSON would change silently: a non-finite float (sent as null), a dict
-        key that is not a str (sent as a str).
+    :param run_id: the id completions are addressed to.
+    :param results: the run's values by node (a node's call is built from its inputs').
     """
-    kind = type(value)
-    if kind is int:
-        bits: int = value.bit_length()
-        return bits <= _INT_TEXT_BITS
-    if kind is str or kind is bool or value is None:
-        return True
-    if kind is float:
-        if math.isfinite(value):
-            return True
-        raise _Lossy(value)
-    if kind is list or kind is tuple:
-        native = True
-        for item in value:
-            native = _native(item) and native
-        return native
-    if kind is dict:
-        native = True
-        for key, item in value.items():
-            if type(key) is not str:
-                raise _Lossy({key: item})
-            native = _native(item) and native
-        return native
-    if isinstance(value, Iterator):
-        raise _one_shot(value)
-    return False
 
+    __slots__ = ("_pool_run", "broker", "custom_dispatch", "events", "plan", "pool", "results",
+                 "run", "run_id")  # fmt: skip
 
-def _json_like(broker: AsyncBroker) -> bool:
-    return "json" in type(getattr(broker, "serializer", None)).__name__.lower()
+    def __init__(
+        self,
+        run: RunState,
+        broker: AsyncBroker,
+        plan: Plan,
+        run_id: str,
+        results: list[Any],
+        events: RunEvents,
+        pool: ResourceAwareWorkerPool | None,
+        custom_dispatch: CustomDispatch | None,
+    ) -> None:
+        self.run = run
+        self.broker = broker
+        self.plan = plan
+        self.run_id = run_id
+        self.results = results
+        self.events = events
+        self.pool = pool
+        self.custom_dispatch = custom_dispatch
+        self._pool_run: int | None = None
 
+    def attach_pool(self, pool_run: int | None) -> None:
+        """The run's id in the pool, once its scheduler has one."""
+        self._pool_run = pool_run
 
-def _dumps(broker: AsyncBroker, task_name: str, call: Call, where: str) -> None:
-    try:
-        broker.formatter.dumps(_message(task_name, *call))
-    except Exception as exc:
-        raise UnserializableError(
-            f"arguments for {task_name!r}{where} cannot be serialized by the broker: {exc}"
-        ) from exc
-
-
-def _needs_trial(json_like: bool, task_name: str, call: Call, where: str) -> bool:
-    """Checks what can be checked without serializing; ``True`` if a trial serialization must
-    decide the rest.
-
-    A one-shot iterator (a generator, ``iter(...)``, ``map(...)``) is refused whatever the
-    serializer: checking it, or sending it, reads it.
-    """
-    args, kwargs = call
-    if not json_like:
-        for position, value in enumerate(args):
-            if isinstance(value, Iterator):
-                _refuse(task_name, where, position, args, kwargs, _one_shot(value))
-        for keyword, value in kwargs.items():
-            if isinstance(value, Iterator):
-                _refuse(task_name, where, keyword, args, kwargs, _one_shot(value))
-        return True
-    trial = False
-    name: object = None
-    try:
-        for position, value in enumerate(args):
-            name = position  # named in the error
-            trial = not _native(value) or trial
-        for keyword, value in kwargs.items():
-            name = keyword
-            trial = not _native(value) or trial
-    except _Lossy as lossy:
-        _refuse(task_name, where, name, args, kwargs, lossy)
-    return trial
-
-
-def _refuse(
-    task_name: str,
-    where: str,
-    name: object,
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any],
-    lossy: _Lossy,
-) -> None:
-    """Raises the error for an argument that would arrive changed."""
-    shown = f"argument {name}" if isinstance(name, int) else f"argument {name!r}"
-    sent = args[name] if isinstance(name, int) else kwargs[str(name)]
-    if lossy.why is not None:
-        raise UnserializableError(f"{shown} for {task_name!r}{where} cannot be sent: {lossy.why}")
-    raise UnserializableError(
-        f"{shown} for {task_name!r}{where} would arrive changed: the broker's JSON "
-        f"serializer cannot carry {_shown(lossy.value)} (in {_shown(sent)}) faithfully"
-    )
-
-
-def _shown(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, shortened; never raises (a hostile ``__repr__`` is not the error)."""
-    try:
-        text = repr(value)
-    except Exception:
-        return f"<{type(value).__name__} object>"
-    return text if len(text) <= limit else f"{text[: limit - 3]}..."
-
-
-def check_serializable(
-    broker: AsyncBroker,
-    task_name: str,
-    args: Sequence[Any],
-    kwargs: Mapping[str, Any],
-    step: str | None = None,
-) -> None:
-    """Checks that the broker can send a call faithfully, without sending it.
-
-    :param step: the step the call belongs to, named in the error.
-    :raises UnserializableError: naming the task and the argument, if the broker cannot send it
-        or its JSON serializer would deliver it changed (``{1: "a"}`` as ``{"1": "a"}``, NaN as
-        ``None``, a generator read by the check), or CPython cannot turn it into JSON text (an
-        int of more than 4300 digits).
-    """
-    where = "" if step is None else f" (step {step!r})"
-    if _needs_trial(_json_like(broker), task_name, (args, kwargs), where):
-        _dumps(broker, task_name, (args, kwargs), where)
-
-
-def check_calls(broker: AsyncBroker, task_name: str, calls: Sequence[Call], step: str) -> None:
-    """Checks every call of a step before any is sent. Plain values (numbers, strings, lists and
-    dicts of them) are checked by looking at them; the others are serialized once, all together
-    (then once each, to name the first bad item, if that fails).
-
-    :raises UnserializableError: naming the step, the task, the item index and the argument.
-    """
-    json_like = _json_like(broker)
-    plain = _PLAIN
-    trial = []
-    for index, call in enumerate(calls):
-        args, kwargs = call
-        if json_like and not kwargs and len(args) == 1:
-            kind = type(args[0])
-            if kind in plain or (kind is int and args[0].bit_length() <= _INT_TEXT_BITS):
-                continue  # the common map item: one int or str, nothing to check
+    async def send(self, node: int) -> None:
+        """Sends the current attempt of ``node``."""
+        step = self.plan.step(node)
+        attempt = self.run.attempt_of(node)
+        events = self.events
+        if events.wants_waits:
+            scheduler = self.run.scheduler
+            wait = scheduler.wait_of(node) if attempt == 1 and scheduler is not None else None
+            events.attempt_sent(node, attempt, wait)
         try:
-            if _needs_trial(json_like, task_name, call, ""):
-                trial.append(call)
-        except UnserializableError:  # said again, naming the item
-            _needs_trial(json_like, task_name, call, f" (step {step!r}, item {index})")
-            raise
-    if not trial:
-        return
-    together: Call = ([[list(args), dict(kwargs)] for args, kwargs in trial], {})
-    try:
-        _dumps(broker, task_name, together, "")
-        return
-    except UnserializableError:
-        pass
-    for index, call in enumerate(calls):
-        _dumps(broker, task_name, call, f" (step {step!r}, item {index})")
-    raise UnserializableError(f"arguments for {task_name!r} in step {step!r} cannot be sent")
+            # Built from the predecessors' results, which never change: a retry rebuilds it.
+            args, kwargs = self.plan.call(node, self.results)
+            if self.custom_dispatch is not None:
+                task = asyncio.get_running_loop().create_task(
+                    self._run_custom(node, attempt, args, kwargs)
+                )
+                _BACKGROUND.add(task)
+                task.add_done_callback(_BACKGROUND.discard)
+                return
+            # A new dict each time: taskiq's kicker updates the dict it is given in place, and
+            # the step's labels are the task's own.
+            labels: dict[str, Any] = {**step.labels, FLOW_LABEL: f"{self.run_id}:{node}:{attempt}"}
+            if step.timeout is not None:
+                labels["timeout"] = step.timeout
+                # The worker enforces the timeout; this side fails the attempt too if no
+                # completion ever comes (a worker killed on a broker without acknowledgements).
+                asyncio.get_running_loop().call_later(
+                    step.timeout + max(ATTEMPT_GRACE, step.timeout / 10),
+                    self._overdue,
+                    node,
+                    attempt,
+                )
+            pool = self.pool
+            if pool is not None and self._pool_run is not None:
+                worker = pool.worker_of(self._pool_run, node)
+                if worker is not None:
+                    labels[WORKER_LABEL] = worker
+                    queue = pool.queue_of(self._pool_run, node)
+                    if queue is not None:
+                        labels[QUEUE_LABEL] = queue
+            kicker: AsyncKicker[Any, Any] = AsyncKicker(step.task_name, self.broker, labels)
+            await kicker.kiq(*args, **kwargs)
+        except Exception as exc:  # could not send: this attempt failed
+            # taskiq wraps every error of a broker's kick in SendTaskError; ours says why (and a
+            # refusal such as UndeliverableMessageError is not retried).
+            cause = exc.__cause__
+            self.fail(node, attempt, cause if isinstance(cause, TaskiqFlowError) else exc)
+
+    def fail(self, node: int, attempt: int, exc: BaseException) -> None:
+        """Reports that attempt ``attempt`` of ``node`` failed with ``exc``."""
+        self.run.report(Completion(self.run_id, node, attempt, False, None, exc, 0.0, time.time()))
+
+    def _overdue(self, node: int, attempt: int) -> None:
+        """An attempt's timeout (and grace) passed on this side with no completion."""
+        run = self.run
+        scheduler = run.scheduler
+        if (
+            attempt != run.attempt_of(node)
+            or run.has_result(node)
+            or scheduler is None
+            or scheduler.state(node) != "running"
+        ):
+            return
+        step = self.plan.step(node)
+        assert step.timeout is not None
+        self.fail(
+            node,
+            attempt,
+            TaskTimeoutError(
+                f"step {step.name!r} timed out after {step.timeout:g} s: no completion came back "
+                "(its worker may have died)"
+            ),
+        )
+
+    async def _run_custom(
+        self, node: int, attempt: int, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        assert self.custom_dispatch is not None
+        started, wall = time.perf_counter(), time.time()
+        SLOT_HELD.set(True)  # this task's own context: see SLOT_HELD
+        try:
+            value = await self.custom_dispatch(node, args, kwargs)
+        except Exception as exc:
+            self.fail(node, attempt, exc)
+            return
+        elapsed = (time.perf_counter() - started) * 1000.0
+        self.run.report(Completion(self.run_id, node, attempt, True, value, None, elapsed, wall))
