@@ -125,7 +125,31 @@ def _check_name(value: object) -> str:
     return value
 
 
-def _any(value: object) -> object:
+def _check_tracking(value: object) -> PipelineTrackingManager | None:
+    from taskiq_flow.tracking import PipelineTrackingManager  # here: it imports the run layer
+
+    if value is not None and not isinstance(value, PipelineTrackingManager):
+        raise InvalidValueError(
+            f"tracking must be a PipelineTrackingManager or None, got {type(value).__name__}"
+        )
+    return value
+
+
+def _check_dead_letters(value: object) -> DeadLetterQueue | None:
+    if value is not None and not isinstance(value, DeadLetterQueue):
+        raise InvalidValueError(
+            f"dead_letters must be a DeadLetterQueue or None, got {type(value).__name__}"
+        )
+    return value
+
+
+def _check_worker_pool(value: object) -> ResourceAwareWorkerPool | None:
+    from taskiq_flow.resources import ResourceAwareWorkerPool  # here: as above
+
+    if value is not None and not isinstance(value, ResourceAwareWorkerPool):
+        raise InvalidValueError(
+            f"worker_pool must be a ResourceAwareWorkerPool or None, got {type(value).__name__}"
+        )
     return value
 
 
@@ -139,9 +163,9 @@ _RULES: dict[str, Callable[[Any], Any]] = {
     "on_error": check_on_error,
     "retry": _check_retry,
     "run_timeout": _check_run_timeout,
-    "tracking": _any,
-    "dead_letters": _any,
-    "worker_pool": _any,
+    "tracking": _check_tracking,
+    "dead_letters": _check_dead_letters,
+    "worker_pool": _check_worker_pool,
     "on_progress": _check_progress,
     "name": _check_name,
 }
@@ -264,10 +288,10 @@ class Settings:
         values: dict[str, Any] = {}
         for key, value in options.items():
             if key in RENAMED:
-                renamed_warning(key, where, stacklevel + 1)
                 new = RENAMED[key][0]
                 if new in options:
                     raise TypeError(f"{where} got both {key!r} and {new!r}: give {new!r} only")
+                renamed_warning(key, where, stacklevel + 1)
                 key = new
             elif key not in _RULES:
                 raise unknown_option(where, key)
