@@ -125,32 +125,29 @@ def _check_name(value: object) -> str:
     return value
 
 
+def _instance(value: object, what: str, expected: type) -> Any:
+    """``value`` if it is ``None`` or an ``expected``."""
+    if value is not None and not isinstance(value, expected):
+        raise InvalidValueError(
+            f"{what} must be a {expected.__name__} or None, got {type(value).__name__}"
+        )
+    return value
+
+
 def _check_tracking(value: object) -> PipelineTrackingManager | None:
     from taskiq_flow.tracking import PipelineTrackingManager  # here: it imports the run layer
 
-    if value is not None and not isinstance(value, PipelineTrackingManager):
-        raise InvalidValueError(
-            f"tracking must be a PipelineTrackingManager or None, got {type(value).__name__}"
-        )
-    return value
+    return _instance(value, "tracking", PipelineTrackingManager)  # type: ignore[no-any-return]
 
 
 def _check_dead_letters(value: object) -> DeadLetterQueue | None:
-    if value is not None and not isinstance(value, DeadLetterQueue):
-        raise InvalidValueError(
-            f"dead_letters must be a DeadLetterQueue or None, got {type(value).__name__}"
-        )
-    return value
+    return _instance(value, "dead_letters", DeadLetterQueue)  # type: ignore[no-any-return]
 
 
 def _check_worker_pool(value: object) -> ResourceAwareWorkerPool | None:
     from taskiq_flow.resources import ResourceAwareWorkerPool  # here: as above
 
-    if value is not None and not isinstance(value, ResourceAwareWorkerPool):
-        raise InvalidValueError(
-            f"worker_pool must be a ResourceAwareWorkerPool or None, got {type(value).__name__}"
-        )
-    return value
+    return _instance(value, "worker_pool", ResourceAwareWorkerPool)  # type: ignore[no-any-return]
 
 
 def _check_run_timeout(value: object) -> float | None:
