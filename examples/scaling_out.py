@@ -65,7 +65,7 @@ async def orchestrate() -> None:
     await broker.startup()
     pool = ResourceAwareWorkerPool(adverts)
     started = time.perf_counter()
-    where = await MapReduce.map(broker, resize, range(8), worker_pool=pool, timeout=60)
+    where = await MapReduce.map(broker, resize, range(8), worker_pool=pool, run_timeout=60)
     elapsed = time.perf_counter() - started
     print(f"8 one-core tasks on 2 workers of 2 cores: {elapsed:.2f}s")
     print("ran on:", {name: where.count(name) for name in sorted(set(where))})

@@ -18,7 +18,7 @@ from taskiq_flow import (
 
 def recorder(broker: InMemoryBroker, seen: list[Any]) -> Any:
     @broker.task
-    async def record(item: Any) -> int:
+    async def record(item: Any, **_extra: Any) -> int:  # extra: a keyword a test sends
         seen.append(item)
         return 1
 

@@ -386,7 +386,7 @@ async def test_task_timeout_and_pipeline_timeout(broker: InMemoryBroker) -> None
         await asyncio.sleep(5)
         return x
 
-    pipeline = DataflowPipeline(broker, timeout=0.1).add_dataflow_task(slow)
+    pipeline = DataflowPipeline(broker, run_timeout=0.1).add_dataflow_task(slow)
     with pytest.raises(PipelineTimeoutError, match=r"pipeline 'dataflow' timed out after 0\.1 s"):
         await pipeline.kiq_dataflow(x=1)
 

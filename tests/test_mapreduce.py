@@ -224,7 +224,7 @@ async def test_every_call_takes_the_same_options_and_a_misspelled_one_is_an_erro
     options = {
         "on_error": "fail",
         "retry": None,
-        "timeout": 30.0,
+        "run_timeout": 30.0,
         "dead_letters": DeadLetterQueue(),
     }
     options |= {"rate": 1000.0, "burst": 10, "on_progress": lambda done, total: None}

@@ -157,7 +157,7 @@ async def test_pipeline_timeout_bounds_the_whole_run(broker: InMemoryBroker) -> 
         await asyncio.sleep(0.3)
         return x
 
-    pipeline = Pipeline(broker, step).call_next(step).call_next(step).with_timeout(0.5)
+    pipeline = Pipeline(broker, step).call_next(step).call_next(step).with_run_timeout(0.5)
     started = time.monotonic()
     result = await (await pipeline.kiq(1)).wait_result(timeout=10)
     assert result.is_err and isinstance(result.error, PipelineTimeoutError)
@@ -177,7 +177,7 @@ async def test_task_timeout_bounds_one_attempt_and_names_it(broker: InMemoryBrok
         return x
 
     # Each attempt is bounded, not the run: the retry (fast) succeeds.
-    pipeline = DataflowPipeline(broker, timeout=5).add_dataflow_task(stuck)
+    pipeline = DataflowPipeline(broker, run_timeout=5).add_dataflow_task(stuck)
     outputs = await pipeline.with_retry(max_attempts=2, delay=0).kiq_dataflow(x=1)
     assert outputs == {"y": 1} and len(attempts) == 2
 

@@ -35,6 +35,7 @@ from typing import Any, TypeVar, cast
 
 from taskiq import AsyncBroker
 from taskiq.decor import AsyncTaskiqDecoratedTask
+from typing_extensions import Unpack
 
 from taskiq_flow import pictures
 from taskiq_flow._core import DagGraph
@@ -54,12 +55,13 @@ from taskiq_flow.run.options import RunOptions
 from taskiq_flow.run.plan import (
     Plan,
     StepSpec,
+    attempt_timeout,
     check_broker,
     check_task_broker,
     task_display_name,
 )
 from taskiq_flow.run.runner import Runner, run_single
-from taskiq_flow.run.settings import OnError, Settings, check_rate, check_timeout
+from taskiq_flow.run.settings import RunOptionValues, Settings, check_rate, check_timeout
 
 __all__ = [
     "DAG",
@@ -101,8 +103,10 @@ def pipeline_task(
     :param inputs: the names it consumes (default: its parameter names).
     :param labels: free-form labels, visible as ``TaskNode.labels`` (e.g. to custom engines).
     :param retry: this task's retry policy (overrides the pipeline's).
-    :param timeout: seconds one attempt may take (taskiq's ``timeout`` label); a task that runs
-        longer fails that attempt with :class:`~taskiq_flow.exceptions.TaskTimeoutError`.
+    :param timeout: seconds one attempt may take (taskiq's ``timeout`` label, which it sets, as
+        ``@broker.task(timeout=)`` does); a task that runs longer fails that attempt with
+        :class:`~taskiq_flow.exceptions.TaskTimeoutError` (and is retried like any failure). A
+        whole run is bounded by the pipeline's ``run_timeout``.
     :param rate: at most this many starts of the task per second, in bursts of ``burst``.
     :raises InvalidValueError: for a rate <= 0, a burst below 1, a timeout that is not > 0, an
         ``output`` that is not a non-empty str, ``inputs`` that are not strs.
@@ -276,7 +280,12 @@ def _shape(decorated: AsyncTaskiqDecoratedTask[Any, Any]) -> _Shape:
         default_wiring={p.name: p.name for p in usable},
         labels=dict(meta.labels) if meta else {},
         retry=meta.retry if meta else None,
-        timeout=meta.timeout if meta else None,
+        # The declared timeout, or taskiq's label (``@broker.task(timeout=)``), checked once here.
+        timeout=(
+            meta.timeout
+            if meta and meta.timeout is not None
+            else attempt_timeout(decorated.labels, name)
+        ),
         rate=meta.rate if meta else None,
         burst=meta.burst if meta else 1,
     )
@@ -432,11 +441,11 @@ class ExecutionEngine(RunOptions):
     :param broker: the taskiq broker.
     :param dag: the graph to run.
     :param max_parallel: most tasks of a run in flight at once (``None``: all that are ready).
-    :param on_error: ``"fail"`` (default) or ``"continue"``.
-    :param retry: retry policy for tasks without their own.
-    :param timeout: seconds a whole run may take.
-    :param settings: all of these at once (then give none of them separately).
+    :param settings: all the options at once (then give none of them separately).
+    :param options: the run options of every pipeline (``run_timeout``, ``on_error``, ``retry``,
+        ``tracking``, ...).
     :raises InvalidValueError: for a bad value (checked here, once).
+    :raises TypeError: for an unknown option (naming the closest).
 
     The ``with_*`` methods of every pipeline change the settings of the next run.
     """
@@ -446,8 +455,9 @@ class ExecutionEngine(RunOptions):
         broker: AsyncBroker,
         dag: DAG,
         *,
+        max_parallel: int | None = None,
         settings: Settings | None = None,
-        **options: Any,
+        **options: Unpack[RunOptionValues],
     ) -> None:
         check_broker(broker)
         self.broker = broker
@@ -458,8 +468,10 @@ class ExecutionEngine(RunOptions):
                 seen.add(id(node.task))
                 check_task_broker(broker, node.task)
         if settings is None:
-            settings = Settings.build(**{"name": "dataflow", **options})
-        elif options:
+            settings = Settings(name="dataflow").given(
+                f"{type(self).__name__}()", {"max_parallel": max_parallel, **options}
+            )
+        elif options or max_parallel is not None:
             raise TypeError("give settings or separate options, not both")
         self.settings = settings
         self.pipeline_id: str | None = None
@@ -629,33 +641,27 @@ class DataflowPipeline(RunOptions):
     :param broker: the taskiq broker.
     :param max_parallel: most tasks of one run in flight at once, all steps together (``None``:
         all that are ready).
-    :param on_error: ``"fail"`` stops at the first failure; ``"continue"`` runs every task that does
-        not depend on one.
-    :param timeout: seconds a whole run may take.
-    :param name: the pipeline's name in tracking records.
-    :param on_progress: called with ``(tasks finished, tasks in all)`` as a run progresses.
+    :param options: the run options, as the ``with_*`` methods set them: ``on_error`` (``"fail"``
+        stops at the first failure; ``"continue"`` runs every task that does not depend on one),
+        ``run_timeout`` (seconds a whole run may take; a task's own ``timeout`` bounds one
+        attempt), ``name`` (in tracking records; default ``"dataflow"``), ``on_progress`` (called
+        with ``(tasks finished, tasks in all)``), ``retry``, ``tracking``, ``dead_letters``,
+        ``worker_pool``.
     :raises InvalidValueError: for a bad value of any of these (checked here, once, by the rule
         of :mod:`taskiq_flow.run.settings`).
+    :raises TypeError: for an unknown option (naming the closest).
     """
 
     def __init__(
         self,
         broker: AsyncBroker,
         max_parallel: int | None = None,
-        *,
-        on_error: OnError = "fail",
-        timeout: float | None = None,
-        name: str = "dataflow",
-        on_progress: Callable[[int, int], None] | None = None,
+        **options: Unpack[RunOptionValues],
     ) -> None:
         check_broker(broker)
         self.broker = broker
-        self.settings = Settings.build(
-            max_parallel=max_parallel,
-            on_error=on_error,
-            timeout=timeout,
-            name=name,
-            on_progress=on_progress,
+        self.settings = Settings(name="dataflow").given(
+            f"{type(self).__name__}()", {"max_parallel": max_parallel, **options}
         )
         self.registry = DataflowRegistry()
         self._dag: DAG | None = None
@@ -674,10 +680,12 @@ class DataflowPipeline(RunOptions):
         broker: AsyncBroker,
         tasks: Iterable[object],
         max_parallel: int | None = None,
-        **options: Any,
+        **options: Unpack[RunOptionValues],
     ) -> DataflowPipeline:
-        """A pipeline of the given tasks (each declared with :func:`pipeline_task`)."""
-        pipeline = cls(broker, max_parallel, **options)
+        """A pipeline of the given tasks (each declared with :func:`pipeline_task`); takes the
+        options of :class:`DataflowPipeline`."""
+        pipeline = cls(broker, max_parallel)
+        pipeline.settings = pipeline.settings.given(f"{cls.__name__}.from_tasks()", options)
         for task in tasks:
             pipeline.add_dataflow_task(task)
         return pipeline

@@ -9,6 +9,10 @@
     async for value in MapReduce.stream(broker, square, huge_iterable, max_parallel=64):
         ...  # results as they complete; memory bounded by what is in flight
 
+Every call takes the run options of every pipeline as keywords (``run_timeout=``, ``retry=``,
+``on_error=``, ``tracking=``, ``worker_pool=``, ``dead_letters=``, ``on_progress=``, ``name=``);
+the task's own keyword arguments go in ``kwargs={...}``.
+
 ``map`` returns results in input order. ``reduce`` combines values pairwise in a balanced tree
 (``task(left, right)``, so the task must be associative), ``log2(n)`` levels deep.
 """
@@ -17,22 +21,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import difflib
-import inspect
+import dataclasses
 import warnings
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from taskiq import AsyncBroker
+from typing_extensions import Unpack
 
 from taskiq_flow.exceptions import DataflowError, InvalidValueError, StepFailedError
-from taskiq_flow.resources import ResourceAwareWorkerPool, resources_of
-from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
+from taskiq_flow.resources import resources_of
 from taskiq_flow.run.checks import check_calls
-from taskiq_flow.run.plan import Plan, StepSpec, check_broker, check_task_broker, task_identity
+from taskiq_flow.run.plan import (
+    Plan,
+    StepSpec,
+    attempt_timeout,
+    check_broker,
+    check_task_broker,
+    check_task_keywords,
+    task_identity,
+)
 from taskiq_flow.run.runner import Runner
-from taskiq_flow.run.settings import OnError, Settings, check_rate
-from taskiq_flow.tracking import PipelineTrackingManager
+from taskiq_flow.run.settings import (
+    RunOptionValues,
+    Settings,
+    check_rate,
+    option_names,
+    unknown_option,
+)
 
 __all__ = ["MapReduce"]
 
@@ -70,74 +86,79 @@ def _reduce_tree(
     return operands, sources, targets, level[0]
 
 
-#: Every option a ``MapReduce`` call takes, for the error naming a misspelled one.
-_OPTIONS = (
-    "max_parallel",
-    "param_name",
-    "kwargs",
-    "initial",
-    "ordered",
-    "on_error",
-    "retry",
-    "timeout",
-    "tracking",
-    "rate",
-    "burst",
-    "worker_pool",
-    "dead_letters",
-    "on_progress",
-)
+#: A ``MapReduce`` call's own options besides the run options, for the error naming a misspelled
+#: one.
+_CALL_OPTIONS = ("max_parallel", "param_name", "kwargs", "initial", "ordered", "rate", "burst")
 
 
-def _task_kwargs(
-    task: object, kwargs: Mapping[str, Any] | None, legacy: dict[str, Any], call: str
-) -> dict[str, Any]:
-    """The keyword arguments every call of ``task`` gets: ``kwargs``, and (deprecated) the
-    call's extra keywords — each of which must be a parameter of the task, so that a misspelled
-    option is an error instead of a task argument.
+def _settings(
+    call: str,
+    name: str,
+    max_parallel: int | None,
+    options: Mapping[str, Any],
+    task: object = None,
+) -> tuple[Settings, dict[str, Any]]:
+    """The settings of a call from its run options, and (deprecated) the extra keywords of a call
+    that takes task arguments (``task`` given): each must be a parameter of the task, so that a
+    misspelled option is an error instead of a task argument.
 
-    :raises TypeError: for an extra keyword the task has no parameter for.
+    :raises InvalidValueError: for a bad option value.
+    :raises TypeError: for a keyword that is neither an option nor (for ``map`` and ``stream``)
+        a parameter of the task, naming the closest option.
     """
-    given = dict(kwargs or {})
-    if not legacy:
-        return given
-    func = getattr(task, "original_func", None)
-    if func is not None:
-        parameters = inspect.signature(func).parameters.values()
-        takes_any = any(p.kind == p.VAR_KEYWORD for p in parameters)
-        known = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        for key in legacy:
-            if not takes_any and key not in known:
-                close = difflib.get_close_matches(key, _OPTIONS, n=1)
-                hint = f"; did you mean the option {close[0]!r}?" if close else ""
-                raise TypeError(
-                    f"MapReduce.{call}() got an unknown keyword {key!r}: it is not an option, and "
-                    f"the task has no parameter of that name{hint}"
-                )
-    warnings.warn(
-        f"MapReduce.{call}(..., {', '.join(f'{k}=...' for k in legacy)}): give the task's "
-        f"arguments as kwargs={{...}}; extra keywords are deprecated",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    return {**given, **legacy}
+    where = f"MapReduce.{call}()"
+    names = option_names()
+    run = {"name": name, "max_parallel": max_parallel}
+    legacy: dict[str, Any] = {}
+    for key, value in options.items():
+        if key in names:
+            run[key] = value
+        elif task is None:
+            raise unknown_option(where, key, _CALL_OPTIONS)
+        else:
+            legacy[key] = value
+    settings = Settings().given(where, run, stacklevel=3)
+    if legacy:
+        check_task_keywords(task, legacy, where, [*names, *_CALL_OPTIONS])
+        warnings.warn(
+            f"{where[:-1]}..., {', '.join(f'{k}=...' for k in legacy)}): give the task's "
+            f"arguments as kwargs={{...}}; extra keywords are deprecated",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    return settings, legacy
 
 
-def _identity(broker: AsyncBroker, task: object) -> tuple[str, dict[str, Any], str]:
-    """The task's identity, once the broker and the task are known to go together."""
+def _step(
+    broker: AsyncBroker, task: object, tasks: int, rate: float | None, burst: int
+) -> StepSpec:
+    """The step of a call's task, once the broker and the task are known to go together: its
+    attempt timeout (the task's ``timeout`` label) and rate checked here."""
     check_broker(broker)
-    identity = task_identity(task)
+    task_name, labels, name = task_identity(task)
     check_task_broker(broker, task)
-    return identity
+    step_rate, step_burst = check_rate(rate, burst)
+    return StepSpec(
+        name,
+        task_name,
+        labels,
+        timeout=attempt_timeout(labels, name),
+        tasks=tasks,
+        resources=resources_of(task),
+        rate=step_rate,
+        burst=step_burst,
+    )
 
 
 class MapReduce:
     """Fan-out and fan-in over items (all methods are static).
 
-    Every method takes the same options, keyword-only after ``max_parallel``: ``on_error``,
-    ``retry``, ``timeout`` (the whole call), ``tracking``, ``rate`` and ``burst`` (the mapped
-    task's starts), ``worker_pool``, ``dead_letters``, ``on_progress``; the task's own keyword
-    arguments go in ``kwargs={...}``, so a misspelled option is an error, never a task argument.
+    Every method takes ``max_parallel`` and the run options of every pipeline as keywords
+    (:class:`~taskiq_flow.run.settings.RunOptionValues`: ``run_timeout`` bounds the whole call,
+    ``on_error``, ``retry``, ``tracking``, ``worker_pool``, ``dead_letters``, ``on_progress``,
+    ``name``), and ``rate`` and ``burst`` (the mapped task's starts). The task's own keyword
+    arguments go in ``kwargs={...}``, so a misspelled option is an error, never a task argument;
+    one attempt of a task is bounded by its own ``timeout`` (taskiq's label).
     ``max_parallel`` here is the pipeline's: it bounds every task of the call in flight at once
     (a ``map_reduce``'s map and reduce together).
     """
@@ -151,65 +172,37 @@ class MapReduce:
         *,
         param_name: str | None = None,
         kwargs: Mapping[str, Any] | None = None,
-        on_error: OnError = "fail",
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        tracking: PipelineTrackingManager | None = None,
         rate: float | None = None,
         burst: int = 1,
-        worker_pool: ResourceAwareWorkerPool | None = None,
-        dead_letters: DeadLetterQueue | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
-        **task_kwargs: Any,
+        **options: Unpack[RunOptionValues],
     ) -> list[Any]:
         """Runs ``task`` on every item and returns the results in item order.
 
         :param items: the items; each is passed as the first argument (or as ``param_name``).
         :param max_parallel: most tasks in flight at once (``None``: all).
         :param kwargs: further keyword arguments for every call of the task.
-        :param timeout: seconds the whole map may take.
-        :param worker_pool: place each call on a worker with room for it.
         :param rate: at most this many calls started per second, in bursts of ``burst``.
-        :param on_progress: called with ``(finished, total)`` as calls complete.
-        :param task_kwargs: deprecated: give them as ``kwargs={...}`` (a misspelled option would
-            otherwise be sent as a task argument); one the task has no parameter for is refused.
+        :param options: the run options (``run_timeout``: seconds the whole map may take;
+            ``on_progress``: called with ``(finished, total)`` as calls complete; ...). Deprecated:
+            the task's keyword arguments given here (give them as ``kwargs={...}``); one the task
+            has no parameter for is refused.
         :raises UnserializableError: before anything is sent, if an item cannot be sent or would
             arrive changed (naming the step and the item).
         :raises TypeError: a keyword that is neither an option nor a parameter of the task.
         :raises StepFailedError: a call failed for good (``results``: ``{item index: value}`` of
             the calls that finished).
         """
-        task_name, labels, name = _identity(broker, task)
-        call_kwargs = _task_kwargs(task, kwargs, task_kwargs, "map")
-        settings = Settings.build(
-            max_parallel=max_parallel,
-            on_error=on_error,
-            retry=retry,
-            timeout=timeout,
-            tracking=tracking,
-            worker_pool=worker_pool,
-            dead_letters=dead_letters,
-            on_progress=on_progress,
-            name=f"map:{name}",
-        )
-        step_rate, step_burst = check_rate(rate, burst)
         values = list(items)
+        step = _step(broker, task, len(values), rate, burst)
+        settings, legacy = _settings("map", f"map:{step.name}", max_parallel, options, task)
+        call_kwargs = {**(kwargs or {}), **legacy}
 
         def call(node: int, _results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
             if param_name is None:
                 return (values[node],), call_kwargs
             return (), {**call_kwargs, param_name: values[node]}
 
-        step = StepSpec(
-            name,
-            task_name,
-            labels,
-            tasks=len(values),
-            resources=resources_of(task),
-            rate=step_rate,
-            burst=step_burst,
-        )
-        check_calls(broker, task_name, [call(i, ()) for i in range(len(values))], name)
+        check_calls(broker, step.task_name, [call(i, ()) for i in range(len(values))], step.name)
         plan = Plan(len(values), [], [], [step], call)
         run = Runner(broker, plan, settings)
         try:
@@ -226,15 +219,9 @@ class MapReduce:
         max_parallel: int | None = None,
         *,
         initial: Any = _NO_INITIAL,
-        on_error: OnError = "fail",
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        tracking: PipelineTrackingManager | None = None,
         rate: float | None = None,
         burst: int = 1,
-        worker_pool: ResourceAwareWorkerPool | None = None,
-        dead_letters: DeadLetterQueue | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
+        **options: Unpack[RunOptionValues],
     ) -> Any:
         """Combines the items pairwise with ``task(left, right)`` in a balanced tree.
 
@@ -243,43 +230,24 @@ class MapReduce:
 
         :param initial: the result for no items (without it, no items is an error).
         :raises DataflowError: no items and no ``initial``.
+        :raises TypeError: an unknown option (naming the closest).
         """
-        task_name, labels, name = _identity(broker, task)
-        settings = Settings.build(
-            max_parallel=max_parallel,
-            on_error=on_error,
-            retry=retry,
-            timeout=timeout,
-            tracking=tracking,
-            worker_pool=worker_pool,
-            dead_letters=dead_letters,
-            on_progress=on_progress,
-            name=f"reduce:{name}",
-        )
-        step_rate, step_burst = check_rate(rate, burst)
         values = list(items)
         if initial is not _NO_INITIAL:
             values.insert(0, initial)
+        step = _step(broker, task, max(len(values) - 1, 0), rate, burst)  # n - 1 pairs
+        settings, _ = _settings("reduce", f"reduce:{step.name}", max_parallel, options)
         if not values:
             raise DataflowError("reduce of no items needs an initial value")
         if len(values) == 1:
             return values[0]
-        check_calls(broker, task_name, [((v,), {}) for v in values], name)
         operands, sources, targets, _ = _reduce_tree(len(values), 0)
+        check_calls(broker, step.task_name, [((v,), {}) for v in values], step.name)
 
         def call(node: int, results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
             pair = operands[node]
             return tuple(values[i] if kind == "leaf" else results[i] for kind, i in pair), {}
 
-        step = StepSpec(
-            name,
-            task_name,
-            labels,
-            tasks=len(operands),
-            resources=resources_of(task),
-            rate=step_rate,
-            burst=step_burst,
-        )
         plan = Plan(len(operands), sources, targets, [step], call)
         return (await Runner(broker, plan, settings).execute())[-1]
 
@@ -291,38 +259,24 @@ class MapReduce:
         items: Iterable[Any],
         max_parallel: int | None = None,
         *,
-        on_error: OnError = "fail",
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        tracking: PipelineTrackingManager | None = None,
         rate: float | None = None,
         burst: int = 1,
-        worker_pool: ResourceAwareWorkerPool | None = None,
-        dead_letters: DeadLetterQueue | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
+        **options: Unpack[RunOptionValues],
     ) -> Any:
         """Maps then reduces in one run: each pair is combined as soon as both sides are ready;
         ``max_parallel`` bounds map and reduce tasks together. Takes the options of :meth:`map`
         (``rate`` bounds the map's calls).
 
         :raises DataflowError: no items.
+        :raises TypeError: an unknown option (naming the closest).
         """
-        map_name, map_labels, map_display = _identity(broker, map_task)
-        red_name, red_labels, red_display = _identity(broker, reduce_task)
-        settings = Settings.build(
-            max_parallel=max_parallel,
-            on_error=on_error,
-            retry=retry,
-            timeout=timeout,
-            tracking=tracking,
-            worker_pool=worker_pool,
-            dead_letters=dead_letters,
-            on_progress=on_progress,
-            name=f"map_reduce:{map_display}:{red_display}",
-        )
-        step_rate, step_burst = check_rate(rate, burst)
         values = list(items)
         n = len(values)
+        map_step = _step(broker, map_task, n, rate, burst)
+        reduce_step = _step(broker, reduce_task, max(n - 1, 0), None, 1)  # n - 1 pairs
+        settings, _ = _settings(
+            "map_reduce", f"map_reduce:{map_step.name}:{reduce_step.name}", max_parallel, options
+        )
         if n == 0:
             raise DataflowError("map_reduce of no items has no result")
         operands, sources, targets, final = _reduce_tree(n, n)
@@ -338,28 +292,9 @@ class MapReduce:
                 return (values[node],), {}
             return tuple(results[ref] for _, ref in operands[node - n]), {}
 
-        check_calls(broker, map_name, [((v,), {}) for v in values], map_display)
-
-        steps = [
-            StepSpec(
-                map_display,
-                map_name,
-                map_labels,
-                tasks=n,
-                resources=resources_of(map_task),
-                rate=step_rate,
-                burst=step_burst,
-            ),
-            StepSpec(
-                red_display,
-                red_name,
-                red_labels,
-                tasks=len(operands),
-                resources=resources_of(reduce_task),
-            ),
-        ]
+        check_calls(broker, map_step.task_name, [((v,), {}) for v in values], map_step.name)
         step_of = [0] * n + [1] * len(operands)
-        plan = Plan(n + len(operands), sources, targets, steps, call, step_of)
+        plan = Plan(n + len(operands), sources, targets, [map_step, reduce_step], call, step_of)
         results = await Runner(broker, plan, settings).execute()
         return results[final[1]]
 
@@ -372,16 +307,9 @@ class MapReduce:
         *,
         ordered: bool = False,
         kwargs: Mapping[str, Any] | None = None,
-        on_error: OnError = "fail",
-        retry: RetryPolicy | None = None,
-        timeout: float | None = None,
-        tracking: PipelineTrackingManager | None = None,
         rate: float | None = None,
         burst: int = 1,
-        worker_pool: ResourceAwareWorkerPool | None = None,
-        dead_letters: DeadLetterQueue | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
-        **task_kwargs: Any,
+        **options: Unpack[RunOptionValues],
     ) -> AsyncIterator[Any]:
         """Runs ``task`` on each item of a (possibly endless, possibly async) iterable and yields
         results as they complete (in item order with ``ordered=True``).
@@ -391,43 +319,26 @@ class MapReduce:
         the next item. Only the window is held in memory, so a million items stream in the memory
         of ``max_parallel``. With ``on_error="continue"`` every item runs: those that failed for
         good are dead-lettered, and :class:`StepFailedError` comes after the last result. Takes
-        the options of :meth:`map` (``timeout`` bounds the whole stream).
+        the options of :meth:`map` (``run_timeout`` bounds the whole stream; ``on_progress`` is
+        called with ``(items finished, items taken from the source so far)``).
 
-        :param on_progress: called with ``(items finished, items taken from the source so far)``
-            as calls complete.
-        :param task_kwargs: deprecated, as in :meth:`map`.
         :raises StepFailedError: a call failed for good (nothing more is sent).
+        :raises TypeError: a keyword that is neither an option nor a parameter of the task.
         """
-        task_name, labels, name = _identity(broker, task)
-        call_kwargs = _task_kwargs(task, kwargs, task_kwargs, "stream")
-        settings = Settings.build(
-            max_parallel=max_parallel,
-            on_error=on_error,
-            retry=retry,
-            timeout=timeout,
-            tracking=tracking,
-            worker_pool=worker_pool,
-            dead_letters=dead_letters,
-            name=f"stream:{name}",
-        )
-        step_rate, step_burst = check_rate(rate, burst)
+        step = _step(broker, task, 0, rate, burst)
+        settings, legacy = _settings("stream", f"stream:{step.name}", max_parallel, options, task)
+        call_kwargs = {**(kwargs or {}), **legacy}
         window = settings.max_parallel
         if window is None:
             raise InvalidValueError("stream needs a max_parallel (an int >= 1) to bound memory")
-        feed = _StreamFeed(_aiter(items), window, ordered, on_progress)
+        # The feed reports progress by items, not by the window's nodes.
+        feed = _StreamFeed(_aiter(items), window, ordered, settings.on_progress)
+        settings = dataclasses.replace(settings, on_progress=None)
         await feed.prime()
         if not feed.loaded:
             return
         slots = feed.slots
-        step = StepSpec(
-            name,
-            task_name,
-            labels,
-            tasks=len(feed.loaded),
-            resources=resources_of(task),
-            rate=step_rate,
-            burst=step_burst,
-        )
+        step.tasks = len(feed.loaded)
         plan = Plan(
             len(feed.loaded),
             [],

@@ -20,7 +20,10 @@ first step or any later one. A first ``map`` or ``filter`` without items takes t
 
 ``max_parallel`` on a step bounds that step; ``Pipeline(broker, max_parallel=n)`` (or
 ``with_max_parallel``) bounds the pipeline's tasks in flight, all steps together;
-``with_timeout(s)`` bounds the whole run, a task's own ``timeout`` one attempt of it.
+``run_timeout=`` (or ``with_run_timeout(s)``) bounds the whole run, a task's own ``timeout``
+(taskiq's label) one attempt of it. Every run option is a keyword of ``Pipeline(...)`` and a
+``with_*`` method; the steps' extra keywords are the task's arguments, so each must be a
+parameter of the task (a misspelled option is an error).
 
 Each step runs on the engine every pipeline shares: a map is a fan-out whose ``max_parallel`` the
 Rust core enforces, and completions arrive as events, so ``wait_result()`` never polls the result
@@ -38,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from taskiq import AsyncBroker, TaskiqResult
+from typing_extensions import Unpack
 
 from taskiq_flow.events import FlowMiddleware
 from taskiq_flow.exceptions import (
@@ -54,12 +58,19 @@ from taskiq_flow.run.options import RunOptions
 from taskiq_flow.run.plan import (
     Plan,
     StepSpec,
+    attempt_timeout,
     check_broker,
     check_task_broker,
+    check_task_keywords,
     task_identity,
 )
 from taskiq_flow.run.runner import Runner
-from taskiq_flow.run.settings import Settings, check_max_parallel, check_rate
+from taskiq_flow.run.settings import (
+    RunOptionValues,
+    Settings,
+    check_max_parallel,
+    check_rate,
+)
 
 __all__ = ["EMPTY_PARAM_NAME", "Pipeline", "PipelineMiddleware", "PipelineRun"]
 
@@ -67,6 +78,17 @@ __all__ = ["EMPTY_PARAM_NAME", "Pipeline", "PipelineMiddleware", "PipelineRun"]
 EMPTY_PARAM_NAME: Literal[-1] = -1
 
 StepKind = Literal["sequential", "map", "filter", "group"]
+
+#: A step's own options, for the error naming a misspelled one.
+_STEP_OPTIONS = (
+    "items",
+    "max_parallel",
+    "param_name",
+    "skip_errors",
+    "check_interval",
+    "rate",
+    "burst",
+)
 
 
 class PipelineMiddleware(FlowMiddleware):
@@ -82,6 +104,8 @@ class _Step:
     kind: StepKind
     tasks: list[tuple[str, dict[str, Any], str]]
     resources: list[TaskResources]
+    #: Each task's attempt timeout (its ``timeout`` label), checked when the step was added.
+    timeouts: list[float | None]
     param_name: str | int | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     items: list[Any] | None = None
@@ -174,16 +198,28 @@ class Pipeline(RunOptions):
     :param broker: the taskiq broker.
     :param task: an optional first task (same as ``call_next(task)``).
     :param max_parallel: most tasks of one run in flight at once, all steps together.
-    :raises InvalidValueError: for a ``max_parallel`` that is not ``None`` or an int >= 1.
+    :param options: the run options, as the ``with_*`` methods set them (``run_timeout``,
+        ``on_error``, ``retry``, ``tracking``, ``dead_letters``, ``worker_pool``,
+        ``on_progress``, ``name``).
+    :raises InvalidValueError: for a bad value of any of these (checked here, once, by the rule
+        of :mod:`taskiq_flow.run.settings`).
+    :raises TypeError: for an unknown option (naming the closest).
     """
 
     def __init__(
-        self, broker: AsyncBroker, task: object | None = None, *, max_parallel: int | None = None
+        self,
+        broker: AsyncBroker,
+        task: object | None = None,
+        *,
+        max_parallel: int | None = None,
+        **options: Unpack[RunOptionValues],
     ) -> None:
         check_broker(broker)
         self.broker = broker
         self.steps: list[_Step] = []
-        self.settings = Settings.build(max_parallel=max_parallel, name="pipeline")
+        self.settings = Settings(name="pipeline").given(
+            "Pipeline()", {"max_parallel": max_parallel, **options}
+        )
         self.pipeline_id: str | None = None
         if task is not None:
             self.call_next(task)
@@ -194,12 +230,18 @@ class Pipeline(RunOptions):
         self, task: object, param_name: str | int | None = None, **additional_kwargs: Any
     ) -> Pipeline:
         """Adds a step that gets the previous result as its first argument, or as keyword
-        ``param_name``, or not at all with ``param_name=-1``."""
+        ``param_name``, or not at all with ``param_name=-1``.
+
+        :raises TypeError: for an extra keyword the task has no parameter for.
+        """
+        self._check_keywords(task, additional_kwargs, "call_next")
+        identity, timeout = self._identity(task)
         self.steps.append(
             _Step(
                 "sequential",
-                [self._identity(task)],
+                [identity],
                 [resources_of(task)],
+                [timeout],
                 param_name,
                 additional_kwargs,
             )
@@ -232,15 +274,19 @@ class Pipeline(RunOptions):
         :param skip_errors: drop failed items instead of failing the pipeline.
         :param check_interval: accepted for compatibility; nothing is polled.
         :param rate: at most this many of these tasks started per second, in bursts of ``burst``.
+        :raises TypeError: for an extra keyword the task has no parameter for.
         """
         step_rate, step_burst = check_rate(rate, burst)
         if isinstance(items, str):
             param_name, items = items, None
+        self._check_keywords(task, additional_kwargs, "map")
+        identity, timeout = self._identity(task)
         self.steps.append(
             _Step(
                 "map",
-                [self._identity(task)],
+                [identity],
                 [resources_of(task)],
+                [timeout],
                 param_name,
                 additional_kwargs,
                 items=list(items) if items is not None else None,
@@ -261,12 +307,18 @@ class Pipeline(RunOptions):
         max_parallel: int | None = None,
         **additional_kwargs: Any,
     ) -> Pipeline:
-        """Keeps the items of the previous result for which ``task(item)`` is truthy."""
+        """Keeps the items of the previous result for which ``task(item)`` is truthy.
+
+        :raises TypeError: for an extra keyword the task has no parameter for.
+        """
+        self._check_keywords(task, additional_kwargs, "filter")
+        identity, timeout = self._identity(task)
         self.steps.append(
             _Step(
                 "filter",
-                [self._identity(task)],
+                [identity],
                 [resources_of(task)],
+                [timeout],
                 param_name,
                 additional_kwargs,
                 max_parallel=check_max_parallel(max_parallel),
@@ -282,14 +334,21 @@ class Pipeline(RunOptions):
         max_parallel: int | None = None,
         **additional_kwargs: Any,
     ) -> Pipeline:
-        """Runs several tasks at once on the previous result; the result is the list of theirs."""
+        """Runs several tasks at once on the previous result; the result is the list of theirs.
+
+        :raises TypeError: for an extra keyword one of the tasks has no parameter for.
+        """
         if not tasks:
             raise DataflowError("group needs at least one task")
+        for task in tasks:
+            self._check_keywords(task, additional_kwargs, "group")
+        identities = [self._identity(t) for t in tasks]
         self.steps.append(
             _Step(
                 "group",
-                [self._identity(t) for t in tasks],
+                [identity for identity, _ in identities],
                 [resources_of(t) for t in tasks],
+                [timeout for _, timeout in identities],
                 param_name,
                 additional_kwargs,
                 max_parallel=check_max_parallel(max_parallel),
@@ -297,10 +356,15 @@ class Pipeline(RunOptions):
         )
         return self
 
-    def _identity(self, task: object) -> tuple[str, dict[str, Any], str]:
+    def _identity(self, task: object) -> tuple[tuple[str, dict[str, Any], str], float | None]:
+        """The task's identity and attempt timeout (its ``timeout`` label, checked here)."""
         identity = task_identity(task)
         check_task_broker(self.broker, task)
-        return identity
+        return identity, attempt_timeout(identity[1], identity[2])
+
+    @staticmethod
+    def _check_keywords(task: object, keywords: dict[str, Any], method: str) -> None:
+        check_task_keywords(task, keywords, f"Pipeline.{method}()", _STEP_OPTIONS)
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -402,7 +466,7 @@ class Pipeline(RunOptions):
                 run.cancel()
 
         loop = asyncio.get_running_loop()
-        timeout = self.settings.timeout
+        timeout = self.settings.run_timeout
         deadline = None if timeout is None else loop.time() + timeout
 
         async def body() -> TaskiqResult[Any]:
@@ -465,7 +529,7 @@ class Pipeline(RunOptions):
                     raise PipelineCancelledError("pipeline was cancelled")
                 if deadline is not None and asyncio.get_running_loop().time() >= deadline:
                     raise PipelineTimeoutError(
-                        f"pipeline {self.settings.name!r} timed out after {self.timeout:g} s"
+                        f"pipeline {self.settings.name!r} timed out after {self.run_timeout:g} s"
                     )
                 value = await self._run_step(
                     pipeline_id, index, step, args, kwargs, value, runs, deadline
@@ -525,13 +589,16 @@ class Pipeline(RunOptions):
                 name,
                 labels,
                 max_parallel=step.max_parallel,
+                timeout=timeout,
                 tasks=len(calls),
                 resources=needs,
                 rate=step.rate,
                 burst=step.burst,
             )
-            for (name, labels, display), needs in zip(
-                step.tasks if step.kind == "group" else step.tasks[:1], step.resources
+            for (name, labels, display), needs, timeout in zip(
+                step.tasks if step.kind == "group" else step.tasks[:1],
+                step.resources,
+                step.timeouts,
             )
         ]
         step_of = list(range(len(tasks))) if step.kind == "group" else None

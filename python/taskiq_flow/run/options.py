@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from typing_extensions import Self
 
 from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
-from taskiq_flow.run.settings import OnError, Settings
+from taskiq_flow.run.settings import OnError, Settings, renamed_warning
 
 if TYPE_CHECKING:
     from taskiq_flow.resources import ResourceAwareWorkerPool
@@ -19,7 +19,12 @@ __all__ = ["RunOptions"]
 
 class RunOptions:
     """``with_*`` methods that each change one setting (checked by that setting's rule) and
-    return the pipeline itself; the settings of the next run are :attr:`settings`."""
+    return the pipeline itself; the settings of the next run are :attr:`settings`.
+
+    Every option of a run has one: ``with_max_parallel``, ``with_run_timeout``,
+    ``with_on_error``, ``with_retry``, ``with_tracking``, ``with_dead_letters``,
+    ``with_worker_pool``, ``with_progress``, ``with_name``.
+    """
 
     settings: Settings = Settings()
 
@@ -55,13 +60,36 @@ class RunOptions:
         self.settings = self.settings.evolve(worker_pool=pool)
         return self
 
-    def with_timeout(self, seconds: float) -> Self:
-        """Fails a run that takes longer than ``seconds`` in all (each task's own ``timeout``
-        bounds one attempt of it).
+    def with_run_timeout(self, seconds: float | None) -> Self:
+        """Fails a run that takes longer than ``seconds`` in all with
+        :class:`~taskiq_flow.exceptions.PipelineTimeoutError` (``None``: no bound). A task's own
+        ``timeout`` (taskiq's label, or ``pipeline_task(timeout=)``) bounds one attempt of it.
 
-        :raises InvalidValueError: for anything but a finite number > 0.
+        :raises InvalidValueError: for anything but ``None`` or a finite number > 0.
         """
-        self.settings = self.settings.evolve(timeout=seconds)
+        self.settings = self.settings.evolve(run_timeout=seconds)
+        return self
+
+    def with_timeout(self, seconds: float | None) -> Self:
+        """Deprecated: :meth:`with_run_timeout` (the same bound, on the whole run)."""
+        renamed_warning("timeout", f"{type(self).__name__}.with_timeout()", 2)
+        return self.with_run_timeout(seconds)
+
+    def with_on_error(self, on_error: OnError) -> Self:
+        """``"fail"`` stops a run at the first task that failed for good; ``"continue"`` runs
+        every task that does not depend on one (the run still fails at the end).
+
+        :raises InvalidValueError: for anything but ``"fail"`` or ``"continue"``.
+        """
+        self.settings = self.settings.evolve(on_error=on_error)
+        return self
+
+    def with_name(self, name: str) -> Self:
+        """Names the runs in tracking records, logs and errors.
+
+        :raises InvalidValueError: for anything but a non-empty str.
+        """
+        self.settings = self.settings.evolve(name=name)
         return self
 
     def with_max_parallel(self, max_parallel: int | None) -> Self:
@@ -98,9 +126,15 @@ class RunOptions:
         return self.settings.worker_pool
 
     @property
-    def timeout(self) -> float | None:
+    def run_timeout(self) -> float | None:
         """Seconds a whole run may take."""
-        return self.settings.timeout
+        return self.settings.run_timeout
+
+    @property
+    def timeout(self) -> float | None:
+        """Deprecated: :attr:`run_timeout`."""
+        renamed_warning("timeout", f"{type(self).__name__}.timeout", 2)
+        return self.settings.run_timeout
 
     @property
     def max_parallel(self) -> int | None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import difflib
+import inspect
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,13 +16,16 @@ from taskiq.kicker import AsyncKicker
 from taskiq_flow.exceptions import InvalidValueError, NotATaskError
 from taskiq_flow.resources import TaskResources
 from taskiq_flow.retry import RetryPolicy
+from taskiq_flow.run.settings import check_timeout
 
 __all__ = [
     "CallBuilder",
     "Plan",
     "StepSpec",
+    "attempt_timeout",
     "check_broker",
     "check_task_broker",
+    "check_task_keywords",
     "task_display_name",
     "task_identity",
 ]
@@ -47,6 +53,48 @@ def task_identity(task: object) -> tuple[str, dict[str, Any], str]:
     raise NotATaskError(
         f"{name} is not a taskiq task: decorate it with @broker.task before using it in a pipeline"
     )
+
+
+def attempt_timeout(labels: dict[str, Any], task: str) -> float | None:
+    """The seconds one attempt of a task may take: its taskiq ``timeout`` label (``None``:
+    none), checked here, once, when the task is added to a pipeline.
+
+    :raises InvalidValueError: for a label that is not a finite number of seconds > 0.
+    """
+    value = labels.get("timeout")
+    if isinstance(value, str):  # taskiq labels may be strings; its receiver takes float(label)
+        with contextlib.suppress(ValueError):  # not a number: refused below, naming it
+            value = float(value)
+    return check_timeout(value, f"the timeout label of task {task!r}")
+
+
+def check_task_keywords(
+    task: object, keys: Collection[str], where: str, options: Collection[str]
+) -> None:
+    """Checks that each of ``keys``, given to ``where`` beside its ``options``, is a parameter of
+    ``task``: a misspelled option must be an error, never a task argument.
+
+    :raises TypeError: naming the key and the closest option (or the task's parameters).
+    """
+    func = getattr(task, "original_func", None)
+    if func is None or not keys:
+        return  # a kicker: its parameters are not known here
+    parameters = inspect.signature(func).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in parameters):
+        return
+    known = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(options), n=1, cutoff=0.75)
+            hint = (
+                f"; did you mean the option {close[0]!r}?"
+                if close
+                else f" (the task takes {', '.join(sorted(known)) or 'no keywords'})"
+            )
+            raise TypeError(
+                f"{where} got an unknown keyword {key!r}: it is not an option, and the task has "
+                f"no parameter of that name{hint}"
+            )
 
 
 def check_broker(broker: object) -> None:
@@ -95,7 +143,8 @@ class StepSpec:
     #: Most nodes of this step in flight at once.
     max_parallel: int | None = None
     retry: RetryPolicy | None = None
-    #: Seconds one attempt may take (taskiq's ``timeout`` label, enforced where the task runs).
+    #: Seconds one attempt may take (the task's ``timeout``: taskiq's label, enforced where the
+    #: task runs). Not a run's bound: that is ``Settings.run_timeout``.
     timeout: float | None = None
     tasks: int = 1
     #: What one run of the task needs, for a worker pool (``None``: nothing declared).

@@ -99,7 +99,7 @@ class Runner:
     :param restored: ``{node: value}`` finished by an earlier run of this ``pipeline_id``: they
         count as done and are not sent again.
     :param deadline: the loop time by which the run must end (a sequential pipeline's run
-        deadline, shared by its steps); default: ``settings.timeout`` from the start.
+        deadline, shared by its steps); default: ``settings.run_timeout`` from the start.
     :param feed: for a stream, where finished nodes get new items.
     :param cap: the process-wide cap to attach to (default: the one active now).
     :param inputs: the run's inputs, stored by tracking with the run (a resume's default).
@@ -244,8 +244,8 @@ class Runner:
             self._pool.attach(self._pool_run, self._poke)
             self._send.attach_pool(self._pool_run)
         deadline = self.deadline
-        if deadline is None and self.settings.timeout is not None:
-            deadline = loop.time() + self.settings.timeout
+        if deadline is None and self.settings.run_timeout is not None:
+            deadline = loop.time() + self.settings.run_timeout
         try:
             await events.run_started(list(self.restored))
             self._sender.start()
@@ -352,7 +352,7 @@ class Runner:
             self._stop(PipelineCancelledError(f"pipeline {self.settings.name!r} was cancelled"))
             return
         if deadline is not None and now >= deadline:
-            limit = self.settings.timeout
+            limit = self.settings.run_timeout
             shown = f" after {limit:g} s" if limit is not None else ""
             self._stop(PipelineTimeoutError(f"pipeline {self.settings.name!r} timed out{shown}"))
             return
@@ -586,7 +586,7 @@ async def run_single(
         [StepSpec(name, task_name, labels or {}, timeout=timeout)],
         lambda _node, _results: call,
     )
-    settings = Settings.build(name=name, dead_letters=DeadLetterQueue(), timeout=timeout)
+    settings = Settings.build(name=name, dead_letters=DeadLetterQueue(), run_timeout=timeout)
     # Inside a custom dispatch the node already holds its process-wide slot: this send is that
     # node's, not another task.
     cap = _UNCAPPED if SLOT_HELD.get() else None
