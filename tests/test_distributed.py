@@ -382,7 +382,7 @@ async def test_a_shared_cap_is_given_back_when_the_orchestrator_just_exits(
     name = f"cap-{uuid.uuid4().hex[:8]}"
     env = {**workers, "TASKIQ_FLOW_TEST_LIMIT": name}
     first, _ = await orchestrate(env, "15", "3")
-    out, err = await asyncio.wait_for(first.communicate(), 60)
+    ((out, err),) = await finish([first], 60)
     assert first.returncode == 0, err.decode()[-2000:]
     assert out.decode().split() == ["15"]
     for noise in ("Task was destroyed", "RuntimeError", "Traceback"):
@@ -390,7 +390,7 @@ async def test_a_shared_cap_is_given_back_when_the_orchestrator_just_exits(
     assert await redis.zcard(f"taskiq_flow:limit:{name}") == 0  # nothing held after the exit
     await redis.delete("held:peak")
     second, _ = await orchestrate(env, "15", "3", "--seconds", "0.2")
-    out, err = await asyncio.wait_for(second.communicate(), 60)
+    ((out, err),) = await finish([second], 60)
     assert second.returncode == 0, err.decode()[-2000:]
     assert int(await redis.get("held:peak")) == 3  # all three slots, measured inside the tasks
 
@@ -419,7 +419,7 @@ async def test_a_killed_holders_slots_come_back_within_the_lease(
         await asyncio.sleep(0.01)
     back_after = time.monotonic() - killed_at
     try:
-        _, err = await asyncio.wait_for(waiter.communicate(), 60)
+        ((_, err),) = await finish([waiter], 60)
     except TimeoutError:
         waiter.kill()
         _, err = await waiter.communicate()
