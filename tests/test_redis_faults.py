@@ -12,12 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Gauge
+from conftest import Gauge, until
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from taskiq import InMemoryBroker
@@ -33,16 +33,6 @@ from taskiq_flow.exceptions import (
 )
 from taskiq_flow.optimization.parallel import global_cap, set_max_parallel_tasks
 from taskiq_flow.testing import RedisProcess
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    """Waits for ``check()`` to return something truthy (polling Redis, which the worker
-    processes write), at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (value := await check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-    return value
 
 
 def children(pid: int) -> set[int]:
