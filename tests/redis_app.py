@@ -134,9 +134,15 @@ async def _record(entry: str) -> None:
 
 
 @broker.task
-async def gate(seconds: float) -> None:
-    """Keeps a one-slot worker busy while the test queues work behind it."""
-    await asyncio.sleep(seconds)
+async def gate() -> None:
+    """Keeps a one-slot worker busy while the test queues work behind it: pushes to
+    ``gate:started``, then waits (a minute at most) for the test to push to ``gate:open``."""
+    client = Redis.from_url(URL)
+    try:
+        await client.rpush("gate:started", 1)
+        await client.blpop(["gate:open"], timeout=60)
+    finally:
+        await client.aclose()
 
 
 @broker.task
