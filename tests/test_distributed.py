@@ -660,6 +660,7 @@ async def test_a_restarted_orchestrator_resumes_its_run(
     from taskiq_flow import DataflowPipeline, PipelineTrackingManager, StateError
 
     async with started_app(workers) as app:
+        await redis.set("second:gate", 1)  # slow_step runs until the orchestrator is killed
         orchestrator = await asyncio.create_subprocess_exec(
             sys.executable,
             str(TESTS / "redis_resume.py"),
@@ -673,6 +674,7 @@ async def test_a_restarted_orchestrator_resumes_its_run(
             await tracking.begin(live.pipeline_id, "again", [("first", 1)])
         orchestrator.kill()
         await orchestrator.wait()
+        await redis.set("second:go", 1)
 
         [crashed] = await until(  # its lease (1 s) lapses
             lambda: tracking.list_pipelines(status="abandoned"), 10, "the run to be abandoned"

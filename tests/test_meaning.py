@@ -239,6 +239,7 @@ async def test_big_task_waits_without_blocking_small_ones_and_still_runs(
     pool = ResourceAwareWorkerPool([{"cpu_cores": 4}], max_bypass=3)
     log: list[str] = []
     first_running = asyncio.Event()
+    third_passed = asyncio.Event()
 
     @broker.task
     @CPUProfile(cpu_units=2)
@@ -246,16 +247,15 @@ async def test_big_task_waits_without_blocking_small_ones_and_still_runs(
         log.append(f"small{x}")
         if x < 0:
             first_running.set()
-            await asyncio.sleep(0.2)
-        else:
-            await asyncio.sleep(0.05)
+            await third_passed.wait()  # holds 2 cores until three small tasks passed the big one
+        elif x == 2:
+            third_passed.set()
         return x
 
     @broker.task
     @CPUProfile(cpu_units=4)
     async def big(x: int) -> int:
         log.append("big")
-        await asyncio.sleep(0.01)
         return x
 
     holder = asyncio.ensure_future(MapReduce.map(broker, small, [-1], worker_pool=pool))

@@ -286,6 +286,7 @@ async def test_a_run_whose_orchestrator_died_shows_as_abandoned(
     extra = {"TASKIQ_FLOW_TEST_RUN_LEASE": "1"}
     with supervised_workers(redis_url, "--workers", "1", extra_env=extra) as (env, _):
         async with started_app(env):
+            await redis.set("second:gate", 1)  # slow_step runs until the orchestrator is killed
             orchestrator = await asyncio.create_subprocess_exec(
                 sys.executable, str(TESTS / "redis_resume.py"), cwd=TESTS, env=env
             )
@@ -295,6 +296,7 @@ async def test_a_run_whose_orchestrator_died_shows_as_abandoned(
             assert live.status == "running"
             orchestrator.kill()
             await orchestrator.wait()
+            await redis.set("second:go", 1)
             killed = time.monotonic()
             await until(
                 lambda: tracking.list_pipelines(status="abandoned"), 10, "the run to be abandoned"

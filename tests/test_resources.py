@@ -215,9 +215,10 @@ async def test_acquire_waits_in_order_and_survives_cancellation() -> None:
     waiter_a = asyncio.ensure_future(wait_for(2))
     waiter_b = asyncio.ensure_future(wait_for(3))
     cancelled = asyncio.ensure_future(wait_for(4))
-    await asyncio.sleep(0.01)
+    await until(lambda: pool.waiting_count == 3, 10, "three acquires in line")
     cancelled.cancel()
-    await asyncio.sleep(0.01)
+    await asyncio.wait([cancelled])
+    assert pool.waiting_count == 2  # the cancelled acquire left the line
     pool.release(1)
     await waiter_a
     assert order == [2] and pool.placed_count == 1
