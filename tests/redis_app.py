@@ -92,7 +92,7 @@ async def held(x: int, seconds: float = 0.05) -> int:
             "held:peak",
             running,
         )
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(seconds)  # holds its slot a while: tasks overlap up to the cap
         await client.decr("held:running")
     finally:
         await client.aclose()
@@ -174,7 +174,7 @@ async def crunch(i: int, seconds: float = 0.05) -> str:
             f"peak:{name}",
             running,
         )
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(seconds)  # works a while: tasks overlap up to the worker's cores
         await client.decr(f"running:{name}")
     finally:
         await client.aclose()

@@ -188,7 +188,7 @@ def fan_out(broker: InMemoryBroker, gauge: Gauge, width: int, delay: float = 0.0
 
         async def work(seed: int) -> int:
             gauge.enter()
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # runs a while: tasks overlap up to the cap
             gauge.leave()
             return seed
 
@@ -370,7 +370,7 @@ async def test_task_timeout_and_pipeline_timeout(broker: InMemoryBroker) -> None
     @broker.task
     @pipeline_task(output="y", timeout=0.05)
     async def stuck(x: int) -> int:
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # a stall the step's timeout cuts
         return x
 
     with pytest.raises(StepFailedError) as failed:
@@ -383,7 +383,7 @@ async def test_task_timeout_and_pipeline_timeout(broker: InMemoryBroker) -> None
     @broker.task
     @pipeline_task(output="z")
     async def slow(x: int) -> int:
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # a stall the run's timeout cuts
         return x
 
     pipeline = DataflowPipeline(broker, timeout=0.1).add_dataflow_task(slow)
@@ -592,7 +592,7 @@ async def test_each_node_of_a_task_is_a_step_of_its_own(broker: InMemoryBroker) 
 
     @broker.task
     async def render(x: int, delay: float) -> int:
-        await asyncio.sleep(delay)
+        await asyncio.sleep(delay)  # render[c] is the slowest step
         return x
 
     @broker.task

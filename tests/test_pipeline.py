@@ -35,7 +35,7 @@ def toolkit(broker: InMemoryBroker, gauge: Gauge | None = None) -> dict[str, Any
     async def square(x: int) -> int:
         if gauge is not None:
             gauge.enter()
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # runs a while: tasks overlap up to the cap
             gauge.leave()
         return x * x
 

@@ -223,7 +223,7 @@ async def test_a_cap_shared_through_redis_waits_out_a_redis_restart(
     @broker.task
     async def step(x: int) -> int:
         gauge.enter()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # runs a while: tasks overlap up to the cap
         gauge.leave()
         return x
 

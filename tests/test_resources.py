@@ -251,7 +251,7 @@ async def test_pipelines_are_admitted_by_worker_capacity(
     @CPUProfile(cpu_units=3)
     async def crunch(x: int) -> int:
         gauge.enter()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # runs a while: tasks overlap up to the capacity
         gauge.leave()
         return x
 
