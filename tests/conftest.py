@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-from collections.abc import AsyncIterator, Callable, Iterator
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar, cast
 
+import anyio
 import pytest
 from hypothesis import HealthCheck, settings
 from taskiq import InMemoryBroker
@@ -16,6 +16,8 @@ from taskiq_flow.optimization.parallel import set_max_parallel_tasks
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+T = TypeVar("T")
 
 settings.register_profile(
     "default", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -69,16 +71,32 @@ class Gauge:
         self.running -= 1
 
 
-async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Waits until ``condition()`` holds (checked once per event-loop turn), at most ``timeout``
-    seconds; for state that has no event of its own (a queue's length in the core)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    for _ in itertools.count():
-        if condition():
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.001)
+async def until(
+    condition: Callable[[], T | Awaitable[T]], timeout: float = 30.0, what: str = "the condition"
+) -> T:
+    """Waits until ``condition()`` (a plain or an async callable) returns something truthy, and
+    returns it; for state that has no event of its own: a count in the core, a key a worker
+    process writes in Redis. It is checked at once, then again after pauses growing from 1 ms to
+    20 ms. Runs on asyncio and on trio (a virtual clock's time jumps to the next check).
+
+    :param timeout: a generous bound, in seconds: reaching it fails the test.
+    :param what: what is awaited, for the failure's message ("slow_step to start").
+    :raises AssertionError: ``timeout`` passed first.
+    """
+    deadline = anyio.current_time() + timeout
+    pause = 0.001
+    while True:
+        value = condition()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return cast("T", value)
+        if anyio.current_time() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:g} s waiting for {what} (last: {value!r})"
+            )
+        await anyio.sleep(pause)
+        pause = min(pause * 2, 0.02)
 
 
 @pytest.fixture

@@ -92,7 +92,7 @@ async def held(x: int, seconds: float = 0.05) -> int:
             "held:peak",
             running,
         )
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(seconds)  # holds its slot a while: tasks overlap up to the cap
         await client.decr("held:running")
     finally:
         await client.aclose()
@@ -134,9 +134,15 @@ async def _record(entry: str) -> None:
 
 
 @broker.task
-async def gate(seconds: float) -> None:
-    """Keeps a one-slot worker busy while the test queues work behind it."""
-    await asyncio.sleep(seconds)
+async def gate() -> None:
+    """Keeps a one-slot worker busy while the test queues work behind it: pushes to
+    ``gate:started``, then waits (a minute at most) for the test to push to ``gate:open``."""
+    client = Redis.from_url(URL)
+    try:
+        await client.rpush("gate:started", 1)
+        await client.blpop(["gate:open"], timeout=60)
+    finally:
+        await client.aclose()
 
 
 @broker.task
@@ -168,7 +174,7 @@ async def crunch(i: int, seconds: float = 0.05) -> str:
             f"peak:{name}",
             running,
         )
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(seconds)  # works a while: tasks overlap up to the worker's cores
         await client.decr(f"running:{name}")
     finally:
         await client.aclose()
@@ -191,15 +197,15 @@ async def first_step(x: int) -> int:
 @broker.task
 @pipeline_task(output="second")
 async def slow_step(first: int) -> int:
-    """A second; or, while a test holds the key ``second:gate``, until it sets ``second:go``."""
+    """While a test holds the key ``second:gate``, runs until it sets ``second:go`` (so that the
+    test can kill its orchestrator mid-step, however loaded the machine); else returns at once."""
     await _count("second:runs")
-    await asyncio.sleep(1.0)
     redis = Redis.from_url(URL)
     try:
         for _ in range(3000):  # at most a minute: a test that forgets to open the gate still ends
             if not await redis.exists("second:gate") or await redis.exists("second:go"):
                 break
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # polls the gate the test opens
     finally:
         await redis.aclose()
     return first * 10

@@ -5,7 +5,8 @@ shared through Redis, then prints how many results it got.
 
 Without ``--close`` it ends as a user's script does: the map returns and ``asyncio.run`` ends,
 nothing closed by hand. ``--lease`` is the cap's lease, ``--seconds`` how long each task holds
-its slot. It prints ``ready`` once the workers answer, before the map starts.
+its slot. It prints ``ready`` once the workers answer, before the map starts. The cap's Redis
+client is named ``orchestrator-PID`` (``CLIENT LIST`` tells a test what it last did).
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from taskiq_flow.run.runner import run_single
 
 
 def dump_tasks() -> None:
-    """On SIGUSR1 (a test that timed out): every asyncio task's stack, to stderr."""
+    """On SIGUSR1 (a test that timed out): every asyncio task's stack, to stderr; then exits
+    (status 70), so that the test waits for the exit rather than for a guessed time."""
     for task in asyncio.all_tasks():
         print(f"-- {task!r}", file=sys.stderr)
         task.print_stack(file=sys.stderr)
     sys.stderr.flush()
+    os._exit(70)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -48,7 +51,7 @@ async def main(args: argparse.Namespace) -> None:
     print("ready", flush=True)
     set_max_parallel_tasks(
         args.cap,
-        redis=Redis.from_url(redis_app.URL),
+        redis=Redis.from_url(redis_app.URL, client_name=f"orchestrator-{os.getpid()}"),
         name=os.environ["TASKIQ_FLOW_TEST_LIMIT"],
         lease_seconds=args.lease,
     )

@@ -1,6 +1,7 @@
 """An orchestrator process the resume tests kill mid-run, with its tracking in Redis: runs
-first_step -> slow_step (a second), or, with ``TASKIQ_FLOW_TEST_RESUME=slow``, first_step beside
-a four-second step (:data:`slow_pipeline`, also what ``runs resume --pipeline`` imports)."""
+first_step -> slow_step (running while the test holds ``second:gate``), or, with
+``TASKIQ_FLOW_TEST_RESUME=slow``, first_step beside a four-second step (:data:`slow_pipeline`,
+also what ``runs resume --pipeline`` imports)."""
 
 from __future__ import annotations
 

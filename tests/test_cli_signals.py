@@ -4,15 +4,16 @@ one line, no traceback."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
+from conftest import until
 
 TESTS = Path(__file__).resolve().parent
 
@@ -89,10 +90,12 @@ def test_the_worker_command_stops_on_a_signal_with_one_line(redis_url: str, how:
     )
     client = Redis.from_url(redis_url)
     try:
-        deadline = time.monotonic() + 60
-        while not client.exists(f"taskiq_flow:worker:{name}"):  # its advert: it is up
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
+
+        def up() -> bool:  # its advert: it is up (or it ended, which fails below)
+            return proc.poll() is not None or bool(client.exists(f"taskiq_flow:worker:{name}"))
+
+        asyncio.run(until(up, 60, f"worker {name} to advertise itself"))
+        assert proc.poll() is None, proc.communicate()[1]
         family = descendants(proc.pid)
         assert family  # the taskiq supervisor and its child
         if how == "SIGTERM":

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from conftest import Gauge
+from conftest import Gauge, until
 from taskiq import InMemoryBroker
 
 from taskiq_flow import (
@@ -178,7 +178,7 @@ async def test_bad_pipelines_are_refused_before_anything_is_sent(broker: InMemor
 
     with pytest.raises(NotATaskError, match="plain is not a taskiq task"):
         DataflowPipeline(broker).add_dataflow_task(plain)
-    await asyncio.sleep(0.05)
+    await broker.wait_all()  # whatever was sent has run
     assert calls == []
 
 
@@ -188,7 +188,7 @@ def fan_out(broker: InMemoryBroker, gauge: Gauge, width: int, delay: float = 0.0
 
         async def work(seed: int) -> int:
             gauge.enter()
-            await asyncio.sleep(delay)
+            await asyncio.sleep(delay)  # runs a while: tasks overlap up to the cap
             gauge.leave()
             return seed
 
@@ -254,7 +254,7 @@ async def test_fail_fast_names_the_step_keeps_partial_results_and_starts_nothing
         await pipeline.kiq_dataflow(x=4)
     assert e.value.step == "broken"
     assert e.value.results == {"a": 4}
-    await asyncio.sleep(0.05)
+    await broker.wait_all()  # whatever was sent has run
     assert "after" not in started
     [letter] = dead.list()
     assert (letter.step, letter.kwargs, letter.attempts) == ("broken", {"a": 4}, 1)
@@ -370,7 +370,7 @@ async def test_task_timeout_and_pipeline_timeout(broker: InMemoryBroker) -> None
     @broker.task
     @pipeline_task(output="y", timeout=0.05)
     async def stuck(x: int) -> int:
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # a stall the step's timeout cuts
         return x
 
     with pytest.raises(StepFailedError) as failed:
@@ -383,7 +383,7 @@ async def test_task_timeout_and_pipeline_timeout(broker: InMemoryBroker) -> None
     @broker.task
     @pipeline_task(output="z")
     async def slow(x: int) -> int:
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # a stall the run's timeout cuts
         return x
 
     pipeline = DataflowPipeline(broker, run_timeout=0.1).add_dataflow_task(slow)
@@ -412,6 +412,7 @@ async def test_cancel_a_running_pipeline(broker: InMemoryBroker) -> None:
         return y
 
     pipeline = DataflowPipeline.from_tasks(broker, [slow, later])
+    before = asyncio.all_tasks()
     run = asyncio.ensure_future(pipeline.kiq_dataflow(x=1))
     await asyncio.wait_for(started.wait(), 10)
     pipeline.cancel()
@@ -419,8 +420,9 @@ async def test_cancel_a_running_pipeline(broker: InMemoryBroker) -> None:
         await run
     finish.set()  # the running task completes after the cancel: nothing may start after it
     await asyncio.wait_for(finished.wait(), 10)
-    for _ in range(100):  # a completion's consequences come within a few loop turns
-        await asyncio.sleep(0)
+    # Every task started since the run began has ended (slow's, its completion's, anything the
+    # run left behind): whatever a late completion could have started has started by now.
+    await until(lambda: not asyncio.all_tasks() - before, 10, "the run's tasks to end")
     assert later_started == []
 
 
@@ -590,7 +592,7 @@ async def test_each_node_of_a_task_is_a_step_of_its_own(broker: InMemoryBroker) 
 
     @broker.task
     async def render(x: int, delay: float) -> int:
-        await asyncio.sleep(delay)
+        await asyncio.sleep(delay)  # render[c] is the slowest step
         return x
 
     @broker.task

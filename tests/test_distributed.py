@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import until
 from redis.asyncio import Redis
 from taskiq import TaskiqMessage
 
@@ -101,9 +102,12 @@ async def test_completions_travel_as_json(redis: Redis) -> None:
     assert isinstance(got[1].error, RemoteTaskError) and str(got[1].error) == "ValueError: bad"
     assert isinstance(got[2].error, AbortPipeline) and got[2].error.reason == "halt"
     assert 0 < await redis.ttl("flowtest:done:run-3") <= 86400
-    channel.close("run-3")
-    await asyncio.sleep(0.05)
-    assert await redis.exists("flowtest:done:run-3") == 0
+    channel.close("run-3")  # deletes the stream in the background
+
+    async def deleted() -> bool:
+        return await redis.exists("flowtest:done:run-3") == 0
+
+    await until(deleted, 10, "the closed run's stream to be deleted")
 
 
 class Planted:
@@ -211,16 +215,16 @@ async def started_app(workers: dict[str, str]) -> AsyncIterator[Any]:
 
     from taskiq_flow.run.runner import run_single
 
+    async def answered() -> bool:
+        try:
+            await run_single(redis_app.broker, redis_app.ping.task_name, (), {}, timeout=2)
+        except Exception:
+            return False  # sent before the consumer group existed, or no worker up yet
+        return True
+
     await redis_app.broker.startup()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                await run_single(redis_app.broker, redis_app.ping.task_name, (), {}, timeout=2)
-                break
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
+        await until(answered, 60, "a worker to answer a ping")
         yield redis_app
     finally:
         await redis_app.broker.shutdown()
@@ -287,8 +291,17 @@ async def test_shared_cap_blocks_across_holders_and_leases_expire(redis: Redis) 
     second = RedisCapacityLimiter(redis, "caps", 2, lease_seconds=0.3)
     await first.acquire()
     await first.acquire()
+    tries = 0
+    script = second._acquire
+
+    async def counted(**kwargs: Any) -> Any:
+        nonlocal tries
+        tries += 1
+        return await script(**kwargs)
+
+    second._acquire = counted  # type: ignore[assignment]
     waiter = asyncio.ensure_future(second.acquire())
-    await asyncio.sleep(0.1)
+    await until(lambda: tries >= 2, 10, "the waiter to be refused once and try again")
     assert not waiter.done()
     first.release()
     await asyncio.wait_for(waiter, 2)
@@ -342,8 +355,8 @@ async def finish(
         return [t.result() for t in talks]
     for proc in procs:
         if proc.returncode is None:
-            proc.send_signal(signal.SIGUSR1)
-    await asyncio.sleep(2)
+            proc.send_signal(signal.SIGUSR1)  # it prints its tasks' stacks, then exits
+    await asyncio.wait(talks, timeout=30)
     for proc in procs:
         if proc.returncode is None:
             proc.kill()
@@ -404,19 +417,29 @@ async def test_a_killed_holders_slots_come_back_within_the_lease(
     key = f"taskiq_flow:limit:{name}"
     env = {**workers, "TASKIQ_FLOW_TEST_LIMIT": name}
     holder, _ = await orchestrate(env, "200", "3", "--lease", "2", "--seconds", "0.3")
-    deadline = time.monotonic() + 30
-    while await redis.zcard(key) < 3:  # the holder took every slot
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.01)
+
+    async def all_taken() -> bool:
+        return bool(await redis.zcard(key) >= 3)
+
+    await until(all_taken, 30, "the holder to take every slot")
     waiter, _ = await orchestrate(env, "12", "3", "--lease", "2", "--seconds", "0.3")
-    await asyncio.sleep(0.7)  # the waiter is polling for a slot (a renewal of the holder passed)
+
+    async def waiter_refused() -> bool:  # its cap's client ran the acquire script: refused
+        clients = await redis.client_list()
+        name = f"orchestrator-{waiter.pid}"
+        return any(c["name"] == name and c["cmd"].startswith("eval") for c in clients)
+
+    await until(waiter_refused, 30, "the waiter to ask for a slot")
     held = set(await redis.zrange(key, 0, -1))
     holder.kill()
     killed_at = time.monotonic()
     await holder.wait()
-    while held & set(await redis.zrange(key, 0, -1)) or await redis.zcard(key) < 3:
-        assert time.monotonic() - killed_at < 10, "the killed holder's slots never came back"
-        await asyncio.sleep(0.01)
+
+    async def handed_over() -> bool:
+        now = set(await redis.zrange(key, 0, -1))
+        return not held & now and len(now) >= 3
+
+    await until(handed_over, 10, "the killed holder's slots to come back to the waiter")
     back_after = time.monotonic() - killed_at
     try:
         ((_, err),) = await finish([waiter], 60)
@@ -435,7 +458,11 @@ async def test_redis_going_away_fails_the_run_instead_of_hanging() -> None:
         client = Redis.from_url(url)
         channel = RedisCompletionChannel(client, give_up_seconds=1.0, block_ms=100)
         inbox = channel.open("run-lost")
-        await asyncio.sleep(0.1)
+
+        async def reading() -> bool:  # the channel's reader is blocked in XREAD
+            return any(c["cmd"] == "xread" for c in await client.client_list())
+
+        await until(reading, 10, "the channel to read its stream")
         await client.shutdown(nosave=True)
         start = time.monotonic()
         with pytest.raises(ChannelLostError, match="cannot be read from Redis"):
@@ -473,15 +500,19 @@ async def test_a_worker_drains_higher_priority_queues_first(
     redis: Redis, one_slot_app: Any
 ) -> None:
     app_ = one_slot_app
-    await app_.gate.kiq(0.5)
-    await asyncio.sleep(0.2)  # the only slot is busy with the gate
+    await app_.gate.kiq()
+    # The only slot is busy with the gate while both queues fill; then the gate opens.
+    assert await redis.blpop(["gate:started"], timeout=30) is not None, "the gate never ran"
     for i in range(4):
         await app_.routine.kiq(i)
     for i in range(3):
         await app_.urgent.kiq(i)
-    deadline = time.monotonic() + 20
-    while await redis.llen("order") < 7 and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)  # the order lives in Redis, written by the worker process
+    await redis.rpush("gate:open", 1)
+
+    async def all_ran() -> bool:  # the order lives in Redis, written by the worker process
+        return bool(await redis.llen("order") >= 7)
+
+    await until(all_ran, 30, "the 7 queued tasks to run")
     order = [entry.decode() for entry in await redis.lrange("order", 0, -1)]
     assert order == [*(f"urgent-{i}" for i in range(3)), *(f"routine-{i}" for i in range(4))]
 
@@ -528,10 +559,11 @@ def flow_workers(
 async def live_adverts(redis: Redis, count: int) -> list[dict[str, Any]]:
     from taskiq_flow.distributed import discover_workers
 
-    deadline = time.monotonic() + 30
-    while len(adverts := await discover_workers(redis)) < count:
-        assert time.monotonic() < deadline, adverts
-        await asyncio.sleep(0.1)  # the adverts appear in Redis as the workers start
+    async def advertised() -> list[dict[str, Any]] | None:
+        adverts = await discover_workers(redis)  # they appear in Redis as the workers start
+        return adverts if len(adverts) >= count else None
+
+    adverts: list[dict[str, Any]] = await until(advertised, 30, f"{count} worker adverts")
     return adverts
 
 
@@ -586,7 +618,12 @@ async def test_tasks_of_a_dead_worker_are_placed_again_and_the_run_completes(
                     app.broker, app.crunch, range(8), worker_pool=pool, kwargs={"seconds": 1.0}
                 )
             )
-            await asyncio.sleep(0.5)  # two 2-core tasks running on each worker
+
+            async def both_busy() -> bool:  # two 2-core tasks running on each worker
+                counts = await redis.mget(["running:first", "running:second"])
+                return all(c is not None and int(c) >= 2 for c in counts)
+
+            await until(both_busy, 30, "two tasks running on each worker")
             os.killpg(procs["first"].pid, signal.SIGKILL)
             where = await asyncio.wait_for(run, 60)
             assert len(where) == 8
@@ -623,28 +660,25 @@ async def test_a_restarted_orchestrator_resumes_its_run(
     from taskiq_flow import DataflowPipeline, PipelineTrackingManager, StateError
 
     async with started_app(workers) as app:
+        await redis.set("second:gate", 1)  # slow_step runs until the orchestrator is killed
         orchestrator = await asyncio.create_subprocess_exec(
             sys.executable,
             str(TESTS / "redis_resume.py"),
             cwd=TESTS,
             env={**workers, "TASKIQ_FLOW_TEST_RUN_LEASE": "1"},
         )
-        deadline = time.monotonic() + 30
-        while not await redis.get("second:runs"):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)  # first_step is done, slow_step is running
+        await until(lambda: redis.get("second:runs"), 30, "slow_step to start")
         tracking = PipelineTrackingManager(RedisPipelineStorage(redis, ttl_seconds=600))
         [live] = await tracking.list_pipelines(status="running")
         with pytest.raises(StateError, match="live in another process"):  # not while it lives
             await tracking.begin(live.pipeline_id, "again", [("first", 1)])
         orchestrator.kill()
         await orchestrator.wait()
+        await redis.set("second:go", 1)
 
-        deadline = time.monotonic() + 10
-        while not (abandoned := await tracking.list_pipelines(status="abandoned")):
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)  # its lease (1 s) lapses
-        [crashed] = abandoned
+        [crashed] = await until(  # its lease (1 s) lapses
+            lambda: tracking.list_pipelines(status="abandoned"), 10, "the run to be abandoned"
+        )
         pipeline = DataflowPipeline.from_tasks(app.broker, [app.first_step, app.slow_step])
         outputs = await pipeline.with_tracking(tracking).resume(crashed.pipeline_id, x=3)
         assert outputs == {"first": 4, "second": 40}
@@ -707,10 +741,10 @@ async def test_a_workers_own_queue_does_not_outlive_it(redis: Redis, redis_url: 
         assert procs["tidy"].wait(timeout=20) == 0
         assert not await _worker_queue(redis, f"{queue}.tidy")
 
-        deadline = time.monotonic() + 10
-        while await redis.pttl(f"{queue}.killed") < 0:  # its first heartbeat gives it a TTL
-            assert time.monotonic() < deadline, "the worker's queue never got a TTL"
-            await asyncio.sleep(0.05)
+        async def has_ttl() -> bool:  # its first heartbeat gives it a TTL
+            return bool(await redis.pttl(f"{queue}.killed") >= 0)
+
+        await until(has_ttl, 10, "the worker's queue to get a TTL")
         os.killpg(procs["killed"].pid, signal.SIGKILL)
         procs["killed"].wait()
         assert 0 < await redis.pttl(f"{queue}.killed") <= IDLE_WORKER_QUEUE_TTL * 1000

@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
+from conftest import until
 from trio.testing import MockClock
 
 from taskiq_flow import CapacityLimiter, InvalidValueError, RateLimiter, StateError
@@ -35,7 +36,7 @@ async def test_capacity_limiter_bounds_concurrency_exactly() -> None:
         async with limiter:
             running += 1
             peak = max(peak, running)
-            await anyio.sleep(0.01)
+            await anyio.sleep(0.01)  # holds the slot a while: jobs overlap up to the cap
             running -= 1
 
     async with anyio.create_task_group() as tg:
@@ -57,7 +58,8 @@ async def test_capacity_limiter_is_fifo_and_reports_statistics() -> None:
     async with anyio.create_task_group() as tg:
         for i in range(5):
             tg.start_soon(waiter, i)
-            await anyio.sleep(0.01)  # each waiter is in line before the next starts
+            # Each waiter is in line before the next starts.
+            await until(lambda n=i + 1: limiter.statistics().tasks_waiting == n, what=f"waiter {i}")
         stats = limiter.statistics()
         assert (stats.borrowed_tokens, stats.total_tokens, stats.tasks_waiting) == (1, 1, 5)
         with pytest.raises(anyio.WouldBlock):
@@ -69,8 +71,10 @@ async def test_capacity_limiter_is_fifo_and_reports_statistics() -> None:
 async def test_waiter_cancelled_before_grant_leaves_no_trace() -> None:
     limiter = CapacityLimiter(1)
     await limiter.acquire()
-    with anyio.move_on_after(0.5):
-        await limiter.acquire()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(limiter.acquire)
+        await until(lambda: limiter.statistics().tasks_waiting == 1, what="the waiter in line")
+        tg.cancel_scope.cancel()
     assert limiter.statistics().tasks_waiting == 0
     limiter.release()
     limiter.acquire_nowait()
@@ -90,10 +94,9 @@ async def test_waiter_cancelled_after_grant_passes_the_slot_on() -> None:
             got.append(name)
 
     first = asyncio.create_task(take("first"))
-    await asyncio.sleep(0)
+    await until(lambda: limiter.statistics().tasks_waiting == 1, what="first in line")
     second = asyncio.create_task(take("second"))
-    await asyncio.sleep(0)
-    assert limiter.statistics().tasks_waiting == 2
+    await until(lambda: limiter.statistics().tasks_waiting == 2, what="second in line")
     limiter.release()  # hands the slot to `first` ...
     first.cancel()  # ... which is cancelled before it runs again
     await asyncio.wait_for(second, timeout=5)
@@ -114,7 +117,7 @@ async def test_raising_total_tokens_admits_waiters() -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter, 1)
         tg.start_soon(waiter, 2)
-        await anyio.sleep(0.01)
+        await until(lambda: limiter.statistics().tasks_waiting == 2, what="both waiters in line")
         assert entered == []
         limiter.total_tokens = 3
     assert sorted(entered) == [1, 2]

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from conftest import Gauge
+from conftest import Gauge, until
 from taskiq import InMemoryBroker
 
 from taskiq_flow import (
@@ -133,9 +133,12 @@ async def test_failures_retries_and_skips(broker: InMemoryBroker) -> None:
 
 
 async def test_abandoned_stream_keeps_slots_until_its_calls_finish(broker: InMemoryBroker) -> None:
+    release = asyncio.Event()
+
     @broker.task
     async def slow(x: int) -> int:
-        await asyncio.sleep(0.05 if x else 0)
+        if x:
+            await release.wait()  # still running when the stream is closed
         return x
 
     cap = global_cap().cap
@@ -144,8 +147,9 @@ async def test_abandoned_stream_keeps_slots_until_its_calls_finish(broker: InMem
     assert await anext(stream) == 0
     await stream.aclose()  # stop after the first result, with calls still running
     assert 3 <= cap.in_use - before <= 4  # the window, less the one that finished
-    await asyncio.sleep(0.2)
-    assert cap.in_use == before
+    release.set()
+    await broker.wait_all()
+    await until(lambda: cap.in_use == before, 10, "the finished calls to give their slots back")
 
 
 async def test_rate_limited_steps_start_no_faster_than_their_rate(broker: InMemoryBroker) -> None:

@@ -40,7 +40,7 @@ from taskiq_flow.resources import CPUProfile
 def held(broker: InMemoryBroker, gauge: Gauge, delay: float = 0.01, name: str = "held") -> Any:
     async def task(x: int) -> int:
         gauge.enter(name)
-        await asyncio.sleep(delay)
+        await asyncio.sleep(delay)  # runs a while: tasks overlap up to the cap
         gauge.leave()
         return x
 
@@ -59,7 +59,7 @@ async def test_map_reduce_max_parallel_bounds_map_and_reduce_together(
     @broker.task
     async def add(a: int, b: int) -> int:
         gauge.enter("add")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0.005)  # overlaps the map's tasks
         gauge.leave()
         return a + b
 
@@ -85,7 +85,7 @@ async def test_dataflow_max_parallel_bounds_the_run(broker: InMemoryBroker, gaug
 
         async def node(x: int) -> int:
             gauge.enter()
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # runs a while: tasks overlap up to the cap
             gauge.leave()
             return x
 
@@ -127,7 +127,7 @@ async def test_two_runs_share_the_process_cap_fairly(broker: InMemoryBroker, gau
     def task(name: str) -> Any:
         async def run(x: int) -> int:
             gauge.enter(name)
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # runs a while: the runs share the cap
             gauge.leave()
             finished.append(name)
             return x
@@ -154,7 +154,7 @@ async def test_two_runs_share_the_process_cap_fairly(broker: InMemoryBroker, gau
 async def test_pipeline_timeout_bounds_the_whole_run(broker: InMemoryBroker) -> None:
     @broker.task
     async def step(x: int) -> int:
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # three of them outlast the run's timeout
         return x
 
     pipeline = Pipeline(broker, step).call_next(step).call_next(step).with_run_timeout(0.5)
@@ -173,7 +173,7 @@ async def test_task_timeout_bounds_one_attempt_and_names_it(broker: InMemoryBrok
     @pipeline_task(output="y", timeout=0.05)
     async def stuck(x: int) -> int:
         attempts.append(x)
-        await asyncio.sleep(0.3 if len(attempts) in slow_attempts else 0)
+        await asyncio.sleep(0.3 if len(attempts) in slow_attempts else 0)  # a stall, cut at 0.05 s
         return x
 
     # Each attempt is bounded, not the run: the retry (fast) succeeds.
@@ -239,6 +239,7 @@ async def test_big_task_waits_without_blocking_small_ones_and_still_runs(
     pool = ResourceAwareWorkerPool([{"cpu_cores": 4}], max_bypass=3)
     log: list[str] = []
     first_running = asyncio.Event()
+    third_passed = asyncio.Event()
 
     @broker.task
     @CPUProfile(cpu_units=2)
@@ -246,16 +247,15 @@ async def test_big_task_waits_without_blocking_small_ones_and_still_runs(
         log.append(f"small{x}")
         if x < 0:
             first_running.set()
-            await asyncio.sleep(0.2)
-        else:
-            await asyncio.sleep(0.05)
+            await third_passed.wait()  # holds 2 cores until three small tasks passed the big one
+        elif x == 2:
+            third_passed.set()
         return x
 
     @broker.task
     @CPUProfile(cpu_units=4)
     async def big(x: int) -> int:
         log.append("big")
-        await asyncio.sleep(0.01)
         return x
 
     holder = asyncio.ensure_future(MapReduce.map(broker, small, [-1], worker_pool=pool))

@@ -35,7 +35,7 @@ def toolkit(broker: InMemoryBroker, gauge: Gauge | None = None) -> dict[str, Any
     async def square(x: int) -> int:
         if gauge is not None:
             gauge.enter()
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # runs a while: tasks overlap up to the cap
             gauge.leave()
         return x * x
 
@@ -148,28 +148,36 @@ async def test_bad_pipelines_are_refused_before_sending(broker: InMemoryBroker) 
 
 
 async def test_cancel_and_tracking(broker: InMemoryBroker) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
     @broker.task
     async def slow(x: int) -> int:
-        await asyncio.sleep(0.2)
+        started.set()
+        if x == 1:
+            await release.wait()  # runs until the test has cancelled its run
+        else:
+            await asyncio.sleep(0.05)  # a duration for tracking to measure
         return x
 
     t = toolkit(broker)
     tracking = PipelineTrackingManager()
     pipeline = Pipeline(broker, slow).call_next(t["numbers"]).with_tracking(tracking)
     handle = await pipeline.kiq(1)
-    await asyncio.sleep(0.02)
+    await asyncio.wait_for(started.wait(), 10)
     handle.cancel()
     result = await handle.wait_result(timeout=5)
     assert result.is_err and isinstance(result.error, PipelineCancelledError)
     status = await tracking.get_status(handle.pipeline_id)
     assert status.status == "cancelled"
+    release.set()
+    await broker.wait_all()  # the cancelled run's task ends before the next run starts
 
     done = await (await pipeline.kiq(3)).wait_result()
     assert done.return_value == [0, 1, 2]
     status = await tracking.get_status(pipeline.pipeline_id or "")
     assert [(s.name, s.status) for s in status.steps] == [("slow", "done"), ("numbers", "done")]
-    assert (status.steps[0].duration_ms or 0) >= 200
-    await asyncio.sleep(0.25)
+    assert (status.steps[0].duration_ms or 0) >= 50
 
 
 async def test_resume_skips_the_steps_that_finished(broker: InMemoryBroker) -> None:

@@ -12,12 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Gauge
+from conftest import Gauge, until
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 from taskiq import InMemoryBroker
@@ -33,16 +33,6 @@ from taskiq_flow.exceptions import (
 )
 from taskiq_flow.optimization.parallel import global_cap, set_max_parallel_tasks
 from taskiq_flow.testing import RedisProcess
-
-
-async def until(check: Callable[[], Awaitable[Any]], timeout: float, what: str) -> Any:
-    """Waits for ``check()`` to return something truthy (polling Redis, which the worker
-    processes write), at most ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not (value := await check()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-    return value
 
 
 def children(pid: int) -> set[int]:
@@ -233,7 +223,7 @@ async def test_a_cap_shared_through_redis_waits_out_a_redis_restart(
     @broker.task
     async def step(x: int) -> int:
         gauge.enter()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # runs a while: tasks overlap up to the cap
         gauge.leave()
         return x
 
@@ -296,6 +286,7 @@ async def test_a_run_whose_orchestrator_died_shows_as_abandoned(
     extra = {"TASKIQ_FLOW_TEST_RUN_LEASE": "1"}
     with supervised_workers(redis_url, "--workers", "1", extra_env=extra) as (env, _):
         async with started_app(env):
+            await redis.set("second:gate", 1)  # slow_step runs until the orchestrator is killed
             orchestrator = await asyncio.create_subprocess_exec(
                 sys.executable, str(TESTS / "redis_resume.py"), cwd=TESTS, env=env
             )
@@ -305,6 +296,7 @@ async def test_a_run_whose_orchestrator_died_shows_as_abandoned(
             assert live.status == "running"
             orchestrator.kill()
             await orchestrator.wait()
+            await redis.set("second:go", 1)
             killed = time.monotonic()
             await until(
                 lambda: tracking.list_pipelines(status="abandoned"), 10, "the run to be abandoned"

@@ -507,7 +507,7 @@ def test_nodes_of_one_name_keep_their_own_steps() -> None:
 async def test_the_timeline_shows_what_each_step_waited_for(broker: InMemoryBroker) -> None:
     @broker.task
     async def resize(x: int) -> int:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # the four behind the cap wait at least this
         return x
 
     tracking = PipelineTrackingManager()
@@ -548,7 +548,7 @@ async def test_the_timeline_of_a_run_with_a_map_starts_and_ends_with_the_run(
 
     @broker.task
     async def resize(x: int) -> int:
-        await asyncio.sleep(0.002)
+        await asyncio.sleep(0.002)  # each bar has a width
         return x
 
     tracking = PipelineTrackingManager()
@@ -589,14 +589,14 @@ async def test_every_moment_from_ready_to_running_has_the_reason_the_core_record
     @broker.task
     @pipeline_task(output="pcm")
     async def decode(audio: int) -> int:
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.02)  # a bar of its own before the analyses
         return audio
 
     analyses = []
     for name in ("loudness", "fingerprint", "transcribe"):
 
         async def analysis(pcm: int) -> int:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the third waits about this long for the cap
             return pcm
 
         analysis.__name__ = name

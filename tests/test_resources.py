@@ -215,9 +215,10 @@ async def test_acquire_waits_in_order_and_survives_cancellation() -> None:
     waiter_a = asyncio.ensure_future(wait_for(2))
     waiter_b = asyncio.ensure_future(wait_for(3))
     cancelled = asyncio.ensure_future(wait_for(4))
-    await asyncio.sleep(0.01)
+    await until(lambda: pool.waiting_count == 3, 10, "three acquires in line")
     cancelled.cancel()
-    await asyncio.sleep(0.01)
+    await asyncio.wait([cancelled])
+    assert pool.waiting_count == 2  # the cancelled acquire left the line
     pool.release(1)
     await waiter_a
     assert order == [2] and pool.placed_count == 1
@@ -250,7 +251,7 @@ async def test_pipelines_are_admitted_by_worker_capacity(
     @CPUProfile(cpu_units=3)
     async def crunch(x: int) -> int:
         gauge.enter()
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.01)  # runs a while: tasks overlap up to the capacity
         gauge.leave()
         return x
 

@@ -17,13 +17,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import until
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -258,15 +258,15 @@ class Orchestrator:
     async def _start(self) -> None:
         from taskiq_flow.run.runner import run_single
 
-        await self.app.broker.startup()
-        deadline = time.monotonic() + 60
-        while True:  # workers read only what is sent after their consumer group exists
+        async def answered() -> bool:
             try:
                 await run_single(self.app.broker, self.app.ping.task_name, (), {}, timeout=2)
-                return
             except Exception:
-                if time.monotonic() > deadline:
-                    raise
+                return False  # workers read only what is sent after their consumer group exists
+            return True
+
+        await self.app.broker.startup()
+        await until(answered, 60, "a worker to answer a ping")
 
     def sent(self) -> int:
         """Messages ever added to the app's queue (Redis counts them; acknowledged ones are

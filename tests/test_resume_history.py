@@ -12,9 +12,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import until
 from redis.asyncio import Redis
 from test_distributed import TESTS, started_app, supervised_workers
-from test_redis_faults import until
 
 from taskiq_flow import InvalidValueError, PipelineTrackingManager, StateError
 from taskiq_flow.distributed import RedisPipelineStorage

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+import time
 
 import pytest
+from conftest import until
 from redis.asyncio import Redis
 from taskiq import InMemoryBroker
 
@@ -41,7 +42,9 @@ async def test_lifecycle_listing_deletion_and_cleanup() -> None:
     with pytest.raises(UnknownIdError, match="no pipeline run with id 'run-1'"):
         await tracking.get_status("run-1")
     assert await tracking.cleanup(older_than=3600) == 0
-    await asyncio.sleep(0.01)
+    ended = failed.finished_at
+    assert ended is not None
+    await until(lambda: time.time() > ended, 5, "the clock to pass the run's end")
     assert await tracking.cleanup(older_than=0) == 1
     assert await tracking.list_pipelines() == []
     with pytest.raises(InvalidValueError):
@@ -84,7 +87,10 @@ async def _map_counts_mid_run(
         [step] = (await reader.get_status(record.pipeline_id)).steps
         return dict(step.counts)
 
-    await until_async(lambda: _equal(live_counts, expected))
+    async def counted() -> bool:
+        return await live_counts() == expected
+
+    await until(counted, 30, f"the records to read {expected}")
     live = await reader.get_status(record.pipeline_id)
     [step] = live.steps
     assert (step.tasks, step.status, live.status) == (items, "running", "running")
@@ -101,18 +107,6 @@ async def _map_counts_mid_run(
     assert sum(step.counts.values()) == items
     # The other 9950 waited for the run's own cap, and the record says so.
     assert set(step.waited) <= {"ready", "run_cap"} and step.waited["run_cap"] > 0
-
-
-async def _equal(read: Any, expected: dict[str, int]) -> bool:
-    return bool(await read() == expected)
-
-
-async def until_async(check: Any, timeout: float = 30.0) -> None:
-    """Waits until ``await check()`` holds (records written by the run's next flush)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_ten_thousand_item_map_is_one_step_counting_its_tasks(
