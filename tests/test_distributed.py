@@ -337,7 +337,7 @@ async def test_global_cap_holds_across_two_orchestrator_processes(
         )
         for _ in range(2)
     ]
-    outputs = await finish(procs, 90)
+    outputs = await finish(procs, 80)
     for proc, (out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err.decode()[-2000:]
         assert out.decode().split() == ["ready", "15"]

@@ -103,15 +103,19 @@ class RedisCapacityLimiter:
         """Never succeeds without a round trip: always raises :class:`anyio.WouldBlock`."""
         raise anyio.WouldBlock
 
+    async def try_acquire(self) -> bool:
+        """Takes a slot if the shared count allows it now (one round trip); ``True`` if taken."""
+        lease = uuid.uuid4().hex
+        if await self._acquire(keys=[self._key], args=[self._total, self._lease_ms, lease]):
+            self._held.append(lease)
+            self._start_renewer()
+            return True
+        return False
+
     async def acquire(self) -> None:
         """Takes a slot, waiting until the shared count allows it."""
-        lease = uuid.uuid4().hex
         pause = 0.002
-        while True:
-            if await self._acquire(keys=[self._key], args=[self._total, self._lease_ms, lease]):
-                self._held.append(lease)
-                self._start_renewer()
-                return
+        while not await self.try_acquire():
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
 

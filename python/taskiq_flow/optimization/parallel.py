@@ -22,7 +22,6 @@ it back when none does; which node takes a lease is still the core's decision.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -43,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 #: Longest pause, in seconds, between two tries of a lease feeder that cannot reach Redis.
 FEED_RETRY_MAX = 2.0
+#: How long ``aclose`` waits for the feeder to stop before giving the leases back itself.
+FEEDER_STOP_SECONDS = 5.0
 
 
 class CapGroup:
@@ -115,28 +116,38 @@ class RedisCapGroup(CapGroup):
         self._poke.set()
 
     async def aclose(self) -> None:
-        """Stops the feeder and gives every lease back, waiting until Redis has them."""
-        if self._feeder is not None and not self._feeder.done():
-            self._feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._feeder
+        """Stops the feeder and gives every lease back, waiting until Redis has them (even if
+        the feeder is slow to stop: the leases are given back by the limiter either way)."""
+        feeder = self._feeder
+        if feeder is not None and not feeder.done():
+            feeder.cancel()
+            await asyncio.wait({feeder}, timeout=FEEDER_STOP_SECONDS)
         self._held = 0
         self.cap.set_leased(0)
         await self.limiter.aclose()
 
     async def _feed(self) -> None:
+        # Redis reads are awaited through _cancellable: redis-py on Python 3.11 can absorb a
+        # cancellation that lands as a read's socket timeout fires, and a feeder that does not
+        # stop keeps its process's leases renewed while other processes starve.
+        from taskiq_flow.distributed.broker import _cancellable, _reraise_cancellation
+
         assert self._poke is not None
         poke = self._poke
         cap = self.cap
-        pause = 0.0
+        pause = 0.0  # between tries of a lease, or after Redis could not be reached
         try:
             while True:
                 if pause == 0.0:
                     await poke.wait()
                     poke.clear()
                 try:
-                    while cap.waiting_runs > 0:
-                        await self.limiter.acquire()
+                    # One try per turn, and the question asked again each time: a process whose
+                    # runs no longer wait stops asking at once (and gives its spare leases back
+                    # below), rather than wait for a lease only another process could free.
+                    taken = False
+                    while cap.waiting_runs > 0 and await _cancellable(self.limiter.try_acquire()):
+                        taken = True
                         self._held += 1
                         cap.set_leased(self._held)
                         self.wake_granted()
@@ -146,13 +157,18 @@ class RedisCapGroup(CapGroup):
                         # never left to a task that an ending event loop would destroy).
                         self._held -= spare
                         cap.set_leased(self._held)
-                        await self.limiter.give_back(spare)
-                    pause = 0.0
+                        await _cancellable(self.limiter.give_back(spare))
+                    if cap.waiting_runs > 0:  # none free: try again after a pause
+                        pause = 0.002 if taken or pause <= 0.0 else min(pause * 2, 0.05)
+                        await asyncio.sleep(pause)
+                    else:
+                        pause = 0.0
                 except Exception as exc:
+                    _reraise_cancellation()  # a read cut by our cancellation, reported as an error
                     # Redis unreachable or slow to answer: the runs waiting for a slot wait on,
                     # and the feeder tries again (backing off to FEED_RETRY_MAX seconds) rather
                     # than stop and leave them waiting for a wake-up that never comes.
-                    if pause == 0.0:
+                    if pause < 0.05:
                         logger.warning(
                             "the shared cap's lease feeder could not reach Redis (%s: %s); "
                             "retrying",
