@@ -17,6 +17,7 @@ import anyio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from taskiq_flow._backoff import Backoff
 from taskiq_flow.distributed.keys import validate_key_part
 from taskiq_flow.exceptions import InvalidValueError, StateError
 from taskiq_flow.run.settings import check_max_parallel, check_rate
@@ -114,10 +115,9 @@ class RedisCapacityLimiter:
 
     async def acquire(self) -> None:
         """Takes a slot, waiting until the shared count allows it."""
-        pause = 0.002
+        pause = Backoff(0.002, 0.05)
         while not await self.try_acquire():
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.05)
+            await pause.sleep()
 
     def release(self) -> None:
         """Gives a slot back (the round trip to Redis happens in the background; use

@@ -26,6 +26,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from taskiq_flow._backoff import Backoff
 from taskiq_flow._core import SharedCap
 from taskiq_flow.exceptions import InvalidValueError
 from taskiq_flow.run.settings import check_max_parallel
@@ -135,22 +136,24 @@ class RedisCapGroup(CapGroup):
         assert self._poke is not None
         poke = self._poke
         cap = self.cap
-        pause = 0.0  # between tries of a lease, or after Redis could not be reached
+        busy = Backoff(0.002, 0.05)  # every lease is held elsewhere: try again soon
+        down = Backoff(0.05, FEED_RETRY_MAX)  # Redis cannot be reached
+        polling = False
         try:
             while True:
-                if pause == 0.0:
+                if not polling:
                     await poke.wait()
                     poke.clear()
                 try:
                     # One try per turn, and the question asked again each time: a process whose
                     # runs no longer wait stops asking at once (and gives its spare leases back
                     # below), rather than wait for a lease only another process could free.
-                    taken = False
                     while cap.waiting_runs > 0 and await _cancellable(self.limiter.try_acquire()):
-                        taken = True
+                        busy.reset()
                         self._held += 1
                         cap.set_leased(self._held)
                         self.wake_granted()
+                    down.reset()
                     spare = self._held - cap.in_use
                     if spare > 0 and cap.waiting_runs == 0:
                         # Given back as soon as no run of this process waits (awaited here,
@@ -158,25 +161,25 @@ class RedisCapGroup(CapGroup):
                         self._held -= spare
                         cap.set_leased(self._held)
                         await _cancellable(self.limiter.give_back(spare))
-                    if cap.waiting_runs > 0:  # none free: try again after a pause
-                        pause = 0.002 if taken or pause <= 0.0 else min(pause * 2, 0.05)
-                        await asyncio.sleep(pause)
+                    polling = cap.waiting_runs > 0  # none free: try again after a pause
+                    if polling:
+                        await busy.sleep()
                     else:
-                        pause = 0.0
+                        busy.reset()
                 except Exception as exc:
                     _reraise_cancellation()  # a read cut by our cancellation, reported as an error
                     # Redis unreachable or slow to answer: the runs waiting for a slot wait on,
                     # and the feeder tries again (backing off to FEED_RETRY_MAX seconds) rather
                     # than stop and leave them waiting for a wake-up that never comes.
-                    if pause < 0.05:
+                    if not down.failing:
                         logger.warning(
                             "the shared cap's lease feeder could not reach Redis (%s: %s); "
                             "retrying",
                             type(exc).__name__,
                             exc,
                         )
-                    pause = min(max(pause * 2, 0.05), FEED_RETRY_MAX)
-                    await asyncio.sleep(pause)
+                    polling = True
+                    await down.sleep()
         except asyncio.CancelledError:
             # aclose(), or the event loop ending (asyncio.run cancels every task and waits for
             # them): no run of this process can use a slot any more. Every lease is given back
