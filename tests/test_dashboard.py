@@ -16,7 +16,7 @@ from headless import Page, PageLoad, headless_page
 from taskiq import InMemoryBroker
 
 from taskiq_flow import DataflowPipeline, PipelineTrackingManager, pipeline_task
-from taskiq_flow.dashboard import DashboardServer, serve
+from taskiq_flow.dashboard import serve
 from taskiq_flow.exceptions import UnknownIdError
 
 HOSTILE = '<script>window.pwned=1</script><img src=x onerror="window.pwned=2">'
@@ -47,8 +47,9 @@ class Gates:
         self.started = {n: asyncio.Event() for n in names}
 
 
-def gated_pipeline(broker: InMemoryBroker, gates: Gates, tracking: PipelineTrackingManager,
-                   first: str = "extract") -> DataflowPipeline:
+def gated_pipeline(
+    broker: InMemoryBroker, gates: Gates, tracking: PipelineTrackingManager, first: str = "extract"
+) -> DataflowPipeline:
     """first -> (transform, audit) -> load: each step waits for its gate."""
 
     async def gate(name: str) -> None:
@@ -116,8 +117,10 @@ async def test_a_finished_step_shows_within_a_second_and_its_wait_matches_explai
         state = "document.querySelector('#dag-box g.node[data-step=\"0\"]').dataset.state"
         assert await until_js(page, f"{state} === 'running' && {state}") == "running"
         # The step that waits says why: the sentence tracking stored, and explain's own one.
-        await page.evaluate("document.querySelector('#dag-box g.node[data-step=\"3\"]')"
-                            ".dispatchEvent(new MouseEvent('click', {bubbles: true}))")
+        await page.evaluate(
+            "document.querySelector('#dag-box g.node[data-step=\"3\"]')"
+            ".dispatchEvent(new MouseEvent('click', {bubbles: true}))"
+        )
         shown = await until_js(page, "document.getElementById('explain-text').textContent")
         stored = (await tracking.get_status(run_id)).steps[3].waiting
         assert stored is not None and shown == stored
@@ -139,8 +142,7 @@ async def test_a_finished_step_shows_within_a_second_and_its_wait_matches_explai
         for name in ("transform", "audit", "load"):
             gates.open[name].set()
         assert await run == {"raw": 1, "clean": 2, "checked": 1, "stored": 3}
-        await until_js(page, "document.querySelector('#run-status .badge').textContent "
-                             "=== 'done'")
+        await until_js(page, "document.querySelector('#run-status .badge').textContent === 'done'")
         load.requests += []  # the load's own requests, then the feed's
         assert load.problems == []
         only_own_requests(load, server.base_url)
@@ -157,27 +159,26 @@ async def test_a_step_name_holding_script_renders_as_text(
     await pipeline.kiq_dataflow(seed=1)
     run_id = pipeline.pipeline_id
     assert (await tracking.get_status(run_id)).steps[0].name.startswith(HOSTILE)
-    async with await serve(tracking, graphs={"gated": pipeline}) as server:
-        async with headless_page(tmp_path / "profile") as page:
-            load = await page.open(server.url)  # the runs list, with the token
-            await until_js(page, "document.body.dataset.ready === '1'")
-            load2 = await page.open(f"{server.base_url}/runs/{run_id}")
-            await until_js(page, "document.body.dataset.ready === '1'")
-            names = await page.evaluate(
-                "Array.from(document.querySelectorAll('#steps-rows .name'))"
-                ".map(e => e.textContent)"
-            )
-            assert names[0].startswith(HOSTILE)
-            assert await page.evaluate("window.pwned === undefined")
-            assert await page.evaluate("document.querySelectorAll('img').length") == 0
-            # Only the page's own script element and two JSON data blocks.
-            scripts = await page.evaluate(
-                "Array.from(document.scripts).map(s => s.type || s.src.replace(/^.*\\//, ''))"
-            )
-            assert scripts == ["application/json", "application/json", "dashboard.js"]
-            for pl in (load, load2):
-                assert pl.problems == []
-                only_own_requests(pl, server.base_url)
+    server = await serve(tracking, graphs={"gated": pipeline})
+    async with server, headless_page(tmp_path / "profile") as page:
+        load = await page.open(server.url)  # the runs list, with the token
+        await until_js(page, "document.body.dataset.ready === '1'")
+        load2 = await page.open(f"{server.base_url}/runs/{run_id}")
+        await until_js(page, "document.body.dataset.ready === '1'")
+        names = await page.evaluate(
+            "Array.from(document.querySelectorAll('#steps-rows .name')).map(e => e.textContent)"
+        )
+        assert names[0].startswith(HOSTILE)
+        assert await page.evaluate("window.pwned === undefined")
+        assert await page.evaluate("document.querySelectorAll('img').length") == 0
+        # Only the page's own script element and two JSON data blocks.
+        scripts = await page.evaluate(
+            "Array.from(document.scripts).map(s => s.type || s.src.replace(/^.*\\//, ''))"
+        )
+        assert scripts == ["application/json", "application/json", "dashboard.js"]
+        for pl in (load, load2):
+            assert pl.problems == []
+            only_own_requests(pl, server.base_url)
 
 
 async def _post(url: str, headers: dict[str, str] | None = None) -> int:
@@ -214,18 +215,24 @@ async def test_delete_needs_the_token_and_refuses_other_sites(
             await page.open(f"{base}/runs/{ids[1]}")
             await until_js(page, "document.body.dataset.ready === '1'")
             assert await page.evaluate("document.getElementById('delete-run') === null")
-            assert await page.evaluate(
-                f"fetch('/api/runs/{ids[1]}/delete', {{method: 'POST'}}).then(r => r.status)"
-            ) == 401
+            assert (
+                await page.evaluate(
+                    f"fetch('/api/runs/{ids[1]}/delete', {{method: 'POST'}}).then(r => r.status)"
+                )
+                == 401
+            )
             # With the token (once, in the address): the button, which deletes.
             await page.open(f"{base}/runs/{ids[1]}?token={server.token}")
             assert await page.evaluate("location.search") == ""  # the token left the address
             await until_js(page, "document.body.dataset.ready === '1'")
             assert server.token not in await page.evaluate("document.documentElement.outerHTML")
             # The session cookie alone (no CSRF header) is refused, as from any script.
-            assert await page.evaluate(
-                f"fetch('/api/runs/{ids[1]}/delete', {{method: 'POST'}}).then(r => r.status)"
-            ) == 403
+            assert (
+                await page.evaluate(
+                    f"fetch('/api/runs/{ids[1]}/delete', {{method: 'POST'}}).then(r => r.status)"
+                )
+                == 403
+            )
             clicked = asyncio.create_task(
                 page.evaluate("document.getElementById('delete-run').click()")
             )
@@ -309,37 +316,34 @@ async def test_a_ten_thousand_step_run_is_interactive_within_two_seconds(
     run = asyncio.create_task(pipeline.kiq_dataflow(raw=0))
     await asyncio.wait_for(held.wait(), 60)
     run_id = pipeline.pipeline_id
-    async with await serve(tracking, graphs={"big": pipeline}) as server:
-        async with headless_page(tmp_path / "profile") as page:
-            load = await page.open(f"{server.base_url}/runs/{run_id}")
-            ready_ms = await until_js(
-                page, "document.body.dataset.ready === '1' && performance.now()"
-            )
-            record_property("interactive_ms", ready_ms)
-            # A click on a step deep in the list explains it at once.
-            await page.evaluate(
-                "(() => { const box = document.getElementById('steps');"
-                " box.scrollTop = 22 * 9000; box.dispatchEvent(new Event('scroll')); })()"
-            )
-            await until_js(page, "document.querySelector('#steps-rows .tr[data-step=\"9005\"]')")
-            clicked_at = await page.evaluate(
-                "(() => { const t = performance.now(); document.querySelector("
-                "'#steps-rows .tr[data-step=\"9005\"]').dispatchEvent(new MouseEvent('click', "
-                "{bubbles: true})); return t; })()"
-            )
-            text = await until_js(page, "document.querySelector('#explain h3').textContent")
-            answered = await page.evaluate("performance.now()")
-            record_property("click_to_explain_ms", answered - clicked_at)
-            assert text == "work9005"
-            assert ready_ms < 2000, f"interactive after {ready_ms:.0f} ms"
-            assert load.problems == []
-            only_own_requests(load, server.base_url)
-            # 10^4 distinct names are too many to draw as a DAG: the page says so.
-            assert "too many to draw" in await page.evaluate("document.body.innerText")
-            last.set()
-            await asyncio.wait_for(run, 60)
-            await until_js(page, "document.querySelector('#run-status .badge').textContent "
-                                 "=== 'done'")
+    server = await serve(tracking, graphs={"big": pipeline})
+    async with server, headless_page(tmp_path / "profile") as page:
+        load = await page.open(f"{server.base_url}/runs/{run_id}")
+        ready_ms = await until_js(page, "document.body.dataset.ready === '1' && performance.now()")
+        record_property("interactive_ms", ready_ms)
+        # A click on a step deep in the list explains it at once.
+        await page.evaluate(
+            "(() => { const box = document.getElementById('steps');"
+            " box.scrollTop = 22 * 9000; box.dispatchEvent(new Event('scroll')); })()"
+        )
+        await until_js(page, "document.querySelector('#steps-rows .tr[data-step=\"9005\"]')")
+        clicked_at = await page.evaluate(
+            "(() => { const t = performance.now(); document.querySelector("
+            "'#steps-rows .tr[data-step=\"9005\"]').dispatchEvent(new MouseEvent('click', "
+            "{bubbles: true})); return t; })()"
+        )
+        text = await until_js(page, "document.querySelector('#explain h3').textContent")
+        answered = await page.evaluate("performance.now()")
+        record_property("click_to_explain_ms", answered - clicked_at)
+        assert text == "work9005"
+        assert ready_ms < 2000, f"interactive after {ready_ms:.0f} ms"
+        assert load.problems == []
+        only_own_requests(load, server.base_url)
+        # 10^4 distinct names are too many to draw as a DAG: the page says so.
+        assert "too many to draw" in await page.evaluate("document.body.innerText")
+        last.set()
+        await asyncio.wait_for(run, 60)
+        await until_js(page, "document.querySelector('#run-status .badge').textContent === 'done'")
 
 
 async def test_the_runs_list_filters_pages_and_shows_waits(
@@ -383,8 +387,9 @@ async def test_the_runs_list_filters_pages_and_shows_waits(
                 "(() => { const s = document.getElementById('f-name'); s.value = 'nothing-such';"
                 " s.dispatchEvent(new Event('input')); })()"
             )
-            await until_js(page, "document.getElementById('pager').textContent"
-                                 ".startsWith('0 runs')")
+            await until_js(
+                page, "document.getElementById('pager').textContent.startsWith('0 runs')"
+            )
             assert load.problems == []
             only_own_requests(load, server.base_url)
     finally:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -192,16 +193,21 @@ async def _serve(args: argparse.Namespace, graphs: dict[str, GraphView]) -> int:
                 file=sys.stderr,
             )
             return 1
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         generated = "" if args.token else " (a new token; give --token to keep one)"
         print(f"taskiq-flow dashboard: serving {server.base_url}", flush=True)
         print(f"open {server.url}{generated}", flush=True)
         try:
-            await asyncio.Event().wait()  # until Ctrl-C or SIGTERM
+            await stop.wait()  # until Ctrl-C or SIGTERM
         finally:
             await server.close()
+        print("taskiq-flow dashboard: stopped", file=sys.stderr)
     finally:
         await client.aclose()
-    return 0  # pragma: no cover - the wait above ends only by an exception
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -227,12 +233,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidValueError as err:
         print(f"taskiq-flow dashboard: {err}", file=sys.stderr)
         return 2
-    import signal
-
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     try:
         return asyncio.run(_serve(args, graphs))
     except KeyboardInterrupt:

@@ -119,7 +119,7 @@ def run_summary(status: PipelineStatus) -> dict[str, Any]:
             done += 1
         waits = step.tasks_pending + step.tasks_retrying
         waiting_tasks += waits
-        if step.waiting and step.status in _UNFINISHED:
+        if waits and step.waiting and step.status in _UNFINISHED:
             waiting_steps += 1
             if first_waiting is None:
                 first_waiting = (step.name, step.waiting)
