@@ -4,7 +4,7 @@
 
     taskiq-flow dashboard --redis redis://127.0.0.1:6379 [--prefix taskiq_flow]
         [--host 127.0.0.1] [--port 8000] [--token T] [--dag NAME=module:pipeline]
-        [--origin https://ops.example.com] [--interval 0.25]
+        [--origin https://ops.example.com] [--interval 0.5]
 
 It listens on 127.0.0.1 unless told otherwise (and warns when told otherwise), and prints the
 address to open with the token in it; without ``--token`` a new one is made for each start. The
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--interval",
         type=number(0.05, 60.0),
-        default=0.25,
+        default=0.5,
         metavar="SECONDS",
         help="seconds between two reads of Redis (default: %(default)g)",
     )

@@ -115,7 +115,7 @@ class Dashboard:
         tracking: PipelineTrackingManager,
         token: str,
         graphs: Mapping[str, GraphView] | None = None,
-        interval: float = 0.25,
+        interval: float = 0.5,
         origins: Sequence[str] = (),
     ) -> None:
         if not token:
@@ -219,7 +219,7 @@ def create_app(
     *,
     token: str,
     graphs: Mapping[str, GraphView] | None = None,
-    interval: float = 0.25,
+    interval: float = 0.5,
     allowed_hosts: Sequence[str] | None = None,
     origins: Sequence[str] = (),
 ) -> Starlette:
@@ -228,7 +228,7 @@ def create_app(
     :param tracking: where runs are read.
     :param token: what allows actions (:func:`new_token` makes one).
     :param graphs: graphs to draw, by run name (tracking keeps steps, not edges).
-    :param interval: seconds between two reads of tracking (0.25: four a second at most).
+    :param interval: seconds between two reads of tracking (0.5: two a second).
     :param allowed_hosts: ``Host`` values served (``None``: any); a loopback server should list
         its loopback names, so a page of another site cannot reach it by rebinding a name.
     :param origins: other origins that may act (a reverse proxy's public address).

@@ -196,7 +196,7 @@ class Feed:
     :param interval: seconds between two ticks (at most a few per second).
     """
 
-    def __init__(self, tracking: PipelineTrackingManager, interval: float = 0.25) -> None:
+    def __init__(self, tracking: PipelineTrackingManager, interval: float = 0.5) -> None:
         if not (math.isfinite(interval) and interval >= 0.05):
             raise ValueError(f"interval must be at least 0.05 seconds, got {interval!r}")
         self.tracking = tracking
@@ -268,11 +268,12 @@ class Feed:
         want_all = any(s.run_id is None for s in subs)
         wanted = {s.run_id for s in subs if s.run_id is not None}
         changed = await self._read(want_all, wanted)
+        texts: dict[str, str] = {}  # a run's delta, encoded once for all its pages
         for sub in subs:
             if sub.run_id is None:
                 self._send_list(sub)
             else:
-                self._send_run(sub, changed.get(sub.run_id))
+                self._send_run(sub, changed.get(sub.run_id), texts)
 
     async def _read(
         self, want_all: bool, wanted: set[str], prune: bool = True
@@ -373,7 +374,9 @@ class Feed:
             "palette": palette(kinds),
         }
 
-    def _send_run(self, sub: Subscription, delta: dict[str, Any] | None) -> None:
+    def _send_run(
+        self, sub: Subscription, delta: dict[str, Any] | None, texts: dict[str, str]
+    ) -> None:
         run_id = sub.run_id
         assert run_id is not None
         if run_id not in self._runs:
@@ -390,7 +393,9 @@ class Feed:
                 known.snapshot_text = _sse("snapshot", self.snapshot(run_id))
             sub.put(known.snapshot_text)
         elif delta:
-            sub.put(_sse("delta", delta))
+            if run_id not in texts:
+                texts[run_id] = _sse("delta", delta)
+            sub.put(texts[run_id])
 
     def _send_list(self, sub: Subscription) -> None:
         name = sub.name.casefold()

@@ -96,7 +96,7 @@ async def serve(
     port: int = 0,
     token: str | None = None,
     graphs: Mapping[str, GraphView] | None = None,
-    interval: float = 0.25,
+    interval: float = 0.5,
     origins: Sequence[str] = (),
 ) -> DashboardServer:
     """Serves the dashboard over ``tracking`` in this event loop; returns once it listens.
