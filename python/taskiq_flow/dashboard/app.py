@@ -1,0 +1,316 @@
+"""The dashboard's ASGI app: pages, their live feed, and the actions a token allows.
+
+Routes::
+
+    GET  /                         the runs list        GET /events            its feed (SSE)
+    GET  /runs/{id}                a run                GET /events/runs/{id}  its feed (SSE)
+    POST /api/runs/{id}/delete     delete a run's records (token and CSRF checks)
+    GET  /static/dashboard.js|css  the page's script and style
+
+Anyone who reaches the server can read; only a holder of the token can act. The token is given
+once, as ``?token=T`` on any page (the server answers with a cookie, ``HttpOnly`` and
+``SameSite=Strict``, and a redirect that drops it from the address), or with every request as
+``Authorization: Bearer T``. A request that acts through the cookie must also carry the page's
+CSRF token (``X-CSRF-Token``, derived from the token; the token itself is never on a page) and,
+if it has an ``Origin``, come from the dashboard's own origin: a form on another site can send
+neither. Every answer carries a Content-Security-Policy that lets the page load nothing but from
+the server, and run no inline script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import secrets
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from taskiq_flow.dashboard.feed import Feed, Subscription
+from taskiq_flow.dashboard.pages import asset, dag_html, run_page, runs_page
+from taskiq_flow.pictures import GraphView
+from taskiq_flow.tracking import PipelineTrackingManager
+
+__all__ = ["CONTENT_SECURITY_POLICY", "COOKIE", "create_app", "new_token"]
+
+#: What every page may do: load its own script, style and feed, nothing else; no inline script,
+#: no frame, no form to elsewhere.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+#: The session cookie set once the token is given.
+COOKIE = "taskiq_flow_dashboard"
+_HEARTBEAT = 15.0
+_STATES = ("", "running", "done", "failed", "cancelled", "abandoned")
+
+
+def new_token() -> str:
+    """A fresh random token (what the CLI prints when none is given)."""
+    return secrets.token_urlsafe(24)
+
+
+def _derive(token: str, purpose: str) -> str:
+    return hmac.new(token.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+
+class _SecurityHeaders:
+    """Adds the CSP and its companions to every answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [
+                    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"cache-control", b"no-store"),
+                ]
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class Dashboard:
+    """The app's state: tracking, the feed, the token, the graphs it can draw.
+
+    :param tracking: where runs are read (and deleted).
+    :param token: what allows actions.
+    :param graphs: graphs to draw, by run name (a pipeline, or anything with ``nodes``,
+        ``sources`` and ``targets``).
+    :param interval: seconds between two reads of tracking.
+    :param origins: origins besides the dashboard's own that may act (the public address of a
+        reverse proxy that rewrites ``Host``), e.g. ``https://ops.example.com``.
+    """
+
+    def __init__(
+        self,
+        tracking: PipelineTrackingManager,
+        token: str,
+        graphs: Mapping[str, GraphView] | None = None,
+        interval: float = 0.5,
+        origins: Sequence[str] = (),
+    ) -> None:
+        if not token:
+            raise ValueError("the dashboard needs a non-empty token (new_token() makes one)")
+        self.tracking = tracking
+        self.feed = Feed(tracking, interval)
+        self.graphs: dict[str, GraphView] = {
+            name: getattr(g, "dag", g) for name, g in (graphs or {}).items()
+        }
+        self._token = token
+        self._session = _derive(token, "session")
+        self.csrf = _derive(token, "csrf")
+        self.origins = {o.rstrip("/") for o in origins}
+        self._dags: dict[tuple[str, int], str] = {}
+
+    # -- who asks --------------------------------------------------------------------------------
+
+    def authed(self, request: Request) -> str | None:
+        """How the request holds the token: ``"bearer"``, ``"cookie"`` or ``None``."""
+        auth = request.headers.get("authorization", "")
+        if auth.startswith("Bearer ") and hmac.compare_digest(auth[7:].strip(), self._token):
+            return "bearer"
+        cookie = request.cookies.get(COOKIE, "")
+        if cookie and hmac.compare_digest(cookie, self._session):
+            return "cookie"
+        return None
+
+    def refuse_action(self, request: Request) -> Response | None:
+        """Why an action is refused (``None``: allowed)."""
+        how = self.authed(request)
+        if how is None:
+            return PlainTextResponse("a token is needed for this action", status_code=401)
+        origin = request.headers.get("origin")
+        if origin is not None and origin.rstrip("/") not in self._own_origins(request):
+            return PlainTextResponse("refused: a request from another origin", status_code=403)
+        if how == "cookie":
+            sent = request.headers.get("x-csrf-token", "")
+            if not hmac.compare_digest(sent, self.csrf):
+                return PlainTextResponse("refused: missing or wrong CSRF token", status_code=403)
+        return None
+
+    def _own_origins(self, request: Request) -> set[str]:
+        host = request.headers.get("host", "")
+        return {f"{request.url.scheme}://{host}", *self.origins}
+
+    # -- the graph of a run ----------------------------------------------------------------------
+
+    def dag_of(self, name: str, status: Any) -> str | None:
+        graph = self.graphs.get(name)
+        if graph is None:
+            return None
+        key = (name, len(status.steps))
+        if key not in self._dags:
+            self._dags[key] = dag_html(graph, status.steps)
+        return self._dags[key]
+
+
+def _with_token(request: Request, dash: Dashboard) -> Response | None:
+    """A page opened with ``?token=``: sets the session cookie and drops the token from the
+    address (a wrong token: refused)."""
+    given = request.query_params.get("token")
+    if given is None:
+        return None
+    if not hmac.compare_digest(given, dash._token):
+        return PlainTextResponse("wrong token", status_code=403)
+    rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+    target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(COOKIE, dash._session, httponly=True, samesite="strict", path="/")
+    return response
+
+
+async def _sse(request: Request, dash: Dashboard, sub: Subscription) -> AsyncIterator[str]:
+    feed = dash.feed
+    feed.start()
+    feed.subscribe(sub)
+    try:
+        yield ": connected\n\n"
+        while True:
+            try:
+                message = await asyncio.wait_for(sub.queue.get(), _HEARTBEAT)
+            except asyncio.TimeoutError:
+                message = ": alive\n\n"
+            if not message:  # the dashboard closes
+                return
+            yield message
+    finally:
+        feed.unsubscribe(sub)
+
+
+def _stream(request: Request, dash: Dashboard, sub: Subscription) -> StreamingResponse:
+    return StreamingResponse(
+        _sse(request, dash, sub),
+        media_type="text/event-stream",
+        headers={"X-Accel-Buffering": "no"},  # nginx: pass each event on at once
+    )
+
+
+def create_app(
+    tracking: PipelineTrackingManager,
+    *,
+    token: str,
+    graphs: Mapping[str, GraphView] | None = None,
+    interval: float = 0.5,
+    allowed_hosts: Sequence[str] | None = None,
+    origins: Sequence[str] = (),
+) -> Starlette:
+    """The dashboard as an ASGI app (run it with uvicorn, or :func:`taskiq_flow.dashboard.serve`).
+
+    :param tracking: where runs are read.
+    :param token: what allows actions (:func:`new_token` makes one).
+    :param graphs: graphs to draw, by run name (tracking keeps steps, not edges).
+    :param interval: seconds between two reads of tracking (0.5: two a second).
+    :param allowed_hosts: ``Host`` values served (``None``: any); a loopback server should list
+        its loopback names, so a page of another site cannot reach it by rebinding a name.
+    :param origins: other origins that may act (a reverse proxy's public address).
+    :raises ValueError: for an empty token or an interval under 0.05 s.
+    """
+    dash = Dashboard(tracking, token, graphs, interval, origins)
+
+    async def runs(request: Request) -> Response:
+        redirect = _with_token(request, dash)
+        if redirect is not None:
+            return redirect
+        csrf = dash.csrf if dash.authed(request) else None
+        return HTMLResponse(runs_page(csrf))
+
+    async def run(request: Request) -> Response:
+        redirect = _with_token(request, dash)
+        if redirect is not None:
+            return redirect
+        run_id = request.path_params["run_id"]
+        status = await dash.feed.read_run(run_id)
+        csrf = dash.csrf if dash.authed(request) else None
+        dag = dash.dag_of(status.name, status) if status is not None else None
+        page = run_page(run_id, status.name if status is not None else None, csrf, dag)
+        return HTMLResponse(page, status_code=200 if status is not None else 404)
+
+    async def list_events(request: Request) -> Response:
+        q = request.query_params
+        status = q.get("status", "")
+        if status not in _STATES:
+            return PlainTextResponse(f"unknown status {status!r}", status_code=400)
+        try:
+            page = max(0, int(q.get("page", "0")))
+        except ValueError:
+            return PlainTextResponse("page must be a whole number", status_code=400)
+        sub = Subscription(status=status, name=q.get("name", "")[:200], page=page)
+        return _stream(request, dash, sub)
+
+    async def run_events(request: Request) -> Response:
+        return _stream(request, dash, Subscription(run_id=request.path_params["run_id"]))
+
+    async def delete(request: Request) -> Response:
+        refused = dash.refuse_action(request)
+        if refused is not None:
+            return refused
+        run_id = request.path_params["run_id"]
+        deleted = await tracking.delete_pipeline(run_id)
+        return JSONResponse({"deleted": deleted, "id": run_id}, status_code=200 if deleted else 404)
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        kinds = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+        if name not in kinds:
+            return PlainTextResponse("not found", status_code=404)
+        return Response(asset(name), media_type=kinds[name])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await dash.feed.stop()
+
+    middleware = [Middleware(_SecurityHeaders)]
+    if allowed_hosts is not None:
+        middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts)))
+    app = Starlette(
+        routes=[
+            Route("/", runs),
+            Route("/runs/{run_id}", run),
+            Route("/events", list_events),
+            Route("/events/runs/{run_id}", run_events),
+            Route("/api/runs/{run_id}/delete", delete, methods=["POST"]),
+            Route("/static/{name}", static),
+        ],
+        middleware=middleware,
+        lifespan=lifespan,
+    )
+    app.state.dashboard = dash
+    return app
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of a URL (for ``origins``)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
