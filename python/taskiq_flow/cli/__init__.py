@@ -5,6 +5,7 @@ its module.
 - :mod:`.resume` — ``runs resume``;
 - :mod:`.demo` — ``demo``;
 - :mod:`.worker` — ``worker``;
+- :mod:`.dashboard` — ``dashboard``;
 - ``bench`` is :mod:`taskiq_flow.bench`;
 - :mod:`._help` — help text and input checks, :mod:`._imports` — ``module:attribute`` imports,
   shared by the commands.
@@ -30,17 +31,24 @@ def _version() -> str:
 
 #: What the ``redis`` extra installs (``pip install 'taskiq-flow[redis]'``), by import name.
 REDIS_EXTRA = ("redis", "taskiq_redis")
+#: What the dashboard serves with, beyond the redis extra.
+DASHBOARD_EXTRA = ("starlette", "uvicorn")
 
 
 def missing_extra(command: str) -> str | None:
-    """The one line to print if a command that reads or serves Redis runs without the ``redis``
-    extra (``None`` if it is installed); nothing is imported."""
-    for module in REDIS_EXTRA:
-        if importlib.util.find_spec(module) is None:
-            return (
-                f"taskiq-flow {command} needs the redis extra ({module} is not installed): "
-                "pip install 'taskiq-flow[redis]' (in a source tree: pip install '.[redis]')"
-            )
+    """The one line to print if a command runs without the extra it needs (``redis``; the
+    ``dashboard`` also needs ``dashboard``); ``None`` if they are installed. Nothing is imported."""
+    extras = [("redis", REDIS_EXTRA)]
+    if command == "dashboard":
+        extras.append(("dashboard", DASHBOARD_EXTRA))
+    for extra, modules in extras:
+        for module in modules:
+            if importlib.util.find_spec(module) is None:
+                return (
+                    f"taskiq-flow {command} needs the {extra} extra ({module} is not installed): "
+                    f"pip install 'taskiq-flow[{extra}]' (in a source tree: pip install "
+                    f"'.[{extra}]')"
+                )
     return None
 
 
@@ -76,11 +84,14 @@ def main(argv: list[str] | None = None) -> int:
         help="compare the scheduling core against its peers (graphlib, rustworkx, ...)",
         add_help=False,
     )
+    commands.add_parser(
+        "dashboard", help="serve a live dashboard of the runs tracked in Redis", add_help=False
+    )
     from taskiq_flow.cli.runs import add_runs_commands
 
     add_runs_commands(commands, top_level=True)  # runs list|show|delete|report|explain
     args, rest = parser.parse_known_args(argv)
-    if args.command in ("runs", "report", "explain", "worker"):
+    if args.command in ("runs", "report", "explain", "worker", "dashboard"):
         missing = missing_extra(args.command)
         if missing is not None:
             print(missing, file=sys.stderr)
@@ -109,4 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         from taskiq_flow.bench import main as bench_main
 
         return bench_main(rest)
+    if args.command == "dashboard":
+        from taskiq_flow.cli.dashboard import main as dashboard_main
+
+        return dashboard_main(rest)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse exits first
