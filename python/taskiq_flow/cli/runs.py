@@ -34,8 +34,9 @@ import dataclasses
 import datetime as _dt
 import json
 import re
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import IO, Any, cast, get_args
 
 from rich import box
@@ -526,7 +527,11 @@ async def main_runs(
         client = redis_client(args.redis, args.timeout)
         tracking = PipelineTrackingManager(RedisPipelineStorage(client, prefix=args.prefix))
     try:
-        return await _act(args, tracking, console, stream, graph)
+        stopped_by, code = await _until_signal(_act(args, tracking, console, stream, graph), client)
+        if stopped_by is not None:
+            print(f"{_who(args)}: interrupted", file=sys.stderr)
+            return 128 + stopped_by
+        return code
     except (UnknownIdError, InvalidValueError) as err:
         print(f"{_who(args)}: {err}", file=sys.stderr)
         return 1 if isinstance(err, UnknownIdError) else 2
@@ -550,6 +555,44 @@ async def main_runs(
     finally:
         if client is not None:
             await client.aclose()
+
+
+async def _until_signal(body: Coroutine[Any, Any, int], client: Any) -> tuple[int | None, int]:
+    """Runs ``body`` until it ends or SIGINT/SIGTERM arrives: ``(None, its result)``, or
+    ``(signal number, 0)``. On a signal the body is cancelled and the Redis client's connections
+    are closed, so that even a read that absorbed the cancellation (redis-py on Python 3.11 can,
+    as its socket timeout fires) ends at once instead of waiting out ``--timeout``."""
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(body)
+    received: list[int] = []
+    stopped = asyncio.Event()
+
+    def stop(sig: int) -> None:
+        received.append(sig)
+        stopped.set()
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    try:
+        for sig in signals:
+            loop.add_signal_handler(sig, stop, sig)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread's loop
+        return None, await task
+    waiter = loop.create_task(stopped.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+        waiter.cancel()
+    if task.done():
+        return None, task.result()
+    task.cancel()
+    if client is not None:
+        await client.connection_pool.disconnect()
+    await asyncio.wait({task}, timeout=5)
+    # However it ended (cancelled, or a read cut by the closed connection), that was our doing.
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return received[0], 0
 
 
 async def _act(
