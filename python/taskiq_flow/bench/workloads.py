@@ -208,27 +208,36 @@ def _prepared_sorters(g: Edges) -> dict[str, Callable[[], Any]]:
     return makers
 
 
+def _done_then_ready(ts: Any) -> list[Any]:
+    """Runs a prepared graphlib-style sorter as its users do, one node at a time, depth first:
+    ``done(node)`` then ``get_ready()``; returns the nodes in the order finished."""
+    order: list[Any] = []
+    stack = list(ts.get_ready())
+    pop, extend, record = stack.pop, stack.extend, order.append
+    done, get_ready = ts.done, ts.get_ready
+    while stack:
+        node = pop()
+        record(node)
+        done(node)
+        extend(get_ready())
+    return order
+
+
 def _one_at_a_time(sorter: Any) -> Callable[[], list[int]]:
     """Finishes one node at a time and learns what it released: ``complete(node)`` where the
     sorter has it (ours, the Kahn sorter), else ``done(node)`` then ``get_ready()``."""
     complete = getattr(sorter, "complete", None)
+    if complete is None:
+        return lambda: _done_then_ready(sorter)
 
     def run() -> list[int]:
         order: list[int] = []
         stack = list(sorter.get_ready())
         pop, extend, record = stack.pop, stack.extend, order.append
-        if complete is not None:
-            while stack:
-                node = pop()
-                record(node)
-                extend(complete(node))
-        else:
-            done, get_ready = sorter.done, sorter.get_ready
-            while stack:
-                node = pop()
-                record(node)
-                done(node)
-                extend(get_ready())
+        while stack:
+            node = pop()
+            record(node)
+            extend(complete(node))
         return order
 
     return run
@@ -319,16 +328,7 @@ def dag_dropin(node_type: str, n: int) -> Workload:
                 for node, ps in items:
                     add(node, *ps)
                 ts.prepare()
-                order: list[Any] = []
-                stack = list(ts.get_ready())
-                pop, extend, record = stack.pop, stack.extend, order.append
-                done, get_ready = ts.done, ts.get_ready
-                while stack:
-                    node = pop()
-                    record(node)
-                    done(node)
-                    extend(get_ready())
-                return order
+                return _done_then_ready(ts)
 
             return run
 
@@ -346,17 +346,7 @@ def dag_dropin(node_type: str, n: int) -> Workload:
                 graph = rx.PyDiGraph()
                 graph.add_nodes_from(names)
                 graph.add_edges_from_no_data(pairs)
-                ts = rx.TopologicalSorter(graph)
-                order: list[Any] = []
-                stack = list(ts.get_ready())
-                pop, extend, record = stack.pop, stack.extend, order.append
-                done, get_ready = ts.done, ts.get_ready
-                while stack:
-                    node = pop()
-                    record(node)
-                    done(node)
-                    extend(get_ready())
-                return order
+                return _done_then_ready(rx.TopologicalSorter(graph))
 
             def run_mapped() -> list[Any]:
                 index: dict[Any, int] = {}
