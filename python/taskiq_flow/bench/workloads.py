@@ -607,6 +607,26 @@ def make_cluster(
 _PYTHON_SCAN_LIMIT = 10**7
 
 
+def _placer_peers(
+    policy: str, caps: list[list[int]], python_too: bool
+) -> dict[str, Callable[[], Any]]:
+    """The peers of ``policy`` (``first_fit``, else best fit) on ``caps``, by contender name: the
+    Python one where ``python_too`` (its scan of every worker is quick enough at this size), the
+    numpy one where numpy is installed."""
+    python: Callable[[list[list[int]]], Any]
+    numpy: Callable[[list[list[int]]], Any]
+    if policy == "first_fit":
+        python, numpy, kind = FirstFitScanner, NumpyFirstFit, "first_fit"
+    else:
+        python, numpy, kind = BestFitScorer, NumpyBestFit, "best_fit"
+    makers: dict[str, Callable[[], Any]] = {}
+    if python_too:
+        makers[f"python_{kind}"] = lambda: python(caps)
+    if optional("numpy") is not None:
+        makers[f"numpy_{kind}"] = lambda: numpy(caps)
+    return makers
+
+
 def placement_online(
     workers: int, tasks: int, shape: str = "oversubscribed", policy: str = "best_fit"
 ) -> Workload:
@@ -656,16 +676,8 @@ def placement_online(
 
     contenders: dict[str, Contender] = {OURS: ours}
     small = workers * len(demands) <= _PYTHON_SCAN_LIMIT
-    if policy == "first_fit":
-        if small:
-            contenders["python_first_fit"] = peer(lambda: FirstFitScanner(caps))
-        if optional("numpy") is not None:
-            contenders["numpy_first_fit"] = peer(lambda: NumpyFirstFit(caps))
-    else:
-        if small:
-            contenders["python_best_fit"] = peer(lambda: BestFitScorer(caps))
-        if optional("numpy") is not None:
-            contenders["numpy_best_fit"] = peer(lambda: NumpyBestFit(caps))
+    for name, make in _placer_peers(policy, caps, small).items():
+        contenders[name] = peer(make)
     return Workload(
         "placement",
         f"{policy} {shape} workers={workers:,} tasks={len(demands):,}",
@@ -717,7 +729,7 @@ def placement_pool(workers: int, tasks: int, shape: str = "oversubscribed") -> W
 
         return run
 
-    def peer(make: Callable[[], BestFitScorer | NumpyBestFit]) -> Contender:
+    def peer(make: Callable[[], Any]) -> Contender:
         def setup() -> Callable[[], Any]:
             def run() -> tuple[int, int]:
                 pool = NamedPool(names, make())
@@ -728,10 +740,9 @@ def placement_pool(workers: int, tasks: int, shape: str = "oversubscribed") -> W
         return setup
 
     contenders: dict[str, Contender] = {OURS: ours}
-    if workers * len(runs) <= _PYTHON_SCAN_LIMIT:
-        contenders["python_best_fit"] = peer(lambda: BestFitScorer(caps))
-    if optional("numpy") is not None:
-        contenders["numpy_best_fit"] = peer(lambda: NumpyBestFit(caps))
+    small = workers * len(runs) <= _PYTHON_SCAN_LIMIT
+    for name, make in _placer_peers("best_fit", caps, small).items():
+        contenders[name] = peer(make)
     return Workload(
         "placement",
         f"pool {shape} workers={workers:,} tasks={len(runs):,}",
