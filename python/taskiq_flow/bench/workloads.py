@@ -266,41 +266,32 @@ def _in_batches(name: str, sorter: Any) -> Callable[[], list[int]]:
     return run
 
 
+def _sorter_loop(
+    group: str, unit: str, shape: str, n: int, drive: Callable[[str, Any], Callable[[], list[int]]]
+) -> Workload:
+    """Every sorter of :func:`_prepared_sorters`, prepared on a ``shape`` graph of ``n`` nodes and
+    run by ``drive(name, sorter)``; the order it returns is checked against the graph."""
+    g = make_graph(shape, n)
+    contenders: dict[str, Contender] = {
+        name: functools.partial(lambda name, make: drive(name, make()), name, make)
+        for name, make in _prepared_sorters(g).items()
+    }
+    return Workload(
+        group, f"{shape} n={n:,}", g.n, unit, contenders, lambda order: _respects(g, order)
+    )
+
+
 def dag_event_loop(shape: str, n: int) -> Workload:
     """One completion at a time, as an orchestrator sees them:
     finish a node, get what it released."""
-    g = make_graph(shape, n)
-    makers = _prepared_sorters(g)
-    contenders: dict[str, Contender] = {
-        name: functools.partial(lambda make: _one_at_a_time(make()), make)
-        for name, make in makers.items()
-    }
-    return Workload(
-        "dag_event_loop",
-        f"{shape} n={n:,}",
-        g.n,
-        "completion",
-        contenders,
-        lambda order: _respects(g, order),
+    return _sorter_loop(
+        "dag_event_loop", "completion", shape, n, lambda _name, sorter: _one_at_a_time(sorter)
     )
 
 
 def dag_batch_loop(shape: str, n: int) -> Workload:
     """The batch loop: take every ready node, mark them all done, repeat."""
-    g = make_graph(shape, n)
-    makers = _prepared_sorters(g)
-    contenders: dict[str, Contender] = {
-        name: functools.partial(lambda name, make: _in_batches(name, make()), name, make)
-        for name, make in makers.items()
-    }
-    return Workload(
-        "dag_batch_loop",
-        f"{shape} n={n:,}",
-        g.n,
-        "node",
-        contenders,
-        lambda order: _respects(g, order),
-    )
+    return _sorter_loop("dag_batch_loop", "node", shape, n, _in_batches)
 
 
 def dag_dropin(node_type: str, n: int) -> Workload:
