@@ -234,14 +234,10 @@ class Pipeline(RunOptions):
 
         :raises TypeError: for an extra keyword the task has no parameter for.
         """
-        self._check_keywords(task, additional_kwargs, "call_next")
-        identity, timeout = self._identity(task)
         self.steps.append(
             _Step(
                 "sequential",
-                [identity],
-                [resources_of(task)],
-                [timeout],
+                *self._step_tasks([task], additional_kwargs, "call_next"),
                 param_name,
                 additional_kwargs,
             )
@@ -279,14 +275,10 @@ class Pipeline(RunOptions):
         step_rate, step_burst = check_rate(rate, burst)
         if isinstance(items, str):
             param_name, items = items, None
-        self._check_keywords(task, additional_kwargs, "map")
-        identity, timeout = self._identity(task)
         self.steps.append(
             _Step(
                 "map",
-                [identity],
-                [resources_of(task)],
-                [timeout],
+                *self._step_tasks([task], additional_kwargs, "map"),
                 param_name,
                 additional_kwargs,
                 items=list(items) if items is not None else None,
@@ -311,14 +303,10 @@ class Pipeline(RunOptions):
 
         :raises TypeError: for an extra keyword the task has no parameter for.
         """
-        self._check_keywords(task, additional_kwargs, "filter")
-        identity, timeout = self._identity(task)
         self.steps.append(
             _Step(
                 "filter",
-                [identity],
-                [resources_of(task)],
-                [timeout],
+                *self._step_tasks([task], additional_kwargs, "filter"),
                 param_name,
                 additional_kwargs,
                 max_parallel=check_max_parallel(max_parallel),
@@ -340,15 +328,10 @@ class Pipeline(RunOptions):
         """
         if not tasks:
             raise DataflowError("group needs at least one task")
-        for task in tasks:
-            self._check_keywords(task, additional_kwargs, "group")
-        identities = [self._identity(t) for t in tasks]
         self.steps.append(
             _Step(
                 "group",
-                [identity for identity, _ in identities],
-                [resources_of(t) for t in tasks],
-                [timeout for _, timeout in identities],
+                *self._step_tasks(tasks, additional_kwargs, "group"),
                 param_name,
                 additional_kwargs,
                 max_parallel=check_max_parallel(max_parallel),
@@ -356,15 +339,25 @@ class Pipeline(RunOptions):
         )
         return self
 
-    def _identity(self, task: object) -> tuple[tuple[str, dict[str, Any], str], float | None]:
-        """The task's identity and attempt timeout (its ``timeout`` label, checked here)."""
-        identity = task_identity(task)
-        check_task_broker(self.broker, task)
-        return identity, attempt_timeout(identity[1], identity[2])
+    def _step_tasks(
+        self, tasks: Sequence[object], keywords: dict[str, Any], method: str
+    ) -> tuple[list[tuple[str, dict[str, Any], str]], list[TaskResources], list[float | None]]:
+        """A step's tasks as :class:`_Step` holds them (identities, resources, attempt timeouts),
+        once each is checked: ``keywords`` against its parameters, then its broker and its
+        ``timeout`` label.
 
-    @staticmethod
-    def _check_keywords(task: object, keywords: dict[str, Any], method: str) -> None:
-        check_task_keywords(task, keywords, f"Pipeline.{method}()", _STEP_OPTIONS)
+        :raises TypeError: for a keyword a task has no parameter for (naming ``method``).
+        """
+        for task in tasks:
+            check_task_keywords(task, keywords, f"Pipeline.{method}()", _STEP_OPTIONS)
+        identities = []
+        timeouts = []
+        for task in tasks:
+            identity = task_identity(task)
+            check_task_broker(self.broker, task)
+            identities.append(identity)
+            timeouts.append(attempt_timeout(identity[1], identity[2]))
+        return identities, [resources_of(task) for task in tasks], timeouts
 
     # -- running ---------------------------------------------------------------------------------
 

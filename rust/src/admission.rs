@@ -695,6 +695,35 @@ mod tests {
         assert!(s.is_finished());
     }
 
+    /// Polls each run that the shared gate or pool woke (`woken`: their ids there, which `id`
+    /// reads off a run) and adds what it admits to that run's running nodes.
+    fn poll_woken(
+        runs: &mut [Scheduler],
+        running: &mut [Vec<u32>],
+        woken: &[RunId],
+        id: fn(&Scheduler) -> Option<RunId>,
+    ) {
+        for &r in woken {
+            let i = runs.iter().position(|s| id(s) == Some(r)).unwrap();
+            let out = runs[i].poll(0.0).unwrap();
+            running[i].extend(out);
+        }
+    }
+
+    /// Completes the oldest running node of one busy run (`choice` picks which) and adds what
+    /// that admits; `false` once no run has a node running.
+    fn complete_one(runs: &mut [Scheduler], running: &mut [Vec<u32>], choice: u16) -> bool {
+        let busy: Vec<usize> = (0..runs.len()).filter(|&i| !running[i].is_empty()).collect();
+        if busy.is_empty() {
+            return false;
+        }
+        let i = busy[choice as usize % busy.len()];
+        let node = running[i].remove(0);
+        let out = runs[i].complete(node, 0.0).unwrap();
+        running[i].extend(out);
+        true
+    }
+
     proptest::proptest! {
         /// Several runs under one gate: the nodes running across all runs never exceed the cap,
         /// the gate's count matches them, a waiting run is always eventually served, and every
@@ -719,23 +748,14 @@ mod tests {
                 let total: usize = running.iter().map(Vec::len).sum();
                 proptest::prop_assert!(total as u64 <= cap);
                 let woken = lock(&gate).take_woken();
-                for r in woken {
-                    let i = runs.iter().position(|s| s.gate_run() == Some(r)).unwrap();
-                    let out = runs[i].poll(0.0).unwrap();
-                    running[i].extend(out);
-                }
+                poll_woken(&mut runs, &mut running, &woken, Scheduler::gate_run);
                 let total: usize = running.iter().map(Vec::len).sum();
                 proptest::prop_assert!(total as u64 <= cap);
                 proptest::prop_assert_eq!(lock(&gate).in_use() as usize, total);
-                if total == 0 {
+                if !complete_one(&mut runs, &mut running, choices[step % choices.len()]) {
                     break;
                 }
-                let busy: Vec<usize> = (0..runs.len()).filter(|&i| !running[i].is_empty()).collect();
-                let i = busy[choices[step % choices.len()] as usize % busy.len()];
                 step += 1;
-                let node = running[i].remove(0);
-                let out = runs[i].complete(node, 0.0).unwrap();
-                running[i].extend(out);
             }
             for s in &runs {
                 proptest::prop_assert!(s.is_finished());
@@ -775,20 +795,11 @@ mod tests {
             let mut step = 0usize;
             loop {
                 let woken = lock(&pool).take_woken();
-                for r in woken {
-                    let i = runs.iter().position(|s| s.pool_run() == Some(r)).unwrap();
-                    let out = runs[i].poll(0.0).unwrap();
-                    running[i].extend(out);
-                }
-                let busy: Vec<usize> = (0..runs.len()).filter(|&i| !running[i].is_empty()).collect();
-                if busy.is_empty() {
+                poll_woken(&mut runs, &mut running, &woken, Scheduler::pool_run);
+                if !complete_one(&mut runs, &mut running, choices[step % choices.len()]) {
                     break;
                 }
-                let i = busy[choices[step % choices.len()] as usize % busy.len()];
                 step += 1;
-                let node = running[i].remove(0);
-                let out = runs[i].complete(node, 0.0).unwrap();
-                running[i].extend(out);
             }
             for s in &runs {
                 proptest::prop_assert!(s.is_finished(), "a node never got a worker");

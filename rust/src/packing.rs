@@ -1301,9 +1301,7 @@ mod tests {
     #[test]
     fn plan_keeps_submission_order_among_equal_sizes() {
         // Found by hypothesis: smallest-first must break size ties by submission order.
-        let mut p = Placer::new(vec!["a".into(), "b".into()], Policy::BestFit).unwrap();
-        p.add_worker(&[4, 1], &[]).unwrap();
-        p.add_worker(&[1, 2], &[]).unwrap();
+        let p = two_resources(&[[4, 1], [1, 2]], Policy::BestFit);
         let tasks: Vec<Demand> = [[2, 1], [0, 1], [2, 0], [3, 0]]
             .iter()
             .map(|t| Demand { amounts: t.to_vec(), labels: vec![] })
@@ -1322,6 +1320,24 @@ mod tests {
         let plan = p.plan(&tasks).unwrap();
         assert!(plan.placed >= 5, "{plan:?}");
         assert!(p.plan(&[demand(&[11, 1, 0])]).is_err());
+    }
+
+    /// A placer over two resources (`a`, `b`) with these workers.
+    fn two_resources(workers: &[[u64; 2]], policy: Policy) -> Placer {
+        let mut p = Placer::new(vec!["a".into(), "b".into()], policy).unwrap();
+        for w in workers {
+            p.add_worker(w, &[]).unwrap();
+        }
+        p
+    }
+
+    /// The tasks some worker could ever take, as demands (the others are unschedulable).
+    fn schedulable_tasks(workers: &[[u64; 2]], tasks: &[[u64; 2]]) -> Vec<Demand> {
+        tasks
+            .iter()
+            .filter(|t| workers.iter().any(|w| w[0] >= t[0] && w[1] >= t[1]))
+            .map(|t| Demand { amounts: t.to_vec(), labels: vec![] })
+            .collect()
     }
 
     fn instance() -> impl Strategy<Value = (Vec<[u64; 2]>, Vec<[u64; 2]>, Vec<bool>)> {
@@ -1401,10 +1417,7 @@ mod tests {
         #[test]
         fn never_over_commits((workers, tasks, releases) in instance(), policy in 0u8..3) {
             let policy = [Policy::BestFit, Policy::Spread, Policy::FirstFit][policy as usize];
-            let mut p = Placer::new(vec!["a".into(), "b".into()], policy).unwrap();
-            for w in &workers {
-                p.add_worker(w, &[]).unwrap();
-            }
+            let mut p = two_resources(&workers, policy);
             let mut held: Vec<(u64, u32, [u64; 2])> = Vec::new();
             for (i, t) in tasks.iter().enumerate() {
                 match p.place(i as u64, &Demand { amounts: t.to_vec(), labels: vec![] }) {
@@ -1561,15 +1574,8 @@ mod tests {
         /// early once it cannot win changes nothing).
         #[test]
         fn plan_is_the_best_of_four_full_passes((workers, tasks, _) in instance()) {
-            let names = || vec!["a".to_string(), "b".to_string()];
-            let mut p = Placer::new(names(), Policy::BestFit).unwrap();
-            for w in &workers {
-                p.add_worker(w, &[]).unwrap();
-            }
-            let tasks: Vec<Demand> = tasks.iter()
-                .filter(|t| workers.iter().any(|w| w[0] >= t[0] && w[1] >= t[1]))
-                .map(|t| Demand { amounts: t.to_vec(), labels: vec![] })
-                .collect();
+            let p = two_resources(&workers, Policy::BestFit);
+            let tasks = schedulable_tasks(&workers, &tasks);
             let largest: Vec<f64> = (0..2)
                 .map(|i| workers.iter().map(|w| w[i]).max().unwrap().max(1) as f64)
                 .collect();
@@ -1585,10 +1591,7 @@ mod tests {
                 ("smallest_first", &increasing, Policy::FirstFit),
                 ("smallest_first_best_fit", &increasing, Policy::BestFit),
             ] {
-                let mut q = Placer::new(names(), policy).unwrap();
-                for w in &workers {
-                    q.add_worker(w, &[]).unwrap();
-                }
+                let mut q = two_resources(&workers, policy);
                 let mut assignment = vec![None; tasks.len()];
                 for &t in order {
                     assignment[t] = q.place(t as u64, &tasks[t]).unwrap();
@@ -1607,14 +1610,8 @@ mod tests {
         /// The plan never over-commits and places at least as many as first-fit-decreasing.
         #[test]
         fn plan_is_valid((workers, tasks, _) in instance()) {
-            let mut p = Placer::new(vec!["a".into(), "b".into()], Policy::BestFit).unwrap();
-            for w in &workers {
-                p.add_worker(w, &[]).unwrap();
-            }
-            let tasks: Vec<Demand> = tasks.iter()
-                .filter(|t| workers.iter().any(|w| w[0] >= t[0] && w[1] >= t[1]))
-                .map(|t| Demand { amounts: t.to_vec(), labels: vec![] })
-                .collect();
+            let p = two_resources(&workers, Policy::BestFit);
+            let tasks = schedulable_tasks(&workers, &tasks);
             let result = p.plan(&tasks).unwrap();
             for (w, cap) in workers.iter().enumerate() {
                 for (r, &capacity) in cap.iter().enumerate() {

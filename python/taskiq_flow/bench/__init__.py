@@ -353,6 +353,28 @@ def wrap(text: str, width: int = COLUMNS) -> str:
 PEERS = ("rustworkx", "aiolimiter")
 
 
+#: The groups :func:`run` times, each peer against ours.
+_TIMED_GROUPS = (
+    "dag_build",
+    "dag_batch_loop",
+    "dag_event_loop",
+    "dag_dropin",
+    "admission",
+    "placement",
+    "pipelines",
+)
+#: The groups :func:`main` measures each its own way, in a section of its own.
+_OWN_WAY_GROUPS = (
+    "memory",
+    "rate",
+    "streaming",
+    "dataflow_scale",
+    "instructions",
+    "redis",
+    "orchestrators",
+)
+
+
 def missing_peers() -> list[str]:
     """The peers of the ``[bench]`` extra that are not installed."""
     return [name for name in PEERS if w.optional(name) is None]
@@ -404,22 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--group",
         action="append",
-        choices=[
-            "dag_build",
-            "dag_batch_loop",
-            "dag_event_loop",
-            "dag_dropin",
-            "admission",
-            "placement",
-            "pipelines",
-            "memory",
-            "rate",
-            "streaming",
-            "dataflow_scale",
-            "instructions",
-            "redis",
-            "orchestrators",
-        ],
+        choices=[*_TIMED_GROUPS, *_OWN_WAY_GROUPS],
         metavar="GROUP",
         help="run only this group (repeatable; default: every group but instructions)",
     )
@@ -456,15 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = "full" if args.full else "quick"
     say(f"taskiq-flow bench ({mode}), Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     extra: dict[str, Any] = {}
-    timing_groups = groups - {
-        "memory",
-        "rate",
-        "streaming",
-        "dataflow_scale",
-        "instructions",
-        "redis",
-        "orchestrators",
-    }
+    timing_groups = groups - set(_OWN_WAY_GROUPS)
     results: list[Result] = []
     if not groups or timing_groups:
         results = run(args.full, timing_groups or None, args.scale)

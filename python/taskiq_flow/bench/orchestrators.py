@@ -393,22 +393,15 @@ class _Ray:
         self.ray.shutdown()
 
 
+@dataclass(frozen=True)
 class Contender:
     """A contender: its name in the tables, its section, what it needs, how it is made."""
 
-    def __init__(
-        self,
-        name: str,
-        section: str,
-        needs: tuple[str, ...],
-        make: Callable[[], Any],
-        ours: bool = False,
-    ) -> None:
-        self.name = name
-        self.section = section
-        self.needs = needs
-        self.make = make
-        self.ours = ours
+    name: str
+    section: str
+    needs: tuple[str, ...]
+    make: Callable[[], Any]
+    ours: bool = False
 
 
 IN_PROCESS = "in process"

@@ -108,15 +108,29 @@ class _NoRoom:
         self.top = [max(t, f) for t, f in zip(self.top, free)]
 
 
-class FirstFitScanner:
-    """Online first fit in Python: each task onto the lowest-numbered worker it fits on, skipping
-    a task that cannot fit in constant time."""
+class _PythonFit:
+    """What the online Python placers share: each worker's free capacity as a list, the
+    :class:`_NoRoom` bound, and giving a task's demand back."""
 
     __slots__ = ("_free", "_room")
 
     def __init__(self, capacities: Sequence[Sequence[int]]) -> None:
         self._free = [list(c) for c in capacities]
         self._room = _NoRoom(capacities)
+
+    def release(self, worker: int, demand: Sequence[int]) -> None:
+        """Gives ``demand`` back to ``worker``."""
+        free = self._free[worker]
+        for i, d in enumerate(demand):
+            free[i] += d
+        self._room.grew(free)
+
+
+class FirstFitScanner(_PythonFit):
+    """Online first fit in Python: each task onto the lowest-numbered worker it fits on, skipping
+    a task that cannot fit in constant time."""
+
+    __slots__ = ()
 
     def place(self, demand: Sequence[int]) -> int | None:
         """Places ``demand`` on the first worker it fits on; ``None`` if none has room."""
@@ -130,29 +144,21 @@ class FirstFitScanner:
         self._room.missed(demand, self._free)
         return None
 
-    def release(self, worker: int, demand: Sequence[int]) -> None:
-        """Gives ``demand`` back to ``worker``."""
-        free = self._free[worker]
-        for i, d in enumerate(demand):
-            free[i] += d
-        self._room.grew(free)
-
     def workers_used(self, capacities: Sequence[Sequence[int]]) -> int:
         """Workers holding any task."""
         return sum(free != list(cap) for free, cap in zip(self._free, capacities))
 
 
-class BestFitScorer:
+class BestFitScorer(_PythonFit):
     """Online best fit in Python: every worker scored by the spare capacity left, lowest wins; a
     task that cannot fit is skipped in constant time."""
 
-    __slots__ = ("_capacity", "_free", "_inverse", "_room")
+    __slots__ = ("_capacity", "_inverse")
 
     def __init__(self, capacities: Sequence[Sequence[int]]) -> None:
+        super().__init__(capacities)
         self._capacity = [list(c) for c in capacities]
-        self._free = [list(c) for c in capacities]
         self._inverse = [[1 / x if x else 0.0 for x in c] for c in capacities]
-        self._room = _NoRoom(capacities)
 
     def place(self, demand: Sequence[int]) -> int | None:
         """Places ``demand`` on the tightest worker it fits on; ``None`` if none has room."""
@@ -181,20 +187,13 @@ class BestFitScorer:
         """Workers holding any task."""
         return sum(free != cap for free, cap in zip(self._free, self._capacity))
 
-    def release(self, worker: int, demand: Sequence[int]) -> None:
-        """Gives ``demand`` back to ``worker``."""
-        free = self._free[worker]
-        for i, d in enumerate(demand):
-            free[i] += d
-        self._room.grew(free)
 
+class _NumpyFit:
+    """What the online numpy placers share: capacity and free capacity as ``int64`` arrays (a row
+    a worker), the :class:`_NoRoom` bound, giving a task's demand back, and counting the workers
+    in use. Needs numpy (the ``[bench]`` extra)."""
 
-class NumpyBestFit:
-    """Online best fit with numpy: every worker scored at once, as :class:`BestFitScorer` scores
-    them (same choices, ties to the lowest worker), skipping a task that cannot fit in constant
-    time. Needs numpy (the ``[bench]`` extra)."""
-
-    __slots__ = ("_capacity", "_free", "_inverse", "_np", "_room")
+    __slots__ = ("_capacity", "_free", "_np", "_room")
 
     def __init__(self, capacities: Sequence[Sequence[int]]) -> None:
         import numpy as np
@@ -202,9 +201,30 @@ class NumpyBestFit:
         self._np = np
         self._capacity = np.array(capacities, dtype=np.int64)
         self._free = self._capacity.copy()
+        self._room = _NoRoom(capacities)
+
+    def release(self, worker: int, demand: Sequence[int]) -> None:
+        """Gives ``demand`` back to ``worker``."""
+        self._free[worker] += self._np.asarray(demand, dtype=self._np.int64)
+        self._room.grew(self._free[worker].tolist())
+
+    def workers_used(self) -> int:
+        """Workers holding any task."""
+        return int((self._free != self._capacity).any(axis=1).sum())
+
+
+class NumpyBestFit(_NumpyFit):
+    """Online best fit with numpy: every worker scored at once, as :class:`BestFitScorer` scores
+    them (same choices, ties to the lowest worker), skipping a task that cannot fit in constant
+    time. Needs numpy (the ``[bench]`` extra)."""
+
+    __slots__ = ("_inverse",)
+
+    def __init__(self, capacities: Sequence[Sequence[int]]) -> None:
+        super().__init__(capacities)
+        np = self._np
         total = self._capacity.astype(np.float64)
         self._inverse = np.divide(1.0, total, out=np.zeros_like(total), where=total > 0)
-        self._room = _NoRoom(capacities)
 
     def place(self, demand: Sequence[int]) -> int | None:
         """Places ``demand`` on the tightest worker it fits on; ``None`` if none has room."""
@@ -222,29 +242,12 @@ class NumpyBestFit:
         self._free[best] = left[best]
         return best
 
-    def release(self, worker: int, demand: Sequence[int]) -> None:
-        """Gives ``demand`` back to ``worker``."""
-        self._free[worker] += self._np.asarray(demand, dtype=self._np.int64)
-        self._room.grew(self._free[worker].tolist())
 
-    def workers_used(self) -> int:
-        """Workers holding any task."""
-        return int((self._free != self._capacity).any(axis=1).sum())
-
-
-class NumpyFirstFit:
+class NumpyFirstFit(_NumpyFit):
     """Online first fit with numpy: every worker tested at once, the first that fits wins (as
     :class:`FirstFitScanner`), skipping a task that cannot fit in constant time. Needs numpy."""
 
-    __slots__ = ("_capacity", "_free", "_np", "_room")
-
-    def __init__(self, capacities: Sequence[Sequence[int]]) -> None:
-        import numpy as np
-
-        self._np = np
-        self._capacity = np.array(capacities, dtype=np.int64)
-        self._free = self._capacity.copy()
-        self._room = _NoRoom(capacities)
+    __slots__ = ()
 
     def place(self, demand: Sequence[int]) -> int | None:
         """Places ``demand`` on the first worker it fits on; ``None`` if none has room."""
@@ -258,15 +261,6 @@ class NumpyFirstFit:
             return None
         self._free[first] -= d
         return first
-
-    def release(self, worker: int, demand: Sequence[int]) -> None:
-        """Gives ``demand`` back to ``worker``."""
-        self._free[worker] += self._np.asarray(demand, dtype=self._np.int64)
-        self._room.grew(self._free[worker].tolist())
-
-    def workers_used(self) -> int:
-        """Workers holding any task."""
-        return int((self._free != self._capacity).any(axis=1).sum())
 
 
 class PythonTokenBucket:

@@ -160,7 +160,37 @@ def layered_dataflow(n: int, max_parallel: int | None) -> Workload:
     )
 
 
-_STREAM_SCRIPT = """
+#: The memory probe of the scripts below: ``status("VmRSS")`` now, ``status("VmHWM")`` the peak,
+#: both from the process's own memory map, which (unlike ``ru_maxrss``) does not start from the
+#: parent's size.
+_STATUS = """
+def status(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+"""
+
+
+def _in_fresh_interpreter(script: str, n: int, timeout: float) -> list[Any]:
+    """Runs ``script`` with its ``{n}`` replaced by ``n`` in a fresh interpreter; returns the
+    JSON list its last line prints.
+
+    :raises subprocess.CalledProcessError: if the script fails.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-c", script.replace("{n}", str(n))],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+    out: list[Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+_STREAM_SCRIPT = (
+    """
 import asyncio, json, time
 from taskiq import InMemoryBroker
 from taskiq_flow import MapReduce
@@ -170,15 +200,9 @@ broker = InMemoryBroker()
 @broker.task(task_name="bench_square")
 async def square(x: int) -> int:
     return x * x
-
-def status(field):
-    # VmRSS now, VmHWM the peak: both from this process's own memory map, which (unlike
-    # ru_maxrss) does not start from the parent's size.
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-
+"""
+    + _STATUS
+    + """
 async def main():
     await broker.startup()
     before = status("VmRSS")
@@ -194,19 +218,13 @@ async def main():
 
 asyncio.run(main())
 """
+)
 
 
 def streaming_memory(n: int) -> dict[str, float]:
     """Streams ``n`` items through a no-op task in a fresh interpreter; returns the time per item
     and the peak RSS growth (``VmHWM`` over ``VmRSS`` at the start, Linux)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _STREAM_SCRIPT.replace("{n}", str(n))],
-        capture_output=True,
-        text=True,
-        timeout=3600,
-        check=True,
-    )
-    count, elapsed, before, peak = json.loads(proc.stdout.strip().splitlines()[-1])
+    count, elapsed, before, peak = _in_fresh_interpreter(_STREAM_SCRIPT, n, timeout=3600)
     return {
         "items": count,
         "us_per_item": elapsed / max(count, 1) * 1e6,
@@ -215,17 +233,14 @@ def streaming_memory(n: int) -> dict[str, float]:
     }
 
 
-_SCALE_SCRIPT = """
+_SCALE_SCRIPT = (
+    """
 import asyncio, gc, json, random, time
 import taskiq_flow
 from taskiq import InMemoryBroker
-
-def status(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-
+"""
+    + _STATUS
+    + """
 after_import = status("VmRSS")
 broker = InMemoryBroker()  # its default: completions travel as events, not results
 
@@ -260,6 +275,7 @@ async def main():
 
 asyncio.run(main())
 """
+)
 
 
 def dataflow_scale(n: int) -> dict[str, float]:
@@ -267,14 +283,7 @@ def dataflow_scale(n: int) -> dict[str, float]:
     interpreter: build time per node (the task declared already; the timed loop also makes each
     node's wiring, as a user's code would), run time per node, and the peak RSS above the RSS right
     after ``import taskiq_flow``."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _SCALE_SCRIPT.replace("{n}", str(n))],
-        capture_output=True,
-        text=True,
-        timeout=7200,
-        check=True,
-    )
-    build, run, after_import, peak = json.loads(proc.stdout.strip().splitlines()[-1])
+    build, run, after_import, peak = _in_fresh_interpreter(_SCALE_SCRIPT, n, timeout=7200)
     return {
         "nodes": n,
         "build_us_per_node": build / n * 1e6,

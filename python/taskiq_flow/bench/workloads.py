@@ -208,27 +208,36 @@ def _prepared_sorters(g: Edges) -> dict[str, Callable[[], Any]]:
     return makers
 
 
+def _done_then_ready(ts: Any) -> list[Any]:
+    """Runs a prepared graphlib-style sorter as its users do, one node at a time, depth first:
+    ``done(node)`` then ``get_ready()``; returns the nodes in the order finished."""
+    order: list[Any] = []
+    stack = list(ts.get_ready())
+    pop, extend, record = stack.pop, stack.extend, order.append
+    done, get_ready = ts.done, ts.get_ready
+    while stack:
+        node = pop()
+        record(node)
+        done(node)
+        extend(get_ready())
+    return order
+
+
 def _one_at_a_time(sorter: Any) -> Callable[[], list[int]]:
     """Finishes one node at a time and learns what it released: ``complete(node)`` where the
     sorter has it (ours, the Kahn sorter), else ``done(node)`` then ``get_ready()``."""
     complete = getattr(sorter, "complete", None)
+    if complete is None:
+        return lambda: _done_then_ready(sorter)
 
     def run() -> list[int]:
         order: list[int] = []
         stack = list(sorter.get_ready())
         pop, extend, record = stack.pop, stack.extend, order.append
-        if complete is not None:
-            while stack:
-                node = pop()
-                record(node)
-                extend(complete(node))
-        else:
-            done, get_ready = sorter.done, sorter.get_ready
-            while stack:
-                node = pop()
-                record(node)
-                done(node)
-                extend(get_ready())
+        while stack:
+            node = pop()
+            record(node)
+            extend(complete(node))
         return order
 
     return run
@@ -257,41 +266,32 @@ def _in_batches(name: str, sorter: Any) -> Callable[[], list[int]]:
     return run
 
 
+def _sorter_loop(
+    group: str, unit: str, shape: str, n: int, drive: Callable[[str, Any], Callable[[], list[int]]]
+) -> Workload:
+    """Every sorter of :func:`_prepared_sorters`, prepared on a ``shape`` graph of ``n`` nodes and
+    run by ``drive(name, sorter)``; the order it returns is checked against the graph."""
+    g = make_graph(shape, n)
+    contenders: dict[str, Contender] = {
+        name: functools.partial(lambda name, make: drive(name, make()), name, make)
+        for name, make in _prepared_sorters(g).items()
+    }
+    return Workload(
+        group, f"{shape} n={n:,}", g.n, unit, contenders, lambda order: _respects(g, order)
+    )
+
+
 def dag_event_loop(shape: str, n: int) -> Workload:
     """One completion at a time, as an orchestrator sees them:
     finish a node, get what it released."""
-    g = make_graph(shape, n)
-    makers = _prepared_sorters(g)
-    contenders: dict[str, Contender] = {
-        name: functools.partial(lambda make: _one_at_a_time(make()), make)
-        for name, make in makers.items()
-    }
-    return Workload(
-        "dag_event_loop",
-        f"{shape} n={n:,}",
-        g.n,
-        "completion",
-        contenders,
-        lambda order: _respects(g, order),
+    return _sorter_loop(
+        "dag_event_loop", "completion", shape, n, lambda _name, sorter: _one_at_a_time(sorter)
     )
 
 
 def dag_batch_loop(shape: str, n: int) -> Workload:
     """The batch loop: take every ready node, mark them all done, repeat."""
-    g = make_graph(shape, n)
-    makers = _prepared_sorters(g)
-    contenders: dict[str, Contender] = {
-        name: functools.partial(lambda name, make: _in_batches(name, make()), name, make)
-        for name, make in makers.items()
-    }
-    return Workload(
-        "dag_batch_loop",
-        f"{shape} n={n:,}",
-        g.n,
-        "node",
-        contenders,
-        lambda order: _respects(g, order),
-    )
+    return _sorter_loop("dag_batch_loop", "node", shape, n, _in_batches)
 
 
 def dag_dropin(node_type: str, n: int) -> Workload:
@@ -319,16 +319,7 @@ def dag_dropin(node_type: str, n: int) -> Workload:
                 for node, ps in items:
                     add(node, *ps)
                 ts.prepare()
-                order: list[Any] = []
-                stack = list(ts.get_ready())
-                pop, extend, record = stack.pop, stack.extend, order.append
-                done, get_ready = ts.done, ts.get_ready
-                while stack:
-                    node = pop()
-                    record(node)
-                    done(node)
-                    extend(get_ready())
-                return order
+                return _done_then_ready(ts)
 
             return run
 
@@ -346,17 +337,7 @@ def dag_dropin(node_type: str, n: int) -> Workload:
                 graph = rx.PyDiGraph()
                 graph.add_nodes_from(names)
                 graph.add_edges_from_no_data(pairs)
-                ts = rx.TopologicalSorter(graph)
-                order: list[Any] = []
-                stack = list(ts.get_ready())
-                pop, extend, record = stack.pop, stack.extend, order.append
-                done, get_ready = ts.done, ts.get_ready
-                while stack:
-                    node = pop()
-                    record(node)
-                    done(node)
-                    extend(get_ready())
-                return order
+                return _done_then_ready(rx.TopologicalSorter(graph))
 
             def run_mapped() -> list[Any]:
                 index: dict[Any, int] = {}
@@ -617,6 +598,26 @@ def make_cluster(
 _PYTHON_SCAN_LIMIT = 10**7
 
 
+def _placer_peers(
+    policy: str, caps: list[list[int]], python_too: bool
+) -> dict[str, Callable[[], Any]]:
+    """The peers of ``policy`` (``first_fit``, else best fit) on ``caps``, by contender name: the
+    Python one where ``python_too`` (its scan of every worker is quick enough at this size), the
+    numpy one where numpy is installed."""
+    python: Callable[[list[list[int]]], Any]
+    numpy: Callable[[list[list[int]]], Any]
+    if policy == "first_fit":
+        python, numpy, kind = FirstFitScanner, NumpyFirstFit, "first_fit"
+    else:
+        python, numpy, kind = BestFitScorer, NumpyBestFit, "best_fit"
+    makers: dict[str, Callable[[], Any]] = {}
+    if python_too:
+        makers[f"python_{kind}"] = lambda: python(caps)
+    if optional("numpy") is not None:
+        makers[f"numpy_{kind}"] = lambda: numpy(caps)
+    return makers
+
+
 def placement_online(
     workers: int, tasks: int, shape: str = "oversubscribed", policy: str = "best_fit"
 ) -> Workload:
@@ -666,16 +667,8 @@ def placement_online(
 
     contenders: dict[str, Contender] = {OURS: ours}
     small = workers * len(demands) <= _PYTHON_SCAN_LIMIT
-    if policy == "first_fit":
-        if small:
-            contenders["python_first_fit"] = peer(lambda: FirstFitScanner(caps))
-        if optional("numpy") is not None:
-            contenders["numpy_first_fit"] = peer(lambda: NumpyFirstFit(caps))
-    else:
-        if small:
-            contenders["python_best_fit"] = peer(lambda: BestFitScorer(caps))
-        if optional("numpy") is not None:
-            contenders["numpy_best_fit"] = peer(lambda: NumpyBestFit(caps))
+    for name, make in _placer_peers(policy, caps, small).items():
+        contenders[name] = peer(make)
     return Workload(
         "placement",
         f"{policy} {shape} workers={workers:,} tasks={len(demands):,}",
@@ -727,7 +720,7 @@ def placement_pool(workers: int, tasks: int, shape: str = "oversubscribed") -> W
 
         return run
 
-    def peer(make: Callable[[], BestFitScorer | NumpyBestFit]) -> Contender:
+    def peer(make: Callable[[], Any]) -> Contender:
         def setup() -> Callable[[], Any]:
             def run() -> tuple[int, int]:
                 pool = NamedPool(names, make())
@@ -738,10 +731,9 @@ def placement_pool(workers: int, tasks: int, shape: str = "oversubscribed") -> W
         return setup
 
     contenders: dict[str, Contender] = {OURS: ours}
-    if workers * len(runs) <= _PYTHON_SCAN_LIMIT:
-        contenders["python_best_fit"] = peer(lambda: BestFitScorer(caps))
-    if optional("numpy") is not None:
-        contenders["numpy_best_fit"] = peer(lambda: NumpyBestFit(caps))
+    small = workers * len(runs) <= _PYTHON_SCAN_LIMIT
+    for name, make in _placer_peers("best_fit", caps, small).items():
+        contenders[name] = peer(make)
     return Workload(
         "placement",
         f"pool {shape} workers={workers:,} tasks={len(runs):,}",
