@@ -375,6 +375,108 @@ impl Graph {
     }
 }
 
+/// A graph that grows while it runs: the [`Graph`] it started with, nodes appended with their own
+/// out-edges (compressed adjacency, appended in place), and edges added later out of nodes that
+/// existed already (a list per such node).
+///
+/// Appending costs O(added nodes + added edges): the arrays are reserved with room for as many
+/// nodes and edges again as the graph started with ([`LiveGraph::new`]), so the first growth of a
+/// large graph copies nothing, and later ones double as a `Vec` does (amortized O(1) per added
+/// node, whatever the graph's size). Successors of a node are its own edges in insertion order,
+/// then the edges added out of it later, in insertion order.
+#[derive(Debug, Clone, Default)]
+pub struct LiveGraph {
+    csr: Graph,
+    /// Per node, 0 or one more than the index of its list in `added`; empty until the first edge
+    /// out of an existing node is added (sized to the node count then).
+    added_index: Vec<u32>,
+    added: Vec<Vec<u32>>,
+}
+
+impl LiveGraph {
+    /// Wraps `graph`, reserving room to grow by as many nodes and edges again.
+    pub fn new(mut graph: Graph) -> Self {
+        let nodes = graph.offsets.len();
+        let edges = graph.targets.len();
+        graph.offsets.reserve(nodes.max(64));
+        graph.targets.reserve(edges.max(64));
+        Self { csr: graph, added_index: Vec::new(), added: Vec::new() }
+    }
+
+    /// The compressed part: every node with its own out-edges (those added with it or before the
+    /// run), without edges added later out of existing nodes.
+    pub fn csr(&self) -> &Graph {
+        &self.csr
+    }
+
+    /// Number of nodes.
+    #[inline]
+    pub fn node_count(&self) -> u32 {
+        self.csr.node_count()
+    }
+
+    /// Number of edges (parallel edges count separately).
+    pub fn edge_count(&self) -> usize {
+        self.csr.edge_count() + self.added.iter().map(Vec::len).sum::<usize>()
+    }
+
+    /// Checks that `node` exists.
+    #[inline]
+    pub fn check_node(&self, node: u32) -> CoreResult<()> {
+        self.csr.check_node(node)
+    }
+
+    /// The successors of `node`: its own edges, and those added out of it later.
+    #[inline]
+    pub fn successor_parts(&self, node: u32) -> (&[u32], &[u32]) {
+        let own = self.csr.successors(node);
+        match self.added_index.get(node as usize) {
+            Some(&i) if i != 0 => (own, &self.added[i as usize - 1]),
+            _ => (own, &[]),
+        }
+    }
+
+    /// The successors of `node`, its own edges first.
+    pub fn successors(&self, node: u32) -> impl Iterator<Item = u32> + '_ {
+        let (own, added) = self.successor_parts(node);
+        own.iter().chain(added).copied()
+    }
+
+    /// Whether any edge was added out of an existing node.
+    #[inline]
+    pub fn has_added_edges(&self) -> bool {
+        !self.added.is_empty()
+    }
+
+    /// Appends one node with its out-edges and returns its id. The caller checks ids and limits.
+    pub fn push_node(&mut self, successors: &[u32]) -> u32 {
+        let id = self.node_count();
+        self.csr.targets.extend_from_slice(successors);
+        self.csr.offsets.push(self.csr.targets.len() as u32);
+        if !self.added_index.is_empty() {
+            self.added_index.push(0);
+        }
+        id
+    }
+
+    /// Adds the edge `node -> target` out of an existing node, after its own edges.
+    pub fn add_edge(&mut self, node: u32, target: u32) {
+        if self.added_index.is_empty() {
+            // Zeroed memory, twice the node count: the pages come from the system zeroed, so
+            // this costs nothing until a node's entry is written.
+            let n = self.node_count() as usize;
+            self.added_index = vec![0u32; 2 * n.max(32)];
+            self.added_index.truncate(n);
+        }
+        let slot = &mut self.added_index[node as usize];
+        if *slot == 0 {
+            self.added.push(Vec::new());
+            *slot = self.added.len() as u32;
+        }
+        self.added[*slot as usize - 1].push(target);
+    }
+}
+
 /// Marks in [`Sorter`]'s `pending` array; real counts are below [`MAX_IDS`].
 const OUT: u32 = u32::MAX - 1;
 const DONE: u32 = u32::MAX;
