@@ -2314,6 +2314,464 @@ mod tests {
         assert!(matches!(s.retry_at(7, 1.0, 0.0), Err(CoreError::UnknownNode { .. })));
     }
 
+    fn children(count: u32) -> Growth {
+        Growth { count, ..Growth::default() }
+    }
+
+    #[test]
+    fn a_task_adds_tasks_and_its_slot_goes_to_them() {
+        // 0 -> 1; key 0 capped at 1: node 0 expands into 3 children that run one at a time.
+        let g = graph(2, &[(0, 1)]);
+        let mut s = Scheduler::new(g, None, &[capped(1)], None, None).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        let out = s.expand(0, &children(3), 1.0).unwrap();
+        // The parent's slot went at once to its first child.
+        assert_eq!(out.admitted, vec![2]);
+        assert_eq!(s.state(0).unwrap(), NodeState::Open);
+        assert_eq!((s.counts().open, s.counts().running, s.counts().waiting), (1, 1, 1));
+        let why = s.explain(0).unwrap();
+        assert_eq!(
+            (why.reason, why.open_children, why.pending_inputs),
+            (Reason::Children, Some(3), 0)
+        );
+        assert_eq!(s.explain(3).unwrap().parent, Some(0));
+        assert_eq!(s.explain(3).unwrap().reason, Reason::StepCap);
+        assert_eq!(s.complete(2, 2.0).unwrap(), vec![3]);
+        assert_eq!(s.explain(0).unwrap().open_children, Some(2));
+        assert_eq!(s.complete(3, 3.0).unwrap(), vec![4]);
+        assert!(s.take_closed().is_empty());
+        // The last child closes the parent, which releases its successor in the same call.
+        assert_eq!(s.complete(4, 4.0).unwrap(), vec![1]);
+        assert_eq!(s.take_closed(), vec![0]);
+        assert_eq!(s.state(0).unwrap(), NodeState::Done);
+        assert_eq!(s.complete(0, 5.0), Err(CoreError::AlreadyDone { node: 0 }));
+        s.complete(1, 5.0).unwrap();
+        assert!(s.is_finished());
+        assert_eq!(s.counts().done, 5);
+    }
+
+    #[test]
+    fn recursion_under_a_cap_of_one_never_deadlocks_and_closes_bottom_up() {
+        let g = graph(1, &[]);
+        let mut s = Scheduler::new(g, None, &[], None, None).unwrap();
+        s.set_global_cap(Some(1), 0.0).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        assert_eq!(s.expand(0, &children(2), 0.0).unwrap().admitted, vec![1]);
+        // Child 1 expands in turn: its child 3 goes before its sibling 2 (deeper first).
+        assert_eq!(s.expand(1, &children(1), 0.0).unwrap().admitted, vec![3]);
+        assert_eq!(s.complete(3, 0.0).unwrap(), vec![2]);
+        assert_eq!(s.take_closed(), vec![1]);
+        assert_eq!(s.complete(2, 0.0).unwrap(), Vec::<u32>::new());
+        assert_eq!(s.take_closed(), vec![0]);
+        assert!(s.is_finished());
+        // An expansion with no children closes its node at once.
+        let mut s = Scheduler::new(graph(2, &[(0, 1)]), None, &[], None, None).unwrap();
+        s.start(0.0).unwrap();
+        assert_eq!(s.expand(0, &children(0), 0.0).unwrap().admitted, vec![1]);
+        assert_eq!(s.take_closed(), vec![0]);
+    }
+
+    #[test]
+    fn chained_each_steps_run_depth_first_per_item() {
+        // list(0) -> fetch(1) -> count(2) -> total(3); fetch and count are placeholders.
+        let g = graph(4, &[(0, 1), (1, 2), (2, 3)]);
+        let keys = [capped(1), capped(2), KeyLimits::default()];
+        let mut s = Scheduler::new(g, Some(vec![0, 1, 2, 0]), &keys, None, None).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        // list's output arrives with 3 items: fetch_i = 4..7, count_i = 7..10.
+        let n = 3;
+        let mut grow = Growth { count: 2 * n, ..Growth::default() };
+        for i in 0..n {
+            grow.parents.push(Some(1));
+            grow.sources.extend([0, 4 + i]);
+            grow.targets.extend([4 + i, 4 + n + i]);
+        }
+        for _ in 0..n {
+            grow.parents.push(Some(2));
+        }
+        assert_eq!(s.grow(&grow, 1.0).unwrap(), Outcome::default());
+        assert_eq!(s.key_of[4..10].to_vec(), vec![1, 1, 1, 2, 2, 2]);
+        // list done: two fetches (fetch's cap); the placeholders are never handed out.
+        assert_eq!(s.complete(0, 2.0).unwrap(), vec![4, 5]);
+        assert_eq!((s.state(1).unwrap(), s.state(2).unwrap()), (NodeState::Open, NodeState::Open));
+        // Item 0 reaches count while items 1 and 2 are still being fetched.
+        assert_eq!(s.complete(4, 3.0).unwrap(), vec![6, 7]);
+        assert_eq!(s.complete(7, 4.0).unwrap(), Vec::<u32>::new());
+        let why = s.explain(2).unwrap();
+        assert_eq!((why.open_children, why.pending_inputs), (Some(2), 1));
+        assert_eq!(s.complete_many(&[5, 6], 5.0).unwrap(), vec![8, 9]);
+        assert_eq!(s.take_closed(), vec![1]);
+        assert_eq!(s.complete_many(&[8, 9], 6.0).unwrap(), vec![3]);
+        assert_eq!(s.take_closed(), vec![2]);
+        s.complete(3, 7.0).unwrap();
+        assert!(s.is_finished());
+        assert_eq!(s.counts().done, 10);
+    }
+
+    #[test]
+    fn a_placeholder_over_nothing_closes_when_its_input_is_done() {
+        // 0 -> 1 -> 2; 1 is expanded into no items while 0 runs.
+        let mut s = Scheduler::new(graph(3, &[(0, 1), (1, 2)]), None, &[], None, None).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        s.expand(1, &children(0), 0.0).unwrap();
+        assert_eq!(s.explain(1).unwrap().pending_inputs, 1);
+        assert_eq!(s.complete(0, 0.0).unwrap(), vec![2]);
+        assert_eq!(s.take_closed(), vec![1]);
+        // Expanded before the start, with no inputs: it closes at the start.
+        let mut s = Scheduler::new(graph(2, &[(0, 1)]), None, &[], None, None).unwrap();
+        s.expand(0, &children(0), 0.0).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![1]);
+        assert_eq!(s.take_closed(), vec![0]);
+        // A queued node opened leaves the ready queue (run cap 1 holds node 1 there).
+        let mut s = Scheduler::new(graph(3, &[]), None, &[], None, None).unwrap();
+        s.set_global_cap(Some(1), 0.0).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        assert_eq!(s.state(1).unwrap(), NodeState::Queued);
+        s.expand(1, &children(1), 0.0).unwrap();
+        assert_eq!(s.complete(0, 0.0).unwrap(), vec![3]);
+        assert_eq!(s.complete(3, 0.0).unwrap(), vec![2]);
+        assert_eq!(s.take_closed(), vec![1]);
+    }
+
+    #[test]
+    fn a_failed_child_fails_its_open_ancestors_and_skips_their_successors() {
+        // 0 -> 1; 0 expands into 2, which expands into 3 and 4; 4 fails.
+        let mut s = Scheduler::new(graph(2, &[(0, 1)]), None, &[], None, None).unwrap();
+        s.start(0.0).unwrap();
+        s.expand(0, &children(1), 0.0).unwrap();
+        assert_eq!(s.expand(2, &children(2), 0.0).unwrap().admitted, vec![3, 4]);
+        let out = s.fail(4, 1.0).unwrap();
+        assert_eq!(out.failed, vec![2, 0]);
+        assert_eq!((out.skipped, out.skipped_by), (vec![1], vec![0]));
+        assert_eq!(s.state(0).unwrap(), NodeState::Failed);
+        // The sibling still runs and finishes; it closes nothing.
+        assert_eq!(s.complete(3, 2.0).unwrap(), Vec::<u32>::new());
+        assert!(s.take_closed().is_empty());
+        assert!(s.is_finished());
+        let c = s.counts();
+        assert_eq!((c.failed, c.skipped, c.done, c.open), (3, 1, 1, 0));
+    }
+
+    #[test]
+    fn skip_spreads_over_required_edges_and_lets_optional_ones_run() {
+        // 0 -> 1 (required) -> 2 (optional) -> 3; 0 -> 4 (optional); 1 -> 5 (required).
+        let g = graph(6, &[(0, 1), (1, 2), (2, 3), (0, 4), (1, 5)]);
+        let mut s = Scheduler::new(g, None, &[], None, None).unwrap();
+        s.set_optional(&[1, 0], &[2, 4]).unwrap();
+        assert!(s.set_optional(&[0], &[3]).is_err());
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        let out = s.skip(0, 1.0).unwrap();
+        assert_eq!(out.admitted, vec![2, 4]); // 2 has the longer path left
+        assert_eq!(out.skipped, vec![1, 5]);
+        assert_eq!(out.skipped_by, vec![0, 0]);
+        assert_eq!(s.explain(1).unwrap().reason, Reason::Skipped);
+        assert_eq!(s.explain(0).unwrap().reason, Reason::Skipped);
+        assert_eq!(s.complete(2, 2.0).unwrap(), vec![3]);
+        s.complete_many(&[3, 4], 3.0).unwrap();
+        assert!(s.is_finished());
+        assert_eq!(s.counts().skipped, 3);
+        // A required and an optional edge between the same nodes: required wins.
+        let mut s = Scheduler::new(graph(2, &[(0, 1), (0, 1)]), None, &[], None, None).unwrap();
+        s.start(0.0).unwrap();
+        let mut grow = Growth { count: 1, ..Growth::default() };
+        grow.sources = vec![0, 0];
+        grow.targets = vec![2, 2];
+        grow.optional = vec![true, false];
+        s.grow(&grow, 0.0).unwrap();
+        let out = s.skip(0, 0.0).unwrap();
+        assert_eq!(out.skipped, vec![1, 2]);
+    }
+
+    #[test]
+    fn a_skipped_child_is_left_out_of_its_parent() {
+        let mut s = Scheduler::new(graph(2, &[(0, 1)]), None, &[], None, None).unwrap();
+        s.start(0.0).unwrap();
+        // Children 2 -> 3 (required) and 4; 2 skips: 3 is skipped too, both left out.
+        let mut grow = children(3);
+        grow.sources = vec![2];
+        grow.targets = vec![3];
+        assert_eq!(s.expand(0, &grow, 0.0).unwrap().admitted, vec![2, 4]);
+        let out = s.skip(2, 1.0).unwrap();
+        assert_eq!((out.skipped, out.admitted), (vec![3], vec![]));
+        assert_eq!(s.explain(0).unwrap().open_children, Some(1));
+        assert_eq!(s.complete(4, 2.0).unwrap(), vec![1]);
+        assert_eq!(s.take_closed(), vec![0]);
+        // Every child skips: the parent closes, done, with no children's output.
+        let mut s = Scheduler::new(graph(1, &[]), None, &[], None, None).unwrap();
+        s.start(0.0).unwrap();
+        s.expand(0, &children(1), 0.0).unwrap();
+        s.skip(1, 0.0).unwrap();
+        assert_eq!(s.take_closed(), vec![0]);
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn growth_refuses_edges_that_could_close_a_cycle_and_changes_nothing() {
+        // 0 -> 1 -> 2; 0 running, 1 and 2 waiting.
+        let mut s = Scheduler::new(graph(3, &[(0, 1), (1, 2)]), None, &[], None, None).unwrap();
+        s.start(0.0).unwrap();
+        let edge = |src: Vec<u32>, dst: Vec<u32>| Growth {
+            count: 2,
+            sources: src,
+            targets: dst,
+            ..Growth::default()
+        };
+        let bad = [
+            edge(vec![1], vec![3]), // from a waiting node
+            edge(vec![4], vec![3]), // new to new, downwards
+            edge(vec![3], vec![3]), // a self-loop
+            edge(vec![0], vec![1]), // between existing nodes
+            edge(vec![3], vec![0]), // into a running node
+            edge(vec![0], vec![9]), // unknown
+        ];
+        let before = (s.node_count(), s.counts(), s.graph.edge_count());
+        for g in &bad {
+            let err = s.grow(g, 0.0).unwrap_err();
+            assert!(
+                matches!(err, CoreError::BadEdge { .. } | CoreError::UnknownNode { .. }),
+                "{err:?}"
+            );
+            assert_eq!((s.node_count(), s.counts(), s.graph.edge_count()), before);
+        }
+        // Into a waiting node is fine: 2 waits for the new node 3 too.
+        s.grow(&edge(vec![0, 3], vec![3, 2]), 0.0).unwrap();
+        assert_eq!(s.explain(2).unwrap().pending_inputs, 2);
+        // Bad lists and parents.
+        let g = Growth { count: 1, keys: vec![7], ..Growth::default() };
+        assert!(matches!(s.grow(&g, 0.0), Err(CoreError::UnknownId { .. })));
+        let g = Growth { count: 2, weights: vec![1], ..Growth::default() };
+        assert!(matches!(s.grow(&g, 0.0), Err(CoreError::InvalidValue { .. })));
+        s.complete(0, 0.0).unwrap();
+        assert!(matches!(s.expand(0, &children(1), 0.0), Err(CoreError::NoChildren { .. })));
+        let g = Growth { count: 1, parents: vec![Some(0)], ..Growth::default() };
+        assert!(matches!(s.expand(3, &g, 0.0), Err(CoreError::InvalidValue { .. })));
+        // An open node is not running: complete, fail and skip say so.
+        s.expand(3, &children(1), 0.0).unwrap();
+        assert_eq!(s.complete(3, 0.0), Err(CoreError::NodeOpen { node: 3 }));
+        assert_eq!(s.skip(3, 0.0), Err(CoreError::NodeOpen { node: 3 }));
+        // A node opened by this growth cannot feed its own children.
+        let g = Growth { count: 1, sources: vec![5], targets: vec![6], ..Growth::default() };
+        assert!(matches!(s.expand(5, &g, 0.0), Err(CoreError::BadEdge { .. })));
+    }
+
+    #[test]
+    fn finished_predecessors_decide_a_new_node_at_once() {
+        // 0 fails, 1 skips, 2 completes; then new nodes hang off each.
+        let mut s = Scheduler::new(graph(4, &[]), None, &[], None, None).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0, 1, 2, 3]);
+        s.fail(0, 0.0).unwrap();
+        s.skip(1, 0.0).unwrap();
+        s.complete(2, 0.0).unwrap();
+        // 4 <- 0 (failed); 5 <- 1 required; 6 <- 1 optional; 7 <- 2 (done) and -> 8 <- 4.
+        let g = Growth {
+            count: 5,
+            sources: vec![0, 1, 1, 2, 4, 7],
+            targets: vec![4, 5, 6, 7, 8, 8],
+            optional: vec![false, false, true, false, true, false],
+            ..Growth::default()
+        };
+        let out = s.grow(&g, 1.0).unwrap();
+        assert_eq!(out.skipped, vec![4, 5, 8]);
+        assert_eq!(out.skipped_by, vec![0, 1, 0]);
+        assert_eq!(out.admitted, vec![7, 6]); // 7 had a path through 8
+        assert_eq!(s.explain(8).unwrap().reason, Reason::Finished);
+        assert_eq!(s.explain(5).unwrap().reason, Reason::Skipped);
+        // A child whose predecessor failed fails its parent at once.
+        let g = Growth { count: 1, sources: vec![0], targets: vec![9], ..Growth::default() };
+        let out = s.expand(3, &g, 2.0).unwrap();
+        assert_eq!((out.skipped, out.failed), (vec![9], vec![3]));
+        s.complete_many(&[6, 7], 3.0).unwrap();
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn cancel_ends_open_nodes_cancelled_and_growth_after_it_runs_nothing() {
+        let mut s = Scheduler::new(graph(2, &[]), None, &[capped(2)], None, None).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0, 1]);
+        assert_eq!(s.expand(0, &children(2), 0.0).unwrap().admitted, vec![2]);
+        let cancelled = s.cancel();
+        assert_eq!(cancelled, vec![0, 3]);
+        assert_eq!(s.state(0).unwrap(), NodeState::Cancelled);
+        // Node 2 runs on; it finishes normally and closes nothing.
+        assert_eq!(s.complete(2, 0.0).unwrap(), Vec::<u32>::new());
+        // A running node that expands after the cancel: it and its children end cancelled.
+        let out = s.expand(1, &children(2), 0.0).unwrap();
+        assert_eq!(out, Outcome::default());
+        assert_eq!(s.state(1).unwrap(), NodeState::Cancelled);
+        assert_eq!(s.state(5).unwrap(), NodeState::Cancelled);
+        assert!(s.is_finished());
+        assert_eq!(s.counts().cancelled, 5);
+    }
+
+    #[test]
+    fn a_child_counts_against_every_cap_above_it() {
+        // Step key 0 capped at 3; expansions' own keys under it, capped at 2 and 5.
+        let mut s = Scheduler::new(graph(2, &[]), None, &[capped(3)], None, None).unwrap();
+        let own = s.add_key(capped(2), Some(0)).unwrap();
+        let other = s.add_key(capped(5), Some(0)).unwrap();
+        assert!(matches!(s.add_key(capped(2), Some(9)), Err(CoreError::UnknownId { .. })));
+        assert_eq!(s.start(0.0).unwrap(), vec![0, 1]);
+        let g = Growth { count: 4, keys: vec![own; 4], ..Growth::default() };
+        // Node 0's slot is free: two children (their own cap), node 1 still holds one.
+        assert_eq!(s.expand(0, &g, 0.0).unwrap().admitted, vec![2, 3]);
+        let why = s.explain(4).unwrap();
+        assert_eq!((why.reason, why.key, why.limit_key), (Reason::StepCap, own, own));
+        // Node 1 expands under the step's cap: one slot of key 0 left.
+        let g = Growth { count: 2, keys: vec![other; 2], ..Growth::default() };
+        assert_eq!(s.expand(1, &g, 0.0).unwrap().admitted, vec![6]);
+        // Key `other` has room, key 0 above it does not: node 7 waits for the step's cap.
+        let why = s.explain(7).unwrap();
+        assert_eq!((why.reason, why.key, why.limit_key), (Reason::StepCap, other, 0));
+        assert_eq!((why.key_running, why.key_cap.get()), (3, Some(3)));
+        // A freed slot frees it in every key of the chain: the best waiting node gets it.
+        assert_eq!(s.complete(2, 0.0).unwrap(), vec![4]);
+        assert_eq!(s.complete_many(&[3, 4, 6], 0.0).unwrap(), vec![5, 7]);
+        s.complete_many(&[5, 7], 0.0).unwrap();
+        assert_eq!(s.take_closed(), vec![1, 0]);
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn a_rate_above_a_childs_key_holds_it_too() {
+        let keys = [KeyLimits { max_parallel: None, rate: Some((1.0, 2)) }];
+        let mut s = Scheduler::new(graph(1, &[]), None, &keys, None, None).unwrap();
+        let own =
+            s.add_key(KeyLimits { max_parallel: None, rate: Some((10.0, 5)) }, Some(0)).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        let g = Growth { count: 3, keys: vec![own; 3], ..Growth::default() };
+        // One token left in key 0's bucket of 2: one child now, the next at t = 1.
+        assert_eq!(s.expand(0, &g, 0.0).unwrap().admitted, vec![1]);
+        let why = s.explain(2).unwrap();
+        assert_eq!((why.reason, why.limit_key, why.next_token_at), (Reason::Rate, 0, Some(1.0)));
+        assert_eq!(s.next_wakeup(), Some(1.0));
+        assert_eq!(s.poll(1.0).unwrap(), vec![2]);
+        assert_eq!(s.poll(2.0).unwrap(), vec![3]);
+    }
+
+    #[test]
+    fn growth_before_the_start_and_a_resume_restore_children() {
+        // A resumed run: node 0 had expanded into 3 children; two were done.
+        let mut s = Scheduler::new(graph(2, &[(0, 1)]), None, &[], None, None).unwrap();
+        s.expand(0, &children(3), 0.0).unwrap();
+        assert_eq!(s.counts().waiting, 4);
+        s.restore_done(&[2, 3]).unwrap();
+        assert!(s.restore_done(&[0]).is_err());
+        assert_eq!(s.start(0.0).unwrap(), vec![4]);
+        assert_eq!(s.complete(4, 0.0).unwrap(), vec![1]);
+        assert_eq!(s.take_closed(), vec![0]);
+        // All children restored, and the parent with them: done at once.
+        let mut s = Scheduler::new(graph(2, &[(0, 1)]), None, &[], None, None).unwrap();
+        s.expand(0, &children(2), 0.0).unwrap();
+        s.restore_done(&[2, 3, 0]).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![1]);
+        assert_eq!(s.counts().done, 3);
+    }
+
+    #[test]
+    fn children_take_a_worker_of_their_parents_class() {
+        use crate::packing::{Demand, Placer, Policy};
+        let placer = Placer::new(vec!["cpu".into()], Policy::FirstFit).unwrap();
+        let mut pool = Pool::new(placer, 8);
+        pool.add_worker(&[2], &[]).unwrap();
+        let small = pool.add_class(Demand { amounts: vec![1], labels: vec![] }).unwrap();
+        let big = pool.add_class(Demand { amounts: vec![2], labels: vec![] }).unwrap();
+        let pool = std::sync::Arc::new(std::sync::Mutex::new(pool));
+        let mut s = Scheduler::new(graph(1, &[]), None, &[], None, None).unwrap();
+        s.attach_pool(pool.clone(), vec![small]).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        // Three children of the parent's class: two fit beside each other, once it left.
+        assert_eq!(s.expand(0, &children(3), 0.0).unwrap().admitted, vec![1, 2]);
+        assert_eq!(s.placing(), 1);
+        assert_eq!(s.explain(3).unwrap().reason, Reason::Placement);
+        // A new node without a parent needs a class; one too large waits.
+        assert!(s.grow(&children(1), 0.0).is_err());
+        let g = Growth { count: 1, classes: vec![big], ..Growth::default() };
+        assert_eq!(s.grow(&g, 0.0).unwrap().admitted, Vec::<u32>::new());
+        let mut out = s.complete(1, 0.0).unwrap();
+        out.extend(s.complete(2, 0.0).unwrap());
+        assert_eq!(out, vec![3]);
+        assert_eq!(s.complete(3, 0.0).unwrap(), vec![4]);
+        s.complete(4, 0.0).unwrap();
+        assert!(s.is_finished());
+        assert_eq!(s.take_closed(), vec![0]);
+    }
+
+    /// The states the test expects to see, checked against the scheduler after every event.
+    struct Model {
+        /// Every edge, including children's edges to their parents.
+        preds: Vec<Vec<u32>>,
+        running: Vec<u32>,
+        key_caps: Vec<u64>,
+        key_parent: Vec<Option<u32>>,
+        global_cap: u64,
+    }
+
+    impl Model {
+        fn terminal(s: &Scheduler, v: u32) -> bool {
+            matches!(
+                s.state(v).unwrap(),
+                NodeState::Done | NodeState::Failed | NodeState::Skipped | NodeState::Cancelled
+            )
+        }
+
+        fn chain(&self, s: &Scheduler, v: u32) -> Vec<u32> {
+            let mut keys = vec![s.key_of[v as usize]];
+            while let Some(p) = self.key_parent[*keys.last().unwrap() as usize] {
+                keys.push(p);
+            }
+            keys
+        }
+
+        fn check(&self, s: &Scheduler) -> Result<(), TestCaseError> {
+            let n = s.node_count();
+            let c = s.counts();
+            let total = c.waiting + c.queued + c.running + c.done + c.failed + c.skipped;
+            prop_assert_eq!(total + c.cancelled + c.open, n, "counts sum to the node count");
+            let mut running: Vec<u32> =
+                (0..n).filter(|&v| s.state(v).unwrap() == NodeState::Running).collect();
+            let mut mine = self.running.clone();
+            mine.sort_unstable();
+            running.sort_unstable();
+            prop_assert_eq!(&mine, &running, "what came out is what runs");
+            let count =
+                |st: NodeState| (0..n).filter(|&v| s.state(v).unwrap() == st).count() as u32;
+            prop_assert_eq!(c.open, count(NodeState::Open));
+            prop_assert_eq!(c.waiting, count(NodeState::Waiting));
+            prop_assert_eq!(c.queued, count(NodeState::Queued));
+            prop_assert!(running.len() as u64 <= self.global_cap);
+            let mut per_key = vec![0u64; self.key_caps.len()];
+            for &v in &running {
+                for k in self.chain(s, v) {
+                    per_key[k as usize] += 1;
+                }
+            }
+            for (k, &used) in per_key.iter().enumerate() {
+                prop_assert!(used <= self.key_caps[k], "key {} over its cap", k);
+            }
+            for v in 0..n {
+                let unfinished_pred = self.preds[v as usize].iter().any(|&u| !Self::terminal(s, u));
+                match s.state(v).unwrap() {
+                    NodeState::Running | NodeState::Done | NodeState::Queued => {
+                        prop_assert!(!unfinished_pred, "node {} ran before a predecessor", v);
+                    }
+                    NodeState::Waiting | NodeState::Open => {
+                        prop_assert!(unfinished_pred, "node {} could go on but waits", v);
+                    }
+                    _ => {}
+                }
+                if s.state(v).unwrap() == NodeState::Queued {
+                    let full = running.len() as u64 >= self.global_cap
+                        || self
+                            .chain(s, v)
+                            .iter()
+                            .any(|&k| per_key[k as usize] >= self.key_caps[k as usize]);
+                    prop_assert!(full, "node {} is admissible but waits", v);
+                }
+            }
+            Ok(())
+        }
+    }
+
     /// Nodes, edges, each node's key, a key cap, a global cap, and the completion choices.
     type Run = (u32, Vec<(u32, u32)>, Vec<u32>, u64, u64, Vec<u8>);
 
@@ -2374,6 +2832,159 @@ mod tests {
                     prop_assert!((j - i + 1) as f64 <= burst as f64 + rate * (b - a) + 1e-6);
                 }
             }
+        }
+
+        /// A run that grows while it runs, with random events (complete, skip, fail, a running
+        /// node expanding, a waiting node expanded as a placeholder, plain growth into waiting
+        /// nodes, new capped keys under old ones): after every event the counts add up and
+        /// match the states, what came out is what runs, caps hold along every key chain,
+        /// nothing admissible waits, nothing runs or closes before its inputs and children,
+        /// nothing that could go on waits; and every run ends.
+        #[test]
+        fn growing_runs_keep_every_invariant_and_end(
+            (n, edges, key_of, key_cap, global_cap, choices) in run_strategy(),
+            events in proptest::collection::vec(any::<u32>(), 1..120),
+        ) {
+            let edges: Vec<(u32, u32)> = edges.into_iter().filter(|(a, b)| a != b).collect();
+            let g = graph(n, &edges);
+            let keys = vec![capped(key_cap), capped(key_cap + 1), KeyLimits::default()];
+            let mut s = Scheduler::new(g, Some(key_of), &keys, None, None).unwrap();
+            s.set_global_cap(Some(global_cap + 1), 0.0).unwrap();
+            let mut preds = vec![Vec::new(); n as usize];
+            for &(a, b) in &edges {
+                preds[b as usize].push(a);
+            }
+            let mut m = Model {
+                preds,
+                running: Vec::new(),
+                key_caps: vec![key_cap, key_cap + 1, u64::MAX],
+                key_parent: vec![None; 3],
+                global_cap: global_cap + 1,
+            };
+            let opt_edges: Vec<(u32, u32)> =
+                edges.iter().copied().filter(|&(a, b)| (a + b) % 3 == 0).collect();
+            let (os, ot): (Vec<u32>, Vec<u32>) = opt_edges.into_iter().unzip();
+            s.set_optional(&os, &ot).unwrap();
+            m.running = s.start(0.0).unwrap();
+            m.check(&s)?;
+            let mut now = 0.0;
+            let mut step = 0usize;
+            let mut closed_seen = 0usize;
+            while !m.running.is_empty() {
+                now += 0.001;
+                let e = events[step % events.len()];
+                let c = choices[step % choices.len()] as u32;
+                step += 1;
+                let pick = (e as usize / 7) % m.running.len();
+                let node = m.running[pick];
+                let action = if step > 400 { 0 } else { e % 10 };
+                match action {
+                    // A running node (sent) expands into a few children with random edges.
+                    5 | 6 if s.explain(node).unwrap().reason == Reason::Running => {
+                        m.running.swap_remove(pick);
+                        let first = s.node_count();
+                        let k = c % 4;
+                        let mut grow = Growth { count: k, ..Growth::default() };
+                        for i in 1..k {
+                            if (e >> i) & 1 == 1 {
+                                grow.sources.push(first + (c >> i) % i);
+                                grow.targets.push(first + i);
+                                grow.optional.push((e >> (i + 8)) & 1 == 1);
+                            }
+                        }
+                        if e & 0x100 != 0 {
+                            // The children under a new key below the parent's.
+                            let parent_key = s.key_of[node as usize];
+                            let cap = u64::from(1 + c % 3);
+                            let key = s.add_key(capped(cap), Some(parent_key)).unwrap();
+                            m.key_caps.push(cap);
+                            m.key_parent.push(Some(parent_key));
+                            grow.keys = vec![key; k as usize];
+                        }
+                        for v in 0..k {
+                            m.preds.push(Vec::new());
+                            m.preds[node as usize].push(first + v);
+                        }
+                        for (&u, &v) in grow.sources.iter().zip(&grow.targets) {
+                            m.preds[v as usize].push(u);
+                        }
+                        let out = s.expand(node, &grow, now).unwrap();
+                        m.running.extend(out.admitted);
+                    }
+                    // A waiting node becomes a placeholder: items hang off running or finished
+                    // nodes (the placeholder's inputs stay its own).
+                    7 => {
+                        let waiting: Vec<u32> = (0..s.node_count())
+                            .filter(|&v| s.state(v).unwrap() == NodeState::Waiting)
+                            .collect();
+                        if let Some(&p) = waiting.get(c as usize % waiting.len().max(1)) {
+                            let first = s.node_count();
+                            let k = c % 3;
+                            let mut grow = Growth { count: k, ..Growth::default() };
+                            for i in 0..k {
+                                m.preds.push(Vec::new());
+                                m.preds[p as usize].push(first + i);
+                                let src = (e >> (i * 3)) % first;
+                                if !matches!(
+                                    s.state(src).unwrap(),
+                                    NodeState::Waiting | NodeState::Queued | NodeState::Open
+                                ) {
+                                    grow.sources.push(src);
+                                    grow.targets.push(first + i);
+                                    grow.optional.push(e & (1 << (20 + i)) != 0);
+                                    m.preds[(first + i) as usize].push(src);
+                                }
+                            }
+                            let out = s.expand(p, &grow, now).unwrap();
+                            m.running.extend(out.admitted);
+                        }
+                    }
+                    // Plain growth: a new node after a running one, feeding a waiting one.
+                    8 => {
+                        let first = s.node_count();
+                        let target = (0..first)
+                            .find(|&v| s.state(v).unwrap() == NodeState::Waiting && (v + c) % 2 == 0);
+                        let mut grow = Growth {
+                            count: 1,
+                            sources: vec![node],
+                            targets: vec![first],
+                            keys: vec![c % 3],
+                            ..Growth::default()
+                        };
+                        m.preds.push(vec![node]);
+                        if let Some(t) = target {
+                            grow.sources.push(first);
+                            grow.targets.push(t);
+                            m.preds[t as usize].push(first);
+                        }
+                        let out = s.grow(&grow, now).unwrap();
+                        m.running.extend(out.admitted);
+                    }
+                    9 if c % 4 == 0 => {
+                        m.running.swap_remove(pick);
+                        let out = s.fail(node, now).unwrap();
+                        m.running.extend(out.admitted);
+                    }
+                    3 | 4 => {
+                        m.running.swap_remove(pick);
+                        let out = s.skip(node, now).unwrap();
+                        prop_assert_eq!(out.skipped.len(), out.skipped_by.len());
+                        m.running.extend(out.admitted);
+                    }
+                    _ => {
+                        m.running.swap_remove(pick);
+                        let out = s.complete(node, now).unwrap();
+                        m.running.extend(out);
+                    }
+                }
+                for v in s.take_closed() {
+                    prop_assert_eq!(s.state(v).unwrap(), NodeState::Done);
+                    closed_seen += 1;
+                }
+                m.check(&s)?;
+            }
+            prop_assert!(s.is_finished(), "the run ends: {:?}", s.counts());
+            prop_assert!(closed_seen as u32 <= s.counts().done);
         }
 
         /// Admission never exceeds a cap, never leaves an admissible node waiting, respects edges.
