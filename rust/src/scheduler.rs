@@ -201,6 +201,8 @@ struct Key {
     running: u32,
     /// The key above it ([`NONE`]: none): a node of this key counts against both.
     parent: u32,
+    /// In the scheduler's `recheck` list.
+    rechecking: bool,
     rate: Option<RateLimit>,
     /// Nodes this key could not admit yet.
     parked: BinaryHeap<Entry>,
@@ -212,7 +214,15 @@ impl Key {
     fn new(limits: KeyLimits) -> CoreResult<Self> {
         let cap = Cap::new("max_parallel", limits.max_parallel)?;
         let rate = limits.rate.map(|(rate, burst)| RateLimit::new(rate, burst)).transpose()?;
-        Ok(Self { cap, running: 0, parent: NONE, rate, parked: BinaryHeap::new(), wake_at: None })
+        Ok(Self {
+            cap,
+            running: 0,
+            parent: NONE,
+            rechecking: false,
+            rate,
+            parked: BinaryHeap::new(),
+            wake_at: None,
+        })
     }
 }
 
@@ -240,6 +250,44 @@ fn take_tokens(keys: &mut [Key], key: u32, now: f64) -> CoreResult<Result<(), (u
             return Ok(Ok(()));
         }
         k = ks.parent;
+    }
+}
+
+/// Adds the keys above `key` to `out`.
+fn recheck_above(keys: &mut [Key], key: u32, out: &mut Vec<u32>) {
+    let mut k = keys[key as usize].parent;
+    while k != NONE {
+        let ks = &mut keys[k as usize];
+        if !ks.rechecking {
+            ks.rechecking = true;
+            out.push(k);
+        }
+        k = ks.parent;
+    }
+}
+
+/// Moves as many parked nodes of `key` back to the ready heap as the key could admit now (the
+/// scheduler's parts, so that it can be called while the gate and the pool are locked).
+fn unpark_in(
+    keys: &mut [Key],
+    ready: &mut BinaryHeap<Entry>,
+    (reason, since, record): (&mut [Reason], &mut [f64], &mut Record),
+    key: u32,
+    now: f64,
+) {
+    let k = &mut keys[key as usize];
+    let mut room = k.cap.room(k.running);
+    if let Some(rate) = &k.rate {
+        room = room.min(rate.available(now));
+    }
+    for _ in 0..room {
+        match k.parked.pop() {
+            Some(entry) => {
+                mark_in(reason, since, record, entry.3, Reason::Ready, now);
+                ready.push(entry);
+            }
+            None => break,
+        }
     }
 }
 
@@ -408,6 +456,10 @@ pub struct Scheduler {
     tree: Option<Box<Tree>>,
     /// Open nodes whose last child or input just finished, to close.
     closing: Vec<u32>,
+    /// Keys above a key where a node was parked in this admission round: the slot or token one
+    /// of them freed for it may still be free (it was held back lower), so they are looked at
+    /// again before the round ends.
+    recheck: Vec<u32>,
 }
 
 /// Reserves room for as many elements again, so that a run that grows up to its starting size
@@ -512,6 +564,7 @@ impl Scheduler {
             optional: HashSet::new(),
             tree: None,
             closing: Vec::new(),
+            recheck: Vec::new(),
         })
     }
 
@@ -539,6 +592,40 @@ impl Scheduler {
         }
         self.optional.extend(sources.iter().zip(targets).map(|(&u, &v)| edge_key(u, v)));
         Ok(())
+    }
+
+    /// Marks optional the edges flagged in `optional` (one flag per edge of `sources[i] ->
+    /// targets[i]`, as the graph was built): a pair of nodes is optional only if every edge
+    /// between them is flagged.
+    pub fn set_optional_flags(
+        &mut self,
+        sources: &[u32],
+        targets: &[u32],
+        optional: &[bool],
+    ) -> CoreResult<()> {
+        if optional.len() != sources.len() || sources.len() != targets.len() {
+            return Err(CoreError::invalid(
+                "optional",
+                "one flag per edge",
+                format!("{} flags for {} edges", optional.len(), sources.len()),
+            ));
+        }
+        let mut pairs: HashSet<u64> = HashSet::new();
+        for ((&u, &v), &o) in sources.iter().zip(targets).zip(optional) {
+            if o {
+                pairs.insert(edge_key(u, v));
+            }
+        }
+        if !pairs.is_empty() {
+            for ((&u, &v), &o) in sources.iter().zip(targets).zip(optional) {
+                if !o {
+                    pairs.remove(&edge_key(u, v));
+                }
+            }
+        }
+        let (su, sv): (Vec<u32>, Vec<u32>) =
+            pairs.into_iter().map(|k| ((k >> 32) as u32, k as u32)).unzip();
+        self.set_optional(&su, &sv)
     }
 
     /// Adds an admission key with `limits` under `parent` (a key that exists, or `None`): a node
@@ -1357,19 +1444,18 @@ impl Scheduler {
         if let Some(&bad) = g.keys.iter().find(|&&k| k as usize >= self.keys.len()) {
             return Err(CoreError::UnknownId { what: "admission key", id: bad.into() });
         }
-        let mut opened: Vec<u32> = match common {
-            Some(node) => vec![node],
-            None => {
-                let mut distinct: Vec<u32> = Vec::new();
-                for &p in g.parents.iter().flatten() {
-                    if distinct.last() != Some(&p) {
-                        distinct.push(p);
-                    }
+        let mut opened: Vec<u32> = if let Some(node) = common {
+            vec![node]
+        } else {
+            let mut distinct: Vec<u32> = Vec::new();
+            for &p in g.parents.iter().flatten() {
+                if distinct.last() != Some(&p) {
+                    distinct.push(p);
                 }
-                distinct.sort_unstable();
-                distinct.dedup();
-                distinct
             }
+            distinct.sort_unstable();
+            distinct.dedup();
+            distinct
         };
         for &p in &opened {
             if p >= n0 {
@@ -1570,9 +1656,8 @@ impl Scheduler {
                 }
             }
         }
-        for i in 0..count as usize {
+        for (i, slot) in cursor.iter_mut().enumerate() {
             if let Some(p) = parent_at(i).filter(|_| !cancelled) {
-                let slot = &mut cursor[i];
                 adjacency[*slot as usize] = p;
                 *slot += 1;
                 self.pending[p as usize] += 1;
@@ -1873,27 +1958,13 @@ impl Scheduler {
 
     /// Moves as many parked nodes of `key` back to the ready heap as the key could admit now.
     fn unpark(&mut self, key: u32, now: f64) {
-        let k = &mut self.keys[key as usize];
-        let mut room = k.cap.room(k.running);
-        if let Some(rate) = &k.rate {
-            room = room.min(rate.available(now));
-        }
-        for _ in 0..room {
-            match k.parked.pop() {
-                Some(entry) => {
-                    mark_in(
-                        &mut self.reason,
-                        &mut self.since,
-                        &mut self.record,
-                        entry.3,
-                        Reason::Ready,
-                        now,
-                    );
-                    self.ready.push(entry);
-                }
-                None => break,
-            }
-        }
+        unpark_in(
+            &mut self.keys,
+            &mut self.ready,
+            (&mut self.reason, &mut self.since, &mut self.record),
+            key,
+            now,
+        );
     }
 
     /// Admits ready nodes, best first, until the run's cap or the shared gate is full or none is
@@ -1924,113 +1995,149 @@ impl Scheduler {
             out.extend(placed);
         }
         let mut blocked = false;
-        while self.global_cap.admits(self.running) {
-            let Some(entry) = self.ready.pop() else { break };
-            let node = entry.3;
-            let key = self.key_of[node as usize];
-            // Its key's cap, then (for a key with a parent) every cap above it.
-            let k = &self.keys[key as usize];
-            let full = if !k.cap.admits(k.running) {
-                key
-            } else if k.parent != NONE {
-                self.full_key(k.parent)
-            } else {
-                NONE
-            };
-            if full != NONE {
-                self.keys[full as usize].parked.push(entry);
-                mark_in(
-                    &mut self.reason,
-                    &mut self.since,
-                    &mut self.record,
-                    node,
-                    Reason::StepCap,
-                    now,
-                );
-                continue;
-            }
-            if let Some((g, run)) = &mut gate {
-                if !g.can_take(*run) {
-                    // The shared cap is full: this run waits its turn for the next free slot.
-                    self.ready.push(entry);
-                    g.wait(*run)?;
-                    blocked = true;
+        loop {
+            while self.global_cap.admits(self.running) {
+                let Some(entry) = self.ready.pop() else { break };
+                let node = entry.3;
+                let key = self.key_of[node as usize];
+                // Its key's cap, then (for a key with a parent) every cap above it.
+                let k = &self.keys[key as usize];
+                let full = if !k.cap.admits(k.running) {
+                    key
+                } else if k.parent != NONE {
+                    self.full_key(k.parent)
+                } else {
+                    NONE
+                };
+                if full != NONE {
+                    let f = &mut self.keys[full as usize];
+                    f.parked.push(entry);
+                    if f.parent != NONE {
+                        recheck_above(&mut self.keys, full, &mut self.recheck);
+                    }
                     mark_in(
                         &mut self.reason,
                         &mut self.since,
                         &mut self.record,
                         node,
-                        Reason::SharedCap,
+                        Reason::StepCap,
                         now,
                     );
-                    break;
+                    continue;
+                }
+                if let Some((g, run)) = &mut gate {
+                    if !g.can_take(*run) {
+                        // The shared cap is full: this run waits its turn for the next free slot.
+                        self.ready.push(entry);
+                        g.wait(*run)?;
+                        blocked = true;
+                        mark_in(
+                            &mut self.reason,
+                            &mut self.since,
+                            &mut self.record,
+                            node,
+                            Reason::SharedCap,
+                            now,
+                        );
+                        break;
+                    }
+                }
+                let k = &mut self.keys[key as usize];
+                let tokens = if k.parent == NONE {
+                    match &mut k.rate {
+                        Some(rate) => rate.try_acquire(now)?.map_err(|at| (key, at)),
+                        None => Ok(()),
+                    }
+                } else {
+                    take_tokens(&mut self.keys, key, now)?
+                };
+                if let Err((short, at)) = tokens {
+                    if self.keys[short as usize].parent != NONE {
+                        recheck_above(&mut self.keys, short, &mut self.recheck);
+                    }
+                    let k = &mut self.keys[short as usize];
+                    k.parked.push(entry);
+                    mark_in(
+                        &mut self.reason,
+                        &mut self.since,
+                        &mut self.record,
+                        node,
+                        Reason::Rate,
+                        now,
+                    );
+                    if k.wake_at.is_none() {
+                        k.wake_at = Some(at);
+                        self.throttled.push(short);
+                    }
+                    continue;
+                }
+                if let Some((g, run)) = &mut gate {
+                    g.take(*run)?;
+                }
+                // It waited in the ready heap past the end of the last round: what held the heap
+                // back then (the run's cap, the shared cap) is what it waited for last.
+                let i = node as usize;
+                if self.held != Reason::Ready
+                    && self.reason[i] == Reason::Ready
+                    && self.since[i] < now
+                    && self.since[i] <= self.held_at
+                {
+                    if let Some((_, last)) = &mut self.record.waits {
+                        last[i] = self.held;
+                    }
+                }
+                let mut k = key;
+                loop {
+                    let ks = &mut self.keys[k as usize];
+                    ks.running += 1;
+                    if ks.parent == NONE {
+                        break;
+                    }
+                    k = ks.parent;
+                }
+                self.running += 1;
+                self.state[node as usize] = NodeState::Running;
+                self.counts.queued -= 1;
+                self.counts.running += 1;
+                let placed = match &mut pool {
+                    Some((p, link)) => {
+                        p.place(link.run, node, link.class_of[node as usize])?.is_some()
+                    }
+                    None => true,
+                };
+                if placed {
+                    out.push(node);
+                } else {
+                    self.placing += 1;
+                }
+                let reason = if placed { Reason::Running } else { Reason::Placement };
+                mark_in(&mut self.reason, &mut self.since, &mut self.record, node, reason, now);
+            }
+            // A key above where a node was parked may have freed its slot for that node: give it
+            // to the next of its own, and go round again.
+            // (While the run's or the shared cap is full, they wait in `recheck` for a later
+            // round.)
+            let mut again = false;
+            if !blocked && self.global_cap.admits(self.running) {
+                while let Some(key) = self.recheck.pop() {
+                    let k = &mut self.keys[key as usize];
+                    k.rechecking = false;
+                    if !k.parked.is_empty() && k.wake_at.is_none() && k.cap.admits(k.running) {
+                        unpark_in(
+                            &mut self.keys,
+                            &mut self.ready,
+                            (&mut self.reason, &mut self.since, &mut self.record),
+                            key,
+                            now,
+                        );
+                        self.touched.push(key);
+                        again = !self.ready.is_empty();
+                    }
                 }
             }
-            let k = &mut self.keys[key as usize];
-            let tokens = if k.parent == NONE {
-                match &mut k.rate {
-                    Some(rate) => rate.try_acquire(now)?.map_err(|at| (key, at)),
-                    None => Ok(()),
-                }
-            } else {
-                take_tokens(&mut self.keys, key, now)?
-            };
-            if let Err((short, at)) = tokens {
-                let k = &mut self.keys[short as usize];
-                k.parked.push(entry);
-                mark_in(
-                    &mut self.reason,
-                    &mut self.since,
-                    &mut self.record,
-                    node,
-                    Reason::Rate,
-                    now,
-                );
-                if k.wake_at.is_none() {
-                    k.wake_at = Some(at);
-                    self.throttled.push(short);
-                }
-                continue;
+            if !again {
+                break;
             }
-            if let Some((g, run)) = &mut gate {
-                g.take(*run)?;
-            }
-            // It waited in the ready heap past the end of the last round: what held the heap
-            // back then (the run's cap, the shared cap) is what it waited for last.
-            let i = node as usize;
-            if self.held != Reason::Ready
-                && self.reason[i] == Reason::Ready
-                && self.since[i] < now
-                && self.since[i] <= self.held_at
-            {
-                if let Some((_, last)) = &mut self.record.waits {
-                    last[i] = self.held;
-                }
-            }
-            let mut k = key;
-            loop {
-                let ks = &mut self.keys[k as usize];
-                ks.running += 1;
-                if ks.parent == NONE {
-                    break;
-                }
-                k = ks.parent;
-            }
-            self.running += 1;
-            self.state[node as usize] = NodeState::Running;
-            self.counts.queued -= 1;
-            self.counts.running += 1;
-            let placed = match &mut pool {
-                Some((p, link)) => p.place(link.run, node, link.class_of[node as usize])?.is_some(),
-                None => true,
-            };
-            if placed {
-                out.push(node);
-            } else {
-                self.placing += 1;
-            }
-            let reason = if placed { Reason::Running } else { Reason::Placement };
-            mark_in(&mut self.reason, &mut self.since, &mut self.record, node, reason, now);
         }
         if let Some((g, run)) = &mut gate {
             if !blocked {
@@ -2765,7 +2872,15 @@ mod tests {
                             .chain(s, v)
                             .iter()
                             .any(|&k| per_key[k as usize] >= self.key_caps[k as usize]);
-                    prop_assert!(full, "node {} is admissible but waits", v);
+                    prop_assert!(
+                        full,
+                        "node {} is admissible but waits: chain {:?}, per key {:?}, caps {:?}, {:?}",
+                        v,
+                        self.chain(s, v),
+                        per_key,
+                        self.key_caps,
+                        s.explain(v).unwrap()
+                    );
                 }
             }
             Ok(())
@@ -2873,7 +2988,7 @@ mod tests {
             while !m.running.is_empty() {
                 now += 0.001;
                 let e = events[step % events.len()];
-                let c = choices[step % choices.len()] as u32;
+                let c = u32::from(choices[step % choices.len()]);
                 step += 1;
                 let pick = (e as usize / 7) % m.running.len();
                 let node = m.running[pick];
