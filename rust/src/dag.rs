@@ -391,6 +391,8 @@ pub struct LiveGraph {
     /// out of an existing node is added (sized to the node count then).
     added_index: Vec<u32>,
     added: Vec<Vec<u32>>,
+    /// Edges in `added`.
+    added_edges: usize,
 }
 
 impl LiveGraph {
@@ -400,7 +402,7 @@ impl LiveGraph {
         let edges = graph.targets.len();
         graph.offsets.reserve(nodes.max(64));
         graph.targets.reserve(edges.max(64));
-        Self { csr: graph, added_index: Vec::new(), added: Vec::new() }
+        Self { csr: graph, added_index: Vec::new(), added: Vec::new(), added_edges: 0 }
     }
 
     /// The compressed part: every node with its own out-edges (those added with it or before the
@@ -417,7 +419,7 @@ impl LiveGraph {
 
     /// Number of edges (parallel edges count separately).
     pub fn edge_count(&self) -> usize {
-        self.csr.edge_count() + self.added.iter().map(Vec::len).sum::<usize>()
+        self.csr.edge_count() + self.added_edges
     }
 
     /// Checks that `node` exists.
@@ -434,6 +436,25 @@ impl LiveGraph {
             Some(&i) if i != 0 => (own, &self.added[i as usize - 1]),
             _ => (own, &[]),
         }
+    }
+
+    /// The range of `node`'s own edges, for [`LiveGraph::own_target`].
+    #[inline]
+    pub fn own_edges(&self, node: u32) -> std::ops::Range<usize> {
+        let i = node as usize;
+        self.csr.offsets[i] as usize..self.csr.offsets[i + 1] as usize
+    }
+
+    /// The target of own edge `edge` (an index of [`LiveGraph::own_edges`]).
+    #[inline]
+    pub fn own_target(&self, edge: usize) -> u32 {
+        self.csr.targets[edge]
+    }
+
+    /// The edges added out of `node` after it was added.
+    #[inline]
+    pub fn added_successors(&self, node: u32) -> &[u32] {
+        self.successor_parts(node).1
     }
 
     /// The successors of `node`, its own edges first.
@@ -474,6 +495,7 @@ impl LiveGraph {
             *slot = self.added.len() as u32;
         }
         self.added[*slot as usize - 1].push(target);
+        self.added_edges += 1;
     }
 }
 

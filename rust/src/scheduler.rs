@@ -228,6 +228,7 @@ impl Key {
 
 /// Takes a rate token from every key of `key`'s chain that has a rate, or none: the first key
 /// without one and when it will have one.
+#[cold]
 fn take_tokens(keys: &mut [Key], key: u32, now: f64) -> CoreResult<Result<(), (u32, f64)>> {
     let mut k = key;
     loop {
@@ -254,6 +255,7 @@ fn take_tokens(keys: &mut [Key], key: u32, now: f64) -> CoreResult<Result<(), (u
 }
 
 /// Adds the keys above `key` to `out`.
+#[cold]
 fn recheck_above(keys: &mut [Key], key: u32, out: &mut Vec<u32>) {
     let mut k = keys[key as usize].parent;
     while k != NONE {
@@ -695,7 +697,7 @@ impl Scheduler {
         if let Some(old) = self.pool.take() {
             lock(&old.pool).unregister(old.run);
         }
-        self.pool = Some(PoolLink { pool, run, class_of });
+        self.pool = Some(PoolLink { pool, run, class_of: with_headroom(class_of) });
         Ok(())
     }
 
@@ -726,7 +728,11 @@ impl Scheduler {
     /// running, and for what last (see [`Scheduler::wait_of`]).
     pub fn record_waits(&mut self, on: bool) {
         let n = self.node_count() as usize;
-        self.record.waits = on.then(|| (vec![0.0; n], vec![Reason::Ready; n]));
+        self.record.waits = on.then(|| {
+            let mut last = Vec::with_capacity(2 * n.max(32));
+            last.resize(n, Reason::Ready);
+            (zeroed(n), last)
+        });
     }
 
     /// For a running node, when waits are recorded: the last reason it waited for before it ran,
@@ -1081,19 +1087,30 @@ impl Scheduler {
 
     /// `node` finished with its output (done): each successor has one input less; a waiting one
     /// with none left is queued, an open one with none left is closed ([`Scheduler::close_ready`]).
+    ///
+    /// By index rather than over a borrowed slice: moving the graph out and back (to borrow it
+    /// beside `self`) would allocate an empty graph at every completion.
     #[inline]
     fn release_successors(&mut self, node: u32, now: f64) {
-        let graph = std::mem::take(&mut self.graph);
-        let (own, added) = graph.successor_parts(node);
-        for &s in own {
+        for edge in self.graph.own_edges(node) {
+            let s = self.graph.own_target(edge);
             self.input_done(s, now);
         }
-        for &s in added {
-            self.input_done(s, now);
+        if self.graph.has_added_edges() {
+            self.release_added(node, now);
         }
-        self.graph = graph;
         if self.tree.is_some() {
             self.child_finished(node);
+        }
+    }
+
+    /// [`Scheduler::release_successors`] over the edges added out of `node` as the run grew.
+    #[cold]
+    fn release_added(&mut self, node: u32, now: f64) {
+        let count = self.graph.added_successors(node).len();
+        for k in 0..count {
+            let s = self.graph.added_successors(node)[k];
+            self.input_done(s, now);
         }
     }
 
@@ -2043,13 +2060,12 @@ impl Scheduler {
                     }
                 }
                 let k = &mut self.keys[key as usize];
-                let tokens = if k.parent == NONE {
-                    match &mut k.rate {
-                        Some(rate) => rate.try_acquire(now)?.map_err(|at| (key, at)),
-                        None => Ok(()),
-                    }
-                } else {
+                let tokens = if k.parent != NONE {
                     take_tokens(&mut self.keys, key, now)?
+                } else if let Some(rate) = &mut k.rate {
+                    rate.try_acquire(now)?.map_err(|at| (key, at))
+                } else {
+                    Ok(())
                 };
                 if let Err((short, at)) = tokens {
                     if self.keys[short as usize].parent != NONE {
