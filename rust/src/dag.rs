@@ -9,7 +9,37 @@
 //! `done`, with the same order of ready nodes and the same errors, so a drop-in Python class can sit on
 //! top of it. The ranked, admission-controlled state machine lives in [`crate::scheduler`].
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
 use crate::error::{CoreError, CoreResult};
+
+/// Hashes a node id by one multiplication (ids are dense integers, not attacker-chosen keys).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = (u64::from(id) ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (id ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A map keyed by node ids.
+pub type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
 
 /// Largest node or edge count: ids and offsets are `u32`, and two values are reserved as states.
 pub const MAX_IDS: u64 = u32::MAX as u64 - 2;
@@ -377,7 +407,7 @@ impl Graph {
 
 /// A graph that grows while it runs: the [`Graph`] it started with, nodes appended with their own
 /// out-edges (compressed adjacency, appended in place), and edges added later out of nodes that
-/// existed already (a list per such node).
+/// existed already (a list per such node, in a map: nothing per node is allocated for them).
 ///
 /// Appending costs O(added nodes + added edges): the arrays are reserved with room for as many
 /// nodes and edges again as the graph started with ([`LiveGraph::new`]), so the first growth of a
@@ -387,10 +417,8 @@ impl Graph {
 #[derive(Debug, Clone, Default)]
 pub struct LiveGraph {
     csr: Graph,
-    /// Per node, 0 or one more than the index of its list in `added`; empty until the first edge
-    /// out of an existing node is added (sized to the node count then).
-    added_index: Vec<u32>,
-    added: Vec<Vec<u32>>,
+    /// Edges added out of nodes that existed already, by source.
+    added: IdMap<Vec<u32>>,
     /// Edges in `added`.
     added_edges: usize,
 }
@@ -402,7 +430,7 @@ impl LiveGraph {
         let edges = graph.targets.len();
         graph.offsets.reserve(nodes.max(64));
         graph.targets.reserve(edges.max(64));
-        Self { csr: graph, added_index: Vec::new(), added: Vec::new(), added_edges: 0 }
+        Self { csr: graph, added: IdMap::default(), added_edges: 0 }
     }
 
     /// The compressed part: every node with its own out-edges (those added with it or before the
@@ -432,9 +460,12 @@ impl LiveGraph {
     #[inline]
     pub fn successor_parts(&self, node: u32) -> (&[u32], &[u32]) {
         let own = self.csr.successors(node);
-        match self.added_index.get(node as usize) {
-            Some(&i) if i != 0 => (own, &self.added[i as usize - 1]),
-            _ => (own, &[]),
+        if self.added.is_empty() {
+            return (own, &[]);
+        }
+        match self.added.get(&node) {
+            Some(list) => (own, list),
+            None => (own, &[]),
         }
     }
 
@@ -474,27 +505,12 @@ impl LiveGraph {
         let id = self.node_count();
         self.csr.targets.extend_from_slice(successors);
         self.csr.offsets.push(self.csr.targets.len() as u32);
-        if !self.added_index.is_empty() {
-            self.added_index.push(0);
-        }
         id
     }
 
     /// Adds the edge `node -> target` out of an existing node, after its own edges.
     pub fn add_edge(&mut self, node: u32, target: u32) {
-        if self.added_index.is_empty() {
-            // Zeroed memory, twice the node count: the pages come from the system zeroed, so
-            // this costs nothing until a node's entry is written.
-            let n = self.node_count() as usize;
-            self.added_index = vec![0u32; 2 * n.max(32)];
-            self.added_index.truncate(n);
-        }
-        let slot = &mut self.added_index[node as usize];
-        if *slot == 0 {
-            self.added.push(Vec::new());
-            *slot = self.added.len() as u32;
-        }
-        self.added[*slot as usize - 1].push(target);
+        self.added.entry(node).or_default().push(target);
         self.added_edges += 1;
     }
 }

@@ -35,7 +35,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 
 use crate::admission::{lock, Gate, Pool, RunId, Shared};
-use crate::dag::{Graph, LiveGraph, MAX_IDS};
+use crate::dag::{Graph, IdMap, LiveGraph, MAX_IDS};
 use crate::error::{CoreError, CoreResult};
 use crate::limiter::{check_now, Cap, RateLimit};
 
@@ -351,19 +351,24 @@ struct Tree {
     base: u32,
     /// Per node from `base`: the node it is a child of, or [`NONE`].
     parent: Vec<u32>,
-    /// Per node: children not finished yet (while it is open).
-    children_left: Vec<u32>,
+    /// Per node that was given children: their ids, as runs `(first, count)`.
+    children: IdMap<Vec<(u32, u32)>>,
     /// Open nodes that closed (done) since [`Scheduler::take_closed`].
     closed: Vec<u32>,
 }
 
 impl Tree {
     fn new(base: u32) -> Self {
-        // Zeroed and twice the size: nothing is touched (or copied) until a node needs it.
-        let n = base as usize;
-        let mut children_left = vec![0u32; 2 * n.max(32)];
-        children_left.truncate(n);
-        Self { base, parent: Vec::new(), children_left, closed: Vec::new() }
+        Self { base, parent: Vec::new(), children: IdMap::default(), closed: Vec::new() }
+    }
+
+    /// Records `child` as a child of `parent`.
+    fn adopt(&mut self, parent: u32, child: u32) {
+        let runs = self.children.entry(parent).or_default();
+        match runs.last_mut() {
+            Some((first, count)) if *first + *count == child => *count += 1,
+            _ => runs.push((child, 1)),
+        }
     }
 
     #[inline]
@@ -795,8 +800,7 @@ impl Scheduler {
         let key = self.key_of[i];
         let limit_key = self.limit_key(key, self.reason[i]);
         let k = &self.keys[limit_key as usize];
-        let open_children = (self.state[i] == NodeState::Open)
-            .then(|| self.tree.as_ref().map_or(0, |t| t.children_left[i]));
+        let open_children = (self.state[i] == NodeState::Open).then(|| self.children_left(node));
         Ok(Explanation {
             state: self.state[i],
             reason: self.held_reason(i),
@@ -818,6 +822,22 @@ impl Scheduler {
             parent: self.parent_of(node),
             open_children,
         })
+    }
+
+    /// Children of `node` not finished yet: O(its children), for explaining.
+    fn children_left(&self, node: u32) -> u32 {
+        let Some(runs) = self.tree.as_ref().and_then(|t| t.children.get(&node)) else {
+            return 0;
+        };
+        let unfinished = |v: u32| {
+            matches!(
+                self.state[v as usize],
+                NodeState::Waiting | NodeState::Queued | NodeState::Running | NodeState::Open
+            )
+        };
+        runs.iter()
+            .map(|&(first, count)| (first..first + count).filter(|&v| unfinished(v)).count() as u32)
+            .sum()
     }
 
     /// The open node `node` is a child of, if any (`None` for a node without a parent).
@@ -1027,7 +1047,6 @@ impl Scheduler {
             } else {
                 self.counts.waiting -= 1;
             }
-            self.child_finished(node);
         }
         self.counts.done += marked.len() as u32;
         Ok(())
@@ -1099,9 +1118,6 @@ impl Scheduler {
         if self.graph.has_added_edges() {
             self.release_added(node, now);
         }
-        if self.tree.is_some() {
-            self.child_finished(node);
-        }
     }
 
     /// [`Scheduler::release_successors`] over the edges added out of `node` as the run grew.
@@ -1123,17 +1139,6 @@ impl Scheduler {
                 NodeState::Waiting => self.enqueue(s, now),
                 NodeState::Open => self.closing.push(s),
                 _ => {}
-            }
-        }
-    }
-
-    /// A node finished (in any way): its open parent, if it has one, waits for one child less.
-    #[inline]
-    fn child_finished(&mut self, node: u32) {
-        if let Some(tree) = &mut self.tree {
-            let parent = tree.parent_of(node);
-            if parent != NONE {
-                tree.children_left[parent as usize] -= 1;
             }
         }
     }
@@ -1181,10 +1186,10 @@ impl Scheduler {
                     format!("node {node} has successors"),
                 ));
             }
-            if self.tree.as_ref().is_some_and(|t| t.children_left[node as usize] != 0) {
+            if self.tree.as_ref().is_some_and(|t| t.children.contains_key(&node)) {
                 return Err(CoreError::invalid(
                     "recycled node",
-                    "without unfinished children",
+                    "without children",
                     format!("node {node} has some"),
                 ));
             }
@@ -1228,7 +1233,6 @@ impl Scheduler {
         self.leave_backoff(node);
         self.mark(node, Reason::Finished, now);
         self.release_slot(node, now);
-        self.child_finished(node);
         let mut outcome = Outcome::default();
         self.spread_failure(vec![(node, node)], &mut outcome, now);
         self.admit(now, &mut outcome.admitted)?;
@@ -1251,7 +1255,6 @@ impl Scheduler {
         self.leave_backoff(node);
         self.mark(node, Reason::Skipped, now);
         self.release_slot(node, now);
-        self.child_finished(node);
         let mut outcome = Outcome::default();
         self.spread_absence(vec![(node, node)], &mut outcome, now);
         self.close_ready(now);
@@ -1277,7 +1280,6 @@ impl Scheduler {
         self.counts.skipped += 1;
         self.reason[i] = reason;
         self.since[i] = now;
-        self.child_finished(node);
     }
 
     /// Spreads failures down from each `(node, cause)` of `stack`: a waiting successor is skipped
@@ -1294,7 +1296,6 @@ impl Scheduler {
                         self.counts.open -= 1;
                         self.counts.failed += 1;
                         self.mark(s, Reason::Finished, now);
-                        self.child_finished(s);
                         out.failed.push(s);
                         stack.push((s, s));
                     }
@@ -1634,7 +1635,6 @@ impl Scheduler {
             }
             let tree = self.tree.as_mut().expect("made above");
             tree.parent.push(parent.unwrap_or(NONE));
-            tree.children_left.push(0);
         }
         if cancelled {
             self.counts.cancelled += count;
@@ -1678,7 +1678,7 @@ impl Scheduler {
                 adjacency[*slot as usize] = p;
                 *slot += 1;
                 self.pending[p as usize] += 1;
-                self.tree.as_mut().expect("made above").children_left[p as usize] += 1;
+                self.tree.as_mut().expect("made above").adopt(p, n0 + i as u32);
             }
         }
         for i in 0..count as usize {
@@ -2881,6 +2881,18 @@ mod tests {
                         prop_assert!(unfinished_pred, "node {} could go on but waits", v);
                     }
                     _ => {}
+                }
+                if s.state(v).unwrap() == NodeState::Open {
+                    let why = s.explain(v).unwrap();
+                    let preds = &self.preds[v as usize];
+                    let left = |u: &&u32| !Self::terminal(s, **u);
+                    let children =
+                        preds.iter().filter(left).filter(|&&u| s.parent_of(u) == Some(v));
+                    prop_assert_eq!(why.open_children, Some(children.count() as u32));
+                    prop_assert_eq!(
+                        why.pending_inputs + why.open_children.unwrap(),
+                        preds.iter().filter(left).count() as u32
+                    );
                 }
                 if s.state(v).unwrap() == NodeState::Queued {
                     let full = running.len() as u64 >= self.global_cap
