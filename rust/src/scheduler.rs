@@ -1588,12 +1588,12 @@ impl Scheduler {
         // The new nodes, with their own edges grouped by source (new-node sources only; a
         // child's edge to its parent last).
         let mut degree = vec![0u32; count as usize + 1];
-        for &u in &g.sources {
-            if u >= n0 {
-                degree[(u - n0) as usize + 1] += 1;
-            }
-        }
         if !cancelled {
+            for &u in &g.sources {
+                if u >= n0 {
+                    degree[(u - n0) as usize + 1] += 1;
+                }
+            }
             for i in 0..count as usize {
                 if parent_at(i).is_some() {
                     degree[i + 1] += 1;
@@ -2718,8 +2718,12 @@ mod tests {
         // Node 2 runs on; it finishes normally and closes nothing.
         assert_eq!(s.complete(2, 0.0).unwrap(), Vec::<u32>::new());
         // A running node that expands after the cancel: it and its children end cancelled.
-        let out = s.expand(1, &children(2), 0.0).unwrap();
+        let mut g = children(2);
+        g.sources = vec![4];
+        g.targets = vec![5];
+        let out = s.expand(1, &g, 0.0).unwrap();
         assert_eq!(out, Outcome::default());
+        assert_eq!(s.successors(4).unwrap(), Vec::<u32>::new());
         assert_eq!(s.state(1).unwrap(), NodeState::Cancelled);
         assert_eq!(s.state(5).unwrap(), NodeState::Cancelled);
         assert!(s.is_finished());
