@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use taskiq_flow_core::dag::{Graph, Sorter};
 use taskiq_flow_core::packing::{Demand, Placer, Policy};
-use taskiq_flow_core::scheduler::{KeyLimits, Scheduler};
+use taskiq_flow_core::scheduler::{Growth, KeyLimits, Scheduler};
 
 /// A layered random DAG: every node past the first layer has 4 predecessors in the layer before.
 fn layered(n: u32) -> (Vec<u32>, Vec<u32>) {
@@ -201,6 +201,13 @@ fn main() {
     }
     report("scheduler event loop, 4 keys capped at 16, global 48", n.into(), t);
 
+    for n in [1_000u32, 1_000_000] {
+        grow_live_run(n, Shape::Expand);
+    }
+    for n in [1_000u32, 1_000_000] {
+        grow_live_run(n, Shape::Items);
+    }
+
     for workers in [10u64, 1000] {
         place_and_release(Policy::BestFit, workers, 1, &format!("best-fit over {workers} workers"));
     }
@@ -208,6 +215,83 @@ fn main() {
         // Room for every task: each is placed, every third released again.
         place_and_release(policy, 10, 10_000, &format!("{policy:?} over 10 roomy workers"));
     }
+}
+
+/// How [`grow_live_run`] adds its nodes.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    /// A running node expands into 100 children (a task that adds tasks).
+    Expand,
+    /// 100 new nodes, each with an edge from one running node (a step's items, made when its
+    /// input's output arrives), as children of a waiting placeholder.
+    Items,
+}
+
+/// Adds 10^5 nodes in 1,000 batches of 100 to a running scheduler of `n` nodes (the layered DAG,
+/// 4 keys capped at 16, run cap 48, started): the cost per added node, admission of the new
+/// nodes included, which must not depend on `n`. The best of three runs, by the wall clock and
+/// by time on a CPU (a loaded machine inflates the first).
+fn grow_live_run(n: u32, shape: Shape) {
+    let (mut wall, mut cpu) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..3 {
+        let (w, c) = grow_once(n, shape);
+        wall = wall.min(w);
+        cpu = cpu.min(c.unwrap_or(f64::NAN));
+    }
+    let what = match shape {
+        Shape::Expand => "expansions of a running node",
+        Shape::Items => "items after a running node",
+    };
+    println!(
+        "grow 10^5 nodes (1000 {what} x 100) into a run of {n:>7}: {wall:>6.1} ns/node, on CPU {cpu:>6.1} ns"
+    );
+}
+
+/// One run of [`grow_live_run`]: nanoseconds per added node, by the wall clock and on a CPU.
+fn grow_once(n: u32, shape: Shape) -> (f64, Option<f64>) {
+    let (src, dst) = layered(n);
+    let g = Graph::from_edges(n, &src, &dst).unwrap();
+    let keys: Vec<u32> = (0..n).map(|v| v % 4).collect();
+    let limits = [KeyLimits { max_parallel: Some(16), rate: None }; 4];
+    let mut run = Scheduler::new(g, Some(keys), &limits, None, None).unwrap();
+    run.set_global_cap(Some(48), 0.0).unwrap();
+    let mut running = run.start(0.0).unwrap();
+    let batches = 1_000u32;
+    let per = 100u32;
+    // Ten waiting nodes of the last layer stand for steps mapped over items (each expanded
+    // again and again: an open node takes more children).
+    let placeholders: Vec<u32> = (0..n)
+        .rev()
+        .filter(|&v| run.state(v).unwrap() == taskiq_flow_core::scheduler::NodeState::Waiting)
+        .take(10)
+        .collect();
+    let (t, cpu) = (Instant::now(), cpu_ns());
+    for b in 0..batches {
+        let out = match shape {
+            Shape::Expand => {
+                // The newest running node expands (a child, after the first batches).
+                let parent = running.pop().expect("a running node");
+                run.expand(parent, &Growth { count: per, ..Growth::default() }, 0.0).unwrap()
+            }
+            Shape::Items => {
+                let first = run.node_count();
+                let input = running[b as usize % running.len()];
+                let g = Growth {
+                    count: per,
+                    sources: vec![input; per as usize],
+                    targets: (first..first + per).collect(),
+                    ..Growth::default()
+                };
+                run.expand(placeholders[b as usize % placeholders.len()], &g, 0.0).unwrap()
+            }
+        };
+        running.extend(out.admitted);
+    }
+    let elapsed = t.elapsed();
+    let on_cpu = cpu.zip(cpu_ns()).map(|(a, b)| (b - a) as f64);
+    assert_eq!(run.node_count(), n + batches * per);
+    let added = f64::from(batches * per);
+    (elapsed.as_nanos() as f64 / added, on_cpu.map(|c| c / added))
 }
 
 /// 10^5 tasks placed one by one on `workers` workers (capacities times `scale`), every third

@@ -2,7 +2,7 @@
 
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator, Sequence
 from types import GenericAlias
-from typing import Any, Generic, Literal, Protocol, TypeVar, final
+from typing import Any, Generic, Literal, Protocol, TypeVar, final, overload
 
 import anyio
 from typing_extensions import Self, disjoint_base
@@ -28,7 +28,7 @@ __all__ = [
 
 MAX_IDS: int
 
-_State = Literal["waiting", "queued", "running", "done", "failed", "skipped", "cancelled"]
+_State = Literal["waiting", "queued", "running", "done", "failed", "skipped", "cancelled", "open"]
 _Policy = Literal["best_fit", "spread", "first_fit"]
 _Reason = Literal[
     "inputs",
@@ -41,7 +41,10 @@ _Reason = Literal[
     "finished",
     "run_cap",
     "backoff",
+    "children",
+    "skipped",
 ]
+_Outcome = tuple[list[int], list[int], list[int], list[int]]
 
 @final
 class DagGraph:
@@ -99,6 +102,7 @@ class DagScheduler:
         priorities: Sequence[int] | None = None,
         weights: Sequence[int] | None = None,
         max_parallel: int | None = None,
+        optional: Sequence[bool] | None = None,
     ) -> DagScheduler: ...
     @property
     def node_count(self) -> int: ...
@@ -118,7 +122,58 @@ class DagScheduler:
     def start(self, now: float = 0.0) -> list[int]: ...
     def complete(self, node: int, now: float = 0.0) -> list[int]: ...
     def complete_many(self, nodes: Sequence[int], now: float = 0.0) -> list[int]: ...
-    def fail(self, node: int, now: float = 0.0) -> tuple[list[int], list[int]]: ...
+    @overload
+    def fail(
+        self, node: int, now: float = 0.0, *, detail: Literal[False] = False
+    ) -> tuple[list[int], list[int]]: ...
+    @overload
+    def fail(self, node: int, now: float = 0.0, *, detail: Literal[True]) -> _Outcome: ...
+    @overload
+    def fail(
+        self, node: int, now: float = 0.0, *, detail: bool
+    ) -> tuple[list[int], list[int]] | _Outcome: ...
+    def skip(self, node: int, now: float = 0.0) -> tuple[list[int], list[int], list[int]]: ...
+    def add_key(
+        self,
+        *,
+        max_parallel: int | None = None,
+        rate: float | None = None,
+        burst: int | None = None,
+        parent: int | None = None,
+    ) -> int: ...
+    @property
+    def key_count(self) -> int: ...
+    def grow(
+        self,
+        count: int,
+        *,
+        parents: Sequence[int | None] | None = None,
+        sources: Sequence[int] | None = None,
+        targets: Sequence[int] | None = None,
+        optional: Sequence[bool] | None = None,
+        keys: Sequence[int] | None = None,
+        priorities: Sequence[int] | None = None,
+        weights: Sequence[int] | None = None,
+        classes: Sequence[int] | None = None,
+        now: float = 0.0,
+    ) -> _Outcome: ...
+    def expand(
+        self,
+        node: int,
+        count: int,
+        *,
+        sources: Sequence[int] | None = None,
+        targets: Sequence[int] | None = None,
+        optional: Sequence[bool] | None = None,
+        keys: Sequence[int] | None = None,
+        priorities: Sequence[int] | None = None,
+        weights: Sequence[int] | None = None,
+        classes: Sequence[int] | None = None,
+        now: float = 0.0,
+    ) -> _Outcome: ...
+    def take_closed(self) -> list[int]: ...
+    def parent_of(self, node: int) -> int | None: ...
+    def successors(self, node: int) -> list[int]: ...
     def cancel(self) -> list[int]: ...
     def poll(self, now: float) -> list[int]: ...
     def retry_at(self, node: int, due: float, now: float = 0.0) -> None: ...

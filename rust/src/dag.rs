@@ -9,7 +9,37 @@
 //! `done`, with the same order of ready nodes and the same errors, so a drop-in Python class can sit on
 //! top of it. The ranked, admission-controlled state machine lives in [`crate::scheduler`].
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
 use crate::error::{CoreError, CoreResult};
+
+/// Hashes a node id by one multiplication (ids are dense integers, not attacker-chosen keys).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, id: u32) {
+        self.0 = (u64::from(id) ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = (id ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A map keyed by node ids.
+pub type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
 
 /// Largest node or edge count: ids and offsets are `u32`, and two values are reserved as states.
 pub const MAX_IDS: u64 = u32::MAX as u64 - 2;
@@ -372,6 +402,116 @@ impl Graph {
             node = next;
         }
         Ok((length, path))
+    }
+}
+
+/// A graph that grows while it runs: the [`Graph`] it started with, nodes appended with their own
+/// out-edges (compressed adjacency, appended in place), and edges added later out of nodes that
+/// existed already (a list per such node, in a map: nothing per node is allocated for them).
+///
+/// Appending costs O(added nodes + added edges): the arrays are reserved with room for as many
+/// nodes and edges again as the graph started with ([`LiveGraph::new`]), so the first growth of a
+/// large graph copies nothing, and later ones double as a `Vec` does (amortized O(1) per added
+/// node, whatever the graph's size). Successors of a node are its own edges in insertion order,
+/// then the edges added out of it later, in insertion order.
+#[derive(Debug, Clone, Default)]
+pub struct LiveGraph {
+    csr: Graph,
+    /// Edges added out of nodes that existed already, by source.
+    added: IdMap<Vec<u32>>,
+    /// Edges in `added`.
+    added_edges: usize,
+}
+
+impl LiveGraph {
+    /// Wraps `graph`, reserving room to grow by as many nodes and edges again.
+    pub fn new(mut graph: Graph) -> Self {
+        let nodes = graph.offsets.len();
+        let edges = graph.targets.len();
+        graph.offsets.reserve(nodes.max(64));
+        graph.targets.reserve(edges.max(64));
+        Self { csr: graph, added: IdMap::default(), added_edges: 0 }
+    }
+
+    /// The compressed part: every node with its own out-edges (those added with it or before the
+    /// run), without edges added later out of existing nodes.
+    pub fn csr(&self) -> &Graph {
+        &self.csr
+    }
+
+    /// Number of nodes.
+    #[inline]
+    pub fn node_count(&self) -> u32 {
+        self.csr.node_count()
+    }
+
+    /// Number of edges (parallel edges count separately).
+    pub fn edge_count(&self) -> usize {
+        self.csr.edge_count() + self.added_edges
+    }
+
+    /// Checks that `node` exists.
+    #[inline]
+    pub fn check_node(&self, node: u32) -> CoreResult<()> {
+        self.csr.check_node(node)
+    }
+
+    /// The successors of `node`: its own edges, and those added out of it later.
+    #[inline]
+    pub fn successor_parts(&self, node: u32) -> (&[u32], &[u32]) {
+        let own = self.csr.successors(node);
+        if self.added.is_empty() {
+            return (own, &[]);
+        }
+        match self.added.get(&node) {
+            Some(list) => (own, list),
+            None => (own, &[]),
+        }
+    }
+
+    /// The range of `node`'s own edges, for [`LiveGraph::own_target`].
+    #[inline]
+    pub fn own_edges(&self, node: u32) -> std::ops::Range<usize> {
+        let i = node as usize;
+        self.csr.offsets[i] as usize..self.csr.offsets[i + 1] as usize
+    }
+
+    /// The target of own edge `edge` (an index of [`LiveGraph::own_edges`]).
+    #[inline]
+    pub fn own_target(&self, edge: usize) -> u32 {
+        self.csr.targets[edge]
+    }
+
+    /// The edges added out of `node` after it was added.
+    #[inline]
+    pub fn added_successors(&self, node: u32) -> &[u32] {
+        self.successor_parts(node).1
+    }
+
+    /// The successors of `node`, its own edges first.
+    pub fn successors(&self, node: u32) -> impl Iterator<Item = u32> + '_ {
+        let (own, added) = self.successor_parts(node);
+        own.iter().chain(added).copied()
+    }
+
+    /// Whether any edge was added out of an existing node.
+    #[inline]
+    pub fn has_added_edges(&self) -> bool {
+        !self.added.is_empty()
+    }
+
+    /// Appends one node with its out-edges and returns its id. The caller checks ids and limits.
+    pub fn push_node(&mut self, successors: &[u32]) -> u32 {
+        let id = self.node_count();
+        self.csr.targets.extend_from_slice(successors);
+        self.csr.offsets.push(self.csr.targets.len() as u32);
+        id
+    }
+
+    /// Adds the edge `node -> target` out of an existing node, after its own edges.
+    pub fn add_edge(&mut self, node: u32, target: u32) {
+        self.added.entry(node).or_default().push(target);
+        self.added_edges += 1;
     }
 }
 

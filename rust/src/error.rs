@@ -34,6 +34,18 @@ pub enum CoreError {
     #[error("node {node} cannot wait for a retry: {why}")]
     NoRetry { node: u32, why: &'static str },
 
+    /// `complete`, `fail`, `skip` or `retry_at` on an open node: it finishes with its children.
+    #[error("node {node} is open: it finishes when its children have")]
+    NodeOpen { node: u32 },
+
+    /// `expand` (or `grow` with it as a parent) on a node that cannot take children now.
+    #[error("node {node} cannot take children: {why}")]
+    NoChildren { node: u32, why: &'static str },
+
+    /// An edge a growth may not add (it could close a cycle, or names a node in the wrong state).
+    #[error("edge {from} -> {to} refused: {why}")]
+    BadEdge { from: u32, to: u32, why: &'static str },
+
     /// The graph is frozen once execution starts.
     #[error("the graph cannot change after execution started")]
     Frozen,

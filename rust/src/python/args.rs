@@ -57,6 +57,45 @@ pub(super) fn id_list(what: &str, value: &Bound<'_, PyAny>) -> PyResult<Vec<u32>
     Ok(out)
 }
 
+/// A list of node ids or `None` (a growth's parents).
+pub(super) fn opt_id_list(what: &str, value: &Bound<'_, PyAny>) -> PyResult<Vec<Option<u32>>> {
+    if let Ok(ids) = value.extract::<Vec<Option<u32>>>() {
+        return Ok(ids);
+    }
+    if value.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be a sequence of ints or None, not str"
+        )));
+    }
+    let mut out = Vec::new();
+    for item in value.try_iter()? {
+        let item = item?;
+        out.push(if item.is_none() {
+            None
+        } else {
+            Some(int_arg(what, &item, u64::from(u32::MAX))? as u32)
+        });
+    }
+    Ok(out)
+}
+
+/// A list of flags: each a `bool`.
+pub(super) fn flag_list(what: &str, value: &Bound<'_, PyAny>) -> PyResult<Vec<bool>> {
+    if value.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(format!("{what} must be a sequence of bools, not str")));
+    }
+    let mut out = Vec::new();
+    for item in value.try_iter()? {
+        let item = item?;
+        if !item.is_instance_of::<PyBool>() {
+            let shown = item.repr()?.to_string();
+            return Err(CoreError::invalid(what, "a sequence of bools", shown).into());
+        }
+        out.push(item.is_truthy()?);
+    }
+    Ok(out)
+}
+
 /// A list of amounts (u64 each).
 pub(super) fn amount_list(what: &str, value: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
     if let Ok(v) = value.extract::<Vec<u64>>() {

@@ -33,16 +33,18 @@ impl From<CoreError> for PyErr {
             CoreError::NotPassedOut { node }
             | CoreError::AlreadyDone { node }
             | CoreError::NotRunning { node }
-            | CoreError::NoRetry { node, .. } => StateError::new_err((message, node)),
+            | CoreError::NoRetry { node, .. }
+            | CoreError::NodeOpen { node }
+            | CoreError::NoChildren { node, .. } => StateError::new_err((message, node)),
             CoreError::Frozen
             | CoreError::NotPrepared
             | CoreError::AlreadyPrepared
             | CoreError::NotHeld { .. } => StateError::new_err(message),
             CoreError::DuplicateId { id, .. } => StateError::new_err((message, id)),
             CoreError::UnknownId { id, .. } => UnknownIdError::new_err((message, id)),
-            CoreError::TooLarge { .. } | CoreError::InvalidValue { .. } => {
-                InvalidValueError::new_err(message)
-            }
+            CoreError::TooLarge { .. }
+            | CoreError::InvalidValue { .. }
+            | CoreError::BadEdge { .. } => InvalidValueError::new_err(message),
             CoreError::Unschedulable { .. } => UnschedulableError::new_err(message),
         }
     }

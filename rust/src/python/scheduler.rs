@@ -3,14 +3,16 @@
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::args::{amount_list, cap_arg, id_list, int_arg, node_arg, rate_args};
+use super::args::{
+    amount_list, cap_arg, flag_list, id_list, int_arg, node_arg, opt_id_list, rate_args,
+};
 use super::errors::{guard, heavy};
 use super::shared_cap::SharedCap;
 use super::worker_pool::WorkerPool;
 use crate::dag::Graph;
 use crate::error::CoreError;
 use crate::limiter::Cap;
-use crate::scheduler::{KeyLimits, NodeState, Reason, Scheduler as CoreScheduler};
+use crate::scheduler::{Growth, KeyLimits, NodeState, Outcome, Reason, Scheduler as CoreScheduler};
 
 fn state_name(state: NodeState) -> &'static str {
     match state {
@@ -21,6 +23,7 @@ fn state_name(state: NodeState) -> &'static str {
         NodeState::Failed => "failed",
         NodeState::Skipped => "skipped",
         NodeState::Cancelled => "cancelled",
+        NodeState::Open => "open",
     }
 }
 
@@ -36,7 +39,56 @@ fn reason_name(reason: Reason) -> &'static str {
         Reason::Finished => "finished",
         Reason::RunCap => "run_cap",
         Reason::Backoff => "backoff",
+        Reason::Children => "children",
+        Reason::Skipped => "skipped",
     }
+}
+
+/// An optional argument given and not ``None``.
+fn present<'a, 'py>(v: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
+    v.filter(|v| !v.is_none())
+}
+
+/// A growth's arguments read from Python (`parents` only for `grow`).
+#[allow(clippy::too_many_arguments)]
+fn growth_args(
+    count: &Bound<'_, PyAny>,
+    parents: Option<&Bound<'_, PyAny>>,
+    sources: Option<&Bound<'_, PyAny>>,
+    targets: Option<&Bound<'_, PyAny>>,
+    optional: Option<&Bound<'_, PyAny>>,
+    keys: Option<&Bound<'_, PyAny>>,
+    priorities: Option<Vec<i32>>,
+    weights: Option<&Bound<'_, PyAny>>,
+    classes: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Growth> {
+    Ok(Growth {
+        count: int_arg("count", count, crate::dag::MAX_IDS)? as u32,
+        parents: present(parents)
+            .map(|p| opt_id_list("parents", p))
+            .transpose()?
+            .unwrap_or_default(),
+        sources: present(sources).map(|v| id_list("sources", v)).transpose()?.unwrap_or_default(),
+        targets: present(targets).map(|v| id_list("targets", v)).transpose()?.unwrap_or_default(),
+        optional: present(optional)
+            .map(|v| flag_list("optional", v))
+            .transpose()?
+            .unwrap_or_default(),
+        keys: present(keys).map(|v| id_list("keys", v)).transpose()?.unwrap_or_default(),
+        priorities: priorities.unwrap_or_default(),
+        weights: present(weights)
+            .map(|v| amount_list("weights", v))
+            .transpose()?
+            .unwrap_or_default(),
+        classes: present(classes).map(|v| id_list("classes", v)).transpose()?.unwrap_or_default(),
+    })
+}
+
+/// An outcome as Python sees it: ``(admitted, skipped, skipped_by, failed)``.
+type OutcomeTuple = (Vec<u32>, Vec<u32>, Vec<u32>, Vec<u32>);
+
+fn outcome_tuple(o: Outcome) -> OutcomeTuple {
+    (o.admitted, o.skipped, o.skipped_by, o.failed)
 }
 
 fn key_limits(
@@ -62,7 +114,12 @@ fn key_limits(
 /// ``DagScheduler(node_count, sources, targets, *, keys, priorities, weights, max_parallel)``:
 /// ``keys[v]`` is node ``v``'s admission key (limits per key via ``set_key_limits``),
 /// ``priorities`` rank ready nodes (higher first), then the heaviest remaining path by
-/// ``weights``; ``max_parallel`` caps the whole run. Times (``now``) are seconds on any clock.
+/// ``weights``; ``max_parallel`` caps the whole run; ``optional[i]`` marks edge ``i`` optional
+/// (its consumer has a default: a skipped source lets it run). Times (``now``) are seconds on
+/// any clock.
+///
+/// A live run grows (``grow``, ``expand``) in O(added), whatever its size: see the Rust
+/// documentation of ``Scheduler::grow`` for which edges may be added.
 #[pyclass(module = "taskiq_flow._core")]
 pub struct DagScheduler {
     inner: CoreScheduler,
@@ -71,7 +128,7 @@ pub struct DagScheduler {
 #[pymethods]
 impl DagScheduler {
     #[new]
-    #[pyo3(signature = (node_count, sources, targets, *, keys=None, priorities=None, weights=None, max_parallel=None))]
+    #[pyo3(signature = (node_count, sources, targets, *, keys=None, priorities=None, weights=None, max_parallel=None, optional=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -82,6 +139,7 @@ impl DagScheduler {
         priorities: Option<Vec<i32>>,
         weights: Option<&Bound<'_, PyAny>>,
         max_parallel: Option<&Bound<'_, PyAny>>,
+        optional: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let n = int_arg("node_count", node_count, crate::dag::MAX_IDS)? as u32;
         let src = id_list("sources", sources)?;
@@ -89,9 +147,15 @@ impl DagScheduler {
         let keys = keys.map(|k| id_list("keys", k)).transpose()?;
         let weights = weights.map(|w| amount_list("weights", w)).transpose()?;
         let global = cap_arg("max_parallel", max_parallel)?;
+        let optional =
+            optional.filter(|o| !o.is_none()).map(|o| flag_list("optional", o)).transpose()?;
         let mut inner = heavy(py, || {
             let graph = Graph::from_edges(n, &src, &dst)?;
-            CoreScheduler::new(graph, keys, &[], priorities, weights.as_deref())
+            let mut inner = CoreScheduler::new(graph, keys, &[], priorities, weights.as_deref())?;
+            if let Some(flags) = &optional {
+                inner.set_optional_flags(&src, &dst, flags)?;
+            }
+            Ok(inner)
         })?;
         guard(|| inner.set_global_cap(global, 0.0))?;
         Ok(Self { inner })
@@ -161,10 +225,15 @@ impl DagScheduler {
     }
 
     /// Why a node is where it is: a dict with ``state``, ``reason`` (``inputs``, ``ready``,
-    /// ``step_cap``, ``rate``, ``shared_cap``, ``placement``, ``running``, ``finished``), ``since``
-    /// (when it entered that reason), ``pending_inputs``, ``key``, ``key_running``, ``key_cap`` (``None``: no cap),
-    /// ``next_token_at``, ``run_running``, ``run_cap`` (``None``: no cap), ``shared_in_use``,
-    /// ``shared_cap`` (``None`` without a shared cap) and ``worker``.
+    /// ``step_cap``, ``rate``, ``shared_cap``, ``placement``, ``running``, ``finished``,
+    /// ``run_cap``, ``backoff``, ``children``: open, waiting for its children; ``skipped``: no
+    /// output, it or a required input skipped), ``since`` (when it entered that reason),
+    /// ``pending_inputs`` (an open node's children not counted), ``key``, ``limit_key`` (the key
+    /// of its chain that holds it back: its own, or one above it), ``key_running`` and
+    /// ``key_cap`` of ``limit_key`` (``None``: no cap), ``next_token_at``, ``run_running``,
+    /// ``run_cap`` (``None``: no cap), ``shared_in_use``, ``shared_cap`` (``None`` without a
+    /// shared cap), ``worker``, ``retry_at``, ``parent`` (the open node it is a child of, or
+    /// ``None``) and ``open_children`` (an open node's unfinished children, else ``None``).
     fn explain<'py>(&self, py: Python<'py>, node: i64) -> PyResult<Bound<'py, PyDict>> {
         let e = guard(|| self.inner.explain(node_arg(node)?))?;
         let d = PyDict::new(py);
@@ -182,6 +251,9 @@ impl DagScheduler {
         d.set_item("shared_cap", e.shared.and_then(|(_, c)| c.get()))?;
         d.set_item("worker", e.worker)?;
         d.set_item("retry_at", e.retry_at)?;
+        d.set_item("limit_key", e.limit_key)?;
+        d.set_item("parent", e.parent)?;
+        d.set_item("open_children", e.open_children)?;
         Ok(d)
     }
 
@@ -280,17 +352,140 @@ impl DagScheduler {
         guard(|| self.inner.recycle(&ids, now))
     }
 
-    #[pyo3(signature = (node, now=0.0))]
+    #[pyo3(signature = (node, now=0.0, *, detail=false))]
     /// Marks a running node failed: returns ``(admitted, skipped)``, the nodes to dispatch now
-    /// and the downstream nodes that will never run.
-    fn fail(&mut self, node: i64, now: f64) -> PyResult<(Vec<u32>, Vec<u32>)> {
+    /// and the downstream nodes that will never run. An open node it is a child of fails too,
+    /// and so on up; with ``detail=True`` the result is ``(admitted, skipped, skipped_by,
+    /// failed)``: for each skipped node the failed node that caused it, and the open nodes
+    /// that failed with it (nearest first).
+    fn fail<'py>(
+        &mut self,
+        py: Python<'py>,
+        node: i64,
+        now: f64,
+        detail: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let o = guard(|| self.inner.fail(node_arg(node)?, now))?;
+        if detail {
+            outcome_tuple(o).into_pyobject(py).map(Bound::into_any)
+        } else {
+            (o.admitted, o.skipped).into_pyobject(py).map(Bound::into_any)
+        }
+    }
+
+    #[pyo3(signature = (node, now=0.0))]
+    /// A running node finished without an output (its task skipped). Returns ``(admitted,
+    /// skipped, skipped_by)``: the nodes to dispatch now, the nodes skipped with it (over
+    /// required edges, recursively) and for each the node whose skip caused it (``node``).
+    /// Successors over optional edges, and its open parent (which leaves it out), go on as if
+    /// it were done.
+    fn skip(&mut self, node: i64, now: f64) -> PyResult<(Vec<u32>, Vec<u32>, Vec<u32>)> {
+        let o = guard(|| self.inner.skip(node_arg(node)?, now))?;
+        Ok((o.admitted, o.skipped, o.skipped_by))
+    }
+
+    #[pyo3(signature = (*, max_parallel=None, rate=None, burst=None, parent=None))]
+    /// Adds an admission key (returns its id) with a cap and/or rate, under ``parent`` (a key):
+    /// a node of the new key counts against it and every key above it.
+    fn add_key(
+        &mut self,
+        max_parallel: Option<&Bound<'_, PyAny>>,
+        rate: Option<&Bound<'_, PyAny>>,
+        burst: Option<&Bound<'_, PyAny>>,
+        parent: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<u32> {
+        let limits = key_limits(max_parallel, rate, burst)?;
+        let parent = match parent {
+            Some(p) if !p.is_none() => Some(int_arg("parent", p, u64::from(u32::MAX))? as u32),
+            _ => None,
+        };
+        guard(|| self.inner.add_key(limits, parent))
+    }
+
+    #[getter]
+    /// Number of admission keys.
+    fn key_count(&self) -> u32 {
+        self.inner.key_count()
+    }
+
+    #[pyo3(signature = (count, *, parents=None, sources=None, targets=None, optional=None, keys=None, priorities=None, weights=None, classes=None, now=0.0))]
+    #[allow(clippy::too_many_arguments)]
+    /// Adds ``count`` nodes (ids from ``node_count`` on) and the edges ``sources[i] ->
+    /// targets[i]`` to the live run, in O(added). ``parents[i]`` (or ``None``) makes new node
+    /// ``i`` a child of an existing node, which becomes open (see ``expand``). Per new node,
+    /// ``keys``, ``priorities``, ``weights`` and ``classes`` default to its parent's (key 0,
+    /// priority 0 without one; weight 1). Each edge has a new node at one end; a new node's
+    /// existing predecessor must be running or finished, an existing target waiting or open.
+    /// Returns ``(admitted, skipped, skipped_by, failed)``: the nodes to dispatch now, new
+    /// nodes skipped at once (a predecessor failed or skipped) with what caused each, and open
+    /// nodes failed at once. Raises ``InvalidValueError`` (a bad edge or list) or
+    /// ``StateError`` (a parent that cannot take children), changing nothing.
+    fn grow(
+        &mut self,
+        count: &Bound<'_, PyAny>,
+        parents: Option<&Bound<'_, PyAny>>,
+        sources: Option<&Bound<'_, PyAny>>,
+        targets: Option<&Bound<'_, PyAny>>,
+        optional: Option<&Bound<'_, PyAny>>,
+        keys: Option<&Bound<'_, PyAny>>,
+        priorities: Option<Vec<i32>>,
+        weights: Option<&Bound<'_, PyAny>>,
+        classes: Option<&Bound<'_, PyAny>>,
+        now: f64,
+    ) -> PyResult<OutcomeTuple> {
+        let g = growth_args(
+            count, parents, sources, targets, optional, keys, priorities, weights, classes,
+        )?;
+        guard(|| self.inner.grow(&g, now)).map(outcome_tuple)
+    }
+
+    #[pyo3(signature = (node, count, *, sources=None, targets=None, optional=None, keys=None, priorities=None, weights=None, classes=None, now=0.0))]
+    #[allow(clippy::too_many_arguments)]
+    /// ``grow`` with every new node a child of ``node``, which becomes open: done (in
+    /// ``take_closed``) once its children have all finished (a skipped child is left out) and
+    /// its own inputs are done; a child that fails fails it. A running ``node`` (its task
+    /// returned children) gives up its slots and worker at once; a waiting or queued one (a
+    /// step mapped over items) is never handed out. Same result as ``grow``.
+    fn expand(
+        &mut self,
+        node: i64,
+        count: &Bound<'_, PyAny>,
+        sources: Option<&Bound<'_, PyAny>>,
+        targets: Option<&Bound<'_, PyAny>>,
+        optional: Option<&Bound<'_, PyAny>>,
+        keys: Option<&Bound<'_, PyAny>>,
+        priorities: Option<Vec<i32>>,
+        weights: Option<&Bound<'_, PyAny>>,
+        classes: Option<&Bound<'_, PyAny>>,
+        now: f64,
+    ) -> PyResult<OutcomeTuple> {
+        let g = growth_args(
+            count, None, sources, targets, optional, keys, priorities, weights, classes,
+        )?;
+        guard(|| self.inner.expand(node_arg(node)?, &g, now)).map(outcome_tuple)
+    }
+
+    /// Open nodes that closed (became done) since the last call, children before parents.
+    fn take_closed(&mut self) -> Vec<u32> {
+        self.inner.take_closed()
+    }
+
+    /// The open node ``node`` is a child of, or ``None``.
+    fn parent_of(&self, node: i64) -> PyResult<Option<u32>> {
         guard(|| {
-            let outcome = self.inner.fail(node_arg(node)?, now)?;
-            Ok((outcome.admitted, outcome.skipped))
+            let node = node_arg(node)?;
+            self.inner.graph().check_node(node)?;
+            Ok(self.inner.parent_of(node))
         })
     }
 
-    /// Stops admitting; returns every node that had not started (now cancelled).
+    /// Successors of ``node``: its own edges, then those added out of it as the run grew.
+    fn successors(&self, node: i64) -> PyResult<Vec<u32>> {
+        guard(|| self.inner.successors(node_arg(node)?))
+    }
+
+    /// Stops admitting; returns every node that had not started, and every open node (now
+    /// cancelled; their running children finish normally).
     fn cancel(&mut self) -> PyResult<Vec<u32>> {
         guard(|| Ok(self.inner.cancel()))
     }
@@ -314,13 +509,13 @@ impl DagScheduler {
         self.inner.next_wakeup()
     }
 
-    /// State of a node: waiting, queued, running, done, failed, skipped or cancelled.
+    /// State of a node: waiting, queued, running, done, failed, skipped, cancelled or open.
     fn state(&self, node: i64) -> PyResult<&'static str> {
         guard(|| Ok(state_name(self.inner.state(node_arg(node)?)?)))
     }
 
     /// Number of nodes in each state (``backoff``: running nodes waiting out a retry, also
-    /// counted in ``running``).
+    /// counted in ``running``; the others add up to ``node_count``).
     fn counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let c = self.inner.counts();
         let d = PyDict::new(py);
@@ -332,6 +527,7 @@ impl DagScheduler {
             ("failed", c.failed),
             ("skipped", c.skipped),
             ("cancelled", c.cancelled),
+            ("open", c.open),
             ("backoff", c.backoff),
         ] {
             d.set_item(name, value)?;
