@@ -372,6 +372,7 @@ _OWN_WAY_GROUPS = (
     "instructions",
     "redis",
     "orchestrators",
+    "dashboard",
 )
 
 
@@ -409,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             "groups: dag_build, dag_batch_loop, dag_event_loop, dag_dropin, admission,\n"
             "  placement, pipelines, memory, rate, streaming, dataflow_scale, redis,\n"
             "  instructions (only when named; needs valgrind),\n"
-            "  orchestrators (only when named; Dask and Ray with the peers extra)\n"
+            "  orchestrators (only when named; Dask and Ray with the peers extra),\n"
+            "  dashboard (only when named; the dashboard extra)\n"
             "\n"
             "examples:\n"
             "  taskiq-flow bench                        the quick suite (minutes)\n"
@@ -451,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         print(text if args.wide else wrap(text), flush=True)
 
     groups = set(args.group or [])
-    missing = missing_peers() if groups - {"orchestrators"} or not groups else []
+    missing = missing_peers() if groups - {"orchestrators", "dashboard"} or not groups else []
     if missing:
         names = ", ".join(missing)
         print(
@@ -514,6 +516,12 @@ def main(argv: list[str] | None = None) -> int:
         say(f"\nmemory, layered graph n={n:,} (4 edges per node), RSS growth per node:")
         for name, (per_node, _, _) in mem.items():
             say(f"  {name:12} {per_node:8.1f} B/node")
+    if "dashboard" in groups:  # the dashboard extra; only when asked for
+        from taskiq_flow.bench import dashboard as dashboard_bench
+
+        watched = dashboard_bench.run_dashboard_bench(tasks=max(200, int(2_000 * args.scale)))
+        extra["dashboard"] = watched
+        say("\n" + dashboard_bench.report(watched))
     if "orchestrators" in groups:  # minutes, other libraries' clusters: only when asked for
         from taskiq_flow.bench import orchestrators
 
