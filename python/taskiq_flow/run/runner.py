@@ -253,6 +253,9 @@ class Runner:
             self._after_core()
             if self._sender.inline:
                 await self._sender.flush()
+            # The first batch: what was sent and why the rest waits are recorded at once (another
+            # process reading the run, a dashboard, sees them before anything finishes).
+            await events.batch_done(loop.time(), [])
             while not scheduler.is_finished and self._fatal is None:
                 try:
                     await self._next_events(inbox, scheduler, loop, deadline)
