@@ -330,3 +330,18 @@ async def test_a_report_that_cannot_be_written_says_so_not_that_redis_is_unreach
     assert capsys.readouterr().err == (
         "taskiq-flow runs: --output /dev/full: No space left on device\n"
     )
+
+
+async def test_a_runs_command_runs_from_a_loop_outside_the_main_thread(
+    broker: InMemoryBroker,
+) -> None:
+    """An embedder calling main_runs on a worker thread's loop (no signal handlers there)."""
+    tracking = PipelineTrackingManager()
+    run = await record_a_run(broker, tracking)
+    out = io.StringIO()
+
+    def in_a_thread() -> int:
+        return asyncio.run(main_runs(parse("list", "--json"), tracking, out))
+
+    assert await asyncio.to_thread(in_a_thread) == 0
+    assert run in out.getvalue()

@@ -36,6 +36,7 @@ import json
 import re
 import signal
 import sys
+import threading
 from collections.abc import Callable, Coroutine, Sequence
 from typing import IO, Any, cast, get_args
 
@@ -571,12 +572,11 @@ async def _until_signal(body: Coroutine[Any, Any, int], client: Any) -> tuple[in
         received.append(sig)
         stopped.set()
 
+    if threading.current_thread() is not threading.main_thread():
+        return None, await task  # signals reach the main thread only: the caller handles them
     signals = (signal.SIGINT, signal.SIGTERM)
-    try:
-        for sig in signals:
-            loop.add_signal_handler(sig, stop, sig)
-    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread's loop
-        return None, await task
+    for sig in signals:
+        loop.add_signal_handler(sig, stop, sig)
     waiter = loop.create_task(stopped.wait())
     try:
         await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
