@@ -51,6 +51,7 @@ from taskiq_flow.exceptions import (
     PipelineError,
     PipelineTimeoutError,
     PoisonMessageError,
+    Skip,
     StateError,
     StepFailedError,
     TaskiqFlowError,
@@ -59,6 +60,7 @@ from taskiq_flow.exceptions import (
     UnschedulableError,
     UnserializableError,
 )
+from taskiq_flow.growth import Expand
 from taskiq_flow.limits import CapacityLimiter, RateLimiter
 from taskiq_flow.mapreduce import MapReduce
 from taskiq_flow.optimization.parallel import get_max_parallel_tasks, set_max_parallel_tasks
@@ -92,6 +94,7 @@ __all__ = [
     "DeadLetterQueue",
     "DuplicateOutputError",
     "ExecutionEngine",
+    "Expand",
     "FlowMiddleware",
     "InMemoryPipelineStorage",
     "InternalError",
@@ -113,6 +116,7 @@ __all__ = [
     "ResourceAwareWorkerPool",
     "ResourceProfile",
     "RetryPolicy",
+    "Skip",
     "StateError",
     "StepFailedError",
     "StepStatus",

@@ -53,6 +53,8 @@ from taskiq_flow.retry import RetryPolicy
 from taskiq_flow.run.checks import check_serializable
 from taskiq_flow.run.options import RunOptions
 from taskiq_flow.run.plan import (
+    MISSING,
+    EachSpec,
     Plan,
     StepSpec,
     attempt_timeout,
@@ -61,7 +63,13 @@ from taskiq_flow.run.plan import (
     task_display_name,
 )
 from taskiq_flow.run.runner import Runner, run_single
-from taskiq_flow.run.settings import RunOptionValues, Settings, check_rate, check_timeout
+from taskiq_flow.run.settings import (
+    RunOptionValues,
+    Settings,
+    check_max_parallel,
+    check_rate,
+    check_timeout,
+)
 
 __all__ = [
     "DAG",
@@ -85,6 +93,27 @@ class _DataflowMeta:
     timeout: float | None
     rate: float | None = None
     burst: int = 1
+    each: dict[str, str] | None = None
+    max_parallel: int | None = None
+
+
+def _check_each(each: object, where: str) -> dict[str, str] | None:
+    """``each`` as ``{parameter: source name}``, checked.
+
+    :raises InvalidValueError: anything but a non-empty mapping of non-empty strs.
+    """
+    if each is None:
+        return None
+    if (
+        not isinstance(each, Mapping)
+        or not each
+        or not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in each.items())
+    ):
+        raise InvalidValueError(
+            f"{where} each must map parameter names to the names of the lists they take item "
+            f"by item (e.g. each={{'url': 'pages'}}), got {each!r}"
+        )
+    return dict(each)
 
 
 def pipeline_task(
@@ -96,6 +125,8 @@ def pipeline_task(
     timeout: float | None = None,
     rate: float | None = None,
     burst: int = 1,
+    each: Mapping[str, str] | None = None,
+    max_parallel: int | None = None,
 ) -> Callable[[_F], _F]:
     """Declares a task's place in a dataflow. Works above or below ``@broker.task``.
 
@@ -108,8 +139,16 @@ def pipeline_task(
         :class:`~taskiq_flow.exceptions.TaskTimeoutError` (and is retried like any failure). A
         whole run is bounded by the pipeline's ``run_timeout``.
     :param rate: at most this many starts of the task per second, in bursts of ``burst``.
+    :param each: ``{parameter: name}``: the parameter takes each item of the list ``name`` (an
+        output or an external input), one task per item, made when the list is known; the
+        step's value is the list of their values in order. Several parameters zip (lists of
+        equal length). A step mapping item by item over another's items goes on item by item:
+        item 0 may run here while item 99 of the step before is still running.
+    :param max_parallel: most of this task's tasks in flight at once (its items, and every
+        node of it), in every pipeline shape.
     :raises InvalidValueError: for a rate <= 0, a burst below 1, a timeout that is not > 0, an
-        ``output`` that is not a non-empty str, ``inputs`` that are not strs.
+        ``output`` that is not a non-empty str, ``inputs`` that are not strs, a bad ``each`` or
+        ``max_parallel``.
     """
     if output is not None and (not isinstance(output, str) or not output):
         raise InvalidValueError(
@@ -131,6 +170,8 @@ def pipeline_task(
         check_timeout(timeout),
         rate,
         burst,
+        _check_each(each, "pipeline_task"),
+        check_max_parallel(max_parallel, "pipeline_task max_parallel"),
     )
 
     def mark(target: _F) -> _F:
@@ -159,6 +200,12 @@ class TaskNode:
     timeout: float | None = None
     rate: float | None = None
     burst: int = 1
+    #: The parameters fed item by item (see ``pipeline_task(each=)``).
+    each: frozenset[str] = frozenset()
+    #: Most of this task's tasks in flight at once.
+    max_parallel: int | None = None
+    #: The parameters that have a default (a skipped or absent input leaves them to it).
+    defaults: frozenset[str] = frozenset()
 
     @property
     def task_name(self) -> str:
@@ -168,7 +215,7 @@ class TaskNode:
     @property
     def optional_inputs(self) -> frozenset[str]:
         """The inputs whose parameter has a default (a run may leave them out)."""
-        optional = _shape(self.task).optional
+        optional = self.defaults
         if not optional:
             return frozenset()
         return frozenset(name for p, name in zip(self.params, self.inputs) if p in optional)
@@ -188,11 +235,13 @@ def make_node(
     output: str | None = None,
     inputs: Sequence[str] | Mapping[str, str] | None = None,
     labels: Mapping[str, Any] | None = None,
+    each: Mapping[str, str] | None = None,
 ) -> TaskNode:
     """Describes a taskiq task as a dataflow node (arguments override :func:`pipeline_task`).
 
     ``inputs`` is a list of parameter names (each fed by the output or external input of that
     name), or a mapping ``{parameter: source name}`` to wire one task into several places.
+    ``each`` maps parameters to the lists they take item by item (see :func:`pipeline_task`).
 
     :raises NotATaskError: if ``task`` is not a taskiq task.
     :raises DataflowError: if ``inputs`` names a parameter the task does not have.
@@ -212,6 +261,11 @@ def make_node(
         wiring = dict(declared)
     else:
         wiring = {n: n for n in declared}
+    mapped = _check_each(each, "add_dataflow_task") if each is not None else None
+    if mapped is None and meta is not None:
+        mapped = meta.each
+    if mapped:
+        wiring = {**wiring, **mapped}
     if not shape.takes_any and not shape.known.issuperset(wiring):
         param = next(p for p in wiring if p not in shape.known)
         raise DataflowError(
@@ -231,6 +285,9 @@ def make_node(
         shape.timeout,
         shape.rate,
         shape.burst,
+        frozenset(mapped) if mapped else frozenset(),
+        meta.max_parallel if meta is not None else None,
+        shape.optional,
     )
 
 
@@ -317,20 +374,32 @@ class DAG:
         sources = array("I")
         targets = array("I")
         external: set[str] = set()
+        #: Per edge, whether its consumer has a default for it (``None``: no edge is optional).
+        optional: array[int] | None = None
         for i, (node, feeds) in enumerate(zip(self.nodes, self.feeds)):
-            if None not in feeds:  # every input produced by a task: the common case
+            if None not in feeds and not node.defaults:  # the common case
                 sources.extend(feeds)  # type: ignore[arg-type]  # no None here
                 targets.extend(repeat(i, len(feeds)))
+                if optional is not None:
+                    optional.extend(repeat(0, len(feeds)))
                 continue
-            for name, p in zip(node.inputs, feeds):
+            for param, name, p in zip(node.params, node.inputs, feeds):
                 if p is None:
-                    if name not in node.optional_inputs:  # an input nothing produces
+                    if param not in node.defaults:  # an input nothing produces
                         external.add(name)
-                else:
-                    sources.append(p)
-                    targets.append(i)
+                    continue
+                flag = param in node.defaults
+                if flag and optional is None:
+                    optional = array("b", repeat(0, len(sources)))
+                if optional is not None:
+                    optional.append(flag)
+                sources.append(p)
+                targets.append(i)
         self.sources = sources
         self.targets = targets
+        self.optional: Sequence[bool] | None = (
+            [bool(f) for f in optional] if optional is not None else None
+        )
         self.external_inputs: frozenset[str] = frozenset(external)
         self.graph = DagGraph(len(self.nodes), sources, targets)
         try:
@@ -407,12 +476,14 @@ class DataflowRegistry:
         output: str | None = None,
         inputs: Sequence[str] | Mapping[str, str] | None = None,
         labels: Mapping[str, Any] | None = None,
+        each: Mapping[str, str] | None = None,
     ) -> TaskNode:
-        """Adds a taskiq task; ``output``/``inputs`` override what :func:`pipeline_task` says.
+        """Adds a taskiq task; ``output``/``inputs``/``each`` override what
+        :func:`pipeline_task` says.
 
         :raises NotATaskError: if ``task`` is not a taskiq task.
         """
-        node = make_node(task, output, inputs, labels)
+        node = make_node(task, output, inputs, labels, each)
         self._nodes.append(node)
         return node
 
@@ -537,10 +608,19 @@ class ExecutionEngine(RunOptions):
             kwargs = {}
             for param, name, producer in zip(spec.params, spec.inputs, feeds[node]):
                 if producer is not None:
-                    kwargs[param] = results[producer]
+                    value = results[producer]
+                    if value is not MISSING:  # a skipped producer leaves it to its default
+                        kwargs[param] = value
                 elif name in inputs:  # an optional input not given is left to its default
                     kwargs[param] = inputs[name]
             return (), kwargs
+
+        each: dict[int, EachSpec] = {}
+        for i, n in enumerate(nodes):
+            if n.each:
+                params = tuple(p for p in n.params if p in n.each)
+                by_param = dict(zip(n.params, feeds[i]))
+                each[i] = EachSpec(params, tuple(by_param[p] for p in params))
 
         # A step is a declaration: each node (a task wired in on its own) is a step of its own,
         # so tracking and explain tell a task's nodes apart; a task wired into several nodes
@@ -559,6 +639,7 @@ class ExecutionEngine(RunOptions):
                     name,
                     n.task_name,
                     n.task.labels,
+                    max_parallel=n.max_parallel,
                     retry=n.retry,
                     timeout=n.timeout,
                     resources=resources_of(n.task),
@@ -570,19 +651,31 @@ class ExecutionEngine(RunOptions):
                 steps.append(first)
             else:
                 steps.append(replace(first, name=name))
-        return Plan(len(nodes), dag.sources, dag.targets, steps, call)
+        return Plan(
+            len(nodes),
+            dag.sources,
+            dag.targets,
+            steps,
+            call,
+            each=each or None,
+            optional=dag.optional,
+        )
 
     async def execute(
         self,
         inputs: Mapping[str, Any] | None = None,
         pipeline_id: str | None = None,
         restored: Mapping[int, Any] | None = None,
+        grown: Sequence[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Runs the graph with the given external inputs.
 
         :param pipeline_id: the run's id (new by default); tracking records it under this id.
+        :param restored: values of nodes an earlier run of ``pipeline_id`` finished.
+        :param grown: how that run grew (from tracking), to grow the same way.
 
-        :return: ``{output name: value}`` for every task.
+        :return: ``{output name: value}`` for every task that did not skip (see
+            :attr:`skipped`).
         :raises MissingInputError, DataflowError, UnserializableError: before anything is sent.
         :raises StepFailedError: a task failed for good; ``results`` holds what finished.
         """
@@ -603,21 +696,35 @@ class ExecutionEngine(RunOptions):
             custom_dispatch=custom,
             restored=restored,
             inputs=inputs,
+            grown=grown,
         )
         self._run = self.last_run = run
         self.pipeline_id = run.pipeline_id
         try:
             values = await run.execute()
         except Exception as err:
+            nodes = self.dag.nodes
             partial = {
-                self.dag.nodes[v].output: value for v, value in run.finished_results().items()
+                nodes[v].output: value
+                for v, value in run.finished_results().items()
+                if v < len(nodes)
             }
             if hasattr(err, "results"):
                 err.results = partial
             raise
         finally:
             self._run = None
-        return {node.output: values[i] for i, node in enumerate(self.dag.nodes)}
+        return {
+            node.output: values[i]
+            for i, node in enumerate(self.dag.nodes)
+            if values[i] is not MISSING
+        }
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """The steps of the last run that skipped (:class:`~taskiq_flow.Skip`), or were skipped
+        because a step they need did: ``{step: why}``."""
+        return self.last_run.skipped_steps() if self.last_run is not None else {}
 
     def cancel(self) -> None:
         """Cancels the run in progress, if any."""
@@ -696,14 +803,16 @@ class DataflowPipeline(RunOptions):
         output: str | None = None,
         inputs: Sequence[str] | Mapping[str, str] | None = None,
         labels: Mapping[str, Any] | None = None,
+        each: Mapping[str, str] | None = None,
     ) -> DataflowPipeline:
-        """Adds a task; returns the pipeline.
+        """Adds a task; returns the pipeline. ``each={parameter: name}`` maps the task over the
+        items of the list ``name`` (see :func:`pipeline_task`).
 
         :raises NotATaskError: if ``task`` is not a taskiq task, or is registered on another
             broker than the pipeline's.
         """
         check_task_broker(self.broker, task)
-        self.registry.register_task(task, output, inputs, labels)
+        self.registry.register_task(task, output, inputs, labels, each)
         return self
 
     @property
@@ -731,6 +840,7 @@ class DataflowPipeline(RunOptions):
         inputs: dict[str, Any],
         pipeline_id: str,
         restored: Mapping[int, Any] | None,
+        grown: Sequence[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         dag = self.dag
         if chunk:
@@ -744,7 +854,7 @@ class DataflowPipeline(RunOptions):
         self._engine = self._last_engine = engine
         self.pipeline_id = pipeline_id
         try:
-            return await engine.execute(inputs, pipeline_id, restored)
+            return await engine.execute(inputs, pipeline_id, restored, grown)
         finally:
             self._engine = None
 
@@ -777,7 +887,15 @@ class DataflowPipeline(RunOptions):
             pipeline_id, given, inputs_changed_ok=inputs_changed_ok
         )
         restored = await self.tracking.load_results(pipeline_id)
-        return await self._run_dataflow((), resolved, pipeline_id, restored)
+        grown = await self.tracking.load_growth(pipeline_id)
+        return await self._run_dataflow((), resolved, pipeline_id, restored, grown)
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """The steps of the last run that skipped (:class:`~taskiq_flow.Skip`), or were skipped
+        because a step they need did: ``{step: why}``. Their outputs are absent from what
+        :meth:`kiq_dataflow` returned."""
+        return self._last_engine.skipped if self._last_engine is not None else {}
 
     def cancel(self) -> None:
         """Cancels the run in progress, if any: ``kiq_dataflow`` raises

@@ -23,6 +23,7 @@ from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
 from taskiq_flow.exceptions import PayloadTooLargeError, RemoteTaskError
+from taskiq_flow.growth import Expand
 
 __all__ = [
     "FLOW_LABEL",
@@ -197,12 +198,15 @@ class FlowMiddleware(TaskiqMiddleware):
         run_id, node, attempt = label
         now = time.perf_counter()
         duration_ms = (now - started[0]) * 1000.0 if started else result.execution_time * 1000.0
+        value = result.return_value
+        if isinstance(value, Expand):  # an expansion travels as JSON, in process too
+            value = value.to_wire()
         completion = Completion(
             run_id=run_id,
             node=node,
             attempt=attempt,
             ok=not result.is_err,
-            value=result.return_value,
+            value=value,
             error=_readable(result.error),
             duration_ms=duration_ms,
             started_at=started[1] if started else time.time() - duration_ms / 1000.0,

@@ -61,6 +61,7 @@ __all__ = [
     "PoisonMessageError",
     "RemoteTaskError",
     "RunStateLostError",
+    "Skip",
     "StateError",
     "StepFailedError",
     "TaskTimeoutError",
@@ -172,6 +173,21 @@ class AbortPipeline(PipelineError):
 
     def __init__(self, reason: str = "No reason provided.") -> None:
         super().__init__(f"Pipeline was aborted. {reason}")
+        self.reason = reason
+
+
+class Skip(Exception):
+    """Raised by a task whose output is absent: nothing to do (not a failure, never retried).
+
+    A consumer whose parameter has a default receives the default; one without is skipped too,
+    naming this step and ``reason``; in an ``each`` step the item is left out of the list. The
+    run still ends done, listing the skipped steps.
+
+    :param reason: why, shown wherever the skip is (tracking, ``explain``).
+    """
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
         self.reason = reason
 
 

@@ -50,6 +50,7 @@ from taskiq_flow.exceptions import (
     PoisonMessageError,
     RemoteTaskError,
     RunStateLostError,
+    Skip,
     UndeliverableMessageError,
 )
 
@@ -62,6 +63,7 @@ _KNOWN: dict[str, type[Exception]] = {
     "PoisonMessageError": PoisonMessageError,
     "UndeliverableMessageError": UndeliverableMessageError,
     "PayloadTooLargeError": PayloadTooLargeError,
+    "Skip": Skip,
 }
 #: The start of every completion this channel writes (see ``prepare``): enough to fail the
 #: attempt by name when the rest cannot be read.

@@ -85,6 +85,9 @@ class RunListener:
     def step_grew(self, run: Runner, step: int, tasks: int) -> None:
         """Step ``step`` now counts ``tasks`` tasks (a stream loaded more items)."""
 
+    def nodes_added(self, run: Runner, first: int, count: int) -> None:
+        """The run grew: ``count`` nodes from id ``first`` (their steps in ``run.plan``)."""
+
     async def batch_done(self, run: Runner, now: float, done: Sequence[int]) -> None:
         """The runner handled a batch of events; ``done`` nodes finished in it."""
 
@@ -100,6 +103,7 @@ _EVENTS = (
     "node_failed",
     "node_skipped",
     "step_grew",
+    "nodes_added",
     "batch_done",
     "run_ended",
 )
@@ -167,6 +171,10 @@ class RunEvents:
         for call in self._by_event["step_grew"]:
             call(self.run, step, tasks)
 
+    def nodes_added(self, first: int, count: int) -> None:
+        for call in self._by_event["nodes_added"]:
+            call(self.run, first, count)
+
     async def batch_done(self, now: float, done: Sequence[int]) -> None:
         for call in self._by_event["batch_done"]:
             await call(self.run, now, done)
@@ -230,12 +238,19 @@ class TrackingListener(RunListener):
     def step_grew(self, run: Runner, step: int, tasks: int) -> None:
         self.tracking.grow(step, tasks)
 
+    def nodes_added(self, run: Runner, first: int, count: int) -> None:
+        self.tracking.added(first, count)
+
     async def batch_done(self, run: Runner, now: float, done: Sequence[int]) -> None:
         tracking = self.tracking
         tracking.explain(now, run.explain)
         results = run.results
+        grower = run.grower
         await tracking.flush(
-            {node: results[node] for node in done} if done and tracking.track_step is None else None
+            {node: results[node] for node in done}
+            if done and tracking.track_step is None
+            else None,
+            grower.take_log() if grower is not None and grower.pending_log else None,
         )
 
     async def run_ended(self, run: Runner, state: str, error: str | None) -> None:

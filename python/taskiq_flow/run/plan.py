@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+from array import array
+from bisect import bisect_right
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,9 @@ from taskiq_flow.retry import RetryPolicy
 from taskiq_flow.run.settings import check_timeout
 
 __all__ = [
+    "MISSING",
     "CallBuilder",
+    "EachSpec",
     "Plan",
     "StepSpec",
     "attempt_timeout",
@@ -32,6 +36,18 @@ __all__ = [
 
 #: Builds a node's arguments from the results so far: ``(args, kwargs)``.
 CallBuilder = Callable[[int, Sequence[Any]], tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+class _Missing:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<no value>"
+
+
+#: A node's value before it has one (and forever, for a node skipped or failed): a call builder
+#: leaves a parameter fed by it to its default.
+MISSING: Any = _Missing()
 
 
 def task_display_name(task: AsyncTaskiqDecoratedTask[Any, Any]) -> str:
@@ -159,11 +175,30 @@ class StepSpec:
     limit_name: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class EachSpec:
+    """A node that maps over items: it is never sent; when the core admits it (its inputs are
+    done), it is given one child per item, and its value is the list of their values.
+
+    ``params`` are the keywords fed item by item (zipped: equal lengths), each taking the list
+    its static call passes for it; ``producers`` says, per param, which node produces that list
+    (``None``: an external input). A child's call is the node's own call with each of ``params``
+    replaced by its item.
+    """
+
+    params: tuple[str, ...]
+    producers: tuple[int | None, ...]
+
+
 @dataclass(slots=True)
 class Plan:
     """What a run executes: ``node_count`` nodes, edges ``sources[i] -> targets[i]``, each node in
     one step (``step_of``; node ``i`` is step ``i`` when omitted, or step 0 when there is one),
-    its call built when it is sent."""
+    its call built when it is sent (:meth:`build`).
+
+    A run that grows adds steps (:meth:`add_step`) and nodes (:meth:`grow`), each range of added
+    nodes with its own call builder; ``each`` names the nodes that map over items.
+    """
 
     node_count: int
     sources: Sequence[int]
@@ -171,6 +206,13 @@ class Plan:
     steps: list[StepSpec]
     call: CallBuilder
     step_of: Sequence[int] | None = None
+    #: Per node that maps over items, how (see :class:`EachSpec`).
+    each: dict[int, EachSpec] | None = None
+    #: Per edge, whether it is optional (its consumer has a default for it); ``None``: none is.
+    optional: Sequence[bool] | None = None
+    #: Nodes added while the run grew: the first id of each range, and its call builder.
+    _grown_first: list[int] = field(default_factory=list)
+    _grown_call: list[CallBuilder] = field(default_factory=list)
 
     def step_index(self, node: int) -> int:
         """The index of a node's step."""
@@ -181,6 +223,37 @@ class Plan:
     def step(self, node: int) -> StepSpec:
         """The step of a node."""
         return self.steps[self.step_index(node)]
+
+    def build(self, node: int, results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The arguments of ``node``'s call, from the values so far."""
+        grown = self._grown_first
+        if not grown or node < grown[0]:
+            return self.call(node, results)
+        return self._grown_call[bisect_right(grown, node) - 1](node, results)
+
+    def _own_steps(self) -> array[int]:
+        """``step_of`` as a growable array (made once, when the plan first grows)."""
+        step_of = self.step_of
+        if not isinstance(step_of, array):
+            step_of = array("I", (self.step_index(v) for v in range(self.node_count)))
+            self.step_of = step_of
+        return step_of
+
+    def add_step(self, spec: StepSpec) -> int:
+        """Adds a step (nodes added later may be in it); returns its index."""
+        self._own_steps()
+        self.steps.append(spec)
+        return len(self.steps) - 1
+
+    def grow(self, steps: Sequence[int], call: CallBuilder) -> int:
+        """Adds ``len(steps)`` nodes, node ``i`` in step ``steps[i]``, their calls built by
+        ``call``; returns the first new id."""
+        first = self.node_count
+        self._own_steps().extend(steps)
+        self.node_count += len(steps)
+        self._grown_first.append(first)
+        self._grown_call.append(call)
+        return first
 
     def limit_keys(self) -> tuple[list[int] | None, list[tuple[int, StepSpec]]]:
         """The core's admission keys: each node's key (``None``: no step limits at all) and, per

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -32,9 +33,12 @@ from taskiq_flow.exceptions import (
     PipelineCancelledError,
     PipelineError,
     PipelineTimeoutError,
+    Skip,
     StepFailedError,
+    TaskiqFlowError,
     WorkerLostError,
 )
+from taskiq_flow.growth import expansion_of
 from taskiq_flow.optimization.parallel import CapGroup, global_cap
 from taskiq_flow.resources import ResourceAwareWorkerPool
 from taskiq_flow.retry import DeadLetterQueue, default_dead_letters
@@ -49,7 +53,8 @@ from taskiq_flow.run.events import (
     TrackingListener,
 )
 from taskiq_flow.run.explain import explain_node, node_for
-from taskiq_flow.run.plan import Plan, StepSpec
+from taskiq_flow.run.growing import Grower, failed_completion
+from taskiq_flow.run.plan import MISSING, Plan, StepSpec
 from taskiq_flow.run.sending import (
     ATTEMPT_GRACE,
     DISPATCHERS,
@@ -63,7 +68,7 @@ from taskiq_flow.tracking.recorder import EXPLAIN_EVERY, RunRecorder
 
 __all__ = ["ATTEMPT_GRACE", "DRAIN_TIMEOUT", "CustomDispatch", "Feed", "Runner", "run_single"]
 
-_MISSING: Any = object()
+_MISSING: Any = MISSING
 #: The cap of a send made on behalf of a node that already holds its slots: none.
 _UNCAPPED = CapGroup(SharedCap(None))
 #: Under the ``taskiq_flow`` logger; nothing at INFO or above on the happy path.
@@ -103,6 +108,8 @@ class Runner:
     :param feed: for a stream, where finished nodes get new items.
     :param cap: the process-wide cap to attach to (default: the one active now).
     :param inputs: the run's inputs, stored by tracking with the run (a resume's default).
+    :param grown: how an earlier run of this ``pipeline_id`` grew (its growth log, from
+        tracking): the run grows the same way before it starts, so that ``restored`` ids match.
     """
 
     def __init__(
@@ -119,6 +126,7 @@ class Runner:
         feed: Feed | None = None,
         cap: CapGroup | None = None,
         inputs: Mapping[str, Any] | None = None,
+        grown: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         self.broker = broker
         self.plan = plan
@@ -128,6 +136,11 @@ class Runner:
         self.run_id = uuid.uuid4().hex
         self.custom_dispatch = custom_dispatch
         self.restored = dict(restored or {})
+        self._grown_log = list(grown or ())
+        #: What the run adds while it runs (made with the scheduler).
+        self._grower: Grower | None = None
+        #: Why each node that skipped itself did (``Skip(reason)``).
+        self.skip_reasons: dict[int, str] = {}
         self.deadline = deadline
         self.feed = feed
         self.dead_letters: DeadLetterQueue = (
@@ -209,6 +222,23 @@ class Runner:
         """
         return explain_node(self, node_for(self, node_or_step))
 
+    def skipped_steps(self) -> dict[str, str]:
+        """``{step: why}`` for each node of the plan as built (not one a run added) that was
+        skipped: it raised :class:`~taskiq_flow.exceptions.Skip`, or a step it needs did."""
+        grower = self._grower
+        base = len(self.results) if grower is None else grower.base
+        shown: dict[str, str] = {}
+        reasons = self.skip_reasons
+        for node, reason in reasons.items():
+            if node < base:
+                shown[self.plan.step(node).name] = reason or "skipped"
+        for node, cause in self._skipped_by.items():
+            if node < base and cause in reasons:
+                why = reasons[cause]
+                step = self.plan.step(cause).name
+                shown[self.plan.step(node).name] = f"{step!r} skipped" + (f": {why}" if why else "")
+        return shown
+
     def finished_results(self) -> dict[int, Any]:
         """``{node: value}`` of every node that finished."""
         return {v: r for v, r in enumerate(self.results) if r is not _MISSING}
@@ -228,11 +258,8 @@ class Runner:
         events = self.events
         if events.wants_waits:
             scheduler.record_waits(True)
-        if self.restored:
-            scheduler.restore_done(sorted(self.restored))
-            for node, value in self.restored.items():
-                self.results[node] = value
-            self._finished = len(self.restored)
+        if self.restored or self._grown_log:
+            self._restore(scheduler)
         channel = ensure_flow_middleware(self.broker).channel
         inbox = self._inbox = channel.open(self.run_id)
         gate_run = scheduler.gate_run
@@ -249,13 +276,14 @@ class Runner:
         try:
             await events.run_started(list(self.restored))
             self._sender.start()
-            self._sender.submit(scheduler.start(loop.time()))
+            started = self._admit(scheduler.start(loop.time()), loop.time())
             self._after_core()
+            self._sender.submit(started)
             if self._sender.inline:
                 await self._sender.flush()
             # The first batch: what was sent and why the rest waits are recorded at once (another
             # process reading the run, a dashboard, sees them before anything finishes).
-            await events.batch_done(loop.time(), [])
+            await events.batch_done(loop.time(), self._take_closed([]))
             while not scheduler.is_finished and self._fatal is None:
                 try:
                     await self._next_events(inbox, scheduler, loop, deadline)
@@ -288,6 +316,26 @@ class Runner:
 
     # -- the core --------------------------------------------------------------------------------
 
+    def _restore(self, scheduler: DagScheduler) -> None:
+        """Takes back what an earlier run of this pipeline id finished, after growing the run
+        as it grew."""
+        grower = self._grower
+        assert grower is not None
+        base = self.plan.node_count
+        for node, value in self.restored.items():
+            if node < base:
+                self.results[node] = value
+        grower.replay(self._grown_log)
+        kept = grower.restorable(self.restored)
+        for node in self.restored.keys() - kept.keys():
+            if node < len(self.results):
+                self.results[node] = _MISSING
+        self.restored = kept
+        scheduler.restore_done(sorted(kept))
+        for node, value in kept.items():
+            self.results[node] = value
+        self._finished = len(kept)
+
     def _build_scheduler(self) -> DagScheduler:
         plan = self.plan
         classes = None
@@ -302,6 +350,7 @@ class Runner:
             plan.targets,
             keys=keys,
             max_parallel=self.settings.max_parallel,
+            optional=plan.optional,
         )
         for key, spec in limits:
             scheduler.set_key_limits(
@@ -312,6 +361,7 @@ class Runner:
             pool=self._pool.core if self._pool is not None else None,
             classes=classes,
         )
+        self._grower = Grower(self, keys)
         return scheduler
 
     def _poke(self) -> None:
@@ -362,6 +412,7 @@ class Runner:
         if watching:
             await self._check_workers()
         done: list[int] = []
+        grew: list[int] = []
         results = self.results
         attempts = self._attempt
         events = self.events
@@ -369,24 +420,34 @@ class Runner:
             node = event.node
             if event.attempt != attempts[node] or results[node] is not _MISSING:
                 continue  # a duplicate delivery, or an attempt superseded by a retry
-            if event.ok:
-                results[node] = event.value
-                done.append(node)
-                self._finished += 1
-                events.attempt_ended(node, event, None)
-            else:
+            if not event.ok:
                 self._failed(event, scheduler, now)
+                continue
+            try:
+                expansion = expansion_of(event.value)
+            except TaskiqFlowError as err:
+                self._failed(failed_completion(event, err), scheduler, now)
+                continue
+            if expansion is not None:
+                grew += self._expand(node, event, expansion, scheduler, now)
+                continue
+            results[node] = event.value
+            done.append(node)
+            self._finished += 1
+            events.attempt_ended(node, event, None)
         admitted = scheduler.complete_many(done, now) if done else []
+        admitted += grew
         if self._poked or wake is not None:
             self._poked = False
             admitted += scheduler.poll(now)
         if self.feed is not None and (done or self._dropped) and self._fatal is None:
             admitted += await self._refill(done, scheduler, loop)
+        admitted = self._admit(admitted, now)
         self._after_core()
         self._sender.submit(admitted)
         if self._sender.inline:
             await self._sender.flush()
-        await events.batch_done(now, done)
+        await events.batch_done(now, self._take_closed(done))
 
     async def _refill(
         self, done: list[int], scheduler: DagScheduler, loop: asyncio.AbstractEventLoop
@@ -420,6 +481,9 @@ class Runner:
     def _failed(self, event: Completion, scheduler: DagScheduler, now: float) -> None:
         """A failed attempt: resent, retried after a backoff, or failed for good."""
         node = event.node
+        if isinstance(event.error, Skip) and self._fatal is None:
+            self._skipped(node, event.error, scheduler, now)
+            return
         step = self.plan.step(node)
         attempt = self._attempt[node]
         error = failures.name_timeout(event.error, step.name, step.timeout)
@@ -437,7 +501,7 @@ class Runner:
             self._attempt[node] = attempt + 1
             events.node_retrying(node, event, error, None, losses)
             if scheduler.replace(node):
-                self._sender.submit([node])
+                self._submit([node], now)
             return  # else the core places it when a worker has room; it comes out of poll
         self._errors[node] = error
         if verdict.retry_in is not None:
@@ -452,10 +516,13 @@ class Runner:
         )
         if fail_fast:
             scheduler.cancel()  # before fail(): the freed slot must admit nothing of this run
-        admitted, skipped = scheduler.fail(node, now)
+        admitted, skipped, skipped_by, failed = scheduler.fail(node, now, detail=True)
         self._dead_letter(node, step, error, attempt)
         events.node_failed(node, event, error)
         self.failures.setdefault(step.name, error)
+        for parent in failed:  # a node whose children were added: one of them failed
+            self._errors[parent] = error
+            self.failures.setdefault(self.plan.step(parent).name, error)
         if self._fatal is not None:
             return
         if isinstance(error, AbortPipeline):
@@ -463,12 +530,101 @@ class Runner:
         elif fail_fast:
             self._fatal = StepFailedError(step.name, error, failures=self.failures)
         else:
-            for v in skipped:
-                self._skipped_by[v] = node
-                events.node_skipped(v)
+            self.outcome(skipped, skipped_by, [])
             if self.feed is not None:
                 self._dropped.append(node)
-            self._sender.submit(admitted)
+            self._submit(admitted, now)
+
+    def _skipped(self, node: int, skip: Skip, scheduler: DagScheduler, now: float) -> None:
+        """A task raised :class:`Skip`: its output is absent (not a failure, not retried)."""
+        self.skip_reasons[node] = skip.reason
+        self.events.node_skipped(node)
+        admitted, skipped, skipped_by = scheduler.skip(node, now)
+        self.outcome(skipped, skipped_by, [])
+        self._submit(admitted, now)
+
+    def _expand(
+        self, node: int, event: Completion, expansion: Any, scheduler: DagScheduler, now: float
+    ) -> list[int]:
+        """``node``'s task returned an :class:`~taskiq_flow.Expand`: its children join the run
+        (``node`` stays open until they finish). Returns what the core admitted."""
+        assert self._grower is not None
+        try:
+            admitted = self._grower.expand(node, expansion, now)
+        except TaskiqFlowError as err:
+            self._failed(failed_completion(event, err), scheduler, now)
+            return []
+        self.events.attempt_ended(node, event, None)
+        return admitted
+
+    def _admit(self, admitted: list[int], now: float) -> list[int]:
+        """What the core admitted, as nodes to send: a node that maps over items is given its
+        items instead, and nodes the core closed get their values first."""
+        grower = self._grower
+        if grower is None:
+            return admitted
+        grower.take_closed()  # the values of nodes that closed, before anything reads them
+        admitted = grower.admitted(admitted, now)
+        grower.take_closed()
+        return admitted
+
+    def _submit(self, admitted: list[int], now: float) -> None:
+        self._sender.submit(self._admit(admitted, now))
+
+    def _take_closed(self, done: list[int]) -> list[int]:
+        """``done`` and the nodes closed since the last batch (finished: their values are
+        set), for the batch's listeners."""
+        grower = self._grower
+        if grower is None:
+            return done
+        grower.take_closed()
+        if not grower.closed:
+            return done
+        closed, grower.closed = grower.closed, []
+        self._finished += len(closed)
+        return done + closed
+
+    def outcome(self, skipped: list[int], skipped_by: list[int], failed: list[int]) -> None:
+        """Nodes the core skipped (with what caused each) or failed (a node whose children were
+        added, when one of them failed) as a consequence of an event."""
+        events = self.events
+        for v, cause in zip(skipped, skipped_by):
+            self._skipped_by[v] = cause
+            events.node_skipped(v)
+        for parent in failed:
+            self.failures.setdefault(self.plan.step(parent).name, "a task it added failed")
+
+    def fail_unsent(self, node: int, error: BaseException) -> None:
+        """An admitted node that cannot even be sent (its items are not a list) fails its
+        attempt with ``error``."""
+        self.report(
+            Completion(self.run_id, node, self._attempt[node], False, None, error, 0.0, time.time())
+        )
+
+    def nodes_added(self, first: int, count: int) -> None:
+        """The run grew by ``count`` nodes from ``first``."""
+        self.results.extend([_MISSING] * count)
+        self._attempt.extend([1] * count)
+        restored = self.restored
+        if restored:
+            for node in range(first, first + count):
+                value = restored.get(node, _MISSING)
+                if value is not _MISSING:
+                    self.results[node] = value
+        self._preds = None
+        self._step_nodes = None
+        self._step_index = None
+        self.events.nodes_added(first, count)
+
+    @property
+    def worker_pool(self) -> ResourceAwareWorkerPool | None:
+        """The worker pool the run places nodes on, if any."""
+        return self._pool
+
+    @property
+    def grower(self) -> Grower | None:
+        """What the run added while it ran (``None`` before it starts)."""
+        return self._grower
 
     def _stop(self, error: PipelineError) -> None:
         self._fatal = error
@@ -480,7 +636,7 @@ class Runner:
         self, node: int, step: StepSpec, error: BaseException | None, attempts: int
     ) -> None:
         try:
-            call = self.plan.call(node, self.results)
+            call = self.plan.build(node, self.results)
         except Exception:  # the inputs themselves were the problem
             call = ((), {})
         failures.record(

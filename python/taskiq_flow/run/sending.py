@@ -182,7 +182,7 @@ class NodeSender:
             events.attempt_sent(node, attempt, wait)
         try:
             # Built from the predecessors' results, which never change: a retry rebuilds it.
-            args, kwargs = self.plan.call(node, self.results)
+            args, kwargs = self.plan.build(node, self.results)
             if self.custom_dispatch is not None:
                 task = asyncio.get_running_loop().create_task(
                     self._run_custom(node, attempt, args, kwargs)

@@ -329,6 +329,8 @@ class PipelineTrackingManager:
             storage if storage is not None else InMemoryPipelineStorage()
         )
         self._live: dict[str, PipelineStatus] = {}
+        #: Growth records written per live run (where the next one goes).
+        self._growth_count: dict[str, int] = {}
         self._leases: dict[str, asyncio.Task[None]] = {}
 
     # -- the run's lease -------------------------------------------------------------------------
@@ -534,7 +536,35 @@ class PipelineTrackingManager:
     async def load_results(self, pipeline_id: str) -> dict[int, Any]:
         """The finished nodes' values of a run (empty if the storage keeps none)."""
         load = getattr(self.storage, "load_results", None)
-        return dict(await load(pipeline_id)) if load is not None else {}
+        if load is None:
+            return {}
+        return {k: v for k, v in (await load(pipeline_id)).items() if k >= 0}
+
+    async def save_growth(self, pipeline_id: str, records: list[dict[str, Any]]) -> None:
+        """Appends how a run grew (records in order; what a resume grows again from). Kept with
+        the run's values, as entries ``-1``, ``-2``, ... (node ids are never negative).
+
+        :raises PayloadTooLargeError: a record over the storage's limits (nothing is stored).
+        """
+        save = getattr(self.storage, "save_results", None)
+        if save is None or not records:
+            return
+        start = self._growth_count.get(pipeline_id)
+        if start is None:
+            start = len(await self.load_growth(pipeline_id))
+        await save(pipeline_id, {-1 - (start + i): r for i, r in enumerate(records)})
+        self._growth_count[pipeline_id] = start + len(records)
+
+    async def load_growth(self, pipeline_id: str) -> list[dict[str, Any]]:
+        """How a run grew, in order (empty for a run that did not)."""
+        load = getattr(self.storage, "load_results", None)
+        if load is None:
+            return []
+        stored = {k: v for k, v in (await load(pipeline_id)).items() if k < 0}
+        records = [stored[k] for k in sorted(stored, reverse=True)]
+        if stored and min(stored) != -len(stored):
+            raise CorruptRecordError(f"run {pipeline_id}: its growth records have a gap")
+        return records
 
     async def flush(self, pipeline_id: str) -> None:
         """Writes the in-progress record of a run to storage."""
@@ -544,6 +574,7 @@ class PipelineTrackingManager:
 
     async def end(self, pipeline_id: str, state: RunState, error: str | None = None) -> None:
         """A run ends."""
+        self._growth_count.pop(pipeline_id, None)
         status = self._live.pop(pipeline_id, None)
         if status is None:
             return

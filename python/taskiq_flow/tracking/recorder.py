@@ -50,6 +50,8 @@ class RunShape(Protocol):
     def node_count(self) -> int: ...
     @property
     def steps(self) -> Sequence[StepShape]: ...
+    @property
+    def each(self) -> Mapping[int, Any] | None: ...
     def step_index(self, node: int) -> int: ...
 
 
@@ -67,6 +69,7 @@ class RunRecorder:
         "_first_node",
         "_open_from",
         "_plan",
+        "_reshaped",
         "_state",
         "_status",
         "inputs",
@@ -97,6 +100,7 @@ class RunRecorder:
         self._state = bytearray(plan.node_count)
         self._first_node: list[int] | None = None
         self._open_from = 0
+        self._reshaped = False
 
     async def begin(self, restored: Sequence[int]) -> None:
         """The run starts; ``restored`` nodes finished in an earlier run of this pipeline id."""
@@ -120,13 +124,16 @@ class RunRecorder:
             step.clear_counts()
             step.settle_status()
             return
-        # What finished before (restored) is done; everything else runs from pending.
+        # What finished before (restored) is done; everything else runs from pending. A node
+        # that maps over items is not a task (its items are).
         for step in steps:
             step.clear_counts()
         state = self._state
+        each = plan.each or ()
         for node in restored:
             state[node] = _DONE
-            steps[plan.step_index(node)].tasks_done += 1
+            if node not in each:
+                steps[plan.step_index(node)].tasks_done += 1
         for step in steps:
             step.settle_status()
 
@@ -276,6 +283,28 @@ class RunRecorder:
                 step.waiting = None
             self._dirty.add(index)
 
+    def added(self, first: int, count: int) -> None:
+        """The run grew by ``count`` nodes from ``first``: steps it added are appended to the
+        record, and every step counts the tasks its plan step now has."""
+        self._state.extend(bytes(count))
+        if self._status is None or self.track_step is not None:
+            return
+        plan = self._plan
+        steps = self._status.steps
+        while len(steps) < len(plan.steps):
+            spec = plan.steps[len(steps)]
+            steps.append(StepStatus(spec.name, tasks=spec.tasks))
+            self._reshaped = True
+            self._first_node = None
+        touched = {plan.step_index(v) for v in range(first, first + count)}
+        if plan.each:  # a node that maps over items stops counting as a task
+            touched.update(plan.step_index(v) for v in plan.each if v < first)
+        for index in touched:
+            if steps[index].tasks != plan.steps[index].tasks:
+                steps[index].tasks = max(0, plan.steps[index].tasks)
+                steps[index].settle_status()
+                self._dirty.add(index)
+
     def grow(self, node: int, tasks: int) -> None:
         """The step of ``node`` has ``tasks`` tasks in all (a stream learns it as it goes)."""
         if self._status is not None:
@@ -283,9 +312,20 @@ class RunRecorder:
             self._status.steps[index].tasks = tasks
             self._dirty.add(index)
 
-    async def flush(self, results: dict[int, Any] | None) -> None:
-        """Writes what changed since the last flush, and the values of nodes that finished (kept
-        to resume from)."""
+    async def flush(
+        self, results: dict[int, Any] | None, growth: list[dict[str, Any]] | None = None
+    ) -> None:
+        """Writes what changed since the last flush, how the run grew (before the values of the
+        nodes it added), and the values of nodes that finished (kept to resume from)."""
+        if growth and self.track_step is None:
+            try:
+                await self.manager.save_growth(self.pipeline_id, growth)
+            except PayloadTooLargeError as err:
+                logger.warning("run %s: how it grew is not kept for resuming: %s", self.name, err)
+        if self._reshaped and self._status is not None:
+            self._reshaped = False
+            self._dirty.clear()
+            await self.manager.flush(self.pipeline_id)
         if results and self.track_step is None:
             try:
                 await self.manager.save_results(self.pipeline_id, results)
