@@ -152,9 +152,13 @@ def worker_processes(redis_url: str, *options: str) -> Iterator[dict[str, str]]:
 
 @contextmanager
 def supervised_workers(
-    redis_url: str, *options: str, extra_env: dict[str, str] | None = None
+    redis_url: str,
+    *options: str,
+    extra_env: dict[str, str] | None = None,
+    app: str = "redis_app:broker",
 ) -> Iterator[tuple[dict[str, str], subprocess.Popen[bytes]]]:
-    """A `taskiq worker` supervisor (and its children) consuming tests/redis_app.py."""
+    """A `taskiq worker` supervisor (and its children) consuming tests/redis_app.py (or the
+    broker ``app`` names)."""
     env = {
         **os.environ,
         "TASKIQ_FLOW_TEST_REDIS": redis_url,
@@ -169,7 +173,7 @@ def supervised_workers(
             "-m",
             "taskiq",
             "worker",
-            "redis_app:broker",
+            app,
             "--log-level",
             "WARNING",
             "--shutdown-timeout",

@@ -176,7 +176,7 @@ class AbortPipeline(PipelineError):
         self.reason = reason
 
 
-class Skip(Exception):
+class Skip(TaskiqFlowError):
     """Raised by a task whose output is absent: nothing to do (not a failure, never retried).
 
     A consumer whose parameter has a default receives the default; one without is skipped too,
