@@ -335,3 +335,111 @@ async def test_tracking_counts_the_tasks_a_run_grew(broker: InMemoryBroker) -> N
         "split/part": (6, 6, "done"),
     }
     assert status.status == "done"
+
+
+async def test_skip_in_a_sequential_pipeline_skips_the_rest_and_says_so(
+    broker: InMemoryBroker,
+) -> None:
+    from taskiq_flow import Pipeline
+
+    @broker.task
+    async def fetch(day: str) -> list[int]:
+        if day == "sunday":
+            raise Skip("no data on sundays")
+        return [1, 2, 3]
+
+    @broker.task
+    async def double(x: int) -> int:
+        if x == 2:
+            raise Skip("two is not wanted")
+        return 2 * x
+
+    @broker.task
+    async def total(values: list[int]) -> int:
+        return sum(values)
+
+    pipeline = Pipeline(broker, fetch).map(double).call_next(total)
+    result = await (await pipeline.kiq("monday")).wait_result(timeout=10)
+    assert (result.is_err, result.return_value, result.labels) == (False, 8, {})
+    result = await (await pipeline.kiq("sunday")).wait_result(timeout=10)
+    assert (result.is_err, result.return_value) == (False, None)
+    assert result.labels["skipped"] == {
+        "fetch": "no data on sundays",
+        "map(double)": "'fetch' skipped: no data on sundays",
+        "total": "'fetch' skipped: no data on sundays",
+    }
+
+
+async def test_mapreduce_leaves_skipped_items_out(broker: InMemoryBroker) -> None:
+    from taskiq_flow import MapReduce
+
+    @broker.task
+    async def odd_only(x: int) -> int:
+        if x % 2 == 0:
+            raise Skip("even")
+        return x
+
+    @broker.task
+    async def add(a: int, b: int) -> int:
+        return a + b
+
+    assert await MapReduce.map(broker, odd_only, range(10)) == [1, 3, 5, 7, 9]
+    assert await MapReduce.map_reduce(broker, odd_only, add, range(10)) == 25
+    assert await MapReduce.map_reduce(broker, odd_only, add, [2, 3, 4, 6]) == 3
+    with pytest.raises(DataflowError, match="every item was skipped"):
+        await MapReduce.map_reduce(broker, odd_only, add, [2, 4])
+    seen = [v async for v in MapReduce.stream(broker, odd_only, range(10), max_parallel=3)]
+    assert sorted(seen) == [1, 3, 5, 7, 9]
+
+
+async def test_a_pipeline_is_one_run_with_one_cap_record_and_resume(
+    broker: InMemoryBroker, gauge: Gauge
+) -> None:
+    from taskiq_flow import Pipeline
+
+    failing = {"on": True}
+
+    @broker.task
+    async def numbers(n: int) -> list[int]:
+        return list(range(n))
+
+    @broker.task
+    async def slow_square(x: int) -> int:
+        gauge.enter(str(x))
+        try:
+            await asyncio.sleep(0)
+            if failing["on"] and x == 7:
+                raise ValueError("seven")
+            return x * x
+        finally:
+            gauge.leave()
+
+    @broker.task
+    async def total(values: list[int]) -> int:
+        return sum(values)
+
+    tracking = PipelineTrackingManager()
+    pipeline = (
+        Pipeline(broker, numbers, max_parallel=3)
+        .map(slow_square, max_parallel=5)
+        .call_next(total)
+        .with_tracking(tracking)
+    )
+    handle = await pipeline.kiq(10)
+    failed = await handle.wait_result(timeout=10)
+    assert failed.is_err and "seven" in str(failed.error)
+    assert gauge.peak == 3  # the pipeline's cap bounds the map's items too: one run
+    [status] = await tracking.list_pipelines()
+    assert [(s.name, s.tasks) for s in status.steps] == [
+        ("numbers", 1),
+        ("map(slow_square)", 10),
+        ("total", 1),
+    ]
+    ran = len(gauge.started)
+    failing["on"] = False
+    resumed = await (await pipeline.resume(handle.pipeline_id, 10)).wait_result(timeout=10)
+    assert (resumed.is_err, resumed.return_value) == (False, sum(x * x for x in range(10)))
+    # Only what had not finished ran again: the failed item, and what never started.
+    again = gauge.started[ran:]
+    assert "7" in again and len(again) < 10
+    assert (await tracking.get_status(handle.pipeline_id)).status == "done"

@@ -29,10 +29,12 @@ from typing import Any
 from taskiq import AsyncBroker
 from typing_extensions import Unpack
 
-from taskiq_flow.exceptions import DataflowError, InvalidValueError, StepFailedError
+from taskiq_flow.exceptions import DataflowError, InvalidValueError, Skip, StepFailedError
 from taskiq_flow.resources import resources_of
 from taskiq_flow.run.checks import check_calls
 from taskiq_flow.run.plan import (
+    MISSING,
+    PassOn,
     Plan,
     StepSpec,
     attempt_timeout,
@@ -206,10 +208,11 @@ class MapReduce:
         plan = Plan(len(values), [], [], [step], call)
         run = Runner(broker, plan, settings)
         try:
-            return await run.execute()
+            results = await run.execute()
         except StepFailedError as err:
             err.results = run.finished_results()  # {item index: value} of what finished
             raise
+        return [v for v in results[: len(values)] if v is not MISSING]  # skipped: left out
 
     @staticmethod
     async def reduce(
@@ -290,12 +293,30 @@ class MapReduce:
         def call(node: int, results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
             if node < n:
                 return (values[node],), {}
-            return tuple(results[ref] for _, ref in operands[node - n]), {}
+            present = tuple(
+                v for v in (results[ref] for _, ref in operands[node - n]) if v is not MISSING
+            )
+            if len(present) == 2:
+                return present, {}
+            if present:  # the other side was skipped: this one is handed on as it is
+                raise PassOn(present[0])
+            raise Skip("every item it combines was skipped")
 
         check_calls(broker, map_step.task_name, [((v,), {}) for v in values], map_step.name)
         step_of = [0] * n + [1] * len(operands)
-        plan = Plan(n + len(operands), sources, targets, [map_step, reduce_step], call, step_of)
+        # Optional edges: a skipped item is left out of the reduction.
+        plan = Plan(
+            n + len(operands),
+            sources,
+            targets,
+            [map_step, reduce_step],
+            call,
+            step_of,
+            optional=[True] * len(sources),
+        )
         results = await Runner(broker, plan, settings).execute()
+        if results[final[1]] is MISSING:
+            raise DataflowError("map_reduce has no result: every item was skipped")
         return results[final[1]]
 
     @staticmethod

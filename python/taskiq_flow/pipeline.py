@@ -45,10 +45,7 @@ from typing_extensions import Unpack
 
 from taskiq_flow.events import FlowMiddleware
 from taskiq_flow.exceptions import (
-    AbortPipeline,
     DataflowError,
-    PipelineCancelledError,
-    PipelineTimeoutError,
     StepFailedError,
     UnknownIdError,
 )
@@ -56,6 +53,8 @@ from taskiq_flow.resources import TaskResources, resources_of
 from taskiq_flow.run.checks import check_calls
 from taskiq_flow.run.options import RunOptions
 from taskiq_flow.run.plan import (
+    MISSING,
+    EachSpec,
     Plan,
     StepSpec,
     attempt_timeout,
@@ -428,9 +427,9 @@ class Pipeline(RunOptions):
             ) from None
 
     async def resume(self, pipeline_id: str, *args: Any, **kwargs: Any) -> PipelineRun:
-        """Continues ``pipeline_id`` after its orchestrator died: steps whose results tracking
-        recorded are skipped, and the run goes on from the first one missing (a map step that
-        was half done runs again whole). Give the first step's arguments again.
+        """Continues ``pipeline_id`` after its orchestrator died: what tracking recorded as
+        finished (a step's value, a map's finished items) is not sent again; the rest is. Give
+        the first step's arguments again.
 
         :raises DataflowError: without tracking (there is nothing to resume from).
         """
@@ -439,36 +438,36 @@ class Pipeline(RunOptions):
         if not self.steps:
             raise DataflowError("Pipeline is empty.")
         done = await self.tracking.load_results(pipeline_id)
-        return self._start(pipeline_id, args, kwargs, done)
+        grown = await self.tracking.load_growth(pipeline_id)
+        return self._start(pipeline_id, args, kwargs, done, grown)
 
     def _start(
         self,
         pipeline_id: str,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        done: dict[int, Any],
+        restored: dict[int, Any],
+        grown: Sequence[dict[str, Any]] = (),
     ) -> PipelineRun:
         self.pipeline_id = pipeline_id
-        runs: list[Runner] = []
-        stopped = False
-
-        def stop() -> None:
-            nonlocal stopped
-            stopped = True
-            for run in runs:
-                run.cancel()
-
-        loop = asyncio.get_running_loop()
-        timeout = self.settings.run_timeout
-        deadline = None if timeout is None else loop.time() + timeout
+        plan, nodes_of = self._plan(args, kwargs)
+        run = Runner(
+            self.broker,
+            plan,
+            self.settings,
+            pipeline_id=pipeline_id,
+            restored=restored,
+            grown=grown,
+        )
+        steps = self.steps
 
         async def body() -> TaskiqResult[Any]:
             started = time.perf_counter()
             try:
-                value = await self._run_steps(
-                    pipeline_id, args, kwargs, runs, lambda: stopped, done, deadline
-                )
+                results = await run.execute()
             except Exception as err:
+                if isinstance(err, StepFailedError):
+                    err.results = self._partial(run.results, nodes_of, run)
                 return TaskiqResult(
                     is_err=True,
                     log=None,
@@ -476,167 +475,148 @@ class Pipeline(RunOptions):
                     execution_time=time.perf_counter() - started,
                     error=err,
                 )
+            value = _value_of(steps[-1], nodes_of[-1], results)
+            skipped = run.skipped_steps()
             return TaskiqResult(
                 is_err=False,
                 log=None,
-                return_value=value,
+                return_value=None if value is MISSING else value,
                 execution_time=time.perf_counter() - started,
+                labels={"skipped": skipped} if skipped else {},
             )
 
-        task = loop.create_task(body())
+        task = asyncio.get_running_loop().create_task(body())
         names: list[str] = []
-        for step in self.steps:
+        for step in steps:
             names.append(step.name)
             if step.kind == "group":
                 names.extend(display for _name, _labels, display in step.tasks)
-        return PipelineRun(task, pipeline_id, stop, runs, names)
+        return PipelineRun(task, pipeline_id, run.cancel, [run], names)
 
-    async def _run_steps(
-        self,
-        pipeline_id: str,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        runs: list[Runner],
-        stopped: Any,
-        done: dict[int, Any],
-        deadline: float | None,
-    ) -> Any:
-        tracking = self.tracking
-        # Resume after the longest run of finished steps from the start.
-        skip = 0
-        while skip in done and skip < len(self.steps):
-            skip += 1
-        if tracking is not None:
-            await tracking.begin(pipeline_id, "pipeline", [(s.name, 1) for s in self.steps])
-            await tracking.restore_steps(pipeline_id, range(skip))
-        value: Any = done[skip - 1] if skip else None
-        state = "done"
-        error: str | None = None
-        #: What finished, for the error if a later step fails: ``{step name: value}``.
-        finished: dict[str, Any] = {self.steps[i].name: done[i] for i in range(skip)}
-        try:
-            for index, step in enumerate(self.steps):
-                if index < skip:
-                    continue
-                if stopped():
-                    raise PipelineCancelledError("pipeline was cancelled")
-                if deadline is not None and asyncio.get_running_loop().time() >= deadline:
-                    raise PipelineTimeoutError(
-                        f"pipeline {self.settings.name!r} timed out after {self.run_timeout:g} s"
+    def _plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Plan, list[list[int]]]:
+        """The whole pipeline as one plan: a node per step (a group: one per task), each after
+        the previous step's; a ``map`` or ``filter`` node is given one child per item when the
+        previous value is known. Returns it and each step's nodes."""
+        specs: list[StepSpec] = []
+        step_of: list[int] = []
+        sources: list[int] = []
+        targets: list[int] = []
+        each: dict[int, EachSpec] = {}
+        builders: list[Any] = []
+        nodes_of: list[list[int]] = []
+        for k, step in enumerate(self.steps):
+            tasks = step.tasks if step.kind == "group" else step.tasks[:1]
+            own: list[int] = []
+            for (name, labels, display), needs, timeout in zip(
+                tasks, step.resources, step.timeouts
+            ):
+                node = len(step_of)
+                own.append(node)
+                step_of.append(len(specs))
+                specs.append(
+                    StepSpec(
+                        display if step.kind == "group" else step.name,
+                        name,
+                        labels,
+                        max_parallel=step.max_parallel,
+                        timeout=timeout,
+                        resources=needs,
+                        rate=step.rate,
+                        burst=step.burst,
+                        limit_group=("step", k),
+                        limit_name=step.name,
+                        skip_errors=step.skip_errors,
                     )
-                value = await self._run_step(
-                    pipeline_id, index, step, args, kwargs, value, runs, deadline
                 )
-                finished[step.name] = value
-                if tracking is not None:  # what a resumed run starts from
-                    await tracking.save_results(pipeline_id, {index: value})
-            return value
-        except StepFailedError as err:
-            # What finished before the failing step, then what of that step finished.
-            err.results = {**finished, **err.results}
-            state, error = "failed", str(err)
-            raise
-        except BaseException as err:
-            state = "cancelled" if isinstance(err, PipelineCancelledError) else "failed"
-            error = str(err)
-            raise
-        finally:
-            if tracking is not None:
-                await tracking.end(pipeline_id, state, error)  # type: ignore[arg-type]
+                for before in nodes_of[-1] if nodes_of else ():
+                    sources.append(before)
+                    targets.append(node)
+                if step.kind in ("map", "filter"):
+                    each[node] = self._each(k, step, args, kwargs, nodes_of)
+                    builders.append(None)
+                elif k == 0:
+                    call = (args, {**step.kwargs, **kwargs})
+                    builders.append(lambda _results, call=call: call)
+                else:
+                    builders.append(self._sequential(step, self.steps[k - 1], nodes_of[-1]))
+            nodes_of.append(own)
 
-    async def _run_step(
+        def build(node: int, results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            made: tuple[tuple[Any, ...], dict[str, Any]] = builders[node](results)
+            return made
+
+        plan = Plan(len(step_of), sources, targets, specs, build, step_of, each=each or None)
+        return plan, nodes_of
+
+    @staticmethod
+    def _sequential(step: _Step, before: _Step, nodes: list[int]) -> Any:
+        def build(results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            return _call(step, _value_of(before, nodes, results), True)
+
+        return build
+
+    def _each(
         self,
-        pipeline_id: str,
-        index: int,
+        k: int,
         step: _Step,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        previous: Any,
-        runs: list[Runner],
-        deadline: float | None,
-    ) -> Any:
-        if index == 0 and step.kind in ("map", "filter"):
-            first_items = self._first_items(step, args, kwargs)
-            calls = [_call(step, item, True) for item in first_items]
-            previous = first_items
-        elif index == 0:
-            calls = [(args, {**step.kwargs, **kwargs})] * len(step.tasks)
-        elif step.kind == "sequential":
-            calls = [_call(step, previous, True)]
-        elif step.kind == "group":
-            calls = [_call(step, previous, True)] * len(step.tasks)
-        else:
-            items = step.items if step.items is not None else previous
+        nodes_of: list[list[int]],
+    ) -> EachSpec:
+        """How a ``map`` or ``filter`` step finds its items and calls its task on one."""
+        before = self.steps[k - 1] if k else None
+        nodes = nodes_of[-1] if nodes_of else []
+        first_items = self._first_items(step, args, kwargs) if k == 0 else None
+
+        def items(results: Sequence[Any]) -> list[Any]:
+            if step.items is not None:
+                return step.items
+            if first_items is not None:
+                return first_items
+            assert before is not None
+            value = _value_of(before, nodes, results)
             try:
-                items = list(items)
+                return list(value)
             except TypeError:
-                raise StepFailedError(
-                    step.name,
-                    f"needs an iterable from the previous step, got {type(items).__name__}",
+                raise DataflowError(
+                    f"step {step.name} needs an iterable from the previous step, got "
+                    f"{type(value).__name__}"
                 ) from None
-            calls = [_call(step, item, True) for item in items]
-        tasks = step.tasks if step.kind == "group" else step.tasks * len(calls)
-        specs = [
-            StepSpec(
-                display if step.kind == "group" else step.name,
-                name,
-                labels,
-                max_parallel=step.max_parallel,
-                timeout=timeout,
-                tasks=len(calls),
-                resources=needs,
-                rate=step.rate,
-                burst=step.burst,
-            )
-            for (name, labels, display), needs, timeout in zip(
-                step.tasks if step.kind == "group" else step.tasks[:1],
-                step.resources,
-                step.timeouts,
-            )
-        ]
-        step_of = list(range(len(tasks))) if step.kind == "group" else None
-        if not calls:
-            return []
-        plan = Plan(
-            len(calls),
-            [],
-            [],
-            specs,
-            lambda node, _results: calls[node],
-            step_of,
-        )
-        settings = self.settings.evolve(on_error="continue") if step.skip_errors else self.settings
-        run = Runner(
-            self.broker,
-            plan,
-            settings,
-            pipeline_id=pipeline_id,
-            track_step=index,
-            deadline=deadline,
-        )
-        runs.append(run)
-        try:
-            results = await run.execute()
-        except StepFailedError as err:
-            if not step.skip_errors:
-                if len(calls) > 1 or step.kind != "sequential":
-                    # A map, filter or group: the items (or tasks) that finished, by index.
-                    err.results = {step.name: run.finished_results()}
-                raise
-            results = [run.results[i] for i in range(len(calls))]
-            kept = [(i, r) for i, r in enumerate(results) if i in run.finished_results()]
-            results = [r for _, r in kept]
-            if step.kind == "filter":
-                items = step.items if step.items is not None else list(previous)
-                return [items[i] for i, r in kept if r]
-            return results
-        except AbortPipeline:
-            raise
-        finally:
-            runs.remove(run)
-        if step.kind == "filter":
-            items = step.items if step.items is not None else list(previous)
-            return [item for item, keep in zip(items, results) if keep]
-        if step.kind == "sequential":
-            return results[0]
-        return results
+
+        def item_call(item: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            return _call(step, item, True)
+
+        keep = _kept if step.kind == "filter" else None
+        return EachSpec((), (), items=items, item_call=item_call, value=keep)
+
+    def _partial(
+        self, results: Sequence[Any], nodes_of: list[list[int]], run: Runner
+    ) -> dict[str, Any]:
+        """What finished of a failed run, by step: a step's value, or for a ``map`` or
+        ``filter`` step that did not finish, its items' values by index."""
+        partial: dict[str, Any] = {}
+        grower = run.grower
+        for step, nodes in zip(self.steps, nodes_of):
+            value = _value_of(step, nodes, results)
+            if value is not MISSING and all(results[n] is not MISSING for n in nodes):
+                partial[step.name] = value
+                continue
+            opened = grower.opened.get(nodes[0]) if grower is not None else None
+            if opened is not None:
+                first = opened.first
+                own = results[first : first + opened.count]
+                partial[step.name] = {i: v for i, v in enumerate(own) if v is not MISSING}
+        return partial
+
+
+def _kept(items: list[Any], values: list[Any]) -> list[Any]:
+    """A filter's value: the items whose task returned something truthy (those left out by
+    ``skip_errors`` dropped)."""
+    return [item for item, keep in zip(items, values) if keep is not MISSING and keep]
+
+
+def _value_of(step: _Step, nodes: list[int], results: Sequence[Any]) -> Any:
+    """A step's value: its node's, or for a group the list of its tasks' (in order)."""
+    if step.kind == "group":
+        return [results[n] for n in nodes if results[n] is not MISSING]
+    return results[nodes[0]]

@@ -1162,9 +1162,9 @@ impl Scheduler {
         }
     }
 
-    /// For a stream over a window of nodes: finished (done or failed) nodes without successors run
-    /// again as new work (the caller gave each a new item), queued as if newly ready. All or nothing; returns
-    /// the nodes that may start now.
+    /// For a stream over a window of nodes: finished (done, failed or skipped) nodes without
+    /// successors run again as new work (the caller gave each a new item), queued as if newly
+    /// ready. All or nothing; returns the nodes that may start now.
     pub fn recycle(&mut self, nodes: &[u32], now: f64) -> CoreResult<Vec<u32>> {
         check_now(now)?;
         if !self.started {
@@ -1172,10 +1172,13 @@ impl Scheduler {
         }
         for &node in nodes {
             self.graph.check_node(node)?;
-            if !matches!(self.state[node as usize], NodeState::Done | NodeState::Failed) {
+            if !matches!(
+                self.state[node as usize],
+                NodeState::Done | NodeState::Failed | NodeState::Skipped
+            ) {
                 return Err(CoreError::invalid(
                     "recycled node",
-                    "done or failed",
+                    "done, failed or skipped",
                     format!("node {node} is {:?}", self.state[node as usize]),
                 ));
             }
@@ -1205,10 +1208,10 @@ impl Scheduler {
             return Ok(admitted);
         }
         for &node in nodes {
-            if self.state[node as usize] == NodeState::Done {
-                self.counts.done -= 1;
-            } else {
-                self.counts.failed -= 1;
+            match self.state[node as usize] {
+                NodeState::Done => self.counts.done -= 1,
+                NodeState::Skipped => self.counts.skipped -= 1,
+                _ => self.counts.failed -= 1,
             }
             self.state[node as usize] = NodeState::Waiting;
             self.counts.waiting += 1;
@@ -2230,6 +2233,22 @@ mod tests {
         assert_eq!(s.fail(0, 0.0), Err(CoreError::NotRunning { node: 0 }));
         assert_eq!(s.complete(1, 0.0), Err(CoreError::NotRunning { node: 1 }));
         s.complete(3, 0.0).unwrap();
+        assert!(s.is_finished());
+    }
+
+    #[test]
+    fn a_skipped_window_node_is_recycled_with_its_count_moved() {
+        // A stream's window of two nodes, one slot: a skipped node takes the next item.
+        let g = graph(2, &[]);
+        let mut s = Scheduler::new(g, None, &[], None, None).unwrap();
+        s.set_global_cap(Some(1), 0.0).unwrap();
+        assert_eq!(s.start(0.0).unwrap(), vec![0]);
+        assert_eq!(s.skip(0, 0.0).unwrap().admitted, vec![1]);
+        assert_eq!(s.counts().skipped, 1);
+        assert_eq!(s.recycle(&[0], 0.0).unwrap(), Vec::<u32>::new());
+        assert_eq!((s.counts().skipped, s.counts().waiting), (0, 0));
+        assert_eq!(s.complete(1, 0.0).unwrap(), vec![0]);
+        s.complete(0, 0.0).unwrap();
         assert!(s.is_finished());
     }
 

@@ -315,7 +315,7 @@ class ProgressListener(RunListener):
         self.on_progress = on_progress
 
     async def batch_done(self, run: Runner, now: float, done: Sequence[int]) -> None:
-        self.on_progress(run.finished_count, run.plan.node_count)
+        self.on_progress(*run.progress())
 
 
 class LogListener(RunListener):

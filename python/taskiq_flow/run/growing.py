@@ -38,11 +38,13 @@ _META = "__taskiq_flow_dataflow__"
 @dataclass(slots=True)
 class _Opened:
     """A node that was given children: ids ``first`` .. ``first + count - 1`` (the last is the
-    ``then`` node when ``then``)."""
+    ``then`` node when ``then``); ``value`` makes its value from ``items`` and theirs."""
 
     first: int
     count: int
     then: bool = False
+    items: list[Any] | None = None
+    value: Callable[[list[Any], list[Any]], Any] | None = None
 
 
 def _declared(task: object) -> Any:
@@ -121,6 +123,10 @@ class Grower:
             opened = self.opened.get(node)
             if opened is None:  # an expansion with nothing in it: nothing recorded
                 results[node] = []
+            elif opened.value is not None:
+                first = opened.first
+                own = results[first : first + opened.count]
+                results[node] = opened.value(opened.items or [], own)
             elif opened.then:
                 results[node] = results[opened.first + opened.count - 1]
             else:
@@ -134,6 +140,9 @@ class Grower:
 
     def _items(self, node: int, spec: EachSpec) -> tuple[int, dict[str, list[Any]]]:
         """The items of each mapped parameter of ``node`` (checked: lists of one length)."""
+        if spec.items is not None:
+            found = spec.items(self.run.results)
+            return len(found), {"": found}
         _, kwargs = self.plan.build(node, self.run.results)
         lists: dict[str, list[Any]] = {}
         step = self.plan.step(node).name
@@ -178,7 +187,7 @@ class Grower:
                 if other in group or other in self.opened or scheduler.state(other) != "waiting":
                     continue
                 fed = [p for p in spec.producers if p is not None and p in group]
-                if len(fed) != len(spec.producers):  # an item list from elsewhere: at admission
+                if not fed or len(fed) != len(spec.producers):  # items from elsewhere: later
                     continue
                 plain = [u for u in self.run.inputs_of(other) if u not in group]
                 if all(scheduler.state(u) == "done" for u in plain):
@@ -208,6 +217,9 @@ class Grower:
         for g, parent in enumerate(group):
             start = first + g * count
             self._record(parent, start, count)
+            if each[parent].value is not None and g == 0:
+                self.opened[parent].items = lists[""]
+                self.opened[parent].value = each[parent].value
             # The mapping node stands for its items: they are its step's tasks, it is none.
             plan.step(parent).tasks += count - 1
             spec = each[parent]
@@ -242,6 +254,15 @@ class Grower:
         params = spec.params
         producers = spec.producers
         offsets: list[int] = []
+        item_call = spec.item_call
+        if item_call is not None:
+            assert lists is not None
+            found = lists[""]
+
+            def one(node: int, _results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+                return item_call(found[node - first])
+
+            return one
         if lists is None:  # item i of each parameter is the value of item i of its producer
             for producer in producers:
                 assert producer is not None

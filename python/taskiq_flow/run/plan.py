@@ -24,6 +24,7 @@ __all__ = [
     "MISSING",
     "CallBuilder",
     "EachSpec",
+    "PassOn",
     "Plan",
     "StepSpec",
     "attempt_timeout",
@@ -43,6 +44,16 @@ class _Missing:
 
     def __repr__(self) -> str:
         return "<no value>"
+
+
+class PassOn(Exception):
+    """Raised by a call builder for a node whose value is known without running its task (a
+    reduce pair one of whose sides was skipped hands the other on): the node is done with
+    ``value``, nothing is sent."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__("a value handed on")
+        self.value = value
 
 
 #: A node's value before it has one (and forever, for a node skipped or failed): a call builder
@@ -173,6 +184,9 @@ class StepSpec:
     limit_group: object = None
     #: The shared limits' name in explanations (the task's, for a limit group); default the step's.
     limit_name: str | None = None
+    #: A node of this step that fails for good is left out (like a skip: a map's item dropped)
+    #: instead of failing the run; it is dead-lettered all the same.
+    skip_errors: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +202,14 @@ class EachSpec:
 
     params: tuple[str, ...]
     producers: tuple[int | None, ...]
+    #: For a shape that finds its items itself (a sequential pipeline's ``map``): the items from
+    #: the values so far (raising :class:`~taskiq_flow.exceptions.DataflowError` for a value that
+    #: has none), and the call of one item. ``params`` and ``producers`` are then empty.
+    items: Callable[[Sequence[Any]], list[Any]] | None = None
+    item_call: Callable[[Any], tuple[tuple[Any, ...], dict[str, Any]]] | None = None
+    #: The node's value from its items and their values (:data:`MISSING` for an item left
+    #: out); default: the values, those left out dropped.
+    value: Callable[[list[Any], list[Any]], Any] | None = None
 
 
 @dataclass(slots=True)

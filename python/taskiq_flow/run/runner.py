@@ -511,6 +511,14 @@ class Runner:
             scheduler.retry_at(node, now + verdict.retry_in, now)
             events.node_retrying(node, event, error, verdict.retry_in)
             return
+        if step.skip_errors and self._fatal is None and not isinstance(error, AbortPipeline):
+            # Left out, as a skip would be; dead-lettered and reported as failed all the same.
+            self._dead_letter(node, step, error, attempt)
+            events.node_failed(node, event, error)
+            admitted, skipped, skipped_by = scheduler.skip(node, now)
+            self.outcome(skipped, skipped_by, [])
+            self._submit(admitted, now)
+            return
         fail_fast = self._fatal is None and (
             isinstance(error, AbortPipeline) or self.settings.on_error == "fail"
         )
@@ -539,6 +547,8 @@ class Runner:
         """A task raised :class:`Skip`: its output is absent (not a failure, not retried)."""
         self.skip_reasons[node] = skip.reason
         self.events.node_skipped(node)
+        if self.feed is not None:  # a stream's window slot takes the next item
+            self._dropped.append(node)
         admitted, skipped, skipped_by = scheduler.skip(node, now)
         self.outcome(skipped, skipped_by, [])
         self._submit(admitted, now)
@@ -677,6 +687,15 @@ class Runner:
     def has_result(self, node: int) -> bool:
         """Whether ``node`` finished (its value is in :attr:`results`)."""
         return self.results[node] is not _MISSING
+
+    def progress(self) -> tuple[int, int]:
+        """``(tasks finished, tasks in all)`` so far: every node but those that map over items
+        (their items are the tasks); a task that added tasks counts once they finish."""
+        each = self.plan.each
+        if not each:
+            return self._finished, self.plan.node_count
+        closed = sum(1 for v in each if self.results[v] is not _MISSING)
+        return self._finished - closed, self.plan.node_count - len(each)
 
     @property
     def finished_count(self) -> int:

@@ -23,6 +23,7 @@ from taskiq.kicker import AsyncKicker
 from taskiq_flow.events import FLOW_LABEL, Completion
 from taskiq_flow.exceptions import TaskiqFlowError, TaskTimeoutError
 from taskiq_flow.resources import QUEUE_LABEL, WORKER_LABEL
+from taskiq_flow.run.plan import PassOn
 
 if TYPE_CHECKING:
     from taskiq_flow._core import DagScheduler
@@ -213,6 +214,10 @@ class NodeSender:
                         labels[QUEUE_LABEL] = queue
             kicker: AsyncKicker[Any, Any] = AsyncKicker(step.task_name, self.broker, labels)
             await kicker.kiq(*args, **kwargs)
+        except PassOn as passed:  # its value is known: nothing to send
+            self.run.report(
+                Completion(self.run_id, node, attempt, True, passed.value, None, 0.0, time.time())
+            )
         except Exception as exc:  # could not send: this attempt failed
             # taskiq wraps every error of a broker's kick in SendTaskError; ours says why (and a
             # refusal such as UndeliverableMessageError is not retried).
