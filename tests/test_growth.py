@@ -443,3 +443,75 @@ async def test_a_pipeline_is_one_run_with_one_cap_record_and_resume(
     again = gauge.started[ran:]
     assert "7" in again and len(again) < 10
     assert (await tracking.get_status(handle.pipeline_id)).status == "done"
+
+
+async def test_explain_says_what_an_open_step_and_a_capped_expansion_wait_for(
+    broker: InMemoryBroker,
+) -> None:
+    release = asyncio.Event()
+
+    @broker.task
+    async def part(x: int) -> int:
+        await release.wait()
+        return x
+
+    @broker.task
+    @pipeline_task(output="parts")
+    async def split(n: int) -> Expand:
+        return Expand(part, list(range(n)), max_parallel=1)
+
+    @broker.task
+    @pipeline_task(output="maybe")
+    async def gate(parts: list[int]) -> int:
+        raise Skip("nothing to gate")
+
+    @broker.task
+    @pipeline_task(output="after")
+    async def after(maybe: int) -> int:
+        return maybe
+
+    pipeline = DataflowPipeline.from_tasks(broker, [split, gate, after])
+    run = asyncio.ensure_future(pipeline.kiq_dataflow(n=3))
+    engine = await until(lambda: pipeline._last_engine, what="the run to start")
+    runner = await until(lambda: engine.last_run, what="the runner")
+    await until(lambda: runner.plan.node_count == 6, what="the children")
+    assert pipeline.explain("split").startswith("open: waiting for 3 tasks it added")
+    waiting = runner.explain(4)
+    assert waiting.startswith("waiting: the cap of an expansion by step 'split' is full (1/1")
+    assert waiting.endswith("a task of step 'split/part' added by node 0")
+    release.set()
+    assert await run == {"parts": [0, 1, 2]}
+    assert pipeline.explain("gate") == "skipped: nothing to gate"
+    assert pipeline.explain("after") == "skipped: step 'gate' skipped (nothing to gate)"
+
+
+async def test_the_grown_shape_is_drawn_collapsed_and_in_the_report(
+    broker: InMemoryBroker,
+) -> None:
+    from taskiq_flow.pictures import to_mermaid
+    from taskiq_flow.report import render_report
+
+    @broker.task
+    async def part(x: int) -> int:
+        return x
+
+    @broker.task
+    @pipeline_task(output="parts")
+    async def split(n: int) -> Expand:
+        return Expand(part, list(range(n)))
+
+    @broker.task
+    @pipeline_task(output="doubled", each={"x": "parts"})
+    async def double(x: int) -> int:
+        return 2 * x
+
+    tracking = PipelineTrackingManager()
+    pipeline = DataflowPipeline.from_tasks(broker, [split, double]).with_tracking(tracking)
+    await pipeline.kiq_dataflow(n=500)
+    graph = pipeline.run_graph()
+    assert len(graph.nodes) == 2 + 500 + 500
+    drawn = to_mermaid(graph, collapse=True)
+    assert "split/part" in drawn and "500" in drawn
+    [status] = await tracking.list_pipelines()
+    page = render_report(status, graph)
+    assert "split/part" in page and "double" in page

@@ -720,6 +720,18 @@ class ExecutionEngine(RunOptions):
             if values[i] is not MISSING
         }
 
+    def run_graph(self) -> pictures.SimpleGraph:
+        """The last run's graph as it grew (tasks added by ``Expand`` and ``each`` included,
+        each named by its step): draw it with ``pictures.to_mermaid(graph, collapse=True)``, or
+        give it to :func:`~taskiq_flow.report.render_report`.
+
+        :raises DataflowError: if there has been no run.
+        """
+        run = self.last_run
+        if run is None or run.grower is None:
+            raise DataflowError("no run to draw: the engine has not run yet")
+        return run.grower.shape()
+
     @property
     def skipped(self) -> dict[str, str]:
         """The steps of the last run that skipped (:class:`~taskiq_flow.Skip`), or were skipped
@@ -889,6 +901,17 @@ class DataflowPipeline(RunOptions):
         restored = await self.tracking.load_results(pipeline_id)
         grown = await self.tracking.load_growth(pipeline_id)
         return await self._run_dataflow((), resolved, pipeline_id, restored, grown)
+
+    def run_graph(self) -> pictures.SimpleGraph:
+        """The last run's graph as it grew (see :meth:`ExecutionEngine.run_graph`):
+        ``pictures.to_mermaid(pipeline.run_graph(), collapse=True)`` draws each step once with
+        its count.
+
+        :raises DataflowError: if the pipeline has not run yet.
+        """
+        if self._last_engine is None:
+            raise DataflowError("no run to draw: the pipeline has not run yet")
+        return self._last_engine.run_graph()
 
     @property
     def skipped(self) -> dict[str, str]:

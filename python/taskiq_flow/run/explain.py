@@ -41,6 +41,7 @@ def core_sentence(
     worker: str | None,
     placement: str | None,
     failed: str | None = None,
+    cap: str | None = None,
 ) -> str:
     """The sentence for a record of :meth:`taskiq_flow._core.DagScheduler.explain`.
 
@@ -50,6 +51,8 @@ def core_sentence(
     :param worker: the name of the worker the node is placed on.
     :param placement: why no worker takes the node now (from the pool), for a placement wait.
     :param failed: what failed before a retry's backoff (``attempt 1 failed (ValueError: x)``).
+    :param cap: names the full cap of a ``step_cap`` wait when it is not a step's (an
+        expansion's).
     """
     reason = why["reason"]
     waited = duration(max(0.0, now - why["since"]))
@@ -59,9 +62,10 @@ def core_sentence(
         plural = "s" if count != 1 else ""
         return f"waiting for {count} input{plural}{which} (for {waited})"
     if reason == "step_cap":
-        running, cap = why["key_running"], why["key_cap"]
+        running, limit = why["key_running"], why["key_cap"]
+        named = cap or f"step cap {step!r}"
         return (
-            f"waiting: step cap {step!r} is full ({running}/{cap} in flight); next free slot when "
+            f"waiting: {named} is full ({running}/{limit} in flight); next free slot when "
             f"any of {running} finishes (for {waited})"
         )
     if reason == "rate":
@@ -81,6 +85,12 @@ def core_sentence(
         )
     if reason == "ready":
         return "ready: admitted at the next turn"
+    if reason == "children":
+        count = why["open_children"]
+        plural = "s" if count != 1 else ""
+        inputs_left = why["pending_inputs"]
+        also = f", and {inputs_left} of its own inputs" if inputs_left else ""
+        return f"open: waiting for {count} task{plural} it added{also} (for {waited})"
     if reason == "backoff":
         after = f" after {failed}" if failed else ""
         return (
@@ -117,8 +127,14 @@ def explain_node(run: Runner, node: int) -> str:
     if state == "failed":
         return f"failed: {error}"
     if state == "skipped":
+        reasons = run.skip_reasons
+        if node in reasons:
+            return f"skipped: {reasons[node] or 'its task raised Skip'}"
         cause = run._skipped_by.get(node)
         shown = f"step {plan.step(cause).name!r}" if cause is not None else "an input"
+        if cause in reasons:
+            why_skipped = f" ({reasons[cause]})" if reasons[cause] else ""
+            return f"skipped: {shown} skipped{why_skipped}"
         return f"skipped: {shown} failed before it could run"
     if state == "cancelled":
         return f"cancelled: {run._fatal}" if run._fatal else "cancelled"
@@ -128,12 +144,17 @@ def explain_node(run: Runner, node: int) -> str:
         worker = pool.worker_of(run._pool_run, node)
         if why["reason"] == "placement":
             placement = _best_candidate(pool.explain(step.resources))
+    grower = run.grower
+    expansion = grower.expansion_keys.get(why.get("limit_key", -1)) if grower is not None else None
     sentence = core_sentence(
         why,
         now,
         step=step.name
         if step.limit_name is None or why["reason"] not in ("rate", "step_cap")
         else step.limit_name,
+        cap=f"the cap of an expansion by step {plan.step(expansion).name!r}"
+        if expansion is not None
+        else None,
         inputs=_unfinished_inputs(run, node) if why["reason"] == "inputs" else [],
         rate=step.rate,
         worker=worker,
@@ -145,6 +166,9 @@ def explain_node(run: Runner, node: int) -> str:
     lost = run._lost.get(node)
     if lost:
         sentence += f"; placed again after losing its worker {lost} time(s)"
+    parent = why.get("parent")
+    if parent is not None:
+        sentence += f"; a task of step {step.name!r} added by node {parent}"
     return sentence
 
 

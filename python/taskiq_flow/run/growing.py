@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from taskiq_flow.exceptions import DataflowError, InvalidValueError
 from taskiq_flow.growth import Expand
+from taskiq_flow.pictures import SimpleGraph, SimpleNode
 from taskiq_flow.resources import resources_of
 from taskiq_flow.run.plan import MISSING, EachSpec, StepSpec, attempt_timeout, task_display_name
 
@@ -81,6 +82,8 @@ class Grower:
         self.new_steps: list[int] = []
         #: Edges added (``source, target``), for a resume's restored set.
         self.edges: list[tuple[int, int]] = []
+        #: The admission keys of expansions with their own cap, and the node that expanded.
+        self.expansion_keys: dict[int, int] = {}
 
     @property
     def scheduler(self) -> DagScheduler:
@@ -318,6 +321,7 @@ class Grower:
             key = self.scheduler.add_key(
                 max_parallel=expansion.max_parallel, parent=key if key else None
             )
+            self.expansion_keys[key] = node
         first = plan.node_count
         steps = [child_step] * count
         if then_step is not None:
@@ -399,6 +403,22 @@ class Grower:
         self._root[index] = root
         self.new_steps.append(index)
         return index
+
+    def shape(self) -> SimpleGraph:
+        """The run as it grew: a node per node, named by its step (``collapse=True`` draws a
+        step's nodes as one), its edges, and each added node's edge to the node that added it."""
+        plan = self.plan
+        names = [plan.step(v).name for v in range(plan.node_count)]
+        nodes = [SimpleNode(name, name) for name in names]
+        sources = list(plan.sources)
+        targets = list(plan.targets)
+        for a, b in self.edges:
+            sources.append(a)
+            targets.append(b)
+        for parent, opened in self.opened.items():
+            sources += range(opened.first, opened.first + opened.count)
+            targets += [parent] * opened.count
+        return SimpleGraph(nodes, sources, targets)
 
     # -- the log a resume grows from -------------------------------------------------------------
 
