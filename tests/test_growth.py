@@ -515,3 +515,31 @@ async def test_the_grown_shape_is_drawn_collapsed_and_in_the_report(
     [status] = await tracking.list_pipelines()
     page = render_report(status, graph)
     assert "split/part" in page and "double" in page
+
+
+async def test_a_declared_step_cap_holds_in_every_shape(
+    broker: InMemoryBroker, gauge: Gauge
+) -> None:
+    from taskiq_flow import MapReduce, Pipeline
+
+    @broker.task
+    @pipeline_task(max_parallel=2)
+    async def work(x: int) -> int:
+        gauge.enter()
+        try:
+            await asyncio.sleep(0)
+            return x
+        finally:
+            gauge.leave()
+
+    assert await MapReduce.map(broker, work, range(20)) == list(range(20))
+    assert gauge.peak == 2
+    gauge.peak = 0
+    result = await (await Pipeline(broker).map(work, range(20)).kiq()).wait_result(timeout=10)
+    assert result.return_value == list(range(20))
+    assert gauge.peak == 2
+    gauge.peak = 0
+    assert await DataflowPipeline(broker).add_dataflow_task(
+        work, output="out", each={"x": "xs"}
+    ).kiq_dataflow(xs=list(range(20))) == {"out": list(range(20))}
+    assert gauge.peak == 2

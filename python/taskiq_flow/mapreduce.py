@@ -41,6 +41,7 @@ from taskiq_flow.run.plan import (
     check_broker,
     check_task_broker,
     check_task_keywords,
+    declared_cap,
     task_identity,
 )
 from taskiq_flow.run.runner import Runner
@@ -144,6 +145,7 @@ def _step(
         name,
         task_name,
         labels,
+        max_parallel=declared_cap(task),
         timeout=attempt_timeout(labels, name),
         tasks=tasks,
         resources=resources_of(task),

@@ -61,6 +61,7 @@ from taskiq_flow.run.plan import (
     check_broker,
     check_task_broker,
     check_task_keywords,
+    declared_cap,
     task_identity,
 )
 from taskiq_flow.run.runner import Runner
@@ -281,7 +282,7 @@ class Pipeline(RunOptions):
                 param_name,
                 additional_kwargs,
                 items=list(items) if items is not None else None,
-                max_parallel=check_max_parallel(max_parallel),
+                max_parallel=_step_cap(max_parallel, task),
                 skip_errors=skip_errors,
                 rate=step_rate,
                 burst=step_burst,
@@ -308,7 +309,7 @@ class Pipeline(RunOptions):
                 *self._step_tasks([task], additional_kwargs, "filter"),
                 param_name,
                 additional_kwargs,
-                max_parallel=check_max_parallel(max_parallel),
+                max_parallel=_step_cap(max_parallel, task),
                 skip_errors=skip_errors,
             )
         )
@@ -607,6 +608,13 @@ class Pipeline(RunOptions):
                 own = results[first : first + opened.count]
                 partial[step.name] = {i: v for i, v in enumerate(own) if v is not MISSING}
         return partial
+
+
+def _step_cap(max_parallel: int | None, task: object) -> int | None:
+    """A map or filter step's cap: the one given, else the one its task declared with
+    ``pipeline_task(max_parallel=)``."""
+    given = check_max_parallel(max_parallel)
+    return given if given is not None else declared_cap(task)
 
 
 def _kept(items: list[Any], values: list[Any]) -> list[Any]:

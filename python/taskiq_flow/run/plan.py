@@ -31,6 +31,7 @@ __all__ = [
     "check_broker",
     "check_task_broker",
     "check_task_keywords",
+    "declared_cap",
     "task_display_name",
     "task_identity",
 ]
@@ -80,6 +81,16 @@ def task_identity(task: object) -> tuple[str, dict[str, Any], str]:
     raise NotATaskError(
         f"{name} is not a taskiq task: decorate it with @broker.task before using it in a pipeline"
     )
+
+
+def declared_cap(task: object) -> int | None:
+    """The ``max_parallel`` a task declared with ``pipeline_task`` (checked there), if any: it
+    bounds the task's step in every shape."""
+    meta = getattr(task, "__taskiq_flow_dataflow__", None) or getattr(
+        getattr(task, "original_func", None), "__taskiq_flow_dataflow__", None
+    )
+    cap: int | None = getattr(meta, "max_parallel", None)
+    return cap
 
 
 def attempt_timeout(labels: dict[str, Any], task: str) -> float | None:
