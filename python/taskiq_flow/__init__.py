@@ -61,6 +61,7 @@ from taskiq_flow.exceptions import (
     UnserializableError,
 )
 from taskiq_flow.growth import Expand
+from taskiq_flow.handle import RunHandle, start
 from taskiq_flow.limits import CapacityLimiter, RateLimiter
 from taskiq_flow.mapreduce import MapReduce
 from taskiq_flow.optimization.parallel import get_max_parallel_tasks, set_max_parallel_tasks
@@ -116,6 +117,7 @@ __all__ = [
     "ResourceAwareWorkerPool",
     "ResourceProfile",
     "RetryPolicy",
+    "RunHandle",
     "Skip",
     "StateError",
     "StepFailedError",
@@ -131,6 +133,7 @@ __all__ = [
     "get_max_parallel_tasks",
     "pipeline_task",
     "set_max_parallel_tasks",
+    "start",
 ]
 
 __version__ = "0.1.0"

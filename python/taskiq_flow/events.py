@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
+from taskiq_flow import cancelling
 from taskiq_flow.exceptions import PayloadTooLargeError, RemoteTaskError
 from taskiq_flow.growth import Expand
 
@@ -159,6 +160,13 @@ class FlowMiddleware(TaskiqMiddleware):
         self.keep_results = keep_results
         self._started: dict[str, tuple[float, float]] = {}
 
+    async def startup(self) -> None:
+        """Starts listening for cancel signals, if the channel carries them (called by
+        ``broker.startup()``: a worker process cuts the running attempts of a cancelled run)."""
+        listen = getattr(self.channel, "listen_cancels", None)
+        if listen is not None:
+            listen()
+
     async def shutdown(self) -> None:
         """Closes the channel's own connections, if it has any (called by ``broker.shutdown()``)."""
         close = getattr(self.channel, "aclose", None)
@@ -166,10 +174,23 @@ class FlowMiddleware(TaskiqMiddleware):
             await close()
 
     def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
-        """Notes when a pipeline task starts."""
-        if FLOW_LABEL in message.labels:
+        """Notes when a pipeline task starts, and which run it belongs to (a cancel of the run cuts
+        it where it awaits)."""
+        raw = message.labels.get(FLOW_LABEL)
+        if raw is not None:
             self._started[message.task_id] = (time.perf_counter(), time.time())
+            label = parse_flow_label(raw)
+            if label is not None:
+                cancelling.attempt_started(label[0])
         return message
+
+    def on_error(
+        self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
+    ) -> None:
+        """The attempt is over (a cancel must not cut what reports it)."""
+        label = parse_flow_label(message.labels.get(FLOW_LABEL))
+        if label is not None:
+            cancelling.attempt_ended(label[0])
 
     def post_execute(
         self, message: TaskiqMessage, result: TaskiqResult[Any]
@@ -196,6 +217,7 @@ class FlowMiddleware(TaskiqMiddleware):
             )
             return None
         run_id, node, attempt = label
+        cancelling.attempt_ended(run_id)
         now = time.perf_counter()
         duration_ms = (now - started[0]) * 1000.0 if started else result.execution_time * 1000.0
         value = result.return_value

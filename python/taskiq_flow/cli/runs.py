@@ -37,6 +37,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import IO, Any, cast, get_args
 
@@ -45,6 +46,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from taskiq_flow._backoff import Backoff
 from taskiq_flow._duration import duration, duration_ms
 from taskiq_flow.cli._help import (
     COLUMNS,
@@ -144,9 +146,9 @@ def add_runs_commands(
 
     runs: argparse.ArgumentParser = subparsers.add_parser(
         "runs",
-        help="list, show, delete, report on, explain and resume tracked runs",
+        help="list, show, delete, report on, explain, cancel and resume tracked runs",
         description=paragraphs(
-            "List, show, delete, report on, explain and resume the runs tracked in Redis "
+            "List, show, delete, report on, explain, cancel and resume the runs tracked in Redis "
             "(RedisPipelineStorage). Exit status: 0 done, 1 a run or Redis not found, 2 bad "
             "input (checked before any connection)."
         ),
@@ -190,6 +192,14 @@ def add_runs_commands(
         f"taskiq-flow runs delete RUN1 RUN2 --redis {url}",
     )
     delete.add_argument("runs", nargs="+", metavar="run", help="pipeline ids")
+    cancel = add(
+        actions,
+        "cancel",
+        "cancel a live run from any process: nothing new is sent and its running attempts are "
+        "cut where they run; waits until its orchestrator records the end",
+        f"taskiq-flow runs cancel RUN --redis {url}",
+    )
+    cancel.add_argument("run", help="the run's pipeline id")
     resume = add(
         actions,
         "resume",
@@ -595,6 +605,55 @@ async def _until_signal(body: Coroutine[Any, Any, int], client: Any) -> tuple[in
     return received[0], 0
 
 
+#: Seconds ``runs cancel`` waits for the run's orchestrator to record its end.
+CANCEL_WAIT = 10.0
+
+
+async def _cancel(
+    args: argparse.Namespace,
+    tracking: PipelineTrackingManager,
+    console: Console,
+    stream: IO[str],
+) -> int:
+    """Publishes a cancel signal for a live run (its orchestrator cancels it and cuts its running
+    attempts) and waits for the run's recorded end."""
+    status = await tracking.get_status(args.run)
+    said: dict[str, Any] = {"run": args.run}
+    if status.status == "abandoned":
+        said.update(cancelled=False, status=status.status)
+        line = (
+            f"run {args.run} is abandoned (its orchestrator is gone): nothing runs it to "
+            "cancel; `taskiq-flow runs resume` would continue it"
+        )
+    elif status.status != "running":
+        said.update(cancelled=False, status=status.status)
+        line = f"run {args.run} already ended ({status.status}): nothing to cancel"
+    else:
+        client = tracking.storage.redis  # type: ignore[attr-defined]
+        received = await client.publish(f"{args.prefix}:cancel", json.dumps({"pipeline": args.run}))
+        pause = Backoff(0.01, 0.2)
+        deadline = time.monotonic() + CANCEL_WAIT
+        while status.status == "running" and time.monotonic() < deadline:
+            await pause.sleep()
+            status = await tracking.get_status(args.run)
+        said.update(cancelled=status.status == "cancelled", status=status.status)
+        if status.status == "cancelled":
+            line = f"cancelled {args.run}: {status.error or 'done'}"
+        elif status.status == "running":
+            line = (
+                f"run {args.run} is {status.status}: the cancel signal reached {received} "
+                f"process(es) but no orchestrator recorded its end within {CANCEL_WAIT:g} s"
+            )
+        else:
+            line = f"run {args.run} ended {status.status} before the cancel reached it"
+    if args.json:
+        json.dump(said, stream)
+        stream.write("\n")
+    else:
+        console.print(Text(line))
+    return 0 if said["cancelled"] else 1
+
+
 async def _act(
     args: argparse.Namespace,
     tracking: PipelineTrackingManager,
@@ -637,6 +696,8 @@ async def _act(
             for run in missing:
                 console.print(Text(f"no run {run}"))
         return 1 if missing else 0
+    if action == "cancel":
+        return await _cancel(args, tracking, console, stream)
     if action == "report":
         status = await tracking.get_status(args.run)
         try:

@@ -32,6 +32,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from taskiq_flow import cancelling
+from taskiq_flow._backoff import Backoff
 from taskiq_flow.distributed.keys import validate_key_part
 from taskiq_flow.distributed.payload import (
     DEFAULT_MAX_BYTES,
@@ -154,6 +156,7 @@ class RedisCompletionChannel:
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._deletes: set[asyncio.Task[None]] = set()
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._listener: asyncio.Task[None] | None = None
 
     def _redis(self) -> Redis:
         if self._client is None:
@@ -164,6 +167,48 @@ class RedisCompletionChannel:
     def key(self, run_id: str) -> str:
         """The stream of one run."""
         return f"{self.prefix}:done:{validate_key_part('run id', run_id)}"
+
+    @property
+    def cancel_key(self) -> str:
+        """The pub/sub channel cancel signals travel on (``<prefix>:cancel``)."""
+        return f"{self.prefix}:cancel"
+
+    async def send_cancel(self, message: dict[str, str]) -> int:
+        """Publishes a cancel signal (``{"run": id}`` or ``{"pipeline": id}``, see
+        :mod:`taskiq_flow.cancelling`) to every process listening; returns how many got it.
+
+        :raises RedisError: if Redis cannot be reached.
+        """
+        received: int = await self._redis().publish(self.cancel_key, json.dumps(message))
+        return received
+
+    def listen_cancels(self) -> None:
+        """Starts listening for cancel signals in the background (once per channel), handing
+        each to :func:`taskiq_flow.cancelling.handle_signal`; a lost connection is retried."""
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        pause = Backoff(0.05, 2.0)
+        while True:
+            try:
+                async with self._redis().pubsub() as pubsub:
+                    await pubsub.subscribe(self.cancel_key)
+                    pause.reset()
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=1.0
+                        )
+                        if message is not None and message.get("type") == "message":
+                            try:
+                                signal = json.loads(message["data"])
+                            except ValueError:
+                                signal = message["data"]
+                            cancelling.handle_signal(signal)
+            except RedisError as exc:
+                if not pause.failing:
+                    logger.warning("cancel signals cannot be read from Redis: %s; retrying", exc)
+                await pause.sleep()
 
     def open_key(self, run_id: str) -> str:
         """The marker that says a run is open (its state exists in Redis)."""
@@ -236,7 +281,9 @@ class RedisCompletionChannel:
         await self.publish_checked(completion)
 
     def open(self, run_id: str) -> Inbox:
-        """Starts reading a run's stream into a new inbox."""
+        """Starts reading a run's stream into a new inbox (and listening for cancel signals:
+        ``taskiq-flow runs cancel`` from another process reaches the run here)."""
+        self.listen_cancels()
         inbox = Inbox()
         key = self.key(run_id)
         self._readers[run_id] = asyncio.get_running_loop().create_task(
@@ -366,6 +413,9 @@ class RedisCompletionChannel:
         opened itself."""
         for run_id in list(self._readers):
             self._readers.pop(run_id).cancel()
+        if self._listener is not None:
+            self._listener.cancel()
+            self._listener = None
         if self._deletes:
             await asyncio.gather(*self._deletes, return_exceptions=True)
         if self._client is not None and self._url is not None:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskiq_flow._duration import duration
-from taskiq_flow.exceptions import UnknownIdError
+from taskiq_flow.exceptions import PipelineCancelledError, PipelineTimeoutError, UnknownIdError
 from taskiq_flow.run import failures
 
 if TYPE_CHECKING:
@@ -136,7 +136,8 @@ def explain_node(run: Runner, node: int) -> str:
             why_skipped = f" ({reasons[cause]})" if reasons[cause] else ""
             return f"skipped: {shown} skipped{why_skipped}"
         return f"skipped: {shown} failed before it could run"
-    if state == "cancelled":
+    stopped = isinstance(run._fatal, (PipelineCancelledError, PipelineTimeoutError))
+    if state == "cancelled" or (stopped and state in ("waiting", "queued", "running", "open")):
         return f"cancelled: {run._fatal}" if run._fatal else "cancelled"
     worker = placement = None
     pool = run._pool

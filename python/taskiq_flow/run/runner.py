@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from taskiq import AsyncBroker, InMemoryBroker
 
-from taskiq_flow import observe
+from taskiq_flow import cancelling, observe
 from taskiq_flow._core import DagScheduler, SharedCap
 from taskiq_flow.events import Completion, Inbox, ensure_flow_middleware
 from taskiq_flow.exceptions import (
@@ -71,6 +71,8 @@ __all__ = ["ATTEMPT_GRACE", "DRAIN_TIMEOUT", "CustomDispatch", "Feed", "Runner",
 _MISSING: Any = MISSING
 #: The cap of a send made on behalf of a node that already holds its slots: none.
 _UNCAPPED = CapGroup(SharedCap(None))
+#: Seconds a cancelled run waits for its cancel signal to be published to workers.
+CUT_SIGNAL_TIMEOUT = 2.0
 #: Under the ``taskiq_flow`` logger; nothing at INFO or above on the happy path.
 logger = logging.getLogger(__name__)
 
@@ -202,6 +204,9 @@ class Runner:
             inline=isinstance(broker, InMemoryBroker) and custom_dispatch is None,
             width=min(DISPATCHERS, max(1, n)),
         )
+        handle = cancelling.HANDLE.get()
+        if handle is not None:  # started by taskiq_flow.start(): the handle holds this run
+            handle(self)
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -262,6 +267,8 @@ class Runner:
             self._restore(scheduler)
         channel = ensure_flow_middleware(self.broker).channel
         inbox = self._inbox = channel.open(self.run_id)
+        live = (self.pipeline_id, self.run_id)
+        cancelling.live_run(live, self.cancel)  # a cancel signal naming the run reaches it
         gate_run = scheduler.gate_run
         assert gate_run is not None
         self._cap.attach(gate_run, self._poke)
@@ -290,8 +297,11 @@ class Runner:
                 except PipelineError as lost:  # the channel broke (Redis gone, run state lost)
                     self._stop(lost)
         finally:
+            cancelling.live_run(live, None)
             unsent = self._sender.stop()
             self._settle(channel, inbox, unsent)
+        if isinstance(self._fatal, (PipelineCancelledError, PipelineTimeoutError)):
+            await self._cut(channel)
         if self._fatal is None and self.failures:
             step, error = next(iter(self.failures.items()))
             self._fatal = StepFailedError(step, error, failures=self.failures)
@@ -402,12 +412,20 @@ class Runner:
             timer.cancel()
         now = loop.time()
         if self._cancel_requested:
-            self._stop(PipelineCancelledError(f"pipeline {self.settings.name!r} was cancelled"))
+            self._stop(
+                PipelineCancelledError(
+                    f"pipeline {self.settings.name!r} was cancelled{self._cut_steps()}"
+                )
+            )
             return
         if deadline is not None and now >= deadline:
             limit = self.settings.run_timeout
             shown = f" after {limit:g} s" if limit is not None else ""
-            self._stop(PipelineTimeoutError(f"pipeline {self.settings.name!r} timed out{shown}"))
+            self._stop(
+                PipelineTimeoutError(
+                    f"pipeline {self.settings.name!r} timed out{shown}{self._cut_steps()}"
+                )
+            )
             return
         if watching:
             await self._check_workers()
@@ -635,6 +653,40 @@ class Runner:
     def grower(self) -> Grower | None:
         """What the run added while it ran (``None`` before it starts)."""
         return self._grower
+
+    def _cut_steps(self) -> str:
+        """``"; cut: 'fetch' (3 running), 'store'"``: the steps with attempts running, which a
+        cancel cuts (empty if none)."""
+        scheduler = self._scheduler
+        if scheduler is None or not scheduler.counts()["running"]:
+            return ""
+        running: dict[str, int] = {}
+        for node in range(self.plan.node_count):
+            if scheduler.state(node) == "running" and scheduler.explain(node)["reason"] in (
+                "running",
+            ):
+                name = self.plan.step(node).name
+                running[name] = running.get(name, 0) + 1
+        if not running:
+            return ""
+        shown = ", ".join(
+            f"{name!r}" + (f" ({count} running)" if count > 1 else "")
+            for name, count in running.items()
+        )
+        return f"; cut: {shown}"
+
+    async def _cut(self, channel: Any) -> None:
+        """The run was cancelled or timed out: every attempt of it still running is cancelled
+        where it runs (here at once; in worker processes through the channel's cancel
+        signal)."""
+        cancelling.cancel_run(self.run_id)
+        send = getattr(channel, "send_cancel", None)
+        if send is None:
+            return
+        try:
+            await asyncio.wait_for(send({"run": self.run_id}), CUT_SIGNAL_TIMEOUT)
+        except Exception as err:  # the run is over; its attempts end with their own timeouts
+            logger.warning("run %s: could not signal its cancel to workers: %s", self.run_id, err)
 
     def _stop(self, error: PipelineError) -> None:
         self._fatal = error
