@@ -50,10 +50,12 @@ from taskiq_flow.exceptions import (
 )
 from taskiq_flow.resources import resources_of
 from taskiq_flow.retry import RetryPolicy
+from taskiq_flow.run.caching import check_cache
 from taskiq_flow.run.checks import check_serializable
 from taskiq_flow.run.options import RunOptions
 from taskiq_flow.run.plan import (
     MISSING,
+    CachePolicy,
     EachSpec,
     Plan,
     StepSpec,
@@ -95,6 +97,7 @@ class _DataflowMeta:
     burst: int = 1
     each: dict[str, str] | None = None
     max_parallel: int | None = None
+    cache: CachePolicy | None = None
 
 
 def _check_each(each: object, where: str) -> dict[str, str] | None:
@@ -127,6 +130,9 @@ def pipeline_task(
     burst: int = 1,
     each: Mapping[str, str] | None = None,
     max_parallel: int | None = None,
+    cache: bool = False,
+    cache_ttl: float = 86_400.0,
+    cache_version: str | int = "1",
 ) -> Callable[[_F], _F]:
     """Declares a task's place in a dataflow. Works above or below ``@broker.task``.
 
@@ -146,6 +152,10 @@ def pipeline_task(
         item 0 may run here while item 99 of the step before is still running.
     :param max_parallel: most of this task's tasks in flight at once (its items, and every
         node of it), in every pipeline shape.
+    :param cache: memoize it: a node whose inputs were seen (within ``cache_ttl`` seconds, under
+        the same ``cache_version``) is not sent; its stored value is used (see
+        :mod:`taskiq_flow.run.caching`). In memory, or in Redis when completions travel
+        through Redis. Bump ``cache_version`` when the task's code changes what it returns.
     :raises InvalidValueError: for a rate <= 0, a burst below 1, a timeout that is not > 0, an
         ``output`` that is not a non-empty str, ``inputs`` that are not strs, a bad ``each`` or
         ``max_parallel``.
@@ -172,6 +182,7 @@ def pipeline_task(
         burst,
         _check_each(each, "pipeline_task"),
         check_max_parallel(max_parallel, "pipeline_task max_parallel"),
+        check_cache(cache, cache_ttl, cache_version),
     )
 
     def mark(target: _F) -> _F:
@@ -206,6 +217,8 @@ class TaskNode:
     max_parallel: int | None = None
     #: The parameters that have a default (a skipped or absent input leaves them to it).
     defaults: frozenset[str] = frozenset()
+    #: How the task is memoized (``None``: it is not).
+    cache: CachePolicy | None = None
 
     @property
     def task_name(self) -> str:
@@ -288,6 +301,7 @@ def make_node(
         frozenset(mapped) if mapped else frozenset(),
         meta.max_parallel if meta is not None else None,
         shape.optional,
+        meta.cache if meta is not None else None,
     )
 
 
@@ -640,6 +654,7 @@ class ExecutionEngine(RunOptions):
                     n.task_name,
                     n.task.labels,
                     max_parallel=n.max_parallel,
+                    cache=n.cache,
                     retry=n.retry,
                     timeout=n.timeout,
                     resources=resources_of(n.task),
@@ -651,6 +666,10 @@ class ExecutionEngine(RunOptions):
                 steps.append(first)
             else:
                 steps.append(replace(first, name=name))
+
+        def fed(node: int) -> Sequence[tuple[str, int | None]]:
+            return list(zip(nodes[node].params, feeds[node]))
+
         return Plan(
             len(nodes),
             dag.sources,
@@ -659,6 +678,7 @@ class ExecutionEngine(RunOptions):
             call,
             each=each or None,
             optional=dag.optional,
+            feeds=fed,
         )
 
     async def execute(

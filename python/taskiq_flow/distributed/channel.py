@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from taskiq_flow import cancelling
 from taskiq_flow._backoff import Backoff
+from taskiq_flow.distributed.cache import RedisStepCache
 from taskiq_flow.distributed.keys import validate_key_part
 from taskiq_flow.distributed.payload import (
     DEFAULT_MAX_BYTES,
@@ -157,6 +158,7 @@ class RedisCompletionChannel:
         self._deletes: set[asyncio.Task[None]] = set()
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._listener: asyncio.Task[None] | None = None
+        self._cache: RedisStepCache | None = None
 
     def _redis(self) -> Redis:
         if self._client is None:
@@ -167,6 +169,12 @@ class RedisCompletionChannel:
     def key(self, run_id: str) -> str:
         """The stream of one run."""
         return f"{self.prefix}:done:{validate_key_part('run id', run_id)}"
+
+    def step_cache(self) -> RedisStepCache:
+        """The step cache of this application, in the same Redis (``pipeline_task(cache=True)``)."""
+        if self._cache is None:
+            self._cache = RedisStepCache(self._redis(), self.prefix)
+        return self._cache
 
     @property
     def cancel_key(self) -> str:

@@ -215,6 +215,9 @@ class TrackingListener(RunListener):
     ) -> None:
         if error is None:
             self.tracking.finished(node, "done", event)
+            memo = run.memo
+            if memo is not None and node in memo.cached_from:
+                self.tracking.cached(node)
 
     def node_retrying(
         self,

@@ -122,8 +122,12 @@ def explain_node(run: Runner, node: int) -> str:
     why = scheduler.explain(node)
     state = why["state"]
     error = failures.describe(run._errors.get(node))
+    memo = run.memo
     if state == "done":
-        return f"done: step {step.name!r}"
+        if memo is not None and node in memo.cached_from:
+            return f"done: cached (from run {memo.cached_from[node]})"
+        missed = memo.missed.get(node) if memo is not None else None
+        return f"done: step {step.name!r}" + (f" (cache missed: {missed})" if missed else "")
     if state == "failed":
         return f"failed: {error}"
     if state == "skipped":
@@ -167,6 +171,9 @@ def explain_node(run: Runner, node: int) -> str:
     lost = run._lost.get(node)
     if lost:
         sentence += f"; placed again after losing its worker {lost} time(s)"
+    missed = memo.missed.get(node) if memo is not None else None
+    if missed:
+        sentence += f"; cache missed: {missed}"
     parent = why.get("parent")
     if parent is not None:
         sentence += f"; a task of step {step.name!r} added by node {parent}"

@@ -22,6 +22,7 @@ from taskiq_flow.run.settings import check_timeout
 
 __all__ = [
     "MISSING",
+    "CachePolicy",
     "CallBuilder",
     "EachSpec",
     "PassOn",
@@ -198,6 +199,17 @@ class StepSpec:
     #: A node of this step that fails for good is left out (like a skip: a map's item dropped)
     #: instead of failing the run; it is dead-lettered all the same.
     skip_errors: bool = False
+    #: Memoized (``pipeline_task(cache=True)``): its nodes are looked up before being sent.
+    cache: CachePolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """How a step is memoized (:mod:`taskiq_flow.run.caching`): for ``ttl`` seconds, under
+    ``version`` (change it when the task's code changes what it returns)."""
+
+    ttl: float
+    version: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +255,9 @@ class Plan:
     each: dict[int, EachSpec] | None = None
     #: Per edge, whether it is optional (its consumer has a default for it); ``None``: none is.
     optional: Sequence[bool] | None = None
+    #: Per node, each parameter and the node producing it (``None``: an input of the run); what
+    #: a memoized step's key is built from.
+    feeds: Callable[[int], Sequence[tuple[str, int | None]]] | None = None
     #: Nodes added while the run grew: the first id of each range, and its call builder.
     _grown_first: list[int] = field(default_factory=list)
     _grown_call: list[CallBuilder] = field(default_factory=list)

@@ -43,6 +43,7 @@ from taskiq_flow.optimization.parallel import CapGroup, global_cap
 from taskiq_flow.resources import ResourceAwareWorkerPool
 from taskiq_flow.retry import DeadLetterQueue, default_dead_letters
 from taskiq_flow.run import drain, failures
+from taskiq_flow.run.caching import Memo, StepCache, default_cache
 from taskiq_flow.run.drain import DRAIN_TIMEOUT
 from taskiq_flow.run.events import (
     LogListener,
@@ -204,6 +205,10 @@ class Runner:
             inline=isinstance(broker, InMemoryBroker) and custom_dispatch is None,
             width=min(DISPATCHERS, max(1, n)),
         )
+        #: The memoized steps' lookups and stores (``None``: the plan has none).
+        self.memo: Memo | None = (
+            Memo(self, self._step_cache()) if any(s.cache for s in plan.steps) else None
+        )
         handle = cancelling.HANDLE.get()
         if handle is not None:  # started by taskiq_flow.start(): the handle holds this run
             handle(self)
@@ -302,6 +307,8 @@ class Runner:
             self._settle(channel, inbox, unsent)
         if isinstance(self._fatal, (PipelineCancelledError, PipelineTimeoutError)):
             await self._cut(channel)
+        if self.memo is not None:
+            await self.memo.settle()
         if self._fatal is None and self.failures:
             step, error = next(iter(self.failures.items()))
             self._fatal = StepFailedError(step, error, failures=self.failures)
@@ -325,6 +332,16 @@ class Runner:
         return self.results
 
     # -- the core --------------------------------------------------------------------------------
+
+    def _step_cache(self) -> StepCache:
+        """Where memoized values live: in Redis when completions travel through Redis, else in
+        this process."""
+        make = getattr(ensure_flow_middleware(self.broker).channel, "step_cache", None)
+        return make() if make is not None else default_cache()
+
+    async def send_uncached(self, node: int) -> None:
+        """Sends ``node`` without looking it up (another run computing its key gave up)."""
+        await self._send.send(node, memo=False)
 
     def _restore(self, scheduler: DagScheduler) -> None:
         """Takes back what an earlier run of this pipeline id finished, after growing the run
@@ -453,6 +470,8 @@ class Runner:
             done.append(node)
             self._finished += 1
             events.attempt_ended(node, event, None)
+            if self.memo is not None:
+                self.memo.completed(node, event.value)
         admitted = scheduler.complete_many(done, now) if done else []
         admitted += grew
         if self._poked or wake is not None:
@@ -543,6 +562,8 @@ class Runner:
         if fail_fast:
             scheduler.cancel()  # before fail(): the freed slot must admit nothing of this run
         admitted, skipped, skipped_by, failed = scheduler.fail(node, now, detail=True)
+        if self.memo is not None:
+            self.memo.failed(node)
         self._dead_letter(node, step, error, attempt)
         events.node_failed(node, event, error)
         self.failures.setdefault(step.name, error)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -28,8 +29,11 @@ from taskiq_flow.run.plan import PassOn
 if TYPE_CHECKING:
     from taskiq_flow._core import DagScheduler
     from taskiq_flow.resources import ResourceAwareWorkerPool
+    from taskiq_flow.run.caching import Memo
     from taskiq_flow.run.events import RunEvents
     from taskiq_flow.run.plan import Plan
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ATTEMPT_GRACE", "DISPATCHERS", "SLOT_HELD", "CustomDispatch", "NodeSender", "Sender"]
 
@@ -132,6 +136,8 @@ class RunState(Protocol):
     def attempt_of(self, node: int) -> int: ...
     def has_result(self, node: int) -> bool: ...
     def report(self, completion: Completion) -> None: ...
+    @property
+    def memo(self) -> Memo | None: ...
 
 
 class NodeSender:
@@ -172,16 +178,24 @@ class NodeSender:
         """The run's id in the pool, once its scheduler has one."""
         self._pool_run = pool_run
 
-    async def send(self, node: int) -> None:
-        """Sends the current attempt of ``node``."""
+    async def send(self, node: int, memo: bool = True) -> None:
+        """Sends the current attempt of ``node`` (a memoized step's is looked up first, unless
+        ``memo`` is false)."""
         step = self.plan.step(node)
         attempt = self.run.attempt_of(node)
         events = self.events
-        if events.wants_waits:
+        if events.wants_waits and memo:
             scheduler = self.run.scheduler
             wait = scheduler.wait_of(node) if attempt == 1 and scheduler is not None else None
             events.attempt_sent(node, attempt, wait)
         try:
+            cache = self.run.memo
+            if memo and step.cache is not None and cache is not None:
+                try:
+                    if await cache.before_send(node, attempt):
+                        return  # completed from the cache, or another run computes it
+                except Exception as err:  # the cache is unreachable: the node runs uncached
+                    logger.warning("step cache unreachable (%s): sending %s", err, step.name)
             # Built from the predecessors' results, which never change: a retry rebuilds it.
             args, kwargs = self.plan.build(node, self.results)
             if self.custom_dispatch is not None:

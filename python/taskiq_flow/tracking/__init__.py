@@ -132,6 +132,8 @@ class StepStatus:
     #: What held the step's first task between ``ready_at`` and ``sent_at`` (a key of
     #: ``waited``).
     first_wait: str | None = None
+    #: Of ``tasks_done``, how many came from the step cache (not sent: ``cache=True``).
+    tasks_cached: int = 0
 
     @property
     def tasks_pending(self) -> int:
@@ -174,12 +176,15 @@ class StepStatus:
             "pending",
         )
         shown = [f"{counts[state]} {state}" for state in order if counts[state]]
+        if self.tasks_cached:
+            shown.insert(1, f"{self.tasks_cached} cached")
         return ", ".join(shown) if shown else f"{self.tasks} tasks"
 
     def clear_counts(self) -> None:
         """Every task back to pending (a step about to run again, as a resumed run does)."""
         self.tasks_running = self.tasks_retrying = self.tasks_done = 0
         self.tasks_failed = self.tasks_skipped = self.tasks_cancelled = 0
+        self.tasks_cached = 0
 
     def settle_status(self) -> None:
         """Sets ``status`` from the counts: ``failed`` if a task failed for good, else

@@ -209,6 +209,13 @@ class RunRecorder:
         if step.status in _FINISHED:
             step.waiting = None
 
+    def cached(self, node: int) -> None:
+        """``node`` finished from the step cache (after :meth:`finished`)."""
+        if self._status is not None:
+            index = self._index(node)
+            self._status.steps[index].tasks_cached += 1
+            self._dirty.add(index)
+
     def waited(self, node: int, reason: str, seconds: float) -> None:
         """``node`` was sent after waiting ``seconds`` since it became ready, held last by
         ``reason`` (called after :meth:`sent`, for a node's first attempt)."""
