@@ -227,7 +227,7 @@ async def test_a_task_cut_at_the_drain_timeout_runs_again_on_another_worker_at_o
         assert took < 15
 
 
-# -- a rolling restart under a 2,000-task map -------------------------------------------------------
+# -- a rolling restart under a 2,000-task map ---------------------------------------------------
 
 
 async def test_a_rolling_restart_under_a_2000_task_map_loses_and_repeats_nothing(
