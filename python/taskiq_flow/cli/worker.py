@@ -12,7 +12,7 @@ one line, instead of a worker process that taskiq's supervisor restarts forever.
 Ctrl-C or SIGTERM drain it and stop it with one line: it takes no new message, lets its running
 tasks finish for up to ``--drain-timeout`` seconds (default 20), cancels what still runs, gives
 back at once everything it holds (another worker takes it immediately) and exits; a second
-signal, or :data:`STOP_GRACE` seconds past the drain timeout, kills it. A broker
+signal, or 15 s past the drain timeout, kills it. A broker
 made by :func:`taskiq_flow.distributed.reliable_stream_broker` then consumes the worker's own queue
 first (``<queue>.<name>``) and keeps the advert alive in Redis with a heartbeat. An orchestrator
 builds its pool from the live adverts::

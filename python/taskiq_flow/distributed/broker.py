@@ -613,8 +613,8 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
     async def give_back(self) -> int:
         """Gives back every message this worker process holds in Redis (taken, prefetched,
         read but not yet handed to taskiq, cut) except those whose task still runs here: each
-        is appended again to its stream, to be taken at once by a live worker (see
-        :data:`_GIVE_BACK`). Their callbacks, if they start or end here later, are stopped.
+        is appended again to its stream, to be taken at once by a live worker (in
+        one Redis script). Their callbacks, if they start or end here later, are stopped.
 
         :return: how many messages were given back.
         """
