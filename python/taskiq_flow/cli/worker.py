@@ -8,8 +8,11 @@
 Everything is checked before any process starts (the name, each capacity, resource and label, and
 the broker's import path, imported as ``taskiq worker`` will): bad input exits with status 2 and
 one line, instead of a worker process that taskiq's supervisor restarts forever. Then it runs
-``taskiq worker app:broker --workers 1`` with the advert in its environment and supervises it:
-Ctrl-C or SIGTERM stop it gracefully with one line (a second signal, or 15 s, kills it). A broker
+``taskiq worker app:broker --workers 1`` with the advert in its environment and supervises it.
+Ctrl-C or SIGTERM drain it and stop it with one line: it takes no new message, lets its running
+tasks finish for up to ``--drain-timeout`` seconds (default 20), cancels what still runs, gives
+back at once everything it holds (another worker takes it immediately) and exits; a second
+signal, or 15 s past the drain timeout, kills it. A broker
 made by :func:`taskiq_flow.distributed.reliable_stream_broker` then consumes the worker's own queue
 first (``<queue>.<name>``) and keeps the advert alive in Redis with a heartbeat. An orchestrator
 builds its pool from the live adverts::
@@ -36,12 +39,19 @@ from typing import Any
 
 from taskiq_flow.cli._help import HelpFormatter, OneLineParser, paragraphs
 from taskiq_flow.distributed import WORKER_ENV, validate_key_part
+from taskiq_flow.distributed.broker import (
+    CUT_GRACE,
+    DEFAULT_DRAIN_TIMEOUT,
+    validate_drain_timeout,
+)
+from taskiq_flow.distributed.workers import DRAIN_ENV
 from taskiq_flow.exceptions import InvalidValueError
 from taskiq_flow.resources import WorkerSpec
 
 __all__ = ["advert_from_args", "check_broker", "main"]
 
-#: Seconds a stopping worker gets before it is killed (taskiq's own grace is 5 s by default).
+#: Seconds a stopping worker gets past its drain timeout (to cut, give back and exit) before
+#: it is killed.
 STOP_GRACE = 15.0
 
 
@@ -146,8 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             "taskiq worker options: put them after --, they are passed through as given:\n"
             "  taskiq-flow worker app:broker --name w1 --cpu-cores 2 -- --max-async-tasks 50\n"
             "\n"
-            "Ctrl-C or SIGTERM stops the worker gracefully; a second signal, or 15 s,\n"
-            "kills it."
+            "Ctrl-C or SIGTERM drains the worker: no new message is taken, running tasks\n"
+            "finish for up to --drain-timeout seconds, what still runs is cancelled, and\n"
+            "everything it holds is given back at once to the other workers. A second\n"
+            "signal, or 15 s past the drain timeout, kills it."
         ),
         formatter_class=HelpFormatter,
     )
@@ -191,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="a label tasks can require, e.g. gpu=true (repeatable; default: none)",
     )
+    parser.add_argument(
+        "--drain-timeout",
+        default=str(DEFAULT_DRAIN_TIMEOUT),
+        metavar="S",
+        help="seconds a stopping worker lets its running tasks finish before it cancels them "
+        "and gives back what it holds; 0 cancels at once (default: %(default)s)",
+    )
     args, rest = parser.parse_known_args(argv)
     if rest and rest[0] == "--":
         rest = rest[1:]
@@ -198,13 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     if "--app-dir" in rest[:-1]:
         app_dir = rest[rest.index("--app-dir") + 1]
     try:
+        drain = validate_drain_timeout(args.drain_timeout, "--drain-timeout")
         advert = advert_from_args(args)
         check_broker(args.broker, app_dir)
     except InvalidValueError as exc:
         parser.error(str(exc))
-    env = {**os.environ, WORKER_ENV: json.dumps(advert)}
+    env = {**os.environ, WORKER_ENV: json.dumps(advert), DRAIN_ENV: repr(drain)}
     command = [sys.executable, "-m", "taskiq", "worker", args.broker, "--workers", "1", *rest]
-    return _supervise(command, env, args.name)
+    return _supervise(command, env, args.name, drain + CUT_GRACE + STOP_GRACE)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -218,9 +238,9 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _supervise(command: list[str], env: dict[str, str], name: str) -> int:
+def _supervise(command: list[str], env: dict[str, str], name: str, grace: float) -> int:
     """Runs ``taskiq worker``; on the first SIGINT/SIGTERM asks it to stop (SIGINT, taskiq's
-    graceful stop), on the second or after :data:`STOP_GRACE` seconds kills it and its
+    graceful stop: its child drains), on the second or after ``grace`` seconds kills it and its
     children."""
     proc = subprocess.Popen(command, env=env)
     stopping: list[Any] = []
@@ -245,7 +265,7 @@ def _supervise(command: list[str], env: dict[str, str], name: str) -> int:
             code = proc.wait(timeout=0.5)
             break
         except subprocess.TimeoutExpired:
-            if stopping and time.monotonic() - stopping[0][1] > STOP_GRACE:
+            if stopping and time.monotonic() - stopping[0][1] > grace:
                 kill_all()
     if stopping:
         sys.stderr.write(f"taskiq-flow worker {name}: stopped by {stopping[0][0].name}\n")

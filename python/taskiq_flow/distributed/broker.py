@@ -16,6 +16,19 @@ failed with :class:`~taskiq_flow.exceptions.PoisonMessageError`).
 worker`` child restarted by taskiq's supervisor under the same name finds its predecessor's boot
 id and takes over what it held at once, without waiting for the lease.
 
+**Workers drain.** A worker that stops (SIGTERM or Ctrl-C, taskiq's supervisor stopping or
+restarting its child, ``--max-tasks-per-child``) takes no new message, lets the tasks it runs
+finish for up to ``drain_timeout`` seconds (default :data:`DEFAULT_DRAIN_TIMEOUT`; ``taskiq-flow
+worker --drain-timeout S`` sets it for its worker), then cancels the ``async`` tasks still running
+(they see ``CancelledError`` where they await; nothing of theirs is published, stored or
+acknowledged) and gives back at once everything it holds but did not finish: each message is
+appended again to the end of its stream and acknowledged and deleted where it was, in one script,
+only while this worker still owns it, so a live worker's blocking read takes it at once, under
+the same task id and attempt (one completion per attempt still holds; a drain counts no
+delivery). A message whose attempt completed is acknowledged with its completion and never given
+back. A synchronous task running in a thread cannot be interrupted: the drain waits for it and
+its result counts.
+
 **Every message ends in a completion.** A stream entry without its ``data`` field, a message
 that cannot be decoded, a task this worker does not have, a malformed ``taskiq_flow`` label:
 the worker acknowledges it, writes it to its dead-letter stream ``<prefix>:dead:<queue>`` and, if
@@ -49,15 +62,17 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from taskiq import AckableMessage, AsyncBroker
+from taskiq import AckableMessage, AsyncBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq_redis import RedisStreamBroker
 
 from taskiq_flow.distributed.keys import validate_key_part
 from taskiq_flow.distributed.workers import (
     BOOT_TTL,
+    DRAIN_ENV,
     HEARTBEAT_TTL,
     WORKER_ENV,
     boot_key,
+    draining_key,
     worker_key,
 )
 from taskiq_flow.events import FLOW_LABEL, Completion, FlowMiddleware, parse_flow_label
@@ -70,11 +85,14 @@ from taskiq_flow.resources import QUEUE_LABEL
 
 __all__ = [
     "BOOT_LABEL",
+    "CUT_GRACE",
+    "DEFAULT_DRAIN_TIMEOUT",
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_RESULT_TTL",
     "ReliableRedisStreamBroker",
     "json_result_backend",
     "reliable_stream_broker",
+    "validate_drain_timeout",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,6 +101,14 @@ logger = logging.getLogger(__name__)
 BOOT_LABEL = "taskiq_flow_boot"
 #: How long a message stays with a worker that stopped renewing its lease.
 DEFAULT_LEASE_SECONDS = 10.0
+#: Seconds a stopping worker lets its running tasks finish before it cancels them: room, within
+#: Kubernetes's default 30 s grace period, for the cut, the give-back and the exit.
+DEFAULT_DRAIN_TIMEOUT = 20.0
+#: Seconds the tasks cancelled at the drain timeout get to unwind (their ``finally`` blocks)
+#: before what they hold is given back regardless (a late result of theirs is then discarded).
+CUT_GRACE = 2.0
+#: Longest drain timeout accepted (a day).
+MAX_DRAIN_TIMEOUT = 86_400.0
 #: How long ``json_result_backend`` keeps a result by default (one hour).
 DEFAULT_RESULT_TTL = 3_600
 #: Dead-letter streams keep about this many entries, for this long.
@@ -117,6 +143,27 @@ return lost
 """
 
 
+# Gives back messages this consumer owns: KEYS[1] the stream; ARGV group, consumer, ids. Each
+# one still pending for this consumer is appended again (same fields, a new id) and acknowledged
+# and deleted where it was; one another consumer took meanwhile is left alone. Returns how many.
+_GIVE_BACK = """
+local given = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1, ARGV[2])
+  if #p > 0 then
+    local entry = redis.call('XRANGE', KEYS[1], ARGV[i], ARGV[i])
+    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    redis.call('XDEL', KEYS[1], ARGV[i])
+    if #entry > 0 then
+      redis.call('XADD', KEYS[1], '*', unpack(entry[1][2]))
+      given = given + 1
+    end
+  end
+end
+return given
+"""
+
+
 # A worker's own queue: KEYS[1]. Empty, it lives ARGV[1] ms more; with messages, ARGV[2] ms.
 _KEEP_QUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
@@ -142,6 +189,7 @@ def reliable_stream_broker(
     max_deliveries: int = 5,
     priority_queues: Sequence[str] = (),
     lease_seconds: float | None = None,
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     **kwargs: Any,
 ) -> AsyncBroker:
     """A taskiq-redis ``RedisStreamBroker`` that does not lose, repeat or loop on messages
@@ -153,14 +201,18 @@ def reliable_stream_broker(
     :param priority_queues: extra queues, highest priority first, drained before the default.
     :param lease_seconds: a worker's lease on a message it runs (default 10 s; taskiq-redis's
         ``idle_timeout``, in ms, is taken as the lease if given instead).
+    :param drain_timeout: seconds a stopping worker lets its running tasks finish before it
+        cancels them and gives back what it holds (default 20 s; ``taskiq-flow worker
+        --drain-timeout`` overrides it for its worker).
     :param kwargs: anything ``RedisStreamBroker`` takes.
-    :raises InvalidValueError: for a bad ``max_deliveries``, lease or queue name.
+    :raises InvalidValueError: for a bad ``max_deliveries``, lease, drain timeout or queue name.
     """
     broker: AsyncBroker = ReliableRedisStreamBroker(
         url,
         max_deliveries=max_deliveries,
         priority_queues=priority_queues,
         lease_seconds=lease_seconds,
+        drain_timeout=drain_timeout,
         **kwargs,
     )
     return broker
@@ -197,6 +249,65 @@ def _lease_from(lease_seconds: float | None, idle_timeout: Any) -> float:
     return float(lease_seconds)
 
 
+def validate_drain_timeout(value: object, what: str = "drain_timeout") -> float:
+    """A drain timeout, in seconds: a number within [0, 86400] (0 cancels at once what runs).
+
+    :param value: the value given (a number, or the text of one, as a command line gives it).
+    :param what: its name, for the error message (``"--drain-timeout"``).
+    :return: the timeout as a float.
+    :raises InvalidValueError: naming the value and the range.
+    """
+    seconds: object = value
+    if isinstance(value, str):
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = None
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, (int, float))
+        or not math.isfinite(seconds)
+        or not 0 <= seconds <= MAX_DRAIN_TIMEOUT
+    ):
+        raise InvalidValueError(
+            f"{what} must be a number of seconds within [0, 86400], got {value!r}"
+        )
+    return float(seconds)
+
+
+class _Attempt:
+    """A task this worker process runs: its taskiq callback, and whether it can be cut."""
+
+    __slots__ = ("in_body", "is_async", "task")
+
+    def __init__(self, task: asyncio.Task[Any], is_async: bool) -> None:
+        self.task = task
+        self.is_async = is_async
+        self.in_body = True  # until its result reaches the middlewares
+
+
+class _DrainGuard(TaskiqMiddleware):
+    """Added last to a worker's middlewares (so its ``on_error`` and ``post_execute`` run first):
+    notes each task's callback as it starts, and stops the result path of an attempt cut by a
+    drain or given back (no completion published, no result stored, no acknowledgement)."""
+
+    def __init__(self, owner: ReliableRedisStreamBroker) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        self.owner._attempt_starts(message)
+        return message
+
+    def on_error(
+        self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
+    ) -> None:
+        self.owner._attempt_ends(message, failed=True)
+
+    def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        self.owner._attempt_ends(message, failed=result.is_err)
+
+
 class ReliableRedisStreamBroker(RedisStreamBroker):
     """``RedisStreamBroker`` with leases, boot ids, dead letters and Redis fault handling
     (see :mod:`taskiq_flow.distributed.broker`)."""
@@ -208,6 +319,7 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         priority_queues: Sequence[str] = (),
         lease_seconds: float | None = None,
         prefix: str = "taskiq_flow",
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
         **kwargs: Any,
     ) -> None:
         if (
@@ -217,6 +329,7 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         ):
             raise InvalidValueError(f"max_deliveries must be an int >= 1, got {max_deliveries!r}")
         lease = _lease_from(lease_seconds, kwargs.pop("idle_timeout", None))
+        self.drain_timeout = validate_drain_timeout(drain_timeout)
         queues = [validate_key_part("queue name", q) for q in priority_queues]
         streams = dict(kwargs.pop("additional_streams", None) or {})
         streams.update({q: ">" for q in queues})
@@ -236,6 +349,12 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         self._predecessor: str | None = None
         self._next_reclaim = 0.0
         self._advert: dict[str, Any] | None = None
+        # The drain: the callbacks running (task id -> attempt), those cut, those given back.
+        self._running: dict[str, _Attempt] = {}
+        self._cut: set[str] = set()
+        self._given_back: set[str] = set()
+        self._drain_task: asyncio.Task[None] | None = None
+        self._cut_now = asyncio.Event()
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -277,11 +396,22 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                 self._predecessor = previous.decode()
             self._spawn(self._advertise())
         self._spawn(self._keep_leases())
+        drain = os.environ.get(DRAIN_ENV)
+        if drain:
+            try:
+                self.drain_timeout = validate_drain_timeout(drain, DRAIN_ENV)
+            except InvalidValueError as exc:  # never a restart loop: keep the broker's own
+                logger.warning("%s; draining for %gs instead", exc, self.drain_timeout)
+        if not any(isinstance(m, _DrainGuard) for m in self.middlewares):
+            self.add_middlewares(_DrainGuard(self))
 
     async def shutdown(self) -> None:
         """Stops the heartbeats, withdraws the advert, and removes this process's stream
         consumer if it holds nothing (consumers would pile up in the group otherwise), and
-        its own queue if nothing is on it."""
+        its own queue if nothing is on it. A worker process first ends its drain (cutting what
+        still runs) and gives back whatever it holds but did not finish."""
+        if self.is_worker_process:
+            await self._end_drain()
         for task in list(self._background):
             task.cancel()
         if self.is_worker_process:
@@ -379,6 +509,152 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         self._carried[task_id] = (channel.key(run_id), payload, channel.ttl_seconds)
         return True
 
+    # -- draining ----------------------------------------------------------------------------
+
+    def _attempt_starts(self, message: TaskiqMessage) -> None:
+        """A task's callback starts (its worker's last ``pre_execute``): noted, so that a drain
+        waits for it and can cut it; refused if its message was given back meanwhile."""
+        task_id = message.task_id
+        if task_id in self._given_back:
+            raise asyncio.CancelledError  # given back while it waited: it runs elsewhere
+        task = asyncio.current_task()
+        if task is None:
+            return
+        found = self.find_task(message.task_name)
+        # taskiq awaits a coroutine function; anything else runs in its executor.
+        is_async = found is not None and asyncio.iscoroutinefunction(found.original_func)
+        attempt = _Attempt(task, is_async)
+        self._running[task_id] = attempt
+
+        def ended(_: object) -> None:
+            if self._running.get(task_id) is attempt:
+                del self._running[task_id]
+
+        task.add_done_callback(ended)
+
+    def _attempt_ends(self, message: TaskiqMessage, failed: bool) -> None:
+        """A task's result reaches the middlewares. If it was cut by the drain (and failed:
+        a task that caught the cancellation and returned completed), or given back, its
+        callback ends here: nothing is published, stored or acknowledged."""
+        task_id = message.task_id
+        attempt = self._running.get(task_id)
+        if attempt is not None:
+            attempt.in_body = False
+        if task_id in self._given_back or (failed and task_id in self._cut):
+            raise asyncio.CancelledError
+
+    def _begin_drain(self) -> None:
+        if self._drain_task is not None or not self.is_worker_process:
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing runs either
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """Lets the running tasks finish for up to ``drain_timeout`` seconds, cuts the
+        ``async`` ones still running, and gives back what this worker holds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.drain_timeout
+        with contextlib.suppress(RedisError, InvalidValueError):
+            async with Redis(connection_pool=self.connection_pool) as conn:
+                ttl = int(self.drain_timeout + CUT_GRACE) + 60
+                await conn.set(draining_key(self.consumer_name, self.prefix), 1, ex=ttl)
+        if self._running:
+            logger.info(
+                "draining: %d task(s) running, %gs to finish",
+                len(self._running),
+                self.drain_timeout,
+            )
+        while not self._cut_now.is_set():
+            waiting = [a.task for a in self._running.values() if not a.task.done()]
+            left = deadline - loop.time()
+            if not waiting or left <= 0:
+                break
+            cut_now = loop.create_task(self._cut_now.wait())
+            await asyncio.wait(
+                [*waiting, cut_now], timeout=left, return_when=asyncio.FIRST_COMPLETED
+            )
+            cut_now.cancel()
+        cut = [
+            (task_id, a.task)
+            for task_id, a in self._running.items()
+            if a.is_async and a.in_body and not a.task.done()
+        ]
+        if cut:
+            logger.warning(
+                "drain timeout (%gs): cancelling %d running task(s); they run again elsewhere",
+                self.drain_timeout,
+                len(cut),
+            )
+            for task_id, task in cut:
+                self._cut.add(task_id)
+                task.cancel()
+            await asyncio.wait([task for _, task in cut], timeout=CUT_GRACE)
+        try:
+            await self.give_back()
+        except RedisError as exc:
+            logger.warning("messages not given back (Redis unavailable): %s", exc)
+
+    async def _end_drain(self) -> None:
+        """At shutdown: the drain is cut short (what still runs is cancelled now), then
+        whatever is still held but not running is given back."""
+        self._begin_drain()
+        self._cut_now.set()
+        if self._drain_task is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._drain_task), CUT_GRACE + 1)
+        try:
+            await self.give_back()
+        except RedisError as exc:
+            logger.warning("messages not given back (Redis unavailable): %s", exc)
+        with contextlib.suppress(RedisError, InvalidValueError):
+            async with Redis(connection_pool=self.connection_pool) as conn:
+                await conn.delete(draining_key(self.consumer_name, self.prefix))
+
+    async def give_back(self) -> int:
+        """Gives back every message this worker process holds in Redis (taken, prefetched,
+        read but not yet handed to taskiq, cut) except those whose task still runs here: each
+        is appended again to its stream, to be taken at once by a live worker (in
+        one Redis script). Their callbacks, if they start or end here later, are stopped.
+
+        :return: how many messages were given back.
+        """
+        given = 0
+        async with Redis(connection_pool=self.connection_pool) as conn:
+            script = conn.register_script(_GIVE_BACK)
+            for stream in self.streams:
+                try:
+                    pending: Any = await conn.xpending_range(
+                        stream, self.consumer_group_name, "-", "+", 10_000, self.consumer_name
+                    )
+                except ResponseError:
+                    continue  # no such group
+                # Computed after the last await: a callback starting from here on sees its
+                # message given back.
+                keep = {
+                    _text(self._tasks[task_id][1])
+                    for task_id, attempt in self._running.items()
+                    if task_id in self._tasks
+                    and task_id not in self._cut
+                    and not attempt.task.done()
+                }
+                ids = [p["message_id"] for p in pending if _text(p["message_id"]) not in keep]
+                for message_id in ids:
+                    task_id = self._drop(stream, message_id) or self._drop(
+                        stream.encode(), message_id
+                    )
+                    if task_id is not None:
+                        self._given_back.add(task_id)
+                for i in range(0, len(ids), 1000):
+                    given += int(
+                        await script(
+                            keys=[stream],
+                            args=[self.consumer_group_name, self.consumer_name, *ids[i : i + 1000]],
+                        )
+                    )
+        if given:
+            logger.warning("gave back %d message(s): other workers take them now", given)
+        return given
+
     # -- sending -----------------------------------------------------------------------------
 
     async def kick(self, message: Any) -> None:
@@ -453,7 +729,16 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
 
     async def listen(self) -> AsyncGenerator[Any, None]:
         """Messages for this worker, forever: new ones, a predecessor's, and those whose
-        lease lapsed. Redis errors are waited out with a backoff, never raised."""
+        lease lapsed. Redis errors are waited out with a backoff, never raised. When the
+        worker stops listening (it is stopping), its drain begins."""
+        try:
+            async with contextlib.aclosing(self._receive()) as messages:
+                async for message in messages:
+                    yield message
+        finally:
+            self._begin_drain()
+
+    async def _receive(self) -> AsyncGenerator[Any, None]:
         pause = 0.1
         while True:
             try:
@@ -593,7 +878,13 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
 
     async def _take_over(self, conn: Redis, predecessor: str) -> AsyncGenerator[Any, None]:
         """Takes what this worker name's previous boot held (it died: restarted by the
-        supervisor), counting one delivery each, then removes that consumer."""
+        supervisor), counting one delivery each, then removes that consumer. A predecessor
+        still draining (a successor started while it stops) is left alone: it gives back what
+        it holds itself, and takes what it still runs to its end."""
+        with contextlib.suppress(InvalidValueError):  # a consumer name of the user's
+            if await conn.exists(draining_key(predecessor, self.prefix)):
+                logger.info("%s is draining: it gives back what it holds", predecessor)
+                return
         for stream in self.streams:
             try:
                 pending: Any = await conn.xpending_range(
@@ -722,6 +1013,10 @@ def _reraise_cancellation() -> None:
     cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python 3.11+
     if cancelling is not None and cancelling():
         raise asyncio.CancelledError
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _label_from_raw(data: Any) -> Any:

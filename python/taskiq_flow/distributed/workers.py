@@ -20,12 +20,23 @@ from redis.asyncio import Redis
 from taskiq_flow.distributed.keys import validate_key_part
 from taskiq_flow.exceptions import InvalidValueError
 
-__all__ = ["HEARTBEAT_TTL", "WORKER_ENV", "boot_key", "discover_workers", "worker_key"]
+__all__ = [
+    "DRAIN_ENV",
+    "HEARTBEAT_TTL",
+    "WORKER_ENV",
+    "boot_key",
+    "discover_workers",
+    "draining_key",
+    "worker_key",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Set by ``taskiq-flow worker`` for the ``taskiq worker`` it starts: the worker's advert (JSON).
 WORKER_ENV = "TASKIQ_FLOW_WORKER"
+#: Set by ``taskiq-flow worker --drain-timeout S`` for the ``taskiq worker`` it starts: the
+#: seconds a stopping worker lets its running tasks finish (overrides the broker's own).
+DRAIN_ENV = "TASKIQ_FLOW_DRAIN_TIMEOUT"
 #: Seconds a worker's advert lives without a heartbeat (refreshed every third of that): long
 #: enough to outlive a Redis stall of several seconds (a lapsed advert makes pools drop the
 #: worker for good); a child restarted by the supervisor is taken over at once regardless.
@@ -42,6 +53,15 @@ def worker_key(name: str, prefix: str = "taskiq_flow") -> str:
 def boot_key(name: str, prefix: str = "taskiq_flow") -> str:
     """The key remembering the last boot (stream consumer) of a worker name."""
     return f"{validate_key_part('prefix', prefix)}:boot:{validate_key_part('worker name', name)}"
+
+
+def draining_key(consumer: str, prefix: str = "taskiq_flow") -> str:
+    """The key a draining worker process (a stream consumer, its boot id) sets while it drains:
+    a successor under the same name leaves what it holds to it (it gives everything back)."""
+    return (
+        f"{validate_key_part('prefix', prefix)}:draining:"
+        f"{validate_key_part('consumer name', consumer)}"
+    )
 
 
 async def discover_workers(
