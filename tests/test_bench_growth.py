@@ -34,11 +34,12 @@ def test_the_group_reports_the_ratio_and_the_memory_with_right_answers(
     out = capsys.readouterr().out
     assert "runs that grow: an Expand tree 3 x 3 x 10 (103 tasks, 90 leaves)" in out
     for name in growth.CONTENDERS:
-        assert re.search(rf"{re.escape(name)} +[\d.]+ us/task wall +[\d.]+ us/task CPU +ok", out)
+        assert re.search(rf"{re.escape(name)} +[\d.]+ us +[\d.]+ us +yes$", out, re.M), name
     assert re.search(r"grown / declared, wall time per task: \d+\.\d\dx \(target <= 1\.15x", out)
     assert re.search(r"grown / declared, CPU time per task: \d+\.\d\dx \(target <= 1\.15x", out)
-    assert re.search(r"peak RSS \d+ MiB above import taskiq_flow \(target <= 150 MiB", out)
+    assert re.search(r"peak RSS: \d+ MiB above import taskiq_flow \(target <= 150 MiB", out)
     assert max(len(line) for line in out.splitlines()) <= 80, out
+    assert not [line for line in out.splitlines() if line.startswith("    ")], out  # not wrapped
 
     saved = json.loads(out_file.read_text())["growth"]
     assert saved["levels"] == [3, 3, 10]
@@ -62,4 +63,4 @@ def test_a_wrong_answer_makes_the_bench_fail(
     real = growth._leaves
     monkeypatch.setattr(growth, "_leaves", lambda tree: real(tree)[::-1])
     assert main(["--group", "growth", "--scale", "0.001"]) == 1
-    assert re.search(r"Expand tree \(grown\) .* WRONG", capsys.readouterr().out)
+    assert re.search(r"Expand tree \(grown\) .* NO$", capsys.readouterr().out, re.M)

@@ -260,20 +260,21 @@ def run_growth_bench(scale: float = 1.0, repeats: int = 3) -> dict[str, Any]:
 
 
 def report(result: dict[str, Any]) -> str:
-    """The growth section of ``taskiq-flow bench``: time per task of each contender, the ratio
-    grown ÷ declared against its target, and the grown run's peak RSS against its target."""
+    """The growth section of ``taskiq-flow bench`` (80 columns): time per task of each
+    contender, the ratio grown ÷ declared against its target, and the grown run's peak RSS
+    against its target."""
     a, b, c = result["levels"]
     n = result["tasks"]
     lines = [
-        f"runs that grow: an Expand tree {a} x {b} x {c} ({n:,} tasks, {a * b * c:,} leaves) "
-        f"against the same tree declared up front, max_parallel={result['max_parallel']}, "
-        f"InMemoryBroker, best of {result['repeats']}:",
+        f"runs that grow: an Expand tree {a} x {b} x {c} ({n:,} tasks, {a * b * c:,} leaves)",
+        f"  vs the same tree declared up front; max_parallel={result['max_parallel']}, "
+        f"InMemoryBroker, best of {result['repeats']}",
+        f"  {'contender':<22}  {'wall/task':>10}  {'CPU/task':>10}  ok",
     ]
-    width = max(len(name) for name in CONTENDERS)
     for name, row in result["contenders"].items():
         lines.append(
-            f"  {name:<{width}}  {row['us_per_task']:6.1f} us/task wall  "
-            f"{row['cpu_us_per_task']:6.1f} us/task CPU  {'ok' if row['correct'] else 'WRONG'}"
+            f"  {name:<22}  {row['us_per_task']:7.1f} us  {row['cpu_us_per_task']:7.1f} us  "
+            f"{'yes' if row['correct'] else 'NO'}"
         )
     for what, key in (("wall", "ratio_wall"), ("CPU", "ratio_cpu")):
         ratio = result[key]
@@ -282,11 +283,10 @@ def report(result: dict[str, Any]) -> str:
             f"  grown / declared, {what} time per task: {ratio:.2f}x "
             f"(target <= {TARGET_RATIO:.2f}x: {verdict})"
         )
-    memory = result["memory"]
-    mib = memory["peak_rss_over_import_mib"]
+    mib = result["memory"]["peak_rss_over_import_mib"]
     verdict = "met" if mib <= TARGET_MIB else "MISSED"
     lines.append(
-        f"  grown run, fresh interpreter: peak RSS {mib:.0f} MiB above import taskiq_flow "
+        f"  grown run's peak RSS: {mib:.0f} MiB above import taskiq_flow "
         f"(target <= {TARGET_MIB:.0f} MiB: {verdict})"
     )
     return "\n".join(lines)
