@@ -49,21 +49,125 @@ pub enum ParamProblem {
     Unknown { node: u32, param: u32 },
 }
 
+/// A read-only array of ids: a slice, or native-endian bytes four to an id (read in place, so
+/// that a caller's packed array is not copied into a `Vec` first).
+#[derive(Debug, Clone, Copy)]
+pub enum Ids<'a> {
+    Slice(&'a [u32]),
+    Bytes(&'a [u8]),
+}
+
+impl<'a> Ids<'a> {
+    /// Ids packed four bytes each, native-endian.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidValue`] when the length is not a multiple of four.
+    pub fn from_ne_bytes(what: &str, bytes: &'a [u8]) -> CoreResult<Self> {
+        if bytes.len() % 4 == 0 {
+            Ok(Ids::Bytes(bytes))
+        } else {
+            Err(CoreError::invalid(what, "bytes of 4-byte ids", format!("{} bytes", bytes.len())))
+        }
+    }
+
+    /// Number of ids.
+    pub fn len(&self) -> usize {
+        match self {
+            Ids::Slice(s) => s.len(),
+            Ids::Bytes(b) => b.len() / 4,
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The ids in order.
+    pub fn iter(&self) -> IdsIter<'a> {
+        match *self {
+            Ids::Slice(s) => IdsIter::Slice(s.iter()),
+            Ids::Bytes(b) => IdsIter::Bytes(b.chunks_exact(4)),
+        }
+    }
+
+    /// The ids as a `Vec`.
+    pub fn to_vec(&self) -> Vec<u32> {
+        match self {
+            Ids::Slice(s) => s.to_vec(),
+            Ids::Bytes(_) => self.iter().collect(),
+        }
+    }
+}
+
+impl<'a> From<&'a [u32]> for Ids<'a> {
+    fn from(slice: &'a [u32]) -> Self {
+        Ids::Slice(slice)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [u32; N]> for Ids<'a> {
+    fn from(slice: &'a [u32; N]) -> Self {
+        Ids::Slice(slice)
+    }
+}
+
+impl<'a> From<&'a Vec<u32>> for Ids<'a> {
+    fn from(v: &'a Vec<u32>) -> Self {
+        Ids::Slice(v)
+    }
+}
+
+impl<'a> IntoIterator for &Ids<'a> {
+    type Item = u32;
+    type IntoIter = IdsIter<'a>;
+
+    fn into_iter(self) -> IdsIter<'a> {
+        self.iter()
+    }
+}
+
+/// The iterator of [`Ids::iter`].
+#[derive(Debug, Clone)]
+pub enum IdsIter<'a> {
+    Slice(std::slice::Iter<'a, u32>),
+    Bytes(std::slice::ChunksExact<'a, u8>),
+}
+
+impl Iterator for IdsIter<'_> {
+    type Item = u32;
+
+    #[inline]
+    fn next(&mut self) -> Option<u32> {
+        match self {
+            IdsIter::Slice(it) => it.next().copied(),
+            IdsIter::Bytes(it) => it.next().map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]])),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        match self {
+            IdsIter::Slice(it) => it.size_hint(),
+            IdsIter::Bytes(it) => it.size_hint(),
+        }
+    }
+}
+
 /// The edges of a columnar dataflow: `sources[i]` feeds `targets[i]` as parameter `params[i]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Edges<'a> {
-    pub sources: &'a [u32],
-    pub targets: &'a [u32],
-    pub params: &'a [u32],
+    pub sources: Ids<'a>,
+    pub targets: Ids<'a>,
+    pub params: Ids<'a>,
 }
 
 /// The external inputs of a columnar dataflow: input `inputs[i]` feeds `targets[i]` as
 /// parameter `params[i]`.
 #[derive(Debug, Clone, Copy)]
 pub struct Feeds<'a> {
-    pub targets: &'a [u32],
-    pub params: &'a [u32],
-    pub inputs: &'a [u32],
+    pub targets: Ids<'a>,
+    pub params: Ids<'a>,
+    pub inputs: Ids<'a>,
 }
 
 /// A checked columnar dataflow.
@@ -88,13 +192,13 @@ fn same_length(what: &str, lengths: &[usize]) -> CoreResult<()> {
     Err(CoreError::invalid(what, "of equal length", format!("lengths {}", shown.join(", "))))
 }
 
-fn below(what: &str, values: &[u32], limit: u32, expected: &'static str) -> CoreResult<()> {
-    match values.iter().position(|&v| v >= limit) {
+fn below(what: &str, values: Ids<'_>, limit: u32, expected: &'static str) -> CoreResult<()> {
+    match values.iter().enumerate().find(|&(_, v)| v >= limit) {
         None => Ok(()),
-        Some(i) => Err(CoreError::invalid(
+        Some((i, v)) => Err(CoreError::invalid(
             format!("{what}[{i}]"),
             expected,
-            format!("{} (there are {limit})", values[i]),
+            format!("{v} (there are {limit})"),
         )),
     }
 }
@@ -141,9 +245,9 @@ impl Table {
                 limit: u64::from(MAX_TABLE_NODES),
             });
         }
-        below("task", &task_of, task_count, "an index into the tasks")?;
-        let ids = edges.sources.iter().chain(edges.targets).chain(feeds.targets);
-        if let Some(&bad) = ids.into_iter().find(|&&v| v >= n) {
+        below("task", Ids::Slice(&task_of), task_count, "an index into the tasks")?;
+        let mut ids = edges.sources.iter().chain(edges.targets.iter()).chain(feeds.targets.iter());
+        if let Some(bad) = ids.find(|&v| v >= n) {
             return Err(CoreError::UnknownNode { node: bad, node_count: n });
         }
         below("edge param", edges.params, param_count, "an index into the parameter names")?;
@@ -153,7 +257,7 @@ impl Table {
         // Counting sort of every input slot by its target; edges first, then external inputs, each
         // in the order given.
         let mut offsets = vec![0u32; n as usize + 1];
-        for &t in edges.targets.iter().chain(feeds.targets) {
+        for t in edges.targets.iter().chain(feeds.targets.iter()) {
             offsets[t as usize + 1] += 1;
         }
         for i in 0..n as usize {
@@ -169,15 +273,20 @@ impl Table {
             slot_source[*at as usize] = source;
             *at += 1;
         };
-        for ((&t, &p), &s) in edges.targets.iter().zip(edges.params).zip(edges.sources) {
+        for ((t, p), s) in edges.targets.iter().zip(edges.params.iter()).zip(edges.sources.iter()) {
             place(t, p, s);
         }
-        for ((&t, &p), &i) in feeds.targets.iter().zip(feeds.params).zip(feeds.inputs) {
+        for ((t, p), i) in feeds.targets.iter().zip(feeds.params.iter()).zip(feeds.inputs.iter()) {
             place(t, p, i | EXTERNAL);
         }
         drop(cursor);
-        // A cycle is refused with its nodes; the order itself is the scheduler's to make.
-        Graph::from_edges(n, edges.sources, edges.targets)?.topological_order()?;
+        // A cycle is refused with its nodes; the order itself is the scheduler's to make. Nodes
+        // declared in order (every edge from a lower id to a higher one) cannot form one, and
+        // need no graph built to say so.
+        if !edges.sources.iter().zip(edges.targets.iter()).all(|(s, t)| s < t) {
+            let (src, dst) = (edges.sources.to_vec(), edges.targets.to_vec());
+            Graph::from_edges(n, &src, &dst)?.topological_order()?;
+        }
         Ok(Self {
             task_of,
             task_count,
@@ -302,8 +411,8 @@ mod tests {
         f: (&[u32], &[u32], &[u32]),
     ) -> CoreResult<Table> {
         let counts = (2, 4, 2);
-        let edges = Edges { sources: e.0, targets: e.1, params: e.2 };
-        let feeds = Feeds { targets: f.0, params: f.1, inputs: f.2 };
+        let edges = Edges { sources: e.0.into(), targets: e.1.into(), params: e.2.into() };
+        let feeds = Feeds { targets: f.0.into(), params: f.1.into(), inputs: f.2.into() };
         Table::new(task_of, counts, edges, feeds)
     }
 
@@ -318,6 +427,28 @@ mod tests {
         let got: Vec<_> = t.inputs(2).collect();
         assert_eq!(got, vec![(2, Source::Node(1)), (1, Source::Node(0))]);
         assert_eq!(t.inputs(0).collect::<Vec<_>>(), vec![(0, Source::Input(0))]);
+    }
+
+    #[test]
+    fn ids_read_in_place_from_bytes_equal_the_slice() {
+        fn from_bytes(b: &[u8]) -> Ids<'_> {
+            Ids::from_ne_bytes("x", b).unwrap()
+        }
+        let ids = [7u32, 0, 4_000_000_000];
+        let bytes: Vec<u8> = ids.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let read = Ids::from_ne_bytes("ids", &bytes).unwrap();
+        assert_eq!((read.len(), read.to_vec()), (3, ids.to_vec()));
+        let err = Ids::from_ne_bytes("ids", &bytes[..5]).unwrap_err();
+        assert_eq!(err.to_string(), "ids must be bytes of 4-byte ids, got 5 bytes");
+        let (s, t, p) = ([0u32, 1], [1u32, 2], [0u32, 1]);
+        let bs: Vec<u8> = s.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let bt: Vec<u8> = t.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let bp: Vec<u8> = p.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        let edges =
+            Edges { sources: from_bytes(&bs), targets: from_bytes(&bt), params: from_bytes(&bp) };
+        let none = Feeds { targets: (&[]).into(), params: (&[]).into(), inputs: (&[]).into() };
+        let t = Table::new(vec![0, 0, 0], (1, 2, 0), edges, none).unwrap();
+        assert_eq!(t.inputs(2).collect::<Vec<_>>(), vec![(1, Source::Node(1))]);
     }
 
     #[test]
@@ -345,6 +476,14 @@ mod tests {
             }
             other => panic!("expected a cycle, got {other}"),
         }
+    }
+
+    #[test]
+    fn edges_in_any_order_are_checked_for_cycles() {
+        // Backward edges without a cycle are fine; a self-loop is a cycle.
+        table(vec![0, 0, 0], (&[2, 1], &[1, 0], &[0, 0]), (&[], &[], &[])).unwrap();
+        let err = table(vec![0, 0], (&[1], &[1], &[0]), (&[], &[], &[])).unwrap_err();
+        assert_eq!(err, CoreError::Cycle { path: vec![1, 1] });
     }
 
     #[test]

@@ -9,28 +9,31 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::args::{id_list, int_arg, node_arg};
 use super::errors::{guard, heavy};
-use crate::bulk::{Edges, Feeds, ParamProblem, Source, Table, TaskParams};
+use crate::bulk::{Edges, Feeds, Ids, ParamProblem, Source, Table, TaskParams};
 use crate::error::CoreError;
 
-/// Ids from Python: ``bytes`` of native-endian ``u32`` (``array('I').tobytes()``: one copy, no
-/// Python int per id), or any sequence of ints.
-fn u32s(what: &str, value: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
-    if let Ok(bytes) = value.cast_exact::<PyBytes>() {
-        let raw = bytes.as_bytes();
-        if raw.len() % 4 != 0 {
-            return Err(CoreError::invalid(
-                what,
-                "bytes of 4-byte ids",
-                format!("{} bytes", raw.len()),
-            )
-            .into());
+/// Ids from Python: ``bytes`` of native-endian ``u32`` (``array('I').tobytes()``: read in place,
+/// no Python int per id), or any sequence of ints (copied).
+enum IdsArg<'py> {
+    Bytes(Bound<'py, PyBytes>),
+    Owned(Vec<u32>),
+}
+
+impl<'py> IdsArg<'py> {
+    fn new(what: &str, value: &Bound<'py, PyAny>) -> PyResult<Self> {
+        if let Ok(bytes) = value.cast_exact::<PyBytes>() {
+            Ids::from_ne_bytes(what, bytes.as_bytes())?;
+            return Ok(IdsArg::Bytes(bytes.clone()));
         }
-        return Ok(raw
-            .chunks_exact(4)
-            .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
-            .collect());
+        Ok(IdsArg::Owned(id_list(what, value)?))
     }
-    id_list(what, value)
+
+    fn ids(&self) -> Ids<'_> {
+        match self {
+            IdsArg::Bytes(b) => Ids::Bytes(b.as_bytes()),
+            IdsArg::Owned(v) => Ids::Slice(v),
+        }
+    }
 }
 
 /// A checked columnar dataflow: per node its task, per input slot the parameter it is passed as
@@ -75,19 +78,22 @@ impl DataflowTable {
             int_arg("param_count", param_count, max)? as u32,
             int_arg("input_count", input_count, max)? as u32,
         );
-        let task_of = u32s("task_of", task_of)?;
-        let (src, dst, par) =
-            (u32s("sources", sources)?, u32s("targets", targets)?, u32s("params", params)?);
-        let (fdst, fpar, fin) = (
-            u32s("input_targets", input_targets)?,
-            u32s("input_params", input_params)?,
-            u32s("inputs", inputs)?,
+        let task_of = IdsArg::new("task_of", task_of)?.ids().to_vec();
+        let (src, dst, par) = (
+            IdsArg::new("sources", sources)?,
+            IdsArg::new("targets", targets)?,
+            IdsArg::new("params", params)?,
         );
-        let table = heavy(py, move || {
-            let edges = Edges { sources: &src, targets: &dst, params: &par };
-            let feeds = Feeds { targets: &fdst, params: &fpar, inputs: &fin };
-            Table::new(task_of, counts, edges, feeds)
-        })?;
+        let (fdst, fpar, fin) = (
+            IdsArg::new("input_targets", input_targets)?,
+            IdsArg::new("input_params", input_params)?,
+            IdsArg::new("inputs", inputs)?,
+        );
+        let edges = Edges { sources: src.ids(), targets: dst.ids(), params: par.ids() };
+        let feeds = Feeds { targets: fdst.ids(), params: fpar.ids(), inputs: fin.ids() };
+        // The bytes are immutable Python objects held above: read in place with the interpreter
+        // detached.
+        let table = heavy(py, move || Table::new(task_of, counts, edges, feeds))?;
         Ok(Self { table: Arc::new(table) })
     }
 
