@@ -394,3 +394,13 @@ def test_what_is_not_a_task_of_the_broker_is_refused() -> None:
         BulkDataflow(broker, [seed, seed])
     with pytest.raises(InvalidValueError, match="at least one task"):
         BulkDataflow(broker, [])
+
+
+def test_the_scale_bench_declares_runs_and_measures_a_bulk_dataflow() -> None:
+    from taskiq_flow.bench.workloads import bulk_dataflow_scale
+
+    figures = bulk_dataflow_scale(2_000)
+    assert figures["nodes"] == 2_000
+    for key in ("build_us_per_node", "build_cpu_us_per_node", "run_us_per_node"):
+        assert figures[key] > 0, key
+    assert 0 < figures["peak_rss_over_import_mib"] < figures["peak_rss_mib"]

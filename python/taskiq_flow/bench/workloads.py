@@ -825,22 +825,22 @@ async def main():
         for k in range(4)
     ]
     del pick
-    wired = time.perf_counter()
+    wired, wired_cpu = time.perf_counter(), time.process_time()
     flow = BulkDataflow(broker, [combine], max_parallel=16)
     flow.add_nodes(n, task=0, output="v")
     flow.feed("seed", range(width), param="seed")
     for k, param in enumerate("abcd"):
         flow.connect(parents[k], targets, param)
     flow.build()
-    built = time.perf_counter()
+    built, built_cpu = time.perf_counter(), time.process_time()
     del parents, targets
     held = status("VmRSS")
     out = await flow.kiq_dataflow(seed=1)
-    done = time.perf_counter()
+    done, done_cpu = time.perf_counter(), time.process_time()
     assert len(out) == n and out["v%d" % (n - 1)] == 0
     await broker.shutdown()
     print(json.dumps([wired - started, built - wired, done - built, after_import, held,
-                      status("VmHWM")]))
+                      status("VmHWM"), built_cpu - wired_cpu, done_cpu - built_cpu]))
 
 asyncio.run(main())
 """
@@ -850,17 +850,20 @@ def bulk_dataflow_scale(n: int) -> dict[str, float]:
     """The layered no-op dataflow of ``pipelines.dataflow_scale`` (``max_parallel=16``), declared
     with :class:`~taskiq_flow.bulk.BulkDataflow` in a fresh interpreter: the time to make the
     wiring arrays in plain Python (the user's code, reported apart), to declare and build it
-    (checks included) per node, to run it per node, and the peak RSS above the RSS right after
-    ``import taskiq_flow``."""
+    (checks included) per node, to run it per node (each also as time on a CPU, which a loaded
+    machine does not inflate), and the peak RSS above the RSS right after ``import taskiq_flow``."""
     from taskiq_flow.bench.pipelines import _STATUS, _in_fresh_interpreter
 
     script = _BULK_SCALE_SCRIPT.replace("{status}", _STATUS)
-    wiring, build, run, after_import, held, peak = _in_fresh_interpreter(script, n, timeout=7200)
+    out = _in_fresh_interpreter(script, n, timeout=7200)
+    wiring, build, run, after_import, held, peak, build_cpu, run_cpu = out
     return {
         "nodes": n,
         "wiring_us_per_node": wiring / n * 1e6,
         "build_us_per_node": build / n * 1e6,
+        "build_cpu_us_per_node": build_cpu / n * 1e6,
         "run_us_per_node": run / n * 1e6,
+        "run_cpu_us_per_node": run_cpu / n * 1e6,
         "run_s": run,
         "built_rss_over_import_mib": (held - after_import) / 1024,
         "peak_rss_over_import_mib": (peak - after_import) / 1024,
