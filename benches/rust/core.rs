@@ -178,7 +178,7 @@ fn bulk_at_scale(n: u32) {
     }
     let first_layer: Vec<u32> = (0..dst.first().copied().unwrap_or(n)).collect();
     let (seed_param, seed_input) = (vec![4u32; first_layer.len()], vec![0u32; first_layer.len()]);
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), cpu_ns());
     let edges = Edges { sources: (&src).into(), targets: (&dst).into(), params: (&params).into() };
     let feeds = Feeds {
         targets: (&first_layer).into(),
@@ -204,17 +204,19 @@ fn bulk_at_scale(n: u32) {
         ready = run.complete_many(&ready, 0.0).unwrap();
     }
     let walked = t.elapsed();
+    let on_cpu = cpu.zip(cpu_ns()).map(|(a, b)| (b - a) as f64 / 1e9);
     assert_eq!((done, inputs), (n, table.slot_count()));
     let peak = status_kib("VmHWM:");
     let mib = |kib: Option<u64>| kib.map_or_else(|| "?".into(), |k| format!("{} MiB", k / 1024));
+    println!("bulk dataflow of {n} nodes ({} edges, 1 input):", table.edge_count());
     println!(
-        "bulk dataflow of {n} nodes ({} edges, 1 input): table {:.2} s, params {:.2} s, \
-         scheduler built + walked, every node's inputs read {:.2} s = {:.2} s",
-        table.edge_count(),
+        "  table {:.2} s + params {:.2} s + scheduler built and walked, every node's inputs read \
+         {:.2} s = {:.2} s, on CPU {}",
         built.as_secs_f64(),
         checked.as_secs_f64(),
         walked.as_secs_f64(),
         (built + checked + walked).as_secs_f64(),
+        on_cpu.map_or_else(|| "?".into(), |s| format!("{s:.2} s")),
     );
     println!(
         "  peak RSS {}{} (VmHWM), {} once the table was built, {} before",
