@@ -25,6 +25,7 @@ from taskiq_flow import (
     MissingInputError,
     NotATaskError,
     PipelineTrackingManager,
+    StateError,
     StepFailedError,
     UnknownIdError,
     UnserializableError,
@@ -233,6 +234,34 @@ def test_names_are_made_when_asked_and_found_back() -> None:
             flow.node(unknown)
     with pytest.raises(IndexError):
         flow.name_of(17)
+    assert 3 not in BulkResults(flow, list(range(17)))  # a mapping by name: an int is no key
+    assert "layer3" in BulkResults(flow, list(range(17)))
+
+
+async def test_a_running_dataflow_holds_still(broker: InMemoryBroker) -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    @broker.task
+    async def wait(x: int) -> int:
+        started.set()
+        await asyncio.wait_for(release.wait(), 30)
+        return x
+
+    flow = BulkDataflow(broker, [wait])
+    flow.feed("x", flow.add_nodes(2, output="w"))
+    run = asyncio.ensure_future(flow.kiq_dataflow(x=1))
+    await asyncio.wait_for(started.wait(), 30)
+    for change in (
+        lambda: flow.add_nodes(1, output="more"),
+        lambda: flow.connect([0], [1], "x"),
+        lambda: flow.feed("y", [0]),
+    ):
+        with pytest.raises(StateError, match="cannot change while it runs"):
+            change()
+    release.set()
+    assert dict(await run) == {"w0": 1, "w1": 1}
+    assert flow.node_count == 2 and flow.edge_count == 0
 
 
 async def test_ids_may_come_as_arrays_ranges_lists_or_buffers(broker: InMemoryBroker) -> None:

@@ -47,6 +47,7 @@ from taskiq_flow.exceptions import (
     InvalidValueError,
     MissingInputError,
     NotATaskError,
+    StateError,
     UnserializableError,
 )
 from taskiq_flow.resources import resources_of
@@ -255,7 +256,9 @@ class BulkDataflow(RunOptions):
             when asked for), or one name per node.
         :raises InvalidValueError: for a count below 0, a task index out of range, a prefix that
             is not a non-empty str, names that are not strs, lengths that disagree.
+        :raises StateError: while the dataflow runs (as :meth:`connect` and :meth:`feed` do).
         """
+        self._check_still()
         names: Sequence[str] | None = None
         prefix: str | None = None
         if isinstance(output, str):
@@ -313,6 +316,7 @@ class BulkDataflow(RunOptions):
             parameter name that is not a non-empty str. Ids are checked against the nodes
             (and cycles looked for) when the dataflow is built, before any run.
         """
+        self._check_still()
         src = _ids("sources", sources)
         dst = _ids("targets", targets)
         if isinstance(param, str):
@@ -335,6 +339,7 @@ class BulkDataflow(RunOptions):
         :raises InvalidValueError: for a name that is not a non-empty str, a target that is not
             an id.
         """
+        self._check_still()
         if not isinstance(input, str) or not input:
             raise InvalidValueError(f"input must be a non-empty str, got {input!r}")
         dst = _ids("targets", targets)
@@ -352,6 +357,11 @@ class BulkDataflow(RunOptions):
         if not isinstance(name, str) or not name:
             raise InvalidValueError(f"a parameter name must be a non-empty str, got {name!r}")
         return ids.setdefault(name, len(ids))
+
+    def _check_still(self) -> None:
+        if self._run is not None:
+            # The run reads these arrays (its plan is them, not a copy): they hold still.
+            raise StateError("a bulk dataflow cannot change while it runs")
 
     def _changed(self) -> None:
         self._table = None
@@ -488,6 +498,8 @@ class BulkDataflow(RunOptions):
 
         :raises KeyError: for a name no node has.
         """
+        if not isinstance(name, str):
+            raise KeyError(name)
         if self._named is None:
             self._named = {
                 name: block.first + k
