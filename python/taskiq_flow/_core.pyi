@@ -13,6 +13,8 @@ __all__ = [
     "DagGraph",
     "DagScheduler",
     "DagSorter",
+    "DataflowCall",
+    "DataflowTable",
     "Placer",
     "PoolPlacements",
     "RateLimiter",
@@ -63,6 +65,44 @@ class DagGraph:
     def levels(self) -> list[int]: ...
     def bottom_levels(self, weights: Sequence[int] | None = None) -> list[int]: ...
     def critical_path(self, weights: Sequence[int] | None = None) -> tuple[int, list[int]]: ...
+
+@final
+class DataflowTable:
+    """A checked columnar dataflow: per node its task, per input its parameter and source."""
+
+    def __new__(
+        cls,
+        task_of: bytes | Sequence[int],
+        task_count: int,
+        param_count: int,
+        input_count: int,
+        sources: bytes | Sequence[int],
+        targets: bytes | Sequence[int],
+        params: bytes | Sequence[int],
+        input_targets: bytes | Sequence[int],
+        input_params: bytes | Sequence[int],
+        inputs: bytes | Sequence[int],
+    ) -> DataflowTable: ...
+    @property
+    def node_count(self) -> int: ...
+    @property
+    def edge_count(self) -> int: ...
+    def task_of(self, node: int) -> int: ...
+    def inputs(self, node: int) -> list[tuple[int, bool, int]]: ...
+    def check_params(
+        self, required: Sequence[Sequence[int]], known: Sequence[Sequence[int] | None]
+    ) -> tuple[Literal["twice", "missing", "unknown"], int, int] | None: ...
+    def bind(
+        self, names: Sequence[str], inputs: Sequence[object], missing: object
+    ) -> DataflowCall: ...
+
+@final
+class DataflowCall:
+    """Builds a node's arguments from the results so far: ``call(node, results)``."""
+
+    def __call__(
+        self, node: int, results: Sequence[Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]: ...
 
 @final
 class DagSorter:

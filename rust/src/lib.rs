@@ -3,6 +3,7 @@
 //! Pure Rust, no Python types: nodes, workers, keys and tasks are integer ids and names stay with the
 //! caller. Three parts:
 //!
+//! - [`bulk`]: columnar dataflows (many nodes of a few tasks, held as arrays);
 //! - [`dag`]: graphs on dense ids, cycle detection with the cycle's path, topological order, levels,
 //!   critical path, and the `graphlib`-shaped [`dag::Sorter`];
 //! - [`limiter`] and [`scheduler`]: concurrency caps and exact token-bucket rate limits, and the DAG
@@ -15,6 +16,7 @@
 //! under `python/`) exposes all of it as the `taskiq_flow._core` module.
 
 pub mod admission;
+pub mod bulk;
 pub mod dag;
 pub mod error;
 pub mod limiter;

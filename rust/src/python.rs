@@ -4,7 +4,8 @@
 //! only registers them. Shared by all of them: [`errors`] (the one mapping of core errors to
 //! exception classes, the panic guard, the detached helper) and [`args`] (reading arguments).
 //!
-//! - the DAG: `DagGraph` ([`graph`]), `DagSorter` ([`dag_sorter`]), and the `graphlib` drop-in
+//! - the DAG: `DagGraph` ([`graph`]), the columnar `DataflowTable` and its `DataflowCall`
+//!   ([`bulk`]), `DagSorter` ([`dag_sorter`]), and the `graphlib` drop-in
 //!   `TopologicalSorter` with its `StaticOrder` ([`sorter`]);
 //! - admission: `DagScheduler` ([`scheduler`]), `SharedCap` ([`shared_cap`]), `WorkerPool`
 //!   ([`worker_pool`]), `PoolPlacements` ([`placements`]);
@@ -15,6 +16,7 @@
 use pyo3::prelude::*;
 
 mod args;
+mod bulk;
 mod checks;
 mod dag_sorter;
 mod errors;
@@ -31,6 +33,8 @@ mod worker_pool;
 #[pymodule(name = "_core")]
 fn core_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<graph::DagGraph>()?;
+    m.add_class::<bulk::DataflowTable>()?;
+    m.add_class::<bulk::DataflowCall>()?;
     m.add_class::<dag_sorter::DagSorter>()?;
     m.add_class::<scheduler::DagScheduler>()?;
     m.add_class::<placer::Placer>()?;

@@ -787,3 +787,85 @@ def placement_plan(workers: int, tasks: int, shape: str = "oversubscribed") -> W
 
 def _placed_and_used(result: tuple[int, int]) -> str:
     return f"{result[0]:,} placed on {result[1]:,} workers"
+
+
+# -- a million nodes, declared in bulk ------------------------------------------------------------
+
+_BULK_SCALE_SCRIPT = """
+import asyncio, json, random, time
+from array import array
+import taskiq_flow
+from taskiq import InMemoryBroker
+from taskiq_flow.bulk import BulkDataflow
+{status}
+after_import = status("VmRSS")
+broker = InMemoryBroker()  # its default: completions travel as events, not results
+
+@broker.task(task_name="bench_combine")
+async def combine(a: int = 0, b: int = 0, c: int = 0, d: int = 0, seed: int = 0) -> int:
+    return 0
+
+n = {n}
+rnd = random.Random(5)
+width = max(8, int(n ** 0.5))
+
+async def main():
+    await broker.startup()
+    # The wiring, made as a user's code would make arrays (timed apart: it is not ours). Node v
+    # past the first layer takes 4 distinct nodes of the layer before as a, b, c, d; the first
+    # layer takes the external input "seed".
+    # Made from generators, so that no list of 10^6 ints outlives it (the RSS would keep it).
+    started = time.perf_counter()
+    targets = array("I", range(width, n))
+    quarter = width // 4
+    pick = array("I", (rnd.randrange(width) for _ in targets))
+    parents = [
+        array("I", ((v // width - 1) * width + (p + k * quarter) % width
+                    for v, p in zip(targets, pick)))
+        for k in range(4)
+    ]
+    del pick
+    wired, wired_cpu = time.perf_counter(), time.process_time()
+    flow = BulkDataflow(broker, [combine], max_parallel=16)
+    flow.add_nodes(n, task=0, output="v")
+    flow.feed("seed", range(width), param="seed")
+    for k, param in enumerate("abcd"):
+        flow.connect(parents[k], targets, param)
+    flow.build()
+    built, built_cpu = time.perf_counter(), time.process_time()
+    del parents, targets
+    held = status("VmRSS")
+    out = await flow.kiq_dataflow(seed=1)
+    done, done_cpu = time.perf_counter(), time.process_time()
+    assert len(out) == n and out["v%d" % (n - 1)] == 0
+    await broker.shutdown()
+    print(json.dumps([wired - started, built - wired, done - built, after_import, held,
+                      status("VmHWM"), built_cpu - wired_cpu, done_cpu - built_cpu]))
+
+asyncio.run(main())
+"""
+
+
+def bulk_dataflow_scale(n: int) -> dict[str, float]:
+    """The layered no-op dataflow of ``pipelines.dataflow_scale`` (``max_parallel=16``), declared
+    with :class:`~taskiq_flow.bulk.BulkDataflow` in a fresh interpreter: the time to make the
+    wiring arrays in plain Python (the user's code, reported apart), to declare and build it
+    (checks included) per node, to run it per node (each also as time on a CPU, which a loaded
+    machine does not inflate), and the peak RSS above the RSS right after ``import taskiq_flow``."""
+    from taskiq_flow.bench.pipelines import _STATUS, _in_fresh_interpreter
+
+    script = _BULK_SCALE_SCRIPT.replace("{status}", _STATUS)
+    out = _in_fresh_interpreter(script, n, timeout=7200)
+    wiring, build, run, after_import, held, peak, build_cpu, run_cpu = out
+    return {
+        "nodes": n,
+        "wiring_us_per_node": wiring / n * 1e6,
+        "build_us_per_node": build / n * 1e6,
+        "build_cpu_us_per_node": build_cpu / n * 1e6,
+        "run_us_per_node": run / n * 1e6,
+        "run_cpu_us_per_node": run_cpu / n * 1e6,
+        "run_s": run,
+        "built_rss_over_import_mib": (held - after_import) / 1024,
+        "peak_rss_over_import_mib": (peak - after_import) / 1024,
+        "peak_rss_mib": peak / 1024,
+    }
