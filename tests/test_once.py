@@ -92,9 +92,7 @@ async def test_a_finished_keys_result_is_returned_without_sending_anything(
     assert calls == [2]
     assert again.pipeline_id == first.pipeline_id
     # Another key, another pipeline name: other runs.
-    assert await pipeline.with_idempotency_key("k2", store=store).kiq_dataflow(x=3) == {
-        "total": 30
-    }
+    assert await pipeline.with_idempotency_key("k2", store=store).kiq_dataflow(x=3) == {"total": 30}
 
 
 async def test_different_keys_on_one_pipeline_run_concurrently(broker: InMemoryBroker) -> None:
@@ -126,8 +124,10 @@ async def test_a_failed_run_frees_its_key_and_attached_triggers_get_its_failure(
 
     pipeline = DataflowPipeline.from_tasks(broker, [flaky])
     store = InMemoryKeyStore()
-    both = [asyncio.ensure_future(pipeline.with_idempotency_key("f", store=store).kiq_dataflow(x=1))
-            for _ in range(2)]
+    both = [
+        asyncio.ensure_future(pipeline.with_idempotency_key("f", store=store).kiq_dataflow(x=1))
+        for _ in range(2)
+    ]
     await until(lambda: attempts, 10, "the run to start")
     gate.set()
     outcomes = await asyncio.gather(*both, return_exceptions=True)
@@ -369,3 +369,25 @@ async def test_two_orchestrator_processes_500_triggers_each_one_run(
     assert int(await redis.get("once:runs")) == 1  # exactly one run
     assert all(out["results"] == [{"total": 70}] * 500 for out in outs)  # every caller's result
     assert outs[0]["ids"] == outs[1]["ids"] and len(outs[0]["ids"]) == 1  # one run id
+
+
+async def test_a_key_whose_orchestrator_died_is_taken_over(
+    broker: InMemoryBroker, redis: Redis
+) -> None:
+    """A running claim whose owner's lease is gone (its orchestrator died): the next trigger
+    takes it over; without tracking that keeps leases it runs it again under a new id."""
+    gate, calls = asyncio.Event(), []
+    gate.set()
+    pipeline = gated_pipeline(broker, gate, calls)
+    dead = RedisKeyStore(redis)
+    assert await dead.claim(f"{pipeline.name}\x1fk", "deadrun", "dead-owner", 600) is None
+    record, lease = dead.keys_of(f"{pipeline.name}\x1fk")
+    live = pipeline.with_idempotency_key("k", store=RedisKeyStore(redis))
+    waiting = asyncio.ensure_future(live.kiq_dataflow(x=5))
+    await until(lambda: live.pipeline_id == "deadrun", 10, "the trigger to attach")
+    assert not waiting.done() and not calls  # the owner's lease holds: it waits
+    await redis.delete(lease)  # the dead owner's lease lapses
+    assert await waiting == {"total": 50}
+    assert calls == [5] and live.pipeline_id not in ("deadrun", "")
+    stored = json.loads(await redis.get(record))
+    assert stored["state"] == "done" and stored["run"] == live.pipeline_id

@@ -143,9 +143,7 @@ class KeyStore:
         """Renews the owner's lease: whether the claim is still this owner's."""
         return True
 
-    async def finish(
-        self, key: str, pipeline_id: str, owner: str, result: Any, ttl: float
-    ) -> None:
+    async def finish(self, key: str, pipeline_id: str, owner: str, result: Any, ttl: float) -> None:
         """Stores a finished run's result for ``ttl`` seconds, if the claim is still ours.
 
         :raises PayloadTooLargeError: a result the store cannot keep faithfully.
@@ -216,9 +214,7 @@ class InMemoryKeyStore(KeyStore):
         self._put(key, KeyClaim("running", pipeline_id, owner), ttl)
         return True
 
-    async def finish(
-        self, key: str, pipeline_id: str, owner: str, result: Any, ttl: float
-    ) -> None:
+    async def finish(self, key: str, pipeline_id: str, owner: str, result: Any, ttl: float) -> None:
         if self._ours(key, pipeline_id, owner):
             self._put(key, KeyClaim("done", pipeline_id, owner, result=result), ttl)
 
@@ -326,6 +322,7 @@ class RedisKeyStore(KeyStore):
         self.redis = redis
         self.prefix = validate_key_part("prefix", prefix)
         self.lease_seconds = float(lease_seconds)
+        self._lease_ms = int(self.lease_seconds * 1000)
         self.max_result_bytes = limit
         self.max_depth = DEFAULT_MAX_DEPTH
         self._claim = redis.register_script(_CLAIM)
@@ -387,7 +384,7 @@ class RedisKeyStore(KeyStore):
 
     async def claim(self, key: str, pipeline_id: str, owner: str, ttl: float) -> KeyClaim | None:
         record = self._record(KeyClaim("running", pipeline_id, owner), key)
-        lease_ms = int(self.lease_seconds * 1000)
+        lease_ms = self._lease_ms
         answer: Any = await self._claim(
             keys=self.keys_of(key), args=[record, owner, _ms(ttl), lease_ms]
         )
@@ -407,20 +404,16 @@ class RedisKeyStore(KeyStore):
         self, key: str, seen: KeyClaim, pipeline_id: str, owner: str, ttl: float
     ) -> bool:
         record = self._record(KeyClaim("running", pipeline_id, owner), key)
-        args = [seen.pipeline_id, seen.owner, record, owner, _ms(ttl)]
-        answer: Any = await self._take_over(
-            keys=self.keys_of(key), args=[*args, int(self.lease_seconds * 1000)]
-        )
+        args: list[str | int] = [seen.pipeline_id, seen.owner, record, owner, _ms(ttl)]
+        answer: Any = await self._take_over(keys=self.keys_of(key), args=[*args, self._lease_ms])
         return bool(answer)
 
     async def renew(self, key: str, pipeline_id: str, owner: str) -> bool:
-        lease_ms = int(self.lease_seconds * 1000)
+        lease_ms = self._lease_ms
         answer: Any = await self._renew(keys=self.keys_of(key), args=[pipeline_id, owner, lease_ms])
         return bool(answer)
 
-    async def finish(
-        self, key: str, pipeline_id: str, owner: str, result: Any, ttl: float
-    ) -> None:
+    async def finish(self, key: str, pipeline_id: str, owner: str, result: Any, ttl: float) -> None:
         record = self._record(KeyClaim("done", pipeline_id, owner, result=result), key)
         await self._settle(keys=self.keys_of(key), args=[pipeline_id, owner, record, _ms(ttl)])
 
@@ -466,9 +459,7 @@ class IdempotencyKey:
 
     def __post_init__(self) -> None:
         if not isinstance(self.key, str) or not self.key:
-            raise InvalidValueError(
-                f"an idempotency key must be a non-empty str, got {self.key!r}"
-            )
+            raise InvalidValueError(f"an idempotency key must be a non-empty str, got {self.key!r}")
         ttl = self.ttl
         if (
             isinstance(ttl, bool)
@@ -674,7 +665,9 @@ async def _own(
             _renew(store, name, pipeline_id, owner, store.lease_seconds / 3)
         )
     try:
-        value = await (_resume(start, pipeline_id, store) if resuming else start(pipeline_id, False))
+        value = await (
+            _resume(start, pipeline_id, store) if resuming else start(pipeline_id, False)
+        )
     except BaseException as exc:
         why = "PipelineCancelledError: cancelled" if isinstance(exc, asyncio.CancelledError) else ""
         await asyncio.shield(store.fail(name, pipeline_id, owner, why or describe_error(exc)))

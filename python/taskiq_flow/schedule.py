@@ -146,6 +146,7 @@ class PipelineSchedule:
             if self.slot_at_or_before(self.start, window=False) == self.start:
                 return self._in_window(self.start)
             after = self.start
+        slot: float | None
         if self.every is not None:
             slot = (math.floor(after / self.every) + 1) * self.every
         else:
@@ -173,9 +174,7 @@ class PipelineSchedule:
         """Triggers the run of ``slot`` (one run per slot key) and returns its result."""
         from taskiq_flow.dataflow import DataflowPipeline
 
-        keyed = self.pipeline.with_idempotency_key(
-            slot_key(self.name, slot), ttl=ttl, store=store
-        )
+        keyed = self.pipeline.with_idempotency_key(slot_key(self.name, slot), ttl=ttl, store=store)
         if isinstance(self.pipeline, DataflowPipeline):
             return await keyed.kiq_dataflow(**self.inputs)
         result = await (await keyed.kiq(**self.inputs)).wait_result()
@@ -317,4 +316,3 @@ async def _sleep_until(moment: float, clock: Callable[[], float]) -> None:
         if left <= 0:
             return
         await asyncio.sleep(min(left, 60.0))
-
