@@ -48,6 +48,7 @@ from taskiq_flow.exceptions import (
     NotATaskError,
     UnserializableError,
 )
+from taskiq_flow.once import can_resume, run_keyed
 from taskiq_flow.resources import resources_of
 from taskiq_flow.retry import RetryPolicy
 from taskiq_flow.run.caching import check_cache
@@ -858,13 +859,30 @@ class DataflowPipeline(RunOptions):
         """Runs the pipeline and returns every task's output: ``{output name: value}``.
 
         External inputs are keyword arguments; a pipeline with a single external input also takes
-        it positionally (``await pipeline.kiq_dataflow(chunk)``).
+        it positionally (``await pipeline.kiq_dataflow(chunk)``). A pipeline from
+        :meth:`with_idempotency_key` runs once per key (see :mod:`taskiq_flow.once`).
 
         :raises CycleError, DuplicateOutputError, MissingInputError, UnserializableError: before
             any task is sent.
         :raises StepFailedError: a task failed for good (``results`` holds what finished).
+        :raises RemoteTaskError: keyed: the run attached to failed in another process.
         """
-        return await self._run_dataflow(chunk, inputs, uuid.uuid4().hex, None)
+        keyed = self.idempotency_key
+        if keyed is None:
+            return await self._run_dataflow(chunk, inputs, uuid.uuid4().hex, None)
+
+        async def start(pipeline_id: str, resuming: bool) -> dict[str, Any]:
+            if resuming:  # the run's orchestrator died: on with the inputs stored with it
+                return await self.resume(pipeline_id)
+            return await self._run_dataflow(chunk, inputs, pipeline_id, None)
+
+        def seen(pipeline_id: str) -> None:
+            self.pipeline_id = pipeline_id
+
+        outputs: dict[str, Any] = await run_keyed(
+            keyed, self.name, start, resumable=can_resume(self.tracking), on_id=seen
+        )
+        return outputs
 
     async def _run_dataflow(
         self,

@@ -23,13 +23,22 @@ import asyncio
 import contextlib
 import dataclasses
 import warnings
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from typing import Any
 
 from taskiq import AsyncBroker
 from typing_extensions import Unpack
 
 from taskiq_flow.exceptions import DataflowError, InvalidValueError, Skip, StepFailedError
+from taskiq_flow.once import IdempotencyKey, run_keyed
 from taskiq_flow.resources import resources_of
 from taskiq_flow.run.checks import check_calls
 from taskiq_flow.run.plan import (
@@ -154,6 +163,22 @@ def _step(
     )
 
 
+async def _once(
+    keyed: IdempotencyKey | None,
+    settings: Settings,
+    execute: Callable[[str | None], Awaitable[Any]],
+) -> Any:
+    """Runs ``execute`` (with a new run id), or once per key (see :mod:`taskiq_flow.once`; a
+    call has no resume: a run whose orchestrator died is started again by the next trigger)."""
+    if keyed is None:
+        return await execute(None)
+
+    async def start(pipeline_id: str, _resuming: bool) -> Any:
+        return await execute(pipeline_id)
+
+    return await run_keyed(keyed, settings.name, start, resumable=False)
+
+
 class MapReduce:
     """Fan-out and fan-in over items (all methods are static).
 
@@ -164,7 +189,9 @@ class MapReduce:
     arguments go in ``kwargs={...}``, so a misspelled option is an error, never a task argument;
     one attempt of a task is bounded by its own ``timeout`` (taskiq's label).
     ``max_parallel`` here is the pipeline's: it bounds every task of the call in flight at once
-    (a ``map_reduce``'s map and reduce together).
+    (a ``map_reduce``'s map and reduce together). ``map``, ``reduce`` and ``map_reduce`` take
+    ``idempotency_key=`` (a str, or an :class:`~taskiq_flow.once.IdempotencyKey` for its TTL and
+    store): one run per key, scoped by the call's ``name`` (see :mod:`taskiq_flow.once`).
     """
 
     @staticmethod
@@ -178,6 +205,7 @@ class MapReduce:
         kwargs: Mapping[str, Any] | None = None,
         rate: float | None = None,
         burst: int = 1,
+        idempotency_key: str | IdempotencyKey | None = None,
         **options: Unpack[RunOptionValues],
     ) -> list[Any]:
         """Runs ``task`` on every item and returns the results in item order.
@@ -186,6 +214,8 @@ class MapReduce:
         :param max_parallel: most tasks in flight at once (``None``: all).
         :param kwargs: further keyword arguments for every call of the task.
         :param rate: at most this many calls started per second, in bursts of ``burst``.
+        :param idempotency_key: one run per key: a second call with the key attaches to the
+            live run or returns the stored result (see :mod:`taskiq_flow.once`).
         :param options: the run options (``run_timeout``: seconds the whole map may take;
             ``on_progress``: called with ``(finished, total)`` as calls complete; ...). Deprecated:
             the task's keyword arguments given here (give them as ``kwargs={...}``); one the task
@@ -196,6 +226,7 @@ class MapReduce:
         :raises StepFailedError: a call failed for good (``results``: ``{item index: value}`` of
             the calls that finished).
         """
+        keyed = IdempotencyKey.of(idempotency_key)
         values = list(items)
         step = _step(broker, task, len(values), rate, burst)
         settings, legacy = _settings("map", f"map:{step.name}", max_parallel, options, task)
@@ -208,13 +239,18 @@ class MapReduce:
 
         check_calls(broker, step.task_name, [call(i, ()) for i in range(len(values))], step.name)
         plan = Plan(len(values), [], [], [step], call)
-        run = Runner(broker, plan, settings)
-        try:
-            results = await run.execute()
-        except StepFailedError as err:
-            err.results = run.finished_results()  # {item index: value} of what finished
-            raise
-        return [v for v in results[: len(values)] if v is not MISSING]  # skipped: left out
+
+        async def execute(pipeline_id: str | None) -> list[Any]:
+            run = Runner(broker, plan, settings, pipeline_id=pipeline_id)
+            try:
+                results = await run.execute()
+            except StepFailedError as err:
+                err.results = run.finished_results()  # {item index: value} of what finished
+                raise
+            return [v for v in results[: len(values)] if v is not MISSING]  # skipped: left out
+
+        mapped: list[Any] = await _once(keyed, settings, execute)
+        return mapped
 
     @staticmethod
     async def reduce(
@@ -226,6 +262,7 @@ class MapReduce:
         initial: Any = _NO_INITIAL,
         rate: float | None = None,
         burst: int = 1,
+        idempotency_key: str | IdempotencyKey | None = None,
         **options: Unpack[RunOptionValues],
     ) -> Any:
         """Combines the items pairwise with ``task(left, right)`` in a balanced tree.
@@ -237,6 +274,7 @@ class MapReduce:
         :raises DataflowError: no items and no ``initial``.
         :raises TypeError: an unknown option (naming the closest).
         """
+        keyed = IdempotencyKey.of(idempotency_key)
         values = list(items)
         if initial is not _NO_INITIAL:
             values.insert(0, initial)
@@ -254,7 +292,11 @@ class MapReduce:
             return tuple(values[i] if kind == "leaf" else results[i] for kind, i in pair), {}
 
         plan = Plan(len(operands), sources, targets, [step], call)
-        return (await Runner(broker, plan, settings).execute())[-1]
+
+        async def execute(pipeline_id: str | None) -> Any:
+            return (await Runner(broker, plan, settings, pipeline_id=pipeline_id).execute())[-1]
+
+        return await _once(keyed, settings, execute)
 
     @staticmethod
     async def map_reduce(
@@ -266,6 +308,7 @@ class MapReduce:
         *,
         rate: float | None = None,
         burst: int = 1,
+        idempotency_key: str | IdempotencyKey | None = None,
         **options: Unpack[RunOptionValues],
     ) -> Any:
         """Maps then reduces in one run: each pair is combined as soon as both sides are ready;
@@ -275,6 +318,7 @@ class MapReduce:
         :raises DataflowError: no items.
         :raises TypeError: an unknown option (naming the closest).
         """
+        keyed = IdempotencyKey.of(idempotency_key)
         values = list(items)
         n = len(values)
         map_step = _step(broker, map_task, n, rate, burst)
@@ -316,10 +360,14 @@ class MapReduce:
             step_of,
             optional=[True] * len(sources),
         )
-        results = await Runner(broker, plan, settings).execute()
-        if results[final[1]] is MISSING:
-            raise DataflowError("map_reduce has no result: every item was skipped")
-        return results[final[1]]
+
+        async def execute(pipeline_id: str | None) -> Any:
+            results = await Runner(broker, plan, settings, pipeline_id=pipeline_id).execute()
+            if results[final[1]] is MISSING:
+                raise DataflowError("map_reduce has no result: every item was skipped")
+            return results[final[1]]
+
+        return await _once(keyed, settings, execute)
 
     @staticmethod
     async def stream(

@@ -49,6 +49,7 @@ from taskiq_flow.exceptions import (
     StepFailedError,
     UnknownIdError,
 )
+from taskiq_flow.once import IdempotencyKey, can_resume, start_keyed
 from taskiq_flow.resources import TaskResources, resources_of
 from taskiq_flow.run.checks import check_calls
 from taskiq_flow.run.options import RunOptions
@@ -363,7 +364,8 @@ class Pipeline(RunOptions):
 
     async def kiq(self, *args: Any, **kwargs: Any) -> PipelineRun:
         """Starts the pipeline; the first step gets these arguments (a first ``map`` or
-        ``filter`` without items of its own takes its items as ``kiq(items)``).
+        ``filter`` without items of its own takes its items as ``kiq(items)``). A pipeline from
+        :meth:`with_idempotency_key` runs once per key (see :mod:`taskiq_flow.once`).
 
         :raises DataflowError: if the pipeline is empty, or its first step cannot take these
             arguments.
@@ -377,7 +379,63 @@ class Pipeline(RunOptions):
         for task_name, calls in self._first_calls(args, kwargs).items():
             check_calls(self.broker, task_name, calls, step.name)
         self._check_later_steps()
+        if self.idempotency_key is not None:
+            return await self._start_keyed(self.idempotency_key, args, kwargs)
         return self._start(uuid.uuid4().hex, args, kwargs, {})
+
+    async def _start_keyed(
+        self, keyed: IdempotencyKey, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> PipelineRun:
+        """``kiq`` of a keyed copy: one run per key (see :mod:`taskiq_flow.once`); the handle
+        has the key's run id, and its result is that run's (this trigger's own run, the one it
+        attached to, or the stored one). ``cancel`` stops the run only where it runs."""
+        runs: list[Runner] = []
+        stops: list[Any] = []
+
+        async def start(pipeline_id: str, resuming: bool) -> Any:
+            if resuming:
+                run = await self.resume(pipeline_id, *args, **kwargs)
+            else:
+                run = self._start(pipeline_id, args, kwargs, {})
+            runs.extend(run._runs)
+            stops.append(run.cancel)
+            result = await run.get_result()
+            if result.is_err and result.error is not None:
+                raise result.error
+            return result.return_value
+
+        pipeline_id, task = await start_keyed(
+            keyed, self.settings.name, start, resumable=can_resume(self.tracking)
+        )
+        self.pipeline_id = pipeline_id
+
+        async def body() -> TaskiqResult[Any]:
+            started = time.perf_counter()
+            try:
+                value = await task
+            except Exception as err:
+                return TaskiqResult(
+                    is_err=True,
+                    log=None,
+                    return_value=None,
+                    execution_time=time.perf_counter() - started,
+                    error=err,
+                )
+            return TaskiqResult(
+                is_err=False,
+                log=None,
+                return_value=value,
+                execution_time=time.perf_counter() - started,
+            )
+
+        def stop() -> None:
+            for cancel in stops:
+                cancel()
+
+        names = [step.name for step in self.steps]
+        names += [d for step in self.steps if step.kind == "group" for _n, _l, d in step.tasks]
+        handle = asyncio.get_running_loop().create_task(body())
+        return PipelineRun(handle, pipeline_id, stop, runs, names)
 
     def _check_later_steps(self) -> None:
         """Checks what later steps send that is known now: their own items and extra keyword

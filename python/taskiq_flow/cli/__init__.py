@@ -87,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "dashboard", help="serve a live dashboard of the runs tracked in Redis", add_help=False
     )
+    commands.add_parser(
+        "schedule", help="run pipelines on their schedules, each slot exactly once", add_help=False
+    )
     from taskiq_flow.cli.runs import add_runs_commands
 
     add_runs_commands(commands, top_level=True)  # runs list|show|delete|report|explain
@@ -120,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         from taskiq_flow.bench import main as bench_main
 
         return bench_main(rest)
+    if args.command == "schedule":
+        from taskiq_flow.cli.schedule import main as schedule_main
+
+        return schedule_main(rest)
     if args.command == "dashboard":
         from taskiq_flow.cli.dashboard import main as dashboard_main
 

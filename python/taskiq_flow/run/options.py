@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from typing_extensions import Self
 
+from taskiq_flow.once import DEFAULT_KEY_TTL, IdempotencyKey, KeyStore
 from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
 from taskiq_flow.run.settings import OnError, Settings, renamed_warning
 
@@ -23,10 +25,37 @@ class RunOptions:
 
     Every option of a run has one: ``with_max_parallel``, ``with_run_timeout``,
     ``with_on_error``, ``with_retry``, ``with_tracking``, ``with_dead_letters``,
-    ``with_worker_pool``, ``with_progress``, ``with_name``.
+    ``with_worker_pool``, ``with_progress``, ``with_name``. :meth:`with_idempotency_key` is
+    the one that returns a copy (a key names one run, not a pipeline).
     """
 
     settings: Settings = Settings()
+    #: The key the runs of this pipeline object are claimed under (see
+    #: :meth:`with_idempotency_key`).
+    idempotency_key: IdempotencyKey | None = None
+
+    def with_idempotency_key(
+        self, key: str, *, ttl: float = DEFAULT_KEY_TTL, store: KeyStore | None = None
+    ) -> Self:
+        """A copy of the pipeline whose runs are one run per ``key``
+        (``await pipeline.with_idempotency_key(k).kiq_dataflow(**inputs)``): a second trigger of
+        the key while its run is live attaches to it (same run id, same result); within ``ttl``
+        seconds after it finished, it returns the stored result and sends nothing; after its
+        orchestrator died, it resumes it. A run that fails frees its key. The key never mixes
+        with the inputs. See :mod:`taskiq_flow.once`.
+
+        The pipeline itself is unchanged (so one pipeline serves many keys at once); the copy
+        shares its tasks and settings: build the pipeline first, then take keyed copies.
+
+        :param ttl: seconds a finished run's result answers the key (default 24 h).
+        :param store: where the key is claimed: this process's memory by default;
+            :class:`~taskiq_flow.once.RedisKeyStore` for every process on one Redis.
+        :raises InvalidValueError: for a key that is not a non-empty str, a TTL that is not a
+            finite number > 0, or a store that is not a :class:`~taskiq_flow.once.KeyStore`.
+        """
+        keyed = copy.copy(self)
+        keyed.idempotency_key = IdempotencyKey(key, ttl, store)
+        return keyed
 
     def with_retry(
         self,
