@@ -543,3 +543,38 @@ async def test_a_declared_step_cap_holds_in_every_shape(
         work, output="out", each={"x": "xs"}
     ).kiq_dataflow(xs=list(range(20))) == {"out": list(range(20))}
     assert gauge.peak == 2
+
+
+async def test_a_resumed_run_grows_again_and_runs_only_what_had_not_finished(
+    broker: InMemoryBroker,
+) -> None:
+    down = {3}
+    ran: list[int] = []
+
+    @broker.task
+    async def part(x: int) -> int:
+        ran.append(x)
+        if x in down:
+            raise ConnectionError("down")
+        return x
+
+    @broker.task
+    @pipeline_task(output="parts")
+    async def split(n: int) -> Expand:
+        return Expand(part, list(range(n)))
+
+    tracking = PipelineTrackingManager()
+    pipeline = DataflowPipeline.from_tasks(broker, [split]).with_tracking(tracking)
+    with pytest.raises(StepFailedError, match="down"):
+        await pipeline.with_on_error("continue").kiq_dataflow(n=5)
+    assert sorted(ran) == [0, 1, 2, 3, 4]
+    down.clear()
+    ran.clear()
+    assert await pipeline.resume(pipeline.pipeline_id or "", n=5) == {"parts": [0, 1, 2, 3, 4]}
+    assert ran == [3]  # the children that finished are not run again
+    status = await tracking.get_status(pipeline.pipeline_id or "")
+    assert status.status == "done"
+    assert {s.name: (s.tasks, s.tasks_done, s.status) for s in status.steps} == {
+        "split": (1, 1, "done"),
+        "split/part": (5, 5, "done"),
+    }

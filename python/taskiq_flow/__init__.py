@@ -29,6 +29,7 @@ import typing as _typing
 
 from taskiq_flow import core
 from taskiq_flow._moved import moved as _moved
+from taskiq_flow.bulk import BulkDataflow, BulkResults
 from taskiq_flow.dataflow import (
     DAG,
     DataflowPipeline,
@@ -64,6 +65,7 @@ from taskiq_flow.growth import Expand
 from taskiq_flow.handle import RunHandle, start
 from taskiq_flow.limits import CapacityLimiter, RateLimiter
 from taskiq_flow.mapreduce import MapReduce
+from taskiq_flow.once import IdempotencyKey, InMemoryKeyStore, KeyStore, RedisKeyStore
 from taskiq_flow.optimization.parallel import get_max_parallel_tasks, set_max_parallel_tasks
 from taskiq_flow.pipeline import Pipeline, PipelineMiddleware, PipelineRun
 from taskiq_flow.resources import (
@@ -74,6 +76,7 @@ from taskiq_flow.resources import (
     TaskResources,
 )
 from taskiq_flow.retry import DeadLetter, DeadLetterQueue, RetryPolicy
+from taskiq_flow.schedule import PipelineSchedule
 from taskiq_flow.sorter import TopologicalSorter
 from taskiq_flow.tracking import (
     InMemoryPipelineStorage,
@@ -85,6 +88,8 @@ from taskiq_flow.tracking import (
 __all__ = [
     "DAG",
     "AbortPipeline",
+    "BulkDataflow",
+    "BulkResults",
     "CPUProfile",
     "CapacityLimiter",
     "CycleError",
@@ -97,9 +102,12 @@ __all__ = [
     "ExecutionEngine",
     "Expand",
     "FlowMiddleware",
+    "IdempotencyKey",
+    "InMemoryKeyStore",
     "InMemoryPipelineStorage",
     "InternalError",
     "InvalidValueError",
+    "KeyStore",
     "MapReduce",
     "MissingInputError",
     "NotATaskError",
@@ -108,12 +116,14 @@ __all__ = [
     "PipelineError",
     "PipelineMiddleware",
     "PipelineRun",
+    "PipelineSchedule",
     "PipelineStatus",
     "PipelineTimeoutError",
     "PipelineTrackingManager",
     "PoisonMessageError",
     "RAMProfile",
     "RateLimiter",
+    "RedisKeyStore",
     "ResourceAwareWorkerPool",
     "ResourceProfile",
     "RetryPolicy",

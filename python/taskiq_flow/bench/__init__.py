@@ -374,6 +374,7 @@ _OWN_WAY_GROUPS = (
     "orchestrators",
     "dashboard",
     "growth",
+    "once",
 )
 
 
@@ -410,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog=(
             "groups: dag_build, dag_batch_loop, dag_event_loop, dag_dropin, admission,\n"
             "  placement, pipelines, memory, rate, streaming, dataflow_scale, redis,\n"
-            "  growth, instructions (only when named; needs valgrind),\n"
+            "  growth, once, instructions (only when named; needs valgrind),\n"
             "  orchestrators (only when named; Dask and Ray with the peers extra),\n"
             "  dashboard (only when named; the dashboard extra)\n"
             "\n"
@@ -506,6 +507,21 @@ def main(argv: list[str] | None = None) -> int:
                 f"run {scale['run_us_per_node']:.1f} us/node ({scale['run_s']:.1f} s), "
                 f"peak RSS {scale['peak_rss_over_import_mib']:.0f} MiB above import"
             )
+            bulk = w.bulk_dataflow_scale(n)
+            extra[f"bulk_dataflow_scale_{n}"] = bulk
+            say(
+                f"  the same declared in bulk (BulkDataflow): "
+                f"build {bulk['build_us_per_node']:.2f} us/node, "
+                f"run {bulk['run_us_per_node']:.1f} us/node ({bulk['run_s']:.1f} s), "
+                f"peak RSS {bulk['peak_rss_over_import_mib']:.0f} MiB above import "
+                f"(wiring arrays made in {bulk['wiring_us_per_node']:.2f} us/node, not counted)"
+            )
+    if not groups or "once" in groups:
+        from taskiq_flow.bench import once as once_bench
+
+        once_results = once_bench.run_once_bench(runs=max(50, int(500 * args.scale)))
+        extra["once"] = once_results
+        say("\n" + once_bench.report(once_results))
     if not groups or "redis" in groups:
         from taskiq_flow.bench import redis as redis_bench
 

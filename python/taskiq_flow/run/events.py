@@ -88,6 +88,9 @@ class RunListener:
     def nodes_added(self, run: Runner, first: int, count: int) -> None:
         """The run grew: ``count`` nodes from id ``first`` (their steps in ``run.plan``)."""
 
+    def node_closed(self, run: Runner, node: int) -> None:
+        """A node given children finished (its value is set from theirs)."""
+
     async def batch_done(self, run: Runner, now: float, done: Sequence[int]) -> None:
         """The runner handled a batch of events; ``done`` nodes finished in it."""
 
@@ -104,6 +107,7 @@ _EVENTS = (
     "node_skipped",
     "step_grew",
     "nodes_added",
+    "node_closed",
     "batch_done",
     "run_ended",
 )
@@ -175,6 +179,10 @@ class RunEvents:
         for call in self._by_event["nodes_added"]:
             call(self.run, first, count)
 
+    def node_closed(self, node: int) -> None:
+        for call in self._by_event["node_closed"]:
+            call(self.run, node)
+
     async def batch_done(self, now: float, done: Sequence[int]) -> None:
         for call in self._by_event["batch_done"]:
             await call(self.run, now, done)
@@ -243,6 +251,9 @@ class TrackingListener(RunListener):
 
     def nodes_added(self, run: Runner, first: int, count: int) -> None:
         self.tracking.added(first, count)
+
+    def node_closed(self, run: Runner, node: int) -> None:
+        self.tracking.closed(node)
 
     async def batch_done(self, run: Runner, now: float, done: Sequence[int]) -> None:
         tracking = self.tracking

@@ -631,6 +631,8 @@ class Runner:
             return done
         closed, grower.closed = grower.closed, []
         self._finished += len(closed)
+        for node in closed:
+            self.events.node_closed(node)
         return done + closed
 
     def outcome(self, skipped: list[int], skipped_by: list[int], failed: list[int]) -> None:

@@ -209,6 +209,22 @@ class RunRecorder:
         if step.status in _FINISHED:
             step.waiting = None
 
+    def closed(self, node: int) -> None:
+        """A node given children finished: a task that added tasks counts done (if this run did
+        not see its own attempt end: a resumed run grew it again); a node mapping over items is
+        no task."""
+        if self._status is None or self._state[node] == _DONE:
+            return
+        if node in (self._plan.each or ()):
+            return
+        index = self._index(node)
+        step = self._status.steps[index]
+        self._leave(step, node)
+        step.tasks_done += 1
+        self._state[node] = _DONE
+        step.settle_status()
+        self._dirty.add(index)
+
     def cached(self, node: int) -> None:
         """``node`` finished from the step cache (after :meth:`finished`)."""
         if self._status is not None:
