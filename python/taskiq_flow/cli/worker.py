@@ -50,6 +50,10 @@ from taskiq_flow.resources import WorkerSpec
 
 __all__ = ["advert_from_args", "check_broker", "main"]
 
+#: Seconds a Ctrl-C waits before this wrapper passes it on to ``taskiq worker`` (which a terminal's
+#: Ctrl-C reaches directly too).
+FORWARD_DELAY = 0.5
+
 #: Seconds a stopping worker gets past its drain timeout (to cut, give back and exit) before
 #: it is killed.
 STOP_GRACE = 15.0
@@ -250,22 +254,34 @@ def _supervise(command: list[str], env: dict[str, str], name: str, grace: float)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
+    forwarded = False
+
     def on_signal(signum: int, _frame: object) -> None:
         if stopping:
             kill_all()
             return
         stopping.append((signal.Signals(signum), time.monotonic()))
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGINT)
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     while True:
         try:
-            code = proc.wait(timeout=0.5)
+            code = proc.wait(timeout=0.1)
             break
         except subprocess.TimeoutExpired:
-            if stopping and time.monotonic() - stopping[0][1] > grace:
+            if not stopping:
+                continue
+            how, since = stopping[0]
+            waited = time.monotonic() - since
+            # The stop is passed on from this loop, not the handler, and a Ctrl-C only after a
+            # moment: a terminal's Ctrl-C reached taskiq's supervisor too, and a second SIGINT
+            # landing while its handler runs deadlocks it (its handler puts on a
+            # multiprocessing queue, which is not reentrant).
+            if not forwarded and (how == signal.SIGTERM or waited >= FORWARD_DELAY):
+                forwarded = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGINT)
+            if waited > grace:
                 kill_all()
     if stopping:
         sys.stderr.write(f"taskiq-flow worker {name}: stopped by {stopping[0][0].name}\n")

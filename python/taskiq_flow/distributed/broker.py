@@ -65,6 +65,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AckableMessage, AsyncBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq_redis import RedisStreamBroker
 
+from taskiq_flow.distributed.aio import cancellable, reraise_cancellation
 from taskiq_flow.distributed.keys import validate_key_part
 from taskiq_flow.distributed.workers import (
     BOOT_TTL,
@@ -748,7 +749,7 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                             yield message
                         self._predecessor = None
                     while True:
-                        fetched = await _cancellable(self._next_batch(conn))
+                        fetched = await cancellable(self._next_batch(conn))
                         pause = 0.1
                         for stream, entries in fetched or []:
                             for message_id, fields in entries:
@@ -761,7 +762,7 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                                 async for message in self._reclaim(conn, stream):
                                     yield message
             except ResponseError as exc:
-                _reraise_cancellation()
+                reraise_cancellation()
                 if "NOGROUP" in str(exc):
                     logger.warning("consumer group lost (Redis lost its data?): declaring it")
                     self._held.clear()  # their pending entries are gone with the group
@@ -772,7 +773,7 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, MAX_BACKOFF)
             except (RedisError, OSError) as exc:
-                _reraise_cancellation()
+                reraise_cancellation()
                 logger.warning("Redis unavailable: %s; retrying in %.1fs", exc, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, MAX_BACKOFF)
@@ -989,30 +990,6 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         )
         if published is not None:
             await published
-
-
-async def _cancellable(read: Awaitable[Any]) -> Any:
-    """Awaits a blocking read so that cancelling the caller always ends the wait at once.
-
-    On Python 3.11, redis-py's read under ``asyncio.timeout`` can absorb a cancellation that
-    lands as its socket timeout fires (measured here: an idle `taskiq worker` then never stops
-    on SIGINT or SIGTERM, its listener reading on). The read runs as its own task, shielded, and
-    is cancelled when the caller is.
-    """
-    task = asyncio.ensure_future(read)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-
-
-def _reraise_cancellation() -> None:
-    """redis-py may report a read cancelled by the worker's shutdown as a connection error: a
-    task being cancelled must stop, not retry."""
-    cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python 3.11+
-    if cancelling is not None and cancelling():
-        raise asyncio.CancelledError
 
 
 def _text(value: Any) -> str:

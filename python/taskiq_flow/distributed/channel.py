@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 
 from taskiq_flow import cancelling
 from taskiq_flow._backoff import Backoff
+from taskiq_flow.distributed.aio import cancellable, reraise_cancellation
 from taskiq_flow.distributed.cache import RedisStepCache
 from taskiq_flow.distributed.keys import validate_key_part
 from taskiq_flow.distributed.payload import (
@@ -204,8 +205,8 @@ class RedisCompletionChannel:
                     await pubsub.subscribe(self.cancel_key)
                     pause.reset()
                     while True:
-                        message = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=1.0
+                        message = await cancellable(
+                            pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         )
                         if message is not None and message.get("type") == "message":
                             try:
@@ -214,6 +215,7 @@ class RedisCompletionChannel:
                                 signal = message["data"]
                             cancelling.handle_signal(signal)
             except RedisError as exc:
+                reraise_cancellation()  # a read cut by our cancellation, reported as an error
                 if not pause.failing:
                     logger.warning("cancel signals cannot be read from Redis: %s; retrying", exc)
                 await pause.sleep()

@@ -128,10 +128,10 @@ class RedisCapGroup(CapGroup):
         await self.limiter.aclose()
 
     async def _feed(self) -> None:
-        # Redis reads are awaited through _cancellable: redis-py on Python 3.11 can absorb a
+        # Redis reads are awaited through cancellable: redis-py on Python 3.11 can absorb a
         # cancellation that lands as a read's socket timeout fires, and a feeder that does not
         # stop keeps its process's leases renewed while other processes starve.
-        from taskiq_flow.distributed.broker import _cancellable, _reraise_cancellation
+        from taskiq_flow.distributed.aio import cancellable, reraise_cancellation
 
         assert self._poke is not None
         poke = self._poke
@@ -148,7 +148,7 @@ class RedisCapGroup(CapGroup):
                     # One try per turn, and the question asked again each time: a process whose
                     # runs no longer wait stops asking at once (and gives its spare leases back
                     # below), rather than wait for a lease only another process could free.
-                    while cap.waiting_runs > 0 and await _cancellable(self.limiter.try_acquire()):
+                    while cap.waiting_runs > 0 and await cancellable(self.limiter.try_acquire()):
                         busy.reset()
                         self._held += 1
                         cap.set_leased(self._held)
@@ -160,14 +160,14 @@ class RedisCapGroup(CapGroup):
                         # never left to a task that an ending event loop would destroy).
                         self._held -= spare
                         cap.set_leased(self._held)
-                        await _cancellable(self.limiter.give_back(spare))
+                        await cancellable(self.limiter.give_back(spare))
                     polling = cap.waiting_runs > 0  # none free: try again after a pause
                     if polling:
                         await busy.sleep()
                     else:
                         busy.reset()
                 except Exception as exc:
-                    _reraise_cancellation()  # a read cut by our cancellation, reported as an error
+                    reraise_cancellation()  # a read cut by our cancellation, reported as an error
                     # Redis unreachable or slow to answer: the runs waiting for a slot wait on,
                     # and the feeder tries again (backing off to FEED_RETRY_MAX seconds) rather
                     # than stop and leave them waiting for a wake-up that never comes.
