@@ -16,7 +16,7 @@ import pytest
 from taskiq_flow import MapReduce, PipelineCancelledError, PipelineTrackingManager, start
 from taskiq_flow.distributed import RedisPipelineStorage
 from tests.conftest import until
-from tests.test_distributed import TESTS, started_app, supervised_workers
+from tests.test_distributed import TESTS, app_module, supervised_workers
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -31,11 +31,8 @@ def cancel_workers(redis_url: str) -> Iterator[dict[str, str]]:
 
 @pytest.fixture
 async def app(cancel_workers: dict[str, str]) -> AsyncIterator[Any]:
-    async with started_app(cancel_workers):
-        sys.modules.pop("cancel_app", None)
-        import cancel_app
-
-        yield cancel_app
+    async with app_module(cancel_workers, "cancel_app") as module:
+        yield module
 
 
 async def test_cancel_cuts_running_attempts_in_workers_within_a_second(

@@ -401,8 +401,10 @@ async def test_cancel_a_running_pipeline(broker: InMemoryBroker) -> None:
     @pipeline_task(output="y")
     async def slow(x: int) -> int:
         started.set()
-        await finish.wait()
-        finished.set()
+        try:
+            await finish.wait()
+        finally:  # cut by the cancel (it sees CancelledError here), or let through
+            finished.set()
         return x
 
     @broker.task
@@ -418,8 +420,9 @@ async def test_cancel_a_running_pipeline(broker: InMemoryBroker) -> None:
     pipeline.cancel()
     with pytest.raises(PipelineCancelledError):
         await run
-    finish.set()  # the running task completes after the cancel: nothing may start after it
+    # The running task is cut where it awaits (the cancel reaches it); nothing starts after it.
     await asyncio.wait_for(finished.wait(), 10)
+    assert not finish.is_set()
     # Every task started since the run began has ended (slow's, its completion's, anything the
     # run left behind): whatever a late completion could have started has started by now.
     await until(lambda: not asyncio.all_tasks() - before, 10, "the run's tasks to end")

@@ -4,6 +4,7 @@ by real `taskiq worker` processes. Every test talks to a real redis-server."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import pickle
 import signal
@@ -233,6 +234,15 @@ async def started_app(workers: dict[str, str]) -> AsyncIterator[Any]:
     finally:
         await redis_app.broker.shutdown()
         sys.path.remove(str(TESTS))
+
+
+@asynccontextmanager
+async def app_module(workers: dict[str, str], module: str) -> AsyncIterator[Any]:
+    """A test app built on tests/redis_app.py (``growth_app``, ``cancel_app``) imported as an
+    orchestrator would, once its workers answer."""
+    async with started_app(workers):
+        sys.modules.pop(module, None)
+        yield importlib.import_module(module)
 
 
 @pytest.fixture

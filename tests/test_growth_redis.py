@@ -14,7 +14,7 @@ import pytest
 from taskiq_flow import PipelineTrackingManager
 from taskiq_flow.distributed import RedisPipelineStorage
 from tests.conftest import until
-from tests.test_distributed import TESTS, started_app, supervised_workers
+from tests.test_distributed import TESTS, app_module, supervised_workers
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -29,11 +29,8 @@ def growth_workers(redis_url: str) -> Iterator[dict[str, str]]:
 
 @pytest.fixture
 async def growth(growth_workers: dict[str, str]) -> AsyncIterator[Any]:
-    async with started_app(growth_workers):
-        sys.modules.pop("growth_app", None)
-        import growth_app
-
-        yield growth_app
+    async with app_module(growth_workers, "growth_app") as module:
+        yield module
 
 
 async def test_items_flow_through_workers_with_skips_and_an_exact_cap(

@@ -51,7 +51,7 @@ from taskiq_flow.exceptions import (
     UnserializableError,
 )
 from taskiq_flow.resources import resources_of
-from taskiq_flow.run.checks import check_serializable
+from taskiq_flow.run.checks import check_serializable, unknown_inputs
 from taskiq_flow.run.options import RunOptions
 from taskiq_flow.run.plan import (
     Plan,
@@ -530,13 +530,7 @@ class BulkDataflow(RunOptions):
         declared = self._input_ids
         missing = [name for name in declared if name not in inputs]
         unknown = [name for name in inputs if name not in declared]
-        said = ""
-        if unknown:
-            hints = []
-            for name in unknown:
-                close = difflib.get_close_matches(name, list(declared), n=1)
-                hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            said = f"unknown inputs {', '.join(hints)}: no node takes them"
+        said = unknown_inputs(unknown, declared, "node") if unknown else ""
         if missing:
             also = f"; also given {said}" if said else ""
             shown = ", ".join(repr(m) for m in missing)

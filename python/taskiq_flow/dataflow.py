@@ -24,7 +24,6 @@ tasks, arguments the broker cannot serialize.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import uuid
 from array import array
@@ -52,7 +51,7 @@ from taskiq_flow.once import can_resume, run_keyed
 from taskiq_flow.resources import resources_of
 from taskiq_flow.retry import RetryPolicy
 from taskiq_flow.run.caching import check_cache
-from taskiq_flow.run.checks import check_serializable
+from taskiq_flow.run.checks import check_serializable, unknown_inputs
 from taskiq_flow.run.options import RunOptions
 from taskiq_flow.run.plan import (
     MISSING,
@@ -586,13 +585,7 @@ class ExecutionEngine(RunOptions):
         consumed = {name for n in self.dag.nodes for name in n.inputs}
         unknown = sorted(set(inputs) - consumed)
         # Both are said at once: a misspelled input is usually the missing one.
-        said = ""
-        if unknown:
-            hints = []
-            for name in unknown:
-                close = difflib.get_close_matches(name, sorted(consumed), n=1)
-                hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            said = f"unknown inputs {', '.join(hints)}: no task takes them"
+        said = unknown_inputs(unknown, consumed, "task") if unknown else ""
         if missing:
             needs = {name: [n.name for n in self.dag.nodes if name in n.inputs] for name in missing}
             shown = "; ".join(f"{k!r} (needed by {', '.join(v)})" for k, v in needs.items())

@@ -414,28 +414,21 @@ class Pipeline(RunOptions):
             try:
                 value = await task
             except Exception as err:
-                return TaskiqResult(
-                    is_err=True,
-                    log=None,
-                    return_value=None,
-                    execution_time=time.perf_counter() - started,
-                    error=err,
-                )
-            return TaskiqResult(
-                is_err=False,
-                log=None,
-                return_value=value,
-                execution_time=time.perf_counter() - started,
-            )
+                return _result(started, error=err)
+            return _result(started, value)
 
         def stop() -> None:
             for cancel in stops:
                 cancel()
 
+        handle = asyncio.get_running_loop().create_task(body())
+        return PipelineRun(handle, pipeline_id, stop, runs, self._step_names())
+
+    def _step_names(self) -> list[str]:
+        """The names a run's handle explains: each step's, and each task's of a group."""
         names = [step.name for step in self.steps]
         names += [d for step in self.steps if step.kind == "group" for _n, _l, d in step.tasks]
-        handle = asyncio.get_running_loop().create_task(body())
-        return PipelineRun(handle, pipeline_id, stop, runs, names)
+        return names
 
     def _check_later_steps(self) -> None:
         """Checks what later steps send that is known now: their own items and extra keyword
@@ -527,30 +520,17 @@ class Pipeline(RunOptions):
             except Exception as err:
                 if isinstance(err, StepFailedError):
                     err.results = self._partial(run.results, nodes_of, run)
-                return TaskiqResult(
-                    is_err=True,
-                    log=None,
-                    return_value=None,
-                    execution_time=time.perf_counter() - started,
-                    error=err,
-                )
+                return _result(started, error=err)
             value = _value_of(steps[-1], nodes_of[-1], results)
             skipped = run.skipped_steps()
-            return TaskiqResult(
-                is_err=False,
-                log=None,
-                return_value=None if value is MISSING else value,
-                execution_time=time.perf_counter() - started,
-                labels={"skipped": skipped} if skipped else {},
+            return _result(
+                started,
+                None if value is MISSING else value,
+                labels={"skipped": skipped} if skipped else None,
             )
 
         task = asyncio.get_running_loop().create_task(body())
-        names: list[str] = []
-        for step in steps:
-            names.append(step.name)
-            if step.kind == "group":
-                names.extend(display for _name, _labels, display in step.tasks)
-        return PipelineRun(task, pipeline_id, run.cancel, [run], names)
+        return PipelineRun(task, pipeline_id, run.cancel, [run], self._step_names())
 
     def _plan(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Plan, list[list[int]]]:
         """The whole pipeline as one plan: a node per step (a group: one per task), each after
@@ -673,6 +653,23 @@ def _step_cap(max_parallel: int | None, task: object) -> int | None:
     ``pipeline_task(max_parallel=)``."""
     given = check_max_parallel(max_parallel)
     return given if given is not None else declared_cap(task)
+
+
+def _result(
+    started: float,
+    value: Any = None,
+    error: BaseException | None = None,
+    labels: dict[str, Any] | None = None,
+) -> TaskiqResult[Any]:
+    """A run's outcome as taskiq's result (``started``: its ``perf_counter`` start)."""
+    return TaskiqResult(
+        is_err=error is not None,
+        log=None,
+        return_value=value,
+        execution_time=time.perf_counter() - started,
+        error=error,
+        labels=labels or {},
+    )
 
 
 def _kept(items: list[Any], values: list[Any]) -> list[Any]:

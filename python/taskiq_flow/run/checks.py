@@ -4,15 +4,16 @@ refused here, naming the step, the item and the argument, before a single task i
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from taskiq import AsyncBroker, TaskiqMessage
 
 from taskiq_flow.exceptions import UnserializableError
 
-__all__ = ["check_calls", "check_serializable"]
+__all__ = ["check_calls", "check_serializable", "unknown_inputs"]
 
 Call = tuple[Sequence[Any], Mapping[str, Any]]
 
@@ -213,3 +214,14 @@ def check_calls(broker: AsyncBroker, task_name: str, calls: Sequence[Call], step
     for index, call in enumerate(calls):
         _dumps(broker, task_name, call, f" (step {step!r}, item {index})")
     raise UnserializableError(f"arguments for {task_name!r} in step {step!r} cannot be sent")
+
+
+def unknown_inputs(unknown: Iterable[str], known: Iterable[str], taker: str) -> str:
+    """What a run says of inputs no ``taker`` takes, each with the closest known name:
+    ``unknown inputs 'rwa' (did you mean 'raw'?): no task takes them``."""
+    names = sorted(known)
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, names, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"unknown inputs {', '.join(hints)}: no {taker} takes them"
