@@ -187,7 +187,7 @@ async def test_skipped_and_cancelled_say_why(broker: InMemoryBroker) -> None:
     stopped.cancel()
     with pytest.raises(PipelineCancelledError):
         await run
-    assert stopped.explain("later") == "cancelled: pipeline 'dataflow' was cancelled"
+    assert stopped.explain("later") == "cancelled: pipeline 'dataflow' was cancelled; cut: 'slow'"
     gate.set()
     with pytest.raises(UnknownIdError):
         stopped.explain("nope")

@@ -395,8 +395,8 @@ async def test_a_live_runs_records_outlive_a_shorter_ttl(redis: Redis, redis_url
 #: The README's ACL, for this test's queue and result prefix.
 FLOW_ACL = (
     "on >flow-secret resetkeys ~taskiq_flow:* ~taskiq_flow_test_results:* ~{queue} ~{queue}.* "
-    "~autoclaim:* resetchannels -@all +@connection +@stream +@hash +@string +@sortedset "
-    "+@keyspace +@scripting +@transaction -@dangerous"
+    "~autoclaim:* resetchannels &taskiq_flow:cancel -@all +@connection +@stream +@hash "
+    "+@string +@sortedset +@keyspace +@scripting +@transaction +@pubsub -@dangerous"
 )
 #: What the test app's own tasks use besides (their own keys, lists and sets), and the app's
 #: priority queue.
