@@ -2,9 +2,10 @@
 
 Runs are read from tracking (in memory in one process, or Redis from anywhere) by one shared
 poller a few times a second, and pushed to every open page as server-sent events: first a
-snapshot, then only what changed. Reading never drives a run; the one action today, deleting a
-run's records, goes through :meth:`~taskiq_flow.tracking.PipelineTrackingManager.delete_pipeline`
-like any user's call, and only with the token.
+snapshot, then only what changed. Reading never drives a run; its actions go through the calls
+a user has, and only with the token: cancelling a running run (the cancel signal, as
+``taskiq-flow runs cancel`` sends it: :func:`.cancel.send_cancel`) and deleting a run's records
+(:meth:`~taskiq_flow.tracking.PipelineTrackingManager.delete_pipeline`).
 
 ::
 
@@ -17,6 +18,7 @@ like any user's call, and only with the token.
 From a shell, over Redis: ``taskiq-flow dashboard --redis redis://127.0.0.1:6379``.
 
 - :mod:`.app` — the ASGI app (:func:`create_app`): pages, feeds, the token and CSRF checks;
+- :mod:`.cancel` — how a cancel reaches a run's orchestrator (Redis, or this process);
 - :mod:`.feed` — the shared poller and the deltas it sends;
 - :mod:`.pages` — the HTML (the script and style are files in ``static/``);
 - :mod:`.server` — :func:`serve` in this event loop.

@@ -4,6 +4,7 @@ Routes::
 
     GET  /                         the runs list        GET /events            its feed (SSE)
     GET  /runs/{id}                a run                GET /events/runs/{id}  its feed (SSE)
+    POST /api/runs/{id}/cancel     cancel a running run (token and CSRF checks)
     POST /api/runs/{id}/delete     delete a run's records (token and CSRF checks)
     GET  /static/dashboard.js|css  the page's script and style
 
@@ -23,8 +24,9 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import logging
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -43,10 +45,12 @@ from starlette.responses import (
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from taskiq_flow.dashboard.cancel import send_cancel
 from taskiq_flow.dashboard.feed import Feed, Subscription
 from taskiq_flow.dashboard.pages import asset, dag_html, run_page, runs_page
+from taskiq_flow.exceptions import InvalidValueError, UnknownIdError
 from taskiq_flow.pictures import GraphView
-from taskiq_flow.tracking import PipelineTrackingManager
+from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager
 
 __all__ = ["CONTENT_SECURITY_POLICY", "COOKIE", "create_app", "new_token"]
 
@@ -56,6 +60,8 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
+logger = logging.getLogger("taskiq_flow.dashboard")
+
 #: The session cookie set once the token is given.
 COOKIE = "taskiq_flow_dashboard"
 _HEARTBEAT = 15.0
@@ -157,6 +163,20 @@ class Dashboard:
                 return PlainTextResponse("refused: missing or wrong CSRF token", status_code=403)
         return None
 
+    def action(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` as an endpoint that runs only once :meth:`refuse_action` allows it (every
+        action goes through this one check)."""
+
+        async def endpoint(request: Request) -> Response:
+            refused = self.refuse_action(request)
+            if refused is not None:
+                return refused
+            return await handler(request)
+
+        return endpoint
+
     def _own_origins(self, request: Request) -> set[str]:
         host = request.headers.get("host", "")
         return {f"{request.url.scheme}://{host}", *self.origins}
@@ -251,7 +271,8 @@ def create_app(
         status = await dash.feed.read_run(run_id)
         csrf = dash.csrf if dash.authed(request) else None
         dag = dash.dag_of(status.name, status) if status is not None else None
-        page = run_page(run_id, status.name if status is not None else None, csrf, dag)
+        running = status is not None and status.status == "running"
+        page = run_page(run_id, status.name if status is not None else None, csrf, dag, running)
         return HTMLResponse(page, status_code=200 if status is not None else 404)
 
     async def list_events(request: Request) -> Response:
@@ -270,12 +291,31 @@ def create_app(
         return _stream(request, dash, Subscription(run_id=request.path_params["run_id"]))
 
     async def delete(request: Request) -> Response:
-        refused = dash.refuse_action(request)
-        if refused is not None:
-            return refused
         run_id = request.path_params["run_id"]
         deleted = await tracking.delete_pipeline(run_id)
         return JSONResponse({"deleted": deleted, "id": run_id}, status_code=200 if deleted else 404)
+
+    async def cancel(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        status: PipelineStatus | None = tracking.live(run_id)  # in this process: no copy
+        if status is None:
+            try:
+                status = await tracking.get_status(run_id)
+            except (UnknownIdError, InvalidValueError):
+                return JSONResponse({"error": "no such run", "id": run_id}, status_code=404)
+        if status.status != "running":
+            said = f"the run is {status.status}: nothing to cancel"
+            return JSONResponse(
+                {"error": said, "id": run_id, "status": status.status}, status_code=409
+            )
+        try:
+            received = await send_cancel(tracking, run_id)
+        except Exception as err:  # Redis unreachable: nothing was sent
+            logger.warning("the cancel of run %s could not be sent: %s", run_id, err)
+            return JSONResponse(
+                {"error": f"the cancel could not be sent: {err}", "id": run_id}, status_code=503
+            )
+        return JSONResponse({"id": run_id, "sent": True, "received": received}, status_code=202)
 
     async def static(request: Request) -> Response:
         name = request.path_params["name"]
@@ -300,7 +340,8 @@ def create_app(
             Route("/runs/{run_id}", run),
             Route("/events", list_events),
             Route("/events/runs/{run_id}", run_events),
-            Route("/api/runs/{run_id}/delete", delete, methods=["POST"]),
+            Route("/api/runs/{run_id}/cancel", dash.action(cancel), methods=["POST"]),
+            Route("/api/runs/{run_id}/delete", dash.action(delete), methods=["POST"]),
             Route("/static/{name}", static),
         ],
         middleware=middleware,

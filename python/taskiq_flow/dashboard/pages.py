@@ -83,12 +83,17 @@ def runs_page(csrf: str | None) -> str:
     return _page("taskiq-flow runs", "runs", csrf, body)
 
 
-def run_page(run_id: str, name: str | None, csrf: str | None, dag: str | None) -> str:
+def run_page(
+    run_id: str, name: str | None, csrf: str | None, dag: str | None, running: bool = False
+) -> str:
     """A run: its header, the DAG (when its graph is known), counts, retries and failures, the
-    steps, the timeline, and why a clicked step is where it is."""
+    steps, the timeline, and why a clicked step is where it is. With a token session (``csrf``),
+    its actions: delete, and cancel while it runs (``running``; the script disables it once the
+    feed says the run ended)."""
     title = f"{name or 'run'} · {run_id}"
+    cancel = '<button id="cancel-run">cancel this run</button>' if running else ""
     actions = (
-        '<div class="actions"><button id="delete-run">delete this run</button></div>'
+        f'<div class="actions">{cancel}<button id="delete-run">delete this run</button></div>'
         if csrf
         else ""
     )

@@ -51,6 +51,16 @@
       if (r.ok && after) { after(); }
     });
   }
+  function cancelRun(id, button) {
+    if (!window.confirm("Cancel run " + id + "? Its running tasks are cut.")) { return; }
+    button.disabled = true;
+    post("/api/runs/" + encodeURIComponent(id) + "/cancel").then(function (r) {
+      var note = document.getElementById("action-note");
+      // 202: sent; the feed then shows the run cancelled once its orchestrator has stopped it.
+      if (note) { note.textContent = r.ok ? "cancel sent for " + id : "refused: " + r.status; }
+      if (!r.ok) { button.disabled = false; }
+    });
+  }
   function setConn(ok) {
     var c = document.getElementById("conn");
     if (c) { c.textContent = ok ? "live" : "reconnecting\u2026"; c.className = ok ? "ok" : "bad"; }
@@ -247,6 +257,8 @@
       document.getElementById("run-resumes").textContent = head.resumes ?
         "resumed " + head.resumes + "\u00d7" : "";
       document.getElementById("run-error").textContent = head.error || "";
+      var cancel = document.getElementById("cancel-run");
+      if (cancel && head.status !== "running") { cancel.disabled = true; cancel.hidden = true; }
     }
     function renderCounts() {
       var by = {};
@@ -470,6 +482,10 @@
       var i = Math.floor((e.clientY - rect.top + tlBox.scrollTop) / TROW);
       if (i >= 0 && i < recs.length) { explain(i); }
     });
+    var cancelButton = document.getElementById("cancel-run");
+    if (cancelButton) {
+      cancelButton.addEventListener("click", function () { cancelRun(runId, cancelButton); });
+    }
     var del = document.getElementById("delete-run");
     if (del) {
       del.addEventListener("click", function () {
