@@ -20,7 +20,10 @@ import contextvars
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskiq_flow.tracking import PipelineTrackingManager
 
 __all__ = [
     "CANCEL_MEMORY",
@@ -31,6 +34,7 @@ __all__ = [
     "handle_signal",
     "live_run",
     "running_attempts",
+    "send_cancel",
 ]
 
 logger = logging.getLogger(__name__)
@@ -134,3 +138,29 @@ def handle_signal(message: Any) -> None:
                 cancel()
             return
     logger.warning("ignoring a malformed cancel signal: %r", message)
+
+
+async def send_cancel(tracking: PipelineTrackingManager, run_id: str) -> int:
+    """Asks the orchestrator running ``run_id`` to cancel it; does not wait for the run's end
+    (its record turns ``cancelled`` once the orchestrator has stopped it).
+
+    :param tracking: where the run is tracked: a
+        :class:`~taskiq_flow.distributed.RedisPipelineStorage` sends the signal over its Redis,
+        on ``<its prefix>:cancel``; anything else cancels the live run of this process.
+    :param run_id: the run (its pipeline id).
+    :return: how many processes the signal reached: over Redis, the subscribers of the channel
+        (0: no process listens); in this process, 1 if the run is live here, else 0.
+    :raises RedisError: if Redis cannot be reached.
+    """
+    storage = tracking.storage
+    try:
+        from taskiq_flow.distributed import RedisCompletionChannel, RedisPipelineStorage
+    except ImportError:  # no redis extra: the storage cannot be Redis
+        pass
+    else:
+        if isinstance(storage, RedisPipelineStorage):
+            channel = RedisCompletionChannel(storage.redis, prefix=storage.prefix)
+            return await channel.send_cancel({"pipeline": run_id})
+    live = tracking.live(run_id) is not None
+    handle_signal({"pipeline": run_id})
+    return 1 if live else 0

@@ -48,6 +48,7 @@ from rich.text import Text
 
 from taskiq_flow._backoff import Backoff
 from taskiq_flow._duration import duration, duration_ms
+from taskiq_flow.cancelling import send_cancel
 from taskiq_flow.cli._help import (
     COLUMNS,
     HelpFormatter,
@@ -629,8 +630,7 @@ async def _cancel(
         said.update(cancelled=False, status=status.status)
         line = f"run {args.run} already ended ({status.status}): nothing to cancel"
     else:
-        client = tracking.storage.redis  # type: ignore[attr-defined]
-        received = await client.publish(f"{args.prefix}:cancel", json.dumps({"pipeline": args.run}))
+        received = await send_cancel(tracking, args.run)
         pause = Backoff(0.01, 0.2)
         deadline = time.monotonic() + CANCEL_WAIT
         while status.status == "running" and time.monotonic() < deadline:

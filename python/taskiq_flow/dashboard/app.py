@@ -45,7 +45,7 @@ from starlette.responses import (
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from taskiq_flow.dashboard.cancel import send_cancel
+from taskiq_flow.cancelling import send_cancel
 from taskiq_flow.dashboard.feed import Feed, Subscription
 from taskiq_flow.dashboard.pages import asset, dag_html, run_page, runs_page
 from taskiq_flow.exceptions import InvalidValueError, UnknownIdError
