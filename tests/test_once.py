@@ -391,3 +391,13 @@ async def test_a_key_whose_orchestrator_died_is_taken_over(
     assert calls == [5] and live.pipeline_id not in ("deadrun", "")
     stored = json.loads(await redis.get(record))
     assert stored["state"] == "done" and stored["run"] == live.pipeline_id
+
+
+def test_a_key_store_that_implements_nothing_cannot_be_made() -> None:
+    from taskiq_flow import KeyStore
+
+    class Half(KeyStore):
+        pass
+
+    with pytest.raises(TypeError, match="abstract methods claim, fail, finish, read, take_over"):
+        Half()  # type: ignore[abstract]

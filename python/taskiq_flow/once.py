@@ -38,6 +38,7 @@ poll with a backoff from 5 ms to 100 ms).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import hashlib
@@ -109,9 +110,10 @@ class KeyClaim:
     error: str | None = None
 
 
-class KeyStore:
+class KeyStore(abc.ABC):
     """Where keys are claimed. Every trigger of a key goes through :func:`run_keyed`, which calls
-    these methods; a store only keeps records, it decides nothing.
+    these methods; a store only keeps records, it decides nothing. A store implements the
+    abstract ones (a subclass that does not cannot be made: ``TypeError`` names what it lacks).
 
     A store also holds this process's flights (the runs of its keys being driven or waited on
     here), so that concurrent triggers of one key in one process share one claim.
@@ -124,35 +126,40 @@ class KeyStore:
     def __init__(self) -> None:
         self.flights: dict[str, _Flight] = {}
 
+    @abc.abstractmethod
     async def claim(self, key: str, pipeline_id: str, owner: str, ttl: float) -> KeyClaim | None:
         """Claims ``key`` for a new run ``pipeline_id``: ``None`` once claimed, or the record
         found (a failed run's record counts as free)."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     async def read(self, key: str) -> KeyClaim | None:
         """The key's record, or ``None``."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     async def take_over(
         self, key: str, seen: KeyClaim, pipeline_id: str, owner: str, ttl: float
     ) -> bool:
         """Takes a running claim whose lease lapsed, if it is still ``seen``: whether it was."""
-        raise NotImplementedError
+        ...
 
     async def renew(self, key: str, pipeline_id: str, owner: str) -> bool:
         """Renews the owner's lease: whether the claim is still this owner's."""
         return True
 
+    @abc.abstractmethod
     async def finish(self, key: str, pipeline_id: str, owner: str, result: Any, ttl: float) -> None:
         """Stores a finished run's result for ``ttl`` seconds, if the claim is still ours.
 
         :raises PayloadTooLargeError: a result the store cannot keep faithfully.
         """
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     async def fail(self, key: str, pipeline_id: str, owner: str, error: str) -> None:
         """Frees the key of a run that failed (a failure record stays for attached callers)."""
-        raise NotImplementedError
+        ...
 
 
 @dataclass(slots=True)
