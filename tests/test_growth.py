@@ -578,3 +578,38 @@ async def test_a_resumed_run_grows_again_and_runs_only_what_had_not_finished(
         "split": (1, 1, "done"),
         "split/part": (5, 5, "done"),
     }
+
+
+async def test_hostile_expansions_and_skips_end_clearly(broker: InMemoryBroker) -> None:
+    class Unshowable:
+        def __str__(self) -> str:
+            raise RuntimeError("no str")
+
+        __repr__ = __str__
+
+    @broker.task
+    async def child(x: Any) -> Any:
+        raise AssertionError("never sent")
+
+    @broker.task
+    @pipeline_task(output="a")
+    async def generator_item(n: int) -> Expand:
+        return Expand(child, [(i for i in range(3))])
+
+    @broker.task
+    @pipeline_task(output="b")
+    async def unsendable_item(n: int) -> Expand:
+        return Expand(child, [1, Unshowable()])
+
+    @broker.task
+    @pipeline_task(output="c")
+    async def odd_skip(n: int) -> int:
+        raise Skip(Unshowable())  # type: ignore[arg-type]
+
+    with pytest.raises(StepFailedError, match=r"item 0\) cannot be sent: it is a one-shot"):
+        await DataflowPipeline.from_tasks(broker, [generator_item]).kiq_dataflow(n=1)
+    with pytest.raises(StepFailedError, match=r"\(step 'unsendable_item', item 1\)"):
+        await DataflowPipeline.from_tasks(broker, [unsendable_item]).kiq_dataflow(n=1)
+    skipping = DataflowPipeline.from_tasks(broker, [odd_skip])
+    assert await skipping.kiq_dataflow(n=1) == {}
+    assert skipping.skipped == {"odd_skip": "<its str() raised RuntimeError>"}

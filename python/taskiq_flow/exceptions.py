@@ -187,6 +187,11 @@ class Skip(TaskiqFlowError):
     """
 
     def __init__(self, reason: str = "") -> None:
+        if not isinstance(reason, str):  # kept as text: a reason must be shown (and travel)
+            try:
+                reason = str(reason)
+            except Exception as exc:
+                reason = f"<its str() raised {type(exc).__name__}>"
         super().__init__(reason)
         self.reason = reason
 

@@ -22,6 +22,7 @@ from taskiq_flow.exceptions import DataflowError, InvalidValueError
 from taskiq_flow.growth import Expand
 from taskiq_flow.pictures import SimpleGraph, SimpleNode
 from taskiq_flow.resources import resources_of
+from taskiq_flow.run.checks import check_calls
 from taskiq_flow.run.plan import MISSING, EachSpec, StepSpec, attempt_timeout, task_display_name
 
 if TYPE_CHECKING:
@@ -314,6 +315,11 @@ class Grower:
         child_step = self._step_for(step, child)
         then_step = self._step_for(step, then) if then is not None else None
         items = expansion.items
+        # Items are the children's arguments: refused as any argument is (a generator, an int
+        # past the digit limit, an object the broker cannot send), naming the item, before any
+        # child is added.
+        calls = [((item,), {}) for item in items]
+        check_calls(broker, child.task_name, calls, plan.step(node).name)
         count = len(items)
         total = count + (then is not None)
         key = self.keys[node]
