@@ -318,7 +318,7 @@ class Grower:
         # Items are the children's arguments: refused as any argument is (a generator, an int
         # past the digit limit, an object the broker cannot send), naming the item, before any
         # child is added.
-        calls = [((item,), {}) for item in items]
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((item,), {}) for item in items]
         check_calls(broker, child.task_name, calls, plan.step(node).name)
         count = len(items)
         total = count + (then is not None)
