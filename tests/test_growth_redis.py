@@ -5,6 +5,8 @@ orchestrator was killed mid-growth."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
@@ -21,10 +23,15 @@ if TYPE_CHECKING:
 
 
 @pytest.fixture
-def growth_workers(redis_url: str) -> Iterator[dict[str, str]]:
-    """Two worker processes consuming tests/growth_app.py."""
-    with supervised_workers(redis_url, "--workers", "2", app="growth_app:broker") as (env, _):
-        yield env
+def supervised(redis_url: str) -> Iterator[tuple[dict[str, str], Any]]:
+    """Two worker processes consuming tests/growth_app.py, and their taskiq supervisor."""
+    with supervised_workers(redis_url, "--workers", "2", app="growth_app:broker") as found:
+        yield found
+
+
+@pytest.fixture
+def growth_workers(supervised: tuple[dict[str, str], Any]) -> dict[str, str]:
+    return supervised[0]
 
 
 @pytest.fixture
@@ -93,3 +100,27 @@ async def test_an_orchestrator_killed_mid_growth_resumes_without_rerunning_a_fin
         assert value == item * item
         assert int(await redis.get(f"leaf:{item}:runs")) == 1, item
     assert (await tracking.get_status(live.pipeline_id)).status == "done"
+
+
+async def test_a_crawl_survives_a_killed_worker_child(
+    redis: Redis, growth: Any, supervised: tuple[dict[str, str], Any]
+) -> None:
+    from taskiq_flow import start
+    from tests.test_cli_signals import descendants
+
+    run = start(growth.crawler.kiq_dataflow, pages=364)
+
+    async def crawled() -> bool:
+        return len(await redis.keys("crawl:*:runs")) >= 30
+
+    await until(crawled, 60, "30 pages to be crawled")
+    child = descendants(supervised[1].pid)[0]  # taskiq's supervisor starts another in its place
+    os.kill(child, signal.SIGKILL)
+    outputs = await asyncio.wait_for(run.result(), 120)
+
+    def flatten(value: Any) -> list[int]:
+        return [value] if isinstance(value, int) else [p for v in value for p in flatten(v)]
+
+    assert sorted(flatten(outputs["site"])) == list(range(121, 364))  # every leaf, once
+    for page in range(364):  # each page ran; one killed mid-run ran again
+        assert 1 <= int(await redis.get(f"crawl:{page}:runs")) <= 3
