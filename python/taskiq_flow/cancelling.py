@@ -35,6 +35,7 @@ __all__ = [
     "live_run",
     "running_attempts",
     "send_cancel",
+    "was_cut",
 ]
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,13 @@ def attempt_ended(run_id: str) -> bool:
             task.uncancel()
         return True
     return False
+
+
+def was_cut() -> bool:
+    """Whether the current asyncio task runs an attempt that a cancel has cut (until the attempt
+    has ended)."""
+    task = asyncio.current_task()
+    return task is not None and task in _CUT
 
 
 def running_attempts(run_id: str) -> int:

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from taskiq import TaskiqMessage, TaskiqMiddleware, TaskiqResult
 from taskiq.exceptions import NoResultError
 
-from taskiq_flow import cancelling
+from taskiq_flow import _logs, cancelling
 from taskiq_flow.exceptions import PayloadTooLargeError, RemoteTaskError
 from taskiq_flow.growth import Expand
 
@@ -156,6 +156,7 @@ class FlowMiddleware(TaskiqMiddleware):
         self, channel: CompletionChannel | None = None, keep_results: bool = False
     ) -> None:
         super().__init__()
+        _logs.install()
         self.channel: CompletionChannel = channel if channel is not None else default_channel()
         self.keep_results = keep_results
         self._started: dict[str, tuple[float, float]] = {}
