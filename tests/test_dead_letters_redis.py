@@ -232,6 +232,25 @@ async def test_the_default_store_follows_the_runs_tracking(redis: Redis) -> None
     assert dead_letters_for(given_with_redis) is given
 
 
+def test_the_table_keeps_each_id_whole_and_shows_text_not_markup() -> None:
+    from rich.console import Console
+
+    from taskiq_flow.cli.runs import dead_letters_table
+
+    records = [letter("run-" + "9" * 40, "s" * 30, 1), letter("run-1", "[bold]x[/bold]", 2)]
+    records[1].error = "RuntimeError: [red]not markup[/red]\nsecond line"
+    for width in (40, 60, 80, 120, 250):
+        out = io.StringIO()
+        Console(file=out, width=width, soft_wrap=False).print(dead_letters_table(records, width))
+        lines = out.getvalue().splitlines()
+        assert max(len(line) for line in lines) <= width
+        for record in records:
+            assert any(line.startswith(record.id) for line in lines), (width, lines)
+        assert "second line" not in out.getvalue()
+        if width >= 250:
+            assert "[bold]x[/bold]" in out.getvalue() and "[red]not" in out.getvalue()
+
+
 # -- the command line: bad input ------------------------------------------------------------------
 
 
@@ -399,7 +418,7 @@ async def test_a_dead_letter_is_listed_and_replayed_from_another_process_through
         2,
     )
     assert listed["kwargs"] == {"order": 7, "note": {"lines": [1, 2]}}
-    wide = {**dl_workers, "COLUMNS": "200"}
+    wide = {**dl_workers, "COLUMNS": "300"}
     code, out, err = await cli_process(wide, "runs", "dead-letters", *where)
     [row] = [line for line in out.splitlines() if record_id in line]
     assert code == 0 and run in row and "RuntimeError: payment service unavailable" in row

@@ -172,11 +172,13 @@ def add_runs_commands(
 
     runs: argparse.ArgumentParser = subparsers.add_parser(
         "runs",
-        help="list, show, delete, report on, explain, cancel and resume tracked runs",
+        help="list, show, delete, report on, explain, cancel and resume tracked runs; list "
+        "and replay their dead letters",
         description=paragraphs(
             "List, show, delete, report on, explain, cancel and resume the runs tracked in Redis "
-            "(RedisPipelineStorage). Exit status: 0 done, 1 a run or Redis not found, 2 bad "
-            "input (checked before any connection)."
+            "(RedisPipelineStorage); list and replay their dead letters (the steps that failed "
+            "for good). Exit status: 0 done, 1 a run, a dead letter or Redis not found (or a "
+            "replay failed again), 2 bad input (checked before any connection)."
         ),
         epilog=(
             "examples:\n"
@@ -753,7 +755,7 @@ def dead_letters_table(
     """The table of ``runs dead-letters``, fitted to ``width`` columns: id, run, step, task,
     attempts, the error's first line and when it failed (UTC). The id, which ``runs replay``
     takes, is always whole on one line; at narrow widths the others give way first (the run,
-    then the task, then the time shortened then dropped, then the attempts). Every value is
+    then the task, then the time shortened, then the attempts, then the time). Every value is
     shown as text, never as markup.
 
     :param width: the terminal's width in columns.
@@ -792,7 +794,7 @@ def dead_letters_table(
         least = [11 if k == "failed" and short else sizes[k][0] for k in shown]
         return sum(least) + _GAP * (len(shown) - 1)
 
-    for what in ("run", "task", "short", "failed", "attempts", "step", "error"):
+    for what in ("run", "task", "short", "attempts", "failed", "step", "error"):
         if needed() <= width:
             break
         if what == "short":
@@ -801,15 +803,11 @@ def dead_letters_table(
             shown.remove(what)
     widths = {k: 11 if k == "failed" and short else sizes[k][0] for k in shown}
     spare = max(0, width - needed())
-    while spare > 0:
-        growing = [
-            k for k in ("error", "step", "task", "run") if k in shown and widths[k] < sizes[k][1]
-        ]
-        if not growing:
-            break
-        for grown in growing[:spare]:
-            widths[grown] += 1
-            spare -= 1
+    for key in ("error", "step", "task", "run"):  # what is left widens these, in this order
+        if key in shown:
+            grown = min(spare, sizes[key][1] - widths[key])
+            widths[key] += grown
+            spare -= grown
     table = Table(
         title=f"{len(records)} dead letter{'s' if len(records) != 1 else ''}"
         + (f" of run {run}" if run is not None else ""),
@@ -819,6 +817,8 @@ def dead_letters_table(
         collapse_padding=True,
         expand=False,
     )
+    if short:
+        headers["failed"] = "failed UTC"
     for key in shown:
         table.add_column(
             headers[key],
