@@ -14,6 +14,13 @@ first, as ``runs resume --pipeline`` and ``taskiq worker`` do (:mod:`taskiq_flow
     taskiq-flow runs delete RUN [RUN ...] --redis URL
     taskiq-flow runs report RUN --redis URL -o run.html [--dag myapp.flows:pipeline]
     taskiq-flow runs explain RUN [STEP] --redis URL
+    taskiq-flow runs dead-letters [RUN] --redis URL
+    taskiq-flow runs replay ID --redis URL --broker myapp.tasks:broker [--run-timeout 60]
+
+``dead-letters`` lists the steps that failed for good, kept in Redis beside the runs
+(:class:`~taskiq_flow.distributed.RedisDeadLetterQueue`); ``replay`` sends one again through the
+application's broker (imported as ``--broker module:attribute``): a replay that succeeds prints
+the task's value and removes the record; one that fails again keeps it (exit 1).
 
 Wiring (in :mod:`taskiq_flow.cli`)::
 
@@ -21,9 +28,10 @@ Wiring (in :mod:`taskiq_flow.cli`)::
     if args.command in ("runs", "report", "explain"):
         return asyncio.run(main_runs(args))
 
-Exit codes: 0 done, 1 a run (or Redis) was not found or reached or a report could not be
-written, 2 bad input (checked before any connection is made: the URL, the prefix, the ``--dag``
-import, the ``--output`` path).
+Exit codes: 0 done, 1 a run, a dead letter (or Redis) was not found or reached, a report could not
+be written, a dead letter could not be read back or its replay failed again, 2 bad input (checked
+before any connection is made: the URL, the prefix, the ``--dag`` and ``--broker`` imports, the
+``--output`` path, the dead letter's id).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import asyncio
 import dataclasses
 import datetime as _dt
 import json
+import logging
 import re
 import signal
 import sys
@@ -58,13 +67,25 @@ from taskiq_flow.cli._help import (
     writable_file,
 )
 from taskiq_flow.cli._imports import check_import_path, import_object
-from taskiq_flow.exceptions import InvalidValueError, UnknownIdError
+from taskiq_flow.exceptions import (
+    CorruptRecordError,
+    InvalidValueError,
+    PipelineError,
+    UnknownIdError,
+)
 from taskiq_flow.pictures import GraphView
 from taskiq_flow.report import write_report
+from taskiq_flow.retry import (
+    DeadLetter,
+    DeadLetterStore,
+    default_dead_letters,
+    replay_dead_letter,
+)
 from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager, RunState, StepStatus
 
 __all__ = [
     "add_runs_commands",
+    "dead_letters_table",
     "explain_line",
     "load_graph",
     "main_runs",
@@ -80,6 +101,10 @@ _URL = re.compile(r"^(redis|rediss|unix)://\S+$")
 #: between its versions (none before 8, 5 s since).
 DEFAULT_WAIT = 10.0
 MAX_WAIT = 3600.0
+#: How long ``runs replay`` waits for the replayed task, by default and at most
+#: (``--run-timeout``).
+DEFAULT_REPLAY_WAIT = 300.0
+MAX_REPLAY_WAIT = 7 * 86_400.0
 
 
 def redis_client(url: str, timeout: float) -> Any:
@@ -147,11 +172,13 @@ def add_runs_commands(
 
     runs: argparse.ArgumentParser = subparsers.add_parser(
         "runs",
-        help="list, show, delete, report on, explain, cancel and resume tracked runs",
+        help="list, show, delete, report on, explain, cancel and resume tracked runs; list "
+        "and replay their dead letters",
         description=paragraphs(
             "List, show, delete, report on, explain, cancel and resume the runs tracked in Redis "
-            "(RedisPipelineStorage). Exit status: 0 done, 1 a run or Redis not found, 2 bad "
-            "input (checked before any connection)."
+            "(RedisPipelineStorage); list and replay their dead letters (the steps that failed "
+            "for good). Exit status: 0 done, 1 a run, a dead letter or Redis not found (or a "
+            "replay failed again), 2 bad input (checked before any connection)."
         ),
         epilog=(
             "examples:\n"
@@ -201,6 +228,37 @@ def add_runs_commands(
         f"taskiq-flow runs cancel RUN --redis {url}",
     )
     cancel.add_argument("run", help="the run's pipeline id")
+    letters = add(
+        actions,
+        "dead-letters",
+        "the steps that failed for good (dead letters) kept in Redis, oldest first",
+        f"taskiq-flow runs dead-letters --redis {url}",
+        f"taskiq-flow runs dead-letters RUN --redis {url} --json",
+    )
+    letters.add_argument("run", nargs="?", help="only this run's (default: every run's)")
+    replay = add(
+        actions,
+        "replay",
+        "send a dead letter's task again with its arguments, through the application's "
+        "broker: on success print its value and remove the record; if it fails again, keep it "
+        "(exit 1)",
+        f"taskiq-flow runs replay ID --redis {url} --broker app.tasks:broker",
+    )
+    replay.add_argument("id", help="the dead letter's id (from runs dead-letters)")
+    replay.add_argument(
+        "--broker",
+        required=True,
+        metavar="MODULE:NAME",
+        help="the taskiq broker of the application that ran it, imported (required; a "
+        "taskiq-flow Redis broker, whose FlowMiddleware channel is in Redis)",
+    )
+    replay.add_argument(
+        "--run-timeout",
+        type=number(0.001, MAX_REPLAY_WAIT),
+        default=DEFAULT_REPLAY_WAIT,
+        metavar="SECONDS",
+        help="how long the replayed task may take (default: %(default)g)",
+    )
     resume = add(
         actions,
         "resume",
@@ -464,6 +522,21 @@ def load_graph(path: str) -> GraphView:
     return view
 
 
+def load_broker(path: str) -> Any:
+    """Imports ``module:name`` (from the current directory first, as ``--dag`` is): a taskiq
+    broker.
+
+    :raises InvalidValueError: for a malformed path, a module that cannot be imported, a missing
+        name, or an object that is not a taskiq broker.
+    """
+    from taskiq import AsyncBroker
+
+    obj = import_object(path, "--broker")
+    if not isinstance(obj, AsyncBroker):
+        raise InvalidValueError(f"--broker {path}: a {type(obj).__name__}, not a taskiq broker")
+    return obj
+
+
 def _check(args: argparse.Namespace, tracking: PipelineTrackingManager | None) -> str | None:
     """What is wrong with the input, before any connection; ``None`` if nothing."""
     if tracking is None and args.redis is None:
@@ -485,6 +558,11 @@ def _check(args: argparse.Namespace, tracking: PipelineTrackingManager | None) -
         return f"--prefix may hold only letters, digits and _ . - (got {args.prefix!r})"
     if getattr(args, "dag", None) is not None and check_import_path(args.dag, "--dag"):
         return check_import_path(args.dag, "--dag")
+    if getattr(args, "broker", None) is not None and check_import_path(args.broker, "--broker"):
+        return check_import_path(args.broker, "--broker")
+    for what, value in (("dead letter id", getattr(args, "id", None)),):
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9_.\-]{1,128}", value):
+            return f"{what} may hold only letters, digits and _ . - (got {value!r})"
     if getattr(args, "output", None) is not None:
         return writable_file(args.output, "--output")
     return None
@@ -500,11 +578,14 @@ async def main_runs(
     args: argparse.Namespace,
     tracking: PipelineTrackingManager | None = None,
     out: IO[str] | None = None,
+    dead_letters: DeadLetterStore | None = None,
 ) -> int:
     """Runs one ``runs`` action parsed by :func:`add_runs_commands`; returns the exit code.
 
     :param tracking: the tracking to read (default: Redis storage from ``--redis``/``--prefix``).
     :param out: where output goes (default: standard output); errors are one line on stderr.
+    :param dead_letters: the dead letters to read (default: in Redis from ``--redis``/
+        ``--prefix``; with ``tracking`` given, the process-wide queue).
     """
     stream = out if out is not None else sys.stdout
     console = Console(file=stream, soft_wrap=False, highlight=False)
@@ -532,21 +613,35 @@ async def main_runs(
         except InvalidValueError as err:
             print(f"{_who(args)}: {err}", file=sys.stderr)
             return 2
+    broker: Any = None
+    if args.runs_command == "replay":
+        try:  # the user's module, imported before any connection is made
+            broker = load_broker(args.broker)
+        except InvalidValueError as err:
+            print(f"{_who(args)}: {err}", file=sys.stderr)
+            return 2
     client: Any = None
     if tracking is None:
         from taskiq_flow.distributed import RedisPipelineStorage
+        from taskiq_flow.distributed.deadletters import RedisDeadLetterQueue
 
         client = redis_client(args.redis, args.timeout)
         tracking = PipelineTrackingManager(RedisPipelineStorage(client, prefix=args.prefix))
+        if dead_letters is None:
+            dead_letters = RedisDeadLetterQueue(client, prefix=args.prefix)
+    if dead_letters is None:
+        dead_letters = default_dead_letters()
+    body = _act(args, tracking, console, stream, graph, dead_letters, broker)
     try:
-        stopped_by, code = await _until_signal(_act(args, tracking, console, stream, graph), client)
+        stopped_by, code = await _until_signal(body, client)
         if stopped_by is not None:
             print(f"{_who(args)}: interrupted", file=sys.stderr)
             return 128 + stopped_by
         return code
-    except (UnknownIdError, InvalidValueError) as err:
-        print(f"{_who(args)}: {err}", file=sys.stderr)
-        return 1 if isinstance(err, UnknownIdError) else 2
+    except (UnknownIdError, InvalidValueError, CorruptRecordError) as err:
+        kind = f"{type(err).__name__}: " if isinstance(err, CorruptRecordError) else ""
+        print(f"{_who(args)}: {kind}{err}", file=sys.stderr)
+        return 2 if isinstance(err, InvalidValueError) else 1
     except (OSError, ConnectionError) as err:
         print(f"{_who(args)}: cannot reach {args.redis}: {err}", file=sys.stderr)
         return 1
@@ -654,14 +749,162 @@ async def _cancel(
     return 0 if said["cancelled"] else 1
 
 
+def dead_letters_table(
+    records: Sequence[DeadLetter], width: int = COLUMNS, run: str | None = None
+) -> Table:
+    """The table of ``runs dead-letters``, fitted to ``width`` columns: id, run, step, task,
+    attempts, the error's first line and when it failed (UTC). The id, which ``runs replay``
+    takes, is always whole on one line; at narrow widths the others give way first (the run,
+    then the task, then the time shortened, then the attempts, then the time). Every value is
+    shown as text, never as markup.
+
+    :param width: the terminal's width in columns.
+    :param run: the run they were listed for (its column is left out: it says the same on every
+        row).
+    """
+    cells = {
+        "id": [r.id for r in records],
+        "run": [r.pipeline_id for r in records],
+        "step": [r.step for r in records],
+        "task": [r.task_name for r in records],
+        "attempts": [str(r.attempts) for r in records],
+        "error": [r.error.splitlines()[0] if r.error else "" for r in records],
+        "failed": [_when(r.failed_at) for r in records],
+    }
+    headers = {
+        "id": "id",
+        "run": "run",
+        "step": "step",
+        "task": "task",
+        "attempts": "attempts",
+        "error": "error",
+        "failed": "failed at UTC",
+    }
+    # key: (the width it needs at least, the width it can use)
+    caps = {"run": 12, "step": 10, "task": 10, "error": 16}
+    sizes: dict[str, tuple[int, int]] = {}
+    for key, column in cells.items():
+        most = max([len(headers[key]), *(len(c) for c in column)])
+        least = min(most, max(caps[key], len(headers[key]))) if key in caps else most
+        sizes[key] = (least, most)
+    shown = [k for k in cells if not (k == "run" and run is not None)]
+    short = False
+
+    def needed() -> int:
+        least = [11 if k == "failed" and short else sizes[k][0] for k in shown]
+        return sum(least) + _GAP * (len(shown) - 1)
+
+    for what in ("run", "task", "short", "attempts", "failed", "step", "error"):
+        if needed() <= width:
+            break
+        if what == "short":
+            short = "failed" in shown
+        elif what in shown:
+            shown.remove(what)
+    widths = {k: 11 if k == "failed" and short else sizes[k][0] for k in shown}
+    spare = max(0, width - needed())
+    for key in ("error", "step", "task", "run"):  # what is left widens these, in this order
+        if key in shown:
+            grown = min(spare, sizes[key][1] - widths[key])
+            widths[key] += grown
+            spare -= grown
+    table = Table(
+        title=f"{len(records)} dead letter{'s' if len(records) != 1 else ''}"
+        + (f" of run {run}" if run is not None else ""),
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+        collapse_padding=True,
+        expand=False,
+    )
+    if short:
+        headers["failed"] = "failed UTC"
+    for key in shown:
+        table.add_column(
+            headers[key],
+            no_wrap=True,
+            overflow="fold" if key == "id" else "ellipsis",
+            min_width=widths[key],
+            max_width=widths[key],
+            justify="right" if key == "attempts" else "left",
+        )
+    for i, r in enumerate(records):
+        row = {k: Text(cells[k][i]) for k in cells}
+        if short:
+            row["failed"] = Text(_started(r.failed_at, True))
+        table.add_row(*(row[k] for k in shown))
+    return table
+
+
+async def _dead_letters(
+    args: argparse.Namespace, store: DeadLetterStore, console: Console, stream: IO[str]
+) -> int:
+    """``runs dead-letters``: the table (or JSON); a record that cannot be read back is one line
+    on stderr naming its key (exit 1), the others still listed."""
+    corrupt: list[CorruptRecordError] = []
+    records = await store.alist(args.run, corrupt=corrupt)
+    if args.json:
+        json.dump([r.to_json() for r in records], stream, indent=2)
+        stream.write("\n")
+    else:
+        console.print(dead_letters_table(records, console.width, args.run))
+    for problem in corrupt:
+        print(f"{_who(args)}: CorruptRecordError: {problem}", file=sys.stderr)
+    return 1 if corrupt else 0
+
+
+async def _replay(
+    args: argparse.Namespace, store: DeadLetterStore, broker: Any, console: Console, stream: IO[str]
+) -> int:
+    """``runs replay``: the record is read (and its task looked up in the broker) before
+    anything is sent; success prints the value and removes the record, a failure keeps it."""
+    record = await store.aget(args.id)
+    if broker.find_task(record.task_name) is None:
+        raise UnknownIdError(
+            f"dead letter {args.id}: --broker {args.broker} has no task named "
+            f"{record.task_name!r} (give the broker of the application that ran it)"
+        )
+    # The run's own warning that the step failed would repeat the one line said below.
+    runner_log = logging.getLogger("taskiq_flow.run.runner")
+    level = runner_log.level
+    runner_log.setLevel(logging.ERROR)
+    await broker.startup()
+    try:
+        value = await replay_dead_letter(store, args.id, broker, timeout=args.run_timeout)
+    except PipelineError as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        print(
+            f"{_who(args)}: replay of dead letter {args.id} (step {record.step!r}) failed "
+            f"again, the record is kept: {first}",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        runner_log.setLevel(level)
+        await broker.shutdown()
+    if args.json:
+        json.dump({"id": args.id, "replayed": True, "value": value}, stream, default=repr)
+        stream.write("\n")
+    else:  # as it is, never wrapped to the terminal
+        stream.write(json.dumps(value, default=repr) + "\n")
+    return 0
+
+
 async def _act(
     args: argparse.Namespace,
     tracking: PipelineTrackingManager,
     console: Console,
     stream: IO[str],
     graph: GraphView | None = None,
+    dead_letters: DeadLetterStore | None = None,
+    broker: Any = None,
 ) -> int:
     action = args.runs_command
+    store = dead_letters if dead_letters is not None else default_dead_letters()
+    if action == "dead-letters":
+        return await _dead_letters(args, store, console, stream)
+    if action == "replay":
+        return await _replay(args, store, broker, console, stream)
     if action == "list":
         records = await tracking.list_pipelines(args.status)
         if args.limit is not None:
@@ -685,8 +928,11 @@ async def _act(
     if action == "delete":
         deleted: list[str] = []
         missing: list[str] = []
+        delete_run = getattr(store, "delete_run", None)
         for run in args.runs:
-            (deleted if await tracking.delete_pipeline(run) else missing).append(run)
+            letters = await delete_run(run) if delete_run is not None else 0
+            found = await tracking.delete_pipeline(run)
+            (deleted if found or letters else missing).append(run)
         if args.json:
             json.dump({"deleted": deleted, "missing": missing}, stream, indent=2)
             stream.write("\n")

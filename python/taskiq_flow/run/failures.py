@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from taskiq_flow.events import describe
 from taskiq_flow.exceptions import (
@@ -12,9 +13,20 @@ from taskiq_flow.exceptions import (
     TaskTimeoutError,
     WorkerLostError,
 )
-from taskiq_flow.retry import DeadLetter, DeadLetterQueue, RetryPolicy
+from taskiq_flow.retry import DeadLetter, DeadLetterStore, RetryPolicy, default_dead_letters
 
-__all__ = ["MAX_WORKER_LOSSES", "Verdict", "describe", "judge", "name_timeout", "record"]
+if TYPE_CHECKING:
+    from taskiq_flow.run.settings import Settings
+
+__all__ = [
+    "MAX_WORKER_LOSSES",
+    "Verdict",
+    "dead_letters_for",
+    "describe",
+    "judge",
+    "name_timeout",
+    "record",
+]
 
 #: How often one node may lose its worker and be placed again before it fails for good.
 MAX_WORKER_LOSSES = 5
@@ -63,8 +75,31 @@ def name_timeout(error: BaseException | None, step: str, timeout: float | None) 
     return error
 
 
+def dead_letters_for(settings: Settings) -> DeadLetterStore:
+    """Where a run's dead letters go: the store it was given (``dead_letters=``); else, for a run
+    tracked in Redis (:class:`~taskiq_flow.distributed.RedisPipelineStorage`), Redis under the
+    tracking's prefix and TTL (:class:`~taskiq_flow.distributed.RedisDeadLetterQueue`), so that
+    another process can list and replay them; else the process-wide
+    :func:`~taskiq_flow.retry.default_dead_letters`."""
+    if settings.dead_letters is not None:
+        return settings.dead_letters
+    tracking = settings.tracking
+    # Only a module that was imported can have made the storage: nothing of Redis is imported
+    # for a run that does not use it.
+    storage_module = sys.modules.get("taskiq_flow.distributed.storage")
+    if (
+        tracking is not None
+        and storage_module is not None
+        and isinstance(tracking.storage, storage_module.RedisPipelineStorage)
+    ):
+        from taskiq_flow.distributed.deadletters import RedisDeadLetterQueue
+
+        return RedisDeadLetterQueue.for_storage(tracking.storage)
+    return default_dead_letters()
+
+
 def record(
-    queue: DeadLetterQueue,
+    queue: DeadLetterStore,
     pipeline_id: str,
     step: str,
     task_name: str,
