@@ -321,11 +321,6 @@ async def test_an_in_memory_replay_refuses_a_task_its_broker_does_not_know() -> 
 # -- a run's dead letters, from other processes ---------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the runner to choose its store with failures.dead_letters_for(settings) and "
-    "flush it before returning (run/runner.py, not yet applied): remove this mark with it",
-)
 async def test_a_run_tracked_in_redis_leaves_its_dead_letters_in_redis(
     redis: Redis, redis_url: str
 ) -> None:

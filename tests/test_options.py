@@ -35,7 +35,7 @@ BAD = {
     "on_error": ("ignore", "on_error must be 'fail' or 'continue', got 'ignore'"),
     "retry": (3, "retry must be a RetryPolicy or None, got 3"),
     "tracking": ("memory", "tracking must be a PipelineTrackingManager or None, got str"),
-    "dead_letters": ([], "dead_letters must be a DeadLetterQueue or None, got list"),
+    "dead_letters": ([], "dead_letters must be a DeadLetterStore or None, got list"),
     "worker_pool": ({}, "worker_pool must be a ResourceAwareWorkerPool or None, got dict"),
     "on_progress": (5, "on_progress must be callable or None, got 5"),
     "name": ("", "name must be a non-empty str, got ''"),

@@ -75,7 +75,7 @@ from taskiq_flow.resources import (
     ResourceProfile,
     TaskResources,
 )
-from taskiq_flow.retry import DeadLetter, DeadLetterQueue, RetryPolicy
+from taskiq_flow.retry import DeadLetter, DeadLetterQueue, DeadLetterStore, RetryPolicy
 from taskiq_flow.schedule import PipelineSchedule
 from taskiq_flow.sorter import TopologicalSorter
 from taskiq_flow.tracking import (
@@ -98,6 +98,7 @@ __all__ = [
     "DataflowRegistry",
     "DeadLetter",
     "DeadLetterQueue",
+    "DeadLetterStore",
     "DuplicateOutputError",
     "ExecutionEngine",
     "Expand",

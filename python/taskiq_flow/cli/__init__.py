@@ -1,7 +1,8 @@
 """The ``taskiq-flow`` command: :func:`main` parses the command line and hands each command to
 its module.
 
-- :mod:`.runs` — ``runs list|show|delete|report|explain`` (and ``report``, ``explain`` at the top);
+- :mod:`.runs` — ``runs list|show|delete|report|explain|cancel|dead-letters|replay`` (and
+  ``report``, ``explain`` at the top);
 - :mod:`.resume` — ``runs resume``;
 - :mod:`.demo` — ``demo``;
 - :mod:`.worker` — ``worker``;

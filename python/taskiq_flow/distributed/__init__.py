@@ -18,6 +18,7 @@ The modules, each one concern:
 - :mod:`~taskiq_flow.distributed.channel`  completions, one stream per run
 - :mod:`~taskiq_flow.distributed.storage`  tracking records and the run's lease
 - :mod:`~taskiq_flow.distributed.broker`   the reliable stream broker, the JSON result backend
+- :mod:`~taskiq_flow.distributed.deadletters`  dead letters, listed and replayed from any process
 - :mod:`~taskiq_flow.distributed.limits`   a concurrency cap and a rate limit shared via Redis
 - :mod:`~taskiq_flow.distributed.workers`  worker adverts and their discovery
 - :mod:`~taskiq_flow.distributed.payload`, :mod:`~taskiq_flow.distributed.keys`  bounded JSON,
@@ -33,6 +34,7 @@ from taskiq_flow.distributed.broker import (
     reliable_stream_broker,
 )
 from taskiq_flow.distributed.channel import RedisCompletionChannel
+from taskiq_flow.distributed.deadletters import DEFAULT_MAX_PER_RUN, RedisDeadLetterQueue
 from taskiq_flow.distributed.keys import validate_key_part
 from taskiq_flow.distributed.limits import RedisCapacityLimiter, RedisRateLimiter
 from taskiq_flow.distributed.storage import DEFAULT_RUN_LEASE_SECONDS, RedisPipelineStorage
@@ -46,6 +48,7 @@ from taskiq_flow.exceptions import (
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_MAX_PER_RUN",
     "DEFAULT_RESULT_TTL",
     "DEFAULT_RUN_LEASE_SECONDS",
     "HEARTBEAT_TTL",
@@ -53,6 +56,7 @@ __all__ = [
     "ChannelLostError",
     "RedisCapacityLimiter",
     "RedisCompletionChannel",
+    "RedisDeadLetterQueue",
     "RedisPipelineStorage",
     "RedisRateLimiter",
     "RemoteTaskError",

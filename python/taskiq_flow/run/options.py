@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from typing_extensions import Self
 
 from taskiq_flow.once import DEFAULT_KEY_TTL, IdempotencyKey, KeyStore
-from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
+from taskiq_flow.retry import DeadLetterStore, RetryPolicy
 from taskiq_flow.run.settings import OnError, Settings, renamed_warning
 
 if TYPE_CHECKING:
@@ -77,9 +77,9 @@ class RunOptions:
         self.settings = self.settings.evolve(tracking=tracking)
         return self
 
-    def with_dead_letters(self, dead_letters: DeadLetterQueue) -> Self:
-        """Records tasks that failed for good in ``dead_letters`` (default: the process-wide
-        queue)."""
+    def with_dead_letters(self, dead_letters: DeadLetterStore) -> Self:
+        """Records tasks that failed for good in ``dead_letters`` (default: Redis for a run
+        tracked in Redis, else the process-wide queue)."""
         self.settings = self.settings.evolve(dead_letters=dead_letters)
         return self
 
@@ -145,7 +145,7 @@ class RunOptions:
         return self.settings.tracking
 
     @property
-    def dead_letters(self) -> DeadLetterQueue | None:
+    def dead_letters(self) -> DeadLetterStore | None:
         """Where tasks that failed for good are recorded (``None``: the process-wide queue)."""
         return self.settings.dead_letters
 

@@ -41,7 +41,7 @@ from taskiq_flow.exceptions import (
 from taskiq_flow.growth import expansion_of
 from taskiq_flow.optimization.parallel import CapGroup, global_cap
 from taskiq_flow.resources import ResourceAwareWorkerPool
-from taskiq_flow.retry import DeadLetterQueue, default_dead_letters
+from taskiq_flow.retry import DeadLetterQueue, DeadLetterStore
 from taskiq_flow.run import drain, failures
 from taskiq_flow.run.caching import Memo, StepCache, default_cache
 from taskiq_flow.run.drain import DRAIN_TIMEOUT
@@ -146,9 +146,7 @@ class Runner:
         self.skip_reasons: dict[int, str] = {}
         self.deadline = deadline
         self.feed = feed
-        self.dead_letters: DeadLetterQueue = (
-            settings.dead_letters if settings.dead_letters is not None else default_dead_letters()
-        )
+        self.dead_letters: DeadLetterStore = failures.dead_letters_for(settings)
         self.tracking = (
             RunRecorder(
                 settings.tracking, self.pipeline_id, settings.name, plan, track_step, inputs
@@ -319,6 +317,8 @@ class Runner:
             if isinstance(self._fatal, PipelineCancelledError)
             else "failed"
         )
+        # Every dead letter is where it is kept (Redis) before the run's end is recorded.
+        await self.dead_letters.flush()
         try:
             await events.run_ended(state, None if self._fatal is None else str(self._fatal))
         except Exception as err:

@@ -38,7 +38,7 @@ from typing_extensions import TypedDict
 from taskiq_flow._core import check_cap
 from taskiq_flow._core import check_rate as _core_check_rate
 from taskiq_flow.exceptions import InvalidValueError
-from taskiq_flow.retry import DeadLetterQueue, RetryPolicy
+from taskiq_flow.retry import DeadLetterStore, RetryPolicy
 
 if TYPE_CHECKING:
     from taskiq_flow.resources import ResourceAwareWorkerPool
@@ -140,8 +140,8 @@ def _check_tracking(value: object) -> PipelineTrackingManager | None:
     return _instance(value, "tracking", PipelineTrackingManager)  # type: ignore[no-any-return]
 
 
-def _check_dead_letters(value: object) -> DeadLetterQueue | None:
-    return _instance(value, "dead_letters", DeadLetterQueue)  # type: ignore[no-any-return]
+def _check_dead_letters(value: object) -> DeadLetterStore | None:
+    return _instance(value, "dead_letters", DeadLetterStore)  # type: ignore[no-any-return]
 
 
 def _check_worker_pool(value: object) -> ResourceAwareWorkerPool | None:
@@ -193,7 +193,7 @@ class RunOptionValues(TypedDict, total=False):
     #: Deprecated: ``run_timeout``.
     timeout: float | None
     tracking: PipelineTrackingManager | None
-    dead_letters: DeadLetterQueue | None
+    dead_letters: DeadLetterStore | None
     worker_pool: ResourceAwareWorkerPool | None
     on_progress: Callable[[int, int], None] | None
     name: str
@@ -244,7 +244,7 @@ class Settings:
     #: Seconds the whole run may take (a task's own ``timeout`` bounds one attempt of it).
     run_timeout: float | None = None
     tracking: PipelineTrackingManager | None = None
-    dead_letters: DeadLetterQueue | None = None
+    dead_letters: DeadLetterStore | None = None
     worker_pool: ResourceAwareWorkerPool | None = None
     #: Called with ``(finished, total)`` as the run progresses.
     on_progress: Callable[[int, int], None] | None = None
