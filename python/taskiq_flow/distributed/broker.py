@@ -347,6 +347,11 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         # Completions to write with a message's acknowledgement: task id -> (key, JSON, ttl).
         self._carried: dict[str, tuple[str, str, int]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Messages sent in this turn of the event loop, written together.
+        self._outbox: list[_Outgoing] = []
+        self._sending: set[asyncio.Task[None]] = set()
+        self._acks: list[_Acking] = []
+        self._in_ack: set[str] = set()
         self._predecessor: str | None = None
         self._next_reclaim = 0.0
         self._advert: dict[str, Any] | None = None
@@ -413,6 +418,8 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         still runs) and gives back whatever it holds but did not finish."""
         if self.is_worker_process:
             await self._end_drain()
+        if self._sending:  # what was sent is written before the connections close
+            await asyncio.gather(*self._sending, return_exceptions=True)
         for task in list(self._background):
             task.cancel()
         if self.is_worker_process:
@@ -638,6 +645,7 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                     and task_id not in self._cut
                     and not attempt.task.done()
                 }
+                keep |= self._in_ack
                 ids = [p["message_id"] for p in pending if _text(p["message_id"]) not in keep]
                 for message_id in ids:
                     task_id = self._drop(stream, message_id) or self._drop(
@@ -676,9 +684,27 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                     "pool with discover_workers(redis, broker=broker)"
                 )
             queue = validate_key_part("worker queue", own)  # placed on that worker
-        # A connection broken by a Redis restart or stall is retried (on a fresh one) for
-        # up to SEND_RETRY_SECONDS; a message whose reply was lost may then be sent twice
-        # (at-least-once, as any redelivery).
+        # Kicks made in one turn of the event loop go out together, in one pipelined write
+        # (see _send_batch); each kick still awaits its own outcome.
+        loop = asyncio.get_running_loop()
+        sent: asyncio.Future[None] = loop.create_future()
+        self._outbox.append((queue, placed, message.message, sent))
+        if len(self._outbox) == 1:
+            loop.call_soon(self._flush_outbox)
+        await sent
+
+    def _flush_outbox(self) -> None:
+        batch, self._outbox = self._outbox, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._send_batch(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send_batch(self, batch: list[_Outgoing]) -> None:
+        """Writes the messages of a batch in one transaction and tells each sender how its own
+        went. A connection broken by a Redis restart or stall is retried (on a fresh one) for
+        up to SEND_RETRY_SECONDS; a batch whose reply was lost may then be sent twice
+        (at-least-once, as any redelivery)."""
         pause, deadline = 0.05, time.monotonic() + SEND_RETRY_SECONDS
         while True:
             try:
@@ -686,21 +712,33 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                     Redis(connection_pool=self.connection_pool) as conn,
                     conn.pipeline(transaction=True) as pipe,
                 ):
-                    pipe.xadd(
-                        queue,
-                        {b"data": message.message},
-                        maxlen=self.maxlen,
-                        approximate=self.approximate,
-                    )
-                    if placed:  # a worker's own queue outlives it only so long
-                        pipe.pexpire(queue, int(WORKER_QUEUE_TTL * 1000))
-                    await pipe.execute()
-                return
-            except (RedisConnectionError, RedisTimeoutError):
+                    for queue, placed, data, _ in batch:
+                        pipe.xadd(
+                            queue, {b"data": data}, maxlen=self.maxlen, approximate=self.approximate
+                        )
+                        if placed:  # a worker's own queue outlives it only so long
+                            pipe.pexpire(queue, int(WORKER_QUEUE_TTL * 1000))
+                    replies = await pipe.execute(raise_on_error=False)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
                 if time.monotonic() > deadline:
-                    raise
+                    _settle(batch, [exc] * len(batch))
+                    return
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
+                continue
+            except BaseException as exc:  # refused as a whole (or cancelled): each sender hears
+                _settle(batch, [exc] * len(batch))
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            outcomes: list[BaseException | None] = []
+            at = 0
+            for _, placed, _, _ in batch:
+                reply = replies[at]
+                outcomes.append(reply if isinstance(reply, BaseException) else None)
+                at += 2 if placed else 1
+            _settle(batch, outcomes)
+            return
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -829,29 +867,66 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         self, stream: Any, message_id: Any, carried: tuple[str, str, int] | None = None
     ) -> None:
         """Acknowledges and deletes a message (with its completion, if it carries one, in
-        the same transaction), retrying while Redis is unavailable (for about a lease;
-        after that the message is reclaimed and runs again)."""
+        the same transaction). Acknowledgements made in one turn of the event loop go out
+        together, in one transaction (see :meth:`_ack_batch`); this returns once its own is
+        written, or given up."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._acks.append((stream, message_id, carried, done))
+        self._in_ack.add(_text(message_id))  # never given back: its ack is on its way
+        if len(self._acks) == 1:
+            loop.call_soon(self._flush_acks)
+        await asyncio.shield(done)
+
+    def _flush_acks(self) -> None:
+        batch, self._acks = self._acks, []
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._ack_batch(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _ack_batch(self, batch: list[_Acking]) -> None:
+        """Writes a batch of acknowledgements, each with its completion, in one transaction
+        (``XADD`` + ``EXPIRE`` per completion, one ``XACK`` and one ``XDEL`` per stream),
+        retrying while Redis is unavailable (for about a lease; after that the messages are
+        reclaimed and run again)."""
         pause, deadline = 0.05, time.monotonic() + self.lease_seconds
-        while True:
-            try:
-                async with (
-                    Redis(connection_pool=self.connection_pool) as conn,
-                    conn.pipeline(transaction=True) as pipe,
-                ):
-                    if carried is not None:
-                        key, payload, ttl = carried
-                        pipe.xadd(key, {"c": payload})
-                        pipe.expire(key, ttl)
-                    pipe.xack(stream, self.consumer_group_name, message_id)
-                    pipe.xdel(stream, message_id)
-                    await pipe.execute()
-                return
-            except RedisError as exc:
-                if time.monotonic() > deadline:
-                    logger.warning("message %s not acknowledged: %s", message_id, exc)
+        ids: dict[Any, list[Any]] = {}
+        for stream, message_id, _, _ in batch:
+            ids.setdefault(stream, []).append(message_id)
+        try:
+            while True:
+                try:
+                    async with (
+                        Redis(connection_pool=self.connection_pool) as conn,
+                        conn.pipeline(transaction=True) as pipe,
+                    ):
+                        for _, _, carried, _ in batch:
+                            if carried is not None:
+                                key, payload, ttl = carried
+                                pipe.xadd(key, {"c": payload})
+                                pipe.expire(key, ttl)
+                        for stream, message_ids in ids.items():
+                            pipe.xack(stream, self.consumer_group_name, *message_ids)
+                            pipe.xdel(stream, *message_ids)
+                        replies = await pipe.execute(raise_on_error=False)
+                    # Executed: a command Redis refused (its group lost with the data) is not
+                    # retried, or the completions written with it would be written twice.
+                    for reply in replies:
+                        if isinstance(reply, Exception):
+                            logger.warning("acknowledgement refused by Redis: %s", reply)
                     return
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 1.0)
+                except RedisError as exc:
+                    if time.monotonic() > deadline:
+                        logger.warning("%d message(s) not acknowledged: %s", len(batch), exc)
+                        return
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 1.0)
+        finally:
+            for _, message_id, _, done in batch:
+                self._in_ack.discard(_text(message_id))
+                if not done.done():
+                    done.set_result(None)
 
     async def _reclaim(self, conn: Redis, stream: Any) -> AsyncGenerator[Any, None]:
         """Takes over messages whose lease lapsed (no lock: ``XAUTOCLAIM`` is atomic)."""
@@ -990,6 +1065,29 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         )
         if published is not None:
             await published
+
+
+#: A message waiting to be sent: its queue, whether it was placed on a worker, its bytes, and the
+#: future its sender awaits.
+_Outgoing = tuple[str, bool, Any, "asyncio.Future[None]"]
+
+
+#: An acknowledgement waiting to be written: the stream, the message id, the completion it
+#: carries (key, JSON, TTL) if any, and the future its acknowledger awaits.
+_Acking = tuple[Any, Any, "tuple[str, str, int] | None", "asyncio.Future[None]"]
+
+
+def _settle(batch: list[_Outgoing], outcomes: list[BaseException | None]) -> None:
+    """Tells each sender of a batch how its message went."""
+    for (_, _, _, sent), outcome in zip(batch, outcomes):
+        if sent.done():
+            continue  # its sender was cancelled
+        if outcome is None:
+            sent.set_result(None)
+        elif isinstance(outcome, asyncio.CancelledError):
+            sent.cancel()
+        else:
+            sent.set_exception(outcome)
 
 
 def _text(value: Any) -> str:

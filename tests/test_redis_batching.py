@@ -1,0 +1,63 @@
+"""The Redis path in batches: one completion reader per channel, sends coalesced into one
+pipelined write, workers acknowledging together. Real redis-server, real `taskiq worker`
+processes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from conftest import until
+from redis.asyncio import Redis
+from test_distributed import started_app, worker_processes
+
+from taskiq_flow.distributed import RedisCompletionChannel
+from taskiq_flow.events import Completion
+
+
+@pytest.fixture
+async def app(redis_url: str) -> AsyncIterator[Any]:
+    with worker_processes(redis_url, "--workers", "2") as env:
+        async with started_app(env) as module:
+            yield module
+
+
+async def test_hundreds_of_short_runs_back_to_back_share_one_reader(app: Any) -> None:
+    """A finished run's reader must not keep a pooled connection: 300 runs back to back on one
+    channel (redis-py's pool holds 100) all finish, and the channel keeps one blocking read."""
+    from taskiq_flow.run.runner import run_single
+
+    broker = app.broker
+    for i in range(300):
+        assert await run_single(broker, app.ping.task_name, (), {}, timeout=30) > 0, i
+    channel = next(m.channel for m in broker.middlewares if hasattr(m, "channel"))
+    client = channel._redis()
+    assert len(client.connection_pool._in_use_connections) <= 3
+
+
+async def test_one_reader_serves_many_open_runs_and_a_late_one_at_once(redis: Redis) -> None:
+    """Completions of many runs open at once reach their own inbox; a run opened while the
+    shared read blocks is read at once, not at the end of the block."""
+    channel = RedisCompletionChannel(redis, block_ms=30_000)
+    inboxes = {f"run-{i}": channel.open(f"run-{i}") for i in range(50)}
+    for run_id in inboxes:
+        await channel.publish(Completion(run_id, 1, 1, True, run_id, None, 0.0, 0.0))
+    for run_id, inbox in inboxes.items():
+        await asyncio.wait_for(inbox.wait(), 10)
+        [completion] = inbox.drain()
+        assert completion.value == run_id
+
+    async def reads() -> int:  # connections blocked in XREAD
+        return sum(c["cmd"] == "xread" for c in await redis.client_list())
+
+    await until(reads, 10, "the shared reader to block")
+    assert await reads() == 1  # one read for 50 open runs, not one each
+    late = channel.open("late")
+    await channel.publish(Completion("late", 3, 1, True, "here", None, 0.0, 0.0))
+    await asyncio.wait_for(late.wait(), 5)  # not 30 s: the block was woken
+    assert [c.value for c in late.drain()] == ["here"]
+    for run_id in [*inboxes, "late"]:
+        channel.close(run_id)
+    await channel.aclose()
