@@ -61,3 +61,86 @@ async def test_one_reader_serves_many_open_runs_and_a_late_one_at_once(redis: Re
     for run_id in [*inboxes, "late"]:
         channel.close(run_id)
     await channel.aclose()
+
+
+# -- the JSON codec: orjson where it means the same, json where it would not ---------------------
+
+EDGES: list[Any] = [
+    0,
+    -(2**63),
+    2**63,
+    10**30,
+    -(10**25),
+    1.5,
+    0.1 + 0.2,
+    1e16,
+    -0.0,
+    float("nan"),
+    float("inf"),
+    -float("inf"),
+    "é ü 汉 🎉",
+    "\ud800 lone",
+    "null",
+    None,
+    [1, "two", 3.0, None, True, False],
+    {"a": {"b": [1, {"c": 12345678901234567890}]}},
+    {"x": float("nan")},
+    "1234567890123456789012345",
+]
+
+
+@pytest.mark.parametrize("value", EDGES, ids=range(len(EDGES)))
+def test_the_fast_codec_reads_and_writes_what_json_does(value: Any) -> None:
+    import json
+    import math
+
+    from taskiq_flow.distributed.payload import dumps, loads
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, float) and isinstance(b, float) and math.isnan(a):
+            return math.isnan(b)
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return type(a) is type(b) and a == b
+
+    reference = json.loads(json.dumps(value))
+    assert same(loads(dumps(value)), reference)
+    assert same(loads(json.dumps(value)), reference)  # what json wrote reads the same
+    assert same(json.loads(dumps(value)), reference)  # what we write, json reads the same
+
+
+def test_the_fast_codec_refuses_by_size_exactly_as_json_would() -> None:
+    import json
+
+    from taskiq_flow.distributed.payload import encode
+    from taskiq_flow.exceptions import PayloadTooLargeError
+
+    value = {"k": list(range(300))}
+    size = len(json.dumps(value))  # orjson's compact text is shorter
+    assert len(encode(value, "v", size, 10)) <= size
+    with pytest.raises(PayloadTooLargeError, match=f"is {size:,} bytes as JSON"):
+        encode(value, "v", size - 1, 10)
+
+
+async def test_completions_carry_edge_values_as_json_would(redis: Redis) -> None:
+    import json
+    import math
+
+    channel = RedisCompletionChannel(redis)
+    inbox = channel.open("edges")
+    for node, value in enumerate(EDGES):
+        await channel.publish(Completion("edges", node, 1, True, value, None, 0.5, 1.0))
+    got: dict[int, Any] = {}
+    while len(got) < len(EDGES):
+        await asyncio.wait_for(inbox.wait(), 10)
+        got.update({c.node: c.value for c in inbox.drain()})
+    for node, value in enumerate(EDGES):
+        reference = json.loads(json.dumps(value))
+        if isinstance(reference, float) and math.isnan(reference):
+            assert math.isnan(got[node])
+        elif node != 18:  # {"x": nan}: nan != nan
+            assert got[node] == reference and type(got[node]) is type(reference), node
+    channel.close("edges")
+    await channel.aclose()

@@ -63,10 +63,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AckableMessage, AsyncBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
+from taskiq.abc.formatter import TaskiqFormatter
+from taskiq.message import BrokerMessage
+from taskiq.serializers import JSONSerializer
 from taskiq_redis import RedisStreamBroker
 
 from taskiq_flow.distributed.aio import cancellable, reraise_cancellation
 from taskiq_flow.distributed.keys import validate_key_part
+from taskiq_flow.distributed.payload import FastJSONSerializer
 from taskiq_flow.distributed.workers import (
     BOOT_TTL,
     DRAIN_ENV,
@@ -309,6 +313,24 @@ class _DrainGuard(TaskiqMiddleware):
         self.owner._attempt_ends(message, failed=result.is_err)
 
 
+class _ReusingFormatter(TaskiqFormatter):
+    """A worker's formatter: hands taskiq the message the broker parsed when it took it off
+    the stream (to check it), instead of parsing the same bytes again."""
+
+    def __init__(self, inner: TaskiqFormatter, parsed: dict[int, tuple[Any, TaskiqMessage]]):
+        self.inner = inner
+        self._parsed = parsed
+
+    def dumps(self, message: TaskiqMessage) -> BrokerMessage:
+        return self.inner.dumps(message)
+
+    def loads(self, message: bytes) -> TaskiqMessage:
+        found = self._parsed.pop(id(message), None)
+        if found is not None and found[0] is message:
+            return found[1]
+        return self.inner.loads(message)
+
+
 class ReliableRedisStreamBroker(RedisStreamBroker):
     """``RedisStreamBroker`` with leases, boot ids, dead letters and Redis fault handling
     (see :mod:`taskiq_flow.distributed.broker`)."""
@@ -337,10 +359,14 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         super().__init__(url, additional_streams=streams, idle_timeout=int(lease * 1000), **kwargs)
         if self.queue_name in queues:
             raise InvalidValueError(f"{self.queue_name!r} is the default queue already")
+        if type(self.serializer) is JSONSerializer:  # taskiq's default: the same JSON, faster
+            self.serializer = FastJSONSerializer()
         self.max_deliveries = max_deliveries
         self.priority_queues = queues
         self.lease_seconds = lease
         self.prefix = validate_key_part("prefix", prefix)
+        # Messages parsed on arrival, handed to taskiq as they are (id of their bytes -> both).
+        self._parsed: dict[int, tuple[Any, TaskiqMessage]] = {}
         # What this worker holds: stream -> {message id: task id}, and back.
         self._held: dict[Any, dict[Any, str]] = {}
         self._tasks: dict[str, tuple[Any, Any]] = {}
@@ -410,6 +436,8 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                 logger.warning("%s; draining for %gs instead", exc, self.drain_timeout)
         if not any(isinstance(m, _DrainGuard) for m in self.middlewares):
             self.add_middlewares(_DrainGuard(self))
+        if not isinstance(self.formatter, _ReusingFormatter):
+            self.formatter = _ReusingFormatter(self.formatter, self._parsed)
 
     async def shutdown(self) -> None:
         """Stops the heartbeats, withdraws the advert, and removes this process's stream
@@ -653,6 +681,7 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                     )
                     if task_id is not None:
                         self._given_back.add(task_id)
+                self._parsed.clear()  # parsed again if taskiq still takes one (a fallback)
                 for i in range(0, len(ids), 1000):
                     given += int(
                         await script(
@@ -835,8 +864,13 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                 conn, stream, message_id, fields, "a stream entry without a 'data' field"
             )
             return None
+        formatter = self.formatter
+        reusing = isinstance(formatter, _ReusingFormatter)
         try:
-            message = self.formatter.loads(data)
+            if isinstance(formatter, _ReusingFormatter):
+                message = formatter.inner.loads(data)
+            else:
+                message = formatter.loads(data)
         except Exception as exc:
             await self._reject(
                 conn, stream, message_id, fields, f"a message that cannot be decoded: {exc}"
@@ -853,6 +887,8 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
             return None
         self._held.setdefault(stream, {})[message_id] = message.task_id
         self._tasks[message.task_id] = (stream, message_id)
+        if reusing:  # taskiq parses it again otherwise
+            self._parsed[id(data)] = (data, message)
         return AckableMessage(data=data, ack=self._acker(stream, message_id))
 
     def _acker(self, stream: Any, message_id: Any) -> Callable[[], Awaitable[None]]:

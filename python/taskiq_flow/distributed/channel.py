@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -84,6 +85,12 @@ redis.call('PEXPIRE', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[2], ARGV[1])
 return 1
 """
+
+
+def _number(value: float) -> str:
+    """A duration or a time as JSON (``null`` if not a finite number)."""
+    number = float(value)
+    return repr(number) if math.isfinite(number) else "null"
 
 
 def error_to_json(error: BaseException | None) -> dict[str, str] | None:
@@ -269,15 +276,14 @@ class RedisCompletionChannel:
                 value_text = encode(completion.value, what, self.max_value_bytes, self.max_depth)
             except PayloadTooLargeError as exc:
                 ok, error = False, exc
-        head = json.dumps(
-            {
-                "node": completion.node,
-                "attempt": completion.attempt,
-                "ok": ok,
-                "error": error_to_json(error),
-                "duration_ms": completion.duration_ms,
-                "started_at": completion.started_at,
-            }
+        # As json.dumps writes it (the start is what _HEAD reads when the value cannot be read
+        # back), without its cost: ints, JSON's true/false, floats as their repr.
+        error_text = "null" if error is None else json.dumps(error_to_json(error))
+        head = (
+            f'{{"node": {int(completion.node)}, "attempt": {int(completion.attempt)}, '
+            f'"ok": {"true" if ok else "false"}, "error": {error_text}, '
+            f'"duration_ms": {_number(completion.duration_ms)}, '
+            f'"started_at": {_number(completion.started_at)}}}'
         )
         return f'{head[:-1]}, "value": {value_text}}}', ok != completion.ok
 
