@@ -144,3 +144,59 @@ async def test_completions_carry_edge_values_as_json_would(redis: Redis) -> None
             assert got[node] == reference and type(got[node]) is type(reference), node
     channel.close("edges")
     await channel.aclose()
+
+
+# -- group commit: written at once when idle, together while a write is on its way ---------------
+
+
+async def test_writes_made_while_one_is_on_its_way_go_out_together_each_told_its_own() -> None:
+    from taskiq_flow.distributed.broker import GroupWriter
+
+    batches: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def write(items: list[int]) -> list[BaseException | None]:
+        batches.append(items)
+        if len(batches) == 1:
+            await gate.wait()  # the first write is on its way while the others come
+        return [ValueError(f"refused {i}") if i % 5 == 0 else None for i in items]
+
+    writer: GroupWriter[int] = GroupWriter(write)
+    puts = [asyncio.ensure_future(writer.put(i)) for i in range(1, 12)]
+    await until(lambda: batches, 5, "the first write")
+    await asyncio.sleep(0)
+    gate.set()
+    outcomes = await asyncio.gather(*puts, return_exceptions=True)
+    assert batches == [[1], list(range(2, 12))]  # alone at once, then the rest together
+    for i, outcome in zip(range(1, 12), outcomes):
+        assert (str(outcome) == f"refused {i}") if i % 5 == 0 else outcome is None
+
+
+async def test_a_caller_cancelled_as_it_was_to_write_the_next_batch_passes_it_on() -> None:
+    from taskiq_flow.distributed.broker import GroupWriter
+
+    batches: list[list[int]] = []
+    gate = asyncio.Event()
+    waiting: list[asyncio.Future[None]] = []
+
+    async def write(items: list[int]) -> list[BaseException | None]:
+        batches.append(items)
+        if len(batches) == 1:
+            await gate.wait()
+            # Cancelled just as this write hands it the next batch (before it runs again).
+            asyncio.get_running_loop().call_soon(waiting[0].cancel)
+        return [None] * len(items)
+
+    writer: GroupWriter[int] = GroupWriter(write)
+    first = asyncio.ensure_future(writer.put(1))
+    await until(lambda: batches, 5, "the first write")
+    waiting.append(asyncio.ensure_future(writer.put(2)))
+    third = asyncio.ensure_future(writer.put(3))
+    await asyncio.sleep(0)
+    gate.set()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await waiting[0]
+    await asyncio.wait_for(third, 5)  # written all the same, not stuck
+    assert batches[0] == [1] and 3 in batches[-1]
+    await asyncio.wait_for(writer.flushed(), 5)

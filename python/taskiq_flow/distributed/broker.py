@@ -56,7 +56,7 @@ import math
 import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -374,9 +374,9 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         self._carried: dict[str, tuple[str, str, int]] = {}
         self._background: set[asyncio.Task[None]] = set()
         # Messages sent in this turn of the event loop, written together.
-        self._outbox: list[_Outgoing] = []
-        self._sending: set[asyncio.Task[None]] = set()
-        self._acks: list[_Acking] = []
+        # Sends, and acknowledgements with their completions, written in batches.
+        self._sends: GroupWriter[_Outgoing] = GroupWriter(self._send_batch)
+        self._acks: GroupWriter[_Acking] = GroupWriter(self._ack_batch)
         self._in_ack: set[str] = set()
         self._predecessor: str | None = None
         self._next_reclaim = 0.0
@@ -446,8 +446,9 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         still runs) and gives back whatever it holds but did not finish."""
         if self.is_worker_process:
             await self._end_drain()
-        if self._sending:  # what was sent is written before the connections close
-            await asyncio.gather(*self._sending, return_exceptions=True)
+        # What was sent or acknowledged is written before the connections close.
+        await self._sends.flushed()
+        await self._acks.flushed()
         for task in list(self._background):
             task.cancel()
         if self.is_worker_process:
@@ -713,26 +714,14 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                     "pool with discover_workers(redis, broker=broker)"
                 )
             queue = validate_key_part("worker queue", own)  # placed on that worker
-        # Kicks made in one turn of the event loop go out together, in one pipelined write
-        # (see _send_batch); each kick still awaits its own outcome.
-        loop = asyncio.get_running_loop()
-        sent: asyncio.Future[None] = loop.create_future()
-        self._outbox.append((queue, placed, message.message, sent))
-        if len(self._outbox) == 1:
-            loop.call_soon(self._flush_outbox)
-        await sent
+        # Sends made while another send of this process is on its way go out together, in
+        # one pipelined write, as soon as that one is answered (see GroupWriter).
+        await self._sends.put((queue, placed, message.message))
 
-    def _flush_outbox(self) -> None:
-        batch, self._outbox = self._outbox, []
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._send_batch(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-
-    async def _send_batch(self, batch: list[_Outgoing]) -> None:
-        """Writes the messages of a batch in one transaction and tells each sender how its own
-        went. A connection broken by a Redis restart or stall is retried (on a fresh one) for
-        up to SEND_RETRY_SECONDS; a batch whose reply was lost may then be sent twice
+    async def _send_batch(self, batch: list[_Outgoing]) -> list[BaseException | None]:
+        """Writes the messages of a batch in one transaction; returns how each went. A
+        connection broken by a Redis restart or stall is retried (on a fresh one) for up to
+        SEND_RETRY_SECONDS; a batch whose reply was lost may then be sent twice
         (at-least-once, as any redelivery)."""
         pause, deadline = 0.05, time.monotonic() + SEND_RETRY_SECONDS
         while True:
@@ -741,33 +730,26 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                     Redis(connection_pool=self.connection_pool) as conn,
                     conn.pipeline(transaction=True) as pipe,
                 ):
-                    for queue, placed, data, _ in batch:
+                    for queue, placed, data in batch:
                         pipe.xadd(
                             queue, {b"data": data}, maxlen=self.maxlen, approximate=self.approximate
                         )
                         if placed:  # a worker's own queue outlives it only so long
                             pipe.pexpire(queue, int(WORKER_QUEUE_TTL * 1000))
                     replies = await pipe.execute(raise_on_error=False)
-            except (RedisConnectionError, RedisTimeoutError) as exc:
+            except (RedisConnectionError, RedisTimeoutError):
                 if time.monotonic() > deadline:
-                    _settle(batch, [exc] * len(batch))
-                    return
+                    raise
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
                 continue
-            except BaseException as exc:  # refused as a whole (or cancelled): each sender hears
-                _settle(batch, [exc] * len(batch))
-                if not isinstance(exc, Exception):
-                    raise
-                return
             outcomes: list[BaseException | None] = []
             at = 0
-            for _, placed, _, _ in batch:
+            for _, placed, _ in batch:
                 reply = replies[at]
                 outcomes.append(reply if isinstance(reply, BaseException) else None)
                 at += 2 if placed else 1
-            _settle(batch, outcomes)
-            return
+            return outcomes
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -906,63 +888,51 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         the same transaction). Acknowledgements made in one turn of the event loop go out
         together, in one transaction (see :meth:`_ack_batch`); this returns once its own is
         written, or given up."""
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._acks.append((stream, message_id, carried, done))
-        self._in_ack.add(_text(message_id))  # never given back: its ack is on its way
-        if len(self._acks) == 1:
-            loop.call_soon(self._flush_acks)
-        await asyncio.shield(done)
+        text = _text(message_id)
+        self._in_ack.add(text)  # never given back: its acknowledgement is on its way
+        try:
+            await self._acks.put((stream, message_id, carried))
+        except RedisError as exc:  # batched with a write that was cut: reclaimed after a lease
+            logger.warning("message %s may not be acknowledged: %s", message_id, exc)
+        finally:
+            self._in_ack.discard(text)
 
-    def _flush_acks(self) -> None:
-        batch, self._acks = self._acks, []
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._ack_batch(batch))
-            self._sending.add(task)
-            task.add_done_callback(self._sending.discard)
-
-    async def _ack_batch(self, batch: list[_Acking]) -> None:
+    async def _ack_batch(self, batch: list[_Acking]) -> list[BaseException | None]:
         """Writes a batch of acknowledgements, each with its completion, in one transaction
         (``XADD`` + ``EXPIRE`` per completion, one ``XACK`` and one ``XDEL`` per stream),
         retrying while Redis is unavailable (for about a lease; after that the messages are
-        reclaimed and run again)."""
+        reclaimed and run again). Never raises."""
         pause, deadline = 0.05, time.monotonic() + self.lease_seconds
         ids: dict[Any, list[Any]] = {}
-        for stream, message_id, _, _ in batch:
+        for stream, message_id, _ in batch:
             ids.setdefault(stream, []).append(message_id)
-        try:
-            while True:
-                try:
-                    async with (
-                        Redis(connection_pool=self.connection_pool) as conn,
-                        conn.pipeline(transaction=True) as pipe,
-                    ):
-                        for _, _, carried, _ in batch:
-                            if carried is not None:
-                                key, payload, ttl = carried
-                                pipe.xadd(key, {"c": payload})
-                                pipe.expire(key, ttl)
-                        for stream, message_ids in ids.items():
-                            pipe.xack(stream, self.consumer_group_name, *message_ids)
-                            pipe.xdel(stream, *message_ids)
-                        replies = await pipe.execute(raise_on_error=False)
-                    # Executed: a command Redis refused (its group lost with the data) is not
-                    # retried, or the completions written with it would be written twice.
-                    for reply in replies:
-                        if isinstance(reply, Exception):
-                            logger.warning("acknowledgement refused by Redis: %s", reply)
-                    return
-                except RedisError as exc:
-                    if time.monotonic() > deadline:
-                        logger.warning("%d message(s) not acknowledged: %s", len(batch), exc)
-                        return
-                    await asyncio.sleep(pause)
-                    pause = min(pause * 2, 1.0)
-        finally:
-            for _, message_id, _, done in batch:
-                self._in_ack.discard(_text(message_id))
-                if not done.done():
-                    done.set_result(None)
+        while True:
+            try:
+                async with (
+                    Redis(connection_pool=self.connection_pool) as conn,
+                    conn.pipeline(transaction=True) as pipe,
+                ):
+                    for _, _, carried in batch:
+                        if carried is not None:
+                            key, payload, ttl = carried
+                            pipe.xadd(key, {"c": payload})
+                            pipe.expire(key, ttl)
+                    for stream, message_ids in ids.items():
+                        pipe.xack(stream, self.consumer_group_name, *message_ids)
+                        pipe.xdel(stream, *message_ids)
+                    replies = await pipe.execute(raise_on_error=False)
+                # Executed: a command Redis refused (its group lost with the data) is not
+                # retried, or the completions written with it would be written twice.
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        logger.warning("acknowledgement refused by Redis: %s", reply)
+                return [None] * len(batch)
+            except RedisError as exc:
+                if time.monotonic() > deadline:
+                    logger.warning("%d message(s) not acknowledged: %s", len(batch), exc)
+                    return [None] * len(batch)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
 
     async def _reclaim(self, conn: Redis, stream: Any) -> AsyncGenerator[Any, None]:
         """Takes over messages whose lease lapsed (no lock: ``XAUTOCLAIM`` is atomic)."""
@@ -1103,27 +1073,106 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
             await published
 
 
-#: A message waiting to be sent: its queue, whether it was placed on a worker, its bytes, and the
-#: future its sender awaits.
-_Outgoing = tuple[str, bool, Any, "asyncio.Future[None]"]
+#: A message to send: its queue, whether it was placed on a worker, its bytes.
+_Outgoing = tuple[str, bool, Any]
+#: An acknowledgement to write: the stream, the message id, and the completion it carries
+#: (key, JSON, TTL) if any.
+_Acking = tuple[Any, Any, "tuple[str, str, int] | None"]
+
+_Item = TypeVar("_Item")
 
 
-#: An acknowledgement waiting to be written: the stream, the message id, the completion it
-#: carries (key, JSON, TTL) if any, and the future its acknowledger awaits.
-_Acking = tuple[Any, Any, "tuple[str, str, int] | None", "asyncio.Future[None]"]
+class GroupWriter(Generic[_Item]):
+    """Writes items in batches without waiting to fill one (a group commit): an item put while
+    no write is on its way is written at once, alone; the items put while one is on its way
+    are written together as soon as it is answered, by the first of their callers. Each caller
+    learns its own item's outcome.
 
+    :param write: writes a batch; returns, per item, ``None`` or the error that item met (an
+        error it raises is every item's).
+    """
 
-def _settle(batch: list[_Outgoing], outcomes: list[BaseException | None]) -> None:
-    """Tells each sender of a batch how its message went."""
-    for (_, _, _, sent), outcome in zip(batch, outcomes):
-        if sent.done():
-            continue  # its sender was cancelled
-        if outcome is None:
-            sent.set_result(None)
-        elif isinstance(outcome, asyncio.CancelledError):
-            sent.cancel()
+    def __init__(
+        self, write: Callable[[list[_Item]], Awaitable[list[BaseException | None]]]
+    ) -> None:
+        self._write = write
+        self._waiting: list[tuple[_Item, asyncio.Future[bool] | None]] = []
+        self._busy = False
+        self._idle: asyncio.Event | None = None
+        self._orphaned: set[asyncio.Task[None]] = set()
+
+    async def put(self, item: _Item) -> None:
+        """Writes ``item`` (with others) and returns once it is written.
+
+        :raises BaseException: the error its write met.
+        """
+        own: asyncio.Future[bool] | None = None
+        if self._busy:
+            own = asyncio.get_running_loop().create_future()
+            self._waiting.append((item, own))
+            try:
+                if not await own:
+                    return  # written by the batch before
+            except asyncio.CancelledError:
+                if own.done() and not own.cancelled() and own.exception() is None and own.result():
+                    self._hand_on()  # cancelled as it was to write the next batch: passed on
+                raise
+            # This caller writes the next batch: everything waiting, its own item first.
+            batch, self._waiting = self._waiting, []
         else:
-            sent.set_exception(outcome)
+            self._busy = True
+            batch = [(item, None)]
+        # If this caller is cancelled mid-write, whether the batch reached Redis is unknown:
+        # the others are told so (never cancelled for another's cancellation).
+        lost = RedisConnectionError("interrupted: the write it was batched with was cancelled")
+        outcomes: list[BaseException | None] = [lost] * len(batch)
+        try:
+            outcomes = await self._write([i for i, _ in batch])
+        except Exception as exc:
+            outcomes = [exc] * len(batch)
+        finally:
+            self._hand_on()
+            for (_, future), outcome in zip(batch, outcomes):
+                if future is None or future is own or future.done():
+                    continue  # this caller's, or one whose caller was cancelled
+                if outcome is None:
+                    future.set_result(False)
+                else:
+                    future.set_exception(outcome)
+        mine = next(o for (_, f), o in zip(batch, outcomes) if f is own)
+        if mine is not None:
+            raise mine
+
+    def _hand_on(self) -> None:
+        """The write is answered: the first live caller waiting writes the next batch (with
+        none left, a task writes what cancelled callers left)."""
+        for _, future in self._waiting:
+            if future is not None and not future.done():
+                future.set_result(True)
+                return
+        if self._waiting:
+            batch, self._waiting = self._waiting, []
+            task = asyncio.get_running_loop().create_task(self._orphans(batch))
+            self._orphaned.add(task)
+            task.add_done_callback(self._orphaned.discard)
+            return
+        self._busy = False
+        if self._idle is not None:
+            self._idle.set()
+
+    async def _orphans(self, batch: list[tuple[_Item, asyncio.Future[bool] | None]]) -> None:
+        try:
+            await self._write([i for i, _ in batch])
+        except Exception as exc:
+            logger.warning("%d write(s) to Redis failed: %s", len(batch), exc)
+        finally:
+            self._hand_on()
+
+    async def flushed(self) -> None:
+        """Returns once nothing is being written."""
+        while self._busy:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
 
 
 def _text(value: Any) -> str:
