@@ -719,16 +719,17 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         await self._sends.put((queue, placed, message.message))
 
     async def _send_batch(self, batch: list[_Outgoing]) -> list[BaseException | None]:
-        """Writes the messages of a batch in one transaction; returns how each went. A
-        connection broken by a Redis restart or stall is retried (on a fresh one) for up to
-        SEND_RETRY_SECONDS; a batch whose reply was lost may then be sent twice
+        """Writes the messages of a batch in one pipelined write (no transaction: each
+        ``XADD`` is atomic, and none depends on another); returns how each went. A connection
+        broken by a Redis restart or stall is retried (on a fresh one) for up to
+        SEND_RETRY_SECONDS; a message whose reply was lost may then be sent twice
         (at-least-once, as any redelivery)."""
         pause, deadline = 0.05, time.monotonic() + SEND_RETRY_SECONDS
         while True:
             try:
                 async with (
                     Redis(connection_pool=self.connection_pool) as conn,
-                    conn.pipeline(transaction=True) as pipe,
+                    conn.pipeline(transaction=False) as pipe,
                 ):
                     for queue, placed, data in batch:
                         pipe.xadd(
