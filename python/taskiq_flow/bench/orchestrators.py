@@ -24,7 +24,8 @@ processes per contender and reports the median and the spread:
   without ``dask.delayed``'s tokenizing; its default pool of one thread per CPU, at most 16);
 - two worker processes: ``taskiq-flow redis`` (the same calls on taskiq-redis: a reliable stream
   broker, completions through Redis streams, 2 ``taskiq worker`` processes and a ``redis-server``
-  on 127.0.0.1 started for the run), against ``ray`` (``ray.init(num_cpus=2)``: 2 worker
+  on 127.0.0.1 started for the run; its fastest configuration has ``orjson`` and ``hiredis``
+  installed, which it uses when present), against ``ray`` (``ray.init(num_cpus=2)``: 2 worker
   processes; ``@ray.remote`` functions chained by object references and submitted all at once,
   one ``ray.get`` for the values; dashboard off) and ``dask distributed`` (``LocalCluster`` of 2
   worker processes with one thread each, the whole graph sent in one ``Client.get``).

@@ -56,17 +56,21 @@ import math
 import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from taskiq import AckableMessage, AsyncBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
+from taskiq.abc.formatter import TaskiqFormatter
+from taskiq.message import BrokerMessage
+from taskiq.serializers import JSONSerializer
 from taskiq_redis import RedisStreamBroker
 
 from taskiq_flow.distributed.aio import cancellable, reraise_cancellation
 from taskiq_flow.distributed.keys import validate_key_part
+from taskiq_flow.distributed.payload import FastJSONSerializer
 from taskiq_flow.distributed.workers import (
     BOOT_TTL,
     DRAIN_ENV,
@@ -309,6 +313,24 @@ class _DrainGuard(TaskiqMiddleware):
         self.owner._attempt_ends(message, failed=result.is_err)
 
 
+class _ReusingFormatter(TaskiqFormatter):
+    """A worker's formatter: hands taskiq the message the broker parsed when it took it off
+    the stream (to check it), instead of parsing the same bytes again."""
+
+    def __init__(self, inner: TaskiqFormatter, parsed: dict[int, tuple[Any, TaskiqMessage]]):
+        self.inner = inner
+        self._parsed = parsed
+
+    def dumps(self, message: TaskiqMessage) -> BrokerMessage:
+        return self.inner.dumps(message)
+
+    def loads(self, message: bytes) -> TaskiqMessage:
+        found = self._parsed.pop(id(message), None)
+        if found is not None and found[0] is message:
+            return found[1]
+        return self.inner.loads(message)
+
+
 class ReliableRedisStreamBroker(RedisStreamBroker):
     """``RedisStreamBroker`` with leases, boot ids, dead letters and Redis fault handling
     (see :mod:`taskiq_flow.distributed.broker`)."""
@@ -337,16 +359,25 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         super().__init__(url, additional_streams=streams, idle_timeout=int(lease * 1000), **kwargs)
         if self.queue_name in queues:
             raise InvalidValueError(f"{self.queue_name!r} is the default queue already")
+        if type(self.serializer) is JSONSerializer:  # taskiq's default: the same JSON, faster
+            self.serializer = FastJSONSerializer()
         self.max_deliveries = max_deliveries
         self.priority_queues = queues
         self.lease_seconds = lease
         self.prefix = validate_key_part("prefix", prefix)
+        # Messages parsed on arrival, handed to taskiq as they are (id of their bytes -> both).
+        self._parsed: dict[int, tuple[Any, TaskiqMessage]] = {}
         # What this worker holds: stream -> {message id: task id}, and back.
         self._held: dict[Any, dict[Any, str]] = {}
         self._tasks: dict[str, tuple[Any, Any]] = {}
         # Completions to write with a message's acknowledgement: task id -> (key, JSON, ttl).
         self._carried: dict[str, tuple[str, str, int]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Messages sent in this turn of the event loop, written together.
+        # Sends, and acknowledgements with their completions, written in batches.
+        self._sends: GroupWriter[_Outgoing] = GroupWriter(self._send_batch)
+        self._acks: GroupWriter[_Acking] = GroupWriter(self._ack_batch)
+        self._in_ack: set[str] = set()
         self._predecessor: str | None = None
         self._next_reclaim = 0.0
         self._advert: dict[str, Any] | None = None
@@ -405,6 +436,8 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                 logger.warning("%s; draining for %gs instead", exc, self.drain_timeout)
         if not any(isinstance(m, _DrainGuard) for m in self.middlewares):
             self.add_middlewares(_DrainGuard(self))
+        if not isinstance(self.formatter, _ReusingFormatter):
+            self.formatter = _ReusingFormatter(self.formatter, self._parsed)
 
     async def shutdown(self) -> None:
         """Stops the heartbeats, withdraws the advert, and removes this process's stream
@@ -413,6 +446,9 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         still runs) and gives back whatever it holds but did not finish."""
         if self.is_worker_process:
             await self._end_drain()
+        # What was sent or acknowledged is written before the connections close.
+        await self._sends.flushed()
+        await self._acks.flushed()
         for task in list(self._background):
             task.cancel()
         if self.is_worker_process:
@@ -638,6 +674,7 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                     and task_id not in self._cut
                     and not attempt.task.done()
                 }
+                keep |= self._in_ack
                 ids = [p["message_id"] for p in pending if _text(p["message_id"]) not in keep]
                 for message_id in ids:
                     task_id = self._drop(stream, message_id) or self._drop(
@@ -645,6 +682,7 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                     )
                     if task_id is not None:
                         self._given_back.add(task_id)
+                self._parsed.clear()  # parsed again if taskiq still takes one (a fallback)
                 for i in range(0, len(ids), 1000):
                     given += int(
                         await script(
@@ -676,31 +714,43 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                     "pool with discover_workers(redis, broker=broker)"
                 )
             queue = validate_key_part("worker queue", own)  # placed on that worker
-        # A connection broken by a Redis restart or stall is retried (on a fresh one) for
-        # up to SEND_RETRY_SECONDS; a message whose reply was lost may then be sent twice
-        # (at-least-once, as any redelivery).
+        # Sends made while another send of this process is on its way go out together, in
+        # one pipelined write, as soon as that one is answered (see GroupWriter).
+        await self._sends.put((queue, placed, message.message))
+
+    async def _send_batch(self, batch: list[_Outgoing]) -> list[BaseException | None]:
+        """Writes the messages of a batch in one pipelined write (no transaction: each
+        ``XADD`` is atomic, and none depends on another); returns how each went. A connection
+        broken by a Redis restart or stall is retried (on a fresh one) for up to
+        SEND_RETRY_SECONDS; a message whose reply was lost may then be sent twice
+        (at-least-once, as any redelivery)."""
         pause, deadline = 0.05, time.monotonic() + SEND_RETRY_SECONDS
         while True:
             try:
                 async with (
                     Redis(connection_pool=self.connection_pool) as conn,
-                    conn.pipeline(transaction=True) as pipe,
+                    conn.pipeline(transaction=False) as pipe,
                 ):
-                    pipe.xadd(
-                        queue,
-                        {b"data": message.message},
-                        maxlen=self.maxlen,
-                        approximate=self.approximate,
-                    )
-                    if placed:  # a worker's own queue outlives it only so long
-                        pipe.pexpire(queue, int(WORKER_QUEUE_TTL * 1000))
-                    await pipe.execute()
-                return
+                    for queue, placed, data in batch:
+                        pipe.xadd(
+                            queue, {b"data": data}, maxlen=self.maxlen, approximate=self.approximate
+                        )
+                        if placed:  # a worker's own queue outlives it only so long
+                            pipe.pexpire(queue, int(WORKER_QUEUE_TTL * 1000))
+                    replies = await pipe.execute(raise_on_error=False)
             except (RedisConnectionError, RedisTimeoutError):
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
+                continue
+            outcomes: list[BaseException | None] = []
+            at = 0
+            for _, placed, _ in batch:
+                reply = replies[at]
+                outcomes.append(reply if isinstance(reply, BaseException) else None)
+                at += 2 if placed else 1
+            return outcomes
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -797,8 +847,13 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                 conn, stream, message_id, fields, "a stream entry without a 'data' field"
             )
             return None
+        formatter = self.formatter
+        reusing = isinstance(formatter, _ReusingFormatter)
         try:
-            message = self.formatter.loads(data)
+            if isinstance(formatter, _ReusingFormatter):
+                message = formatter.inner.loads(data)
+            else:
+                message = formatter.loads(data)
         except Exception as exc:
             await self._reject(
                 conn, stream, message_id, fields, f"a message that cannot be decoded: {exc}"
@@ -815,6 +870,8 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
             return None
         self._held.setdefault(stream, {})[message_id] = message.task_id
         self._tasks[message.task_id] = (stream, message_id)
+        if reusing:  # taskiq parses it again otherwise
+            self._parsed[id(data)] = (data, message)
         return AckableMessage(data=data, ack=self._acker(stream, message_id))
 
     def _acker(self, stream: Any, message_id: Any) -> Callable[[], Awaitable[None]]:
@@ -829,27 +886,52 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         self, stream: Any, message_id: Any, carried: tuple[str, str, int] | None = None
     ) -> None:
         """Acknowledges and deletes a message (with its completion, if it carries one, in
-        the same transaction), retrying while Redis is unavailable (for about a lease;
-        after that the message is reclaimed and runs again)."""
+        the same transaction). Acknowledgements made in one turn of the event loop go out
+        together, in one transaction (see :meth:`_ack_batch`); this returns once its own is
+        written, or given up."""
+        text = _text(message_id)
+        self._in_ack.add(text)  # never given back: its acknowledgement is on its way
+        try:
+            await self._acks.put((stream, message_id, carried))
+        except RedisError as exc:  # batched with a write that was cut: reclaimed after a lease
+            logger.warning("message %s may not be acknowledged: %s", message_id, exc)
+        finally:
+            self._in_ack.discard(text)
+
+    async def _ack_batch(self, batch: list[_Acking]) -> list[BaseException | None]:
+        """Writes a batch of acknowledgements, each with its completion, in one transaction
+        (``XADD`` + ``EXPIRE`` per completion, one ``XACK`` and one ``XDEL`` per stream),
+        retrying while Redis is unavailable (for about a lease; after that the messages are
+        reclaimed and run again). Never raises."""
         pause, deadline = 0.05, time.monotonic() + self.lease_seconds
+        ids: dict[Any, list[Any]] = {}
+        for stream, message_id, _ in batch:
+            ids.setdefault(stream, []).append(message_id)
         while True:
             try:
                 async with (
                     Redis(connection_pool=self.connection_pool) as conn,
                     conn.pipeline(transaction=True) as pipe,
                 ):
-                    if carried is not None:
-                        key, payload, ttl = carried
-                        pipe.xadd(key, {"c": payload})
-                        pipe.expire(key, ttl)
-                    pipe.xack(stream, self.consumer_group_name, message_id)
-                    pipe.xdel(stream, message_id)
-                    await pipe.execute()
-                return
+                    for _, _, carried in batch:
+                        if carried is not None:
+                            key, payload, ttl = carried
+                            pipe.xadd(key, {"c": payload})
+                            pipe.expire(key, ttl)
+                    for stream, message_ids in ids.items():
+                        pipe.xack(stream, self.consumer_group_name, *message_ids)
+                        pipe.xdel(stream, *message_ids)
+                    replies = await pipe.execute(raise_on_error=False)
+                # Executed: a command Redis refused (its group lost with the data) is not
+                # retried, or the completions written with it would be written twice.
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        logger.warning("acknowledgement refused by Redis: %s", reply)
+                return [None] * len(batch)
             except RedisError as exc:
                 if time.monotonic() > deadline:
-                    logger.warning("message %s not acknowledged: %s", message_id, exc)
-                    return
+                    logger.warning("%d message(s) not acknowledged: %s", len(batch), exc)
+                    return [None] * len(batch)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
 
@@ -990,6 +1072,108 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         )
         if published is not None:
             await published
+
+
+#: A message to send: its queue, whether it was placed on a worker, its bytes.
+_Outgoing = tuple[str, bool, Any]
+#: An acknowledgement to write: the stream, the message id, and the completion it carries
+#: (key, JSON, TTL) if any.
+_Acking = tuple[Any, Any, "tuple[str, str, int] | None"]
+
+_Item = TypeVar("_Item")
+
+
+class GroupWriter(Generic[_Item]):
+    """Writes items in batches without waiting to fill one (a group commit): an item put while
+    no write is on its way is written at once, alone; the items put while one is on its way
+    are written together as soon as it is answered, by the first of their callers. Each caller
+    learns its own item's outcome.
+
+    :param write: writes a batch; returns, per item, ``None`` or the error that item met (an
+        error it raises is every item's).
+    """
+
+    def __init__(
+        self, write: Callable[[list[_Item]], Awaitable[list[BaseException | None]]]
+    ) -> None:
+        self._write = write
+        self._waiting: list[tuple[_Item, asyncio.Future[bool] | None]] = []
+        self._busy = False
+        self._idle: asyncio.Event | None = None
+        self._orphaned: set[asyncio.Task[None]] = set()
+
+    async def put(self, item: _Item) -> None:
+        """Writes ``item`` (with others) and returns once it is written.
+
+        :raises BaseException: the error its write met.
+        """
+        own: asyncio.Future[bool] | None = None
+        if self._busy:
+            own = asyncio.get_running_loop().create_future()
+            self._waiting.append((item, own))
+            try:
+                if not await own:
+                    return  # written by the batch before
+            except asyncio.CancelledError:
+                if own.done() and not own.cancelled() and own.exception() is None and own.result():
+                    self._hand_on()  # cancelled as it was to write the next batch: passed on
+                raise
+            # This caller writes the next batch: everything waiting, its own item first.
+            batch, self._waiting = self._waiting, []
+        else:
+            self._busy = True
+            batch = [(item, None)]
+        # If this caller is cancelled mid-write, whether the batch reached Redis is unknown:
+        # the others are told so (never cancelled for another's cancellation).
+        lost = RedisConnectionError("interrupted: the write it was batched with was cancelled")
+        outcomes: list[BaseException | None] = [lost] * len(batch)
+        try:
+            outcomes = await self._write([i for i, _ in batch])
+        except Exception as exc:
+            outcomes = [exc] * len(batch)
+        finally:
+            self._hand_on()
+            for (_, future), outcome in zip(batch, outcomes):
+                if future is None or future is own or future.done():
+                    continue  # this caller's, or one whose caller was cancelled
+                if outcome is None:
+                    future.set_result(False)
+                else:
+                    future.set_exception(outcome)
+        mine = next(o for (_, f), o in zip(batch, outcomes) if f is own)
+        if mine is not None:
+            raise mine
+
+    def _hand_on(self) -> None:
+        """The write is answered: the first live caller waiting writes the next batch (with
+        none left, a task writes what cancelled callers left)."""
+        for _, future in self._waiting:
+            if future is not None and not future.done():
+                future.set_result(True)
+                return
+        if self._waiting:
+            batch, self._waiting = self._waiting, []
+            task = asyncio.get_running_loop().create_task(self._orphans(batch))
+            self._orphaned.add(task)
+            task.add_done_callback(self._orphaned.discard)
+            return
+        self._busy = False
+        if self._idle is not None:
+            self._idle.set()
+
+    async def _orphans(self, batch: list[tuple[_Item, asyncio.Future[bool] | None]]) -> None:
+        try:
+            await self._write([i for i, _ in batch])
+        except Exception as exc:
+            logger.warning("%d write(s) to Redis failed: %s", len(batch), exc)
+        finally:
+            self._hand_on()
+
+    async def flushed(self) -> None:
+        """Returns once nothing is being written."""
+        while self._busy:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
 
 
 def _text(value: Any) -> str:

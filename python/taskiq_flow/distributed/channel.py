@@ -1,8 +1,10 @@
 """Completions through Redis: one stream per run, written where tasks ran, read by the run.
 
 Workers' :class:`~taskiq_flow.events.FlowMiddleware` appends each completion to the stream of its
-run (``<prefix>:done:<run id>``); the orchestrator reads that stream, one blocking reader per
-run, never one poller per task. While a run is open its reader keeps a marker key
+run (``<prefix>:done:<run id>``); the orchestrator reads those streams, one blocking ``XREAD``
+over every run open in the channel (per process), never one poller per task nor one connection
+per run; a run opened while that read blocks wakes it at once (an entry on the reader's own
+``<prefix>:wake:<id>`` stream). While a run is open the reader keeps a marker key
 (``<prefix>:open:<run id>``) and the stream's TTL alive; if the marker is gone (Redis restarted
 with its data lost, or flushed), nothing in flight can ever report back and the run fails at once
 with :class:`~taskiq_flow.exceptions.RunStateLostError`. If Redis cannot be reached for
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -84,6 +87,12 @@ return 1
 """
 
 
+def _number(value: float) -> str:
+    """A duration or a time as JSON (``null`` if not a finite number)."""
+    number = float(value)
+    return repr(number) if math.isfinite(number) else "null"
+
+
 def error_to_json(error: BaseException | None) -> dict[str, str] | None:
     """An exception as ``{"type", "message"}`` (the message cut to 4 KiB)."""
     if error is None:
@@ -117,6 +126,21 @@ def error_from_json(data: Any) -> BaseException | None:
     return RemoteTaskError(data["type"], data["message"])
 
 
+class _Reading:
+    """A run whose completions the channel reads: its inbox, keys and read position."""
+
+    __slots__ = ("inbox", "key", "last", "marker", "opened", "run_id", "since")
+
+    def __init__(self, run_id: str, inbox: Inbox, key: str, marker: str, since: float) -> None:
+        self.run_id = run_id
+        self.inbox = inbox
+        self.key = key
+        self.marker = marker
+        self.since = since  # when it was opened (a failing Redis counts from then for it)
+        self.last: Any = "0-0"
+        self.opened = False  # its marker is set
+
+
 class RedisCompletionChannel:
     """Completions through one Redis stream per run (``<prefix>:done:<run id>``).
 
@@ -124,8 +148,8 @@ class RedisCompletionChannel:
     :param prefix: the key prefix (letters, digits, ``_ . -``).
     :param ttl_seconds: how long an unread stream may live (a run's orchestrator that died); an
         open run's reader keeps it alive.
-    :param block_ms: how long one read blocks before checking for shutdown and for the run's
-        state.
+    :param block_ms: how long one read blocks before checking that the runs' state still
+        exists (a completion, or a run opened, ends the wait at once).
     :param give_up_seconds: how long reads may keep failing (Redis down or restarting) before
         the run fails with :class:`~taskiq_flow.exceptions.ChannelLostError`.
     :param max_value_bytes: the largest result a completion carries, as JSON (default 1 MiB);
@@ -155,9 +179,19 @@ class RedisCompletionChannel:
         self._client: Redis | None = None if isinstance(redis, str) else redis
         self.ttl_seconds = ttl_seconds
         self.block_ms = block_ms
-        self._readers: dict[str, asyncio.Task[None]] = {}
+        # The runs open here, read by one reader (by run id, and by stream key).
+        self._runs: dict[str, _Reading] = {}
+        self._by_key: dict[bytes, str] = {}
+        self._failed: set[str] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self._blocked = False  # the reader waits in its blocking read
+        self._waking: asyncio.Task[None] | None = None
         self._deletes: set[asyncio.Task[None]] = set()
         self._owner = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        # The reader's own stream: an entry on it ends its blocking read (a run was opened).
+        self._wake_key = f"{self.prefix}:wake:{self._owner}"
+        self._wake_key_bytes = self._wake_key.encode()
+        self._wake_last: Any = "0-0"
         self._listener: asyncio.Task[None] | None = None
         self._cache: RedisStepCache | None = None
 
@@ -242,15 +276,14 @@ class RedisCompletionChannel:
                 value_text = encode(completion.value, what, self.max_value_bytes, self.max_depth)
             except PayloadTooLargeError as exc:
                 ok, error = False, exc
-        head = json.dumps(
-            {
-                "node": completion.node,
-                "attempt": completion.attempt,
-                "ok": ok,
-                "error": error_to_json(error),
-                "duration_ms": completion.duration_ms,
-                "started_at": completion.started_at,
-            }
+        # As json.dumps writes it (the start is what _HEAD reads when the value cannot be read
+        # back), without its cost: ints, JSON's true/false, floats as their repr.
+        error_text = "null" if error is None else json.dumps(error_to_json(error))
+        head = (
+            f'{{"node": {int(completion.node)}, "attempt": {int(completion.attempt)}, '
+            f'"ok": {"true" if ok else "false"}, "error": {error_text}, '
+            f'"duration_ms": {_number(completion.duration_ms)}, '
+            f'"started_at": {_number(completion.started_at)}}}'
         )
         return f'{head[:-1]}, "value": {value_text}}}', ok != completion.ok
 
@@ -292,73 +325,133 @@ class RedisCompletionChannel:
 
     def open(self, run_id: str) -> Inbox:
         """Starts reading a run's stream into a new inbox (and listening for cancel signals:
-        ``taskiq-flow runs cancel`` from another process reaches the run here)."""
+        ``taskiq-flow runs cancel`` from another process reaches the run here). Every run open
+        in this channel is read by one blocking read, woken at once for a run opened while it
+        blocks."""
         self.listen_cancels()
         inbox = Inbox()
         key = self.key(run_id)
-        self._readers[run_id] = asyncio.get_running_loop().create_task(
-            self._read(run_id, key, inbox)
-        )
+        self._runs[run_id] = _Reading(run_id, inbox, key, self.open_key(run_id), time.monotonic())
+        self._by_key[key.encode()] = run_id
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+        elif self._blocked and self._waking is None:
+            self._waking = asyncio.get_running_loop().create_task(self._wake())
         return inbox
 
-    def _lost(self, run_id: str, failing_since: float, exc: BaseException) -> bool:
+    async def _wake(self) -> None:
+        """Ends the shared reader's blocking read (an entry on its own wake stream), so that it
+        reads a run opened meanwhile at once."""
+        try:
+            async with self._redis().pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"w": 1}, maxlen=16, approximate=False)
+                pipe.pexpire(self._wake_key, self.ttl_seconds * 1000)
+                await pipe.execute()
+        except RedisError as exc:  # the reader's next read (within block_ms) finds the run
+            logger.debug("wake of the completion reader not written: %s", exc)
+        finally:
+            self._waking = None
+
+    @staticmethod
+    def _cancelled() -> bool:
+        """Whether the running task is being cancelled (redis-py reports a read cut by a
+        cancellation as an error)."""
         task = asyncio.current_task()
         cancelling = getattr(task, "cancelling", None)  # Python 3.11+
-        if run_id not in self._readers or (cancelling is not None and cancelling()):
-            return True  # closed or cancelled mid-read (redis-py reports that as an error)
-        return time.monotonic() - failing_since > self.give_up_seconds
+        return bool(cancelling is not None and cancelling())
 
-    async def _read(self, run_id: str, key: str, inbox: Inbox) -> None:
-        last = "0-0"
+    async def _read(self) -> None:
+        """The one reader of every run open in this channel: marks new runs open, keeps their
+        state alive, and reads all their streams with one blocking ``XREAD``; ends when no run
+        is open."""
         redis = self._redis()
         renew = redis.register_script(_RENEW)
-        marker = self.open_key(run_id)
         ttl_ms = self.ttl_seconds * 1000
+        runs = self._runs
         failing_since: float | None = None
-        opened = False
         next_check = 0.0
         pause = 0.05
-        while True:
+        while runs:
             try:
-                if not opened:
-                    await redis.set(marker, self._owner, px=ttl_ms)
-                    opened = True
                 now = time.monotonic()
-                if now >= next_check:
-                    next_check = now + max(self.block_ms / 1000, 0.2)
-                    if not await renew(keys=[marker, key], args=[ttl_ms]):
-                        inbox.fail(
-                            RunStateLostError(
-                                f"the state of run {run_id} vanished from Redis (restarted "
-                                "without its data, or flushed): what was in flight cannot "
-                                "report back"
+                new = [r for r in runs.values() if not r.opened]
+                due = now >= next_check
+                if new or due:
+                    checked = [r for r in runs.values() if r.opened] if due else []
+                    async with redis.pipeline(transaction=False) as pipe:
+                        for r in new:
+                            pipe.set(r.marker, self._owner, px=ttl_ms)
+                        for r in checked:
+                            await renew(keys=[r.marker, r.key], args=[ttl_ms], client=pipe)
+                        replies = await pipe.execute()
+                    for r in new:
+                        r.opened = True
+                    if due:
+                        next_check = now + max(self.block_ms / 1000, 0.2)
+                    for r, alive in zip(checked, replies[len(new) :]):
+                        if not alive:
+                            self._fail_run(
+                                r,
+                                RunStateLostError(
+                                    f"the state of run {r.run_id} vanished from Redis (restarted "
+                                    "without its data, or flushed): what was in flight cannot "
+                                    "report back"
+                                ),
                             )
-                        )
-                        return
-                batches: Any = await redis.xread({key: last}, block=self.block_ms, count=1000)
+                    if not runs:
+                        break
+                streams: dict[Any, Any] = {self._wake_key: self._wake_last}
+                for r in runs.values():
+                    streams[r.key] = r.last
+                self._blocked = True
+                try:
+                    batches: Any = await redis.xread(streams, block=self.block_ms, count=1000)
+                finally:
+                    self._blocked = False
             except RedisError as exc:
                 now = time.monotonic()
                 failing_since = failing_since or now
-                if self._lost(run_id, failing_since, exc):
-                    if run_id in self._readers:
-                        inbox.fail(
-                            ChannelLostError(
-                                f"completions of run {run_id} cannot be read from Redis since "
-                                f"{self.give_up_seconds:.0f}s: {exc}"
-                            )
-                        )
+                if self._cancelled():
                     return
+                if now - failing_since > self.give_up_seconds:
+                    for r in list(runs.values()):
+                        if now - max(failing_since, r.since) > self.give_up_seconds:
+                            self._fail_run(
+                                r,
+                                ChannelLostError(
+                                    f"completions of run {r.run_id} cannot be read from Redis "
+                                    f"since {self.give_up_seconds:.0f}s: {exc}"
+                                ),
+                            )
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
                 continue
             failing_since = None
             pause = 0.05
-            for _stream, entries in batches or []:
+            by_key = self._by_key
+            for stream, entries in batches or []:
+                if stream == self._wake_key_bytes:
+                    self._wake_last = entries[-1][0]
+                    continue
+                run_id = by_key.get(stream)
+                reading = runs.get(run_id) if run_id is not None else None
+                if reading is None:
+                    continue  # closed meanwhile
+                inbox = reading.inbox
                 for entry_id, fields in entries:
-                    last = entry_id
-                    completion = self._parse(run_id, key, entry_id, fields)
+                    reading.last = entry_id
+                    completion = self._parse(reading.run_id, reading.key, entry_id, fields)
                     if completion is not None:
                         inbox.push(completion)
+
+    def _fail_run(self, reading: _Reading, error: BaseException) -> None:
+        """A run whose completions can no longer come: its inbox fails, its stream is no
+        longer read (the run closes it)."""
+        reading.inbox.fail(error)
+        if self._runs.get(reading.run_id) is reading:
+            del self._runs[reading.run_id]
+            self._by_key.pop(reading.key.encode(), None)
+            self._failed.add(reading.run_id)
 
     def _parse(self, run_id: str, key: str, entry_id: Any, fields: Any) -> Completion | None:
         raw = fields.get(b"c") or fields.get("c")
@@ -411,21 +504,24 @@ class RedisCompletionChannel:
 
     def close(self, run_id: str) -> None:
         """Stops reading a run's stream and deletes it."""
-        reader = self._readers.pop(run_id, None)
-        if reader is not None:
-            reader.cancel()
+        reading = self._runs.pop(run_id, None)
+        if reading is not None:
+            self._by_key.pop(reading.key.encode(), None)
+        if reading is not None or run_id in self._failed:
+            self._failed.discard(run_id)
             task = asyncio.get_running_loop().create_task(self._delete(run_id))
             self._deletes.add(task)
             task.add_done_callback(self._deletes.discard)
 
     async def aclose(self) -> None:
-        """Stops every reader, finishes pending clean-ups, and closes the connection this channel
+        """Stops the reader, finishes pending clean-ups, and closes the connection this channel
         opened itself."""
-        for run_id in list(self._readers):
-            self._readers.pop(run_id).cancel()
-        if self._listener is not None:
-            self._listener.cancel()
-            self._listener = None
+        self._runs.clear()
+        self._by_key.clear()
+        for task in (self._reader, self._listener, self._waking):
+            if task is not None:
+                task.cancel()
+        self._reader = self._listener = self._waking = None
         if self._deletes:
             await asyncio.gather(*self._deletes, return_exceptions=True)
         if self._client is not None and self._url is not None:
