@@ -145,6 +145,19 @@ async def test_records_round_trip_as_json_with_a_ttl_and_go_with_their_run(redis
     ]
 
 
+async def test_deleting_a_run_from_tracking_deletes_its_dead_letters(redis: Redis) -> None:
+    store = RedisDeadLetterQueue(redis, prefix="dldel")
+    mine, other = letter("run-1"), letter("run-2")
+    store.add(mine)
+    store.add(other)
+    await store.flush()
+    tracking = PipelineTrackingManager(RedisPipelineStorage(redis, prefix="dldel"))
+    # The run has no tracking record here, only dead letters: they still count as deleted.
+    assert await tracking.delete_pipeline("run-1")
+    assert [r.id for r in await store.alist()] == [other.id]
+    assert not await tracking.delete_pipeline("run-1")
+
+
 async def test_a_corrupt_record_is_named_and_the_others_still_listed(
     redis: Redis, redis_url: str
 ) -> None:

@@ -343,13 +343,16 @@ class RedisPipelineStorage:
         return status
 
     async def delete(self, pipeline_id: str) -> bool:
-        """Removes a run's records (and its lease and inputs); whether there were any."""
+        """Removes a run's records (its lease, inputs and dead letters too); whether any were."""
         keys = (
             *self.keys_of(pipeline_id),
             self.lease_key(pipeline_id),
             self.inputs_key(pipeline_id),
         )
-        return bool(await self.redis.delete(*keys))
+        from taskiq_flow.distributed.deadletters import RedisDeadLetterQueue
+
+        letters = await RedisDeadLetterQueue(self.redis, prefix=self.prefix).delete_run(pipeline_id)
+        return bool(await self.redis.delete(*keys)) or letters > 0
 
     async def ids(self) -> list[str]:
         """Every stored run id."""
