@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskiq_flow.exceptions import CorruptRecordError
-from taskiq_flow.report import STATUS_COLOURS, _kind_colour, default_segments
+from taskiq_flow.report import STATUS_COLOURS, _kind_colour, segment_kind, step_segments
 from taskiq_flow.tracking import (
     InMemoryPipelineStorage,
     PipelineStatus,
@@ -70,14 +70,29 @@ def _fingerprint(step: StepStatus) -> tuple[Any, ...]:
         step.sent_at,
         len(step.waited),
         sum(step.waited.values()),
+        len(step.segments),
+        tuple(step.segments[-1]) if step.segments else None,
     )
+
+
+def _segments(step: StepStatus, t0: float) -> list[list[Any]]:
+    """A step's bar as ``[start_ms, end_ms, kind]`` from the run's start: its recorded timeline
+    while it is unfinished (the open segment's end ``None``: the page draws it up to now, so it
+    grows between ticks), else the report's bar."""
+    if step.segments and step.status in _UNFINISHED:
+        return [
+            [_ms(max(a, t0), t0), None if b is None else _ms(b, t0), segment_kind(kind)]
+            for a, b, kind in step.segments
+        ]
+    return [[_ms(a, t0), _ms(b, t0), kind] for a, b, kind in step_segments(step, t0)]
 
 
 def step_record(step: StepStatus, t0: float) -> list[Any]:
     """One step as a page gets it: ``[status, tasks, done, running, retrying, failed, skipped,
     cancelled, attempts, duration_ms, error, waiting, segments, waited]``; segments are the
-    report's bars (:func:`~taskiq_flow.report.default_segments`) as ``[start_ms, end_ms, kind]``
-    from the run's start, ``waited`` the seconds waited by the core's reason."""
+    report's bars (:func:`~taskiq_flow.report.step_segments`) as ``[start_ms, end_ms, kind]``
+    from the run's start (an unfinished step's open segment ends ``None``: now), ``waited`` the
+    seconds waited by the core's reason."""
     return [
         step.status,
         step.tasks,
@@ -91,7 +106,7 @@ def step_record(step: StepStatus, t0: float) -> list[Any]:
         None if step.duration_ms is None else round(step.duration_ms, 1),
         step.error,
         step.waiting,
-        [[_ms(a, t0), _ms(b, t0), kind] for a, b, kind in default_segments(step, t0)],
+        _segments(step, t0),
         {reason: round(seconds, 3) for reason, seconds in step.waited.items()},
     ]
 
@@ -187,6 +202,7 @@ class _Run:
     read_at: float
     head: dict[str, Any]
     snapshot_text: str | None = None
+    snapshot_tick: int = -1
 
 
 class Feed:
@@ -347,6 +363,7 @@ class Feed:
             if "steps" in delta:
                 kinds = {seg[2] for rec in steps.values() for seg in rec[12]}
                 delta["palette"] = palette(kinds)
+            delta["now"] = round(time.time(), 3)  # the page's open segments end now
         known.status, known.read_at = status, now
         return delta
 
@@ -372,6 +389,7 @@ class Feed:
             "names": [s.name for s in known.status.steps],
             "steps": known.records,
             "palette": palette(kinds),
+            "now": round(time.time(), 3),
         }
 
     def _send_run(
@@ -389,8 +407,10 @@ class Feed:
         if sub.fresh or (delta is not None and delta.get("full")):
             sub.fresh = False
             known = self._runs[run_id]
-            if known.snapshot_text is None:  # one encoding for every page that opens now
+            if known.snapshot_text is None or known.snapshot_tick != self.ticks:
+                # One encoding for every page that opens at this tick.
                 known.snapshot_text = _sse("snapshot", self.snapshot(run_id))
+                known.snapshot_tick = self.ticks
             sub.put(known.snapshot_text)
         elif delta:
             if run_id not in texts:
