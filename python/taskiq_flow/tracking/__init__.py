@@ -415,6 +415,10 @@ class PipelineTrackingManager:
         self._leases: dict[str, asyncio.Task[None]] = {}
         #: Per live run of this process: why its step ``i`` is where it is, asked now.
         self._explainers: dict[str, Callable[[int], str]] = {}
+        from taskiq_flow.tracking.changes import changes_of
+
+        #: The storage's change counters (Redis), bumped after each write.
+        self.changes = changes_of(self.storage)
 
     # -- the run's lease -------------------------------------------------------------------------
 
@@ -507,7 +511,7 @@ class PipelineTrackingManager:
         if earlier is not None:
             _carry_history(earlier, status)
         self._live[pipeline_id] = status
-        await self.storage.save(status)
+        await self._save(status)
         if inputs is not None:
             await self._save_inputs(pipeline_id, name, inputs)
         await self.hold_lease(pipeline_id)
@@ -656,6 +660,8 @@ class PipelineTrackingManager:
         if save is None or status is None or not indices:
             return
         await save(pipeline_id, {i: status.steps[i] for i in indices})
+        if self.changes is not None:
+            await self.changes.bump(pipeline_id, indices)
 
     async def save_results(self, pipeline_id: str, results: dict[int, Any]) -> None:
         """Stores finished nodes' values, if the storage keeps them (both built-in ones do)."""
@@ -700,7 +706,13 @@ class PipelineTrackingManager:
         """Writes the in-progress record of a run to storage."""
         status = self._live.get(pipeline_id)
         if status is not None:
-            await self.storage.save(status)
+            await self._save(status)
+
+    async def _save(self, status: PipelineStatus) -> None:
+        """Writes a whole record, and counts the write (the storage's change counter)."""
+        await self.storage.save(status)
+        if self.changes is not None:
+            await self.changes.bump(status.pipeline_id, None)
 
     async def end(self, pipeline_id: str, state: RunState, error: str | None = None) -> None:
         """A run ends."""
@@ -723,7 +735,7 @@ class PipelineTrackingManager:
                 if step.status in ("pending", "running", "retrying"):
                     step.status = "cancelled"
         try:
-            await self.storage.save(status)
+            await self._save(status)
         finally:
             await self.release_lease(pipeline_id)
 
@@ -762,7 +774,11 @@ class PipelineTrackingManager:
         task = self._leases.pop(pipeline_id, None)
         if task is not None:
             task.cancel()
-        return await self.storage.delete(pipeline_id)
+        self._explainers.pop(pipeline_id, None)
+        deleted = await self.storage.delete(pipeline_id)
+        if self.changes is not None:
+            await self.changes.forget(pipeline_id)
+        return deleted
 
     async def cleanup(self, older_than: float) -> int:
         """Deletes finished runs that ended more than ``older_than`` seconds ago.
@@ -777,6 +793,8 @@ class PipelineTrackingManager:
         for record in await self.list_pipelines():
             if record.finished_at is not None and record.finished_at < cutoff:
                 deleted += await self.storage.delete(record.pipeline_id)
+                if self.changes is not None:
+                    await self.changes.forget(record.pipeline_id)
         return deleted
 
 

@@ -330,7 +330,7 @@
     // The server's clock minus this page's (what an open segment's end, "now", is read on).
     var skewMs = 0;
     function setClock(msg) {
-      if (typeof msg.now === "number") { skewMs = msg.now * 1000 - Date.now(); }
+      if (typeof msg.now === "number") { skewMs = msg.now - Date.now(); }
     }
     function nowMs() {
       // Ms from the run's start: now while it runs, else its end.
