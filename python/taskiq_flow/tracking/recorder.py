@@ -41,7 +41,7 @@ _PENDING, _RUNNING, _RETRYING, _DONE, _FAILED, _SKIPPED = range(6)
 
 #: The core's reasons a step's timeline shows, by code (code 0: none; the node waits for inputs,
 #: finished, or was skipped). ``running`` wins over everything, ``children`` over waits; among
-#: waits, the one holding most of the step's tasks (ties: the earlier here).
+#: waits, the first here that holds any of the step's tasks.
 _KINDS = (
     "",
     "running",
@@ -57,6 +57,8 @@ _KINDS = (
 _CODE = {kind: code for code, kind in enumerate(_KINDS) if kind}
 _READY = _CODE["ready"]
 _WAITS = range(3, len(_KINDS))
+#: Where a step's counts keep the code of the kind its timeline shows now.
+_SHOWN = len(_KINDS)
 
 
 class StepShape(Protocol):
@@ -218,40 +220,50 @@ class RunRecorder:
         reason = self._reason
         kinds = self._kinds
         code_of = _CODE
-        index_of = self._index
-        touched: dict[int, float] = {}
+        waits = _WAITS
+        last = _SHOWN
+        track = self.track_step
+        step_index = self._plan.step_index
+        touched: set[int] = set()
         for node, why, at in changes:
             code = code_of.get(why, 0)
             before = reason[node]
             if code == before:
                 continue
             reason[node] = code
-            index = index_of(node)
+            index = step_index(node) if track is None else track
             counts = kinds.get(index)
             if counts is None:
-                counts = kinds[index] = [0] * len(_KINDS)
+                counts = kinds[index] = [0] * (last + 1)
             counts[before] -= 1
             counts[code] += 1
-            touched[index] = at
+            touched.add(index)
             if code == _READY:
                 self._ready_steps[index] = node
-            # A step's kind is settled at each change (changes come in time order).
-            self._settle_kind(steps[index], counts, at + offset, index)
+            # The step's kind at this change (changes come in time order): running, else open
+            # (tasks it added run), else the first wait that holds any of its tasks.
+            if counts[1]:
+                shown = 1
+            elif counts[2]:
+                shown = 2
+            else:
+                shown = 0
+                for c in waits:
+                    if counts[c]:
+                        shown = c
+                        break
+            if shown != counts[last]:
+                counts[last] = shown
+                self._show(steps[index], index, shown, at + offset)
         for index in touched:
             counts = kinds[index]
-            if not any(counts[1:]):
+            if not counts[last]:
                 del kinds[index]  # nothing of it is active: it needs no counts
 
-    def _settle_kind(self, step: StepStatus, counts: list[int], at: float, index: int) -> None:
-        kind: str | None
-        if counts[1]:
-            kind = "running"
-        elif counts[2]:
-            kind = "children"
-        else:
-            best = max(_WAITS, key=lambda c: (counts[c], -c))
-            kind = _KINDS[best] if counts[best] else None
-        if kind == "ready":
+    def _show(self, step: StepStatus, index: int, code: int, at: float) -> None:
+        """Step ``index`` shows kind ``code`` from ``at`` (epoch seconds)."""
+        kind: str | None = _KINDS[code] or None
+        if code == _READY:
             kind = self._ready_as
         elif index in self._ready_steps:
             del self._ready_steps[index]
