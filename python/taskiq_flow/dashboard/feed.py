@@ -84,12 +84,38 @@ def _segments(step: StepStatus, t0: float) -> list[list[Any]]:
     """A step's bar as ``[start_ms, end_ms, kind]`` from the run's start: its recorded timeline
     while it is unfinished (the open segment's end ``None``: the page draws it up to now, so it
     grows between ticks), else the report's bar."""
-    if step.segments and step.status in _UNFINISHED:
+    segs = step.segments
+    if segs and step.status in _UNFINISHED:
+        kinds = _KINDS
         return [
-            [_ms(max(a, t0), t0), None if b is None else _ms(b, t0), segment_kind(kind)]
-            for a, b, kind in step.segments
+            [
+                round((a - t0) * 1000.0, 1) if a > t0 else 0.0,
+                None if b is None else round((b - t0) * 1000.0, 1),
+                kinds.get(k) or segment_kind(k),
+            ]
+            for a, b, k in segs
         ]
-    return [[_ms(a, t0), _ms(b, t0), kind] for a, b, kind in step_segments(step, t0)]
+    return [
+        [round((a - t0) * 1000.0, 1), round((b - t0) * 1000.0, 1), k]
+        for a, b, k in step_segments(step, t0)
+    ]
+
+
+#: The timeline kind of each reason a step's segments record.
+_KINDS = {
+    reason: segment_kind(reason)
+    for reason in (
+        "running",
+        "children",
+        "placement",
+        "shared_cap",
+        "run_cap",
+        "step_cap",
+        "rate",
+        "backoff",
+        "ready",
+    )
+}
 
 
 def step_record(step: StepStatus, t0: float) -> list[Any]:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
 import math
 import os
@@ -67,6 +68,7 @@ __all__ = [
     "PipelineStorage",
     "PipelineTrackingManager",
     "StepStatus",
+    "copy_status",
     "process_owner_id",
 ]
 
@@ -291,6 +293,26 @@ def _fold_shortest(segs: list[list[Any]]) -> None:
     del segs[k]
 
 
+def copy_step(step: StepStatus) -> StepStatus:
+    """A copy of a step record that shares nothing mutable with it."""
+    return dataclasses.replace(
+        step, waited=dict(step.waited), segments=[list(seg) for seg in step.segments]
+    )
+
+
+def copy_status(status: PipelineStatus) -> PipelineStatus:
+    """A copy of a run record that shares nothing mutable with it (what ``copy.deepcopy``
+    makes, in a fraction of its time: a record of 10^4 steps and edges is copied in and out of
+    in-memory storage at each start and end of its run)."""
+    edges = status.edges
+    return dataclasses.replace(
+        status,
+        steps=[copy_step(step) for step in status.steps],
+        resumes=list(status.resumes),
+        edges=None if edges is None else [[a, b] for a, b in edges],
+    )
+
+
 @dataclass(slots=True)
 class PipelineStatus:
     """One run of a pipeline."""
@@ -384,11 +406,11 @@ class InMemoryPipelineStorage:
         return dict(self._results.get(pipeline_id, {}))
 
     async def save(self, status: PipelineStatus) -> None:
-        self._records[status.pipeline_id] = copy.deepcopy(status)
+        self._records[status.pipeline_id] = copy_status(status)
 
     async def load(self, pipeline_id: str) -> PipelineStatus | None:
         record = self._records.get(pipeline_id)
-        return copy.deepcopy(record) if record is not None else None
+        return copy_status(record) if record is not None else None
 
     async def delete(self, pipeline_id: str) -> bool:
         self._results.pop(pipeline_id, None)
@@ -749,7 +771,7 @@ class PipelineTrackingManager:
         """
         live = self._live.get(pipeline_id)
         if live is not None:
-            return copy.deepcopy(live)
+            return copy_status(live)
         status = await self.storage.load(pipeline_id)
         if status is None:
             raise UnknownIdError(f"no pipeline run with id {pipeline_id!r}")
