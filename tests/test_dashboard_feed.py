@@ -196,7 +196,7 @@ async def test_over_redis_a_tick_reads_only_what_changed(
     # changed step's HMGET).
     assert small["idle_commands"] == big["idle_commands"] == 3
     assert small["changed_commands"] == big["changed_commands"] == 4
-    # Bytes per tick (INFO's own reply included, ~1.5 KB): within a few bytes, not 100x.
+    # Bytes per tick (INFO's own reply included, ~1.3 KB): within a few bytes, not 100x.
     assert abs(big["idle_bytes"] - small["idle_bytes"]) < 64
     assert abs(big["changed_bytes"] - small["changed_bytes"]) < 64
     assert big["changed_bytes"] - big["idle_bytes"] < 1_000  # the one step's record

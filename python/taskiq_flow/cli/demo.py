@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
             "  taskiq-flow demo --report run.html\n"
             "  taskiq-flow demo --dashboard --speed 5\n"
             "\n"
-            "Ctrl-C or SIGTERM stops it with one line (exit status 130 or 143; 0 once the demo "
-            "finished and only its dashboard serves)."
+            "Ctrl-C or SIGTERM stops it with one line (exit status 130 or 143;\n"
+            "0 once the demo finished and only its dashboard serves)."
         ),
         formatter_class=HelpFormatter,
     )
@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         "--dashboard",
         action="store_true",
         help="serve the live dashboard over the demo's runs on 127.0.0.1 (prints its address "
-        "and token; it goes on serving after the demo until Ctrl-C; needs the dashboard extra)",
+        "and token; it goes on serving after the demo until Ctrl-C; needs the dashboard extra; "
+        "default: not served)",
     )
     parser.add_argument(
         "--dashboard-port",
