@@ -213,3 +213,33 @@ async def test_the_dag_is_drawn_from_the_runs_record_without_a_graph(
         for event in gates.open.values():
             event.set()
         await asyncio.wait_for(run, 10)
+
+
+async def test_an_action_given_to_the_app_is_behind_the_token(tmp_path: Path) -> None:
+    """The seam for more buttons (a dead letter's replay): an action given to the app is
+    served behind the same checks as cancel and delete."""
+    import aiohttp
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+
+    done: list[str] = []
+
+    async def replay(request: Request) -> Response:
+        done.append(request.path_params["letter"])
+        return JSONResponse({"replayed": request.path_params["letter"]})
+
+    tracking = PipelineTrackingManager()
+    actions = {"runs/{run_id}/dead-letters/{letter}/replay": replay}
+    async with await serve(tracking, actions=actions) as server:
+        url = f"{server.base_url}/api/runs/r1/dead-letters/7/replay"
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url) as r:
+                assert r.status == 401
+            async with session.post(url, headers={"Origin": "http://evil.example"}) as r:
+                assert r.status == 401
+            bearer = {"Authorization": f"Bearer {server.token}"}
+            async with session.post(url, headers=bearer) as r:
+                assert r.status == 200 and await r.json() == {"replayed": "7"}
+            async with session.get(url, headers=bearer) as r:
+                assert r.status == 405  # an action is a POST
+    assert done == ["7"]

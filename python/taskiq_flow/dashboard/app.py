@@ -7,6 +7,7 @@ Routes::
     POST /api/runs/{id}/cancel     cancel a running run (token and CSRF checks)
     POST /api/runs/{id}/delete     delete a run's records (token and CSRF checks)
     GET  /api/runs/{id}/steps/{i}/why   why step i is where it is, asked now (read-only)
+    POST /api/...                  the actions given to :func:`create_app` (same checks)
     GET  /static/dashboard.js|css  the page's script and style
 
 Anyone who reaches the server can read; only a holder of the token can act. The token is given
@@ -251,6 +252,7 @@ def create_app(
     interval: float = 0.5,
     allowed_hosts: Sequence[str] | None = None,
     origins: Sequence[str] = (),
+    actions: Mapping[str, Callable[[Request], Awaitable[Response]]] | None = None,
 ) -> Starlette:
     """The dashboard as an ASGI app (run it with uvicorn, or :func:`taskiq_flow.dashboard.serve`).
 
@@ -261,9 +263,18 @@ def create_app(
     :param allowed_hosts: ``Host`` values served (``None``: any); a loopback server should list
         its loopback names, so a page of another site cannot reach it by rebinding a name.
     :param origins: other origins that may act (a reverse proxy's public address).
-    :raises ValueError: for an empty token or an interval under 0.05 s.
+    :param actions: more actions, by path under ``/api/`` (a Starlette path, e.g.
+        ``"runs/{run_id}/dead-letters/{letter}/replay"``): each is served for ``POST`` behind
+        the same checks as cancel and delete (the token; through the cookie, the page's CSRF
+        token and the dashboard's own origin), so a handler only does its work.
+    :raises ValueError: for an empty token, an interval under 0.05 s, or an action whose path
+        is taken.
     """
     dash = Dashboard(tracking, token, graphs, interval, origins)
+    extra = dict(actions or {})
+    for path in extra:
+        if path.strip("/") in ("runs/{run_id}/cancel", "runs/{run_id}/delete"):
+            raise ValueError(f"the action path /api/{path} is the dashboard's own")
 
     async def runs(request: Request) -> Response:
         redirect = _with_token(request, dash)
@@ -377,6 +388,10 @@ def create_app(
             Route("/api/runs/{run_id}/cancel", dash.action(cancel), methods=["POST"]),
             Route("/api/runs/{run_id}/delete", dash.action(delete), methods=["POST"]),
             Route("/api/runs/{run_id}/steps/{index}/why", why),
+            *(
+                Route(f"/api/{path.strip('/')}", dash.action(handler), methods=["POST"])
+                for path, handler in extra.items()
+            ),
             Route("/static/{name}", static),
         ],
         middleware=middleware,
