@@ -138,3 +138,65 @@ async def test_the_poller_runs_only_while_a_page_is_open() -> None:
 def test_an_interval_below_a_twentieth_of_a_second_is_refused() -> None:
     with pytest.raises(ValueError, match=r"interval must be at least 0\.05"):
         Feed(PipelineTrackingManager(), interval=0.01)
+
+
+async def _redis_stats(redis: Any) -> tuple[int, int]:
+    """``(commands processed, bytes sent)`` by the server so far."""
+    info = await redis.info("stats")
+    return int(info["total_commands_processed"]), int(info["total_net_output_bytes"])
+
+
+async def test_over_redis_a_tick_reads_only_what_changed(
+    redis: Any, redis_url: str, record_property: Any
+) -> None:
+    """A run written by one manager, watched through another (as from another process): a tick
+    reads each run's change counter, all in one round trip, then only the steps that changed;
+    Redis's commands and bytes per tick do not grow with the run."""
+    from redis.asyncio import Redis
+
+    from taskiq_flow.distributed import RedisPipelineStorage
+
+    figures: dict[int, dict[str, int]] = {}
+    for steps in (100, 1_000, 10_000):
+        await redis.flushdb()
+        writer = PipelineTrackingManager(RedisPipelineStorage(redis, prefix="feed"))
+        await writer.begin("run", "big", [(f"step{i}", 1) for i in range(steps)])
+        reading = Redis.from_url(redis_url)  # the dashboard's own client
+        feed = Feed(PipelineTrackingManager(RedisPipelineStorage(reading, prefix="feed")))
+        page = feed.subscribe(Subscription(run_id="run"))
+        await feed.tick()  # the snapshot: the whole run, read once
+        [(event, data)] = drain(page)
+        assert event == "snapshot" and len(data["steps"]) == steps
+        before = await _redis_stats(redis)
+        await feed.tick()  # nothing changed
+        idle = await _redis_stats(redis)
+        assert drain(page) == []
+        live = writer.live("run")
+        assert live is not None
+        live.steps[50].tasks_running, live.steps[50].attempts = 1, 1
+        live.steps[50].settle_status()
+        await writer.save_steps("run", {50})
+        written = await _redis_stats(redis)
+        await feed.tick()  # one step changed
+        after = await _redis_stats(redis)
+        [(event, data)] = drain(page)
+        assert event == "delta" and list(data["steps"]) == ["50"]
+        assert data["steps"]["50"][0] == "running"
+        figures[steps] = {
+            "idle_commands": idle[0] - before[0] - 1,  # (less the INFO that measures)
+            "idle_bytes": idle[1] - before[1],
+            "changed_commands": after[0] - written[0] - 1,
+            "changed_bytes": after[1] - written[1],
+        }
+        await writer.end("run", "done")
+        await reading.aclose()
+    record_property("redis_per_tick", figures)
+    small, big = figures[100], figures[10_000]
+    # Commands per tick: the same whatever the run's size (the counter's two, its lease, the
+    # changed step's HMGET).
+    assert small["idle_commands"] == big["idle_commands"] == 3
+    assert small["changed_commands"] == big["changed_commands"] == 4
+    # Bytes per tick (INFO's own reply included, ~1.3 KB): within a few bytes, not 100x.
+    assert abs(big["idle_bytes"] - small["idle_bytes"]) < 64
+    assert abs(big["changed_bytes"] - small["changed_bytes"]) < 64
+    assert big["changed_bytes"] - big["idle_bytes"] < 1_000  # the one step's record

@@ -16,7 +16,7 @@ from headless import headless_page
 from taskiq import InMemoryBroker
 from test_dashboard import Gates, gated_pipeline, only_own_requests, until_js
 
-from taskiq_flow import PipelineTrackingManager
+from taskiq_flow import DataflowPipeline, PipelineTrackingManager
 from taskiq_flow.cli.dashboard import main
 from taskiq_flow.distributed import RedisPipelineStorage
 from taskiq_flow.exceptions import UnknownIdError
@@ -165,3 +165,76 @@ def test_an_unreachable_redis_is_one_line_and_exit_1(capsys: pytest.CaptureFixtu
     assert main(["--redis", f"redis://127.0.0.1:{port}", "--port", "0"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("taskiq-flow dashboard: cannot reach redis://127.0.0.1:")
+
+
+async def test_over_redis_the_dag_comes_from_the_record_and_any_step_is_explained_on_a_click(
+    dashboard_process: tuple[str, str], redis: Any, broker: InMemoryBroker, tmp_path: Path
+) -> None:
+    """A run in this process, its dashboard in another (no ``--dag``): the graph is drawn from
+    the run's record, and a step far past those the run explains by itself (its first 200
+    unfinished) is explained by the run's orchestrator when clicked."""
+    base, _ = dashboard_process
+    tracking = PipelineTrackingManager(RedisPipelineStorage(redis, prefix="dash"))
+    pipeline = DataflowPipeline(broker, name="wide", max_parallel=2).with_tracking(tracking)
+    release, held, rest = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    for i in range(300):
+
+        async def work(x: int, i: int = i) -> int:
+            held.set()
+            await (release if i < 2 else rest).wait()
+            return x + 1
+
+        work.__name__ = f"work{i}"
+        task = broker.task(task_name=f"work{i}")(work)
+        # work0 feeds the even steps, work1 the odd ones: 300 nodes, 298 edges.
+        inputs = {"x": "raw"} if i < 2 else {"x": f"w{i % 2}"}
+        pipeline.add_dataflow_task(task, output=f"w{i}", inputs=inputs)
+    run = asyncio.create_task(pipeline.kiq_dataflow(raw=0))
+    try:
+        await asyncio.wait_for(held.wait(), 30)
+        run_id = pipeline.pipeline_id
+        async with headless_page(tmp_path / "profile") as page:
+            load = await page.open(f"{base}/runs/{run_id}")
+            await until_js(page, "document.body.dataset.ready === '1'", timeout=20)
+            assert await page.evaluate("document.getElementById('no-dag') === null")
+            edges = await page.evaluate("document.querySelectorAll('#dag-box .edge').length")
+            assert edges > 0
+            assert len((await tracking.get_status(run_id)).edges or []) == 298
+            # Steps wait for inputs until work0/work1 finish: release them, then two others
+            # run and the rest wait for the run's cap. Step 250 is past the 200 the run
+            # explains by itself.
+            release.set()
+            await until_js(
+                page,
+                "document.querySelector('#steps-rows .tr[data-step=\"1\"] .badge')"
+                ".textContent === 'done'",
+                timeout=20,
+            )
+            row = '#steps-rows .tr[data-step="250"]'
+            await page.evaluate(
+                "(() => { const box = document.getElementById('steps');"
+                " box.scrollTop = 22 * 245; box.dispatchEvent(new Event('scroll')); })()"
+            )
+            await until_js(page, f"document.querySelector('{row}')")
+            await page.evaluate(
+                f"document.querySelector('{row}').dispatchEvent(new MouseEvent('click', "
+                "{bubbles: true}))"
+            )
+            shown = await until_js(
+                page,
+                "(() => { const e = document.getElementById('explain-text'); "
+                "return e && e.dataset.source === 'stored' && "
+                "e.textContent.startsWith('waiting') && e.textContent; })()",
+                timeout=20,
+            )
+            said = pipeline.explain("work250")
+            stored = (await tracking.get_status(run_id)).steps[250].waiting
+            assert stored is not None
+            strip = re.compile(r" \(for [^)]*\)")
+            assert strip.sub("", shown) == strip.sub("", stored) == strip.sub("", said)
+            assert load.problems == []
+            only_own_requests(load, base)
+    finally:
+        release.set()
+        rest.set()
+        await asyncio.wait_for(run, 60)

@@ -669,3 +669,49 @@ async def test_the_demo_report_fits_1400_px_and_outlines_the_critical_path_apart
         abs(int(CRITICAL_COLOUR[i : i + 2], 16) - int(failed[i : i + 2], 16)) for i in (1, 3, 5)
     )
     assert CRITICAL_COLOUR not in STATUS_COLOURS.values() and distance > 150
+
+
+def test_a_bar_shows_each_reason_the_step_waited_for_in_turn() -> None:
+    """A step held by its cap, then by a rate token, then run: the report draws both waits from
+    its recorded segments (then queued and running from its task's own times); a step still
+    running is drawn as recorded, its open segment up to now."""
+    from taskiq_flow.report import step_segments
+
+    t0 = 1_000.0
+    done = StepStatus(
+        "resize",
+        status="done",
+        tasks_done=1,
+        ready_at=t0 + 1.0,
+        sent_at=t0 + 4.0,
+        first_wait="rate",
+        started_at=t0 + 4.5,
+        finished_at=t0 + 6.0,
+        duration_ms=1500.0,
+        segments=[[t0 + 1.0, t0 + 3.0, "step_cap"], [t0 + 3.0, t0 + 4.0, "rate"],
+                  [t0 + 4.0, t0 + 6.0, "running"]],
+    )  # fmt: skip
+    assert step_segments(done, t0) == [
+        (t0 + 1.0, t0 + 3.0, "waiting:cap"),
+        (t0 + 3.0, t0 + 4.0, "waiting:rate"),
+        (t0 + 4.0, t0 + 4.5, "queued"),
+        (t0 + 4.5, t0 + 6.0, "running"),
+    ]
+    live = StepStatus(
+        "upload",
+        status="running",
+        tasks_running=1,
+        segments=[[t0 + 2.0, t0 + 2.5, "run_cap"], [t0 + 2.5, None, "running"]],
+    )
+    assert step_segments(live, t0, now=t0 + 9.0) == [
+        (t0 + 2.0, t0 + 2.5, "waiting:run cap"),
+        (t0 + 2.5, t0 + 9.0, "running"),
+    ]
+    status = PipelineStatus("r", "p", started_at=t0, finished_at=t0 + 6.0, steps=[done])
+    bars = timeline_of(render_report(status))
+    assert [bar["data-kind"] for bar in bars.rows[0]] == [
+        "waiting:cap",
+        "waiting:rate",
+        "queued",
+        "running",
+    ]

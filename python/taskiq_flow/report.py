@@ -51,12 +51,13 @@ import hashlib
 import html
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from taskiq_flow._duration import duration, duration_ms
-from taskiq_flow.pictures import TIMES, GraphView, Layout, layout
+from taskiq_flow.pictures import TIMES, GraphView, Layout, SimpleGraph, layout
 from taskiq_flow.tracking import PipelineStatus, StepStatus
 
 __all__ = [
@@ -64,7 +65,10 @@ __all__ = [
     "STATUS_COLOURS",
     "Segment",
     "default_segments",
+    "recorded_graph",
     "render_report",
+    "segment_kind",
+    "step_segments",
     "write_report",
 ]
 
@@ -93,6 +97,7 @@ _KIND_COLOURS: dict[str, str] = {
     "waiting:rate": "#ffe082",
     "waiting:resources": "#bcaaa4",
     "waiting:backoff": "#f8bbd0",
+    "open": "#c5cae9",
     "waiting:shared cap": "#ffb74d",
     "queued": "#b39ddb",
     "retrying": "#ffab91",
@@ -225,6 +230,98 @@ def default_segments(step: StepStatus, run_start: float | None = None) -> list[S
     return [(p.start, p.start + p.ms / 1000.0, p.kind) for p in _default_pieces(step, run_start)]
 
 
+def segment_kind(reason: str) -> str:
+    """The timeline kind of a reason recorded in :attr:`StepStatus.segments`: ``running``;
+    ``open`` while tasks a step added run; the waits as :func:`default_segments` names them
+    (``waiting:run cap``, ``waiting:cap``, ``waiting:rate``, ``waiting:backoff``, ...)."""
+    if reason == "running":
+        return "running"
+    if reason == "children":
+        return "open"
+    if reason == "backoff":
+        return "waiting:backoff"
+    return _WAIT_KINDS.get(reason, f"waiting:{reason}")
+
+
+def step_segments(
+    step: StepStatus, run_start: float | None = None, now: float | None = None
+) -> list[Segment]:
+    """A step's bar: the timeline its run recorded as the core's reasons changed
+    (:attr:`StepStatus.segments`; a segment still open ends at ``now``, the current time by
+    default). Once the step finished, what held it before its first send is drawn as recorded
+    (each reason in turn) and the rest from its tasks' own times, as :func:`default_segments`
+    draws them (``queued``, ``retrying``, ``running``: what the worker measured). A record
+    without a timeline (an older one) gets :func:`default_segments`.
+
+    :param run_start: the run's start: no segment begins before it.
+    """
+    return [(p.start, p.end, p.kind) for p in _step_pieces(step, run_start, now)]
+
+
+_FINISHED = ("done", "failed", "skipped", "cancelled")
+
+
+def _step_pieces(
+    step: StepStatus, run_start: float | None = None, now: float | None = None
+) -> list[_Piece]:
+    if not step.segments:
+        return _default_pieces(step, run_start)
+    end_now = time.time() if now is None else now
+    recorded: list[_Piece] = []
+    for start, end, reason in step.segments:
+        a = float(start) if run_start is None else max(float(start), run_start)
+        b = max(a, end_now if end is None else float(end))
+        recorded.append(_Piece(a, (b - a) * 1000.0, segment_kind(str(reason))))
+    attempts = _attempt_pieces(step)
+    if step.status not in _FINISHED or not attempts:
+        return recorded
+    # A finished step: what held it before its first send, as recorded (every reason in
+    # turn), then its tasks' own times where they ran (queued, retrying, running).
+    # The wait's ends are the core's own record (ready_at, sent_at); the recorded reasons
+    # divide it.
+    cut = step.sent_at if step.sent_at is not None else attempts[0].start
+    begin = step.ready_at
+    if run_start is not None and begin is not None:
+        begin = max(begin, run_start)
+    waits: list[_Piece] = []
+    for piece in recorded:
+        if piece.kind in ("running", "open") or piece.start >= cut:
+            continue
+        a = piece.start if begin is None or waits else begin
+        b = min(piece.end, cut)
+        if b > a:
+            waits.append(_Piece(a, (b - a) * 1000.0, piece.kind))
+    if not waits or cut > attempts[0].start:
+        return _default_pieces(step, run_start)
+    last = waits[-1]
+    last.ms = (cut - last.start) * 1000.0  # up to the send, with no gap
+    queued = (
+        [_Piece(cut, (attempts[0].start - cut) * 1000.0, "queued")]
+        if attempts[0].start > cut
+        else []
+    )
+    return [*waits, *queued, *attempts]
+
+
+def recorded_graph(status: PipelineStatus) -> SimpleGraph | None:
+    """The graph between a run's steps as its record keeps it (:attr:`PipelineStatus.edges`),
+    nodes named after the steps; ``None`` when the record keeps none or its edges are not step
+    indices."""
+    edges = status.edges
+    if edges is None:
+        return None
+    count = len(status.steps)
+    pairs: list[tuple[int, int]] = []
+    for edge in edges:
+        if not (isinstance(edge, (list, tuple)) and len(edge) == 2):
+            return None
+        a, b = edge
+        if not (isinstance(a, int) and isinstance(b, int) and 0 <= a < count and 0 <= b < count):
+            return None
+        pairs.append((a, b))
+    return SimpleGraph.from_edges([s.name for s in status.steps], pairs)
+
+
 def _waits_text(step: StepStatus) -> str:
     """``waited: the run's cap 12 s, the step's cap 0.3 s (its 1000 tasks together)``."""
     parts = [
@@ -274,7 +371,7 @@ def _rows(status: PipelineStatus, segments: Mapping[str, Sequence[Segment]] | No
                     )
                 segs.append(_Piece(float(start), (float(end) - float(start)) * 1000.0, str(kind)))
         else:
-            segs = _default_pieces(step, status.started_at)
+            segs = _step_pieces(step, status.started_at, status.finished_at)
         rows.append(_Row(i, step, segs))
     return rows
 
@@ -570,7 +667,7 @@ def render_report(
 
     :param status: the run's tracking record (``await tracking.get_status(pipeline_id)``).
     :param dag: the run's graph, to draw and to find the critical path in (step names are matched
-        to node names).
+        to node names); ``recorded_graph(status)`` is the graph the run's record keeps.
     :param segments: per step name, the pieces of its bar ``(start, end, kind)`` in epoch seconds,
         e.g. ``waiting:inputs``, ``waiting:cap``, ``queued``, ``running``; steps not listed get
         :func:`default_segments`.

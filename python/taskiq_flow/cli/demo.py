@@ -42,7 +42,7 @@ from taskiq_flow.progress import progress_bar
 from taskiq_flow.report import write_report
 from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager
 
-__all__ = ["build_pipeline", "main", "run_demo"]
+__all__ = ["build_pipeline", "main", "run_demo", "run_with_dashboard"]
 
 #: The most tracks one demo ingests (200 take about 45 s and 230 MB here at --speed 0).
 MAX_TRACKS = 1_000
@@ -142,16 +142,19 @@ async def run_demo(
     speed: float = 1.0,
     stream: TextIO | None = None,
     report: str | os.PathLike[str] | None = None,
+    tracking: PipelineTrackingManager | None = None,
 ) -> list[PipelineStatus]:
     """Runs the demo and prints it; returns the tracking records of every run.
 
     :param stream: where to print (standard output by default).
     :param report: where to write the HTML report of the slowest run (none if ``None``).
+    :param tracking: where the runs are tracked (a new in-memory one by default; a dashboard
+        serving it shows them live).
     """
     stream = sys.stdout if stream is None else stream
     broker = InMemoryBroker()
     await broker.startup()
-    tracking = PipelineTrackingManager()
+    tracking = PipelineTrackingManager() if tracking is None else tracking
     console = Console(file=stream, highlight=False)
     console.print(
         f"taskiq-flow demo: audio ingest of {tracks} tracks, embedded InMemoryBroker\n"
@@ -202,10 +205,56 @@ async def run_demo(
     return statuses
 
 
+class _DashboardGone(Exception):
+    """The dashboard could not start (its extra is missing, its port is taken): one line."""
+
+
+async def run_with_dashboard(
+    tracks: int,
+    speed: float,
+    report: str | os.PathLike[str] | None,
+    port: int,
+    served: list[bool],
+    stream: TextIO | None = None,
+) -> list[PipelineStatus]:
+    """Runs the demo with the dashboard served over its tracking (on 127.0.0.1), prints the
+    address and the token, and keeps serving after the demo until cancelled (Ctrl-C).
+
+    :param port: the dashboard's port (0: a free one).
+    :param served: set to ``[True]`` once the demo finished and only the dashboard serves.
+    :raises _DashboardGone: if the dashboard cannot listen.
+    """
+    from taskiq_flow.dashboard.server import serve
+
+    stream = sys.stdout if stream is None else stream
+    tracking = PipelineTrackingManager()
+    try:
+        server = await serve(tracking, port=port)
+    except OSError as err:
+        raise _DashboardGone(
+            f"cannot listen on 127.0.0.1:{port}: {err.strerror or err}; give another "
+            "--dashboard-port (0: any free one)"
+        ) from None
+    try:
+        stream.write(f"dashboard: {server.base_url}  token: {server.token}\n")
+        stream.write(f"  open {server.url}\n")
+        stream.flush()
+        statuses = await run_demo(tracks, speed, stream=stream, report=report, tracking=tracking)
+        stream.write(f"the dashboard goes on serving at {server.base_url}; Ctrl-C stops it\n")
+        stream.flush()
+        served[:] = [True]
+        await asyncio.Event().wait()  # until Ctrl-C or SIGTERM cancels it
+    finally:
+        await server.close()
+    return statuses
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``taskiq-flow demo [--tracks N] [--speed F] [--report PATH]``. Bad flags exit with status 2
-    and one line before anything starts; a report that cannot be written, 1; Ctrl-C or SIGTERM
-    stops it with one line (exit status 130 or 143)."""
+    """``taskiq-flow demo [--tracks N] [--speed F] [--report PATH] [--dashboard
+    [--dashboard-port P]]``. Bad flags exit with status 2 and one line before anything starts;
+    a report that cannot be written, or a dashboard port taken, 1; Ctrl-C or SIGTERM stops it
+    with one line (exit status 130 or 143; 0 once the demo finished and only its dashboard
+    serves, as ``taskiq-flow dashboard`` does)."""
     parser = OneLineParser(
         prog="taskiq-flow demo",
         description=paragraphs(
@@ -218,8 +267,10 @@ def main(argv: list[str] | None = None) -> int:
             "  taskiq-flow demo\n"
             "  taskiq-flow demo --tracks 32 --speed 0.1\n"
             "  taskiq-flow demo --report run.html\n"
+            "  taskiq-flow demo --dashboard --speed 5\n"
             "\n"
-            "Ctrl-C or SIGTERM stops it with one line (exit status 130 or 143)."
+            "Ctrl-C or SIGTERM stops it with one line (exit status 130 or 143;\n"
+            "0 once the demo finished and only its dashboard serves)."
         ),
         formatter_class=HelpFormatter,
     )
@@ -243,18 +294,51 @@ def main(argv: list[str] | None = None) -> int:
         default=os.path.join(tempfile.gettempdir(), "taskiq-flow-demo.html"),
         help="where to write the slowest run's HTML report (default: %(default)s)",
     )
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="serve the live dashboard over the demo's runs on 127.0.0.1 (prints its address "
+        "and token; it goes on serving after the demo until Ctrl-C; needs the dashboard extra; "
+        "default: not served)",
+    )
+    parser.add_argument(
+        "--dashboard-port",
+        type=whole_number(0, 65_535),
+        default=8000,
+        metavar="P",
+        help="the dashboard's port, 0 for any free one (default: 8000)",
+    )
     args = parser.parse_args(argv)
     problem = writable_file(args.report, "--report")
     if problem is not None:
         parser.error(problem)
+    if args.dashboard:
+        import importlib.util
+
+        missing = [m for m in ("starlette", "uvicorn") if importlib.util.find_spec(m) is None]
+        if missing:
+            parser.error(
+                f"--dashboard needs the dashboard extra ({missing[0]} is not installed): "
+                "pip install 'taskiq-flow[dashboard]'"
+            )
+    served: list[bool] = []
+    body = (
+        run_with_dashboard(args.tracks, args.speed, args.report, args.dashboard_port, served)
+        if args.dashboard
+        else run_demo(args.tracks, args.speed, report=args.report)
+    )
     try:
-        stopped_by = asyncio.run(
-            _until_signal(run_demo(args.tracks, args.speed, report=args.report))
-        )
+        stopped_by = asyncio.run(_until_signal(body))
     except OSError as err:  # the demo's only file is its report (a full disk, say)
         sys.stderr.write(f"taskiq-flow demo: cannot write --report {args.report}: {err.strerror}\n")
         return 1
+    except _DashboardGone as err:
+        sys.stderr.write(f"taskiq-flow demo: {err}\n")
+        return 1
     if stopped_by is None:
+        return 0
+    if served:  # the demo had finished: stopping its dashboard is the normal end
+        sys.stderr.write(f"taskiq-flow demo: dashboard stopped by {stopped_by.name}\n")
         return 0
     sys.stdout.write("\n")
     sys.stdout.flush()

@@ -6,6 +6,8 @@ Routes::
     GET  /runs/{id}                a run                GET /events/runs/{id}  its feed (SSE)
     POST /api/runs/{id}/cancel     cancel a running run (token and CSRF checks)
     POST /api/runs/{id}/delete     delete a run's records (token and CSRF checks)
+    GET  /api/runs/{id}/steps/{i}/why   why step i is where it is, asked now (read-only)
+    POST /api/...                  the actions given to :func:`create_app` (same checks)
     GET  /static/dashboard.js|css  the page's script and style
 
 Anyone who reaches the server can read; only a holder of the token can act. The token is given
@@ -50,6 +52,7 @@ from taskiq_flow.dashboard.feed import Feed, Subscription
 from taskiq_flow.dashboard.pages import asset, dag_html, run_page, runs_page
 from taskiq_flow.exceptions import InvalidValueError, UnknownIdError
 from taskiq_flow.pictures import GraphView
+from taskiq_flow.report import recorded_graph
 from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager
 
 __all__ = ["CONTENT_SECURITY_POLICY", "COOKIE", "create_app", "new_token"]
@@ -135,7 +138,7 @@ class Dashboard:
         self._session = _derive(token, "session")
         self.csrf = _derive(token, "csrf")
         self.origins = {o.rstrip("/") for o in origins}
-        self._dags: dict[tuple[str, int], str] = {}
+        self._dags: dict[tuple[str, int, int], str] = {}
 
     # -- who asks --------------------------------------------------------------------------------
 
@@ -183,12 +186,19 @@ class Dashboard:
 
     # -- the graph of a run ----------------------------------------------------------------------
 
-    def dag_of(self, name: str, status: Any) -> str | None:
-        graph = self.graphs.get(name)
+    def dag_of(self, name: str, status: PipelineStatus) -> str | None:
+        """The run's DAG as HTML: its graph given by name (``graphs``), else the one its record
+        keeps (:attr:`PipelineStatus.edges`); ``None`` when neither is known."""
+        graph: GraphView | None = self.graphs.get(name)
+        key: tuple[str, int, int] = ("name:" + name, len(status.steps), 0)
         if graph is None:
-            return None
-        key = (name, len(status.steps))
+            graph = recorded_graph(status)
+            if graph is None:
+                return None
+            key = ("run:" + status.pipeline_id, len(status.steps), len(status.edges or ()))
         if key not in self._dags:
+            if len(self._dags) >= 64:  # a few graphs kept drawn, not every run's
+                self._dags.pop(next(iter(self._dags)))
             self._dags[key] = dag_html(graph, status.steps)
         return self._dags[key]
 
@@ -242,19 +252,29 @@ def create_app(
     interval: float = 0.5,
     allowed_hosts: Sequence[str] | None = None,
     origins: Sequence[str] = (),
+    actions: Mapping[str, Callable[[Request], Awaitable[Response]]] | None = None,
 ) -> Starlette:
     """The dashboard as an ASGI app (run it with uvicorn, or :func:`taskiq_flow.dashboard.serve`).
 
     :param tracking: where runs are read.
     :param token: what allows actions (:func:`new_token` makes one).
-    :param graphs: graphs to draw, by run name (tracking keeps steps, not edges).
+    :param graphs: graphs to draw, by run name (default: the graph each run's record keeps).
     :param interval: seconds between two reads of tracking (0.5: two a second).
     :param allowed_hosts: ``Host`` values served (``None``: any); a loopback server should list
         its loopback names, so a page of another site cannot reach it by rebinding a name.
     :param origins: other origins that may act (a reverse proxy's public address).
-    :raises ValueError: for an empty token or an interval under 0.05 s.
+    :param actions: more actions, by path under ``/api/`` (a Starlette path, e.g.
+        ``"runs/{run_id}/dead-letters/{letter}/replay"``): each is served for ``POST`` behind
+        the same checks as cancel and delete (the token; through the cookie, the page's CSRF
+        token and the dashboard's own origin), so a handler only does its work.
+    :raises ValueError: for an empty token, an interval under 0.05 s, or an action whose path
+        is taken.
     """
     dash = Dashboard(tracking, token, graphs, interval, origins)
+    extra = dict(actions or {})
+    for path in extra:
+        if path.strip("/") in ("runs/{run_id}/cancel", "runs/{run_id}/delete"):
+            raise ValueError(f"the action path /api/{path} is the dashboard's own")
 
     async def runs(request: Request) -> Response:
         redirect = _with_token(request, dash)
@@ -317,6 +337,31 @@ def create_app(
             )
         return JSONResponse({"id": run_id, "sent": True, "received": received}, status_code=202)
 
+    async def why(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        try:
+            index = int(request.path_params["index"])
+        except ValueError:
+            return JSONResponse({"error": "a step is its index, a whole number"}, status_code=400)
+        try:
+            asked = tracking.explain_step(run_id, index)
+        except UnknownIdError as err:
+            return JSONResponse({"error": str(err)}, status_code=404)
+        if asked is not None:  # the run is live in this process: its own answer, now
+            return JSONResponse({"step": index, "why": asked, "source": "run"})
+        status = await dash.feed.read_run(run_id)
+        if status is None:
+            return JSONResponse({"error": f"no run {run_id}"}, status_code=404)
+        if not 0 <= index < len(status.steps):
+            return JSONResponse({"error": f"run {run_id} has no step {index}"}, status_code=404)
+        step = status.steps[index]
+        answer: dict[str, Any] = {"step": index, "why": step.waiting, "source": "stored"}
+        if status.status == "running" and step.status in ("pending", "running", "retrying"):
+            # Another process runs it: ask its orchestrator, which stores its answer with the
+            # step (the feed then brings it).
+            answer["asked"] = await tracking.ask_explain(run_id, index)
+        return JSONResponse(answer)
+
     async def static(request: Request) -> Response:
         name = request.path_params["name"]
         kinds = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
@@ -342,6 +387,11 @@ def create_app(
             Route("/events/runs/{run_id}", run_events),
             Route("/api/runs/{run_id}/cancel", dash.action(cancel), methods=["POST"]),
             Route("/api/runs/{run_id}/delete", dash.action(delete), methods=["POST"]),
+            Route("/api/runs/{run_id}/steps/{index}/why", why),
+            *(
+                Route(f"/api/{path.strip('/')}", dash.action(handler), methods=["POST"])
+                for path, handler in extra.items()
+            ),
             Route("/static/{name}", static),
         ],
         middleware=middleware,

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from taskiq_flow.exceptions import CorruptRecordError
-from taskiq_flow.report import STATUS_COLOURS, _kind_colour, default_segments
+from taskiq_flow.report import STATUS_COLOURS, _kind_colour, segment_kind, step_segments
 from taskiq_flow.tracking import (
     InMemoryPipelineStorage,
     PipelineStatus,
@@ -50,6 +50,11 @@ def _ms(t: float | None, t0: float) -> float | None:
     return None if t is None else round((t - t0) * 1000.0, 1)
 
 
+def _now_ms() -> int:
+    """The server's clock, epoch ms (pages draw open segments up to it)."""
+    return int(time.time() * 1000)
+
+
 def _fingerprint(step: StepStatus) -> tuple[Any, ...]:
     return (
         step.status,
@@ -70,14 +75,55 @@ def _fingerprint(step: StepStatus) -> tuple[Any, ...]:
         step.sent_at,
         len(step.waited),
         sum(step.waited.values()),
+        len(step.segments),
+        tuple(step.segments[-1]) if step.segments else None,
     )
+
+
+def _segments(step: StepStatus, t0: float) -> list[list[Any]]:
+    """A step's bar as ``[start_ms, end_ms, kind]`` from the run's start: its recorded timeline
+    while it is unfinished (the open segment's end ``None``: the page draws it up to now, so it
+    grows between ticks), else the report's bar."""
+    segs = step.segments
+    if segs and step.status in _UNFINISHED:
+        kinds = _KINDS
+        return [
+            [
+                round((a - t0) * 1000.0, 1) if a > t0 else 0.0,
+                None if b is None else round((b - t0) * 1000.0, 1),
+                kinds.get(k) or segment_kind(k),
+            ]
+            for a, b, k in segs
+        ]
+    return [
+        [round((a - t0) * 1000.0, 1), round((b - t0) * 1000.0, 1), k]
+        for a, b, k in step_segments(step, t0)
+    ]
+
+
+#: The timeline kind of each reason a step's segments record.
+_KINDS = {
+    reason: segment_kind(reason)
+    for reason in (
+        "running",
+        "children",
+        "placement",
+        "shared_cap",
+        "run_cap",
+        "step_cap",
+        "rate",
+        "backoff",
+        "ready",
+    )
+}
 
 
 def step_record(step: StepStatus, t0: float) -> list[Any]:
     """One step as a page gets it: ``[status, tasks, done, running, retrying, failed, skipped,
     cancelled, attempts, duration_ms, error, waiting, segments, waited]``; segments are the
-    report's bars (:func:`~taskiq_flow.report.default_segments`) as ``[start_ms, end_ms, kind]``
-    from the run's start, ``waited`` the seconds waited by the core's reason."""
+    report's bars (:func:`~taskiq_flow.report.step_segments`) as ``[start_ms, end_ms, kind]``
+    from the run's start (an unfinished step's open segment ends ``None``: now), ``waited`` the
+    seconds waited by the core's reason."""
     return [
         step.status,
         step.tasks,
@@ -91,7 +137,7 @@ def step_record(step: StepStatus, t0: float) -> list[Any]:
         None if step.duration_ms is None else round(step.duration_ms, 1),
         step.error,
         step.waiting,
-        [[_ms(a, t0), _ms(b, t0), kind] for a, b, kind in default_segments(step, t0)],
+        _segments(step, t0),
         {reason: round(seconds, 3) for reason, seconds in step.waited.items()},
     ]
 
@@ -187,6 +233,9 @@ class _Run:
     read_at: float
     head: dict[str, Any]
     snapshot_text: str | None = None
+    snapshot_tick: int = -1
+    #: The run's change counter when it was read (``None``: it keeps none).
+    counter: int | None = None
 
 
 class Feed:
@@ -202,9 +251,13 @@ class Feed:
         self.tracking = tracking
         self.interval = interval
         self.subscriptions: set[Subscription] = set()
-        #: Ticks made, and tracking reads (passes) made: one per tick.
+        #: Ticks made, and tracking reads (passes) made: one per tick; reads of change
+        #: counters (one round trip per tick for every run kept in Redis).
         self.ticks = 0
         self.reads = 0
+        self.counter_reads = 0
+        #: Counters read with a record about to be loaded whole (set on it once loaded).
+        self._counters: dict[str, int | None] = {}
         self._runs: dict[str, _Run] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -293,28 +346,111 @@ class Feed:
                 del self._runs[old]
         now = time.monotonic()
         deltas: dict[str, dict[str, Any] | None] = {}
+        remote: list[str] = []
         for run_id in targets:
             status = tracking.live(run_id)
-            if status is None:
-                known = self._runs.get(run_id)
-                if (
-                    known is not None
-                    # (what was seen then: a live record read earlier may have ended since)
-                    and known.head["status"] != "running"
-                    and (self._in_process or now - known.read_at < FINISHED_EVERY)
-                ):
-                    continue
-                try:
-                    status = await tracking.storage.load(run_id)
-                except CorruptRecordError as exc:
-                    logger.warning("dashboard: skipping run %s: %s", run_id, exc)
-                    status = None
+            if status is not None:  # executed here: its live record, read in place
+                deltas[run_id] = self._update(run_id, status, now)
+                continue
+            known = self._runs.get(run_id)
+            if (
+                known is not None
+                # (what was seen then: a live record read earlier may have ended since)
+                and known.head["status"] != "running"
+                and self._in_process
+            ):
+                continue
+            remote.append(run_id)
+        counted = await self._changed(remote, now) if remote else {}
+        for run_id in remote:
+            how = counted.get(run_id, "whole")
+            if how is None:
+                continue  # nothing changed
+            if isinstance(how, list):
+                deltas[run_id] = self._update_steps(run_id, how, now)
+                continue
+            try:
+                status = await tracking.storage.load(run_id)
+            except CorruptRecordError as exc:
+                logger.warning("dashboard: skipping run %s: %s", run_id, exc)
+                status = None
             if status is None:
                 self._runs.pop(run_id, None)
                 deltas[run_id] = None
                 continue
+            counter = self._counters.pop(run_id, None)
             deltas[run_id] = self._update(run_id, status, now)
+            self._runs[run_id].counter = counter
         return deltas
+
+    async def _changed(self, run_ids: list[str], now: float) -> dict[str, Any]:
+        """What to read of each run kept in storage: ``None`` (nothing changed), a list of
+        steps (read by :meth:`_update_steps`), or ``"whole"`` (load the record). With change
+        counters (Redis), one round trip tells it for all; without, a running run is loaded at
+        every tick and a finished one every :data:`FINISHED_EVERY` seconds."""
+        changes = self.tracking.changes
+        runs = self._runs
+        if changes is None:
+            return {r: None if self._fresh(runs.get(r), now) else "whole" for r in run_ids}
+        seen = []
+        for run_id in run_ids:
+            known = runs.get(run_id)
+            counter = known.counter if known is not None else None
+            seen.append((run_id, counter, known is not None and known.head["status"] == "running"))
+        self.counter_reads += 1
+        answers = await changes.since(seen)
+        out: dict[str, Any] = {}
+        for run_id, answer in zip(run_ids, answers):
+            known = runs.get(run_id)
+            if answer.counter is None:  # a record without a counter: as without counters
+                out[run_id] = None if self._fresh(known, now) else "whole"
+                self._counters[run_id] = None
+            elif known is None or answer.whole:
+                out[run_id] = "whole"
+                self._counters[run_id] = answer.counter
+            elif answer.steps:
+                read = await changes.read_steps(run_id, answer.steps)
+                if read is None or any(i >= len(known.status.steps) for i in answer.steps):
+                    out[run_id] = "whole"
+                    self._counters[run_id] = answer.counter
+                else:
+                    for index, step in zip(answer.steps, read):
+                        known.status.steps[index] = step
+                    known.counter = answer.counter
+                    out[run_id] = answer.steps
+            else:
+                known.counter = answer.counter
+                out[run_id] = None
+        return out
+
+    @staticmethod
+    def _fresh(known: _Run | None, now: float) -> bool:
+        """Whether a finished run was read recently enough (without change counters)."""
+        return (
+            known is not None
+            and known.head["status"] != "running"
+            and now - known.read_at < FINISHED_EVERY
+        )
+
+    def _update_steps(self, run_id: str, indices: list[int], now: float) -> dict[str, Any]:
+        """What changed in a run whose steps ``indices`` were read anew (in its record)."""
+        known = self._runs[run_id]
+        status = known.status
+        t0 = status.started_at
+        steps: dict[str, list[Any]] = {}
+        for i in indices:
+            mark = _fingerprint(status.steps[i])
+            if mark != known.prints[i]:
+                known.prints[i] = mark
+                known.records[i] = step_record(status.steps[i], t0)
+                steps[str(i)] = known.records[i]
+        known.read_at = now
+        if not steps:
+            return {}
+        known.summary = run_summary(status)
+        known.snapshot_text = None
+        kinds = {seg[2] for rec in steps.values() for seg in rec[12]}
+        return {"steps": steps, "palette": palette(kinds), "now": _now_ms()}
 
     def _update(self, run_id: str, status: PipelineStatus, now: float) -> dict[str, Any]:
         """Compares a run read now with what was read before; returns what changed."""
@@ -347,6 +483,7 @@ class Feed:
             if "steps" in delta:
                 kinds = {seg[2] for rec in steps.values() for seg in rec[12]}
                 delta["palette"] = palette(kinds)
+            delta["now"] = _now_ms()  # the page's open segments end now
         known.status, known.read_at = status, now
         return delta
 
@@ -372,6 +509,7 @@ class Feed:
             "names": [s.name for s in known.status.steps],
             "steps": known.records,
             "palette": palette(kinds),
+            "now": _now_ms(),
         }
 
     def _send_run(
@@ -389,8 +527,10 @@ class Feed:
         if sub.fresh or (delta is not None and delta.get("full")):
             sub.fresh = False
             known = self._runs[run_id]
-            if known.snapshot_text is None:  # one encoding for every page that opens now
+            if known.snapshot_text is None or known.snapshot_tick != self.ticks:
+                # One encoding for every page that opens at this tick.
                 known.snapshot_text = _sse("snapshot", self.snapshot(run_id))
+                known.snapshot_tick = self.ticks
             sub.put(known.snapshot_text)
         elif delta:
             if run_id not in texts:

@@ -101,8 +101,9 @@ def run_page(
         f'<h2>DAG</h2><div id="dag-box" class="scroll">{dag}</div>'
         if dag
         else (
-            '<h2>DAG</h2><p class="note" id="no-dag">Its graph is not known here: tracking '
-            "keeps steps, not edges (serve it with graphs={name: pipeline}, or --dag).</p>"
+            '<h2>DAG</h2><p class="note" id="no-dag">Its graph is not known here: its record '
+            "keeps no edges (an older record, or more step edges than tracking keeps; serve it "
+            "with graphs={name: pipeline}, or --dag).</p>"
         )
     )
     legend = " ".join(

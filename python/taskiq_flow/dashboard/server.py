@@ -17,11 +17,13 @@ import contextlib
 import ipaddress
 import logging
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 
 from taskiq_flow.dashboard.app import create_app, new_token
 from taskiq_flow.pictures import GraphView
@@ -98,6 +100,7 @@ async def serve(
     graphs: Mapping[str, GraphView] | None = None,
     interval: float = 0.5,
     origins: Sequence[str] = (),
+    actions: Mapping[str, Callable[[Request], Awaitable[Response]]] | None = None,
 ) -> DashboardServer:
     """Serves the dashboard over ``tracking`` in this event loop; returns once it listens.
 
@@ -107,6 +110,8 @@ async def serve(
     :param graphs: graphs to draw, by run name (``{"ingest": pipeline}``).
     :param interval: seconds between two reads of tracking.
     :param origins: other origins that may act (a reverse proxy's public address).
+    :param actions: more actions behind the token, by path under ``/api/``
+        (:func:`~taskiq_flow.dashboard.create_app`).
     :raises OSError: if the address cannot be bound.
     """
     if not is_loopback(host):
@@ -130,6 +135,7 @@ async def serve(
         interval=interval,
         allowed_hosts=loopback_hosts(bound) if is_loopback(host) else None,
         origins=origins,
+        actions=actions,
     )
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=1

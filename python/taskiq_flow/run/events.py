@@ -16,11 +16,15 @@ failures for good at WARNING).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from taskiq_flow.run import failures
+from taskiq_flow.run.explain import explain_step
+from taskiq_flow.tracking.asks import asks_of
 
 if TYPE_CHECKING:
     from taskiq_flow.events import Completion
@@ -207,9 +211,21 @@ class TrackingListener(RunListener):
 
     def __init__(self, tracking: RunRecorder) -> None:
         self.tracking = tracking
+        #: Whether the storage carries a dashboard's asks (Redis), taken once a second.
+        self.takes_asks = (
+            tracking.track_step is None and asks_of(tracking.manager.storage) is not None
+        )
 
     async def run_started(self, run: Runner, restored: Sequence[int]) -> None:
-        await self.tracking.begin(restored)
+        scheduler = run.scheduler
+        if scheduler is not None:  # each step's timeline follows the core's reasons
+            scheduler.record_history(True)
+        tracking = self.tracking
+        await tracking.begin(restored)
+        if tracking.track_step is None:
+            tracking.manager.set_explainer(
+                tracking.pipeline_id, lambda index: explain_step(run, index)
+            )
 
     def attempt_sent(
         self, run: Runner, node: int, attempt: int, wait: tuple[str, float] | None
@@ -255,8 +271,32 @@ class TrackingListener(RunListener):
     def node_closed(self, run: Runner, node: int) -> None:
         self.tracking.closed(node)
 
+    def _reasons(self, run: Runner) -> None:
+        """The core's changes of reason since the last batch, to each step's timeline; what
+        holds the ready tasks (the run's cap, the process-wide cap) asked of the core once."""
+        scheduler = run.scheduler
+        if scheduler is None:
+            return
+        tracking = self.tracking
+        changes = scheduler.take_history()
+        if changes:
+            offset = time.time() - asyncio.get_running_loop().time()
+            tracking.reasons(changes, offset)
+        for node in tracking.ready_nodes():
+            why = scheduler.explain(node)
+            if why["state"] == "queued":
+                tracking.ready_means(why["reason"], time.time())
+                break
+
     async def batch_done(self, run: Runner, now: float, done: Sequence[int]) -> None:
         tracking = self.tracking
+        self._reasons(run)
+        if self.takes_asks and tracking.explain_due(now):
+            # Steps a dashboard in another process asked about are explained too.
+            try:
+                tracking.ask(await tracking.manager.take_asks(tracking.pipeline_id), now)
+            except Exception as err:  # Redis stalled: asked again by the next recording
+                logger.debug("run %s: asks not taken: %s", run.run_id, err)
         tracking.explain(now, run.explain)
         results = run.results
         grower = run.grower
@@ -268,6 +308,7 @@ class TrackingListener(RunListener):
         )
 
     async def run_ended(self, run: Runner, state: str, error: str | None) -> None:
+        self._reasons(run)  # what changed since the last batch, up to the end
         await self.tracking.end(state, error)
 
 

@@ -22,7 +22,7 @@ from taskiq_flow.run import failures
 if TYPE_CHECKING:
     from taskiq_flow.run.runner import Runner
 
-__all__ = ["core_sentence", "explain_node", "node_for"]
+__all__ = ["core_sentence", "explain_node", "explain_step", "node_for", "step_node"]
 
 
 def _names(names: Sequence[str], limit: int = 3) -> str:
@@ -208,17 +208,52 @@ def node_for(run: Runner, node_or_step: int | str) -> int:
         close = difflib.get_close_matches(str(node_or_step), names, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UnknownIdError(f"no step named {node_or_step!r} in this run{hint}")
-    if run._step_nodes is None:
-        by_step: list[list[int]] = [[] for _ in plan.steps]
-        for v in range(plan.node_count):
-            by_step[plan.step_index(v)].append(v)
-        run._step_nodes = by_step
-    by_index = run._step_nodes
+    by_index = _step_nodes(run)
     nodes = (
         by_index[indices[0]]
         if len(indices) == 1
         else sorted(v for i in indices for v in by_index[i])
     )
+    return _standing_for(run, nodes)
+
+
+def step_node(run: Runner, index: int) -> int:
+    """The node step ``index`` of the plan stands for, as :func:`node_for` picks it for a step's
+    name (its first node still waiting, else one running, else its last); ``-1`` for a step
+    without nodes.
+
+    :raises UnknownIdError: for a step the plan does not have.
+    """
+    if not 0 <= index < len(run.plan.steps):
+        raise UnknownIdError(f"no step {index} (the run has {len(run.plan.steps)})")
+    nodes = _step_nodes(run)[index]
+    return _standing_for(run, nodes) if nodes else -1
+
+
+def explain_step(run: Runner, index: int) -> str:
+    """Why step ``index`` of ``run`` is where it is (:func:`explain_node` of :func:`step_node`):
+    what ``run.explain(step name)`` says when step names are unique.
+
+    :raises UnknownIdError: for a step the plan does not have.
+    """
+    node = step_node(run, index)
+    if node < 0:
+        return "open: its tasks are not known yet"
+    return explain_node(run, node)
+
+
+def _step_nodes(run: Runner) -> list[list[int]]:
+    """Each step's nodes, in node order (built once, until the run grows)."""
+    if run._step_nodes is None:
+        plan = run.plan
+        by_step: list[list[int]] = [[] for _ in plan.steps]
+        for v in range(plan.node_count):
+            by_step[plan.step_index(v)].append(v)
+        run._step_nodes = by_step
+    return run._step_nodes
+
+
+def _standing_for(run: Runner, nodes: Sequence[int]) -> int:
     # A step stands for its first node still waiting (what a user asks about), else its first
     # node running or retrying, else its last node.
     scheduler = run.scheduler

@@ -39,12 +39,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
+import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -58,12 +60,15 @@ from taskiq_flow.exceptions import (
 )
 
 __all__ = [
+    "MAX_SEGMENTS",
+    "MAX_STEP_EDGES",
     "TASK_STATES",
     "InMemoryPipelineStorage",
     "PipelineStatus",
     "PipelineStorage",
     "PipelineTrackingManager",
     "StepStatus",
+    "copy_status",
     "process_owner_id",
 ]
 
@@ -80,6 +85,12 @@ def process_owner_id() -> str:
 RunState = Literal["running", "done", "failed", "cancelled", "abandoned"]
 StepState = Literal["pending", "running", "retrying", "done", "failed", "skipped", "cancelled"]
 
+
+#: Most step edges a run's record keeps (:attr:`PipelineStatus.edges`); a run with more keeps
+#: none (a page then draws no graph of it).
+MAX_STEP_EDGES = 20_000
+#: Most timeline segments kept per step (:attr:`StepStatus.segments`).
+MAX_SEGMENTS = 64
 
 #: The states a step's tasks are counted in, in the order :attr:`StepStatus.counts` lists them.
 TASK_STATES: tuple[StepState, ...] = (
@@ -134,6 +145,13 @@ class StepStatus:
     first_wait: str | None = None
     #: Of ``tasks_done``, how many came from the step cache (not sent: ``cache=True``).
     tasks_cached: int = 0
+    #: The step's timeline as the core's reasons changed: ``[start, end, kind]`` (epoch seconds,
+    #: ``end`` ``None`` for the segment still open), ``kind`` ``running`` while any of its tasks
+    #: runs, else what holds its ready tasks (``run_cap``, ``step_cap``, ``rate``, ``shared_cap``,
+    #: ``placement``, ``backoff``, ``ready``; ``children`` while tasks it added run). Nothing is
+    #: recorded while it waits for inputs. At most :data:`MAX_SEGMENTS` per step (past that the
+    #: shortest closed segment is folded into a neighbour; the exact totals stay in ``waited``).
+    segments: list[list[Any]] = field(default_factory=list)
 
     @property
     def tasks_pending(self) -> int:
@@ -207,6 +225,42 @@ class StepStatus:
         elif self.tasks_skipped:
             self.status = "skipped"
 
+    def mark(self, kind: str | None, at: float) -> bool:
+        """The step's timeline changes at ``at`` (epoch seconds): its open segment ends there
+        and one of ``kind`` opens (``None``: none; the step waits for inputs, or finished). A
+        segment of no length is replaced; one of the same kind as the segment just before it
+        (touching it) extends that one. Past :data:`MAX_SEGMENTS`, the shortest closed segment
+        is folded into its neighbour.
+
+        :return: whether the segments changed.
+        """
+        segs = self.segments
+        last = segs[-1] if segs else None
+        if last is not None and last[1] is None:
+            if last[2] == kind:
+                return False
+            if at <= last[0]:  # an open segment of no length: as if it never opened
+                segs.pop()
+                last = segs[-1] if segs else None
+            else:
+                last[1] = at
+        elif kind is None:
+            return False
+        if kind is None:
+            return True
+        if last is not None and last[2] == kind and last[1] is not None and last[1] >= at:
+            last[1] = None  # it goes on
+            return True
+        segs.append([at, None, kind])
+        if len(segs) > MAX_SEGMENTS:
+            _fold_shortest(segs)
+        return True
+
+    def close_segments(self, at: float) -> None:
+        """Ends the open segment, if any, at ``at`` (the run ended)."""
+        if self.segments and self.segments[-1][1] is None:
+            self.mark(None, max(at, self.segments[-1][0]))
+
     @classmethod
     def from_record(cls, data: dict[str, Any]) -> StepStatus:
         """A step from its stored form (fields it does not know are ignored; missing ones take
@@ -217,6 +271,46 @@ class StepStatus:
         if not isinstance(data, dict):
             raise TypeError("a step record is not an object")
         return cls(**{f: data[f] for f in cls.__dataclass_fields__ if f in data})
+
+
+def _fold_shortest(segs: list[list[Any]]) -> None:
+    """Folds the shortest closed segment into its longer neighbour (the bar keeps its span)."""
+    closed = len(segs) - 1 if segs[-1][1] is None else len(segs)
+    k = min(range(closed), key=lambda i: segs[i][1] - segs[i][0])
+    before = segs[k - 1] if k > 0 else None
+    after = segs[k + 1] if k + 1 < len(segs) else None
+
+    def length(seg: list[Any] | None) -> float:
+        if seg is None:
+            return -1.0
+        return math.inf if seg[1] is None else float(seg[1] - seg[0])
+
+    if before is not None and length(before) >= length(after):
+        before[1] = segs[k][1]
+    else:
+        assert after is not None
+        after[0] = segs[k][0]
+    del segs[k]
+
+
+def copy_step(step: StepStatus) -> StepStatus:
+    """A copy of a step record that shares nothing mutable with it."""
+    return dataclasses.replace(
+        step, waited=dict(step.waited), segments=[list(seg) for seg in step.segments]
+    )
+
+
+def copy_status(status: PipelineStatus) -> PipelineStatus:
+    """A copy of a run record that shares nothing mutable with it (what ``copy.deepcopy``
+    makes, in a fraction of its time: a record of 10^4 steps and edges is copied in and out of
+    in-memory storage at each start and end of its run)."""
+    edges = status.edges
+    return dataclasses.replace(
+        status,
+        steps=[copy_step(step) for step in status.steps],
+        resumes=list(status.resumes),
+        edges=None if edges is None else [[a, b] for a, b in edges],
+    )
 
 
 @dataclass(slots=True)
@@ -233,6 +327,10 @@ class PipelineStatus:
     #: When (epoch seconds) the run was resumed after its orchestrator died, oldest first; empty
     #: for a run that was never resumed.
     resumes: list[float] = field(default_factory=list)
+    #: The run's graph between its steps: ``[source step, target step]`` pairs (indices into
+    #: :attr:`steps`, no repeats), so a page can draw it from the record alone; ``None`` when
+    #: not recorded (an older record, or more than :data:`MAX_STEP_EDGES` of them).
+    edges: list[list[int]] | None = None
 
     @property
     def resumed_at(self) -> float | None:
@@ -308,11 +406,11 @@ class InMemoryPipelineStorage:
         return dict(self._results.get(pipeline_id, {}))
 
     async def save(self, status: PipelineStatus) -> None:
-        self._records[status.pipeline_id] = copy.deepcopy(status)
+        self._records[status.pipeline_id] = copy_status(status)
 
     async def load(self, pipeline_id: str) -> PipelineStatus | None:
         record = self._records.get(pipeline_id)
-        return copy.deepcopy(record) if record is not None else None
+        return copy_status(record) if record is not None else None
 
     async def delete(self, pipeline_id: str) -> bool:
         self._results.pop(pipeline_id, None)
@@ -337,6 +435,12 @@ class PipelineTrackingManager:
         #: Growth records written per live run (where the next one goes).
         self._growth_count: dict[str, int] = {}
         self._leases: dict[str, asyncio.Task[None]] = {}
+        #: Per live run of this process: why its step ``i`` is where it is, asked now.
+        self._explainers: dict[str, Callable[[int], str]] = {}
+        from taskiq_flow.tracking.changes import changes_of
+
+        #: The storage's change counters (Redis), bumped after each write.
+        self.changes = changes_of(self.storage)
 
     # -- the run's lease -------------------------------------------------------------------------
 
@@ -391,6 +495,7 @@ class PipelineTrackingManager:
         steps: list[tuple[str, int]],
         *,
         inputs: Mapping[str, Any] | None = None,
+        edges: list[list[int]] | None = None,
     ) -> None:
         """A run starts, or resumes; ``steps`` lists each step's name and number of tasks.
 
@@ -402,10 +507,15 @@ class PipelineTrackingManager:
         :param inputs: the run's inputs, stored with it to resume it with (if the storage keeps
             inputs; both built-in ones do). Inputs the storage refuses (over its size limit, not
             JSON) are not stored: a warning says so, and a resume then needs them given again.
+        :param edges: the graph between the steps, ``[source, target]`` step indices
+            (:attr:`PipelineStatus.edges`; more than :data:`MAX_STEP_EDGES` are not kept).
         :raises StateError: if another live process holds the run's lease.
         """
         status = PipelineStatus(
-            pipeline_id, name, steps=[StepStatus(step, tasks=count) for step, count in steps]
+            pipeline_id,
+            name,
+            steps=[StepStatus(step, tasks=count) for step, count in steps],
+            edges=edges if edges is not None and len(edges) <= MAX_STEP_EDGES else None,
         )
         owner = getattr(self.storage, "lease_owner", None)
         if owner is not None and pipeline_id not in self._leases:
@@ -423,7 +533,7 @@ class PipelineTrackingManager:
         if earlier is not None:
             _carry_history(earlier, status)
         self._live[pipeline_id] = status
-        await self.storage.save(status)
+        await self._save(status)
         if inputs is not None:
             await self._save_inputs(pipeline_id, name, inputs)
         await self.hold_lease(pipeline_id)
@@ -519,6 +629,47 @@ class PipelineTrackingManager:
             step.settle_status()
         await self.save_steps(pipeline_id, set(indices))
 
+    def set_explainer(self, pipeline_id: str, explain: Callable[[int], str] | None) -> None:
+        """What answers :meth:`explain_step` for a run this process executes (``None``: the
+        run ended)."""
+        if explain is None:
+            self._explainers.pop(pipeline_id, None)
+        else:
+            self._explainers[pipeline_id] = explain
+
+    def explain_step(self, pipeline_id: str, index: int) -> str | None:
+        """Why step ``index`` of a run this process executes is where it is, asked of the run
+        now (what its ``explain`` says of that step); ``None`` if the run is not live here.
+
+        :raises UnknownIdError: for a step the run does not have.
+        """
+        explain = self._explainers.get(pipeline_id)
+        if explain is None:
+            return None
+        status = self._live.get(pipeline_id)
+        if status is not None and not 0 <= index < len(status.steps):
+            raise UnknownIdError(f"run {pipeline_id} has no step {index}")
+        return explain(index)
+
+    async def ask_explain(self, pipeline_id: str, index: int) -> bool:
+        """Asks the orchestrator of a run in another process why step ``index`` waits: it
+        stores its answer with the step (``waiting``) within about a second, and keeps it
+        current for a while (:mod:`taskiq_flow.tracking.asks`).
+
+        :return: whether the ask was stored (the storage keeps asks: Redis does).
+        """
+        from taskiq_flow.tracking.asks import asks_of
+
+        asks = asks_of(self.storage)
+        return False if asks is None else await asks.ask(pipeline_id, index)
+
+    async def take_asks(self, pipeline_id: str) -> list[int]:
+        """The steps of a run asked about by :meth:`ask_explain` since the last take."""
+        from taskiq_flow.tracking.asks import asks_of
+
+        asks = asks_of(self.storage)
+        return [] if asks is None else await asks.take(pipeline_id)
+
     def live(self, pipeline_id: str) -> PipelineStatus | None:
         """The in-progress record of a run this process is executing."""
         return self._live.get(pipeline_id)
@@ -531,6 +682,8 @@ class PipelineTrackingManager:
         if save is None or status is None or not indices:
             return
         await save(pipeline_id, {i: status.steps[i] for i in indices})
+        if self.changes is not None:
+            await self.changes.bump(pipeline_id, indices)
 
     async def save_results(self, pipeline_id: str, results: dict[int, Any]) -> None:
         """Stores finished nodes' values, if the storage keeps them (both built-in ones do)."""
@@ -575,17 +728,26 @@ class PipelineTrackingManager:
         """Writes the in-progress record of a run to storage."""
         status = self._live.get(pipeline_id)
         if status is not None:
-            await self.storage.save(status)
+            await self._save(status)
+
+    async def _save(self, status: PipelineStatus) -> None:
+        """Writes a whole record, and counts the write (the storage's change counter)."""
+        await self.storage.save(status)
+        if self.changes is not None:
+            await self.changes.bump(status.pipeline_id, None)
 
     async def end(self, pipeline_id: str, state: RunState, error: str | None = None) -> None:
         """A run ends."""
         self._growth_count.pop(pipeline_id, None)
+        self._explainers.pop(pipeline_id, None)
         status = self._live.pop(pipeline_id, None)
         if status is None:
             return
         status.status = state
         status.error = error
         status.finished_at = time.time()
+        for step in status.steps:
+            step.close_segments(status.finished_at)
         if state != "done":
             # Nothing runs on for this run: what was out or waiting is cancelled.
             for step in status.steps:
@@ -595,7 +757,7 @@ class PipelineTrackingManager:
                 if step.status in ("pending", "running", "retrying"):
                     step.status = "cancelled"
         try:
-            await self.storage.save(status)
+            await self._save(status)
         finally:
             await self.release_lease(pipeline_id)
 
@@ -609,7 +771,7 @@ class PipelineTrackingManager:
         """
         live = self._live.get(pipeline_id)
         if live is not None:
-            return copy.deepcopy(live)
+            return copy_status(live)
         status = await self.storage.load(pipeline_id)
         if status is None:
             raise UnknownIdError(f"no pipeline run with id {pipeline_id!r}")
@@ -634,7 +796,11 @@ class PipelineTrackingManager:
         task = self._leases.pop(pipeline_id, None)
         if task is not None:
             task.cancel()
-        return await self.storage.delete(pipeline_id)
+        self._explainers.pop(pipeline_id, None)
+        deleted = await self.storage.delete(pipeline_id)
+        if self.changes is not None:
+            await self.changes.forget(pipeline_id)
+        return deleted
 
     async def cleanup(self, older_than: float) -> int:
         """Deletes finished runs that ended more than ``older_than`` seconds ago.
@@ -649,6 +815,8 @@ class PipelineTrackingManager:
         for record in await self.list_pipelines():
             if record.finished_at is not None and record.finished_at < cutoff:
                 deleted += await self.storage.delete(record.pipeline_id)
+                if self.changes is not None:
+                    await self.changes.forget(record.pipeline_id)
         return deleted
 
 
@@ -673,6 +841,8 @@ def _carry_history(earlier: PipelineStatus, status: PipelineStatus) -> None:
         step.started_at = old.started_at
         step.finished_at = old.finished_at
         step.waited = dict(old.waited)
+        step.segments = [list(seg) for seg in old.segments]
+        step.close_segments(status.resumes[-1])
         if old.status == "done" and old.tasks == step.tasks:
             step.tasks_done = step.tasks
             step.ready_at, step.sent_at, step.first_wait = old.ready_at, old.sent_at, old.first_wait

@@ -17,7 +17,13 @@ from typing import Any, Literal, Protocol
 
 from taskiq_flow.events import Completion, describe
 from taskiq_flow.exceptions import PayloadTooLargeError
-from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager, StepStatus
+from taskiq_flow.tracking import (
+    MAX_STEP_EDGES,
+    PipelineStatus,
+    PipelineTrackingManager,
+    StepStatus,
+)
+from taskiq_flow.tracking.asks import ASKED_FOR
 
 __all__ = ["EXPLAIN_EVERY", "RunRecorder", "RunShape"]
 
@@ -32,6 +38,27 @@ EXPLAIN_STEPS = 200
 
 # What a node's count is in (one byte per node).
 _PENDING, _RUNNING, _RETRYING, _DONE, _FAILED, _SKIPPED = range(6)
+
+#: The core's reasons a step's timeline shows, by code (code 0: none; the node waits for inputs,
+#: finished, or was skipped). ``running`` wins over everything, ``children`` over waits; among
+#: waits, the first here that holds any of the step's tasks.
+_KINDS = (
+    "",
+    "running",
+    "children",
+    "placement",
+    "shared_cap",
+    "run_cap",
+    "step_cap",
+    "rate",
+    "backoff",
+    "ready",
+)
+_CODE = {kind: code for code, kind in enumerate(_KINDS) if kind}
+_READY = _CODE["ready"]
+_WAITS = range(3, len(_KINDS))
+#: Where a step's counts keep the code of the kind its timeline shows now.
+_SHOWN = len(_KINDS)
 
 
 class StepShape(Protocol):
@@ -52,6 +79,10 @@ class RunShape(Protocol):
     def steps(self) -> Sequence[StepShape]: ...
     @property
     def each(self) -> Mapping[int, Any] | None: ...
+    @property
+    def sources(self) -> Sequence[int]: ...
+    @property
+    def targets(self) -> Sequence[int]: ...
     def step_index(self, node: int) -> int: ...
 
 
@@ -64,11 +95,18 @@ class RunRecorder:
     """
 
     __slots__ = (
+        "_asked",
         "_dirty",
+        "_edge_count",
+        "_edges",
         "_explained_at",
         "_first_node",
+        "_kinds",
         "_open_from",
         "_plan",
+        "_ready_as",
+        "_ready_steps",
+        "_reason",
         "_reshaped",
         "_state",
         "_status",
@@ -101,6 +139,22 @@ class RunRecorder:
         self._first_node: list[int] | None = None
         self._open_from = 0
         self._reshaped = False
+        #: Each node's reason, as a code of ``_KINDS`` (one byte per node).
+        self._reason = bytearray(plan.node_count)
+        #: Per step with a task that ever left "inputs": its tasks by reason code.
+        self._kinds: dict[int, list[int]] = {}
+        #: The graph between steps (``None``: too big to keep), and how many plan edges it
+        #: covers.
+        self._edges: dict[tuple[int, int], None] | None = {}
+        self._edge_count = 0
+        #: What "ready" means for this run now: ``ready``, or the cap that holds every ready
+        #: task (``run_cap``, ``shared_cap``: the core tells it when asked, see
+        #: :meth:`ready_means`); and the steps whose timeline shows it, with a ready node each.
+        self._ready_as = "ready"
+        #: Steps a dashboard asked about (from another process), explained until the time each
+        #: maps to (the run's clock).
+        self._asked: dict[int, float] = {}
+        self._ready_steps: dict[int, int] = {}
 
     async def begin(self, restored: Sequence[int]) -> None:
         """The run starts; ``restored`` nodes finished in an earlier run of this pipeline id."""
@@ -111,6 +165,7 @@ class RunRecorder:
                 self.name,
                 [(s.name, s.tasks) for s in plan.steps],
                 inputs=self.inputs,
+                edges=self._step_edges(),
             )
         self._status = self.manager.live(self.pipeline_id)
         if self._status is None:
@@ -136,6 +191,117 @@ class RunRecorder:
                 steps[plan.step_index(node)].tasks_done += 1
         for step in steps:
             step.settle_status()
+
+    def _step_edges(self) -> list[list[int]] | None:
+        """The graph between steps, from the plan's edges not looked at yet (``None`` past
+        :data:`MAX_STEP_EDGES`)."""
+        plan = self._plan
+        sources, targets = plan.sources, plan.targets
+        edges = self._edges
+        if edges is not None:
+            index = plan.step_index
+            for k in range(self._edge_count, len(sources)):
+                a, b = index(sources[k]), index(targets[k])
+                if a != b:
+                    edges[(a, b)] = None
+                    if len(edges) > MAX_STEP_EDGES:
+                        self._edges = edges = None
+                        break
+        self._edge_count = len(sources)
+        return None if edges is None else [[a, b] for a, b in edges]
+
+    def reasons(self, changes: Sequence[tuple[int, str, float]], offset: float) -> None:
+        """The core's changes of reason ``(node, reason, time)`` since the last call (times on
+        the run's clock; ``offset`` turns them into epoch seconds): each step's timeline
+        (:attr:`StepStatus.segments`) follows what its tasks wait for, or ``running``."""
+        if self._status is None or not changes:
+            return
+        steps = self._status.steps
+        reason = self._reason
+        kinds = self._kinds
+        code_of = _CODE
+        waits = _WAITS
+        last = _SHOWN
+        track = self.track_step
+        step_index = self._plan.step_index
+        touched: set[int] = set()
+        for node, why, at in changes:
+            code = code_of.get(why, 0)
+            before = reason[node]
+            if code == before:
+                continue
+            reason[node] = code
+            index = step_index(node) if track is None else track
+            counts = kinds.get(index)
+            if counts is None:
+                counts = kinds[index] = [0] * (last + 1)
+            counts[before] -= 1
+            counts[code] += 1
+            touched.add(index)
+            if code == _READY:
+                self._ready_steps[index] = node
+            # The step's kind at this change (changes come in time order): running, else open
+            # (tasks it added run), else the first wait that holds any of its tasks.
+            if counts[1]:
+                shown = 1
+            elif counts[2]:
+                shown = 2
+            else:
+                shown = 0
+                for c in waits:
+                    if counts[c]:
+                        shown = c
+                        break
+            if shown != counts[last]:
+                counts[last] = shown
+                self._show(steps[index], index, shown, at + offset)
+        for index in touched:
+            counts = kinds[index]
+            if not counts[last]:
+                del kinds[index]  # nothing of it is active: it needs no counts
+
+    def _show(self, step: StepStatus, index: int, code: int, at: float) -> None:
+        """Step ``index`` shows kind ``code`` from ``at`` (epoch seconds)."""
+        kind: str | None = _KINDS[code] or None
+        if code == _READY:
+            kind = self._ready_as
+        elif index in self._ready_steps:
+            del self._ready_steps[index]
+        if step.mark(kind, round(at, 3)):
+            self._dirty.add(index)
+
+    def ready_nodes(self, most: int = 3) -> list[int]:
+        """A few nodes whose steps' timelines show them ready (to ask the core what holds
+        them)."""
+        nodes = []
+        for node in self._ready_steps.values():
+            nodes.append(node)
+            if len(nodes) >= most:
+                break
+        return nodes
+
+    def ready_means(self, kind: str, at: float) -> None:
+        """What holds the run's ready tasks now, as the core explains one of them (``ready``,
+        ``run_cap``, ``shared_cap``): the open segment of each step whose tasks are ready says
+        it: a wait that showed ``ready`` is that wait from its start; one that showed another
+        cap changes at ``at`` (epoch seconds)."""
+        if kind not in ("ready", "run_cap", "shared_cap") or kind == self._ready_as:
+            return
+        self._ready_as = kind
+        if self._status is None:
+            return
+        steps = self._status.steps
+        family = ("ready", "run_cap", "shared_cap")
+        for index in self._ready_steps:
+            step = steps[index]
+            segs = step.segments
+            if not (segs and segs[-1][1] is None and segs[-1][2] in family):
+                continue
+            if segs[-1][2] == "ready":
+                segs[-1][2] = kind  # learnt now: what held it since it became ready
+                self._dirty.add(index)
+            elif step.mark(kind, round(at, 3)):
+                self._dirty.add(index)
 
     def _index(self, node: int) -> int:
         return self._plan.step_index(node) if self.track_step is None else self.track_step
@@ -246,6 +412,21 @@ class RunRecorder:
                 step.first_wait = reason
             self._dirty.add(index)
 
+    def explain_due(self, now: float) -> bool:
+        """Whether :meth:`explain` records at ``now`` (the run's clock)."""
+        return self._status is not None and now - self._explained_at >= EXPLAIN_EVERY
+
+    def ask(self, indices: Sequence[int], now: float) -> None:
+        """Steps asked about (:meth:`PipelineTrackingManager.ask_explain`): each is explained at
+        every recording for :data:`~taskiq_flow.tracking.asks.ASKED_FOR` seconds from ``now``,
+        wherever it is in the run."""
+        if self._status is None:
+            return
+        count = len(self._status.steps)
+        for index in indices:
+            if 0 <= index < count:
+                self._asked[index] = now + ASKED_FOR
+
     def explain(self, now: float, why: Callable[[int | str], str]) -> None:
         """Records why each unfinished step waits (``why(node)`` for a step of one task,
         ``why(step name)`` for one of many), at most once per :data:`EXPLAIN_EVERY` seconds and
@@ -272,6 +453,12 @@ class RunRecorder:
             if explained >= EXPLAIN_STEPS:
                 break
             explained += 1
+            spec = plan.steps[index]
+            self._explain_step(index, first[index] if spec.tasks == 1 else spec.name, why)
+        for index, until in list(self._asked.items()):
+            if until < now or steps[index].status in _FINISHED:
+                del self._asked[index]
+                continue
             spec = plan.steps[index]
             self._explain_step(index, first[index] if spec.tasks == 1 else spec.name, why)
 
@@ -310,6 +497,7 @@ class RunRecorder:
         """The run grew by ``count`` nodes from ``first``: steps it added are appended to the
         record, and every step counts the tasks its plan step now has."""
         self._state.extend(bytes(count))
+        self._reason.extend(bytes(count))
         if self._status is None or self.track_step is not None:
             return
         plan = self._plan
@@ -319,6 +507,12 @@ class RunRecorder:
             steps.append(StepStatus(spec.name, tasks=spec.tasks))
             self._reshaped = True
             self._first_node = None
+        if self._edges is not None and len(plan.sources) > self._edge_count:
+            before = self._status.edges
+            edges = self._step_edges()
+            if edges != before:
+                self._status.edges = edges
+                self._reshaped = True
         touched = {plan.step_index(v) for v in range(first, first + count)}
         if plan.each:  # a node that maps over items stops counting as a task
             touched.update(plan.step_index(v) for v in plan.each if v < first)

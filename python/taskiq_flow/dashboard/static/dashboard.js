@@ -327,16 +327,26 @@
       }
     }
 
+    // The server's clock minus this page's (what an open segment's end, "now", is read on).
+    var skewMs = 0;
+    function setClock(msg) {
+      if (typeof msg.now === "number") { skewMs = msg.now - Date.now(); }
+    }
+    function nowMs() {
+      // Ms from the run's start: now while it runs, else its end.
+      if (head.finished_at !== null) { return (head.finished_at - head.started_at) * 1000; }
+      return Date.now() + skewMs - head.started_at * 1000;
+    }
+    function segEnd(seg, now) { return seg[1] === null ? Math.max(seg[0], now) : seg[1]; }
     function computeSpan() {
-      var end = 1;
-      if (head.finished_at !== null) {
-        end = (head.finished_at - head.started_at) * 1000;
-      } else {
-        end = Date.now() - head.started_at * 1000;
-      }
+      var now = nowMs();
+      var end = now;
       for (var i = 0; i < recs.length; i++) {
         var segs = recs[i][SEGS];
-        for (var j = 0; j < segs.length; j++) { if (segs[j][1] > end) { end = segs[j][1]; } }
+        for (var j = 0; j < segs.length; j++) {
+          var e = segEnd(segs[j], now);
+          if (e > end) { end = e; }
+        }
       }
       spanMs = Math.max(end, 1);
     }
@@ -363,6 +373,8 @@
       var last = Math.min(recs.length, first + Math.ceil(height / TROW) + 1);
       ctx.font = "11px system-ui, sans-serif";
       ctx.textBaseline = "middle";
+      var now = nowMs();
+      var drawn = {};  // what was drawn, by row: [[start_ms, end_ms, kind]] (read by tests)
       for (var i = first; i < last; i++) {
         var y = i * TROW - top;
         if (i === selected) {
@@ -373,15 +385,19 @@
         var name = names[i].length > 30 ? names[i].slice(0, 29) + "\u2026" : names[i];
         ctx.fillText(name, label - 6, y + TROW / 2);
         var segs = recs[i][SEGS];
+        var bars = [];
         for (var j = 0; j < segs.length; j++) {
           var x0 = label + segs[j][0] * scale;
-          var w = Math.max(1, (segs[j][1] - segs[j][0]) * scale);
+          var w = Math.max(1, (segEnd(segs[j], now) - segs[j][0]) * scale);
           var kind = segs[j][2];
           ctx.fillStyle = kind === "running" ? (COLOURS[recs[i][S]] || "#1565c0") :
             (palette[kind] || "#b0bec5");
           ctx.fillRect(x0, y + 2, w, TROW - 5);
+          bars.push([segs[j][0], Math.round(segEnd(segs[j], now) * 10) / 10, kind]);
         }
+        drawn[i] = bars;
       }
+      canvas.setAttribute("data-bars", JSON.stringify(drawn));
       document.getElementById("timeline-scale").textContent =
         "0 \u2013 " + duration(spanMs) + " from the run's start";
     }
@@ -389,8 +405,27 @@
       if (!drawPending) { drawPending = true; window.requestAnimationFrame(drawTimeline); }
     }
 
-    function explain(i) {
-      selected = i;
+    // The answer of the run itself for the clicked step (GET .../why): [step, text, source].
+    var asked = null;
+    var askedAt = 0;
+    function ask(i) {
+      askedAt = Date.now();
+      fetch("/api/runs/" + encodeURIComponent(runId) + "/steps/" + i + "/why",
+            {credentials: "same-origin"}).then(function (r) {
+        return r.ok ? r.json() : null;
+      }).then(function (a) {
+        if (!a || selected !== i) { return; }
+        asked = [i, a.why, a.source, a.asked === true];
+        explain(i, true);
+      });
+    }
+    function explain(i, answered) {
+      if (i !== selected || !answered) {
+        if (i !== selected) { asked = null; }
+        selected = i;
+        // A click, or a step that changed: ask the run again (at most once a second).
+        if (!answered && (asked === null || Date.now() - askedAt > 1000)) { ask(i); }
+      }
       var r = recs[i];
       var box = document.getElementById("explain");
       clear(box);
@@ -402,19 +437,28 @@
       p.appendChild(document.createTextNode(" " + countsText(r) + " \u00b7 " + r[ATTEMPTS] +
         " attempt" + (r[ATTEMPTS] === 1 ? "" : "s") + " \u00b7 " + duration(r[DUR])));
       box.appendChild(p);
+      var finished = r[S] === "done" || r[S] === "failed" || r[S] === "skipped" ||
+        r[S] === "cancelled";
       var why = r[WAITING];
+      var source = "stored";
+      if (asked !== null && asked[0] === i && asked[2] === "run" && asked[1]) {
+        why = asked[1];  // the run's own answer, asked now
+        source = "run";
+      }
       var sentence;
       if (why) {
         sentence = why;
-      } else if (r[S] === "done" || r[S] === "failed" || r[S] === "skipped" ||
-                 r[S] === "cancelled") {
+      } else if (finished) {
         sentence = "finished: " + r[S];
+      } else if (asked !== null && asked[0] === i && asked[3]) {
+        sentence = "asked the run's orchestrator why it waits\u2026";
+        source = "asking";
       } else {
-        sentence = "no explanation stored for this step yet (a run records why its first " +
-          "200 unfinished steps wait, once a second)";
+        sentence = "no explanation stored for this step yet";
       }
       var w = el("p", "why", sentence);
       w.id = "explain-text";
+      w.setAttribute("data-source", source);
       box.appendChild(w);
       var waited = r[WAITED];
       var keys = Object.keys(waited);
@@ -436,6 +480,7 @@
 
     function onSnapshot(msg) {
       head = msg.run; names = msg.names; recs = msg.steps; addPalette(msg.palette);
+      setClock(msg);
       renderHead(); renderCounts(); renderProblems(); refilter();
       var all = [];
       for (var i = 0; i < recs.length; i++) { all.push(i); }
@@ -445,6 +490,7 @@
       body.setAttribute("data-ready", "1");
     }
     function onDelta(msg) {
+      setClock(msg);
       if (msg.run) { head = msg.run; renderHead(); }
       addPalette(msg.palette);
       if (msg.steps) {
@@ -502,8 +548,12 @@
     });
     source.onopen = function () { setConn(true); };
     source.onerror = function () { setConn(false); };
+    // While the run goes on, open segments grow up to now: four frames a second.
     setInterval(function () {
-      if (head && head.finished_at === null) { renderHead(); computeSpan(); scheduleDraw(); }
+      if (head && head.finished_at === null) { computeSpan(); scheduleDraw(); }
+    }, 250);
+    setInterval(function () {
+      if (head && head.finished_at === null) { renderHead(); }
     }, 1000);
   }
 
