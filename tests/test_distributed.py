@@ -54,7 +54,11 @@ async def test_tracking_records_all_carry_the_ttl_and_delete_removes_them(redis:
     assert (status.steps[0].status, status.steps[0].duration_ms) == ("done", 12.5)
     assert [s.name for s in status.steps] == ["load", "map(clean)"]
     keys = [k async for k in redis.scan_iter(match="*")]
-    assert sorted(keys) == [b"flowtest:run:run-1", b"flowtest:run:run-1:steps"]
+    assert sorted(keys) == [
+        b"flowtest:run:run-1",
+        b"flowtest:run:run-1:changes",
+        b"flowtest:run:run-1:steps",
+    ]
     for key in keys:
         assert 0 < await redis.ttl(key) <= 3600
     assert await tracking.list_pipelines() == [status]

@@ -348,6 +348,8 @@ class RedisPipelineStorage:
             *self.keys_of(pipeline_id),
             self.lease_key(pipeline_id),
             self.inputs_key(pipeline_id),
+            f"{self.keys_of(pipeline_id)[0]}:changes",  # the dashboard's change counter
+            f"{self.keys_of(pipeline_id)[0]}:ask",  # steps a dashboard asked the reason of
         )
         from taskiq_flow.distributed.deadletters import RedisDeadLetterQueue
 
