@@ -94,7 +94,7 @@ async def test_every_action_on_in_memory_tracking(broker: InMemoryBroker, tmp_pa
     assert code == 0 and json.loads(out)["path"] == str(target)
     page = target.read_text(encoding="utf-8")
     assert "clean" in page and "total" in page and page.startswith("<!DOCTYPE html>")
-    assert '<svg id="dag"' not in page  # no graph without --dag
+    assert '<svg id="dag"' in page  # without --dag: the graph the run's record keeps
     code, out = await run_cli(
         "report", run, "-o", str(target), "--dag", "test_runs_cli:PIPELINE", tracking=tracking
     )

@@ -74,7 +74,7 @@ from taskiq_flow.exceptions import (
     UnknownIdError,
 )
 from taskiq_flow.pictures import GraphView
-from taskiq_flow.report import write_report
+from taskiq_flow.report import recorded_graph, write_report
 from taskiq_flow.retry import (
     DeadLetter,
     DeadLetterStore,
@@ -304,7 +304,7 @@ def add_runs_commands(
             "--dag",
             metavar="MODULE:NAME",
             help="a pipeline (or DAG) to draw, e.g. myapp.flows:pipeline, imported (default: "
-            "the steps as tracked)",
+            "the graph between the steps the run's record keeps)",
         )
         report.set_defaults(runs_command="report")
         explain = add(
@@ -947,7 +947,9 @@ async def _act(
     if action == "report":
         status = await tracking.get_status(args.run)
         try:
-            path = write_report(args.output, status, dag=graph)
+            # Without --dag, the graph between the steps the run's record keeps.
+            dag = graph if graph is not None else recorded_graph(status)
+            path = write_report(args.output, status, dag=dag)
         except OSError as err:  # a full disk, a file that went away: not Redis's doing
             print(f"{_who(args)}: --output {args.output}: {err.strerror or err}", file=sys.stderr)
             return 1
