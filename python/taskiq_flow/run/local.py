@@ -44,20 +44,23 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from taskiq import AsyncBroker, InMemoryBroker, TaskiqMessage, TaskiqMiddleware, TaskiqResult
+from taskiq.abc.broker import default_id_generator
 from taskiq.context import Context
 from taskiq.exceptions import NoResultError, SendTaskError, UnknownTaskError
 from taskiq.formatters.json_formatter import JSONFormatter
 from taskiq.formatters.proxy_formatter import ProxyFormatter
 from taskiq.kicker import AsyncKicker
-from taskiq.labels import parse_label, prepare_label
+from taskiq.labels import LabelType, parse_label, prepare_label
 from taskiq.receiver import Receiver
 from taskiq.receiver.params_parser import parse_params
 from taskiq.serializers.json_serializer import JSONSerializer
 from taskiq.state import TaskiqState
+from taskiq_dependencies import DependencyGraph
 
 from taskiq_flow.events import FlowMiddleware
 
@@ -123,16 +126,37 @@ def _plain(value: Any) -> Any:
 
 
 def _wire_labels(labels: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:
-    """``labels`` as taskiq's receiver sees them, and their types (what ``kiq()`` sends)."""
+    """``labels`` as taskiq's receiver sees them, and their types (what ``kiq()`` sends: taskiq's
+    own ``prepare_label`` then ``parse_label``; a str, int, float or bool arrives as itself)."""
     received: dict[str, Any] = {}
     types: dict[str, int] = {}
     for name, value in labels.items():
-        if name == "types_of_exceptions":  # never sent by taskiq's kicker
-            continue
-        text, kind = prepare_label(value)
-        types[name] = kind
-        received[name] = parse_label(text, kind)
+        kind = _LABEL_TYPES.get(type(value))
+        if kind is not None:
+            received[name] = value
+            types[name] = kind
+        elif name != "types_of_exceptions":  # never sent by taskiq's kicker
+            text, types[name] = prepare_label(value)
+            received[name] = parse_label(text, types[name])
     return received, types
+
+
+#: Label types that taskiq's round trip gives back as themselves (by exact type).
+_LABEL_TYPES: dict[type, int] = {
+    str: LabelType.STR.value,
+    int: LabelType.INT.value,
+    float: LabelType.FLOAT.value,
+    bool: LabelType.BOOL.value,
+}
+
+
+def _fast_task_id() -> str:
+    """What taskiq's default id generator gives (a random uuid4 as 32 hex digits), made without
+    building a :class:`uuid.UUID`."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    return raw.hex()
 
 
 def _overrides(middleware: TaskiqMiddleware, hook: str) -> bool:
@@ -151,7 +175,7 @@ class LocalLane:
         :func:`lane_for` checks).
     """
 
-    __slots__ = ("_coroutine", "_hooks", "_middlewares", "_seen", "broker", "receiver")
+    __slots__ = ("_hooks", "_middlewares", "_seen", "_tasks", "broker", "receiver")
 
     #: Formatters (and, for taskiq's default proxy formatter, serializers) that give a plain JSON
     #: value back as itself: with another, every message takes the formatter's round trip.
@@ -164,8 +188,8 @@ class LocalLane:
         self._middlewares: list[TaskiqMiddleware] | None = None
         self._seen = -1
         self._hooks: tuple[list[Any], ...] = ([], [], [], [], [], [], False)
-        #: Per task name: whether its function is a coroutine function.
-        self._coroutine: dict[str, bool] = {}
+        #: Per task name: how taskiq's receiver runs it (see :meth:`_task_plan`).
+        self._tasks: dict[str, _TaskPlan] = {}
 
     def _plain_formatter(self) -> bool:
         """Whether the broker's formatter gives plain JSON values back unchanged."""
@@ -217,8 +241,9 @@ class LocalLane:
                 pass
             else:
                 received, types = _wire_labels(labels)
+                ids = self.broker.id_generator
                 message = TaskiqMessage(
-                    task_id=self.broker.id_generator(),
+                    task_id=_fast_task_id() if ids is default_id_generator else ids(),
                     task_name=task_name,
                     labels=received,
                     labels_types=types,
@@ -228,7 +253,7 @@ class LocalLane:
         sent: TaskiqMessage | None = None
         if message is None:  # what kiq() does, step by step
             kicker: AsyncKicker[Any, Any] = AsyncKicker(task_name, self.broker, labels)
-            sent = kicker._prepare_message(*args, **kwargs)  # noqa: SLF001 - taskiq's own
+            sent = kicker._prepare_message(*args, **kwargs)
             for hook in pre_send:
                 sent = hook(sent)
                 if inspect.isawaitable(sent):
@@ -267,7 +292,7 @@ class LocalLane:
             if inspect.isawaitable(message):
                 message = await message
         if "ack_type" in message.labels:
-            self.receiver._get_ack_time(message)  # noqa: SLF001 - refuses a bad label as taskiq
+            self.receiver._get_ack_time(message)
         result = await self._run_task(target, message, hooks[4])
         for post in hooks[3]:
             done = post(message, result)
@@ -291,18 +316,15 @@ class LocalLane:
         thread pool), the ``timeout`` label enforced, ``on_error`` middlewares called."""
         receiver = self.receiver
         name = message.task_name
-        if name not in receiver.known_tasks:
-            receiver._prepare_task(name, target)  # noqa: SLF001 - taskiq's own cache
-        coroutine = self._coroutine.get(name)
-        if coroutine is None:
-            coroutine = self._coroutine[name] = asyncio.iscoroutinefunction(target)
+        plan = self._tasks.get(name)
+        if plan is None or plan.target is not target:
+            plan = self._tasks[name] = _TaskPlan.of(receiver, name, target)
+        coroutine = plan.coroutine
         if receiver.validate_params:
-            parse_params(
-                receiver.task_signatures.get(name), receiver.task_hints.get(name) or {}, message
-            )
-        graph = receiver.dependency_graphs.get(name)
+            parse_params(plan.signature, plan.hints, message)
+        graph = plan.graph
         dep_ctx = None
-        if graph:
+        if graph is not None:
             context = self.broker.custom_dependency_context
             context.update(
                 {Context: Context(message, self.broker, None), TaskiqState: self.broker.state}
@@ -349,20 +371,51 @@ class LocalLane:
                 await dep_ctx.close(type(found), found, found.__traceback__)
             else:
                 await dep_ctx.close(None, None, None)
+        if found is None:
+            return TaskiqResult(
+                is_err=False,
+                return_value=returned,
+                execution_time=round(elapsed, 2),
+                labels=message.labels,
+            )
         result: TaskiqResult[Any] = TaskiqResult(
-            is_err=found is not None,
+            is_err=True,
             log=None,
             return_value=returned,
             execution_time=round(elapsed, 2),
             error=found,
             labels=message.labels,
         )
-        if found is not None:
-            for hook in on_error:
-                done = hook(message, result, found)
-                if inspect.isawaitable(done):
-                    await done
+        for hook in on_error:
+            done = hook(message, result, found)
+            if inspect.isawaitable(done):
+                await done
         return result
+
+
+@dataclass(frozen=True, slots=True)
+class _TaskPlan:
+    """How taskiq's receiver runs a task, read once from its own caches."""
+
+    target: Callable[..., Any]
+    coroutine: bool
+    signature: inspect.Signature | None
+    hints: dict[str, Any]
+    #: Its dependency graph, ``None`` when it has no dependencies (nothing to resolve).
+    graph: DependencyGraph | None
+
+    @classmethod
+    def of(cls, receiver: Receiver, name: str, target: Callable[..., Any]) -> _TaskPlan:
+        if name not in receiver.known_tasks:
+            receiver._prepare_task(name, target)
+        graph = receiver.dependency_graphs.get(name)
+        return cls(
+            target,
+            asyncio.iscoroutinefunction(target),
+            receiver.task_signatures.get(name),
+            receiver.task_hints.get(name) or {},
+            graph if graph and not graph.is_empty() else None,
+        )
 
 
 def lane_for(broker: AsyncBroker) -> LocalLane | None:
