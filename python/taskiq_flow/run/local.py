@@ -77,6 +77,8 @@ _BACKGROUND: set[asyncio.Task[None]] = set()
 #: Types whose values JSON gives back unchanged (checked by exact type: a subclass, an enum, is
 #: not one).
 _SCALARS = (str, int, float, bool, type(None))
+#: What a task commonly returns, which cannot be awaited (spares an ``isawaitable`` check).
+_NEVER_AWAITABLE = frozenset({str, int, float, bool, type(None), list, dict, tuple})
 #: Below this an int reads back from JSON as itself with no question of size.
 _INT_LIMIT = 1 << 63
 
@@ -187,7 +189,7 @@ class LocalLane:
         self.receiver: Receiver = broker.receiver
         self._middlewares: list[TaskiqMiddleware] | None = None
         self._seen = -1
-        self._hooks: tuple[list[Any], ...] = ([], [], [], [], [], [], False)
+        self._hooks = _Hooks([], [], [], [], [], [], False)
         #: Per task name: how taskiq's receiver runs it (see :meth:`_task_plan`).
         self._tasks: dict[str, _TaskPlan] = {}
 
@@ -198,7 +200,7 @@ class LocalLane:
             return type(self.broker.serializer) in self.PLAIN_SERIALIZERS
         return formatter in self.PLAIN_FORMATTERS
 
-    def _hooks_now(self) -> tuple[list[Any], ...]:
+    def _hooks_now(self) -> _Hooks:
         """The broker's middlewares' hooks that are overridden, in the order taskiq calls them
         (recomputed when middlewares are added)."""
         middlewares = self.broker.middlewares
@@ -208,7 +210,7 @@ class LocalLane:
         backward = forward[::-1]
         keep = any(isinstance(m, FlowMiddleware) and m.keep_results for m in forward)
         post_save = [m.post_save for m in backward if _overrides(m, "post_save")]
-        self._hooks = (
+        self._hooks = _Hooks(
             [m.pre_send for m in forward if _overrides(m, "pre_send")],
             [m.post_send for m in backward if _overrides(m, "post_send")],
             [m.pre_execute for m in forward if _overrides(m, "pre_execute")],
@@ -230,7 +232,7 @@ class LocalLane:
             arguments (nothing runs).
         """
         hooks = self._hooks_now()
-        pre_send, post_send = hooks[0], hooks[1]
+        pre_send, post_send = hooks.pre_send, hooks.post_send
         task = self.broker.find_task(task_name)
         message: TaskiqMessage | None = None
         if not pre_send and not post_send and self._plain_formatter():
@@ -283,25 +285,25 @@ class LocalLane:
                     await done
 
     async def _receive(
-        self, target: Callable[..., Any], message: TaskiqMessage, hooks: tuple[Any, ...]
+        self, target: Callable[..., Any], message: TaskiqMessage, hooks: _Hooks
     ) -> None:
         """What taskiq's ``Receiver.callback`` does with a parsed message on ``InMemoryBroker``
         (nothing to acknowledge), the result backend left out unless something reads it."""
-        for pre in hooks[2]:
+        for pre in hooks.pre_execute:
             message = pre(message)
-            if inspect.isawaitable(message):
+            if type(message) is not TaskiqMessage and inspect.isawaitable(message):
                 message = await message
         if "ack_type" in message.labels:
             self.receiver._get_ack_time(message)
-        result = await self._run_task(target, message, hooks[4])
-        for post in hooks[3]:
+        result = await self._run_task(target, message, hooks.on_error)
+        for post in hooks.post_execute:
             done = post(message, result)
-            if inspect.isawaitable(done):
+            if done is not None and inspect.isawaitable(done):
                 await done
-        if hooks[6] and not isinstance(result.error, NoResultError):
+        if hooks.store and not isinstance(result.error, NoResultError):
             try:
                 await self.broker.result_backend.set_result(message.task_id, result)
-                for save in hooks[5]:
+                for save in hooks.post_save:
                     done = save(message, result)
                     if inspect.isawaitable(done):
                         await done
@@ -355,7 +357,7 @@ class LocalLane:
                         returned = await returned
             else:
                 returned = await future
-                if inspect.isawaitable(returned):
+                if type(returned) not in _NEVER_AWAITABLE and inspect.isawaitable(returned):
                     returned = await returned
         except NoResultError as no_result:
             found = no_result
@@ -391,6 +393,20 @@ class LocalLane:
             if inspect.isawaitable(done):
                 await done
         return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Hooks:
+    """The broker's middlewares' hooks that are overridden, in the order taskiq calls each."""
+
+    pre_send: list[Any]
+    post_send: list[Any]
+    pre_execute: list[Any]
+    post_execute: list[Any]
+    on_error: list[Any]
+    post_save: list[Any]
+    #: Whether results go to the result backend (something reads them back).
+    store: bool
 
 
 @dataclass(frozen=True, slots=True)
