@@ -437,11 +437,12 @@ class _TaskPlan:
 def lane_for(broker: AsyncBroker) -> LocalLane | None:
     """The broker's in-process lane, or ``None`` when its tasks go through ``kiq()``: a broker
     that is not exactly taskiq's ``InMemoryBroker`` (a subclass may send elsewhere), one with
-    another receiver, or the lane turned off (:data:`ENV_VAR`)."""
+    another receiver or its ``kick`` replaced on the instance, or the lane turned off
+    (:data:`ENV_VAR`)."""
     if type(broker) is not InMemoryBroker or not enabled():
         return None
-    if type(broker.receiver) is not Receiver:
-        return None
+    if type(broker.receiver) is not Receiver or "kick" in vars(broker):
+        return None  # a kick replaced on the broker itself must see every send
     lane: LocalLane | None = getattr(broker, "_taskiq_flow_lane", None)
     if lane is None:
         lane = LocalLane(broker)
