@@ -12,9 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from lanes import lane  # noqa: F401 - the fixture: each test on both lanes
 
 import taskiq_flow
 from taskiq_flow import _core, exceptions
+
+pytestmark = pytest.mark.usefixtures("lane")
 
 
 def fresh(code: str) -> str:

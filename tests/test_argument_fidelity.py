@@ -16,11 +16,15 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from lanes import lane  # noqa: F401 - the fixture: each test on both lanes
 from taskiq import InMemoryBroker
 
 from taskiq_flow import DataflowPipeline, MapReduce, UnserializableError, pipeline_task
+
+pytestmark = pytest.mark.usefixtures("lane")
 
 
 class Opaque:

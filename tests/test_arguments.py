@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from lanes import lane  # noqa: F401 - the fixture: each test on both lanes
 from taskiq import InMemoryBroker
 
 from taskiq_flow import (
@@ -14,6 +15,8 @@ from taskiq_flow import (
     UnserializableError,
     pipeline_task,
 )
+
+pytestmark = pytest.mark.usefixtures("lane")
 
 
 def recorder(broker: InMemoryBroker, seen: list[Any]) -> Any:

@@ -14,6 +14,7 @@ import pytest
 from conftest import Gauge
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lanes import lane  # noqa: F401 - the fixture: each test on both lanes
 from taskiq import InMemoryBroker, TaskiqMessage, TaskiqMiddleware
 
 from taskiq_flow import (
@@ -31,6 +32,8 @@ from taskiq_flow import (
     UnserializableError,
 )
 from taskiq_flow.bulk import BulkDataflow, BulkResults
+
+pytestmark = pytest.mark.usefixtures("lane")
 
 
 class Sends(TaskiqMiddleware):

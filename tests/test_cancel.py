@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+from lanes import lane  # noqa: F401 - the fixture: each test on both lanes
 from taskiq import InMemoryBroker
 
 from taskiq_flow import (
@@ -23,6 +24,8 @@ from taskiq_flow import (
     start,
 )
 from tests.conftest import until
+
+pytestmark = pytest.mark.usefixtures("lane")
 
 
 class Cuts:

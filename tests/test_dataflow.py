@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from conftest import Gauge, until
+from lanes import lane  # noqa: F401 - the fixture: each test on both lanes
 from taskiq import InMemoryBroker
 
 from taskiq_flow import (
@@ -32,6 +33,8 @@ from taskiq_flow import (
     pipeline_task,
 )
 from taskiq_flow.optimization.parallel import set_max_parallel_tasks
+
+pytestmark = pytest.mark.usefixtures("lane")
 
 
 def etl(broker: InMemoryBroker, calls: list[str]) -> list[Any]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import anyio
 import pytest
+from lanes import lane  # noqa: F401 - the fixture: each test on both lanes
 from taskiq import InMemoryBroker
 
 from taskiq_flow import (
@@ -21,6 +22,8 @@ from taskiq_flow import (
     pipeline_task,
 )
 from tests.conftest import Gauge, until
+
+pytestmark = pytest.mark.usefixtures("lane")
 
 
 def _crawl_tree(pages: int, fanout: int) -> dict[int, list[int]]:

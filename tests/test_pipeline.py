@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import taskiq_pipelines
 from conftest import Gauge
+from lanes import lane  # noqa: F401 - the fixture: each test on both lanes
 from taskiq import InMemoryBroker
 
 from taskiq_flow import (
@@ -24,6 +25,8 @@ from taskiq_flow import (
     UnknownIdError,
     UnserializableError,
 )
+
+pytestmark = pytest.mark.usefixtures("lane")
 
 
 def toolkit(broker: InMemoryBroker, gauge: Gauge | None = None) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import Gauge, until
+from lanes import lane  # noqa: F401 - the fixture: each test on both lanes
 from taskiq import InMemoryBroker, TaskiqMessage, TaskiqMiddleware
 
 from taskiq_flow import (
@@ -29,6 +30,8 @@ from taskiq_flow import (
     pipeline_task,
 )
 from taskiq_flow.resources import WORKER_LABEL, resources_of
+
+pytestmark = pytest.mark.usefixtures("lane")
 
 GUIDE_WORKERS = [
     {"cpu_cores": 8, "ram_gb": 32, "gpu": 1, "labels": {"gpu": True}},

@@ -26,6 +26,7 @@ import pytest
 from conftest import until
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from lanes import lane  # noqa: F401 - the fixture: in-process tests on both lanes
 
 from taskiq_flow import (
     DeadLetterQueue,
@@ -175,6 +176,7 @@ def as_returned(recipe: list[Any], value: Any) -> bool:
 # -- in process ---------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("lane")
 @settings(max_examples=150)
 @given(recipe=recipes)
 def test_in_process_every_attempt_completes_with_the_value_itself(recipe: list[Any]) -> None:
@@ -191,6 +193,7 @@ def test_in_process_every_attempt_completes_with_the_value_itself(recipe: list[A
     assert as_returned(recipe, value)
 
 
+@pytest.mark.usefixtures("lane")
 def test_in_process_an_exception_that_cannot_be_shown_fails_its_step_readably() -> None:
     async def run() -> None:
         await fidelity_app.broker.startup()

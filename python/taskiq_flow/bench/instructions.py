@@ -18,7 +18,8 @@ from pathlib import Path
 __all__ = ["CONTENDERS", "instructions_per_task", "report"]
 
 _SCRIPT = """
-import asyncio, sys
+SMALL, LARGE = {small}, {large}
+import asyncio, os, sys
 from taskiq import InMemoryBroker
 from taskiq_flow import DataflowPipeline, MapReduce, Pipeline
 
@@ -28,8 +29,23 @@ broker = InMemoryBroker(max_stored_results=-1)
 async def noop(x: int = 0) -> int:
     return x
 
+def chain(n):
+    pipeline = DataflowPipeline(broker)
+    for i in range(n):
+        pipeline.add_dataflow_task(
+            noop, output=f"v{i}", inputs={"x": f"v{i - 1}" if i else "seed"}
+        )
+    pipeline.dag
+    return pipeline
+
 async def run(kind, n):
-    if kind == "floor":
+    if kind == "chain floor":
+        value = 0
+        for _ in range(n):
+            value = (await (await noop.kiq(value)).wait_result(check_interval=0)).return_value
+    elif kind.startswith("chain"):
+        await CHAINS[n].kiq_dataflow(seed=1)
+    elif kind == "floor":
         tasks = [await noop.kiq(i) for i in range(n)]
         [(await t.wait_result(check_interval=0)).return_value for t in tasks]
     elif kind.startswith("MapReduce.map"):
@@ -43,7 +59,12 @@ async def run(kind, n):
         await pipeline.kiq_dataflow(seed=1)
 
 kind, n = sys.argv[1], int(sys.argv[2])
+if kind.endswith(" (kiq)"):
+    kind = kind.removesuffix(" (kiq)")
+    os.environ["TASKIQ_FLOW_FAST_PATH"] = "0"
 CAP = 16 if kind.endswith("16") else None
+# A chain is declared before the count's difference is taken: both sizes declare both chains.
+CHAINS = {size: chain(size) for size in (50, SMALL, LARGE)} if kind.startswith("chain") else {}
 
 async def main():
     await broker.startup()
@@ -53,9 +74,8 @@ async def main():
 asyncio.run(main())
 """
 
-#: What is measured, floor first.
-CONTENDERS = (
-    "floor",
+#: The pipelines measured (each on both lanes).
+_PIPELINES = (
     "MapReduce.map",
     "MapReduce.map cap16",
     "Pipeline.map",
@@ -63,8 +83,18 @@ CONTENDERS = (
     "DataflowPipeline",
     "DataflowPipeline cap16",
 )
+#: What is measured, floor first; the chain against its own floor.
+CONTENDERS = (
+    "floor",
+    *(f"{p}{lane}" for p in _PIPELINES for lane in ("", " (kiq)")),
+    "chain floor",
+    "chain",
+    "chain (kiq)",
+)
 #: Contenders whose count includes declaring the pipeline (one node per task).
-BUILD_INCLUDED = frozenset({"DataflowPipeline", "DataflowPipeline cap16"})
+BUILD_INCLUDED = frozenset(
+    f"{p}{lane}" for p in ("DataflowPipeline", "DataflowPipeline cap16") for lane in ("", " (kiq)")
+)
 
 
 def _count(script: Path, kind: str, n: int) -> int:
@@ -96,7 +126,7 @@ def instructions_per_task(small: int = 1_000, large: int = 3_000) -> dict[str, f
         return {}
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "contender.py"
-        script.write_text(_SCRIPT)
+        script.write_text(_SCRIPT.replace("{small}", str(small)).replace("{large}", str(large)))
         return {
             kind: (_count(script, kind, large) - _count(script, kind, small)) / (large - small)
             for kind in CONTENDERS
@@ -107,9 +137,9 @@ def report(per_task: dict[str, float]) -> str:
     """A table of instructions per task and the ratio to the floor."""
     if not per_task:
         return "instructions per task: valgrind not installed (apt-get install valgrind)"
-    floor = per_task["floor"]
     lines = ["instructions per task (callgrind; same for any machine load), ratio to the floor:"]
     for kind, count in per_task.items():
+        floor = per_task["chain floor" if kind.startswith("chain") else "floor"]
         note = "  (build included)" if kind in BUILD_INCLUDED else ""
-        lines.append(f"  {kind:24} {count / 1000:8.1f} K   {count / floor:5.2f}x{note}")
+        lines.append(f"  {kind:29} {count / 1000:8.1f} K   {count / floor:5.2f}x{note}")
     return "\n".join(lines)

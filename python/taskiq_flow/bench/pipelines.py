@@ -4,12 +4,16 @@ The floor is what taskiq itself costs: ``kiq()`` every task, then ``wait_result(
 contender runs the same no-op task the same number of times on a fresh ``InMemoryBroker`` (keeping
 all results, so the floor's ``wait_result`` can finish), in a fresh event loop; the ratio is
 ``contender time / floor time`` (1.0 is free orchestration).
+
+Each pipeline runs twice: on the in-process lane (:mod:`taskiq_flow.run.local`, the default) and,
+marked ``(kiq)``, with ``TASKIQ_FLOW_FAST_PATH=0``, every task through taskiq's ``kiq()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import subprocess
 import sys
@@ -22,10 +26,19 @@ from taskiq_flow.bench.workloads import Contender, Workload
 from taskiq_flow.dataflow import DataflowPipeline
 from taskiq_flow.mapreduce import MapReduce
 from taskiq_flow.pipeline import Pipeline
+from taskiq_flow.run.local import ENV_VAR
 
 FLOOR = "raw_taskiq"
 
-__all__ = ["FLOOR", "dataflow_scale", "layered_dataflow", "no_op_tasks", "streaming_memory"]
+__all__ = [
+    "FLOOR",
+    "chain",
+    "dataflow_scale",
+    "layered_dataflow",
+    "no_op_tasks",
+    "on_both_lanes",
+    "streaming_memory",
+]
 
 
 def _fresh_broker() -> tuple[InMemoryBroker, Any, Any]:
@@ -65,6 +78,40 @@ def _runner(
     return setup
 
 
+def _through_kiq(contender: Contender) -> Contender:
+    """``contender`` with every task sent through taskiq's ``kiq()`` (``TASKIQ_FLOW_FAST_PATH=0``
+    while it runs)."""
+
+    def setup() -> Callable[[], Any]:
+        timed = contender()
+
+        def run() -> Any:
+            before = os.environ.get(ENV_VAR)
+            os.environ[ENV_VAR] = "0"
+            try:
+                return timed()
+            finally:
+                if before is None:
+                    del os.environ[ENV_VAR]
+                else:
+                    os.environ[ENV_VAR] = before
+
+        return run
+
+    return setup
+
+
+def on_both_lanes(contenders: dict[str, Contender]) -> dict[str, Contender]:
+    """Each contender but the floor, on the in-process lane and, as ``"<name> (kiq)"``, through
+    ``kiq()``."""
+    both: dict[str, Contender] = {}
+    for name, contender in contenders.items():
+        both[name] = contender
+        if name != FLOOR:
+            both[f"{name} (kiq)"] = _through_kiq(contender)
+    return both
+
+
 async def _floor(n: int, broker: InMemoryBroker, noop: Any) -> list[int]:
     tasks = [await noop.kiq(i) for i in range(n)]
     return [(await t.wait_result(check_interval=0)).return_value for t in tasks]
@@ -99,12 +146,14 @@ def no_op_tasks(n: int, max_parallel: int | None) -> Workload:
         result = await (await pipeline.kiq(0)).wait_result()
         return list(result.return_value)
 
-    contenders: dict[str, Contender] = {
-        FLOOR: _runner(floor),
-        "DataflowPipeline": _runner(dataflow, build_dataflow),
-        "MapReduce.map": _runner(mapped),
-        "Pipeline.map": _runner(sequential, build_sequential),
-    }
+    contenders = on_both_lanes(
+        {
+            FLOOR: _runner(floor),
+            "DataflowPipeline": _runner(dataflow, build_dataflow),
+            "MapReduce.map": _runner(mapped),
+            "Pipeline.map": _runner(sequential, build_sequential),
+        }
+    )
     bound = "unbounded" if max_parallel is None else f"max_parallel={max_parallel}"
     return Workload(
         "pipelines",
@@ -154,8 +203,47 @@ def layered_dataflow(n: int, max_parallel: int | None) -> Workload:
         f"layered DAG of {n:,} tasks, {bound}, build included",
         n,
         "task",
-        {FLOOR: _runner(floor), "DataflowPipeline": _runner(dataflow)},
+        on_both_lanes({FLOOR: _runner(floor), "DataflowPipeline": _runner(dataflow)}),
         lambda out: len(out) == n,
+        reference=FLOOR,
+    )
+
+
+def chain(n: int) -> Workload:
+    """``n`` dependent steps, each fed the previous one's value: the floor ``kiq()``s a task and
+    waits for its result before the next; the pipelines run a chain built beforehand (a chain is
+    latency-bound: this is the cost of one hop)."""
+
+    async def floor(built: Any) -> int:
+        # The same calls as the chain's: ``combine(a=previous, seed=1)``.
+        _broker, _noop, combine = built
+        value = 0
+        for _ in range(n):
+            task = await combine.kiq(a=value, seed=1)
+            value = (await task.wait_result(check_interval=0)).return_value
+        return value
+
+    def build_dataflow(broker: InMemoryBroker, _n: Any, combine: Any) -> DataflowPipeline:
+        pipeline = DataflowPipeline(broker)
+        for v in range(n):
+            inputs = {"a": f"v{v - 1}", "seed": "one"} if v else {"seed": "one"}
+            pipeline.add_dataflow_task(combine, output=f"v{v}", inputs=inputs)
+        pipeline.dag  # noqa: B018 - validated once, as a long-lived pipeline would be
+        return pipeline
+
+    async def dataflow(pipeline: DataflowPipeline) -> int:
+        value: int = (await pipeline.kiq_dataflow(one=1))[f"v{n - 1}"]
+        return value
+
+    return Workload(
+        "pipelines",
+        f"chain of {n:,} steps, one hop after another",
+        n,
+        "hop",
+        on_both_lanes(
+            {FLOOR: _runner(floor), "DataflowPipeline": _runner(dataflow, build_dataflow)}
+        ),
+        lambda out: out == n,
         reference=FLOOR,
     )
 

@@ -55,6 +55,7 @@ from taskiq_flow.run.events import (
 )
 from taskiq_flow.run.explain import explain_node, node_for
 from taskiq_flow.run.growing import Grower, failed_completion
+from taskiq_flow.run.local import lane_for
 from taskiq_flow.run.plan import MISSING, Plan, StepSpec
 from taskiq_flow.run.sending import (
     ATTEMPT_GRACE,
@@ -197,6 +198,7 @@ class Runner:
             self.events,
             self._pool,
             custom_dispatch,
+            lane_for(broker) if custom_dispatch is None else None,
         )
         self._sender = Sender(
             self._send.send,

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from taskiq_flow.resources import ResourceAwareWorkerPool
     from taskiq_flow.run.caching import Memo
     from taskiq_flow.run.events import RunEvents
+    from taskiq_flow.run.local import LocalLane
     from taskiq_flow.run.plan import Plan
 
 logger = logging.getLogger(__name__)
@@ -148,10 +149,11 @@ class NodeSender:
 
     :param run_id: the id completions are addressed to.
     :param results: the run's values by node (a node's call is built from its inputs').
+    :param lane: runs the broker's tasks in this process (:mod:`.local`) instead of ``kiq()``.
     """
 
-    __slots__ = ("_pool_run", "broker", "custom_dispatch", "events", "plan", "pool", "results",
-                 "run", "run_id")  # fmt: skip
+    __slots__ = ("_pool_run", "broker", "custom_dispatch", "events", "lane", "plan", "pool",
+                 "results", "run", "run_id")  # fmt: skip
 
     def __init__(
         self,
@@ -163,6 +165,7 @@ class NodeSender:
         events: RunEvents,
         pool: ResourceAwareWorkerPool | None,
         custom_dispatch: CustomDispatch | None,
+        lane: LocalLane | None = None,
     ) -> None:
         self.run = run
         self.broker = broker
@@ -172,6 +175,8 @@ class NodeSender:
         self.events = events
         self.pool = pool
         self.custom_dispatch = custom_dispatch
+        #: Runs tasks in this process without taskiq's message round trip (``None``: ``kiq()``).
+        self.lane = lane
         self._pool_run: int | None = None
 
     def attach_pool(self, pool_run: int | None) -> None:
@@ -226,8 +231,11 @@ class NodeSender:
                     queue = pool.queue_of(self._pool_run, node)
                     if queue is not None:
                         labels[QUEUE_LABEL] = queue
-            kicker: AsyncKicker[Any, Any] = AsyncKicker(step.task_name, self.broker, labels)
-            await kicker.kiq(*args, **kwargs)
+            if self.lane is not None:
+                await self.lane.send(step.task_name, labels, args, kwargs)
+            else:
+                kicker: AsyncKicker[Any, Any] = AsyncKicker(step.task_name, self.broker, labels)
+                await kicker.kiq(*args, **kwargs)
         except PassOn as passed:  # its value is known: nothing to send
             self.run.report(
                 Completion(self.run_id, node, attempt, True, passed.value, None, 0.0, time.time())

@@ -1,0 +1,344 @@
+"""The in-process lane (:mod:`taskiq_flow.run.local`) against taskiq's own ``kiq()``: what the
+broker's middlewares, the task's arguments, its labels, its timeout, its dependencies and the
+values between steps look like must not tell them apart; the lane leaves out only the result
+backend write that nothing reads (kept when a ``post_save`` middleware or ``keep_results``
+reads it). Each test runs a pipeline once per lane and compares."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import math
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+import pytest
+from lanes import went_through_kiq
+from pydantic import BaseModel
+from taskiq import (
+    Context,
+    InMemoryBroker,
+    TaskiqDepends,
+    TaskiqMessage,
+    TaskiqMiddleware,
+    TaskiqResult,
+)
+
+from taskiq_flow import (
+    DataflowPipeline,
+    FlowMiddleware,
+    MapReduce,
+    StepFailedError,
+    pipeline_task,
+)
+from taskiq_flow.run.local import ENV_VAR
+
+Seen = list[tuple[Any, ...]]
+
+
+class Recorder(TaskiqMiddleware):
+    """Records what each execute hook of the broker's middlewares is given."""
+
+    def __init__(self, seen: Seen) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def pre_execute(self, message: TaskiqMessage) -> TaskiqMessage:
+        assert type(message) is TaskiqMessage
+        self.seen.append(("pre", message.task_name, _labels(message), message.args, message.kwargs))
+        return message
+
+    async def post_execute(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        assert type(result) is TaskiqResult
+        self.seen.append(("post", message.task_name, result.is_err, repr(result.return_value)))
+
+    def on_error(
+        self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
+    ) -> None:
+        self.seen.append(("error", message.task_name, type(exception).__name__, str(exception)))
+
+
+def _labels(message: TaskiqMessage) -> dict[str, Any]:
+    """The labels, the run-specific one (run id, node, attempt) cut to its node and attempt."""
+    labels = dict(message.labels)
+    labels["taskiq_flow"] = labels["taskiq_flow"].split(":", 1)[1]
+    return {k: (type(v).__name__, v) for k, v in sorted(labels.items())}
+
+
+async def on_both(
+    monkeypatch: pytest.MonkeyPatch,
+    make: Callable[[InMemoryBroker, Seen], Awaitable[Any]],
+    middlewares: Callable[[Seen], list[TaskiqMiddleware]] = lambda seen: [Recorder(seen)],
+    stored: bool = False,
+) -> tuple[tuple[Any, Seen], tuple[Any, Seen]]:
+    """Runs ``make(broker, seen)`` on a fresh broker once per lane: ``(fast, kiq)``, each the
+    outcome (a value, or the error's type and text) and what was recorded. The fast one is
+    checked to have taken the lane (unless ``stored``: a middleware reads results back)."""
+    outcomes = []
+    for setting in ("1", "0"):
+        monkeypatch.setenv(ENV_VAR, setting)
+        broker = InMemoryBroker(max_stored_results=-1)
+        seen: Seen = []
+        broker.add_middlewares(*middlewares(seen))
+        await broker.startup()
+        try:
+            try:
+                outcome: Any = await make(broker, seen)
+            except Exception as exc:
+                outcome = (type(exc).__name__, str(exc).split(" (run ")[0])
+        finally:
+            await broker.shutdown()
+        if not stored:  # the lane stores nothing (unless something reads it back)
+            assert went_through_kiq(broker) == (setting == "0")
+        outcomes.append((outcome, seen))
+    return outcomes[0], outcomes[1]
+
+
+class Saved(TaskiqMiddleware):
+    """Records every result the broker's result backend saved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.saved: list[Any] = []
+
+    def post_save(self, message: TaskiqMessage, result: TaskiqResult[Any]) -> None:
+        self.saved.append(result.return_value)
+
+
+async def test_the_result_backend_gets_a_result_only_when_something_reads_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    broker = InMemoryBroker()
+
+    @broker.task
+    async def double(x: int) -> int:
+        return 2 * x
+
+    await broker.startup()
+    assert await MapReduce.map(broker, double, [1, 2, 3]) == [2, 4, 6]
+    assert broker.result_backend.results == {}  # nothing reads a pipeline task's stored result
+    monkeypatch.setenv(ENV_VAR, "0")  # the escape hatch: every task through kiq()
+    assert await MapReduce.map(broker, double, [4]) == [8]
+    assert [r.return_value for r in broker.result_backend.results.values()] == [8]
+    await broker.shutdown()
+
+    # A post_save middleware, or keep_results on the broker's FlowMiddleware: stored, on both.
+    for setting in ("1", "0"):
+        monkeypatch.setenv(ENV_VAR, setting)
+        for middleware in (Saved(), FlowMiddleware(keep_results=True)):
+            broker = InMemoryBroker()
+            broker.add_middlewares(middleware)
+            broker.register_task(double.original_func, "lane_double")
+            await broker.startup()
+            assert await MapReduce.map(broker, broker.find_task("lane_double"), [1, 2]) == [2, 4]
+            stored = sorted(r.return_value for r in broker.result_backend.results.values())
+            assert stored == [2, 4]
+            if isinstance(middleware, Saved):
+                assert sorted(middleware.saved) == [2, 4]
+            await broker.shutdown()
+
+
+async def test_middlewares_see_the_same_messages_and_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def make(broker: InMemoryBroker, seen: Seen) -> Any:
+        @broker.task(task_name="lane_load", tier="gold", weight=3, ratio=0.5, on=True)
+        @pipeline_task(output="loaded")
+        async def load(seed: int) -> dict[str, Any]:
+            return {"seed": seed, "pair": (1, 2)}
+
+        @broker.task(task_name="lane_use", meta={"a": 1}, timeout=5)
+        @pipeline_task(output="used")
+        async def use(loaded: dict[str, Any]) -> list[Any]:
+            return [loaded["seed"], loaded["pair"]]
+
+        @broker.task(task_name="lane_boom")
+        @pipeline_task(output="boom")
+        async def boom(used: list[Any]) -> int:
+            raise ValueError(f"boom on {used!r}")
+
+        pipeline = DataflowPipeline.from_tasks(broker, [load, use, boom])
+        return await pipeline.kiq_dataflow(seed=7)
+
+    fast, kiq = await on_both(monkeypatch, make)
+    assert fast == kiq
+    outcome, seen = fast
+    assert outcome[0] == "StepFailedError"
+    pre_use = next(s for s in seen if s[:2] == ("pre", "lane_use"))
+    # A tuple crosses as a list; a label taskiq sends as text arrives as text, numbers as numbers.
+    assert pre_use[4] == {"loaded": {"seed": 7, "pair": [1, 2]}}
+    labels = dict(pre_use[2])
+    assert labels["meta"] == ("str", "{'a': 1}") and labels["timeout"] == ("float", 5.0)
+    pre_load = dict(next(s for s in seen if s[:2] == ("pre", "lane_load"))[2])
+    assert pre_load["weight"] == ("int", 3) and pre_load["ratio"] == ("float", 0.5)
+    assert pre_load["on"] == ("bool", True) and pre_load["tier"] == ("str", "gold")
+    assert ("error", "lane_boom", "ValueError", "boom on [7, [1, 2]]") in seen
+
+
+class Point(BaseModel):
+    x: int
+    y: int
+
+
+class Opaque:
+    """A value JSON cannot carry."""
+
+
+@pytest.mark.parametrize(
+    ("produced", "annotation"),
+    [
+        ((1, 2, (3, 4)), Any),
+        ((1, 2), tuple[int, int]),
+        (float("nan"), Any),
+        (float("inf"), float),
+        ({1: "a", "b": 2}, Any),
+        (2**70, Any),
+        (10**5000, Any),
+        ("surrogate \ud800", Any),
+        ("naïve ✓", str),
+        ("12", int),
+        ({"x": "1", "y": 2}, Point),
+        (Point(x=1, y=2), Any),
+        ([Point(x=1, y=2)], Any),
+        (Opaque(), Any),
+        ([1, Opaque()], Any),
+        (True, int),
+        (-0.0, Any),
+    ],
+    ids=[
+        "nested-tuple",
+        "tuple-annotated",
+        "nan",
+        "inf-annotated",
+        "int-key",
+        "int-64-plus",
+        "int-too-long",
+        "lone-surrogate",
+        "non-ascii",
+        "str-to-int",
+        "dict-to-model",
+        "model",
+        "list-of-models",
+        "opaque",
+        "list-with-opaque",
+        "bool-as-int",
+        "minus-zero",
+    ],
+)
+async def test_a_value_crosses_to_the_next_step_as_it_does_through_kiq(
+    monkeypatch: pytest.MonkeyPatch, produced: Any, annotation: Any
+) -> None:
+    async def make(broker: InMemoryBroker, seen: Seen) -> Any:
+        @broker.task(task_name="lane_produce")
+        @pipeline_task(output="value")
+        async def produce() -> Any:
+            return produced
+
+        async def consume(value: Any) -> str:
+            seen.append(("got", type(value).__name__, _shown(value)))
+            if isinstance(value, list):
+                value.append("mutated")  # never reaches the producer's value
+            return "ok"
+
+        consume.__annotations__["value"] = annotation
+        task = broker.task(task_name="lane_consume")(pipeline_task(output="done")(consume))
+        out = await DataflowPipeline.from_tasks(broker, [produce, task]).kiq_dataflow()
+        return _shown(out["value"]), out["done"]
+
+    fast, kiq = await on_both(monkeypatch, make, lambda seen: [])
+    assert fast == kiq
+
+
+def tier_of(context: Annotated[Context, TaskiqDepends()]) -> str:
+    """A dependency: the ``tier`` label of the message being run."""
+    return str(context.message.labels.get("tier"))
+
+
+def _shown(value: Any) -> str:
+    try:
+        return repr(value)
+    except ValueError:  # an int too long for text
+        return f"<int of {value.bit_length()} bits>"
+
+
+async def test_annotations_and_dependencies_as_taskiq_gives_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def make(broker: InMemoryBroker, seen: Seen) -> Any:
+        @broker.task(task_name="lane_deps", tier="gold")
+        async def with_deps(
+            x: int, point: Point, label: Annotated[str, TaskiqDepends(tier_of)]
+        ) -> list[Any]:
+            return [type(x).__name__, x, type(point).__name__, point.x, label]
+
+        return await MapReduce.map(broker, with_deps, ["5", 6], kwargs={"point": {"x": 3, "y": 4}})
+
+    fast, kiq = await on_both(monkeypatch, make, lambda seen: [])
+    assert fast == kiq
+    assert fast[0] == [["int", 5, "Point", 3, "gold"], ["int", 6, "Point", 3, "gold"]]
+
+
+async def test_a_synchronous_task_runs_in_the_broker_pool_with_the_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")
+
+    async def make(broker: InMemoryBroker, seen: Seen) -> Any:
+        @broker.task(task_name="lane_sync")
+        def work(x: int) -> list[Any]:
+            return [x, threading.current_thread() is threading.main_thread(), marker.get()]
+
+        marker.set("set")
+        return await MapReduce.map(broker, work, [1, 2])
+
+    fast, kiq = await on_both(monkeypatch, make, lambda seen: [])
+    assert fast == kiq
+    assert fast[0] == [[1, False, "set"], [2, False, "set"]]
+
+
+async def test_a_timeout_label_cuts_the_task_on_both_lanes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def make(broker: InMemoryBroker, seen: Seen) -> Any:
+        never = asyncio.Event()
+
+        @broker.task(task_name="lane_slow", timeout=0.05)
+        async def slow(x: int) -> int:
+            await never.wait()
+            return x
+
+        return await MapReduce.map(broker, slow, [1])
+
+    fast, kiq = await on_both(monkeypatch, make)
+    assert fast == kiq
+    assert fast[0][0] == StepFailedError.__name__
+    assert [s[:3] for s in fast[1] if s[0] == "error"] == [("error", "lane_slow", "TimeoutError")]
+
+
+async def test_pre_send_middlewares_see_what_kiq_gives_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Stamp(TaskiqMiddleware):
+        def __init__(self, seen: Seen) -> None:
+            super().__init__()
+            self.seen = seen
+
+        def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+            self.seen.append(("send", message.task_name, message.args, message.kwargs))
+            message.labels["stamped"] = "yes"
+            return message
+
+        async def post_send(self, message: TaskiqMessage) -> None:
+            self.seen.append(("sent", message.task_name))
+
+    async def make(broker: InMemoryBroker, seen: Seen) -> Any:
+        @broker.task(task_name="lane_stamped")
+        async def stamped(x: Any, context: Annotated[Context, TaskiqDepends()]) -> Any:
+            return [x, context.message.labels.get("stamped")]
+
+        return await MapReduce.map(broker, stamped, [(1, 2), math.pi])
+
+    fast, kiq = await on_both(monkeypatch, make, lambda seen: [Stamp(seen)])
+    assert fast == kiq
+    assert fast[0] == [[[1, 2], "yes"], [math.pi, "yes"]]
