@@ -535,6 +535,9 @@ class ExecutionEngine(RunOptions):
     The ``with_*`` methods of every pipeline change the settings of the next run.
     """
 
+    #: The graph the steps were last made for, its ``each`` nodes and its steps.
+    _made_steps: tuple[DAG, dict[int, EachSpec], list[StepSpec]] | None = None
+
     def __init__(
         self,
         broker: AsyncBroker,
@@ -606,23 +609,14 @@ class ExecutionEngine(RunOptions):
                 check_serializable(self.broker, taker.task_name, (), {name: value}, taker.name)
             raise
 
-    def _plan(self, inputs: Mapping[str, Any]) -> Plan:
-        dag = self.dag
+    def _steps_of(self, dag: DAG) -> tuple[dict[int, EachSpec], list[StepSpec]]:
+        """The steps of ``dag``'s nodes and its ``each`` nodes, made once per graph (they do not
+        depend on a run's inputs)."""
+        made = self._made_steps
+        if made is not None and made[0] is dag:
+            return made[1], made[2]
         nodes = dag.nodes
         feeds = dag.feeds
-
-        def call(node: int, results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-            spec = nodes[node]
-            kwargs = {}
-            for param, name, producer in zip(spec.params, spec.inputs, feeds[node]):
-                if producer is not None:
-                    value = results[producer]
-                    if value is not MISSING:  # a skipped producer leaves it to its default
-                        kwargs[param] = value
-                elif name in inputs:  # an optional input not given is left to its default
-                    kwargs[param] = inputs[name]
-            return (), kwargs
-
         each: dict[int, EachSpec] = {}
         for i, n in enumerate(nodes):
             if n.each:
@@ -661,6 +655,28 @@ class ExecutionEngine(RunOptions):
             else:
                 steps.append(replace(first, name=name))
 
+        self._made_steps = (dag, each, steps)
+        return each, steps
+
+    def _plan(self, inputs: Mapping[str, Any]) -> Plan:
+        dag = self.dag
+        nodes = dag.nodes
+        feeds = dag.feeds
+
+        def call(node: int, results: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            spec = nodes[node]
+            kwargs = {}
+            for param, name, producer in zip(spec.params, spec.inputs, feeds[node]):
+                if producer is not None:
+                    value = results[producer]
+                    if value is not MISSING:  # a skipped producer leaves it to its default
+                        kwargs[param] = value
+                elif name in inputs:  # an optional input not given is left to its default
+                    kwargs[param] = inputs[name]
+            return (), kwargs
+
+        each, steps = self._steps_of(dag)
+
         def fed(node: int) -> Sequence[tuple[str, int | None]]:
             return list(zip(nodes[node].params, feeds[node]))
 
@@ -668,9 +684,9 @@ class ExecutionEngine(RunOptions):
             len(nodes),
             dag.sources,
             dag.targets,
-            steps,
+            list(steps),  # a run that grows adds steps to its own list
             call,
-            each=each or None,
+            each=dict(each) if each else None,
             optional=dag.optional,
             feeds=fed,
         )

@@ -159,7 +159,8 @@ class FlowMiddleware(TaskiqMiddleware):
         _logs.install()
         self.channel: CompletionChannel = channel if channel is not None else default_channel()
         self.keep_results = keep_results
-        self._started: dict[str, tuple[float, float]] = {}
+        #: Per task id running here: when it started (perf counter, wall clock), its parsed label.
+        self._started: dict[str, tuple[float, float, tuple[str, int, int] | None]] = {}
 
     async def startup(self) -> None:
         """Starts listening for cancel signals, if the channel carries them (called by
@@ -179,8 +180,8 @@ class FlowMiddleware(TaskiqMiddleware):
         it where it awaits)."""
         raw = message.labels.get(FLOW_LABEL)
         if raw is not None:
-            self._started[message.task_id] = (time.perf_counter(), time.time())
-            label = parse_flow_label(raw)
+            label = parse_flow_label(raw)  # parsed once: post_execute takes it from here
+            self._started[message.task_id] = (time.perf_counter(), time.time(), label)
             if label is not None:
                 cancelling.attempt_started(label[0])
         return message
@@ -189,7 +190,8 @@ class FlowMiddleware(TaskiqMiddleware):
         self, message: TaskiqMessage, result: TaskiqResult[Any], exception: BaseException
     ) -> None:
         """The attempt is over (a cancel must not cut what reports it)."""
-        label = parse_flow_label(message.labels.get(FLOW_LABEL))
+        started = self._started.get(message.task_id)
+        label = started[2] if started else parse_flow_label(message.labels.get(FLOW_LABEL))
         if label is not None:
             cancelling.attempt_ended(label[0])
 
@@ -204,10 +206,13 @@ class FlowMiddleware(TaskiqMiddleware):
         Redis stream broker), the completion is written in the same transaction as the
         message's acknowledgement."""
         started = self._started.pop(message.task_id, None)
-        raw = message.labels.get(FLOW_LABEL)
-        if raw is None:
-            return None
-        label = parse_flow_label(raw)
+        label = started[2] if started else None
+        raw = None
+        if label is None:
+            raw = message.labels.get(FLOW_LABEL)
+            if raw is None:
+                return None
+            label = parse_flow_label(raw)
         if label is None:
             logger.warning(
                 "task %s (%s) has a malformed %s label %r: no completion sent",

@@ -172,6 +172,7 @@ def suite(full: bool, scale: float = 1.0) -> Iterator[tuple[w.Workload, int]]:
         for cap in (None, 16):
             yield pipelines.no_op_tasks(size(tasks), cap), 3 if tasks <= 10_000 else 1
     yield pipelines.layered_dataflow(size(10_000), 16), 3
+    yield pipelines.chain(size(1_000)), 3
 
 
 def run(
