@@ -553,7 +553,7 @@
       for (var i = 0; i < msg.problems.length; i++) { note.push(msg.problems[i]); }
       document.getElementById("letters-note").textContent = note.join("; ");
       renderLetters();
-      body.setAttribute("data-letters", String(Number(body.getAttribute("data-letters") || 0) + 1));
+      body.setAttribute("data-letters", String(msg.total));
     }
     function replay(id, button) {
       button.disabled = true;
