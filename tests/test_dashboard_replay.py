@@ -6,8 +6,11 @@ Without the token there is no button and the action is refused."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -22,7 +25,16 @@ from taskiq_flow import (
     pipeline_task,
 )
 from taskiq_flow.dashboard import serve
+from taskiq_flow.distributed import RedisPipelineStorage
 from tests.test_dashboard import HOSTILE, _evil_site, _wait_event, only_own_requests, until_js
+from tests.test_dashboard_redis import CLI
+from tests.test_dead_letters_redis import dl_app, dl_workers
+from tests.test_distributed import TESTS
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = ["dl_app", "dl_workers"]  # fixtures of the Redis test, used here
 
 ROWS = "Array.from(document.querySelectorAll('#letters tr'))"
 
@@ -260,3 +272,96 @@ async def test_a_replay_under_way_leaves_the_dashboard_answering(
         }
         assert queue.list(run_id) == []
         assert (await _post(url, bearer))[0] == 404  # gone
+
+
+# -- over Redis: `taskiq-flow dashboard --broker`, real workers ----------------------------------
+
+
+async def test_over_redis_the_dashboard_process_replays_through_real_workers(
+    redis: Redis, redis_url: str, dl_workers: dict[str, str], dl_app: Any, tmp_path: Path
+) -> None:
+    """A step fails for good on a `taskiq worker`; `taskiq-flow dashboard --redis URL --broker
+    dead_letters_app:broker`, in a process of its own, lists its dead letter (kept in Redis by
+    the run), replays it failing again (kept, the error shown), then, once the cause is fixed,
+    through the workers: the value shown, the record gone from Redis."""
+    storage = RedisPipelineStorage(redis, prefix="dldash")
+    pipeline = DataflowPipeline.from_tasks(dl_app.broker, [dl_app.charge])
+    pipeline.with_tracking(PipelineTrackingManager(storage)).with_retry(max_attempts=2, delay=0.01)
+    with pytest.raises(StepFailedError, match="payment service unavailable for order 7"):
+        await asyncio.wait_for(pipeline.kiq_dataflow(order=7, note={"lines": [1, 2]}), 60)
+    run_id = pipeline.pipeline_id
+    [member] = await redis.smembers(f"dldash:run:{run_id}:deadletters")
+    letter = member.decode()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CLI,
+        "--redis",
+        redis_url,
+        "--prefix",
+        "dldash",
+        "--port",
+        "0",
+        "--broker",
+        "dead_letters_app:broker",
+        "--replay-timeout",
+        "60",
+        cwd=TESTS,
+        env=dl_workers,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    try:
+        first = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        second = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        base = re.search(r"serving (http://\S+)", first)
+        token = re.search(r"\?token=(\S+)", second)
+        assert base and token, (first, second, await process.stderr.read(2000))
+        async with headless_page(tmp_path / "profile") as page:
+            load = await page.open(f"{base.group(1)}/runs/{run_id}?token={token.group(1)}")
+            await until_js(page, ROWS + ".length === 1", timeout=20)
+            [cells] = await _cells(page)
+            assert cells[:5] == [
+                letter,
+                "charge",
+                dl_app.charge.task_name,
+                "2",
+                "RemoteTaskError: RuntimeError: payment service unavailable for order 7",
+            ]
+            await _click_replay(page, letter)
+            said = await until_js(
+                page,
+                "(e => e && e.textContent)(document.querySelector("
+                f"'#letters tr[data-letter=\"{letter}\"] .outcome'))",
+                timeout=60,
+            )
+            assert said.startswith("replay failed (409): the replay of step 'charge' failed")
+            assert "payment service unavailable for order 7" in said
+            assert await redis.exists(f"dldash:deadletter:{letter}")
+
+            await redis.set("payments:up", 1)  # the cause, fixed
+            await until_js(page, "!document.querySelector('#letters button.replay').disabled")
+            await _click_replay(page, letter)
+            note = await until_js(
+                page,
+                "(e => e.dataset.replayed && e.textContent)"
+                "(document.getElementById('letters-note'))",
+                timeout=60,
+            )
+            value = {"order": 7, "note": {"lines": [1, 2]}, "charged": True}
+            assert note == f"replayed {letter} (step charge): " + json.dumps(
+                value, separators=(",", ":")
+            )
+            await until_js(page, "document.body.dataset.letters === '0'", timeout=20)
+            assert load.problems == []
+            only_own_requests(load, base.group(1))
+        assert not await redis.exists(f"dldash:deadletter:{letter}")
+        assert await redis.smembers(f"dldash:run:{run_id}:deadletters") == set()
+        assert int(await redis.get("charge:7:calls")) == 4  # 2 attempts, 2 replays
+    finally:
+        process.terminate()
+        code = await asyncio.wait_for(process.wait(), 30)
+        err = (await process.stderr.read()).decode()
+    assert code == 0, err
+    assert "Traceback" not in err, err
