@@ -47,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=paragraphs(
             "Serve a live dashboard of the runs tracked in Redis: the runs list, each run's "
             "DAG, steps, timeline and why each step waits, updated a few times a second.\n\n"
-            "Anyone who reaches the server can read; deleting a run needs the token (printed "
-            "at start, in the address to open)."
+            "Anyone who reaches the server can read; acting (cancel, delete, and with --broker "
+            "replay a dead letter) needs the token (printed at start, in the address to open)."
         ),
         epilog=(
             "examples:\n"
