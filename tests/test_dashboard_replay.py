@@ -19,6 +19,7 @@ from taskiq import InMemoryBroker
 
 from taskiq_flow import (
     DataflowPipeline,
+    DeadLetter,
     DeadLetterQueue,
     PipelineTrackingManager,
     StepFailedError,
@@ -211,6 +212,13 @@ async def test_without_the_token_or_a_broker_a_dead_letter_is_only_read(
             assert (await _post(missing, bearer))[0] == 404
             other = f"{base}/api/runs/another-run/dead-letters/{record.id}/replay"
             assert (await _post(other, bearer))[0] == 404
+            # A task the broker does not know: 409, nothing sent, the record kept.
+            stranger = DeadLetter(run_id, "ship", "app:ship", (1,), {}, "E: x", "E", 1)
+            queue.add(stranger)
+            url = f"{base}/api/runs/{run_id}/dead-letters/{stranger.id}/replay"
+            status, body = await _post(url, bearer)
+            assert status == 409 and "no task named 'app:ship'" in body["error"]
+            assert queue.remove(stranger.id) is stranger
             assert payments.calls == 2
         finally:
             await evil.close()

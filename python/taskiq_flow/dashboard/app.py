@@ -419,16 +419,21 @@ def create_app(
         if record.pipeline_id != run_id:
             said = f"no dead letter {letter} in run {run_id}"
             return JSONResponse({**answer, "error": said}, status_code=404)
+        if dash.broker.find_task(record.task_name) is None:  # nothing is sent
+            said = (
+                f"the dashboard's broker has no task named {record.task_name!r} (give the "
+                "broker of the application that ran it); the record is kept"
+            )
+            return JSONResponse({**answer, "error": said, "kept": True}, status_code=409)
         if letter in dash.replaying:
             said = f"dead letter {letter} is being replayed already"
             return JSONResponse({**answer, "error": said, "kept": True}, status_code=409)
         dash.replaying.add(letter)
         try:
             value = await replay_dead_letter(store, letter, dash.broker, dash.replay_timeout)
-        except UnknownIdError as err:  # its task is not the broker's (nothing sent), or gone
-            gone = "no dead letter" in str(err)
-            status = 404 if gone else 409
-            return JSONResponse({**answer, "error": str(err), "kept": not gone}, status_code=status)
+        except UnknownIdError:  # replayed meanwhile by another process
+            said = f"no dead letter {letter} in run {run_id} (replayed meanwhile)"
+            return JSONResponse({**answer, "error": said}, status_code=404)
         except PipelineError as err:
             first = (str(err).splitlines() or [type(err).__name__])[0]
             said = f"the replay of step {record.step!r} failed again, the record is kept: {first}"
@@ -440,13 +445,11 @@ def create_app(
         finally:
             dash.replaying.discard(letter)
             dash.feed.letters_changed(run_id)
+        done = {**answer, "replayed": True, "step": record.step}
         try:
-            text = json.dumps(
-                {**answer, "replayed": True, "step": record.step, "value": value}, default=repr
-            )
-        except ValueError:  # a value JSON cannot carry (an int of 5,000 digits): its repr
-            shown = {**answer, "replayed": True, "step": record.step, "value": repr(value)[:10_000]}
-            text = json.dumps(shown)
+            text = json.dumps({**done, "value": value}, default=_shown)
+        except ValueError:  # a value JSON cannot carry (an int of 5,000 digits)
+            text = json.dumps({**done, "value": f"<a {type(value).__name__} JSON cannot carry>"})
         return Response(text, media_type="application/json")
 
     async def why(request: Request) -> Response:
@@ -512,6 +515,15 @@ def create_app(
     )
     app.state.dashboard = dash
     return app
+
+
+def _shown(value: Any) -> str:
+    """What JSON cannot carry of a replay's value: its ``repr`` (at most 1,000 characters)."""
+    try:
+        text = repr(value)
+    except Exception:  # a repr that raises (or a huge int)
+        return f"<a {type(value).__name__}>"
+    return text if len(text) <= 1_000 else text[:999] + "\u2026"
 
 
 def origin_of(url: str) -> str:
