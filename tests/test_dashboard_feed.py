@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from taskiq_flow.dashboard.feed import Feed, Subscription
+from taskiq_flow.retry import DeadLetter, DeadLetterQueue
 from taskiq_flow.tracking import InMemoryPipelineStorage, PipelineStatus, PipelineTrackingManager
 
 
@@ -200,3 +201,56 @@ async def test_over_redis_a_tick_reads_only_what_changed(
     assert abs(big["idle_bytes"] - small["idle_bytes"]) < 64
     assert abs(big["changed_bytes"] - small["changed_bytes"]) < 64
     assert big["changed_bytes"] - big["idle_bytes"] < 1_000  # the one step's record
+
+
+class CountingLetters(DeadLetterQueue):
+    """An in-memory dead-letter store, counting how often it is listed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listings = 0
+
+    async def alist(self, pipeline_id: str | None = None, corrupt: Any = None) -> Any:
+        self.listings += 1
+        return await super().alist(pipeline_id, corrupt)
+
+
+async def test_a_runs_dead_letters_are_read_when_its_failures_change_not_every_tick() -> None:
+    tracking = PipelineTrackingManager()
+    await tracking.begin("live", "etl", [("a", 1), ("b", 1)])
+    store = CountingLetters()
+    feed = Feed(tracking, dead_letters=store)
+    pages = [feed.subscribe(Subscription(run_id="live")) for _ in range(3)]
+    lister = feed.subscribe(Subscription())  # a runs list: never reads dead letters
+    for _ in range(4):
+        await feed.tick()
+    assert store.listings == 1  # with the first snapshot, once for the three pages
+    for page in pages:  # the snapshot, then the (empty) list of dead letters
+        assert [event for event, _ in drain(page)] == ["snapshot", "letters"]
+    # Step a fails for good: a dead letter; the tick that sees the failure reads it, once.
+    live = tracking.live("live")
+    assert live is not None
+    store.add(DeadLetter("live", "a", "app:a", (1,), {}, "RuntimeError: <b>no</b>", "E", 3))
+    live.steps[0].tasks_failed = 1
+    live.steps[0].settle_status()
+    await feed.tick()
+    await feed.tick()
+    assert store.listings == 2
+    for page in pages:
+        [(event, data)] = [m for m in drain(page) if m[0] == "letters"]
+        assert event == "letters" and data["total"] == 1 and data["problems"] == []
+        [row] = data["letters"]
+        assert (row["step"], row["task"], row["attempts"]) == ("a", "app:a", 3)
+        assert row["error"] == "RuntimeError: <b>no</b>" and "args" not in row
+    # A replay removed it: the pages are told at the next tick.
+    [record] = store.list("live")
+    store.remove(record.id)
+    feed.letters_changed("live")
+    await feed.tick()
+    assert store.listings == 3
+    for page in pages:
+        [(_, data)] = [m for m in drain(page) if m[0] == "letters"]
+        assert data == {"letters": [], "total": 0, "problems": []}
+    await feed.tick()
+    assert store.listings == 3
+    assert [e for e, _ in drain(lister) if e == "letters"] == []

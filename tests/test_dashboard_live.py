@@ -9,12 +9,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from headless import headless_page
 from taskiq import InMemoryBroker
 from test_dashboard import Gates, gated_pipeline, only_own_requests, until_js
 
 from taskiq_flow import DataflowPipeline, PipelineTrackingManager
-from taskiq_flow.dashboard import serve
+from taskiq_flow.dashboard import create_app, serve
 from taskiq_flow.tracking import StepStatus
 
 
@@ -216,22 +217,25 @@ async def test_the_dag_is_drawn_from_the_runs_record_without_a_graph(
 
 
 async def test_an_action_given_to_the_app_is_behind_the_token(tmp_path: Path) -> None:
-    """The seam for more buttons (a dead letter's replay): an action given to the app is
-    served behind the same checks as cancel and delete."""
+    """The seam for more buttons: an action given to the app is served behind the same checks
+    as cancel and delete (and may not take a path of the dashboard's own)."""
     import aiohttp
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
 
     done: list[str] = []
 
-    async def replay(request: Request) -> Response:
-        done.append(request.path_params["letter"])
-        return JSONResponse({"replayed": request.path_params["letter"]})
+    async def pin(request: Request) -> Response:
+        done.append(request.path_params["note"])
+        return JSONResponse({"pinned": request.path_params["note"]})
 
     tracking = PipelineTrackingManager()
-    actions = {"runs/{run_id}/dead-letters/{letter}/replay": replay}
+    for own in ("runs/{run_id}/cancel", "runs/{run_id}/dead-letters/{letter}/replay"):
+        with pytest.raises(ValueError, match="is the dashboard's own"):
+            create_app(tracking, token="t" * 16, actions={own: pin})
+    actions = {"runs/{run_id}/notes/{note}/pin": pin}
     async with await serve(tracking, actions=actions) as server:
-        url = f"{server.base_url}/api/runs/r1/dead-letters/7/replay"
+        url = f"{server.base_url}/api/runs/r1/notes/7/pin"
         async with aiohttp.ClientSession() as session:
             async with session.post(url) as r:
                 assert r.status == 401
@@ -239,7 +243,7 @@ async def test_an_action_given_to_the_app_is_behind_the_token(tmp_path: Path) ->
                 assert r.status == 401
             bearer = {"Authorization": f"Bearer {server.token}"}
             async with session.post(url, headers=bearer) as r:
-                assert r.status == 200 and await r.json() == {"replayed": "7"}
+                assert r.status == 200 and await r.json() == {"pinned": "7"}
             async with session.get(url, headers=bearer) as r:
                 assert r.status == 405  # an action is a POST
     assert done == ["7"]

@@ -113,6 +113,9 @@ async def test_the_cli_serves_runs_tracked_in_redis_and_deletes_with_the_token(
         (["--redis", "redis://127.0.0.1:1", "--token", "short"], "--token must be 16"),
         (["--redis", "redis://127.0.0.1:1", "--dag", "no-colon"], "--dag"),
         (["--redis", "redis://127.0.0.1:1", "--origin", "ops.example.com"], "--origin must"),
+        (["--redis", "redis://127.0.0.1:1", "--broker", "no-colon"], "--broker must look like"),
+        (["--redis", "redis://127.0.0.1:1", "--broker", "json:dumps"], "not a taskiq broker"),
+        (["--redis", "redis://127.0.0.1:1", "--broker", "no_such_module_x:b"], "cannot import"),
     ],
 )
 def test_bad_input_is_refused_before_anything_starts(

@@ -5,11 +5,14 @@
     taskiq-flow dashboard --redis redis://127.0.0.1:6379 [--prefix taskiq_flow]
         [--host 127.0.0.1] [--port 8000] [--token T] [--dag NAME=module:pipeline]
         [--origin https://ops.example.com] [--interval 0.5]
+        [--broker myapp.tasks:broker [--replay-timeout 300]]
 
 It listens on 127.0.0.1 unless told otherwise (and warns when told otherwise), and prints the
 address to open with the token in it; without ``--token`` a new one is made for each start. The
-page is read-only without the token. Bad input (the URL, the prefix, the port, a ``--dag``
-import) is refused with one line, exit status 2, before anything connects or listens.
+page is read-only without the token. With ``--broker`` (the application's taskiq broker, imported
+as ``runs replay --broker`` imports it), a run's page replays its dead letters. Bad input (the
+URL, the prefix, the port, a ``--dag`` or ``--broker`` import) is refused with one line, exit
+status 2, before anything connects or listens.
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from taskiq_flow.cli._help import HelpFormatter, OneLineParser, number, paragraphs, whole_number
 from taskiq_flow.cli._imports import check_import_path
 from taskiq_flow.exceptions import InvalidValueError
 from taskiq_flow.pictures import GraphView
+
+if TYPE_CHECKING:
+    from taskiq_flow.tracking import PipelineTrackingManager
 
 __all__ = ["build_parser", "main"]
 
@@ -41,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=paragraphs(
             "Serve a live dashboard of the runs tracked in Redis: the runs list, each run's "
             "DAG, steps, timeline and why each step waits, updated a few times a second.\n\n"
-            "Anyone who reaches the server can read; deleting a run needs the token (printed "
-            "at start, in the address to open)."
+            "Anyone who reaches the server can read; acting (cancel, delete, and with --broker "
+            "replay a dead letter) needs the token (printed at start, in the address to open)."
         ),
         epilog=(
             "examples:\n"
@@ -97,6 +103,20 @@ def build_parser() -> argparse.ArgumentParser:
         "repeatable",
     )
     parser.add_argument(
+        "--broker",
+        default=None,
+        metavar="MODULE:NAME",
+        help="the taskiq broker of the application that ran the runs, imported: a run's page "
+        "then replays its dead letters (with the token); default: no replay",
+    )
+    parser.add_argument(
+        "--replay-timeout",
+        type=number(0.001, 7 * 86_400.0),
+        default=300.0,
+        metavar="SECONDS",
+        help="how long a replayed task may take (default: %(default)g)",
+    )
+    parser.add_argument(
         "--interval",
         type=number(0.05, 60.0),
         default=0.5,
@@ -124,6 +144,10 @@ def _problem(args: argparse.Namespace) -> str | None:
     for spec in args.dag:
         path = spec.split("=", 1)[1] if "=" in spec else spec
         problem = check_import_path(path, "--dag")
+        if problem is not None:
+            return problem
+    if args.broker is not None:
+        problem = check_import_path(args.broker, "--broker")
         if problem is not None:
             return problem
     for origin in args.origin:
@@ -156,12 +180,11 @@ def _graphs(specs: Sequence[str]) -> dict[str, GraphView]:
     return graphs
 
 
-async def _serve(args: argparse.Namespace, graphs: dict[str, GraphView]) -> int:
+async def _serve(args: argparse.Namespace, graphs: dict[str, GraphView], broker: Any = None) -> int:
     from redis.asyncio import Redis
 
-    from taskiq_flow.dashboard.server import is_loopback, serve
     from taskiq_flow.distributed import RedisPipelineStorage
-    from taskiq_flow.tracking import PipelineTrackingManager
+    from taskiq_flow.tracking import PipelineTrackingManager as Tracking
 
     client = Redis.from_url(args.redis, socket_timeout=10, socket_connect_timeout=10)
     try:
@@ -170,43 +193,69 @@ async def _serve(args: argparse.Namespace, graphs: dict[str, GraphView]) -> int:
         except Exception as err:
             print(f"taskiq-flow dashboard: cannot reach {args.redis}: {err}", file=sys.stderr)
             return 1
-        tracking = PipelineTrackingManager(RedisPipelineStorage(client, prefix=args.prefix))
-        if not is_loopback(args.host):
-            print(
-                f"taskiq-flow dashboard: warning: listening on {args.host}, not only on this "
-                "machine: anyone who reaches it can read every run (actions need the token)",
-                file=sys.stderr,
-            )
+        tracking = Tracking(RedisPipelineStorage(client, prefix=args.prefix))
+        if broker is not None:
+            try:
+                await broker.startup()
+            except Exception as err:
+                print(
+                    f"taskiq-flow dashboard: --broker {args.broker} could not start: {err}",
+                    file=sys.stderr,
+                )
+                return 1
         try:
-            server = await serve(
-                tracking,
-                host=args.host,
-                port=args.port,
-                token=args.token,
-                graphs=graphs,
-                interval=args.interval,
-                origins=args.origin,
-            )
-        except OSError as err:
-            print(
-                f"taskiq-flow dashboard: cannot listen on {args.host}:{args.port}: {err}",
-                file=sys.stderr,
-            )
-            return 1
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        generated = "" if args.token else " (a new token; give --token to keep one)"
-        print(f"taskiq-flow dashboard: serving {server.base_url}", flush=True)
-        print(f"open {server.url}{generated}", flush=True)
-        try:
-            await stop.wait()  # until Ctrl-C or SIGTERM
+            return await _listen(args, tracking, graphs, broker)
         finally:
-            await server.close()
-        print("taskiq-flow dashboard: stopped", file=sys.stderr)
+            if broker is not None:
+                await broker.shutdown()
     finally:
         await client.aclose()
+
+
+async def _listen(
+    args: argparse.Namespace,
+    tracking: PipelineTrackingManager,
+    graphs: dict[str, GraphView],
+    broker: Any,
+) -> int:
+    from taskiq_flow.dashboard.server import is_loopback, serve
+
+    if not is_loopback(args.host):
+        print(
+            f"taskiq-flow dashboard: warning: listening on {args.host}, not only on this "
+            "machine: anyone who reaches it can read every run (actions need the token)",
+            file=sys.stderr,
+        )
+    try:
+        server = await serve(
+            tracking,
+            host=args.host,
+            port=args.port,
+            token=args.token,
+            graphs=graphs,
+            interval=args.interval,
+            origins=args.origin,
+            broker=broker,
+            replay_timeout=args.replay_timeout,
+        )
+    except OSError as err:
+        print(
+            f"taskiq-flow dashboard: cannot listen on {args.host}:{args.port}: {err}",
+            file=sys.stderr,
+        )
+        return 1
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    generated = "" if args.token else " (a new token; give --token to keep one)"
+    print(f"taskiq-flow dashboard: serving {server.base_url}", flush=True)
+    print(f"open {server.url}{generated}", flush=True)
+    try:
+        await stop.wait()  # until Ctrl-C or SIGTERM
+    finally:
+        await server.close()
+    print("taskiq-flow dashboard: stopped", file=sys.stderr)
     return 0
 
 
@@ -233,8 +282,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InvalidValueError as err:
         print(f"taskiq-flow dashboard: {err}", file=sys.stderr)
         return 2
+    broker: Any = None
+    if args.broker is not None:
+        from taskiq_flow.cli.runs import load_broker
+
+        try:  # the user's module, imported before anything connects or listens
+            broker = load_broker(args.broker)
+        except InvalidValueError as err:
+            print(f"taskiq-flow dashboard: {err}", file=sys.stderr)
+            return 2
     try:
-        return asyncio.run(_serve(args, graphs))
+        return asyncio.run(_serve(args, graphs, broker))
     except KeyboardInterrupt:
         print("taskiq-flow dashboard: stopped", file=sys.stderr)
         return 0

@@ -4,8 +4,9 @@ Runs are read from tracking (in memory in one process, or Redis from anywhere) b
 poller a few times a second, and pushed to every open page as server-sent events: first a
 snapshot, then only what changed. Reading never drives a run; its actions go through the calls
 a user has, and only with the token: cancelling a running run (the cancel signal, as
-``taskiq-flow runs cancel`` sends it: :func:`taskiq_flow.cancelling.send_cancel`) and deleting a
-run's records (:meth:`~taskiq_flow.tracking.PipelineTrackingManager.delete_pipeline`).
+``taskiq-flow runs cancel`` sends it: :func:`taskiq_flow.cancelling.send_cancel`), deleting a
+run's records (:meth:`~taskiq_flow.tracking.PipelineTrackingManager.delete_pipeline`) and, given a
+broker, replaying a dead letter (:func:`taskiq_flow.retry.replay_dead_letter`).
 
 ::
 

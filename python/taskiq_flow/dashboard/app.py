@@ -6,6 +6,8 @@ Routes::
     GET  /runs/{id}                a run                GET /events/runs/{id}  its feed (SSE)
     POST /api/runs/{id}/cancel     cancel a running run (token and CSRF checks)
     POST /api/runs/{id}/delete     delete a run's records (token and CSRF checks)
+    POST /api/runs/{id}/dead-letters/{letter}/replay   replay a dead letter through the
+                                   broker given (token and CSRF checks)
     GET  /api/runs/{id}/steps/{i}/why   why step i is where it is, asked now (read-only)
     POST /api/...                  the actions given to :func:`create_app` (same checks)
     GET  /static/dashboard.js|css  the page's script and style
@@ -26,7 +28,9 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
+import math
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -50,12 +54,25 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from taskiq_flow.cancelling import send_cancel
 from taskiq_flow.dashboard.feed import Feed, Subscription
 from taskiq_flow.dashboard.pages import asset, dag_html, run_page, runs_page
-from taskiq_flow.exceptions import InvalidValueError, UnknownIdError
+from taskiq_flow.exceptions import (
+    CorruptRecordError,
+    InvalidValueError,
+    PipelineError,
+    UnknownIdError,
+)
 from taskiq_flow.pictures import GraphView
 from taskiq_flow.report import recorded_graph
+from taskiq_flow.retry import DeadLetterStore, replay_dead_letter
 from taskiq_flow.tracking import PipelineStatus, PipelineTrackingManager
 
-__all__ = ["CONTENT_SECURITY_POLICY", "COOKIE", "create_app", "new_token"]
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "COOKIE",
+    "DEFAULT_REPLAY_TIMEOUT",
+    "REPLAY_PATH",
+    "create_app",
+    "new_token",
+]
 
 #: What every page may do: load its own script, style and feed, nothing else; no inline script,
 #: no frame, no form to elsewhere.
@@ -69,6 +86,10 @@ logger = logging.getLogger("taskiq_flow.dashboard")
 COOKIE = "taskiq_flow_dashboard"
 _HEARTBEAT = 15.0
 _STATES = ("", "running", "done", "failed", "cancelled", "abandoned")
+#: The path of the Replay action, under ``/api/``.
+REPLAY_PATH = "runs/{run_id}/dead-letters/{letter}/replay"
+#: Seconds a replay from the page may take, by default.
+DEFAULT_REPLAY_TIMEOUT = 300.0
 
 
 def new_token() -> str:
@@ -117,6 +138,10 @@ class Dashboard:
     :param interval: seconds between two reads of tracking.
     :param origins: origins besides the dashboard's own that may act (the public address of a
         reverse proxy that rewrites ``Host``), e.g. ``https://ops.example.com``.
+    :param dead_letters: where the runs' dead letters are read (default: as a run tracked in
+        ``tracking`` keeps them, :func:`~taskiq_flow.run.failures.dead_letters_for`).
+    :param broker: a started broker that replays dead letters (``None``: no replay).
+    :param replay_timeout: seconds a replay may take.
     """
 
     def __init__(
@@ -126,11 +151,28 @@ class Dashboard:
         graphs: Mapping[str, GraphView] | None = None,
         interval: float = 0.5,
         origins: Sequence[str] = (),
+        dead_letters: DeadLetterStore | None = None,
+        broker: Any = None,
+        replay_timeout: float = DEFAULT_REPLAY_TIMEOUT,
     ) -> None:
         if not token:
             raise ValueError("the dashboard needs a non-empty token (new_token() makes one)")
+        if not (isinstance(replay_timeout, (int, float)) and 0 < replay_timeout < math.inf):
+            raise ValueError(
+                f"replay_timeout must be a number of seconds > 0, got {replay_timeout!r}"
+            )
         self.tracking = tracking
-        self.feed = Feed(tracking, interval)
+        if dead_letters is None:
+            from taskiq_flow.run.failures import dead_letters_for
+            from taskiq_flow.run.settings import Settings
+
+            dead_letters = dead_letters_for(Settings.build(tracking=tracking))
+        self.dead_letters = dead_letters
+        self.broker = broker
+        self.replay_timeout = float(replay_timeout)
+        #: Dead letters being replayed now (a second click waits for the first's answer).
+        self.replaying: set[str] = set()
+        self.feed = Feed(tracking, interval, dead_letters)
         self.graphs: dict[str, GraphView] = {
             name: getattr(g, "dag", g) for name, g in (graphs or {}).items()
         }
@@ -253,6 +295,9 @@ def create_app(
     allowed_hosts: Sequence[str] | None = None,
     origins: Sequence[str] = (),
     actions: Mapping[str, Callable[[Request], Awaitable[Response]]] | None = None,
+    dead_letters: DeadLetterStore | None = None,
+    broker: Any = None,
+    replay_timeout: float = DEFAULT_REPLAY_TIMEOUT,
 ) -> Starlette:
     """The dashboard as an ASGI app (run it with uvicorn, or :func:`taskiq_flow.dashboard.serve`).
 
@@ -267,13 +312,22 @@ def create_app(
         ``"runs/{run_id}/dead-letters/{letter}/replay"``): each is served for ``POST`` behind
         the same checks as cancel and delete (the token; through the cookie, the page's CSRF
         token and the dashboard's own origin), so a handler only does its work.
-    :raises ValueError: for an empty token, an interval under 0.05 s, or an action whose path
-        is taken.
+    :param dead_letters: where the runs' dead letters are read, listed on each run's page
+        (default: where a run tracked in ``tracking`` keeps them: Redis beside its records, or
+        this process's :func:`~taskiq_flow.retry.default_dead_letters`).
+    :param broker: a started taskiq broker that knows the tasks: with it, a token session's
+        page has a Replay button per dead letter (``POST /api/runs/{run_id}/dead-letters/
+        {letter}/replay``); without it, that action answers 503.
+    :param replay_timeout: seconds a replay may take (then it counts as failed; the record stays).
+    :raises ValueError: for an empty token, an interval under 0.05 s, a replay timeout that is
+        not a number > 0, or an action whose path is taken.
     """
-    dash = Dashboard(tracking, token, graphs, interval, origins)
+    dash = Dashboard(
+        tracking, token, graphs, interval, origins, dead_letters, broker, replay_timeout
+    )
     extra = dict(actions or {})
     for path in extra:
-        if path.strip("/") in ("runs/{run_id}/cancel", "runs/{run_id}/delete"):
+        if path.strip("/") in ("runs/{run_id}/cancel", "runs/{run_id}/delete", REPLAY_PATH):
             raise ValueError(f"the action path /api/{path} is the dashboard's own")
 
     async def runs(request: Request) -> Response:
@@ -292,7 +346,14 @@ def create_app(
         csrf = dash.csrf if dash.authed(request) else None
         dag = dash.dag_of(status.name, status) if status is not None else None
         running = status is not None and status.status == "running"
-        page = run_page(run_id, status.name if status is not None else None, csrf, dag, running)
+        page = run_page(
+            run_id,
+            status.name if status is not None else None,
+            csrf,
+            dag,
+            running,
+            replay=dash.broker is not None,
+        )
         return HTMLResponse(page, status_code=200 if status is not None else 404)
 
     async def list_events(request: Request) -> Response:
@@ -336,6 +397,60 @@ def create_app(
                 {"error": f"the cancel could not be sent: {err}", "id": run_id}, status_code=503
             )
         return JSONResponse({"id": run_id, "sent": True, "received": received}, status_code=202)
+
+    async def replay(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        letter = request.path_params["letter"]
+        answer = {"id": letter, "run": run_id}
+        if dash.broker is None:
+            said = (
+                "this dashboard replays nothing: it was started without a broker (give "
+                "taskiq-flow dashboard --broker module:attr, or serve(..., broker=))"
+            )
+            return JSONResponse({**answer, "error": said}, status_code=503)
+        store = dash.dead_letters
+        try:
+            record = await store.aget(letter)
+        except (UnknownIdError, InvalidValueError):
+            said = f"no dead letter {letter} in run {run_id}"
+            return JSONResponse({**answer, "error": said}, status_code=404)
+        except CorruptRecordError as err:
+            return JSONResponse({**answer, "error": str(err), "kept": True}, status_code=409)
+        if record.pipeline_id != run_id:
+            said = f"no dead letter {letter} in run {run_id}"
+            return JSONResponse({**answer, "error": said}, status_code=404)
+        if dash.broker.find_task(record.task_name) is None:  # nothing is sent
+            said = (
+                f"the dashboard's broker has no task named {record.task_name!r} (give the "
+                "broker of the application that ran it); the record is kept"
+            )
+            return JSONResponse({**answer, "error": said, "kept": True}, status_code=409)
+        if letter in dash.replaying:
+            said = f"dead letter {letter} is being replayed already"
+            return JSONResponse({**answer, "error": said, "kept": True}, status_code=409)
+        dash.replaying.add(letter)
+        try:
+            value = await replay_dead_letter(store, letter, dash.broker, dash.replay_timeout)
+        except UnknownIdError:  # replayed meanwhile by another process
+            said = f"no dead letter {letter} in run {run_id} (replayed meanwhile)"
+            return JSONResponse({**answer, "error": said}, status_code=404)
+        except PipelineError as err:
+            first = (str(err).splitlines() or [type(err).__name__])[0]
+            said = f"the replay of step {record.step!r} failed again, the record is kept: {first}"
+            return JSONResponse({**answer, "error": said, "kept": True}, status_code=409)
+        except Exception as err:  # the broker (Redis) could not be reached: kept
+            logger.warning("the replay of dead letter %s could not be made: %s", letter, err)
+            said = f"the replay could not be made, the record is kept: {type(err).__name__}: {err}"
+            return JSONResponse({**answer, "error": said, "kept": True}, status_code=502)
+        finally:
+            dash.replaying.discard(letter)
+            dash.feed.letters_changed(run_id)
+        done = {**answer, "replayed": True, "step": record.step}
+        try:
+            text = json.dumps({**done, "value": value}, default=_shown)
+        except ValueError:  # a value JSON cannot carry (an int of 5,000 digits)
+            text = json.dumps({**done, "value": f"<a {type(value).__name__} JSON cannot carry>"})
+        return Response(text, media_type="application/json")
 
     async def why(request: Request) -> Response:
         run_id = request.path_params["run_id"]
@@ -387,6 +502,7 @@ def create_app(
             Route("/events/runs/{run_id}", run_events),
             Route("/api/runs/{run_id}/cancel", dash.action(cancel), methods=["POST"]),
             Route("/api/runs/{run_id}/delete", dash.action(delete), methods=["POST"]),
+            Route(f"/api/{REPLAY_PATH}", dash.action(replay), methods=["POST"]),
             Route("/api/runs/{run_id}/steps/{index}/why", why),
             *(
                 Route(f"/api/{path.strip('/')}", dash.action(handler), methods=["POST"])
@@ -399,6 +515,15 @@ def create_app(
     )
     app.state.dashboard = dash
     return app
+
+
+def _shown(value: Any) -> str:
+    """What JSON cannot carry of a replay's value: its ``repr`` (at most 1,000 characters)."""
+    try:
+        text = repr(value)
+    except Exception:  # a repr that raises (or a huge int)
+        return f"<a {type(value).__name__}>"
+    return text if len(text) <= 1_000 else text[:999] + "\u2026"
 
 
 def origin_of(url: str) -> str:

@@ -9,6 +9,12 @@ other from the storage. A finished run is read again only every :data:`FINISHED_
 Each page first gets a snapshot, then per tick only what changed: a run page the steps whose
 record changed (a step is compared by a tuple of its fields), a list page the rows of its page
 that changed and their order. The bytes sent per tick grow with what changed, not with the run.
+
+A run page also gets the run's dead letters (a ``letters`` event): read from the dashboard's
+dead-letter store with the run's first snapshot, then again only when the run's failures change
+(its failed tasks, failed steps or state), once more a tick later when the store is elsewhere
+(Redis: a record may be written just after the failure it follows), and after a replay
+(:meth:`Feed.letters_changed`). One read per run per such tick, however many pages watch it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any
 
 from taskiq_flow.exceptions import CorruptRecordError
 from taskiq_flow.report import STATUS_COLOURS, _kind_colour, segment_kind, step_segments
+from taskiq_flow.retry import DeadLetterQueue, DeadLetterStore, list_dead_letters
 from taskiq_flow.tracking import (
     InMemoryPipelineStorage,
     PipelineStatus,
@@ -32,7 +39,16 @@ from taskiq_flow.tracking import (
     StepStatus,
 )
 
-__all__ = ["FINISHED_EVERY", "PAGE_SIZE", "Feed", "Subscription", "run_summary", "step_record"]
+__all__ = [
+    "FINISHED_EVERY",
+    "LETTERS_SHOWN",
+    "PAGE_SIZE",
+    "Feed",
+    "Subscription",
+    "letter_row",
+    "run_summary",
+    "step_record",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +58,9 @@ FINISHED_EVERY = 5.0
 PAGE_SIZE = 50
 #: Messages a page may fall behind before it is sent a new snapshot instead.
 _BACKLOG = 64
+#: Most dead letters a run page lists (the oldest first), and the longest error shown of one.
+LETTERS_SHOWN = 200
+_ERROR_SHOWN = 2_000
 
 _UNFINISHED = ("pending", "running", "retrying")
 
@@ -222,6 +241,40 @@ class Subscription:
         self.queue.put_nowait(message)
 
 
+def _failure_mark(status: PipelineStatus) -> tuple[int, int, str]:
+    """What changes when a run gains a dead letter: its failed tasks, failed steps and state."""
+    tasks = steps = 0
+    for step in status.steps:
+        tasks += step.tasks_failed
+        if step.status == "failed":
+            steps += 1
+    return tasks, steps, status.status
+
+
+def letter_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A dead letter as a run page lists it: id, step, task, attempts, error (at most 2,000
+    characters) and when it failed; never its arguments (they may hold anything)."""
+    error = str(record["error"])
+    return {
+        "id": record["id"],
+        "step": record["step"],
+        "task": record["task_name"],
+        "attempts": record["attempts"],
+        "error": error if len(error) <= _ERROR_SHOWN else error[: _ERROR_SHOWN - 1] + "\u2026",
+        "failed_at": record["failed_at"],
+    }
+
+
+@dataclass
+class _Letters:
+    """What the feed last read of a run's dead letters."""
+
+    mark: tuple[int, int, str] | None
+    text: str
+    #: Read again at the next tick (a replay, or a record written just after its failure).
+    due: bool = False
+
+
 @dataclass
 class _Run:
     """What the feed last read of a run."""
@@ -245,11 +298,21 @@ class Feed:
     :param interval: seconds between two ticks (at most a few per second).
     """
 
-    def __init__(self, tracking: PipelineTrackingManager, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        tracking: PipelineTrackingManager,
+        interval: float = 0.5,
+        dead_letters: DeadLetterStore | None = None,
+    ) -> None:
         if not (math.isfinite(interval) and interval >= 0.05):
             raise ValueError(f"interval must be at least 0.05 seconds, got {interval!r}")
         self.tracking = tracking
         self.interval = interval
+        #: Where run pages' dead letters are read (``None``: pages list none).
+        self.dead_letters = dead_letters
+        #: Reads of a run's dead letters (one per run whose failures changed, per tick).
+        self.letter_reads = 0
+        self._letters: dict[str, _Letters] = {}
         self.subscriptions: set[Subscription] = set()
         #: Ticks made, and tracking reads (passes) made: one per tick; reads of change
         #: counters (one round trip per tick for every run kept in Redis).
@@ -321,12 +384,69 @@ class Feed:
         want_all = any(s.run_id is None for s in subs)
         wanted = {s.run_id for s in subs if s.run_id is not None}
         changed = await self._read(want_all, wanted)
+        letters = await self._read_letters(wanted, changed)
         texts: dict[str, str] = {}  # a run's delta, encoded once for all its pages
         for sub in subs:
             if sub.run_id is None:
                 self._send_list(sub)
             else:
+                fresh = sub.fresh
                 self._send_run(sub, changed.get(sub.run_id), texts)
+                known = self._letters.get(sub.run_id)
+                if known is not None and not sub.gone and (fresh or sub.run_id in letters):
+                    sub.put(known.text)
+
+    def letters_changed(self, run_id: str) -> None:
+        """A run's dead letters changed (a replay): its pages get them anew at the next tick,
+        which comes at once."""
+        known = self._letters.get(run_id)
+        if known is not None:
+            known.due = True
+        self._wake.set()
+
+    async def _read_letters(
+        self, wanted: set[str], changed: Mapping[str, dict[str, Any] | None]
+    ) -> set[str]:
+        """Reads the dead letters of the watched runs whose failures changed; returns the ids
+        of the runs whose list was read anew."""
+        store = self.dead_letters
+        for gone in set(self._letters) - wanted:
+            del self._letters[gone]
+        if store is None:
+            return set()
+        read: set[str] = set()
+        for run_id in wanted:
+            run = self._runs.get(run_id)
+            if run is None:
+                self._letters.pop(run_id, None)
+                continue
+            known = self._letters.get(run_id)
+            if known is not None and not known.due and not changed.get(run_id):
+                continue  # nothing of the run changed: neither did its failures
+            mark = _failure_mark(run.status)
+            if known is not None and not known.due and mark == known.mark:
+                continue
+            self.letter_reads += 1
+            try:
+                records, problems = await list_dead_letters(store, run_id)
+            except Exception as exc:  # Redis stalled: the next tick tries again
+                logger.warning(
+                    "dashboard: reading the dead letters of run %s failed: %s", run_id, exc
+                )
+                continue
+            message = {
+                "letters": [letter_row(r) for r in records[:LETTERS_SHOWN]],
+                "total": len(records),
+                "problems": problems,
+            }
+            # A store elsewhere may get a record just after the failure it follows: once more.
+            again = known is None or mark != known.mark
+            due = again and not isinstance(store, DeadLetterQueue)
+            text = _sse("letters", message)
+            if known is None or text != known.text:
+                read.add(run_id)
+            self._letters[run_id] = _Letters(mark, text, due)
+        return read
 
     async def _read(
         self, want_all: bool, wanted: set[str], prune: bool = True

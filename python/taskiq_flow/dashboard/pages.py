@@ -84,13 +84,20 @@ def runs_page(csrf: str | None) -> str:
 
 
 def run_page(
-    run_id: str, name: str | None, csrf: str | None, dag: str | None, running: bool = False
+    run_id: str,
+    name: str | None,
+    csrf: str | None,
+    dag: str | None,
+    running: bool = False,
+    replay: bool = False,
 ) -> str:
-    """A run: its header, the DAG (when its graph is known), counts, retries and failures, the
-    steps, the timeline, and why a clicked step is where it is. With a token session (``csrf``),
-    its actions: delete, and cancel while it runs (``running``; the script disables it once the
-    feed says the run ended)."""
+    """A run: its header, the DAG (when its graph is known), counts, retries and failures, its
+    dead letters, the steps, the timeline, and why a clicked step is where it is. With a token
+    session (``csrf``), its actions: delete, cancel while it runs (``running``; the script
+    disables it once the feed says the run ended), and a Replay button per dead letter when the
+    dashboard has a broker (``replay``)."""
     title = f"{name or 'run'} · {run_id}"
+    can_replay = bool(csrf) and replay
     cancel = '<button id="cancel-run">cancel this run</button>' if running else ""
     actions = (
         f'<div class="actions">{cancel}<button id="delete-run">delete this run</button></div>'
@@ -122,6 +129,11 @@ def run_page(
         '<h2>Retries and failures</h2><p id="problems-none">None so far.</p>'
         '<div class="scroll"><table><thead><tr><th>step</th><th>status</th><th>attempts</th>'
         '<th>tasks</th><th>error</th></tr></thead><tbody id="problems"></tbody></table></div>'
+        '<h2>Dead letters</h2><p id="letters-none">None.</p><p class="note" id="letters-note"></p>'
+        '<div class="scroll"><table id="letters-table"><thead><tr><th>id</th><th>step</th>'
+        "<th>task</th><th>attempts</th><th>error</th><th>failed at</th>"
+        f"{'<th></th>' if can_replay else ''}</tr></thead>"
+        '<tbody id="letters"></tbody></table></div>'
         '<div class="cols"><div><h2>Steps</h2>'
         '<input id="step-filter" type="search" placeholder="filter by name" '
         'aria-label="filter steps by name">'
@@ -134,7 +146,8 @@ def run_page(
         '<div id="timeline" class="scroll"><canvas id="timeline-canvas"></canvas>'
         '<div id="timeline-spacer"></div></div></div></div>'
     )
-    return _page(title, "run", csrf, body, f' data-run="{_e(run_id)}"')
+    attrs = f' data-run="{_e(run_id)}"' + (' data-replay="1"' if can_replay else "")
+    return _page(title, "run", csrf, body, attrs)
 
 
 def _step_of(graph: GraphView, steps: Sequence[StepStatus]) -> list[int | None]:

@@ -19,14 +19,16 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
-from taskiq_flow.dashboard.app import create_app, new_token
+from taskiq_flow.dashboard.app import DEFAULT_REPLAY_TIMEOUT, create_app, new_token
 from taskiq_flow.pictures import GraphView
+from taskiq_flow.retry import DeadLetterStore
 from taskiq_flow.tracking import PipelineTrackingManager
 
 __all__ = ["DashboardServer", "is_loopback", "loopback_hosts", "serve"]
@@ -101,6 +103,9 @@ async def serve(
     interval: float = 0.5,
     origins: Sequence[str] = (),
     actions: Mapping[str, Callable[[Request], Awaitable[Response]]] | None = None,
+    dead_letters: DeadLetterStore | None = None,
+    broker: Any = None,
+    replay_timeout: float = DEFAULT_REPLAY_TIMEOUT,
 ) -> DashboardServer:
     """Serves the dashboard over ``tracking`` in this event loop; returns once it listens.
 
@@ -112,7 +117,13 @@ async def serve(
     :param origins: other origins that may act (a reverse proxy's public address).
     :param actions: more actions behind the token, by path under ``/api/``
         (:func:`~taskiq_flow.dashboard.create_app`).
+    :param dead_letters: where the runs' dead letters are read (default: where a run tracked in
+        ``tracking`` keeps them; a run given ``with_dead_letters(store)`` needs that ``store``).
+    :param broker: the started broker the runs use: with it, a token session's run page can
+        replay a dead letter (the replay is awaited in this loop; pages stay live meanwhile).
+    :param replay_timeout: seconds a replay may take.
     :raises OSError: if the address cannot be bound.
+    :raises ValueError: for a replay timeout that is not a number > 0.
     """
     if not is_loopback(host):
         logger.warning(
@@ -120,6 +131,21 @@ async def serve(
             "read every run (actions still need the token)",
             host,
         )
+
+    def make_app(bound: int) -> Starlette:
+        return create_app(
+            tracking,
+            token=token or new_token(),
+            graphs=graphs,
+            interval=interval,
+            allowed_hosts=loopback_hosts(bound) if is_loopback(host) else None,
+            origins=origins,
+            actions=actions,
+            dead_letters=dead_letters,
+            broker=broker,
+            replay_timeout=replay_timeout,
+        )
+
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -128,15 +154,11 @@ async def serve(
         sock.close()
         raise
     bound = sock.getsockname()[1]
-    app = create_app(
-        tracking,
-        token=token or new_token(),
-        graphs=graphs,
-        interval=interval,
-        allowed_hosts=loopback_hosts(bound) if is_loopback(host) else None,
-        origins=origins,
-        actions=actions,
-    )
+    try:
+        app = make_app(bound)
+    except BaseException:
+        sock.close()
+        raise
     config = uvicorn.Config(
         app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=1
     )

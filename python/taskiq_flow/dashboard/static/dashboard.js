@@ -509,6 +509,85 @@
       body.setAttribute("data-updates", String(Number(body.getAttribute("data-updates") || 0) + 1));
     }
 
+    // Dead letters: the feed's "letters" event lists them; Replay (a token session with a
+    // broker) posts one to the server, which answers with its value or why it failed again.
+    var canReplay = csrf !== null && body.getAttribute("data-replay") === "1";
+    var letters = [];
+    var outcomes = {};  // letter id -> what its last replay said (kept across re-renders)
+    var replayed = {};  // letter ids replayed: gone even if an older list still names them
+    function renderLetters() {
+      var list = document.getElementById("letters");
+      clear(list);
+      var n = 0;
+      for (var i = 0; i < letters.length; i++) {
+        var d = letters[i];
+        if (replayed[d.id]) { continue; }
+        var tr = el("tr");
+        tr.setAttribute("data-letter", d.id);
+        tr.appendChild(el("td", "id", d.id));
+        tr.appendChild(el("td", null, d.step));
+        tr.appendChild(el("td", null, d.task));
+        tr.appendChild(el("td", "num", d.attempts));
+        var err = el("td", "err", d.error);
+        if (outcomes[d.id]) { err.appendChild(el("div", "outcome", outcomes[d.id])); }
+        tr.appendChild(err);
+        tr.appendChild(el("td", null, when(d.failed_at)));
+        if (canReplay) {
+          var td = el("td");
+          var b = el("button", "replay", "replay");
+          b.setAttribute("data-letter", d.id);
+          td.appendChild(b);
+          tr.appendChild(td);
+        }
+        list.appendChild(tr);
+        n += 1;
+      }
+      document.getElementById("letters-none").hidden = n > 0;
+    }
+    function onLetters(msg) {
+      letters = msg.letters;
+      var note = [];
+      if (msg.total > msg.letters.length) {
+        note.push("the oldest " + msg.letters.length + " of " + msg.total + " shown");
+      }
+      for (var i = 0; i < msg.problems.length; i++) { note.push(msg.problems[i]); }
+      document.getElementById("letters-note").textContent = note.join("; ");
+      renderLetters();
+      body.setAttribute("data-letters", String(msg.total));
+    }
+    function replay(id, button) {
+      button.disabled = true;
+      var result = document.getElementById("letters-note");
+      post("/api/runs/" + encodeURIComponent(runId) + "/dead-letters/" +
+           encodeURIComponent(id) + "/replay").then(function (r) {
+        var type = r.headers.get("content-type") || "";
+        return (type.indexOf("application/json") === 0 ? r.json() : r.text().then(function (t) {
+          return {error: t};
+        })).then(function (a) { return [r.status, a]; });
+      }).then(function (answer) {
+        var a = answer[1];
+        if (answer[0] === 200) {
+          replayed[id] = true;
+          delete outcomes[id];
+          result.textContent = "replayed " + id + " (step " + a.step + "): " +
+            JSON.stringify(a.value);
+          result.setAttribute("data-replayed", id);
+        } else {
+          outcomes[id] = "replay failed (" + answer[0] + "): " + (a.error || "");
+        }
+        renderLetters();
+      }, function (e) {
+        outcomes[id] = "replay not sent: " + e;
+        renderLetters();
+      });
+    }
+    document.getElementById("letters").addEventListener("click", function (e) {
+      var t = e.target;
+      if (t && t.classList && t.classList.contains("replay")) {
+        replay(t.getAttribute("data-letter"), t);
+      }
+    });
+
     indexDag();
     tableBox.addEventListener("scroll", renderTable);
     tlBox.addEventListener("scroll", scheduleDraw);
@@ -541,6 +620,7 @@
     var source = new EventSource("/events/runs/" + encodeURIComponent(runId));
     source.addEventListener("snapshot", function (e) { onSnapshot(JSON.parse(e.data)); });
     source.addEventListener("delta", function (e) { onDelta(JSON.parse(e.data)); });
+    source.addEventListener("letters", function (e) { onLetters(JSON.parse(e.data)); });
     source.addEventListener("gone", function () {
       document.getElementById("gone").hidden = false;
       body.setAttribute("data-gone", "1");
