@@ -38,6 +38,7 @@ from taskiq_flow.tracking import (
     PipelineTrackingManager,
     StepStatus,
 )
+from taskiq_flow.tracking.recorder import SEGMENT_REASONS
 
 __all__ = [
     "FINISHED_EVERY",
@@ -121,20 +122,7 @@ def _segments(step: StepStatus, t0: float) -> list[list[Any]]:
 
 
 #: The timeline kind of each reason a step's segments record.
-_KINDS = {
-    reason: segment_kind(reason)
-    for reason in (
-        "running",
-        "children",
-        "placement",
-        "shared_cap",
-        "run_cap",
-        "step_cap",
-        "rate",
-        "backoff",
-        "ready",
-    )
-}
+_KINDS = {reason: segment_kind(reason) for reason in SEGMENT_REASONS}
 
 
 def step_record(step: StepStatus, t0: float) -> list[Any]:

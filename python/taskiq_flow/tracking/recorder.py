@@ -25,7 +25,7 @@ from taskiq_flow.tracking import (
 )
 from taskiq_flow.tracking.asks import ASKED_FOR
 
-__all__ = ["EXPLAIN_EVERY", "RunRecorder", "RunShape"]
+__all__ = ["EXPLAIN_EVERY", "SEGMENT_REASONS", "RunRecorder", "RunShape"]
 
 _FINISHED = ("done", "failed", "skipped", "cancelled")
 
@@ -54,6 +54,8 @@ _KINDS = (
     "backoff",
     "ready",
 )
+#: The reasons a step's segments record, in the order above.
+SEGMENT_REASONS = _KINDS[1:]
 _CODE = {kind: code for code, kind in enumerate(_KINDS) if kind}
 _READY = _CODE["ready"]
 _WAITS = range(3, len(_KINDS))
