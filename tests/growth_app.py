@@ -22,8 +22,10 @@ async def _incr(key: str) -> int:
         await client.aclose()
 
 
-async def _held(key: str) -> None:
-    """Counts this task among those running at once (``<key>:running``), keeping the peak."""
+async def _held(key: str, until_peak: int = 0) -> None:
+    """Counts this task among those running at once (``<key>:running``), keeping the peak; with
+    ``until_peak``, holds on until the peak has reached it (at most 10 s), so that a cap of that
+    many is filled however slowly a loaded machine starts the tasks."""
     client = Redis.from_url(URL)
     try:
         running = await client.incr(f"{key}:running")
@@ -35,6 +37,10 @@ async def _held(key: str) -> None:
             running,
         )
         await asyncio.sleep(0.01)
+        for _ in range(1000):
+            if int(await client.get(f"{key}:peak") or 0) >= until_peak:
+                break
+            await asyncio.sleep(0.01)
         await client.decr(f"{key}:running")
     finally:
         await client.aclose()
@@ -49,7 +55,7 @@ async def list_pages(site: str, count: int) -> list[str]:
 @broker.task
 @pipeline_task(output="html", each={"url": "pages"}, max_parallel=3)
 async def fetch(url: str) -> str:
-    await _held("fetch")
+    await _held("fetch", until_peak=3)
     if url.endswith("/4"):
         raise Skip("page 4 is gone")
     return url.upper()
