@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import math
 import threading
 from collections.abc import Awaitable, Callable
@@ -342,3 +343,111 @@ async def test_pre_send_middlewares_see_what_kiq_gives_them(
     fast, kiq = await on_both(monkeypatch, make, lambda seen: [Stamp(seen)])
     assert fast == kiq
     assert fast[0] == [[[1, 2], "yes"], [math.pi, "yes"]]
+
+
+def _counting_ids(broker: InMemoryBroker) -> list[str]:
+    """Makes ``broker`` hand out task ids from a counter; returns the ids handed out (one per
+    message made: a bare attempt makes none)."""
+    given: list[str] = []
+
+    def next_id() -> str:
+        given.append(f"id-{len(given)}")
+        return given[-1]
+
+    broker.with_id_generator(next_id)
+    return given
+
+
+async def test_a_bare_attempt_takes_arguments_as_taskiq_would_parse_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a middleware of the user's, an attempt whose arguments its annotations leave as
+    they are is bare (no message made); one whose arguments taskiq would parse goes through the
+    receiver's parsing. Both lanes give each task the same values."""
+    ids: dict[str, list[str]] = {}
+
+    async def make(broker: InMemoryBroker, seen: Seen) -> Any:
+        given = ids.setdefault(str(len(ids)), _counting_ids(broker))
+
+        @broker.task(task_name="lane_typed")
+        async def typed(n: int, x: float, flag: bool, text: str, anything: Any = None) -> Any:
+            return [type(v).__name__ for v in (n, x, flag, text)] + [n, x, flag, text, anything]
+
+        plain = await MapReduce.map(
+            broker, typed, [1], kwargs={"x": 1.5, "flag": True, "text": "a"}
+        )
+        made = len(given)
+        cast = await MapReduce.map(broker, typed, ["7"], kwargs={"x": 2, "flag": 1, "text": "b"})
+        return plain, made, cast, len(given) - made
+
+    fast, kiq = await on_both(monkeypatch, make, lambda seen: [])
+    assert fast[0][0] == kiq[0][0] == [["int", "float", "bool", "str", 1, 1.5, True, "a", None]]
+    assert fast[0][2] == kiq[0][2] == [["int", "float", "bool", "str", 7, 2.0, True, "b", None]]
+    assert fast[0][1] == 0  # bare: no message for nobody to see
+    assert fast[0][3] == 1  # parsed: through the receiver's way, with a message
+    assert kiq[0][1] == kiq[0][3] == 1
+
+
+async def test_a_bare_attempt_fails_and_logs_as_taskiq_receiver_does(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task's exception on a bare attempt: the step fails with it, and taskiq's receiver logger
+    gets the same ERROR with the traceback as through ``kiq()``."""
+    logged: list[list[tuple[str, str, bool]]] = []
+
+    async def make(broker: InMemoryBroker, seen: Seen) -> Any:
+        ids = _counting_ids(broker)
+
+        @broker.task(task_name="lane_fails")
+        async def fails(n: int) -> int:
+            raise ValueError(f"bad {n}")
+
+        caplog.clear()
+        try:
+            await MapReduce.map(broker, fails, [3])
+        finally:
+            logged.append(
+                [
+                    (r.levelname, r.getMessage(), r.exc_info is not None)
+                    for r in caplog.records
+                    if r.name == "taskiq.receiver.receiver" and r.levelno >= logging.WARNING
+                ]
+            )
+            seen.append(("ids", len(ids)))
+
+    with caplog.at_level("INFO"):
+        fast, kiq = await on_both(monkeypatch, make, lambda seen: [])
+    assert fast[0] == kiq[0]
+    assert fast[0][0] == "StepFailedError" and "bad 3" in fast[0][1]
+    assert fast[1] == [("ids", 0)]  # the fast lane's attempt was bare
+    assert logged[0] == logged[1] == [("ERROR", "Exception found while executing function.", True)]
+
+
+def test_a_renamed_step_keeps_every_other_field() -> None:
+    """``StepSpec.renamed`` is ``dataclasses.replace(spec, name=...)``: every field carried."""
+    import dataclasses
+
+    from taskiq_flow.retry import RetryPolicy
+    from taskiq_flow.run.plan import CachePolicy, StepSpec
+
+    values: dict[str, Any] = {
+        "name": "a",
+        "task_name": "t",
+        "labels": {"k": 1},
+        "max_parallel": 3,
+        "retry": RetryPolicy(max_attempts=2),
+        "timeout": 1.5,
+        "tasks": 4,
+        "resources": None,
+        "rate": 2.0,
+        "burst": 5,
+        "limit_group": ("task", "t"),
+        "limit_name": "n",
+        "skip_errors": True,
+        "cache": CachePolicy(ttl=9.0, version="v"),
+    }
+    assert set(values) == {f.name for f in dataclasses.fields(StepSpec)}
+    spec = StepSpec(**values)
+    renamed = spec.renamed("b")
+    assert renamed == dataclasses.replace(spec, name="b")
+    assert renamed.name == "b" and spec.name == "a"

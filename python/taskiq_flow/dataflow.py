@@ -28,7 +28,7 @@ import inspect
 import uuid
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Any, TypeVar, cast
 
@@ -653,7 +653,7 @@ class ExecutionEngine(RunOptions):
                 )
                 steps.append(first)
             else:
-                steps.append(replace(first, name=name))
+                steps.append(first.renamed(name))
 
         self._made_steps = (dag, each, steps)
         return each, steps

@@ -30,6 +30,14 @@ travels to the run in its completion, :class:`~taskiq_flow.events.FlowMiddleware
 - the result is stored in the broker's result backend only when something reads it: a middleware
   with ``post_save``, or a :class:`~taskiq_flow.events.FlowMiddleware` with ``keep_results``.
 
+When the broker's only middleware with hooks is the :class:`~taskiq_flow.events.FlowMiddleware`
+(the common case: nothing else observes a message) and a task is a coroutine function without
+dependencies, ``timeout`` or ``ack_type`` label, whose arguments are plain JSON that its
+annotations leave as they are, the attempt is *bare*: no message or result object is made for
+nobody to see; the function is awaited with the copied arguments in its own asyncio task, its
+exception logged as taskiq's receiver logs it, and its completion published as the middleware
+publishes it (:meth:`LocalLane._bare`).
+
 Set the environment variable ``TASKIQ_FLOW_FAST_PATH=0`` to send every pipeline task through
 ``kiq()`` instead (read when a run starts).
 """
@@ -43,7 +51,7 @@ import inspect
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +70,9 @@ from taskiq.serializers.json_serializer import JSONSerializer
 from taskiq.state import TaskiqState
 from taskiq_dependencies import DependencyGraph
 
-from taskiq_flow.events import FlowMiddleware
+from taskiq_flow import cancelling
+from taskiq_flow.events import Completion, FlowMiddleware, InProcessChannel, _readable
+from taskiq_flow.growth import Expand
 
 __all__ = ["ENV_VAR", "LocalLane", "lane_for"]
 
@@ -152,10 +162,22 @@ _LABEL_TYPES: dict[type, int] = {
 }
 
 
+#: Random bytes for task ids, read from ``os.urandom`` 4 KiB at a time (one system call per 256
+#: ids instead of one per id), and how many of them are used.
+_ID_POOL = bytearray()
+_ID_USED = [0]
+
+
 def _fast_task_id() -> str:
-    """What taskiq's default id generator gives (a random uuid4 as 32 hex digits), made without
-    building a :class:`uuid.UUID`."""
-    raw = bytearray(os.urandom(16))
+    """What taskiq's default id generator gives (a random uuid4 as 32 hex digits: 16 bytes of
+    ``os.urandom`` with the version and variant bits set), made without building a
+    :class:`uuid.UUID`."""
+    used = _ID_USED[0]
+    if used >= len(_ID_POOL):
+        _ID_POOL[:] = os.urandom(4096)
+        used = 0
+    raw = _ID_POOL[used : used + 16]
+    _ID_USED[0] = used + 16
     raw[6] = raw[6] & 0x0F | 0x40  # version 4
     raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
     return raw.hex()
@@ -189,7 +211,7 @@ class LocalLane:
         self.receiver: Receiver = broker.receiver
         self._middlewares: list[TaskiqMiddleware] | None = None
         self._seen = -1
-        self._hooks = _Hooks([], [], [], [], [], [], False)
+        self._hooks = _Hooks([], [], [], [], [], [], False, None)
         #: Per task name: how taskiq's receiver runs it (see :meth:`_task_plan`).
         self._tasks: dict[str, _TaskPlan] = {}
 
@@ -209,25 +231,51 @@ class LocalLane:
         forward = list(middlewares)
         backward = forward[::-1]
         keep = any(isinstance(m, FlowMiddleware) and m.keep_results for m in forward)
-        post_save = [m.post_save for m in backward if _overrides(m, "post_save")]
+        post_save = [m for m in backward if _overrides(m, "post_save")]
+        hooked = [
+            m
+            for m in forward
+            if any(
+                _overrides(m, hook)
+                for hook in ("pre_send", "post_send", "pre_execute", "post_execute", "on_error")
+            )
+            or m in post_save
+        ]
+        only = hooked[0] if len(hooked) == 1 else None
+        bare = (
+            only
+            if type(only) is FlowMiddleware
+            and type(only.channel) is InProcessChannel
+            and not keep
+            and not post_save
+            else None
+        )
         self._hooks = _Hooks(
             [m.pre_send for m in forward if _overrides(m, "pre_send")],
             [m.post_send for m in backward if _overrides(m, "post_send")],
             [m.pre_execute for m in forward if _overrides(m, "pre_execute")],
             [m.post_execute for m in backward if _overrides(m, "post_execute")],
             [m.on_error for m in backward if _overrides(m, "on_error")],
-            post_save,
+            [m.post_save for m in post_save],
             keep or bool(post_save),
+            bare,
         )
         self._middlewares = middlewares
         self._seen = len(middlewares)
         return self._hooks
 
     async def send(
-        self, task_name: str, labels: dict[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        task_name: str,
+        labels: dict[str, Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        flow: tuple[str, int, int] | None = None,
     ) -> None:
         """Starts one attempt of ``task_name`` (returns once it is started, as ``kiq()`` does).
 
+        :param flow: the attempt's run id, node and attempt (what ``labels``' flow label says),
+            for a bare attempt (see the module); ``None``: never bare.
         :raises SendTaskError: the task is not registered, or the formatter refuses the
             arguments (nothing runs).
         """
@@ -242,6 +290,27 @@ class LocalLane:
             except _NotPlain:
                 pass
             else:
+                bare = hooks.bare
+                if (
+                    bare is not None
+                    and flow is not None
+                    and task is not None
+                    and "timeout" not in labels
+                    and "ack_type" not in labels
+                ):
+                    plan = self._plan_of(task_name, task.original_func)
+                    if (
+                        plan.coroutine
+                        and plan.graph is None
+                        and (
+                            not self.receiver.validate_params
+                            or plan.parsed_as_is(wire_args, wire_kwargs)
+                        )
+                    ):
+                        self._start(
+                            self._bare(bare, task_name, plan.target, wire_args, wire_kwargs, flow)
+                        )
+                        return
                 received, types = _wire_labels(labels)
                 ids = self.broker.id_generator
                 message = TaskiqMessage(
@@ -275,14 +344,71 @@ class LocalLane:
         if self.broker.await_inplace:  # as the broker's kick: the attempt runs within the send
             await receive
         else:
-            run = asyncio.get_running_loop().create_task(receive)
-            _BACKGROUND.add(run)
-            run.add_done_callback(_BACKGROUND.discard)
+            self._start(receive)
         if sent is not None:
             for hook in post_send:
                 done = hook(sent)
                 if inspect.isawaitable(done):
                     await done
+
+    def _start(self, attempt: Coroutine[Any, Any, None]) -> None:
+        """Runs ``attempt`` in an asyncio task of its own (a cancel of its run cuts that task)."""
+        run = asyncio.get_running_loop().create_task(attempt)
+        _BACKGROUND.add(run)
+        run.add_done_callback(_BACKGROUND.discard)
+
+    def _plan_of(self, name: str, target: Callable[..., Any]) -> _TaskPlan:
+        """How taskiq's receiver runs ``name`` (read once from its caches)."""
+        plan = self._tasks.get(name)
+        if plan is None or plan.target is not target:
+            plan = self._tasks[name] = _TaskPlan.of(self.receiver, name, target)
+        return plan
+
+    async def _bare(
+        self,
+        flow: FlowMiddleware,
+        task_name: str,
+        target: Callable[..., Any],
+        args: list[Any],
+        kwargs: dict[str, Any],
+        label: tuple[str, int, int],
+    ) -> None:
+        """A bare attempt (see the module): what taskiq's receiver and the
+        :class:`~taskiq_flow.events.FlowMiddleware` do with it, less the message and the result
+        that no other middleware would see: the attempt noted as running (a cancel cuts it), the
+        function awaited, an exception logged as the receiver logs it, the completion published
+        with the duration measured here."""
+        run_id, node, attempt = label
+        cancelling.attempt_started(run_id)
+        started, wall = time.perf_counter(), time.time()
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = await target(*args, **kwargs)
+            if type(value) not in _NEVER_AWAITABLE and inspect.isawaitable(value):
+                value = await value
+        except NoResultError as no_result:
+            error = no_result
+            _receiver_log.warning(
+                "Task %s with id %s skipped setting result.", task_name, f"{run_id}:{node}"
+            )
+        except BaseException as exc:  # as taskiq's receiver: a cancel too ends in a result
+            error = exc
+            _receiver_log.exception("Exception found while executing function.")
+        cancelling.attempt_ended(run_id)
+        if error is None and isinstance(value, Expand):
+            value = value.to_wire()  # an expansion travels as JSON, in process too
+        completion = Completion(
+            run_id=run_id,
+            node=node,
+            attempt=attempt,
+            ok=error is None,
+            value=value if error is None else None,
+            error=_readable(error),
+            duration_ms=(time.perf_counter() - started) * 1000.0,
+            started_at=wall,
+        )
+        flow.channel.publish(completion)
 
     async def _receive(
         self, target: Callable[..., Any], message: TaskiqMessage, hooks: _Hooks
@@ -318,11 +444,9 @@ class LocalLane:
         thread pool), the ``timeout`` label enforced, ``on_error`` middlewares called."""
         receiver = self.receiver
         name = message.task_name
-        plan = self._tasks.get(name)
-        if plan is None or plan.target is not target:
-            plan = self._tasks[name] = _TaskPlan.of(receiver, name, target)
+        plan = self._plan_of(name, target)
         coroutine = plan.coroutine
-        if receiver.validate_params:
+        if receiver.validate_params and not plan.parsed_as_is(message.args, message.kwargs):
             parse_params(plan.signature, plan.hints, message)
         graph = plan.graph
         dep_ctx = None
@@ -407,6 +531,10 @@ class _Hooks:
     post_save: list[Any]
     #: Whether results go to the result backend (something reads them back).
     store: bool
+    #: The broker's :class:`~taskiq_flow.events.FlowMiddleware` when it is the only middleware
+    #: with hooks (exactly that class, publishing in process, results not kept): attempts may be
+    #: bare. ``None`` otherwise.
+    bare: FlowMiddleware | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,19 +547,78 @@ class _TaskPlan:
     hints: dict[str, Any]
     #: Its dependency graph, ``None`` when it has no dependencies (nothing to resolve).
     graph: DependencyGraph | None
+    #: For a function whose parameters are all plain (positional-or-keyword or keyword-only, no
+    #: ``*args`` / ``**kwargs``), each parameter's annotation when it is one of
+    #: :data:`_AS_IS` (``None`` for any other annotation or none), by position and by name;
+    #: ``None`` for any other function.
+    as_is: tuple[tuple[type | None, ...], dict[str, type | None]] | None
 
     @classmethod
     def of(cls, receiver: Receiver, name: str, target: Callable[..., Any]) -> _TaskPlan:
         if name not in receiver.known_tasks:
             receiver._prepare_task(name, target)
         graph = receiver.dependency_graphs.get(name)
+        signature = receiver.task_signatures.get(name)
+        hints = receiver.task_hints.get(name) or {}
         return cls(
             target,
             asyncio.iscoroutinefunction(target),
-            receiver.task_signatures.get(name),
-            receiver.task_hints.get(name) or {},
+            signature,
+            hints,
             graph if graph and not graph.is_empty() else None,
+            _as_is_plan(signature, hints),
         )
+
+    def parsed_as_is(self, args: list[Any], kwargs: dict[str, Any]) -> bool:
+        """Whether taskiq's ``parse_params`` would leave a message's arguments as they are:
+        every argument whose parameter is annotated has exactly the annotated type among
+        ``int``, ``float``, ``str``, ``bool`` (pydantic gives such a value back unchanged) or is
+        ``None`` (never parsed), and no argument meets any other annotation (``Any`` counts as
+        none: pydantic gives any value back as it is)."""
+        as_is = self.as_is
+        if as_is is None:
+            return False
+        by_position, by_name = as_is
+        if len(args) > len(by_position):
+            return False
+        for value, annotation in zip(args, by_position):
+            if annotation is not None and type(value) is not annotation and value is not None:
+                return False
+        for key, value in kwargs.items():
+            annotation = by_name.get(key, _UNKNOWN)
+            if annotation is _UNKNOWN:
+                return False  # taskiq's parsing of a name it does not know is its own business
+            if annotation is not None and type(value) is not annotation and value is not None:
+                return False
+        return True
+
+
+#: Annotations whose values of exactly that type pydantic's validation gives back unchanged.
+_AS_IS = (int, float, str, bool)
+_UNKNOWN: Any = object()
+
+
+def _as_is_plan(
+    signature: inspect.Signature | None, hints: dict[str, Any]
+) -> tuple[tuple[type | None, ...], dict[str, type | None]] | None:
+    """:attr:`_TaskPlan.as_is` of a function (``None`` when any parameter is ``*args``,
+    ``**kwargs`` or annotated with anything but :data:`_AS_IS`)."""
+    if signature is None:
+        return None
+    by_position: list[type | None] = []
+    by_name: dict[str, type | None] = {}
+    for name, param in signature.parameters.items():
+        annotation = hints.get(name)
+        if annotation is Any:  # pydantic gives any value back as it is
+            annotation = None
+        if annotation is not None and annotation not in _AS_IS:
+            return None
+        if param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+            by_position.append(annotation)
+        elif param.kind is not inspect.Parameter.KEYWORD_ONLY:
+            return None
+        by_name[name] = annotation
+    return tuple(by_position), by_name
 
 
 def lane_for(broker: AsyncBroker) -> LocalLane | None:

@@ -232,7 +232,9 @@ class NodeSender:
                     if queue is not None:
                         labels[QUEUE_LABEL] = queue
             if self.lane is not None:
-                await self.lane.send(step.task_name, labels, args, kwargs)
+                await self.lane.send(
+                    step.task_name, labels, args, kwargs, (self.run_id, node, attempt)
+                )
             else:
                 kicker: AsyncKicker[Any, Any] = AsyncKicker(step.task_name, self.broker, labels)
                 await kicker.kiq(*args, **kwargs)
