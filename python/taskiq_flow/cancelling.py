@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -58,10 +59,20 @@ HANDLE: contextvars.ContextVar[Callable[[Any], None] | None] = contextvars.Conte
 )
 
 
+if sys.version_info >= (3, 12):
+    _current_task = asyncio.current_task  # in C
+else:  # asyncio.current_task() in Python, less its argument handling (called twice per attempt)
+    _get_running_loop = asyncio.events._get_running_loop
+    _current_tasks = asyncio.tasks._current_tasks  # type: ignore[attr-defined]
+
+    def _current_task() -> asyncio.Task[Any] | None:
+        return _current_tasks.get(_get_running_loop())  # type: ignore[no-any-return]
+
+
 def attempt_started(run_id: str) -> None:
     """An attempt of ``run_id`` starts in the current asyncio task (it is cut at once if its run
     was cancelled)."""
-    task = asyncio.current_task()
+    task = _current_task()
     if task is None:
         return
     _RUNNING.setdefault(run_id, set()).add(task)
@@ -72,7 +83,7 @@ def attempt_started(run_id: str) -> None:
 def attempt_ended(run_id: str) -> bool:
     """The attempt of ``run_id`` in the current task is over (before its completion is
     published: a cancel arriving now must not cut the publishing). Returns whether it was cut."""
-    task = asyncio.current_task()
+    task = _current_task()
     if task is None:
         return False
     running = _RUNNING.get(run_id)
@@ -91,7 +102,7 @@ def attempt_ended(run_id: str) -> bool:
 def was_cut() -> bool:
     """Whether the current asyncio task runs an attempt that a cancel has cut (until the attempt
     has ended)."""
-    task = asyncio.current_task()
+    task = _current_task()
     return task is not None and task in _CUT
 
 

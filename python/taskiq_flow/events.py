@@ -62,26 +62,35 @@ class Completion:
 class Inbox:
     """Completions of one run, delivered in batches: the run drains everything that arrived."""
 
-    __slots__ = ("_error", "_event", "_items")
+    __slots__ = ("_error", "_items", "_waiter", "_woken")
 
     def __init__(self) -> None:
         self._items: deque[Completion] = deque()
-        self._event = asyncio.Event()
+        #: What :meth:`wait` awaits while it waits (a bare future: less than an asyncio.Event).
+        self._waiter: asyncio.Future[None] | None = None
+        #: Whether :meth:`wake` (or a delivery) came since the last :meth:`wait` returned.
+        self._woken = False
         self._error: BaseException | None = None
+
+    def _wake_waiter(self) -> None:
+        self._woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def push(self, completion: Completion) -> None:
         """Delivers one completion (any coroutine or callback of the same loop)."""
         self._items.append(completion)
-        self._event.set()
+        self._wake_waiter()
 
     def wake(self) -> None:
         """Wakes the waiting run without a completion (a timer, a cancel)."""
-        self._event.set()
+        self._wake_waiter()
 
     def fail(self, error: BaseException) -> None:
         """The channel broke for good: the run waiting on this inbox gets ``error``."""
         self._error = error
-        self._event.set()
+        self._wake_waiter()
 
     async def wait(self) -> None:
         """Waits until something arrived or :meth:`wake` was called.
@@ -89,11 +98,15 @@ class Inbox:
         :raises BaseException: what :meth:`fail` was given, once nothing more is queued.
         """
         if not self._items:
-            if self._error is None:
-                await self._event.wait()
+            if self._error is None and not self._woken:
+                waiter = self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await waiter
+                finally:
+                    self._waiter = None
             if self._error is not None and not self._items:
                 raise self._error
-        self._event.clear()
+        self._woken = False
 
     def drain(self) -> list[Completion]:
         """Everything delivered so far."""

@@ -119,6 +119,8 @@ class Grower:
 
     def take_closed(self) -> None:
         """Sets the value of every node the core closed (children before parents)."""
+        if not self.log:
+            return  # the run never grew: the core closes only nodes that grew children
         closed = self.scheduler.take_closed()
         if not closed:
             return

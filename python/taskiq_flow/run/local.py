@@ -71,7 +71,13 @@ from taskiq.state import TaskiqState
 from taskiq_dependencies import DependencyGraph
 
 from taskiq_flow import cancelling
-from taskiq_flow.events import Completion, FlowMiddleware, InProcessChannel, _readable
+from taskiq_flow.events import (
+    FLOW_LABEL,
+    Completion,
+    FlowMiddleware,
+    InProcessChannel,
+    _readable,
+)
 from taskiq_flow.growth import Expand
 
 __all__ = ["ENV_VAR", "LocalLane", "lane_for"]
@@ -274,8 +280,10 @@ class LocalLane:
     ) -> None:
         """Starts one attempt of ``task_name`` (returns once it is started, as ``kiq()`` does).
 
-        :param flow: the attempt's run id, node and attempt (what ``labels``' flow label says),
-            for a bare attempt (see the module); ``None``: never bare.
+        :param labels: the message's labels; with ``flow``, the step's own (not changed), to
+            which the flow label is added if a message is made.
+        :param flow: the attempt's run id, node and attempt number: the attempt may be bare
+            (see the module). ``None``: ``labels`` carry the flow label, and a message is made.
         :raises SendTaskError: the task is not registered, or the formatter refuses the
             arguments (nothing runs).
         """
@@ -307,10 +315,20 @@ class LocalLane:
                             or plan.parsed_as_is(wire_args, wire_kwargs)
                         )
                     ):
-                        self._start(
-                            self._bare(bare, task_name, plan.target, wire_args, wire_kwargs, flow)
+                        attempt = self._bare(
+                            bare, task_name, plan.target, wire_args, wire_kwargs, flow
                         )
+                        if self.broker.await_inplace:
+                            await attempt
+                        else:
+                            # No reference kept: until the attempt starts the loop holds its
+                            # task, and while it runs the cancel registry does
+                            # (cancelling.attempt_started).
+                            asyncio.get_running_loop().create_task(attempt)
                         return
+                if flow is not None:
+                    labels = {**labels, FLOW_LABEL: f"{flow[0]}:{flow[1]}:{flow[2]}"}
+                    flow = None
                 received, types = _wire_labels(labels)
                 ids = self.broker.id_generator
                 message = TaskiqMessage(
@@ -321,6 +339,8 @@ class LocalLane:
                     args=wire_args,
                     kwargs=wire_kwargs,
                 )
+        if flow is not None:
+            labels = {**labels, FLOW_LABEL: f"{flow[0]}:{flow[1]}:{flow[2]}"}
         sent: TaskiqMessage | None = None
         if message is None:  # what kiq() does, step by step
             kicker: AsyncKicker[Any, Any] = AsyncKicker(task_name, self.broker, labels)

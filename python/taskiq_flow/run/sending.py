@@ -210,6 +210,14 @@ class NodeSender:
                 _BACKGROUND.add(task)
                 task.add_done_callback(_BACKGROUND.discard)
                 return
+            lane = self.lane
+            pool = self.pool
+            if lane is not None and step.timeout is None and pool is None:
+                # The lane adds the flow label itself, only when it makes a message.
+                await lane.send(
+                    step.task_name, step.labels, args, kwargs, (self.run_id, node, attempt)
+                )
+                return
             # A new dict each time: taskiq's kicker updates the dict it is given in place, and
             # the step's labels are the task's own.
             labels: dict[str, Any] = {**step.labels, FLOW_LABEL: f"{self.run_id}:{node}:{attempt}"}
@@ -223,7 +231,6 @@ class NodeSender:
                     node,
                     attempt,
                 )
-            pool = self.pool
             if pool is not None and self._pool_run is not None:
                 worker = pool.worker_of(self._pool_run, node)
                 if worker is not None:
@@ -231,10 +238,8 @@ class NodeSender:
                     queue = pool.queue_of(self._pool_run, node)
                     if queue is not None:
                         labels[QUEUE_LABEL] = queue
-            if self.lane is not None:
-                await self.lane.send(
-                    step.task_name, labels, args, kwargs, (self.run_id, node, attempt)
-                )
+            if lane is not None:
+                await lane.send(step.task_name, labels, args, kwargs)
             else:
                 kicker: AsyncKicker[Any, Any] = AsyncKicker(step.task_name, self.broker, labels)
                 await kicker.kiq(*args, **kwargs)
