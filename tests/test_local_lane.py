@@ -451,3 +451,31 @@ def test_a_renamed_step_keeps_every_other_field() -> None:
     renamed = spec.renamed("b")
     assert renamed == dataclasses.replace(spec, name="b")
     assert renamed.name == "b" and spec.name == "a"
+
+
+async def test_a_broker_that_awaits_in_place_runs_each_attempt_within_its_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``InMemoryBroker(await_inplace=True)``: the send returns once the task ran, on both lanes
+    (a bare attempt too): every attempt runs in the task that sends (one task for all), and the
+    run's values are the same."""
+    outcomes = []
+    for setting in ("1", "0"):
+        monkeypatch.setenv(ENV_VAR, setting)
+        broker = InMemoryBroker(await_inplace=True)
+        order: list[str] = []
+        ran_in: set[int] = set()
+
+        @broker.task(task_name="lane_inplace")
+        async def double(x: int, order: list[str] = order, ran_in: set[int] = ran_in) -> int:
+            order.append(f"ran {x}")
+            ran_in.add(id(asyncio.current_task()))
+            return 2 * x
+
+        await broker.startup()
+        try:
+            out = await MapReduce.map(broker, double, [1, 2, 3])
+        finally:
+            await broker.shutdown()
+        outcomes.append((out, order, len(ran_in)))
+    assert outcomes[0] == outcomes[1] == ([2, 4, 6], ["ran 1", "ran 2", "ran 3"], 1)
