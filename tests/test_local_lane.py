@@ -460,14 +460,16 @@ async def test_a_broker_that_awaits_in_place_runs_each_attempt_within_its_send(
     (a bare attempt too): every attempt runs in the task that sends (one task for all), and the
     run's values are the same."""
     outcomes = []
+    order: list[str] = []
+    ran_in: set[int] = set()
     for setting in ("1", "0"):
         monkeypatch.setenv(ENV_VAR, setting)
         broker = InMemoryBroker(await_inplace=True)
-        order: list[str] = []
-        ran_in: set[int] = set()
+        order.clear()
+        ran_in.clear()
 
         @broker.task(task_name="lane_inplace")
-        async def double(x: int, order: list[str] = order, ran_in: set[int] = ran_in) -> int:
+        async def double(x: int) -> int:
             order.append(f"ran {x}")
             ran_in.add(id(asyncio.current_task()))
             return 2 * x
@@ -477,5 +479,5 @@ async def test_a_broker_that_awaits_in_place_runs_each_attempt_within_its_send(
             out = await MapReduce.map(broker, double, [1, 2, 3])
         finally:
             await broker.shutdown()
-        outcomes.append((out, order, len(ran_in)))
+        outcomes.append((out, list(order), len(ran_in)))
     assert outcomes[0] == outcomes[1] == ([2, 4, 6], ["ran 1", "ran 2", "ran 3"], 1)
