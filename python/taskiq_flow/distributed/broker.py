@@ -1226,13 +1226,17 @@ class GroupWriter(Generic[_Item]):
             batch = [(item, None)]
         # If this caller is cancelled mid-write, whether the batch reached Redis is unknown:
         # the others are told so (never cancelled for another's cancellation).
-        lost = RedisConnectionError("interrupted: the write it was batched with was cancelled")
-        outcomes: list[BaseException | None] = [lost] * len(batch)
+        outcomes: list[BaseException | None] | None = None
         try:
             outcomes = await self._write([i for i, _ in batch])
         except Exception as exc:
             outcomes = [exc] * len(batch)
         finally:
+            if outcomes is None:  # cancelled mid-write (the error is made only then)
+                lost = RedisConnectionError(
+                    "interrupted: the write it was batched with was cancelled"
+                )
+                outcomes = [lost] * len(batch)
             self._hand_on()
             for (_, future), outcome in zip(batch, outcomes):
                 if future is None or future is own or future.done():
