@@ -805,22 +805,16 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                     return found
         streams: dict[Any, Any] = {self.queue_name: ">", **self.additional_streams}
         block = ("BLOCK", self.block) if self.block is not None else ()
-        [reply] = await lean.execute(
-            [
-                (
-                    "XREADGROUP",
-                    "GROUP",
-                    group,
-                    consumer,
-                    *count,
-                    *block,
-                    "STREAMS",
-                    *streams,
-                    *streams.values(),
-                )
-            ],
-            block=(self.block or 0) / 1000,
-        )
+        read = ("XREADGROUP", "GROUP", group, consumer, *count, *block, "STREAMS", *streams)
+        try:
+            [reply] = await lean.execute(
+                [(*read, *streams.values())], block=(self.block or 0) / 1000
+            )
+        except asyncio.CancelledError:
+            # The worker stops: its read must not go on taking messages on Redis's side
+            # (as redis-py's disconnect on cancellation ensures).
+            lean.abort()
+            raise
         return stream_entries(reply)
 
     async def _pool_next_batch(self, conn: Redis) -> Any:

@@ -452,7 +452,10 @@ class RedisCompletionChannel:
         """One blocking ``XREAD`` of every open run's stream (and the wake stream)."""
         if not self._lean_checked:
             self._lean_checked = True
-            self._lean = LeanConnection.from_pool(redis.connection_pool)
+            # Only on a client of its own (from a URL): a connection the channel opened beside
+            # a client it was given would outlive that client's aclose().
+            if self._url is not None:
+                self._lean = LeanConnection.from_pool(redis.connection_pool)
         if self._lean is None:
             return await redis.xread(streams, block=self.block_ms, count=1000)
         [reply] = await self._lean.execute(

@@ -99,6 +99,7 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[_Batch] = collections.deque()
         self.transport: Any = None
         self.lost: BaseException | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport  # uvloop's are not asyncio.Transport subclasses
@@ -132,6 +133,8 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def _fail(self, error: BaseException) -> None:
         if self.lost is None:
@@ -340,18 +343,39 @@ class LeanConnection:
                     raise AuthenticationError(str(reply))
         return protocol
 
+    def abort(self) -> None:
+        """Closes the connection at once (a blocking read on it ends on Redis's side too:
+        nothing more is delivered to it)."""
+        self._drop()
+
     def _drop(self) -> None:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
-            with contextlib.suppress(RuntimeError):  # its event loop is closed
-                protocol.transport.abort()
+            _abort(protocol.transport)
 
     async def aclose(self) -> None:
-        """Closes the connection (callers still waiting fail with a connection error)."""
+        """Closes the connection, and returns once its socket is closed (callers still
+        waiting fail with a connection error)."""
         protocol, self._protocol = self._protocol, None
-        if protocol is not None and protocol.transport is not None:
-            with contextlib.suppress(RuntimeError):
-                protocol.transport.close()
+        if protocol is None or protocol.transport is None:
+            return
+        if self._loop is not asyncio.get_running_loop():
+            _abort(protocol.transport)  # opened in another event loop
+            return
+        protocol.transport.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(protocol.closed), 1.0)
+
+
+def _abort(transport: Any) -> None:
+    """Closes a transport at once, even one whose event loop is closed (its socket is then
+    closed directly: left to the garbage collector, it would warn)."""
+    try:
+        transport.abort()
+    except RuntimeError:  # its event loop is closed
+        sock = getattr(transport, "_sock", None)
+        if sock is not None:
+            sock.close()
 
 
 def stream_entries(reply: Any) -> list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes] | None]]]]:
