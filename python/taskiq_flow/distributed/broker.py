@@ -790,9 +790,9 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         return await cancellable(self._pool_next_batch(conn))
 
     async def _lean_next_batch(self, lean: LeanConnection) -> Any:
-        """:meth:`_next_batch` on the lean connection (a cancellation ends its wait at once:
-        the read's replies, if they come, are dropped, and what it took stays pending here,
-        given back by the drain or reclaimed after a lease)."""
+        """:meth:`_next_batch` on the lean connection. A cancellation (the worker stops)
+        ends the wait at once and closes the connection, so that the blocked read takes
+        nothing more on Redis's side."""
         group, consumer = self.consumer_group_name, self.consumer_name
         count: tuple[Any, ...] = ("COUNT", self.count) if self.count else ()
         if self.priority_queues:
@@ -961,7 +961,8 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
 
     async def _ack_batch(self, batch: list[_Acking]) -> list[BaseException | None]:
         """Writes a batch of acknowledgements, each with its completion, in one transaction
-        (``XADD`` + ``EXPIRE`` per completion, one ``XACK`` and one ``XDEL`` per stream),
+        (an ``XADD`` per completion and an ``EXPIRE`` per completion stream, one ``XACK``
+        and one ``XDEL`` per stream; on the lean connection where the pool's settings allow),
         retrying while Redis is unavailable (for about a lease; after that the messages are
         reclaimed and run again). Never raises."""
         pause, deadline = 0.05, time.monotonic() + self.lease_seconds
@@ -1025,9 +1026,6 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         done = replies[-1]
         if isinstance(done, RedisError):  # EXECABORT: nothing of it was executed
             raise done
-        queued = [r for r in replies[1:-1] if isinstance(r, RedisError)]
-        if queued:
-            raise queued[0]
         return list(done or ())
 
     async def _reclaim(self, conn: Redis, stream: Any) -> AsyncGenerator[Any, None]:
