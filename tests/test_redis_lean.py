@@ -198,3 +198,28 @@ async def test_a_batch_of_acknowledgements_is_one_transaction_with_one_expire_pe
         assert pending["pending"] == 0
     finally:
         await broker.shutdown()
+
+
+async def test_a_blocking_read_cut_by_the_workers_stop_takes_nothing_more(
+    redis: Redis, redis_url: str
+) -> None:
+    """A worker's blocking read cancelled as it stops drops its connection: Redis ends the read,
+    and a message sent afterwards waits for a live worker instead of being taken by this one."""
+    broker: Any = reliable_stream_broker(redis_url, queue_name="lean-stop", xread_block=10_000)
+    await broker.startup()
+    try:
+        read = asyncio.ensure_future(broker._next_batch(None))
+        await until(lambda: _blocked_clients(redis), 10, "the read to block")
+        read.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await read
+
+        async def unblocked() -> bool:
+            return await _blocked_clients(redis) == 0
+
+        await until(unblocked, 10, "Redis to end the cut read")
+        await redis.xadd("lean-stop", {"data": "sent after the stop"})
+        pending = await redis.xpending("lean-stop", broker.consumer_group_name)
+        assert pending["pending"] == 0
+    finally:
+        await broker.shutdown()
