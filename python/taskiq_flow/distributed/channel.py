@@ -47,7 +47,6 @@ from taskiq_flow.distributed.payload import (
     decode,
     encode,
 )
-from taskiq_flow.distributed.resp import LeanConnection, stream_entries
 from taskiq_flow.events import Completion, Inbox
 from taskiq_flow.exceptions import (
     AbortPipeline,
@@ -195,9 +194,6 @@ class RedisCompletionChannel:
         self._wake_last: Any = "0-0"
         self._listener: asyncio.Task[None] | None = None
         self._cache: RedisStepCache | None = None
-        # The reader's blocking reads, on a lean connection where the client's settings allow.
-        self._lean: LeanConnection | None = None
-        self._lean_checked = False
 
     def _redis(self) -> Redis:
         if self._client is None:
@@ -409,7 +405,7 @@ class RedisCompletionChannel:
                     streams[r.key] = r.last
                 self._blocked = True
                 try:
-                    batches: Any = await self._xread(redis, streams)
+                    batches: Any = await redis.xread(streams, block=self.block_ms, count=1000)
                 finally:
                     self._blocked = False
             except RedisError as exc:
@@ -447,33 +443,6 @@ class RedisCompletionChannel:
                     completion = self._parse(reading.run_id, reading.key, entry_id, fields)
                     if completion is not None:
                         inbox.push(completion)
-
-    async def _xread(self, redis: Redis, streams: dict[Any, Any]) -> Any:
-        """One blocking ``XREAD`` of every open run's stream (and the wake stream)."""
-        if not self._lean_checked:
-            self._lean_checked = True
-            # Only on a client of its own (from a URL): a connection the channel opened beside
-            # a client it was given would outlive that client's aclose().
-            if self._url is not None:
-                self._lean = LeanConnection.from_pool(redis.connection_pool)
-        if self._lean is None:
-            return await redis.xread(streams, block=self.block_ms, count=1000)
-        [reply] = await self._lean.execute(
-            [
-                (
-                    "XREAD",
-                    "COUNT",
-                    1000,
-                    "BLOCK",
-                    self.block_ms,
-                    "STREAMS",
-                    *streams,
-                    *streams.values(),
-                )
-            ],
-            block=self.block_ms / 1000,
-        )
-        return stream_entries(reply)
 
     def _fail_run(self, reading: _Reading, error: BaseException) -> None:
         """A run whose completions can no longer come: its inbox fails, its stream is no
@@ -553,8 +522,6 @@ class RedisCompletionChannel:
             if task is not None:
                 task.cancel()
         self._reader = self._listener = self._waking = None
-        if self._lean is not None:
-            await self._lean.aclose()
         if self._deletes:
             await asyncio.gather(*self._deletes, return_exceptions=True)
         if self._client is not None and self._url is not None:
