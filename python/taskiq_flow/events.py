@@ -132,6 +132,11 @@ class CompletionChannel(Protocol):
         ...
 
 
+#: What ``FlowMiddleware`` sets as a result's error so that taskiq's receiver does not store it
+#: (taskiq checks its type only; one instance, never raised, serves every task).
+_NO_RESULT = NoResultError()
+
+
 class InProcessChannel:
     """Completions within one process: a dict of inboxes."""
 
@@ -283,7 +288,7 @@ class FlowMiddleware(TaskiqMiddleware):
         if not self.keep_results:
             # The value travels in the completion: nothing reads it from the result backend, so
             # it is not stored there (one write and one key fewer per task).
-            result.error = NoResultError()
+            result.error = _NO_RESULT
         if refused:
             result.is_err = True
             result.return_value = None
