@@ -71,6 +71,7 @@ from taskiq_redis import RedisStreamBroker
 from taskiq_flow.distributed.aio import cancellable, reraise_cancellation
 from taskiq_flow.distributed.keys import validate_key_part
 from taskiq_flow.distributed.payload import FastJSONSerializer
+from taskiq_flow.distributed.resp import LeanConnection, stream_entries
 from taskiq_flow.distributed.workers import (
     BOOT_TTL,
     DRAIN_ENV,
@@ -377,6 +378,10 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         # Sends, and acknowledgements with their completions, written in batches.
         self._sends: GroupWriter[_Outgoing] = GroupWriter(self._send_batch)
         self._acks: GroupWriter[_Acking] = GroupWriter(self._ack_batch)
+        # The hot paths' lean connections (None: the pool's settings need redis-py): one for
+        # sends and acknowledgements, one for the worker's blocking reads.
+        self._lean = LeanConnection.from_pool(self.connection_pool)
+        self._lean_read = LeanConnection.from_pool(self.connection_pool)
         self._in_ack: set[str] = set()
         self._predecessor: str | None = None
         self._next_reclaim = 0.0
@@ -451,6 +456,9 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         await self._acks.flushed()
         for task in list(self._background):
             task.cancel()
+        for lean in (self._lean, self._lean_read):
+            if lean is not None:
+                await lean.aclose()
         if self.is_worker_process:
             with contextlib.suppress(RedisError):
                 async with Redis(connection_pool=self.connection_pool) as conn:
@@ -727,17 +735,23 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         pause, deadline = 0.05, time.monotonic() + SEND_RETRY_SECONDS
         while True:
             try:
-                async with (
-                    Redis(connection_pool=self.connection_pool) as conn,
-                    conn.pipeline(transaction=False) as pipe,
-                ):
-                    for queue, placed, data in batch:
-                        pipe.xadd(
-                            queue, {b"data": data}, maxlen=self.maxlen, approximate=self.approximate
-                        )
-                        if placed:  # a worker's own queue outlives it only so long
-                            pipe.pexpire(queue, int(WORKER_QUEUE_TTL * 1000))
-                    replies = await pipe.execute(raise_on_error=False)
+                if self._lean is not None:
+                    replies = await self._lean.execute(self._send_commands(batch))
+                else:
+                    async with (
+                        Redis(connection_pool=self.connection_pool) as conn,
+                        conn.pipeline(transaction=False) as pipe,
+                    ):
+                        for queue, placed, data in batch:
+                            pipe.xadd(
+                                queue,
+                                {b"data": data},
+                                maxlen=self.maxlen,
+                                approximate=self.approximate,
+                            )
+                            if placed:  # a worker's own queue outlives it only so long
+                                pipe.pexpire(queue, int(WORKER_QUEUE_TTL * 1000))
+                        replies = await pipe.execute(raise_on_error=False)
             except (RedisConnectionError, RedisTimeoutError):
                 if time.monotonic() > deadline:
                     raise
@@ -752,11 +766,58 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                 at += 2 if placed else 1
             return outcomes
 
+    def _send_commands(self, batch: list[_Outgoing]) -> list[tuple[Any, ...]]:
+        """The commands :meth:`_send_batch` writes: per message its ``XADD`` (capped as the
+        broker's ``maxlen`` says), and a ``PEXPIRE`` of a worker's own queue."""
+        cap: tuple[Any, ...] = ()
+        if self.maxlen is not None:
+            cap = ("MAXLEN", "~" if self.approximate else "=", self.maxlen)
+        ttl = int(WORKER_QUEUE_TTL * 1000)
+        commands: list[tuple[Any, ...]] = []
+        for queue, placed, data in batch:
+            commands.append(("XADD", queue, *cap, "*", "data", data))
+            if placed:
+                commands.append(("PEXPIRE", queue, ttl))
+        return commands
+
     # -- receiving ---------------------------------------------------------------------------
 
     async def _next_batch(self, conn: Redis) -> Any:
         """What to take next: the highest-priority queue with anything waiting, checked
         without blocking; when all are empty, a blocking read on all of them."""
+        if self._lean_read is not None:
+            return await self._lean_next_batch(self._lean_read)
+        return await cancellable(self._pool_next_batch(conn))
+
+    async def _lean_next_batch(self, lean: LeanConnection) -> Any:
+        """:meth:`_next_batch` on the lean connection. A cancellation (the worker stops)
+        ends the wait at once and closes the connection, so that the blocked read takes
+        nothing more on Redis's side."""
+        group, consumer = self.consumer_group_name, self.consumer_name
+        count: tuple[Any, ...] = ("COUNT", self.count) if self.count else ()
+        if self.priority_queues:
+            for queue in (*self.priority_queues, self.queue_name):
+                [reply] = await lean.execute(
+                    [("XREADGROUP", "GROUP", group, consumer, *count, "STREAMS", queue, ">")]
+                )
+                found = stream_entries(reply)
+                if found:
+                    return found
+        streams: dict[Any, Any] = {self.queue_name: ">", **self.additional_streams}
+        block = ("BLOCK", self.block) if self.block is not None else ()
+        read = ("XREADGROUP", "GROUP", group, consumer, *count, *block, "STREAMS", *streams)
+        try:
+            [reply] = await lean.execute(
+                [(*read, *streams.values())], block=(self.block or 0) / 1000
+            )
+        except asyncio.CancelledError:
+            # The worker stops: its read must not go on taking messages on Redis's side
+            # (as redis-py's disconnect on cancellation ensures).
+            lean.abort()
+            raise
+        return stream_entries(reply)
+
+    async def _pool_next_batch(self, conn: Redis) -> Any:
         if self.priority_queues:
             for queue in (*self.priority_queues, self.queue_name):
                 found: Any = await conn.xreadgroup(
@@ -799,7 +860,7 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                             yield message
                         self._predecessor = None
                     while True:
-                        fetched = await cancellable(self._next_batch(conn))
+                        fetched = await self._next_batch(conn)
                         pause = 0.1
                         for stream, entries in fetched or []:
                             for message_id, fields in entries:
@@ -900,7 +961,8 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
 
     async def _ack_batch(self, batch: list[_Acking]) -> list[BaseException | None]:
         """Writes a batch of acknowledgements, each with its completion, in one transaction
-        (``XADD`` + ``EXPIRE`` per completion, one ``XACK`` and one ``XDEL`` per stream),
+        (an ``XADD`` per completion and an ``EXPIRE`` per completion stream, one ``XACK``
+        and one ``XDEL`` per stream; on the lean connection where the pool's settings allow),
         retrying while Redis is unavailable (for about a lease; after that the messages are
         reclaimed and run again). Never raises."""
         pause, deadline = 0.05, time.monotonic() + self.lease_seconds
@@ -909,19 +971,22 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
             ids.setdefault(stream, []).append(message_id)
         while True:
             try:
-                async with (
-                    Redis(connection_pool=self.connection_pool) as conn,
-                    conn.pipeline(transaction=True) as pipe,
-                ):
-                    for _, _, carried in batch:
-                        if carried is not None:
-                            key, payload, ttl = carried
-                            pipe.xadd(key, {"c": payload})
-                            pipe.expire(key, ttl)
-                    for stream, message_ids in ids.items():
-                        pipe.xack(stream, self.consumer_group_name, *message_ids)
-                        pipe.xdel(stream, *message_ids)
-                    replies = await pipe.execute(raise_on_error=False)
+                if self._lean is not None:
+                    replies = await self._lean_ack(batch, ids)
+                else:
+                    async with (
+                        Redis(connection_pool=self.connection_pool) as conn,
+                        conn.pipeline(transaction=True) as pipe,
+                    ):
+                        for _, _, carried in batch:
+                            if carried is not None:
+                                key, payload, ttl = carried
+                                pipe.xadd(key, {"c": payload})
+                                pipe.expire(key, ttl)
+                        for stream, message_ids in ids.items():
+                            pipe.xack(stream, self.consumer_group_name, *message_ids)
+                            pipe.xdel(stream, *message_ids)
+                        replies = await pipe.execute(raise_on_error=False)
                 # Executed: a command Redis refused (its group lost with the data) is not
                 # retried, or the completions written with it would be written twice.
                 for reply in replies:
@@ -934,6 +999,34 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                     return [None] * len(batch)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
+
+    async def _lean_ack(self, batch: list[_Acking], ids: dict[Any, list[Any]]) -> list[Any]:
+        """The acknowledgement transaction of :meth:`_ack_batch` on the lean connection: the
+        completions (one ``EXPIRE`` per completion stream), then one ``XACK`` and one ``XDEL``
+        per stream, in one ``MULTI`` … ``EXEC``; returns the replies of its commands.
+
+        :raises RedisError: if the transaction was refused as a whole (``EXECABORT``), or
+            Redis could not be reached.
+        """
+        assert self._lean is not None
+        commands: list[tuple[Any, ...]] = [("MULTI",)]
+        ttls: dict[str, int] = {}
+        for _, _, carried in batch:
+            if carried is not None:
+                key, payload, ttl = carried
+                commands.append(("XADD", key, "*", "c", payload))
+                ttls[key] = ttl
+        commands.extend(("EXPIRE", key, ttl) for key, ttl in ttls.items())
+        group = self.consumer_group_name
+        for stream, message_ids in ids.items():
+            commands.append(("XACK", stream, group, *message_ids))
+            commands.append(("XDEL", stream, *message_ids))
+        commands.append(("EXEC",))
+        replies = await self._lean.execute(commands)
+        done = replies[-1]
+        if isinstance(done, RedisError):  # EXECABORT: nothing of it was executed
+            raise done
+        return list(done or ())
 
     async def _reclaim(self, conn: Redis, stream: Any) -> AsyncGenerator[Any, None]:
         """Takes over messages whose lease lapsed (no lock: ``XAUTOCLAIM`` is atomic)."""
@@ -1125,13 +1218,17 @@ class GroupWriter(Generic[_Item]):
             batch = [(item, None)]
         # If this caller is cancelled mid-write, whether the batch reached Redis is unknown:
         # the others are told so (never cancelled for another's cancellation).
-        lost = RedisConnectionError("interrupted: the write it was batched with was cancelled")
-        outcomes: list[BaseException | None] = [lost] * len(batch)
+        outcomes: list[BaseException | None] | None = None
         try:
             outcomes = await self._write([i for i, _ in batch])
         except Exception as exc:
             outcomes = [exc] * len(batch)
         finally:
+            if outcomes is None:  # cancelled mid-write (the error is made only then)
+                lost = RedisConnectionError(
+                    "interrupted: the write it was batched with was cancelled"
+                )
+                outcomes = [lost] * len(batch)
             self._hand_on()
             for (_, future), outcome in zip(batch, outcomes):
                 if future is None or future is own or future.done():
