@@ -786,7 +786,7 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
         """What to take next: the highest-priority queue with anything waiting, checked
         without blocking; when all are empty, a blocking read on all of them."""
         if self._lean_read is not None:
-            return await self._lean_next_batch(self._lean_read)
+            return await cancellable(self._lean_next_batch(self._lean_read))
         return await cancellable(self._pool_next_batch(conn))
 
     async def _lean_next_batch(self, lean: LeanConnection) -> Any:
