@@ -6,6 +6,7 @@ redis-server and real `taskiq worker` processes; waits are for events, bounded b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -275,6 +276,55 @@ async def test_a_run_whose_state_vanished_fails_clearly_and_workers_reconnect(
                 assert children(proc.pid) == before
     finally:
         await redis.aclose()
+
+
+async def test_a_run_sends_nothing_before_its_marker_is_in_redis(
+    redis: Redis, redis_url: str
+) -> None:
+    """The marker by which a run's reader tells that its state vanished is in Redis before the
+    run's first message. It used to be set by the reader once its blocking read ended: a Redis
+    restarted without its data in between got the marker again, from the reader, and the run,
+    its messages lost, waited out its step (1 in 3 runs of the test above)."""
+    from taskiq import TaskiqMessage, TaskiqMiddleware
+
+    from taskiq_flow import FlowMiddleware
+    from taskiq_flow.distributed import RedisCompletionChannel, reliable_stream_broker
+
+    markers_at_send: list[int] = []
+
+    class Probe(TaskiqMiddleware):
+        async def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+            markers_at_send.append(len(await redis.keys("marked:open:*")))
+            return message
+
+    channel = RedisCompletionChannel(redis_url, prefix="marked", block_ms=30_000)
+    broker = reliable_stream_broker(redis_url, queue_name="marked-queue").with_middlewares(
+        FlowMiddleware(channel), Probe()
+    )
+    step = broker.register_task(_identity, task_name="marked:identity")
+    await broker.startup()
+    try:
+        # Another run keeps the reader in a long blocking read, as a busy orchestrator's is.
+        channel.open("other")
+        await until(lambda: _blocked_in_xread(redis), 10, "the reader to block")
+        run = asyncio.ensure_future(MapReduce.map(broker, step, [1]))
+        await until(lambda: markers_at_send, 10, "the run's first message")
+        run.cancel()
+        with contextlib.suppress(BaseException):
+            await run
+        assert markers_at_send[0] == 2  # the other run's and its own
+        channel.close("other")
+    finally:
+        await channel.aclose()
+        await broker.shutdown()
+
+
+async def _identity(x: int) -> int:
+    return x
+
+
+async def _blocked_in_xread(redis: Redis) -> bool:
+    return any(c["cmd"] == "xread" for c in await redis.client_list())
 
 
 # -- runs whose orchestrator died ----------------------------------------------------------------

@@ -122,6 +122,11 @@ class CompletionChannel(Protocol):
         """Registers a run and returns the inbox its completions will arrive in."""
         ...
 
+    def opened(self, run_id: str) -> Coroutine[Any, Any, None] | None:
+        """What the runner awaits (if not ``None``) after :meth:`open` and before it sends
+        anything: the run's state is then where the channel checks it still exists."""
+        ...
+
     def close(self, run_id: str) -> None:
         """Forgets a run; later completions for it are dropped."""
         ...
@@ -148,6 +153,9 @@ class InProcessChannel:
     def open(self, run_id: str) -> Inbox:
         inbox = self._inboxes[run_id] = Inbox()
         return inbox
+
+    def opened(self, run_id: str) -> None:
+        return None
 
     def close(self, run_id: str) -> None:
         self._inboxes.pop(run_id, None)

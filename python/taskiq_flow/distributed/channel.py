@@ -129,7 +129,7 @@ def error_from_json(data: Any) -> BaseException | None:
 class _Reading:
     """A run whose completions the channel reads: its inbox, keys and read position."""
 
-    __slots__ = ("inbox", "key", "last", "marker", "opened", "run_id", "since")
+    __slots__ = ("inbox", "key", "last", "marker", "marking", "opened", "run_id", "since")
 
     def __init__(self, run_id: str, inbox: Inbox, key: str, marker: str, since: float) -> None:
         self.run_id = run_id
@@ -139,6 +139,7 @@ class _Reading:
         self.since = since  # when it was opened (a failing Redis counts from then for it)
         self.last: Any = "0-0"
         self.opened = False  # its marker is set
+        self.marking: asyncio.Task[ChannelLostError | None] | None = None  # sets its marker
 
 
 class RedisCompletionChannel:
@@ -331,13 +332,54 @@ class RedisCompletionChannel:
         self.listen_cancels()
         inbox = Inbox()
         key = self.key(run_id)
-        self._runs[run_id] = _Reading(run_id, inbox, key, self.open_key(run_id), time.monotonic())
+        reading = _Reading(run_id, inbox, key, self.open_key(run_id), time.monotonic())
+        self._runs[run_id] = reading
         self._by_key[key.encode()] = run_id
+        reading.marking = asyncio.get_running_loop().create_task(self._mark(reading))
         if self._reader is None or self._reader.done():
             self._reader = asyncio.get_running_loop().create_task(self._read())
         elif self._blocked and self._waking is None:
             self._waking = asyncio.get_running_loop().create_task(self._wake())
         return inbox
+
+    async def opened(self, run_id: str) -> None:
+        """Returns once the run's marker is set in Redis; the runner sends nothing before.
+
+        The marker is how the reader tells that a run's state vanished (Redis restarted
+        without its data): set before the run's first message, it is lost with them. Set
+        after (it used to be set by the reader, whenever its blocking read ended), it would be
+        set again in the empty Redis, and a run whose messages were lost would wait forever.
+
+        :raises ChannelLostError: if Redis could not be reached for ``give_up_seconds``.
+        """
+        reading = self._runs.get(run_id)
+        if reading is not None and reading.marking is not None:
+            error = await reading.marking
+            if error is not None:
+                raise error
+
+    async def _mark(self, reading: _Reading) -> ChannelLostError | None:
+        """Sets a run's marker (see :meth:`opened`), retrying while Redis is unavailable; after
+        ``give_up_seconds`` the run's inbox fails with the :class:`ChannelLostError` returned."""
+        pause = 0.05
+        while self._runs.get(reading.run_id) is reading:
+            try:
+                await self._redis().set(reading.marker, self._owner, px=self.ttl_seconds * 1000)
+                reading.opened = True
+                return None
+            except RedisError as exc:
+                if self._cancelled():
+                    raise asyncio.CancelledError from exc
+                if time.monotonic() - reading.since > self.give_up_seconds:
+                    lost = ChannelLostError(
+                        f"run {reading.run_id} cannot be opened: Redis unreachable since "
+                        f"{self.give_up_seconds:.0f}s: {exc}"
+                    )
+                    self._fail_run(reading, lost)
+                    return lost
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+        return None  # closed meanwhile
 
     async def _wake(self) -> None:
         """Ends the shared reader's blocking read (an entry on its own wake stream), so that it
@@ -361,9 +403,9 @@ class RedisCompletionChannel:
         return bool(cancelling is not None and cancelling())
 
     async def _read(self) -> None:
-        """The one reader of every run open in this channel: marks new runs open, keeps their
-        state alive, and reads all their streams with one blocking ``XREAD``; ends when no run
-        is open."""
+        """The one reader of every run open in this channel: keeps their state alive (and fails
+        a run whose marker vanished), and reads all their streams with one blocking ``XREAD``;
+        ends when no run is open."""
         redis = self._redis()
         renew = redis.register_script(_RENEW)
         ttl_ms = self.ttl_seconds * 1000
@@ -374,21 +416,17 @@ class RedisCompletionChannel:
         while runs:
             try:
                 now = time.monotonic()
-                new = [r for r in runs.values() if not r.opened]
-                due = now >= next_check
-                if new or due:
-                    checked = [r for r in runs.values() if r.opened] if due else []
-                    async with redis.pipeline(transaction=False) as pipe:
-                        for r in new:
-                            pipe.set(r.marker, self._owner, px=ttl_ms)
-                        for r in checked:
-                            await renew(keys=[r.marker, r.key], args=[ttl_ms], client=pipe)
-                        replies = await pipe.execute()
-                    for r in new:
-                        r.opened = True
-                    if due:
-                        next_check = now + max(self.block_ms / 1000, 0.2)
-                    for r, alive in zip(checked, replies[len(new) :]):
+                if now >= next_check:
+                    # Runs whose marker is not set yet have sent nothing (see `opened`).
+                    checked = [r for r in runs.values() if r.opened]
+                    replies: list[Any] = []
+                    if checked:
+                        async with redis.pipeline(transaction=False) as pipe:
+                            for r in checked:
+                                await renew(keys=[r.marker, r.key], args=[ttl_ms], client=pipe)
+                            replies = await pipe.execute()
+                    next_check = now + max(self.block_ms / 1000, 0.2)
+                    for r, alive in zip(checked, replies):
                         if not alive:
                             self._fail_run(
                                 r,
@@ -507,6 +545,8 @@ class RedisCompletionChannel:
         reading = self._runs.pop(run_id, None)
         if reading is not None:
             self._by_key.pop(reading.key.encode(), None)
+            if reading.marking is not None:
+                reading.marking.cancel()  # no marker set after its deletion
         if reading is not None or run_id in self._failed:
             self._failed.discard(run_id)
             task = asyncio.get_running_loop().create_task(self._delete(run_id))
@@ -516,6 +556,9 @@ class RedisCompletionChannel:
     async def aclose(self) -> None:
         """Stops the reader, finishes pending clean-ups, and closes the connection this channel
         opened itself."""
+        for reading in self._runs.values():
+            if reading.marking is not None:
+                reading.marking.cancel()
         self._runs.clear()
         self._by_key.clear()
         for task in (self._reader, self._listener, self._waking):

@@ -286,16 +286,24 @@ class Runner:
         if deadline is None and self.settings.run_timeout is not None:
             deadline = loop.time() + self.settings.run_timeout
         try:
-            await events.run_started(list(self.restored))
-            self._sender.start()
-            started = self._admit(scheduler.start(loop.time()), loop.time())
-            self._after_core()
-            self._sender.submit(started)
-            if self._sender.inline:
-                await self._sender.flush()
-            # The first batch: what was sent and why the rest waits are recorded at once (another
-            # process reading the run, a dashboard, sees them before anything finishes).
-            await events.batch_done(loop.time(), self._take_closed([]))
+            ready = channel.opened(self.run_id)
+            if ready is not None:  # nothing is sent before the channel can tell it was lost
+                try:
+                    await ready
+                except PipelineError as lost:
+                    self._stop(lost)
+            if self._fatal is None:
+                await events.run_started(list(self.restored))
+                self._sender.start()
+                started = self._admit(scheduler.start(loop.time()), loop.time())
+                self._after_core()
+                self._sender.submit(started)
+                if self._sender.inline:
+                    await self._sender.flush()
+                # The first batch: what was sent and why the rest waits are recorded at once
+                # (another process reading the run, a dashboard, sees them before anything
+                # finishes).
+                await events.batch_done(loop.time(), self._take_closed([]))
             while not scheduler.is_finished and self._fatal is None:
                 try:
                     await self._next_events(inbox, scheduler, loop, deadline)
