@@ -223,3 +223,56 @@ async def test_a_blocking_read_cut_by_the_workers_stop_takes_nothing_more(
         assert pending["pending"] == 0
     finally:
         await broker.shutdown()
+
+
+async def test_a_read_cut_from_inside_is_a_failed_read_and_its_caller_goes_on() -> None:
+    """`cancellable`: a read whose own task was cancelled (not its caller) fails as a connection
+    error, which the worker's loop retries; a cancelled caller still stops at once."""
+    from taskiq_flow.distributed.aio import cancellable
+
+    async def cut_from_inside() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        await asyncio.sleep(0)
+
+    with pytest.raises(RedisConnectionError, match="cancelled"):
+        await cancellable(cut_from_inside())
+    caller = asyncio.ensure_future(cancellable(asyncio.sleep(30)))
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+
+
+async def test_an_unexpected_error_in_the_workers_read_never_ends_its_listening(
+    redis: Redis, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """taskiq ends a worker's process when its broker's `listen` raises: an error that is not
+    Redis's (a bug) is logged with its traceback, and the next read takes the message."""
+    broker: Any = reliable_stream_broker(redis_url, queue_name="lean-odd", xread_block=100)
+    await broker.startup()
+    read = broker._next_batch
+    failures = [RuntimeError("an unforeseen failure")]
+
+    async def failing_once(conn: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await read(conn)
+
+    broker._next_batch = failing_once
+
+    @broker.task
+    async def noop() -> None:
+        pass
+
+    messages = broker.listen()
+    try:
+        sent = await noop.kiq()
+        message = await asyncio.wait_for(anext(messages), 30)
+        assert broker.formatter.loads(message.data).task_id == sent.task_id
+        assert not failures
+        assert "an unforeseen failure" in caplog.text and "Traceback" in caplog.text
+    finally:
+        await messages.aclose()
+        await broker.shutdown()

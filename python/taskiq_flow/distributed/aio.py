@@ -12,6 +12,8 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 __all__ = ["cancellable", "reraise_cancellation"]
 
 
@@ -28,12 +30,20 @@ async def cancellable(read: Awaitable[Any]) -> Any:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         task.cancel()
+        if task.cancelled() and _being_cancelled() is False:
+            # The read was cut, not its caller: a failed read (retried), never a stop.
+            raise RedisConnectionError("the read from Redis was cancelled") from None
         raise
 
 
 def reraise_cancellation() -> None:
     """redis-py may report a read cancelled by the worker's shutdown as a connection error: a
     task being cancelled must stop, not retry."""
-    cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python 3.11+
-    if cancelling is not None and cancelling():
+    if _being_cancelled():
         raise asyncio.CancelledError
+
+
+def _being_cancelled() -> bool | None:
+    """Whether the running task was asked to stop (``None`` before Python 3.11: unknown)."""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)  # Python 3.11+
+    return None if cancelling is None else cancelling() > 0

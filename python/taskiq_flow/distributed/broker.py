@@ -888,6 +888,12 @@ class ReliableRedisStreamBroker(RedisStreamBroker):
                 logger.warning("Redis unavailable: %s; retrying in %.1fs", exc, pause)
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, MAX_BACKOFF)
+            except Exception:
+                # Never the end of the worker (taskiq ends its process when `listen` raises):
+                # logged with its traceback, and retried.
+                logger.exception("reading the next messages failed; retrying in %.1fs", pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, MAX_BACKOFF)
 
     async def _declare_again(self) -> None:
         """Declares lost consumer groups from the start of their streams: what was sent
