@@ -189,6 +189,11 @@ def _fast_task_id() -> str:
     return raw.hex()
 
 
+def _with_flow(labels: dict[str, Any], flow: tuple[str, int, int]) -> dict[str, Any]:
+    """A step's labels with the flow label of one attempt (run, node, attempt) added."""
+    return {**labels, FLOW_LABEL: f"{flow[0]}:{flow[1]}:{flow[2]}"}
+
+
 def _overrides(middleware: TaskiqMiddleware, hook: str) -> bool:
     return getattr(type(middleware), hook) is not getattr(TaskiqMiddleware, hook)
 
@@ -327,8 +332,7 @@ class LocalLane:
                             asyncio.get_running_loop().create_task(attempt)
                         return
                 if flow is not None:
-                    labels = {**labels, FLOW_LABEL: f"{flow[0]}:{flow[1]}:{flow[2]}"}
-                    flow = None
+                    labels, flow = _with_flow(labels, flow), None
                 received, types = _wire_labels(labels)
                 ids = self.broker.id_generator
                 message = TaskiqMessage(
@@ -340,7 +344,7 @@ class LocalLane:
                     kwargs=wire_kwargs,
                 )
         if flow is not None:
-            labels = {**labels, FLOW_LABEL: f"{flow[0]}:{flow[1]}:{flow[2]}"}
+            labels = _with_flow(labels, flow)
         sent: TaskiqMessage | None = None
         if message is None:  # what kiq() does, step by step
             kicker: AsyncKicker[Any, Any] = AsyncKicker(task_name, self.broker, labels)
