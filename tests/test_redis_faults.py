@@ -319,6 +319,42 @@ async def test_a_run_sends_nothing_before_its_marker_is_in_redis(
         await broker.shutdown()
 
 
+async def test_a_run_started_while_redis_is_down_fails_clearly_and_sends_nothing(
+    own_redis: RedisProcess,
+) -> None:
+    from taskiq import TaskiqMessage, TaskiqMiddleware
+
+    from taskiq_flow import FlowMiddleware
+    from taskiq_flow.distributed import (
+        ChannelLostError,
+        RedisCompletionChannel,
+        reliable_stream_broker,
+    )
+
+    sent: list[str] = []
+
+    class Probe(TaskiqMiddleware):
+        def pre_send(self, message: TaskiqMessage) -> TaskiqMessage:
+            sent.append(message.task_name)
+            return message
+
+    channel = RedisCompletionChannel(own_redis.url, give_up_seconds=1.0)
+    broker = reliable_stream_broker(own_redis.url, queue_name="down").with_middlewares(
+        FlowMiddleware(channel), Probe()
+    )
+    step = broker.register_task(_identity, task_name="down:identity")
+    await broker.startup()
+    try:
+        own_redis.stop()
+        with pytest.raises(ChannelLostError, match="cannot be opened: Redis unreachable"):
+            await asyncio.wait_for(MapReduce.map(broker, step, [1, 2]), 30)
+        assert sent == []
+    finally:
+        own_redis.start()
+        await channel.aclose()
+        await broker.shutdown()
+
+
 async def _identity(x: int) -> int:
     return x
 
