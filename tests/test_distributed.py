@@ -476,6 +476,7 @@ async def test_redis_going_away_fails_the_run_instead_of_hanging() -> None:
         client = Redis.from_url(url)
         channel = RedisCompletionChannel(client, give_up_seconds=1.0, block_ms=100)
         inbox = channel.open("run-lost")
+        await channel.opened("run-lost")  # as a run does before it sends
 
         async def reading() -> bool:  # the channel's reader is blocked in XREAD
             return any(c["cmd"] == "xread" for c in await client.client_list())

@@ -276,3 +276,35 @@ async def test_an_unexpected_error_in_the_workers_read_never_ends_its_listening(
     finally:
         await messages.aclose()
         await broker.shutdown()
+
+
+@pytest.mark.parametrize("client_name", [None, "named"])
+async def test_the_completion_reader_reads_on_the_lean_connection_or_on_redis_py(
+    redis_url: str, client_name: str | None
+) -> None:
+    """A run's completions reach its inbox whichever connection the channel's reader blocks
+    on: the lean one by default, redis-py's for a client set up with what the lean one does
+    not speak (here a client name)."""
+    import time
+
+    from taskiq_flow.distributed import RedisCompletionChannel
+    from taskiq_flow.events import Completion
+
+    client = Redis.from_url(redis_url, client_name=client_name)
+    channel = RedisCompletionChannel(client, prefix="leanread", block_ms=5_000)
+    try:
+        inbox = channel.open("r1")
+        await channel.opened("r1")
+        await until(lambda: _blocked_clients(client), 10, "the reader to block")
+        for node in range(3):
+            await channel.publish(Completion("r1", node, 1, True, node, None, 0.0, time.time()))
+        got: list[Completion] = []
+        while len(got) < 3:
+            await asyncio.wait_for(inbox.wait(), 10)
+            got += inbox.drain()
+        assert [c.value for c in got] == [0, 1, 2]
+        assert (channel._lean is None) == (client_name is not None)
+        channel.close("r1")
+    finally:
+        await channel.aclose()
+        await client.aclose()

@@ -47,6 +47,7 @@ from taskiq_flow.distributed.payload import (
     decode,
     encode,
 )
+from taskiq_flow.distributed.resp import LeanConnection, stream_entries
 from taskiq_flow.events import Completion, Inbox
 from taskiq_flow.exceptions import (
     AbortPipeline,
@@ -185,6 +186,10 @@ class RedisCompletionChannel:
         self._by_key: dict[bytes, str] = {}
         self._failed: set[str] = set()
         self._reader: asyncio.Task[None] | None = None
+        # The reader's blocking XREAD goes through a lean connection where the client's
+        # settings allow (None: redis-py's); made with the reader's first read.
+        self._lean: LeanConnection | None = None
+        self._lean_checked = False
         self._blocked = False  # the reader waits in its blocking read
         self._waking: asyncio.Task[None] | None = None
         self._deletes: set[asyncio.Task[None]] = set()
@@ -443,7 +448,7 @@ class RedisCompletionChannel:
                     streams[r.key] = r.last
                 self._blocked = True
                 try:
-                    batches: Any = await redis.xread(streams, block=self.block_ms, count=1000)
+                    batches = await self._xread(redis, streams)
                 finally:
                     self._blocked = False
             except RedisError as exc:
@@ -481,6 +486,23 @@ class RedisCompletionChannel:
                     completion = self._parse(reading.run_id, reading.key, entry_id, fields)
                     if completion is not None:
                         inbox.push(completion)
+
+    async def _xread(self, redis: Redis, streams: dict[Any, Any]) -> Any:
+        """The reader's blocking ``XREAD`` of ``streams`` (key: last id read), on the lean
+        connection if the client's settings allow; its reply as redis-py gives it."""
+        if not self._lean_checked:
+            self._lean_checked = True
+            self._lean = LeanConnection.from_pool(redis.connection_pool)
+        lean = self._lean
+        if lean is None:
+            return await redis.xread(streams, block=self.block_ms, count=1000)
+        read = ("XREAD", "COUNT", 1000, "BLOCK", self.block_ms, "STREAMS", *streams)
+        try:
+            [reply] = await lean.execute([(*read, *streams.values())], block=self.block_ms / 1000)
+        except asyncio.CancelledError:
+            lean.abort()  # the connection is not left owing a blocked read's reply
+            raise
+        return stream_entries(reply)
 
     def _fail_run(self, reading: _Reading, error: BaseException) -> None:
         """A run whose completions can no longer come: its inbox fails, its stream is no
@@ -565,6 +587,8 @@ class RedisCompletionChannel:
             if task is not None:
                 task.cancel()
         self._reader = self._listener = self._waking = None
+        if self._lean is not None:
+            await self._lean.aclose()
         if self._deletes:
             await asyncio.gather(*self._deletes, return_exceptions=True)
         if self._client is not None and self._url is not None:
