@@ -373,8 +373,7 @@ class RedisCompletionChannel:
                 reading.opened = True
                 return None
             except RedisError as exc:
-                if self._cancelled():
-                    raise asyncio.CancelledError from exc
+                reraise_cancellation()  # a SET cut by close() or aclose(), reported as an error
                 if time.monotonic() - reading.since > self.give_up_seconds:
                     lost = ChannelLostError(
                         f"run {reading.run_id} cannot be opened: Redis unreachable since "
